@@ -1,0 +1,31 @@
+# Two entry points: `make demo` and `make test`. Both create .venv and install into it.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ROWS ?= 200000
+OUT ?= out/demo
+
+.PHONY: demo test install install-dev bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+
+install-dev: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+
+demo: install
+	$(BIN)/referral-router demo --rows $(ROWS) --out $(OUT)
+
+test: install-dev
+	$(BIN)/python tests/run_with_redis.py $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: install-dev
+	$(BIN)/python bench/bench_decide.py
+	$(BIN)/python bench/bench_replay.py
+
+clean:
+	rm -rf out .pytest_cache build *.egg-info

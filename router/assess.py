@@ -1,0 +1,175 @@
+"""The vectorised half of the decision: rules, scores, economics, partner eligibility.
+
+:func:`assess` turns a column batch into per-application arrays. It never touches the
+quota store; :mod:`router.engine` then walks the batch in arrival order and reserves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from router import economics as eco
+from router.columns import AppColumns
+from router.config import Strategy
+from router.errors import InputError
+from router.features import features_batch
+from router.partners import filter_mask, region_match
+from router.reasons import BIT
+from router.windows import window_keys
+
+
+@dataclass(slots=True)
+class Assessment:
+    """Everything the allocation step needs, one entry (or row) per application."""
+
+    bits: np.ndarray            # uint64 reason bits gathered so far
+    dead: np.ndarray            # declined outright (global rule)
+    pd: np.ndarray
+    keep_ok: np.ndarray
+    keep_apr: np.ndarray
+    keep_margin: np.ndarray
+    keep_profit: np.ndarray
+    branch_ok: np.ndarray
+    branch_pd: np.ndarray
+    branch_apr: np.ndarray
+    branch_margin: np.ndarray
+    branch_profit: np.ndarray
+    eligible: np.ndarray        # (n × partners) bool
+    ev: np.ndarray              # (n × partners) expected referral value, minor units
+    partner_apr: np.ndarray     # (n × partners)
+    keys: dict[str, dict[str, np.ndarray]]  # time zone -> window -> keys
+
+
+def _set(bits: np.ndarray, mask: np.ndarray, code: str) -> None:
+    bits[mask] |= np.uint64(BIT[code])
+
+
+def consent_matrix(cols: AppColumns, strategy: Strategy) -> np.ndarray:
+    """(n × partners) True where the applicant's consent and the channel allow the partner."""
+    ids = [p.id for p in strategy.partners]
+    index = {pid: j for j, pid in enumerate(ids)}
+    out = np.zeros((len(cols), len(ids)), dtype=bool)
+    cache: dict[Any, np.ndarray] = {}
+    for i, (consent, channel) in enumerate(zip(cols.consent, cols.channel.tolist())):
+        key = (consent, channel)
+        row = cache.get(key)
+        if row is None:
+            row = np.zeros(len(ids), dtype=bool)
+            pol = strategy.channels.get(channel)
+            if consent == "any":
+                allowed = pol.consent_partners if pol and pol.consent_partners is not None else ids
+                row[[index[p] for p in allowed]] = True
+            elif consent != "none":
+                for pid in consent:
+                    if pid not in index:
+                        raise InputError(f"field `consent`: unknown partner (value: {pid!r})",
+                                         field="consent", row=i)
+                    row[index[pid]] = True
+            if pol is not None and not pol.referral_allowed:
+                row[:] = False
+            cache[key] = row
+        out[i] = row
+    return out
+
+
+def assess(cols: AppColumns, strategy: Strategy, scorers: dict[str, Any],
+           employer_tokens: list[frozenset[str]]) -> Assessment:
+    """Score and evaluate a batch; see :class:`Assessment`."""
+    n = len(cols)
+    s, r, e = strategy, strategy.rules, strategy.economics
+    bits = np.zeros(n, dtype=np.uint64)
+    X = features_batch(cols)
+    pd = scorers[s.primary.scorer].pd_batch(X)
+    amount = cols.requested_amount.astype(np.float64)
+    term = cols.term_months.astype(np.float64)
+
+    # Global rules decline outright.
+    fraud = cols.fraud_flag & r.decline_fraud
+    age_bad = (cols.age < r.min_age) | (cols.age > r.max_age)
+    _set(bits, fraud, "FRAUD_FLAG")
+    _set(bits, age_bad, "AGE_OUT_OF_RANGE")
+    dead = fraud | age_bad
+
+    # Funder rules remove keep and branch only.
+    funder_ok = ~dead
+    for code, bad in (
+        ("REGION_UNLICENSED", ~region_match(cols.region, r.licensed_regions)),
+        ("SEVERE_DELINQUENCY", cols.worst_dpd_12m > r.max_worst_dpd),
+        ("MULTI_LENDING", (cols.inquiries_3m > r.max_inquiries_3m) | (cols.open_loans > r.max_open_loans)),
+        ("HIGH_DEBT_BURDEN", cols.dti > r.max_dti),
+    ):
+        _set(bits, bad & ~dead, code)
+        funder_ok &= ~bad
+
+    # Primary policy.
+    p = s.primary
+    req = eco.required_apr(pd, term, e)
+    ach = eco.achievable_apr(cols.max_apr, e)
+    keep_apr = eco.offered_apr(req, ach, e)
+    keep_margin = ach - req
+    keep_profit = eco.keep_profit(amount, term, pd, keep_apr, e)
+    checks = (("KEEP_FILTER", filter_mask(p.filters, cols, pd)),
+              ("KEEP_PD_ABOVE_CUTOFF", pd <= p.max_pd),
+              ("KEEP_NOT_COVERED", keep_margin >= 0),
+              ("KEEP_LOW_PROFIT", keep_profit >= p.min_expected_profit))
+    keep_ok = funder_ok.copy()
+    for code, ok in checks:
+        _set(bits, funder_ok & ~ok, code)
+        keep_ok &= ok
+
+    # Second branch.
+    b = s.branch
+    if b is not None:
+        bpd = pd if b.scorer == p.scorer else scorers[b.scorer].pd_batch(X)
+        bapr = eco.branch_apr(cols.max_apr, b, e)
+        bprofit = eco.branch_profit(amount, term, bpd, bapr, b, e)
+        bmargin = eco.branch_margin(amount, term, bprofit, b)
+        checks = (("BRANCH_FILTER", filter_mask(b.filters, cols, bpd)),
+                  ("BRANCH_PD_ABOVE_CUTOFF", bpd <= b.max_pd),
+                  ("BRANCH_NOT_COVERED", bmargin >= 0),
+                  ("BRANCH_LOW_PROFIT", bprofit >= b.min_expected_profit))
+        branch_ok = funder_ok.copy()
+        for code, ok in checks:
+            _set(bits, funder_ok & ~keep_ok & ~ok, code)
+            branch_ok &= ok
+    else:
+        bpd = bapr = bprofit = bmargin = np.zeros(n)
+        branch_ok = np.zeros(n, dtype=bool)
+
+    # Partners.
+    P = len(s.partners)
+    consent = consent_matrix(cols, s) if P else np.zeros((n, 0), dtype=bool)
+    no_consent = np.array([c == "none" for c in cols.consent], dtype=bool)
+    live = ~dead
+    _set(bits, live & no_consent, "NO_CONSENT")
+    _set(bits, live & ~no_consent & ~consent.any(axis=1), "CHANNEL_NO_REFERRAL")
+    eligible = np.zeros((n, P), dtype=bool)
+    ev = np.zeros((n, P))
+    papr = np.zeros((n, P))
+    employee_any = np.zeros(n, dtype=bool)
+    for j, partner in enumerate(s.partners):
+        ok = live & consent[:, j] & partner.whitelisted
+        ok &= filter_mask(partner.filters, cols, pd) & (cols.max_apr >= partner.apr_min)
+        if employer_tokens[j]:
+            employee = np.array([t in employer_tokens[j] for t in cols.employer], dtype=bool)
+            employee_any |= employee & ok
+            ok &= ~employee
+        ev[:, j] = eco.referral_value(amount, term, pd, cols.max_apr, partner)
+        papr[:, j] = eco.partner_apr(cols.max_apr, partner)
+        eligible[:, j] = ok
+    _set(bits, employee_any, "PARTNER_EMPLOYEE")
+    consented = live & consent.any(axis=1)
+    _set(bits, consented & ~eligible.any(axis=1), "NO_ELIGIBLE_PARTNER")
+    valuable = eligible & (ev >= s.routing.min_expected_value)
+    _set(bits, eligible.any(axis=1) & ~valuable.any(axis=1), "LOW_REFERRAL_VALUE")
+
+    zones = {s.timezone, *(pt.timezone for pt in s.partners)}
+    keys = {z: window_keys(cols.event_ms, z) for z in zones}
+    return Assessment(bits=bits, dead=dead, pd=pd, keep_ok=keep_ok, keep_apr=keep_apr,
+                      keep_margin=keep_margin, keep_profit=keep_profit, branch_ok=branch_ok,
+                      branch_pd=np.asarray(bpd), branch_apr=np.asarray(bapr),
+                      branch_margin=np.asarray(bmargin), branch_profit=np.asarray(bprofit),
+                      eligible=valuable, ev=ev, partner_apr=papr, keys=keys)

@@ -1,0 +1,167 @@
+"""Typed messages: the application coming in, the decision going out, ledger entries.
+
+The types are the schema. Constraints live in the annotations (``Meta``) and are enforced
+by msgspec when decoding JSON/MessagePack or converting Python objects; the columnar
+replay path enforces the very same constraints by reading them from these types
+(see :mod:`router.columns`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from router.errors import InputError
+
+
+class Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Shared base: unknown fields are an error, fields are keyword-only, values immutable."""
+
+
+#: Identifiers that are safe inside Redis keys and cluster hash tags.
+Ident = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+PartnerId = Annotated[str, Meta(pattern=r"^[a-z0-9_]{1,32}$")]
+Channel = Annotated[str, Meta(pattern=r"^[a-z0-9_]{1,32}$")]
+RegionCode = Annotated[str, Meta(pattern=r"^[0-9]{6}$")]
+#: Integer minor units (fen / cents); bounded well below 2**53 so every store keeps them exact.
+Money = Annotated[int, Meta(ge=0, le=10**13)]
+Rate = Annotated[float, Meta(ge=0.0, le=1.0)]
+Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
+AwareDatetime = Annotated[datetime, Meta(tz=True)]
+
+
+class Application(Base, kw_only=True):
+    """One loan application as the funder receives it.
+
+    Exactly one of ``applicant_token`` (already a keyed hash made by the caller) and
+    ``national_id`` (a raw identifier, hashed on arrival and never stored) must be given.
+    ``consent`` is ``"none"``, ``"any"`` (any whitelisted partner) or a list of partner ids.
+    ``defaulted`` and ``true_pd`` are outcome columns of generated or historical traffic:
+    carried for evaluation, never used by the decision.
+    """
+
+    application_id: Ident
+    received_at: AwareDatetime
+    channel: Channel
+    applicant_token: Annotated[str, Meta(pattern=r"^[0-9a-f]{16,64}$")] | None = None
+    national_id: Annotated[str, Meta(min_length=4, max_length=64)] | None = None
+    age: Annotated[int, Meta(ge=0, le=120)]
+    monthly_income: Money
+    bureau_score: Annotated[int, Meta(ge=300, le=900)]
+    inquiries_3m: Annotated[int, Meta(ge=0, le=500)]
+    open_loans: Annotated[int, Meta(ge=0, le=500)]
+    dti: Annotated[float, Meta(ge=0.0, le=20.0)]
+    worst_dpd_12m: Annotated[int, Meta(ge=0, le=3650)]
+    region: RegionCode
+    employer: Annotated[str, Meta(max_length=128)] | None = None
+    requested_amount: Annotated[int, Meta(gt=0, le=10**11)]
+    term_months: Annotated[int, Meta(ge=1, le=120)]
+    max_apr: Annotated[float, Meta(gt=0.0, le=1.0)]
+    consent: Literal["none", "any"] | list[PartnerId] = "none"
+    fraud_flag: bool = False
+    defaulted: bool | None = None
+    true_pd: Probability | None = None
+
+    def __post_init__(self) -> None:
+        if (self.applicant_token is None) == (self.national_id is None):
+            raise ValueError(
+                "exactly one of `applicant_token` and `national_id` must be set"
+            )
+
+
+class _DecisionBase(Base, tag_field="outcome", kw_only=True):
+    decision_id: str
+    application_id: str
+    strategy_version: str
+    pd: Probability
+    apr: Rate | None
+    coverage_margin: float | None
+    reasons: tuple[str, ...] = ()
+    degraded: bool = False
+
+
+class Keep(_DecisionBase, tag="keep", kw_only=True):
+    """The funder books the loan under its primary policy."""
+
+    expected_profit: int
+
+
+class Branch(_DecisionBase, tag="branch", kw_only=True):
+    """The second policy branch (co-operation product) takes the loan."""
+
+    expected_profit: int
+
+
+class Refer(_DecisionBase, tag="refer", kw_only=True):
+    """The application is passed, with consent, to one whitelisted partner."""
+
+    partner_id: str
+    expected_value: int
+
+
+class Decline(_DecisionBase, tag="decline", kw_only=True):
+    """Nothing fits; ``reasons`` say why."""
+
+
+Decision = Keep | Branch | Refer | Decline
+
+
+class CommercialTerms(Base, kw_only=True):
+    """A partner's commercial terms: fees in minor units and a revenue share of interest."""
+
+    fee_per_referral: Money = 0
+    fee_per_accepted: Money = 0
+    fee_per_funded: Money = 0
+    rev_share: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0
+
+
+class ReferralEntry(Base, kw_only=True):
+    """One line of the append-only referral ledger (billing reads these, exactly once)."""
+
+    referral_id: str
+    decision_id: str
+    application_id: str
+    partner_id: str
+    event_time_ms: int
+    amount: Money
+    term_months: int
+    applicant_hash: str
+    terms: CommercialTerms
+    expected_value: int
+    strategy_version: str
+
+
+_app_decoder = msgspec.json.Decoder(Application)
+_decision_decoder = msgspec.json.Decoder(Decision)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_application(data: bytes | str) -> Application:
+    """Decode one JSON application, raising :class:`InputError` naming the bad field."""
+    try:
+        return _app_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise InputError(f"invalid application: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise InputError(f"malformed application JSON: {exc}") from exc
+
+
+def convert_application(obj: object) -> Application:
+    """Build an :class:`Application` from a mapping, validating every field."""
+    try:
+        return msgspec.convert(obj, Application)
+    except msgspec.ValidationError as exc:
+        raise InputError(f"invalid application: {exc}") from exc
+
+
+def decode_decision(data: bytes | str) -> Decision:
+    """Decode a JSON decision (tagged by ``outcome``)."""
+    return _decision_decoder.decode(data)
+
+
+def encode(obj: object) -> bytes:
+    """Encode any message as JSON bytes."""
+    return _encoder.encode(obj)

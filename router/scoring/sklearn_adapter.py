@@ -1,0 +1,73 @@
+"""Adapter for any fitted scikit-learn classifier, with compiled fast paths.
+
+:func:`scorer_from_estimator` returns a :class:`~router.scoring.linear.LinearScorer` for
+linear models, an :class:`~router.scoring.trees.OnnxTreeScorer` for histogram gradient
+boosting, and otherwise a :class:`SklearnScorer` that calls ``predict_proba`` (correct,
+but with scikit-learn's per-call overhead). Models load from skops files with an explicit
+list of trusted types, never from pickle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from router.errors import ModelError
+from router.features import FEATURES
+
+
+class SklearnScorer:
+    """Calls ``predict_proba`` of any fitted binary classifier (the uncompiled fallback)."""
+
+    def __init__(self, estimator: Any, feature_names: Sequence[str] = FEATURES):
+        if not hasattr(estimator, "predict_proba"):
+            raise ModelError(f"{type(estimator).__name__} has no predict_proba")
+        self.estimator = estimator
+        self.feature_names_ = tuple(feature_names)
+
+    def pd_one(self, x: Sequence[float]) -> float:
+        """PD of one row."""
+        return float(self.estimator.predict_proba(np.array([x], dtype=np.float64))[0, 1])
+
+    def pd_batch(self, X: np.ndarray) -> np.ndarray:
+        """PD of every row."""
+        if len(X) == 0:
+            return np.empty(0, dtype=np.float64)
+        return np.asarray(self.estimator.predict_proba(X)[:, 1], dtype=np.float64)
+
+
+def scorer_from_estimator(est: Any, feature_names: Sequence[str] = FEATURES, *,
+                          compile: bool = True):
+    """The fastest faithful scorer for a fitted scikit-learn classifier."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from router.scoring.linear import LinearScorer
+    from router.scoring.trees import OnnxTreeScorer
+
+    if compile:
+        final = est.steps[-1][1] if hasattr(est, "steps") else est
+        if isinstance(final, HistGradientBoostingClassifier) and not hasattr(est, "steps"):
+            return OnnxTreeScorer.from_estimator(est, feature_names)
+        if hasattr(final, "coef_") and hasattr(final, "intercept_") and \
+                type(final).__name__ == "LogisticRegression":
+            return LinearScorer.from_estimator(est, feature_names)
+    return SklearnScorer(est, feature_names)
+
+
+_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "builtins.", "collections.", "scipy.")
+
+
+def load_skops(path: str | Path) -> Any:
+    """Load a skops file, accepting only scikit-learn / numpy types (no arbitrary code)."""
+    import skops.io as sio
+
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as exc:  # skops raises various errors for unreadable files
+        raise ModelError(f"{path}: cannot read skops file: {exc}") from exc
+    bad = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES)]
+    if bad:
+        raise ModelError(f"{path}: refusing untrusted types {bad}")
+    return sio.load(path, trusted=untrusted)

@@ -1,0 +1,88 @@
+"""The quota store interface shared by the in-memory and Redis stores.
+
+A store keeps, per *bucket* (a partner id, or the funder's own ``__keep__`` /
+``__branch__`` budgets):
+
+* counters per capped calendar window (count and amount), checked all-then-reserved
+  atomically by :meth:`QuotaStore.try_reserve`;
+* an applicant-per-bucket dedupe window (keyed hashes only);
+* the append-only referral ledger (an entry is appended in the same atomic step as the
+  reservation it bills for);
+
+and, per application id, the first decision (idempotency): :meth:`recall` returns it for
+a repeated id with the same content and raises
+:class:`~router.errors.IdempotencyConflict` for different content.
+
+Time is the event time passed in, never the wall clock, so replay is exact.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterable
+
+from router.messages import Decision, ReferralEntry
+
+#: :meth:`QuotaStore.try_reserve` results. Values ≥ ``CAP_HIT`` name the cap that ran out:
+#: ``CAP_HIT + i`` for ``bucket.caps[i]``.
+GRANTED = 0
+DEDUPED = 1
+CAP_HIT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class CapLimit:
+    """One cap of a bucket: its window and limits (None = no limit)."""
+
+    window: str
+    count: int | None
+    amount: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """What is reserved against: an id, its caps, its time zone and dedupe window."""
+
+    id: str
+    caps: tuple[CapLimit, ...]
+    timezone: str
+    dedupe_ms: int = 0
+
+
+class QuotaStore(ABC):
+    """Atomic quota reservations, dedupe, idempotency and the referral ledger."""
+
+    @abstractmethod
+    def try_reserve(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
+                    applicant: str | None, event_ms: int,
+                    entry: ReferralEntry | None = None) -> int:
+        """Reserve one grant of ``amount`` in every capped window, all or nothing.
+
+        ``keys[i]`` is the window key of ``bucket.caps[i]`` at the event time. A cap holds
+        at equality (a count cap of 10 grants the 10th and refuses the 11th). When
+        ``applicant`` is given and ``bucket.dedupe_ms`` > 0, an earlier grant to the same
+        applicant within that many ms refuses this one. On success ``entry`` (if any) is
+        appended to the ledger in the same step. Returns ``GRANTED``, ``DEDUPED`` or
+        ``CAP_HIT + i``.
+        """
+
+    @abstractmethod
+    def recall(self, application_id: str, fingerprint: bytes) -> Decision | None:
+        """The decision already made for this id, if any (content must match)."""
+
+    @abstractmethod
+    def remember(self, application_id: str, fingerprint: bytes, decision: Decision,
+                 event_ms: int) -> None:
+        """Record the decision for this id (kept for the idempotency TTL)."""
+
+    @abstractmethod
+    def usage(self, bucket: Bucket, keys: tuple[int, ...]) -> list[tuple[int, int]]:
+        """(count, amount) used in each of the bucket's windows at these keys."""
+
+    @abstractmethod
+    def ledger(self) -> Iterable[ReferralEntry]:
+        """Every ledger entry, in append order."""
+
+    def close(self) -> None:
+        """Release connections (no-op by default)."""
