@@ -1,0 +1,158 @@
+"""The ``referral-router`` command line (Typer for arguments and help, Rich for output)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from router.errors import RouterError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Rejected-traffic referral router: keep / branch / refer / decline.")
+err = Console(stderr=True)
+out = Console()
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[red]error:[/red] {exc}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _progress(total: int | None, label: str) -> Progress:
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, transient=True, disable=not err.is_terminal)
+
+
+@app.command()
+def decide(
+    application: str = typer.Argument("-", help="application JSON file, a JSON object, or - for stdin (JSON Lines)"),
+    strategy: Path = typer.Option(..., "--strategy", "-s", help="strategy TOML"),
+) -> None:
+    """Decide applications and print each decision as one JSON line."""
+    from router.config import load_strategy
+    from router.engine import Router
+    from router.messages import decode_application, encode
+
+    try:
+        router = Router(load_strategy(strategy))
+        if application == "-":
+            lines = [ln for ln in sys.stdin.buffer.read().splitlines() if ln.strip()]
+        elif application.lstrip().startswith("{"):
+            lines = [application.encode()]
+        else:
+            lines = [ln for ln in Path(application).read_bytes().splitlines() if ln.strip()]
+        for line in lines:
+            sys.stdout.buffer.write(encode(router.decide(decode_application(line))) + b"\n")
+    except (RouterError, OSError) as exc:
+        _fail(exc)
+
+
+@app.command()
+def generate(
+    rows: int = typer.Option(..., "--rows", "-n", min=0, help="applications to write"),
+    out_path: Path = typer.Option(..., "--out", "-o", help="output file: .parquet or .jsonl"),
+    seed: int = typer.Option(7, "--seed", help="random seed (same seed, same bytes)"),
+    per_day: int = typer.Option(200_000, "--per-day", min=1, help="applications per day"),
+    start: str = typer.Option("2026-11-02", "--start", help="first day (Asia/Shanghai)"),
+) -> None:
+    """Write synthetic application traffic (see router/traffic.py for the assumptions)."""
+    from router.traffic import write_traffic
+
+    try:
+        with _progress(rows, "generating") as bar:
+            task = bar.add_task("gen", total=rows)
+            write_traffic(out_path, rows, seed, per_day, start,
+                          progress=lambda k: bar.advance(task, k))
+    except RouterError as exc:
+        _fail(exc)
+    out.print(f"wrote {rows:,} applications to {out_path}")
+
+
+def _run_replay(strategy: Path, traffic: Path, out_dir: Path, batch_size: int):
+    from router.config import load_strategy
+    from router.replay import replay
+    from router.replay.reader import count_rows
+
+    strat = load_strategy(strategy)
+    total = count_rows(traffic)
+    with _progress(total, "replaying") as bar:
+        task = bar.add_task("replay", total=total)
+        return replay(strat, traffic, out_dir, batch_size=batch_size,
+                      progress=lambda k: bar.advance(task, k))
+
+
+@app.command()
+def replay(
+    strategy: Path = typer.Option(..., "--strategy", "-s", help="strategy TOML"),
+    traffic: Path = typer.Option(..., "--traffic", "-t", help="traffic file (.parquet / .jsonl)"),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="output directory"),
+    batch_size: int = typer.Option(65_536, "--batch-size", min=1),
+) -> None:
+    """Replay a traffic file on the in-memory store; writes summary.json and decisions.parquet."""
+    try:
+        result = _run_replay(strategy, traffic, out_dir, batch_size)
+    except RouterError as exc:
+        _fail(exc)
+    _print_summary(result.summary)
+    out.print(f"summary: {result.summary_path}\ndecisions: {result.decisions_path}")
+
+
+@app.command()
+def demo(
+    rows: int = typer.Option(200_000, "--rows", help="applications in the demo day"),
+    out_dir: Path = typer.Option(Path("out/demo"), "--out"),
+    strategy: Optional[Path] = typer.Option(None, "--strategy", help="default: configs/strategy.toml"),
+    seed: int = typer.Option(7, "--seed"),
+) -> None:
+    """Generate a day of traffic and replay it with the example strategy."""
+    from router.traffic import write_traffic
+
+    root = Path(__file__).resolve().parent.parent
+    strategy = strategy or root / "configs" / "strategy.toml"
+    traffic = out_dir / "traffic.parquet"
+    try:
+        write_traffic(traffic, rows, seed)
+        out.print(f"generated {rows:,} applications (one day) -> {traffic}")
+        result = _run_replay(strategy, traffic, out_dir, 65_536)
+    except RouterError as exc:
+        _fail(exc)
+    _print_summary(result.summary)
+    out.print(f"report: {result.summary_path}  (per-application decisions: {result.decisions_path})")
+
+
+def _yuan(minor: int) -> str:
+    return f"{minor / 100:,.0f}"
+
+
+def _print_summary(s: dict) -> None:
+    n = s["applications"]
+    t = Table(title=f"{n:,} applications, strategy {s['strategy_version']}")
+    t.add_column("outcome")
+    t.add_column("count", justify="right")
+    t.add_column("share", justify="right")
+    for k, v in s["decisions"].items():
+        t.add_row(k, f"{v:,}", f"{v / n:.1%}" if n else "-")
+    out.print(t)
+    p = Table(title="partners (expected revenue, yuan)")
+    for c in ("partner", "referred", "amount", "fees", "rev-share", "daily cap ran out"):
+        p.add_column(c, justify="left" if c in ("partner", "daily cap ran out") else "right")
+    for pid, v in s["partners"].items():
+        ran = ", ".join(t.split("T")[1][:5] + f" ({d[5:]})" for d, t in v["daily_cap_ran_out"].items())
+        p.add_row(pid, f"{v['referred']:,}", _yuan(v["amount"]), _yuan(v["expected_fee"]),
+                  _yuan(v["expected_rev_share"]), ran or "-")
+    out.print(p)
+    b = s["expected_profit_breakdown"]
+    out.print(f"expected profit {_yuan(s['expected_profit'])} yuan = keep {_yuan(b['keep'])} + "
+              f"branch {_yuan(b['branch'])} + referral {_yuan(b['referral_value'])}; "
+              f"{s['applications_per_s']:,.0f} applications/s")
+
+
+def main() -> None:
+    """Entry point for ``python -m router``."""
+    app()

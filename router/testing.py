@@ -1,0 +1,111 @@
+"""Test doubles and builders for users' own tests (like ``structlog.testing``).
+
+* :class:`FixedPDScorer` and :class:`ScoreLookupScorer` — scorers with a PD you choose,
+  so a test can put an application exactly where a rule or cut-off bites.
+* :func:`make_application` — a valid application with overrides.
+* :func:`strategy_dict` — a small valid strategy as plain data, to tweak and validate
+  with :func:`router.config.strategy_from_dict`.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timezone
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from router.features import FEATURES
+from router.messages import Application, convert_application
+
+
+class FixedPDScorer:
+    """Every application gets the same PD."""
+
+    def __init__(self, pd: float = 0.02):
+        self.pd = pd
+        self.feature_names_ = FEATURES
+
+    def pd_one(self, x: Sequence[float]) -> float:
+        """The fixed PD."""
+        return self.pd
+
+    def pd_batch(self, X: np.ndarray) -> np.ndarray:
+        """The fixed PD for every row."""
+        return np.full(len(X), self.pd, dtype=np.float64)
+
+
+class ScoreLookupScorer:
+    """PD looked up by bureau score (exact match, else ``default``): tests pick PDs via scores."""
+
+    def __init__(self, pd_by_score: Mapping[int, float], default: float = 0.5):
+        self.pd_by_score = dict(pd_by_score)
+        self.default = default
+        self.feature_names_ = FEATURES
+        self._col = FEATURES.index("bureau_score")
+
+    def pd_one(self, x: Sequence[float]) -> float:
+        """PD for the row's bureau score."""
+        return self.pd_by_score.get(int(round(x[self._col] * 100)), self.default)
+
+    def pd_batch(self, X: np.ndarray) -> np.ndarray:
+        """PD for every row's bureau score."""
+        scores = np.rint(X[:, self._col] * 100).astype(int).tolist()
+        return np.array([self.pd_by_score.get(s, self.default) for s in scores], dtype=np.float64)
+
+
+_APP_DEFAULTS: dict[str, Any] = dict(
+    application_id="app-1", received_at=datetime(2026, 11, 2, 2, 0, tzinfo=timezone.utc),
+    channel="own_app", national_id="110101199001011234", age=32, monthly_income=1_200_000,
+    bureau_score=700, inquiries_3m=1, open_loans=1, dti=0.3, worst_dpd_12m=0,
+    region="310000", employer="Company 001", requested_amount=3_000_000, term_months=12,
+    max_apr=0.18, consent="any",
+)
+
+
+def make_application(**overrides: Any) -> Application:
+    """A valid application (Shanghai, 32 years old, 30,000 yuan over 12 months) with overrides."""
+    data = {**_APP_DEFAULTS, **overrides}
+    if "applicant_token" in overrides:
+        data.pop("national_id", None)
+    return convert_application(data)
+
+
+_STRATEGY: dict[str, Any] = {
+    "version": "test-1",
+    "identity": {"dev_key": "test-key-0123456789abcdef"},
+    "economics": {"funding_cost": 0.04, "lgd": 0.6, "operating_cost": 0.02,
+                  "target_margin": 0.02, "legal_apr_cap": 0.24, "own_apr_cap": 0.20},
+    "rules": {"min_age": 18, "max_age": 60, "licensed_regions": ["31", "11"],
+              "max_worst_dpd": 60, "max_inquiries_3m": 8, "max_open_loans": 5, "max_dti": 0.6},
+    "scorers": {"main": {"kind": "logistic_json", "path": "unused.json"}},
+    "primary": {"scorer": "main", "max_pd": 0.05, "caps": [{"window": "day", "count": 1000}]},
+    "branch": {"scorer": "main", "max_pd": 0.12, "apr_cap": 0.24, "reserve_rate": 0.03,
+               "funder_loss_share": 0.3, "return_model": "fixed", "fixed_return": 0.09,
+               "operating_cost": 0.005, "target_margin": 0.005,
+               "caps": [{"window": "day", "count": 1000}]},
+    "routing": {"method": "waterfall"},
+    "partners": [
+        {"id": "bank_a", "name": "Bank A", "whitelisted": True, "priority": 1, "weight": 1,
+         "apr_min": 0.04, "apr_max": 0.12, "acceptance": 0.6, "dedupe_days": 30,
+         "terms": {"fee_per_funded": 10_000, "rev_share": 0.2},
+         "employer_names": ["Bank A Group"],
+         "filters": {"max_pd": 0.08},
+         "caps": [{"window": "day", "count": 100, "amount": 1_000_000_000}]},
+        {"id": "plat_b", "name": "Platform B", "whitelisted": True, "priority": 2, "weight": 3,
+         "apr_min": 0.15, "apr_max": 0.24, "acceptance": 0.5, "dedupe_days": 7,
+         "terms": {"fee_per_referral": 500, "rev_share": 0.3},
+         "filters": {"max_pd": 0.25},
+         "caps": [{"window": "hour", "count": 50}, {"window": "day", "count": 200}]},
+        {"id": "gray_c", "name": "Not whitelisted", "whitelisted": False, "priority": 0,
+         "apr_min": 0.05, "apr_max": 0.24, "acceptance": 0.9,
+         "terms": {"fee_per_referral": 100_000}},
+    ],
+}
+
+
+def strategy_dict(**overrides: Any) -> dict[str, Any]:
+    """A deep copy of a small valid strategy as plain data; top-level keys overridden."""
+    d = copy.deepcopy(_STRATEGY)
+    d.update(copy.deepcopy(overrides))
+    return d

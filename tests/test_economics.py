@@ -1,0 +1,110 @@
+"""Economics against numbers computed by hand (see the formulas in router/economics.py).
+
+Loan: A = 1,000,000 fen (10,000 yuan), T = 12 months -> balance-years = A·13/24 = 541,666.67.
+"""
+
+import numpy as np
+import pytest
+
+from router import economics as eco
+from router.config import strategy_from_dict
+from router.testing import strategy_dict
+
+S = strategy_from_dict(strategy_dict())  # funding 4%, LGD 0.6, opex 2%, margin 2%, caps 24%/20%
+E = S.economics
+A, T = 1_000_000.0, 12.0
+
+
+def test_balance_years():
+    assert eco.balance_years(A, T) == pytest.approx(541_666.6667, abs=1e-3)
+    assert eco.balance_years(1200.0, 1.0) == pytest.approx(100.0)  # one month, full balance
+
+
+def test_required_apr_by_hand():
+    # ((0.04 + 0.02 + 0.02)·13/24 + 0.05·0.6) / (13/24 · 0.95) = 0.0733333 / 0.5145833
+    assert eco.required_apr(0.05, T, E) == pytest.approx(0.0733333333 / 0.5145833333, rel=1e-9)
+    assert eco.required_apr(0.05, T, E) == pytest.approx(0.14251012, abs=1e-8)
+
+
+def test_achievable_and_offered():
+    assert eco.achievable_apr(0.18, E) == 0.18   # applicant's maximum binds
+    assert eco.achievable_apr(0.30, E) == 0.20   # funder's own cap binds
+    assert eco.offered_apr(0.1425, 0.18, E) == 0.1425
+    assert eco.offered_apr(0.25, 0.18, E) == 0.18
+
+
+def test_prime_applicant_not_covered_at_5_percent():
+    # PD 1%: required ≈ (0.0433333 + 0.006)/(0.5416667·0.99) = 0.0920 > 5% the applicant accepts
+    req = eco.required_apr(0.01, T, E)
+    assert req == pytest.approx(0.0493333333 / 0.53625, rel=1e-9)
+    assert eco.achievable_apr(0.05, E) - req < 0
+
+
+def test_keep_profit_by_hand():
+    # interest 0.18·541,666.67·0.95 = 92,625; cost 0.06·541,666.67 = 32,500; loss 30,000
+    assert eco.keep_profit(A, T, 0.05, 0.18, E) == pytest.approx(30_125.0, abs=1e-6)
+
+
+def test_branch_fixed_return_by_hand():
+    b = S.branch  # fixed 9%, reserve 3%, funder loss share 30%, opex 0.5%, margin 0.5%
+    # income 0.09·by = 48,750; funding+opex 0.045·by = 24,375;
+    # loss 0.1·0.6·A = 60,000, over the 30,000 reserve: 30,000 · 0.3 = 9,000
+    p = eco.branch_profit(A, T, 0.10, 0.2, b, E)
+    assert p == pytest.approx(15_375.0, abs=1e-6)
+    assert eco.branch_margin(A, T, p, b) == pytest.approx(15_375 / 541_666.6667 - 0.005, rel=1e-9)
+
+
+def test_branch_profit_share_by_hand():
+    d = strategy_dict()
+    d["branch"].update(return_model="share", profit_share=0.4, fixed_return=0.0)
+    s = strategy_from_dict(d)
+    # income 0.4 · 0.2 · by · 0.9 = 39,000; minus 24,375 and 9,000
+    assert eco.branch_profit(A, T, 0.10, 0.2, s.branch, E) == pytest.approx(5_625.0, abs=1e-6)
+
+
+def test_reserve_absorbs_small_losses():
+    # PD 2%: loss 12,000 < reserve 30,000 -> the funder loses nothing
+    p = eco.branch_profit(A, T, 0.02, 0.2, S.branch, E)
+    assert p == pytest.approx(48_750 - 24_375, abs=1e-6)
+
+
+def test_referral_value_by_hand():
+    bank = S.partners[0]  # APR ≤ 12%, acceptance 60%, funded 100%, 100 yuan per funded, 20%
+    # partner APR 0.12; interest 0.12·by·0.95 = 61,750
+    # fees 0.6·1.0·10,000 = 6,000; rev-share 0.6·1.0·0.2·61,750 = 7,410
+    fees, share = eco.referral_value_parts(A, T, 0.05, 0.18, bank)
+    assert fees == pytest.approx(6_000.0) and share == pytest.approx(7_410.0)
+    assert eco.referral_value(A, T, 0.05, 0.18, bank) == pytest.approx(13_410.0)
+
+
+def test_acceptance_slope_clips():
+    d = strategy_dict()
+    d["partners"][0].update(acceptance=0.6, acceptance_pd_slope=5.0)
+    bank = strategy_from_dict(d).partners[0]
+    assert eco.acceptance(0.1, bank) == pytest.approx(0.1)
+    assert eco.acceptance(0.5, bank) == 0.0
+
+
+def test_vectorised_equals_scalar():
+    rng = np.random.default_rng(1)
+    amount = rng.integers(100_000, 20_000_000, 500).astype(float)
+    term = rng.choice([3, 6, 12, 24, 36], 500).astype(float)
+    pd = rng.uniform(0, 0.4, 500)
+    mx = rng.uniform(0.04, 0.3, 500)
+    bank, b = S.partners[0], S.branch
+    vec = {
+        "req": eco.required_apr(pd, term, E),
+        "keep": eco.keep_profit(amount, term, pd, mx, E),
+        "branch": eco.branch_profit(amount, term, pd, mx, b, E),
+        "ref": eco.referral_value(amount, term, pd, mx, bank),
+    }
+    for i in range(500):
+        assert vec["req"][i] == pytest.approx(eco.required_apr(pd[i], term[i], E), rel=1e-12)
+        assert vec["keep"][i] == pytest.approx(eco.keep_profit(amount[i], term[i], pd[i], mx[i], E), rel=1e-12, abs=1e-9)
+        assert vec["branch"][i] == pytest.approx(eco.branch_profit(amount[i], term[i], pd[i], mx[i], b, E), rel=1e-12, abs=1e-9)
+        assert vec["ref"][i] == pytest.approx(eco.referral_value(amount[i], term[i], pd[i], mx[i], bank), rel=1e-12)
+
+
+def test_to_minor_rounds_once_half_even():
+    assert eco.to_minor(2.5) == 2 and eco.to_minor(3.5) == 4
+    assert eco.to_minor(np.array([1.4, 1.6])).tolist() == [1, 2]

@@ -1,0 +1,103 @@
+"""One conformance test over every scorer implementation."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from router.columns import from_arrow
+from router.errors import ModelError
+from router.features import FEATURES, features_batch, features_one
+from router.identity import Hasher
+from router.scoring import (LinearScorer, OnnxTreeScorer, Scorer, SklearnScorer, load_scorer,
+                            scorer_from_estimator)
+from router.testing import FixedPDScorer, ScoreLookupScorer, make_application
+from router.traffic import generate_batches
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def data():
+    batch = next(generate_batches(3000, seed=11))
+    cols = from_arrow(batch, Hasher(b"conformance-key-000000"))
+    X = features_batch(cols)
+    y = batch.column("defaulted").to_numpy(zero_copy_only=False).astype(int)
+    return X, y
+
+
+def _fitted(data):
+    X, y = data
+    lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X, y)
+    hgb = HistGradientBoostingClassifier(max_iter=30, random_state=0).fit(X, y)
+    return lr, hgb
+
+
+SCORERS = ["linear_json", "linear_compiled", "onnx_trees", "sklearn_shipped_hgb",
+           "sklearn_fallback", "fixed", "lookup"]
+
+
+@pytest.fixture(scope="module")
+def scorers(data):
+    lr, hgb = _fitted(data)
+    return {
+        "linear_json": (load_scorer("logistic_json", "pd_logit.json", ROOT / "models"), None),
+        "linear_compiled": (scorer_from_estimator(lr), lr),
+        "onnx_trees": (scorer_from_estimator(hgb), hgb),
+        "sklearn_shipped_hgb": (load_scorer("sklearn", "pd_hgb.skops", ROOT / "models"), None),
+        "sklearn_fallback": (SklearnScorer(lr), lr),
+        "fixed": (FixedPDScorer(0.03), None),
+        "lookup": (ScoreLookupScorer({700: 0.02, 650: 0.07}), None),
+    }
+
+
+@pytest.mark.parametrize("name", SCORERS)
+def test_conformance(name, scorers, data):
+    scorer, source = scorers[name]
+    X, _ = data
+    assert isinstance(scorer, Scorer)
+    assert tuple(scorer.feature_names_) == FEATURES
+    batch = scorer.pd_batch(X)
+    assert batch.shape == (len(X),) and batch.dtype == np.float64
+    assert np.all((batch >= 0) & (batch <= 1))
+    single = np.array([scorer.pd_one(row.tolist()) for row in X])
+    np.testing.assert_allclose(single, batch, rtol=0, atol=1e-9)
+    assert scorer.pd_batch(X[:0]).shape == (0,)
+    if source is not None:  # compiled paths reproduce scikit-learn
+        np.testing.assert_allclose(batch, source.predict_proba(X)[:, 1], rtol=0, atol=1e-9)
+
+
+def test_compiled_kinds(scorers):
+    assert isinstance(scorers["linear_compiled"][0], LinearScorer)
+    assert isinstance(scorers["onnx_trees"][0], OnnxTreeScorer)
+    assert isinstance(scorers["sklearn_shipped_hgb"][0], OnnxTreeScorer)
+
+
+def test_features_one_equals_batch(data):
+    from router.columns import from_applications
+    apps = [make_application(application_id=f"a{i}", channel=ch, bureau_score=600 + i,
+                             worst_dpd_12m=30 * i)
+            for i, ch in enumerate(["own_app", "platform", "api_aggregator", "h5_aggregator"])]
+    cols = from_applications(apps, Hasher(b"conformance-key-000000"))
+    np.testing.assert_allclose(features_batch(cols), [features_one(a) for a in apps], atol=1e-12)
+
+
+def test_model_feature_mismatch_is_an_error():
+    with pytest.raises(ModelError, match="do not match"):
+        LinearScorer([0.1, 0.2], 0.0, ["a", "b"])
+
+
+def test_skops_refuses_untrusted(tmp_path):
+    import skops.io as sio
+    from router.scoring import load_skops
+
+    class Evil:  # a type outside scikit-learn/numpy
+        pass
+
+    sio.dump({"model": Evil()}, tmp_path / "evil.skops")
+    with pytest.raises(ModelError, match="untrusted"):
+        load_skops(tmp_path / "evil.skops")
