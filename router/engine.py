@@ -100,6 +100,9 @@ class Router:
 
     def decide_columns(self, cols: AppColumns) -> list[Decision]:
         """Decide a column batch (the replay path). Returns one decision per row."""
+        if self.clock is not None:
+            # The caller's clock, read once per application, replaces event time everywhere.
+            cols.event_ms = np.array([self.clock() for _ in range(len(cols))], dtype=np.int64)
         a = assess(cols, self.strategy, self.scorers, self._employers)
         return self._allocate(cols, a)
 
@@ -133,14 +136,13 @@ class Router:
         dead, keep_ok, branch_ok = a.dead.tolist(), a.keep_ok.tolist(), a.branch_ok.tolist()
         pds = a.pd.tolist()
         elig_rows = [np.flatnonzero(row).tolist() for row in a.eligible] if partners else None
-        clock = self.clock
         for i, app_id in enumerate(ids):
             fp = fps[i]
             prev = store.recall(app_id, fp)
             if prev is not None:
                 out.append(prev)
                 continue
-            t = clock() if clock is not None else event_ms[i]
+            t = event_ms[i]
             bits = bits_all[i]
             amount = amounts[i]
             did = _hex_id("d_", version, app_id)

@@ -1,0 +1,152 @@
+"""Quota-store contract: the same tests for every QuotaStore implementation.
+
+Issue 3 adds the Redis and Redis Cluster stores to STORES; the tests stay as they are.
+"""
+
+from datetime import datetime, timezone
+
+import pytest
+
+from router.errors import IdempotencyConflict
+from router.messages import Decline
+from router.store import CAP_HIT, DEDUPED, GRANTED, Bucket, CapLimit, MemoryQuotaStore
+from router.windows import key_of
+
+STORES = {"memory": lambda: MemoryQuotaStore()}
+TZ = "Asia/Shanghai"
+
+
+@pytest.fixture(params=sorted(STORES))
+def store(request):
+    s = STORES[request.param]()
+    yield s
+    s.close()
+
+
+def ms(y, mo, d, h=0, mi=0, s=0):
+    return int(datetime(y, mo, d, h, mi, s, tzinfo=timezone.utc).timestamp() * 1000)
+
+
+def bucket(*caps, dedupe_days=0, bid="p1"):
+    return Bucket(bid, tuple(CapLimit(*c) for c in caps), TZ, dedupe_days * 86_400_000)
+
+
+def keys(b, t):
+    return tuple(key_of(t, c.window, b.timezone) for c in b.caps)
+
+
+def reserve(store, b, t, amount=100, applicant=None):
+    return store.try_reserve(b, keys(b, t), amount, applicant, t)
+
+
+class TestCaps:
+    def test_count_cap_holds_at_equality(self, store):
+        b = bucket(("day", 3, None))
+        t = ms(2026, 11, 2, 4)
+        assert [reserve(store, b, t) for _ in range(4)] == [GRANTED] * 3 + [CAP_HIT]
+        assert store.usage(b, keys(b, t)) == [(3, 300)]
+
+    def test_amount_cap_holds_at_equality(self, store):
+        b = bucket(("day", None, 1000))
+        t = ms(2026, 11, 2, 4)
+        assert reserve(store, b, t, 600) == GRANTED
+        assert reserve(store, b, t, 401) == CAP_HIT      # would be 1001
+        assert reserve(store, b, t, 400) == GRANTED      # exactly 1000
+        assert reserve(store, b, t, 1) == CAP_HIT
+
+    def test_multi_window_all_checked_before_any_increment(self, store):
+        b = bucket(("hour", 2, None), ("day", 3, None), ("month", None, 10_000))
+        t = ms(2026, 11, 2, 4)
+        assert reserve(store, b, t) == GRANTED
+        assert reserve(store, b, t) == GRANTED
+        assert reserve(store, b, t) == CAP_HIT + 0        # the hour cap bites
+        assert store.usage(b, keys(b, t)) == [(2, 200), (2, 200), (2, 200)]  # nothing half-applied
+        t2 = t + 3600_000
+        assert reserve(store, b, t2) == GRANTED           # next hour, day has one left
+        assert reserve(store, b, t2) == CAP_HIT + 1       # the day cap bites
+        assert store.usage(b, keys(b, t2))[1:] == [(3, 300), (3, 300)]
+
+    def test_buckets_are_independent(self, store):
+        a, b = bucket(("day", 1, None), bid="a"), bucket(("day", 1, None), bid="b")
+        t = ms(2026, 11, 2, 4)
+        assert reserve(store, a, t) == GRANTED and reserve(store, b, t) == GRANTED
+
+    def test_day_rolls_over_at_midnight_shanghai(self, store):
+        b = bucket(("day", 1, None))
+        before = ms(2026, 11, 2, 15, 59, 59)   # 23:59:59 in Shanghai
+        after = ms(2026, 11, 2, 16, 0, 0)      # 00:00:00 the next day in Shanghai
+        assert reserve(store, b, before) == GRANTED
+        assert reserve(store, b, before) == CAP_HIT
+        assert reserve(store, b, after) == GRANTED
+        # UTC midnight is not a rollover for a Shanghai window
+        b2 = bucket(("day", 1, None), bid="p2")
+        assert reserve(store, b2, ms(2026, 11, 2, 23, 59)) == GRANTED
+        assert reserve(store, b2, ms(2026, 11, 3, 0, 1)) == CAP_HIT
+
+    def test_month_rollover(self, store):
+        b = bucket(("month", 1, None))
+        assert reserve(store, b, ms(2026, 11, 30, 15, 59)) == GRANTED    # Nov 30 23:59 local
+        assert reserve(store, b, ms(2026, 11, 30, 16, 1)) == GRANTED     # Dec 1 00:01 local
+
+
+class TestDedupe:
+    def test_same_applicant_blocked_inside_window(self, store):
+        b = bucket(("day", 100, None), dedupe_days=7)
+        t = ms(2026, 11, 2, 4)
+        assert reserve(store, b, t, applicant="h1") == GRANTED
+        assert reserve(store, b, t + 6 * 86_400_000, applicant="h1") == DEDUPED
+        assert reserve(store, b, t + 1, applicant="h2") == GRANTED
+        assert reserve(store, b, t + 7 * 86_400_000, applicant="h1") == GRANTED
+
+    def test_dedupe_refusal_counts_nothing(self, store):
+        b = bucket(("day", 100, None), dedupe_days=1)
+        t = ms(2026, 11, 2, 4)
+        reserve(store, b, t, applicant="h1")
+        reserve(store, b, t, applicant="h1")
+        assert store.usage(b, keys(b, t)) == [(1, 100)]
+
+    def test_dedupe_is_per_bucket(self, store):
+        a = bucket(("day", 9, None), dedupe_days=7, bid="a")
+        b = bucket(("day", 9, None), dedupe_days=7, bid="b")
+        t = ms(2026, 11, 2, 4)
+        assert reserve(store, a, t, applicant="h1") == GRANTED
+        assert reserve(store, b, t, applicant="h1") == GRANTED
+
+
+class TestIdempotency:
+    def _d(self, app_id="a1"):
+        return Decline(decision_id="d", application_id=app_id, strategy_version="v", pd=0.1,
+                       apr=None, coverage_margin=None, reasons=("X",))
+
+    def test_first_decision_returned(self, store):
+        assert store.recall("a1", b"fp") is None
+        store.remember("a1", b"fp", self._d(), ms(2026, 11, 2))
+        assert store.recall("a1", b"fp") == self._d()
+
+    def test_same_id_different_content_is_an_error(self, store):
+        store.remember("a1", b"fp", self._d(), ms(2026, 11, 2))
+        with pytest.raises(IdempotencyConflict, match="a1"):
+            store.recall("a1", b"other")
+
+    def test_remember_keeps_the_first(self, store):
+        first = self._d()
+        store.remember("a1", b"fp", first, ms(2026, 11, 2))
+        store.remember("a1", b"fp", self._d("changed"), ms(2026, 11, 2))
+        assert store.recall("a1", b"fp") == first
+
+
+class TestLedger:
+    def test_entry_appended_only_when_granted(self, store):
+        from router.messages import CommercialTerms, ReferralEntry
+        b = bucket(("day", 1, None))
+        t = ms(2026, 11, 2, 4)
+
+        def entry(i):
+            return ReferralEntry(referral_id=f"r{i}", decision_id=f"d{i}", application_id=f"a{i}",
+                                 partner_id="p1", event_time_ms=t, amount=100, term_months=12,
+                                 applicant_hash="h", terms=CommercialTerms(rev_share=0.2),
+                                 expected_value=10, strategy_version="v")
+
+        assert store.try_reserve(b, keys(b, t), 100, None, t, entry(1)) == GRANTED
+        assert store.try_reserve(b, keys(b, t), 100, None, t, entry(2)) == CAP_HIT
+        assert [e.referral_id for e in store.ledger()] == ["r1"]
