@@ -82,19 +82,23 @@ class _State:
 def _chunk(rng: np.random.Generator, n: int, first: int, day_start_ms: int, state: _State,
            seed: int) -> pa.RecordBatch:
     hours = rng.choice(24, size=n, p=_HOUR_W / _HOUR_W.sum())
-    t = day_start_ms + hours * 3600_000 + rng.integers(0, 3600_000, size=n)
-    order = np.argsort(t, kind="stable")
-    t = t[order]
+    # Rows are i.i.d. apart from repeats, so sorting the times alone gives arrival order.
+    t = np.sort(day_start_ms + hours * 3600_000 + rng.integers(0, 3600_000, size=n))
     ch = rng.choice(4, size=n, p=_CH_P)
     z = rng.normal(np.take(_CH_MU, ch), 1.0)
     # Repeat applicants: reuse identity and (mostly) their latent risk.
-    repeat = (rng.random(n) < 0.07) & (len(state.pool) > 0)
+    # Repeat applicants: an earlier applicant of the same day, or of an earlier day.
+    repeat = rng.random(n) < 0.07
+    from_pool = rng.random(n) < 0.5
+    u = rng.random(n)
     ids = [f"9{seed % 100:02d}{first + i:015d}" for i in range(n)]
-    if repeat.any():
-        pick = rng.integers(0, max(len(state.pool), 1), size=n)
-        for i in np.flatnonzero(repeat):
-            ids[i] = state.pool[pick[i]]
-            z[i] = 0.8 * state.pool_z[pick[i]] + 0.2 * z[i]
+    for i in np.flatnonzero(repeat).tolist():
+        if from_pool[i] and state.pool:
+            j = int(u[i] * len(state.pool))
+            ids[i], z[i] = state.pool[j], 0.8 * state.pool_z[j] + 0.2 * z[i]
+        elif i > 0:
+            j = int(u[i] * i)
+            ids[i], z[i] = ids[j], 0.8 * z[j] + 0.2 * z[i]
     keep = rng.random(n) < 0.02  # remember a sample as future repeaters
     state.pool.extend(ids[i] for i in np.flatnonzero(keep))
     state.pool_z.extend(z[keep].tolist())
@@ -132,13 +136,13 @@ def _chunk(rng: np.random.Generator, n: int, first: int, day_start_ms: int, stat
     cols = {
         "application_id": [f"A{seed}-{first + i:010d}" for i in range(n)],
         "received_at": pa.array(t, pa.int64()).cast(pa.timestamp("ms", tz="Asia/Shanghai")),
-        "channel": np.take(CHANNELS, ch)[order], "national_id": np.array(ids)[order],
-        "age": age[order], "monthly_income": income_fen[order], "bureau_score": score[order],
-        "inquiries_3m": inq[order], "open_loans": opn[order], "dti": dti[order],
-        "worst_dpd_12m": dpd[order], "region": region[order], "employer": employer[order],
-        "requested_amount": amount_fen[order], "term_months": term[order],
-        "max_apr": max_apr[order], "consent": consent[order], "fraud_flag": fraud[order],
-        "defaulted": defaulted[order], "true_pd": np.round(true_pd[order], 6),
+        "channel": np.take(CHANNELS, ch), "national_id": ids,
+        "age": age, "monthly_income": income_fen, "bureau_score": score,
+        "inquiries_3m": inq, "open_loans": opn, "dti": dti,
+        "worst_dpd_12m": dpd, "region": region, "employer": employer,
+        "requested_amount": amount_fen, "term_months": term,
+        "max_apr": max_apr, "consent": consent, "fraud_flag": fraud,
+        "defaulted": defaulted, "true_pd": np.round(true_pd, 6),
     }
     arrays = [c if isinstance(c, pa.Array) else pa.array(c, type=SCHEMA.field(k).type)
               for k, c in cols.items()]

@@ -54,8 +54,16 @@ class LinearScorer:
         return sigmoid(z)
 
     def pd_batch(self, X: np.ndarray) -> np.ndarray:
-        """PD of every row."""
-        return sigmoid_v(X @ self.coef_ + self.intercept_)
+        """PD of every row.
+
+        Summed feature by feature in the order :meth:`pd_one` uses, not with a BLAS
+        product: every row's PD is then bit-identical whatever the batch size, so replay
+        and live decisions cannot differ at a cut-off.
+        """
+        z = np.full(len(X), self.intercept_)
+        for j, c in enumerate(self._pairs):
+            z += c * X[:, j]
+        return sigmoid_v(z)
 
     @classmethod
     def from_estimator(cls, est: Any, feature_names: Sequence[str] = FEATURES) -> "LinearScorer":
