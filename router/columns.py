@@ -96,7 +96,8 @@ def from_applications(apps: Sequence[Application], hasher: Hasher) -> AppColumns
         "applicant": [a.applicant_token if a.applicant_token is not None
                       else tok(a.national_id) for a in apps],  # type: ignore[arg-type]
         "region": [a.region for a in apps],
-        "employer": [tok(a.employer, "employer") if a.employer else None for a in apps],
+        "employer": [hasher.cached_token(a.employer, "employer") if a.employer else None
+                     for a in apps],
         "consent": [_consent_key(a.consent) for a in apps],
         "fraud_flag": [a.fraud_flag for a in apps],
     }
@@ -212,7 +213,8 @@ def from_arrow(batch: pa.RecordBatch, hasher: Hasher, offset: int = 0) -> AppCol
         applicant.append(t if t is not None else hasher.token(r))
     py["applicant"] = applicant
     emp = batch.column("employer").to_pylist() if "employer" in names else [None] * n
-    py["employer"] = [hasher.token(e, "employer") if e else None for e in emp]
+    ctok = hasher.cached_token
+    py["employer"] = [ctok(e, "employer") if e else None for e in emp]
     consent = batch.column("consent").to_pylist() if "consent" in names else [None] * n
     py["consent"] = [_parse_consent(c) for c in consent]
     py["fraud_flag"] = (batch.column("fraud_flag").to_numpy(zero_copy_only=False)

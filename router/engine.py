@@ -108,13 +108,8 @@ class Router:
 
     # ---- sequential allocation --------------------------------------------------------
 
-    def _keys(self, a: Assessment, bucket: Bucket, i: int) -> tuple[int, ...]:
-        zk = a.keys[bucket.timezone]
-        return tuple(int(zk[c.window][i]) for c in bucket.caps)
-
-    def _reserve(self, a: Assessment, bucket: Bucket, i: int, amount: int, applicant: str | None,
-                 t: int, entry: ReferralEntry | None = None) -> int:
-        keys = self._keys(a, bucket, i)
+    def _reserve(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
+                 applicant: str | None, t: int, entry: ReferralEntry | None = None) -> int:
         r = self.store.try_reserve(bucket, keys, amount, applicant, t, entry)
         if r >= CAP_HIT and self.on_cap is not None:
             k = r - CAP_HIT
@@ -135,7 +130,13 @@ class Router:
         bits_all = a.bits.tolist()
         dead, keep_ok, branch_ok = a.dead.tolist(), a.keep_ok.tolist(), a.branch_ok.tolist()
         pds = a.pd.tolist()
-        elig_rows = [np.flatnonzero(row).tolist() for row in a.eligible] if partners else None
+        # Eligible partners per row as a bitmask; each distinct mask decoded once.
+        if partners:
+            masks = (a.eligible.astype(np.int64) << np.arange(len(partners))).sum(axis=1).tolist()
+        else:
+            masks = [0] * len(ids)
+        decode: dict[int, list[int]] = {0: []}
+        key_rows = _KeyRows(a)
         for i, app_id in enumerate(ids):
             fp = fps[i]
             prev = store.recall(app_id, fp)
@@ -146,11 +147,13 @@ class Router:
             bits = bits_all[i]
             amount = amounts[i]
             did = _hex_id("d_", version, app_id)
+            mask = masks[i]
             common = dict(decision_id=did, application_id=app_id, strategy_version=version)
             decision: Decision | None = None
             if not dead[i]:
                 if keep_ok[i]:
-                    if self._reserve(a, self._keep_bucket, i, amount, None, t) == GRANTED:
+                    kb = self._keep_bucket
+                    if self._reserve(kb, key_rows.get(kb)[i], amount, None, t) == GRANTED:
                         decision = Keep(**common, pd=pds[i], apr=float(a.keep_apr[i]),
                                         coverage_margin=float(a.keep_margin[i]),
                                         expected_profit=to_minor(float(a.keep_profit[i])),
@@ -158,7 +161,8 @@ class Router:
                     else:
                         bits |= _BIT["KEEP_BUDGET_EXHAUSTED"]
                 if decision is None and branch_ok[i]:
-                    if self._reserve(a, self._branch_bucket, i, amount, None, t) == GRANTED:
+                    bb = self._branch_bucket
+                    if self._reserve(bb, key_rows.get(bb)[i], amount, None, t) == GRANTED:
                         decision = Branch(**common, pd=float(a.branch_pd[i]),
                                           apr=float(a.branch_apr[i]),
                                           coverage_margin=float(a.branch_margin[i]),
@@ -166,9 +170,12 @@ class Router:
                                           reasons=reasons.names(bits))
                     else:
                         bits |= _BIT["BRANCH_BUDGET_EXHAUSTED"]
-                if decision is None and elig_rows and elig_rows[i]:
-                    decision, bits = self._refer(a, cols, i, elig_rows[i], method, common,
-                                                 bits, t, amount, terms[i], pds[i])
+                if decision is None and mask:
+                    eligible = decode.get(mask)
+                    if eligible is None:
+                        eligible = decode[mask] = [j for j in range(len(partners)) if mask >> j & 1]
+                    decision, bits = self._refer(a, cols, i, eligible, method, common, bits, t,
+                                                 amount, terms[i], pds[i], key_rows)
             if decision is None:
                 decision = Decline(**common, pd=pds[i], apr=None,
                                    coverage_margin=float(a.keep_margin[i]),
@@ -179,7 +186,7 @@ class Router:
 
     def _refer(self, a: Assessment, cols: AppColumns, i: int, eligible: list[int], method: str,
                common: dict[str, Any], bits: int, t: int, amount: int, term: int,
-               pd: float) -> tuple[Decision | None, int]:
+               pd: float, key_rows: "_KeyRows") -> tuple[Decision | None, int]:
         if method == "waterfall":
             order = [j for j in self._waterfall if j in eligible]
         elif method == "best_value":
@@ -189,16 +196,18 @@ class Router:
             order = self._rotation.order(eligible)
         applicant = cols.applicant[i]
         partners = self.strategy.partners
+        referral_id = "r_" + common["decision_id"][2:]  # one referral per application
         for j in order:
             p = partners[j]
             ev = to_minor(float(a.ev[i, j]))
             entry = ReferralEntry(
-                referral_id=_hex_id("r_", common["strategy_version"], common["application_id"]),
+                referral_id=referral_id,
                 decision_id=common["decision_id"], application_id=common["application_id"],
                 partner_id=p.id, event_time_ms=t, amount=amount, term_months=term,
                 applicant_hash=applicant, terms=p.terms, expected_value=ev,
                 strategy_version=common["strategy_version"])
-            r = self._reserve(a, self._partner_buckets[j], i, amount, applicant, t, entry)
+            pb = self._partner_buckets[j]
+            r = self._reserve(pb, key_rows.get(pb)[i], amount, applicant, t, entry)
             if r == GRANTED:
                 if method == "weighted":
                     self._rotation.granted(j, eligible)
@@ -207,6 +216,23 @@ class Router:
                              expected_value=ev, reasons=reasons.names(bits)), bits
             bits |= _BIT["PARTNER_DEDUPE"] if r == DEDUPED else _BIT["PARTNER_QUOTA_EXHAUSTED"]
         return None, bits
+
+
+class _KeyRows:
+    """Per-row window-key tuples of each bucket for one batch, built on first use."""
+
+    def __init__(self, a: Assessment):
+        self._zones = a.keys
+        self._rows: dict[str, list[tuple[int, ...]]] = {}
+
+    def get(self, bucket: Bucket) -> list[tuple[int, ...]]:
+        rows = self._rows.get(bucket.id)
+        if rows is None:
+            zk = self._zones[bucket.timezone]
+            cols = [zk[c.window].tolist() for c in bucket.caps]
+            n = len(next(iter(zk.values())))
+            rows = self._rows[bucket.id] = list(zip(*cols)) if cols else [()] * n
+        return rows
 
 
 __all__ = ["Router", "KEEP_BUCKET", "BRANCH_BUCKET", "CommercialTerms"]

@@ -21,7 +21,9 @@ class Hasher:
     def __init__(self, key: bytes):
         if len(key) < 16:
             raise ConfigError("the HMAC key must be at least 16 bytes")
-        self._key = key
+        # HMAC's keyed inner/outer state is computed once; each token copies it.
+        self._base = hmac.new(key, digestmod=hashlib.sha256)
+        self._cache: dict[tuple[str, str], str] = {}
 
     @classmethod
     def from_config(cls, ident: Identity) -> "Hasher":
@@ -37,5 +39,16 @@ class Hasher:
 
     def token(self, raw: str, purpose: str = "applicant") -> str:
         """A 32-hex-digit keyed hash of ``raw``; ``purpose`` separates hash domains."""
-        msg = f"{purpose}\x1f{raw.strip().upper()}".encode()
-        return hmac.new(self._key, msg, hashlib.sha256).hexdigest()[:32]
+        h = self._base.copy()
+        h.update(f"{purpose}\x1f{raw.strip().upper()}".encode())
+        return h.hexdigest()[:32]
+
+    def cached_token(self, raw: str, purpose: str) -> str:
+        """:meth:`token` memoised, for low-cardinality values such as employer names."""
+        k = (raw, purpose)
+        t = self._cache.get(k)
+        if t is None:
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            t = self._cache[k] = self.token(raw, purpose)
+        return t

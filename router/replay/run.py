@@ -74,11 +74,14 @@ def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
     tz_of = {p.id: p.timezone for p in strategy.partners}
     tz_of[KEEP_BUCKET] = tz_of[BRANCH_BUCKET] = strategy.timezone
 
+    first_day_hit: set[tuple[str, int]] = set()
+
     def on_cap(bucket: str, window: str, key: int, event_ms: int) -> None:
         t = totals.get(bucket) or budgets[bucket]
         t.cap_refusals[window] = t.cap_refusals.get(window, 0) + 1
-        if window == "day":
-            t.daily_cap_ran_out.setdefault(_day(key), _iso(event_ms, tz_of[bucket]))
+        if window == "day" and (bucket, key) not in first_day_hit:
+            first_day_hit.add((bucket, key))
+            t.daily_cap_ran_out[_day(key)] = _iso(event_ms, tz_of[bucket])
 
     def on_append(e: ReferralEntry) -> None:
         t = totals[e.partner_id]
