@@ -25,7 +25,8 @@ from router.messages import Application, Branch, CommercialTerms, Decision, Decl
     ReferralEntry, Refer
 from router.partners import SmoothWeightedRotation, waterfall_order
 from router.scoring import Scorer, load_scorer
-from router.store import CAP_HIT, DEDUPED, GRANTED, Bucket, CapLimit, MemoryQuotaStore, QuotaStore
+from router.store import (CAP_HIT, DEDUPED, GRANTED, Bucket, CapLimit, MemoryQuotaStore,
+                          QuotaStore, cap_full, cap_index)
 
 KEEP_BUCKET = "__keep__"
 BRANCH_BUCKET = "__branch__"
@@ -80,6 +81,8 @@ class Router:
             rank[j] = r
         self._rank = rank
         self._rotation = SmoothWeightedRotation([p.weight for p in s.partners], rank)
+        # (bucket, cap index, window key) whose count cap was reported full.
+        self._full: set[tuple[str, int, int]] = set()
 
     # ---- public API ------------------------------------------------------------------
 
@@ -110,10 +113,23 @@ class Router:
 
     def _reserve(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
                  applicant: str | None, t: int, entry: ReferralEntry | None = None) -> int:
-        r = self.store.try_reserve(bucket, keys, amount, applicant, t, entry)
-        if r >= CAP_HIT and self.on_cap is not None:
-            k = r - CAP_HIT
-            self.on_cap(bucket.id, bucket.caps[k].window, keys[k], t)
+        full = self._full
+        r = -1
+        if full:
+            for k in range(len(keys)):
+                if (bucket.id, k, keys[k]) in full:
+                    r = CAP_HIT + 2 * k + 1  # known full for this window: no store call
+                    break
+        if r < 0:
+            r = self.store.try_reserve(bucket, keys, amount, applicant, t, entry)
+        if r >= CAP_HIT:
+            k = cap_index(r)
+            if cap_full(r):
+                if len(full) > 10_000:
+                    full.clear()  # old windows; correctness never depends on this cache
+                full.add((bucket.id, k, keys[k]))
+            if self.on_cap is not None:
+                self.on_cap(bucket.id, bucket.caps[k].window, keys[k], t)
         return r
 
     def _allocate(self, cols: AppColumns, a: Assessment) -> list[Decision]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from router.store.base import CAP_HIT, DEDUPED, GRANTED, Bucket, CapLimit, QuotaStore
+from router.store.base import (CAP_HIT, DEDUPED, GRANTED, Bucket, CapLimit, QuotaStore,
+                               cap_full, cap_index)
 from router.store.memory import MemoryQuotaStore
 
 __all__ = ["Bucket", "CapLimit", "QuotaStore", "MemoryQuotaStore", "GRANTED", "DEDUPED",
-           "CAP_HIT", "quota_store_from_url"]
+           "CAP_HIT", "cap_full", "cap_index", "quota_store_from_url"]
 
 
 def quota_store_from_url(url: str, **options) -> QuotaStore:

@@ -24,11 +24,23 @@ from typing import Iterable
 
 from router.messages import Decision, ReferralEntry
 
-#: :meth:`QuotaStore.try_reserve` results. Values ≥ ``CAP_HIT`` name the cap that ran out:
-#: ``CAP_HIT + i`` for ``bucket.caps[i]``.
+#: :meth:`QuotaStore.try_reserve` results. Values ≥ ``CAP_HIT`` name the cap that refused:
+#: ``CAP_HIT + 2·i + full`` for ``bucket.caps[i]``, where ``full`` is 1 when that cap's
+#: *count* is used up. A full count cap stays full for the rest of its window (counters
+#: only grow within a window key), so callers may skip the store until the window rolls.
 GRANTED = 0
 DEDUPED = 1
 CAP_HIT = 2
+
+
+def cap_index(result: int) -> int:
+    """Which cap refused (index into ``bucket.caps``) for a result ≥ ``CAP_HIT``."""
+    return (result - CAP_HIT) >> 1
+
+
+def cap_full(result: int) -> bool:
+    """True when the refusing cap's count is used up for its whole window."""
+    return bool((result - CAP_HIT) & 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +75,8 @@ class QuotaStore(ABC):
         at equality (a count cap of 10 grants the 10th and refuses the 11th). When
         ``applicant`` is given and ``bucket.dedupe_ms`` > 0, an earlier grant to the same
         applicant within that many ms refuses this one. On success ``entry`` (if any) is
-        appended to the ledger in the same step. Returns ``GRANTED``, ``DEDUPED`` or
-        ``CAP_HIT + i``.
+        appended to the ledger in the same step. Returns ``GRANTED``, ``DEDUPED`` or a
+        cap result (see :func:`cap_index`, :func:`cap_full`).
         """
 
     @abstractmethod

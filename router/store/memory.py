@@ -57,9 +57,10 @@ class MemoryQuotaStore(QuotaStore):
                 c = counters.get(ck)
                 if c is None:
                     c = [0, 0]
-                if (cap.count is not None and c[0] + 1 > cap.count) or \
-                        (cap.amount is not None and c[1] + amount > cap.amount):
-                    return CAP_HIT + i
+                if cap.count is not None and c[0] + 1 > cap.count:
+                    return CAP_HIT + 2 * i + 1
+                if cap.amount is not None and c[1] + amount > cap.amount:
+                    return CAP_HIT + 2 * i
                 slots.append((ck, c))
             for ck, c in slots:
                 c[0] += 1
