@@ -1,0 +1,89 @@
+"""Single-row scoring and single-application decision time, each next to a baseline.
+
+Baselines, measured in the same run: scikit-learn's ``predict_proba`` on one row for the
+same fitted models. Reports medians of 7 repeats (µs per call).
+
+    python bench/bench_decide.py
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from router.config import load_strategy  # noqa: E402
+from router.engine import Router  # noqa: E402
+from router.features import features_one  # noqa: E402
+from router.messages import decode_application  # noqa: E402
+from router.scoring import LinearScorer, load_skops, scorer_from_estimator  # noqa: E402
+from router.traffic import write_traffic  # noqa: E402
+
+
+def per_call_us(fn, args_list, repeats=7):
+    """Median over repeats of the mean µs per call across args_list."""
+    results = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for a in args_list:
+            fn(a)
+        results.append((time.perf_counter() - t) / len(args_list) * 1e6)
+    return statistics.median(results)
+
+
+def main() -> dict:
+    tmp = ROOT / "out" / "bench"
+    traffic = write_traffic(tmp / "decide.jsonl", 2000, seed=99)
+    apps = [decode_application(line) for line in traffic.read_bytes().splitlines()]
+    rows = [features_one(a) for a in apps]
+    mats = [np.array([r]) for r in rows]
+
+    import msgspec
+    from sklearn.linear_model import LogisticRegression
+    doc = msgspec.json.decode((ROOT / "models" / "pd_logit.json").read_bytes())
+    lr = LogisticRegression()
+    lr.coef_ = np.array([doc["coefficients"]])
+    lr.intercept_ = np.array([doc["intercept"]])
+    lr.classes_ = np.array([0, 1])
+    linear = LinearScorer.from_estimator(lr)
+    hgb = load_skops(ROOT / "models" / "pd_hgb.skops")
+    trees = scorer_from_estimator(hgb)
+
+    out = {
+        "linear_pd_one_us": per_call_us(linear.pd_one, rows),
+        "linear_sklearn_predict_proba_us": per_call_us(lr.predict_proba, mats[:300]),
+        "trees_pd_one_us": per_call_us(trees.pd_one, rows),
+        "trees_sklearn_predict_proba_us": per_call_us(hgb.predict_proba, mats[:200], repeats=5),
+    }
+    strategy = load_strategy(ROOT / "configs" / "strategy.toml")
+
+    def fresh_decide(apps_):
+        router = Router(strategy)  # fresh store each repeat: no idempotent short-cuts
+        t = time.perf_counter()
+        for a in apps_:
+            router.decide(a)
+        return (time.perf_counter() - t) / len(apps_) * 1e6
+
+    out["decide_one_us"] = statistics.median(fresh_decide(apps) for _ in range(5))
+    router = Router(strategy)
+    t = time.perf_counter()
+    router.decide_batch(apps)
+    out["decide_batch_2000_us_per_app"] = (time.perf_counter() - t) / len(apps) * 1e6
+    out["speedup_linear"] = out["linear_sklearn_predict_proba_us"] / out["linear_pd_one_us"]
+    out["speedup_trees"] = out["trees_sklearn_predict_proba_us"] / out["trees_pd_one_us"]
+    return out
+
+
+if __name__ == "__main__":
+    res = main()
+    (ROOT / "bench" / "results").mkdir(exist_ok=True)
+    (ROOT / "bench" / "results" / "decide.json").write_text(json.dumps(res, indent=1) + "\n")
+    for k, v in res.items():
+        print(f"{k:40s} {v:10.2f}")

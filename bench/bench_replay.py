@@ -1,0 +1,85 @@
+"""Replay throughput (applications/s) and peak memory at 100k and 1M generated rows.
+
+Each size runs in its own child process so peak RSS is that run's alone. Baseline in the
+same run: the same strategy deciding a 5,000-row sample one application at a time through
+``Router.decide`` (the embedded path), so the ratio shows what batching buys.
+
+    python bench/bench_replay.py [ROWS ...]
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def child(rows: int) -> None:
+    from router.config import load_strategy
+    from router.replay import replay
+    from router.traffic import write_traffic
+
+    traffic = ROOT / "out" / "bench" / f"replay_{rows}.parquet"
+    if not traffic.exists():
+        write_traffic(traffic, rows, seed=5)
+    strategy = load_strategy(ROOT / "configs" / "strategy.toml")
+    runs = []
+    for _ in range(3 if rows <= 200_000 else 1):
+        t = time.perf_counter()
+        r = replay(strategy, traffic, ROOT / "out" / "bench" / f"replay_{rows}")
+        runs.append(rows / (time.perf_counter() - t))
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"rows": rows, "apps_per_s_median": statistics.median(runs),
+                      "runs": runs, "peak_rss_mb": rss_mb, "decisions": r.summary["decisions"]}))
+
+
+def baseline() -> float:
+    from router.config import load_strategy
+    from router.engine import Router
+    from router.messages import decode_application
+    from router.traffic import write_traffic
+
+    p = write_traffic(ROOT / "out" / "bench" / "baseline.jsonl", 5000, seed=5)
+    apps = [decode_application(line) for line in p.read_bytes().splitlines()]
+    strategy = load_strategy(ROOT / "configs" / "strategy.toml")
+    rates = []
+    for _ in range(3):
+        router = Router(strategy)
+        t = time.perf_counter()
+        for a in apps:
+            router.decide(a)
+        rates.append(len(apps) / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+def main(sizes: list[int]) -> dict:
+    results = {"baseline_decide_one_by_one_apps_per_s": baseline(), "sizes": []}
+    for rows in sizes:
+        out = subprocess.run([sys.executable, __file__, "--child", str(rows)], check=True,
+                             capture_output=True, text=True).stdout
+        results["sizes"].append(json.loads(out.strip().splitlines()[-1]))
+    base = results["baseline_decide_one_by_one_apps_per_s"]
+    for s in results["sizes"]:
+        s["ratio_vs_baseline"] = s["apps_per_s_median"] / base
+    return results
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        child(int(sys.argv[2]))
+        sys.exit(0)
+    sizes = [int(a) for a in sys.argv[1:]] or [100_000, 1_000_000]
+    res = main(sizes)
+    (ROOT / "bench" / "results").mkdir(exist_ok=True)
+    (ROOT / "bench" / "results" / "replay.json").write_text(json.dumps(res, indent=1) + "\n")
+    print(f"baseline (Router.decide one by one): {res['baseline_decide_one_by_one_apps_per_s']:,.0f} apps/s")
+    for s in res["sizes"]:
+        print(f"replay {s['rows']:>9,} rows: {s['apps_per_s_median']:>9,.0f} apps/s "
+              f"(x{s['ratio_vs_baseline']:.1f} baseline), peak RSS {s['peak_rss_mb']:,.0f} MB")
