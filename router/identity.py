@@ -8,7 +8,6 @@ enumerating the (small) space of national ids.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 
 from router.config import Identity
@@ -21,8 +20,12 @@ class Hasher:
     def __init__(self, key: bytes):
         if len(key) < 16:
             raise ConfigError("the HMAC key must be at least 16 bytes")
-        # HMAC's keyed inner/outer state is computed once; each token copies it.
-        self._base = hmac.new(key, digestmod=hashlib.sha256)
+        # HMAC-SHA256 (RFC 2104) with the keyed inner/outer hash states computed once:
+        # each token copies two C-level hash objects (hmac.HMAC.copy is several times slower).
+        block = key if len(key) <= 64 else hashlib.sha256(key).digest()
+        block = block.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
         self._cache: dict[tuple[str, str], str] = {}
 
     @classmethod
@@ -39,9 +42,11 @@ class Hasher:
 
     def token(self, raw: str, purpose: str = "applicant") -> str:
         """A 32-hex-digit keyed hash of ``raw``; ``purpose`` separates hash domains."""
-        h = self._base.copy()
-        h.update(f"{purpose}\x1f{raw.strip().upper()}".encode())
-        return h.hexdigest()[:32]
+        inner = self._inner.copy()
+        inner.update(f"{purpose}\x1f{raw.strip().upper()}".encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()[:32]
 
     def cached_token(self, raw: str, purpose: str) -> str:
         """:meth:`token` memoised, for low-cardinality values such as employer names."""
