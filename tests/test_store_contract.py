@@ -8,7 +8,6 @@ from datetime import datetime, timezone
 import pytest
 
 from router.errors import IdempotencyConflict
-from router.messages import Decline
 from router.store import (CAP_HIT, DEDUPED, GRANTED, Bucket, CapLimit, MemoryQuotaStore,
                           cap_full, cap_index)
 from router.windows import key_of
@@ -118,9 +117,9 @@ class TestDedupe:
 
 
 class TestIdempotency:
-    def _d(self, app_id="a1"):
-        return Decline(decision_id="d", application_id=app_id, strategy_version="v", pd=0.1,
-                       apr=None, coverage_margin=None, reasons=("X",))
+    def _d(self, value=0):
+        # (kind, partner, reason bits, value, apr, margin, pd): see router.outcomes.Record
+        return (2, "p1", 5, value, 0.18, -0.01, 0.1)
 
     def test_first_decision_returned(self, store):
         assert store.recall("a1", b"fp") is None
@@ -135,8 +134,24 @@ class TestIdempotency:
     def test_remember_keeps_the_first(self, store):
         first = self._d()
         store.remember("a1", b"fp", first, ms(2026, 11, 2))
-        store.remember("a1", b"fp", self._d("changed"), ms(2026, 11, 2))
+        store.remember("a1", b"fp", self._d(99), ms(2026, 11, 2))
         assert store.recall("a1", b"fp") == first
+
+
+    def test_recall_many_checks_all_before_returning(self, store):
+        store.remember_many([("a1", b"f1", self._d(1), ms(2026, 11, 2)),
+                             ("a2", b"f2", self._d(2), ms(2026, 11, 2))])
+        assert store.recall_many(["x", "a2", "a1"], [b"", b"f2", b"f1"]) == {1: self._d(2),
+                                                                           2: self._d(1)}
+        with pytest.raises(IdempotencyConflict, match="a2"):
+            store.recall_many(["a1", "a2"], [b"f1", b"zz"])
+
+    def test_records_expire_after_ttl_by_event_time(self):
+        store = MemoryQuotaStore(idempotency_ttl_ms=3600_000)
+        t = ms(2026, 11, 2)
+        store.remember("a1", b"f", self._d(), t)
+        store.remember("a2", b"f", self._d(), t + 2 * 3600_000)  # event time moves on
+        assert store.recall("a1", b"f") is None and store.recall("a2", b"f") == self._d()
 
 
 class TestLedger:

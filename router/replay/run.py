@@ -24,7 +24,8 @@ from router import economics as eco
 from router.columns import AppColumns, take
 from router.config import Strategy
 from router.engine import BRANCH_BUCKET, KEEP_BUCKET, Router
-from router.messages import Branch, Decision, Keep, Refer, ReferralEntry
+from router.messages import ReferralEntry
+from router.outcomes import BRANCH, KEEP, LABELS, REFER, Outcomes, reason_strings
 from router.replay.reader import count_rows, read_columns
 from router.store import MemoryQuotaStore
 
@@ -107,9 +108,9 @@ def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
                 cols = take(cols, order)
             late += int((cols.event_ms < newest).sum())
             newest = max(newest, int(cols.event_ms.max()))
-            decisions = router.decide_columns(cols)
-            _account(decisions, cols, partners, totals, counts, profit)
-            writer.write_batch(_decision_batch(decisions, cols))
+            outcomes = router.decide_columns(cols)
+            _account(outcomes, cols, partners, totals, counts, profit)
+            writer.write_batch(_decision_batch(outcomes, cols))
             n_apps += len(cols)
             if progress:
                 progress(len(cols))
@@ -145,42 +146,36 @@ def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
     return ReplayResult(summary, summary_path, out / "decisions.parquet")
 
 
-def _account(decisions: list[Decision], cols: AppColumns, partners: dict[str, Any],
+def _account(out: Outcomes, cols: AppColumns, partners: dict[str, Any],
              totals: dict[str, _PartnerTotals], counts: dict[str, int],
              profit: dict[str, int]) -> None:
-    """Add a batch's decisions to the running totals (fee / rev-share split vectorised)."""
-    refer_rows: dict[str, list[int]] = {}
-    for i, d in enumerate(decisions):
-        if isinstance(d, Refer):
-            counts["refer"] += 1
-            refer_rows.setdefault(d.partner_id, []).append(i)
-        elif isinstance(d, Keep):
-            counts["keep"] += 1
-            profit["keep"] += d.expected_profit
-        elif isinstance(d, Branch):
-            counts["branch"] += 1
-            profit["branch"] += d.expected_profit
-        else:
-            counts["decline"] += 1
-    for pid, rows in refer_rows.items():
-        idx = np.asarray(rows)
-        pd = np.array([decisions[i].pd for i in rows])
+    """Add a batch's outcomes to the running totals (fee / rev-share split vectorised)."""
+    for k, c in enumerate(np.bincount(out.kind, minlength=4).tolist()):
+        counts[LABELS[k]] += c
+    profit["keep"] += int(out.value[out.kind == KEEP].sum())
+    profit["branch"] += int(out.value[out.kind == BRANCH].sum())
+    refer = np.flatnonzero(out.kind == REFER)
+    if not len(refer):
+        return
+    pids = np.array([out.partner[i] for i in refer.tolist()])
+    for pid in np.unique(pids).tolist():
+        idx = refer[pids == pid]
         fees, share = eco.referral_value_parts(
             cols.requested_amount[idx].astype(float), cols.term_months[idx].astype(float),
-            pd, cols.max_apr[idx], partners[pid])
+            out.pd[idx], cols.max_apr[idx], partners[pid])
         totals[pid].expected_fee += float(np.sum(fees))
         totals[pid].expected_rev_share += float(np.sum(share))
 
 
-def _decision_batch(decisions: list[Decision], cols: AppColumns) -> pa.RecordBatch:
+def _decision_batch(out: Outcomes, cols: AppColumns) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([
-        pa.array([d.application_id for d in decisions], pa.string()),
+        pa.array(cols.application_id, pa.string()),
         pa.array(cols.event_ms, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
-        pa.array([type(d).__struct_config__.tag for d in decisions], pa.string()),
-        pa.array([getattr(d, "partner_id", None) for d in decisions], pa.string()),
-        pa.array([d.pd for d in decisions], pa.float64()),
-        pa.array([d.apr for d in decisions], pa.float64()),
-        pa.array([getattr(d, "expected_value", None) if isinstance(d, Refer)
-                  else getattr(d, "expected_profit", None) for d in decisions], pa.int64()),
-        pa.array(["|".join(d.reasons) for d in decisions], pa.string()),
+        pa.array(np.take(np.array(LABELS), out.kind), pa.string()),
+        pa.array([p or None for p in out.partner], pa.string()),
+        pa.array(out.pd, pa.float64()),
+        pa.array(out.apr, pa.float64(), from_pandas=True),
+        pa.array(np.where(out.kind == 3, 0, out.value), pa.int64(),
+                 mask=out.kind == 3),
+        pa.array(reason_strings(out.bits), pa.string()),
     ], schema=DECISIONS_SCHEMA)

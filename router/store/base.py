@@ -9,9 +9,10 @@ A store keeps, per *bucket* (a partner id, or the funder's own ``__keep__`` /
 * the append-only referral ledger (an entry is appended in the same atomic step as the
   reservation it bills for);
 
-and, per application id, the first decision (idempotency): :meth:`recall` returns it for
-a repeated id with the same content and raises
-:class:`~router.errors.IdempotencyConflict` for different content.
+and, per application id, the first decision (idempotency) as a compact record tuple
+(see :data:`router.outcomes.Record`): :meth:`recall` returns it for a repeated id with the
+same content fingerprint and raises :class:`~router.errors.IdempotencyConflict` for
+different content.
 
 Time is the event time passed in, never the wall clock, so replay is exact.
 """
@@ -20,9 +21,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
-from router.messages import Decision, ReferralEntry
+from router.messages import ReferralEntry
 
 #: :meth:`QuotaStore.try_reserve` results. Values ≥ ``CAP_HIT`` name the cap that refused:
 #: ``CAP_HIT + 2·i + full`` for ``bucket.caps[i]``, where ``full`` is 1 when that cap's
@@ -80,13 +81,29 @@ class QuotaStore(ABC):
         """
 
     @abstractmethod
-    def recall(self, application_id: str, fingerprint: bytes) -> Decision | None:
-        """The decision already made for this id, if any (content must match)."""
+    def recall(self, application_id: str, fingerprint: bytes) -> tuple | None:
+        """The decision record already stored for this id, if any (content must match)."""
 
     @abstractmethod
-    def remember(self, application_id: str, fingerprint: bytes, decision: Decision,
+    def remember(self, application_id: str, fingerprint: bytes, record: tuple,
                  event_ms: int) -> None:
-        """Record the decision for this id (kept for the idempotency TTL)."""
+        """Store the decision record for this id unless one exists (kept for the TTL)."""
+
+    def recall_many(self, application_ids: Sequence[str],
+                    fingerprints: Sequence[bytes]) -> dict[int, tuple]:
+        """Records of the ids already decided, by position. Checks every id before
+        returning, so a conflict is raised before the caller reserves anything."""
+        found: dict[int, tuple] = {}
+        for i, (a, fp) in enumerate(zip(application_ids, fingerprints)):
+            rec = self.recall(a, fp)
+            if rec is not None:
+                found[i] = rec
+        return found
+
+    def remember_many(self, items: Iterable[tuple[str, bytes, tuple, int]]) -> None:
+        """:meth:`remember` for (application id, fingerprint, record, event ms) items."""
+        for a, fp, rec, t in items:
+            self.remember(a, fp, rec, t)
 
     @abstractmethod
     def usage(self, bucket: Bucket, keys: tuple[int, ...]) -> list[tuple[int, int]]:

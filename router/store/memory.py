@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from router.errors import IdempotencyConflict
-from router.messages import Decision, ReferralEntry
+from router.messages import ReferralEntry
 from router.store.base import CAP_HIT, DEDUPED, GRANTED, Bucket, QuotaStore
 
 _SWEEP_EVERY_MS = 3600_000
@@ -29,7 +29,7 @@ class MemoryQuotaStore(QuotaStore):
         self._counters: dict[tuple[str, int, int], list[int]] = {}
         self._last_grant: dict[tuple[str, str], int] = {}
         self._dedupe_ms: dict[str, int] = {}
-        self._decisions: dict[str, tuple[bytes, Decision]] = {}
+        self._decisions: dict[str, tuple[bytes, tuple]] = {}
         self._decided_order: deque[tuple[int, str]] = deque()
         self._ledger: list[ReferralEntry] = []
         self._retain = retain_ledger
@@ -76,7 +76,7 @@ class MemoryQuotaStore(QuotaStore):
                     self._on_append(entry)
             return GRANTED
 
-    def recall(self, application_id: str, fingerprint: bytes) -> Decision | None:
+    def recall(self, application_id: str, fingerprint: bytes) -> tuple | None:
         with self._lock:
             rec = self._decisions.get(application_id)
         if rec is None:
@@ -85,13 +85,31 @@ class MemoryQuotaStore(QuotaStore):
             raise IdempotencyConflict(application_id)
         return rec[1]
 
-    def remember(self, application_id: str, fingerprint: bytes, decision: Decision,
-                 event_ms: int) -> None:
+    def recall_many(self, application_ids: Sequence[str],
+                    fingerprints: Sequence[bytes]) -> dict[int, tuple]:
+        get = self._decisions.get
+        found: dict[int, tuple] = {}
         with self._lock:
-            self._advance(event_ms)
-            if application_id not in self._decisions:
-                self._decisions[application_id] = (fingerprint, decision)
-                self._decided_order.append((event_ms, application_id))
+            for i, a in enumerate(application_ids):
+                rec = get(a)
+                if rec is not None:
+                    if rec[0] != fingerprints[i]:
+                        raise IdempotencyConflict(a)
+                    found[i] = rec[1]
+        return found
+
+    def remember(self, application_id: str, fingerprint: bytes, record: tuple,
+                 event_ms: int) -> None:
+        self.remember_many([(application_id, fingerprint, record, event_ms)])
+
+    def remember_many(self, items: Iterable[tuple[str, bytes, tuple, int]]) -> None:
+        decisions, order = self._decisions, self._decided_order
+        with self._lock:
+            for a, fp, rec, t in items:
+                self._advance(t)
+                if a not in decisions:
+                    decisions[a] = (fp, rec)
+                    order.append((t, a))
 
     def usage(self, bucket: Bucket, keys: tuple[int, ...]) -> list[tuple[int, int]]:
         with self._lock:

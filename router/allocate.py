@@ -1,0 +1,235 @@
+"""The sequential half of the decision: idempotency, budgets, routing, reservations.
+
+Rows are walked in arrival order, but only rows that still have an option (keep, branch
+or an eligible partner) touch the store; the rest are declines filled in vectorised.
+Idempotency is settled for the whole batch *before* the first reservation — a repeated id
+with different content raises without anything having been reserved.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Sequence
+
+import numpy as np
+
+from router.assess import Assessment
+from router.columns import AppColumns
+from router.config import Cap, Strategy
+from router.errors import IdempotencyConflict
+from router.messages import ReferralEntry
+from router.outcomes import BRANCH, DECLINE, KEEP, REFER, Outcomes, decision_id
+from router.partners import SmoothWeightedRotation, waterfall_order
+from router.reasons import BIT
+from router.store import CAP_HIT, DEDUPED, GRANTED, Bucket, CapLimit, QuotaStore, cap_full, cap_index
+
+KEEP_BUCKET = "__keep__"
+BRANCH_BUCKET = "__branch__"
+_KEEP_FULL, _BRANCH_FULL = BIT["KEEP_BUDGET_EXHAUSTED"], BIT["BRANCH_BUDGET_EXHAUSTED"]
+_DEDUPE, _QUOTA = BIT["PARTNER_DEDUPE"], BIT["PARTNER_QUOTA_EXHAUSTED"]
+
+
+def make_bucket(bid: str, caps: Sequence[Cap], tz: str, dedupe_days: int = 0) -> Bucket:
+    """A store bucket from configured caps."""
+    return Bucket(id=bid, caps=tuple(CapLimit(c.window, c.count, c.amount) for c in caps),
+                  timezone=tz, dedupe_ms=dedupe_days * 86_400_000)
+
+
+class Allocator:
+    """Holds what lives across batches: buckets, the weighted rotation, full-cap memory."""
+
+    def __init__(self, strategy: Strategy, store: QuotaStore,
+                 on_cap: Callable[[str, str, int, int], None] | None = None):
+        s = strategy
+        self.strategy, self.store, self.on_cap = s, store, on_cap
+        self.keep_bucket = make_bucket(KEEP_BUCKET, s.primary.caps, s.timezone)
+        self.branch_bucket = make_bucket(BRANCH_BUCKET, s.branch.caps if s.branch else [], s.timezone)
+        self.partner_buckets = [make_bucket(p.id, p.caps, p.timezone, p.dedupe_days)
+                                for p in s.partners]
+        self.waterfall = waterfall_order(s.partners)
+        self.rank = [0] * len(s.partners)
+        for r, j in enumerate(self.waterfall):
+            self.rank[j] = r
+        self.rotation = SmoothWeightedRotation([p.weight for p in s.partners], self.rank)
+        # (bucket, cap index, window key) -> the smallest amount that cap refused. Counters
+        # only grow inside a window, so any amount at least that large is refused too; a
+        # full count cap refuses everything (floor 0). Saves store round trips once caps bite.
+        self.floor: dict[tuple[str, int, int], int] = {}
+        # One batch at a time: recall → reserve → remember must not interleave in-process.
+        self.lock = threading.Lock()
+
+    def reserve(self, bucket: Bucket, keys: tuple[int, ...], amount: int, applicant: str | None,
+                t: int, entry: Callable[[], ReferralEntry] | None = None) -> int:
+        """Reserve against ``bucket`` unless a cap is known to refuse this amount."""
+        floor, bid = self.floor, bucket.id
+        r = -1
+        if floor:
+            for k, key in enumerate(keys):
+                f = floor.get((bid, k, key))
+                if f is not None and amount >= f:
+                    r = CAP_HIT + 2 * k + (f == 0)
+                    break
+        if r < 0:
+            r = self.store.try_reserve(bucket, keys, amount, applicant, t,
+                                       entry() if entry is not None else None)
+            if r >= CAP_HIT:
+                k = cap_index(r)
+                if len(floor) > 10_000:
+                    floor.clear()  # stale windows; a shortcut only, never needed for correctness
+                fk = (bid, k, keys[k])
+                new = 0 if cap_full(r) else amount
+                if new < floor.get(fk, new + 1):
+                    floor[fk] = new
+        if r >= CAP_HIT:
+            k = cap_index(r)
+            if self.on_cap is not None:
+                self.on_cap(bid, bucket.caps[k].window, keys[k], t)
+        return r
+
+    def allocate(self, cols: AppColumns, a: Assessment) -> Outcomes:
+        """Decide every row of the batch against the store."""
+        with self.lock:
+            return self._allocate(cols, a)
+
+    def _allocate(self, cols: AppColumns, a: Assessment) -> Outcomes:
+        s, n = self.strategy, len(cols)
+        ids, fps = cols.application_id, cols.fingerprint
+        recalled = self.store.recall_many(ids, fps)
+        first: dict[str, int] = {}
+        dups: dict[int, int] = {}
+        for i, app_id in enumerate(ids):
+            j = first.setdefault(app_id, i)
+            if j != i:
+                if fps[i] != fps[j]:
+                    raise IdempotencyConflict(app_id)
+                dups[i] = j
+
+        P = len(s.partners)
+        if P:
+            masks = (a.eligible.astype(np.int64) << np.arange(P)).sum(axis=1)
+        else:
+            masks = np.zeros(n, dtype=np.int64)
+        todo = np.flatnonzero(a.keep_ok | a.branch_ok | (masks != 0)).tolist()
+        kind = [DECLINE] * n
+        chosen = [-1] * n
+        bits = a.bits.tolist()
+        keys = _KeyRows(a)
+        event_ms, amounts = cols.event_ms.tolist(), cols.requested_amount.tolist()
+        keep_ok, branch_ok, mask_l = a.keep_ok.tolist(), a.branch_ok.tolist(), masks.tolist()
+        decode: dict[int, list[int]] = {}
+        for i in todo:
+            if i in recalled or i in dups:
+                continue
+            t, amount = event_ms[i], amounts[i]
+            if keep_ok[i]:
+                kb = self.keep_bucket
+                if self.reserve(kb, keys.get(kb)[i], amount, None, t) == GRANTED:
+                    kind[i] = KEEP
+                    continue
+                bits[i] |= _KEEP_FULL
+            if branch_ok[i]:
+                bb = self.branch_bucket
+                if self.reserve(bb, keys.get(bb)[i], amount, None, t) == GRANTED:
+                    kind[i] = BRANCH
+                    continue
+                bits[i] |= _BRANCH_FULL
+            m = mask_l[i]
+            if m:
+                eligible = decode.get(m)
+                if eligible is None:
+                    eligible = decode[m] = [j for j in range(P) if m >> j & 1]
+                j, extra = self._refer(cols, a, i, eligible, keys, t, amount)
+                bits[i] |= extra
+                if j >= 0:
+                    kind[i], chosen[i] = REFER, j
+        out = _fill(a, np.array(kind, dtype=np.int8), chosen, np.array(bits, dtype=np.uint64),
+                    [p.id for p in s.partners])
+        for i, rec in recalled.items():
+            out.set_record(i, rec)
+        for i, j in dups.items():
+            out.set_record(i, out.record(j))
+        skip = recalled.keys() | dups.keys()
+        records = zip(out.kind.tolist(), out.partner, out.bits.tolist(), out.value.tolist(),
+                      out.apr.tolist(), out.margin.tolist(), out.pd.tolist())
+        self.store.remember_many((ids[i], fps[i], rec, event_ms[i])
+                                 for i, rec in enumerate(records) if i not in skip)
+        return out
+
+    def _refer(self, cols: AppColumns, a: Assessment, i: int, eligible: list[int],
+               keys: "_KeyRows", t: int, amount: int) -> tuple[int, int]:
+        """Try eligible partners in routing order; (chosen index or -1, reason bits)."""
+        s = self.strategy
+        method = s.routing.method
+        if method == "waterfall":
+            order = [j for j in self.waterfall if j in eligible] if len(eligible) > 1 else eligible
+        elif method == "best_value":
+            evs = a.ev[i]
+            order = sorted(eligible, key=lambda j: (-evs[j], self.rank[j]))
+        else:
+            order = self.rotation.order(eligible)
+        applicant = cols.applicant[i]
+        app_id = cols.application_id[i]
+        extra = 0
+        for j in order:
+            p = s.partners[j]
+            ev = int(round(float(a.ev[i, j])))
+
+            def entry(p=p, ev=ev) -> ReferralEntry:
+                did = decision_id(s.version, app_id)
+                return ReferralEntry(
+                    referral_id="r_" + did[2:], decision_id=did, application_id=app_id,
+                    partner_id=p.id, event_time_ms=t, amount=amount,
+                    term_months=int(cols.term_months[i]), applicant_hash=applicant,
+                    terms=p.terms, expected_value=ev, strategy_version=s.version)
+
+            pb = self.partner_buckets[j]
+            r = self.reserve(pb, keys.get(pb)[i], amount, applicant, t, entry)
+            if r == GRANTED:
+                if method == "weighted":
+                    self.rotation.granted(j, eligible)
+                return j, extra
+            extra |= _DEDUPE if r == DEDUPED else _QUOTA
+        return -1, extra
+
+
+def _fill(a: Assessment, kind: np.ndarray, chosen: list[int], bits: np.ndarray,
+          partner_ids: list[str]) -> Outcomes:
+    """Vectorised outcome columns from the chosen paths."""
+    n = len(kind)
+    is_keep, is_branch, is_refer = kind == KEEP, kind == BRANCH, kind == REFER
+    rows = np.arange(n)
+    ch = np.asarray(chosen, dtype=np.int64)
+    ref_j = np.where(is_refer, ch, 0)
+    apr = np.full(n, np.nan)
+    value = np.zeros(n)
+    pd = a.pd.copy()
+    margin = a.keep_margin.copy()
+    apr[is_keep] = a.keep_apr[is_keep]
+    value[is_keep] = a.keep_profit[is_keep]
+    apr[is_branch] = a.branch_apr[is_branch]
+    value[is_branch] = a.branch_profit[is_branch]
+    pd[is_branch] = a.branch_pd[is_branch]
+    margin[is_branch] = a.branch_margin[is_branch]
+    if a.ev.shape[1]:
+        apr[is_refer] = a.partner_apr[rows, ref_j][is_refer]
+        value[is_refer] = a.ev[rows, ref_j][is_refer]
+    partner = [partner_ids[j] if j >= 0 else "" for j in chosen]
+    return Outcomes(kind=kind, partner=partner, bits=bits, value=np.rint(value).astype(np.int64),
+                    apr=apr, margin=margin, pd=pd)
+
+
+class _KeyRows:
+    """Per-row window-key tuples of each bucket for one batch, built on first use."""
+
+    def __init__(self, a: Assessment):
+        self._zones = a.keys
+        self._rows: dict[str, list[tuple[int, ...]]] = {}
+
+    def get(self, bucket: Bucket) -> list[tuple[int, ...]]:
+        rows = self._rows.get(bucket.id)
+        if rows is None:
+            zk = self._zones[bucket.timezone]
+            n = len(next(iter(zk.values())))
+            cols = [zk[c.window].tolist() for c in bucket.caps]
+            rows = self._rows[bucket.id] = list(zip(*cols)) if cols else [()] * n
+        return rows

@@ -1,0 +1,87 @@
+"""Decisions of a batch in columnar form, and their conversion to Decision messages.
+
+The allocation step fills :class:`Outcomes` (one array per field); replay writes and
+aggregates those columns directly, the embedded API turns rows into
+:class:`~router.messages.Decision` objects with :func:`to_decisions`. A decision is
+remembered for idempotency as a compact :data:`Record` tuple, from which the same
+Decision is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from router import reasons
+from router.messages import Branch, Decision, Decline, Keep, Refer
+
+KEEP, BRANCH, REFER, DECLINE = 0, 1, 2, 3
+LABELS = ("keep", "branch", "refer", "decline")
+
+#: (kind, partner id or "", reason bits, value, apr or NaN, coverage margin or NaN, pd)
+Record = tuple[int, str, int, int, float, float, float]
+
+
+@dataclass(slots=True)
+class Outcomes:
+    """One entry per application of a batch."""
+
+    kind: np.ndarray      # int8: KEEP / BRANCH / REFER / DECLINE
+    partner: list[str]    # partner id for REFER, "" otherwise
+    bits: np.ndarray      # uint64 reason bits
+    value: np.ndarray     # int64: expected profit (keep/branch) or referral value (refer), 0 else
+    apr: np.ndarray       # float64, NaN for decline
+    margin: np.ndarray    # float64 coverage margin (NaN when unknown)
+    pd: np.ndarray        # float64
+
+    def record(self, i: int) -> Record:
+        """The idempotency record of row ``i``."""
+        return (int(self.kind[i]), self.partner[i], int(self.bits[i]), int(self.value[i]),
+                float(self.apr[i]), float(self.margin[i]), float(self.pd[i]))
+
+    def set_record(self, i: int, r: Sequence) -> None:
+        """Overwrite row ``i`` with a remembered record."""
+        self.kind[i], self.partner[i], self.bits[i], self.value[i] = r[0], r[1], r[2], r[3]
+        self.apr[i], self.margin[i], self.pd[i] = r[4], r[5], r[6]
+
+
+def decision_id(version: str, application_id: str) -> str:
+    """Deterministic decision id: the same strategy and application give the same id."""
+    digest = hashlib.blake2b(f"{version}\x1f{application_id}".encode(), digest_size=10)
+    return "d_" + digest.hexdigest()
+
+
+def _opt(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+def to_decisions(out: Outcomes, application_ids: Sequence[str], version: str) -> list[Decision]:
+    """Decision messages for every row."""
+    result: list[Decision] = []
+    kinds, bits, values = out.kind.tolist(), out.bits.tolist(), out.value.tolist()
+    aprs, margins, pds = out.apr.tolist(), out.margin.tolist(), out.pd.tolist()
+    for i, app_id in enumerate(application_ids):
+        common = dict(decision_id=decision_id(version, app_id), application_id=app_id,
+                      strategy_version=version, pd=pds[i], apr=_opt(aprs[i]),
+                      coverage_margin=_opt(margins[i]), reasons=reasons.names(bits[i]))
+        k = kinds[i]
+        if k == KEEP:
+            result.append(Keep(**common, expected_profit=values[i]))
+        elif k == BRANCH:
+            result.append(Branch(**common, expected_profit=values[i]))
+        elif k == REFER:
+            result.append(Refer(**common, partner_id=out.partner[i], expected_value=values[i]))
+        else:
+            result.append(Decline(**common))
+    return result
+
+
+def reason_strings(bits: np.ndarray, sep: str = "|") -> list[str]:
+    """Reason codes joined per row (each distinct bit pattern decoded once)."""
+    uniq, inv = np.unique(bits, return_inverse=True)
+    table = [sep.join(reasons.names(int(b))) for b in uniq.tolist()]
+    return [table[k] for k in inv.tolist()]
