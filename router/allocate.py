@@ -51,39 +51,41 @@ class Allocator:
         for r, j in enumerate(self.waterfall):
             self.rank[j] = r
         self.rotation = SmoothWeightedRotation([p.weight for p in s.partners], self.rank)
-        # (bucket, cap index, window key) -> the smallest amount that cap refused. Counters
+        # bucket -> per cap (window key, smallest amount refused in that window). Counters
         # only grow inside a window, so any amount at least that large is refused too; a
         # full count cap refuses everything (floor 0). Saves store round trips once caps bite.
-        self.floor: dict[tuple[str, int, int], int] = {}
+        self.floors: dict[str, list[tuple[int, int] | None]] = {}
+        #: (bucket, window) -> refusals by that cap so far.
+        self.refusals: dict[tuple[str, str], int] = {}
         # One batch at a time: recall → reserve → remember must not interleave in-process.
         self.lock = threading.Lock()
 
     def reserve(self, bucket: Bucket, keys: tuple[int, ...], amount: int, applicant: str | None,
                 t: int, entry: Callable[[], ReferralEntry] | None = None) -> int:
         """Reserve against ``bucket`` unless a cap is known to refuse this amount."""
-        floor, bid = self.floor, bucket.id
-        r = -1
-        if floor:
-            for k, key in enumerate(keys):
-                f = floor.get((bid, k, key))
-                if f is not None and amount >= f:
-                    r = CAP_HIT + 2 * k + (f == 0)
-                    break
-        if r < 0:
-            r = self.store.try_reserve(bucket, keys, amount, applicant, t,
-                                       entry() if entry is not None else None)
-            if r >= CAP_HIT:
-                k = cap_index(r)
-                if len(floor) > 10_000:
-                    floor.clear()  # stale windows; a shortcut only, never needed for correctness
-                fk = (bid, k, keys[k])
-                new = 0 if cap_full(r) else amount
-                if new < floor.get(fk, new + 1):
-                    floor[fk] = new
+        bid = bucket.id
+        fl = self.floors.get(bid)
+        if fl is not None:
+            for k, kf in enumerate(fl):
+                if kf is not None and kf[0] == keys[k] and amount >= kf[1]:
+                    w = bucket.caps[k].window
+                    self.refusals[bid, w] += 1
+                    return CAP_HIT + 2 * k + (kf[1] == 0)
+        r = self.store.try_reserve(bucket, keys, amount, applicant, t,
+                                   entry() if entry is not None else None)
         if r >= CAP_HIT:
             k = cap_index(r)
-            if self.on_cap is not None:
-                self.on_cap(bid, bucket.caps[k].window, keys[k], t)
+            if fl is None:
+                fl = self.floors[bid] = [None] * len(bucket.caps)
+            new = 0 if cap_full(r) else amount
+            kf = fl[k]
+            first = kf is None or kf[0] != keys[k]
+            if first or new < kf[1]:  # type: ignore[index]
+                fl[k] = (keys[k], new)
+            w = bucket.caps[k].window
+            self.refusals[bid, w] = self.refusals.get((bid, w), 0) + 1
+            if first and self.on_cap is not None:
+                self.on_cap(bid, w, keys[k], t)
         return r
 
     def allocate(self, cols: AppColumns, a: Assessment) -> Outcomes:
@@ -116,20 +118,23 @@ class Allocator:
         keys = _KeyRows(a)
         event_ms, amounts = cols.event_ms.tolist(), cols.requested_amount.tolist()
         keep_ok, branch_ok, mask_l = a.keep_ok.tolist(), a.branch_ok.tolist(), masks.tolist()
+        ev_flat = a.ev.ravel().tolist()  # flat: far cheaper than a nested tolist
+        pkeys = [keys.get(pb) for pb in self.partner_buckets] if todo else []
         decode: dict[int, list[int]] = {}
+        reserve, refer = self.reserve, self._refer
+        kb, bb = self.keep_bucket, self.branch_bucket
+        kkeys, bkeys = keys.get(kb), keys.get(bb)
         for i in todo:
             if i in recalled or i in dups:
                 continue
             t, amount = event_ms[i], amounts[i]
             if keep_ok[i]:
-                kb = self.keep_bucket
-                if self.reserve(kb, keys.get(kb)[i], amount, None, t) == GRANTED:
+                if reserve(kb, kkeys[i], amount, None, t) == GRANTED:
                     kind[i] = KEEP
                     continue
                 bits[i] |= _KEEP_FULL
             if branch_ok[i]:
-                bb = self.branch_bucket
-                if self.reserve(bb, keys.get(bb)[i], amount, None, t) == GRANTED:
+                if reserve(bb, bkeys[i], amount, None, t) == GRANTED:
                     kind[i] = BRANCH
                     continue
                 bits[i] |= _BRANCH_FULL
@@ -138,7 +143,7 @@ class Allocator:
                 eligible = decode.get(m)
                 if eligible is None:
                     eligible = decode[m] = [j for j in range(P) if m >> j & 1]
-                j, extra = self._refer(cols, a, i, eligible, keys, t, amount)
+                j, extra = refer(cols, i, eligible, ev_flat, i * P, pkeys, t, amount)
                 bits[i] |= extra
                 if j >= 0:
                     kind[i], chosen[i] = REFER, j
@@ -155,41 +160,52 @@ class Allocator:
                                  for i, rec in enumerate(records) if i not in skip)
         return out
 
-    def _refer(self, cols: AppColumns, a: Assessment, i: int, eligible: list[int],
-               keys: "_KeyRows", t: int, amount: int) -> tuple[int, int]:
+    def _refer(self, cols: AppColumns, i: int, eligible: list[int], evs: list[float], base: int,
+               pkeys: list[list[tuple[int, ...]]], t: int, amount: int) -> tuple[int, int]:
         """Try eligible partners in routing order; (chosen index or -1, reason bits)."""
         s = self.strategy
         method = s.routing.method
-        if method == "waterfall":
-            order = [j for j in self.waterfall if j in eligible] if len(eligible) > 1 else eligible
+        rank = self.rank
+        if len(eligible) == 1:
+            order = eligible
+        elif method == "waterfall":
+            order = sorted(eligible, key=rank.__getitem__)
         elif method == "best_value":
-            evs = a.ev[i]
-            order = sorted(eligible, key=lambda j: (-evs[j], self.rank[j]))
+            order = sorted(eligible, key=lambda j: (-evs[base + j], rank[j]))
         else:
             order = self.rotation.order(eligible)
         applicant = cols.applicant[i]
-        app_id = cols.application_id[i]
         extra = 0
         for j in order:
-            p = s.partners[j]
-            ev = int(round(float(a.ev[i, j])))
-
-            def entry(p=p, ev=ev) -> ReferralEntry:
-                did = decision_id(s.version, app_id)
-                return ReferralEntry(
-                    referral_id="r_" + did[2:], decision_id=did, application_id=app_id,
-                    partner_id=p.id, event_time_ms=t, amount=amount,
-                    term_months=int(cols.term_months[i]), applicant_hash=applicant,
-                    terms=p.terms, expected_value=ev, strategy_version=s.version)
-
-            pb = self.partner_buckets[j]
-            r = self.reserve(pb, keys.get(pb)[i], amount, applicant, t, entry)
+            r = self.reserve(self.partner_buckets[j], pkeys[j][i], amount, applicant, t,
+                             _EntryArgs(s, cols, i, j, t, amount, evs[base + j]))
             if r == GRANTED:
                 if method == "weighted":
                     self.rotation.granted(j, eligible)
                 return j, extra
             extra |= _DEDUPE if r == DEDUPED else _QUOTA
         return -1, extra
+
+
+class _EntryArgs:
+    """Builds the ledger entry only if the store is actually asked to reserve."""
+
+    __slots__ = ("s", "cols", "i", "j", "t", "amount", "ev")
+
+    def __init__(self, s: Strategy, cols: AppColumns, i: int, j: int, t: int, amount: int,
+                 ev: float):
+        self.s, self.cols, self.i, self.j, self.t, self.amount, self.ev = s, cols, i, j, t, amount, ev
+
+    def __call__(self) -> ReferralEntry:
+        s, cols, i = self.s, self.cols, self.i
+        p = s.partners[self.j]
+        app_id = cols.application_id[i]
+        did = decision_id(s.version, app_id)
+        return ReferralEntry(
+            referral_id="r_" + did[2:], decision_id=did, application_id=app_id,
+            partner_id=p.id, event_time_ms=self.t, amount=self.amount,
+            term_months=int(cols.term_months[i]), applicant_hash=cols.applicant[i],
+            terms=p.terms, expected_value=int(round(self.ev)), strategy_version=s.version)
 
 
 def _fill(a: Assessment, kind: np.ndarray, chosen: list[int], bits: np.ndarray,

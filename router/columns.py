@@ -9,7 +9,6 @@ reject exactly the same values without a second schema to keep in sync.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -19,13 +18,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from router.errors import InputError
+from router.fingerprint import as_u64, combine, hash_strings
 from router.identity import Hasher
 from router.messages import Application
 
 INT_FIELDS = ("age", "monthly_income", "bureau_score", "inquiries_3m", "open_loans",
               "worst_dpd_12m", "requested_amount", "term_months")
 FLOAT_FIELDS = ("dti", "max_apr")
-_fp_encoder = msgspec.msgpack.Encoder()
 
 
 @dataclass(slots=True)
@@ -50,24 +49,32 @@ class AppColumns:
     employer: list[str | None]
     consent: list[Any]
     fraud_flag: np.ndarray
-    fingerprint: list[bytes]
+    fingerprint: list[int]
 
     def __len__(self) -> int:
         return len(self.application_id)
 
 
-def _fingerprints(cols: dict[str, Any]) -> list[bytes]:
+def _consent_text(c: Any) -> str:
+    return c if isinstance(c, str) else ",".join(c)
+
+
+def _fingerprints(cols: AppColumns) -> list[int]:
     """A content hash per row over every decision-relevant field (idempotency check)."""
-    rows = zip(cols["application_id"], cols["event_ms"], cols["channel"], cols["applicant"],
-               *(cols[f] for f in INT_FIELDS), *(cols[f] for f in FLOAT_FIELDS),
-               cols["region"], cols["employer"], cols["consent"], cols["fraud_flag"])
-    enc = _fp_encoder.encode
-    return [hashlib.blake2b(enc(r), digest_size=12).digest() for r in rows]
+    n = len(cols)
+    with np.errstate(over="ignore"):
+        parts = [hash_strings(cols.application_id), as_u64(cols.event_ms),
+                 hash_strings(cols.channel), hash_strings(cols.applicant)]
+        parts += [as_u64(getattr(cols, f)) for f in INT_FIELDS + FLOAT_FIELDS]
+        parts += [hash_strings(cols.region),
+                  hash_strings([e or "" for e in cols.employer]),
+                  hash_strings([_consent_text(c) for c in cols.consent]),
+                  cols.fraud_flag.astype(np.uint64)]
+        return combine(parts, n).tolist()
 
 
 def _assemble(py: dict[str, list[Any]]) -> AppColumns:
-    fp = _fingerprints(py)
-    return AppColumns(
+    cols = AppColumns(
         application_id=py["application_id"],
         event_ms=np.asarray(py["event_ms"], dtype=np.int64),
         channel=np.asarray(py["channel"], dtype=str),
@@ -78,8 +85,10 @@ def _assemble(py: dict[str, list[Any]]) -> AppColumns:
         employer=py["employer"],
         consent=py["consent"],
         fraud_flag=np.asarray(py["fraud_flag"], dtype=bool),
-        fingerprint=fp,
+        fingerprint=[],
     )
+    cols.fingerprint = _fingerprints(cols)
+    return cols
 
 
 def _consent_key(c: Any) -> Any:
@@ -200,18 +209,22 @@ def from_arrow(batch: pa.RecordBatch, hasher: Hasher, offset: int = 0) -> AppCol
         arr = _required(batch, f, offset).to_numpy(zero_copy_only=False)
         _check_numeric(f, arr, offset)
         py[f] = arr
-    tokens = batch.column("applicant_token").to_pylist() if "applicant_token" in names else None
-    raw_ids = batch.column("national_id").to_pylist() if "national_id" in names else None
     n = batch.num_rows
-    tokens = tokens or [None] * n
-    raw_ids = raw_ids or [None] * n
-    applicant = []
-    for i, (t, r) in enumerate(zip(tokens, raw_ids)):
-        if (t is None) == (r is None):
-            raise _bad("applicant_token", offset + i, t,
-                       "exactly one of `applicant_token` and `national_id` must be set")
-        applicant.append(t if t is not None else hasher.token(r))
-    py["applicant"] = applicant
+    tok_col = batch.column("applicant_token") if "applicant_token" in names else pa.nulls(n, pa.string())
+    raw_col = batch.column("national_id") if "national_id" in names else pa.nulls(n, pa.string())
+    both_or_neither = pc.equal(pc.is_null(tok_col), pc.is_null(raw_col)).to_numpy(zero_copy_only=False)
+    if both_or_neither.any():
+        i = int(np.flatnonzero(both_or_neither)[0])
+        raise _bad("applicant_token", offset + i, tok_col[i].as_py(),
+                   "exactly one of `applicant_token` and `national_id` must be set")
+    if raw_col.null_count == n:
+        py["applicant"] = tok_col.to_pylist()
+    elif tok_col.null_count == n:
+        py["applicant"] = hasher.tokens(raw_col.to_pylist())
+    else:
+        raws = raw_col.to_pylist()
+        py["applicant"] = [t if t is not None else hasher.token(r)
+                           for t, r in zip(tok_col.to_pylist(), raws)]
     emp = batch.column("employer").to_pylist() if "employer" in names else [None] * n
     ctok = hasher.cached_token
     py["employer"] = [ctok(e, "employer") if e else None for e in emp]
@@ -219,12 +232,7 @@ def from_arrow(batch: pa.RecordBatch, hasher: Hasher, offset: int = 0) -> AppCol
     py["consent"] = [_parse_consent(c) for c in consent]
     py["fraud_flag"] = (batch.column("fraud_flag").to_numpy(zero_copy_only=False)
                         if "fraud_flag" in names else np.zeros(n, dtype=bool))
-    # msgpack wants plain Python scalars for the fingerprint
-    for f in INT_FIELDS + FLOAT_FIELDS + ("event_ms", "fraud_flag"):
-        py[f] = np.asarray(py[f])
-    cols = _assemble({**py, **{f: py[f].tolist() for f in
-                               INT_FIELDS + FLOAT_FIELDS + ("event_ms", "fraud_flag")}})
-    return cols
+    return _assemble(py)
 
 
 def take(cols: AppColumns, idx: np.ndarray) -> AppColumns:

@@ -34,8 +34,9 @@ class Router:
     ``clock`` — a callable returning epoch milliseconds — makes quota windows follow the
     caller's clock instead of each application's ``received_at`` (a live service that
     does not trust client timestamps); replay leaves it unset.
-    ``on_cap`` is called as ``on_cap(bucket_id, window, window_key, event_ms)`` whenever a
-    reservation is refused by a cap.
+    ``on_cap`` is called as ``on_cap(bucket_id, window, window_key, event_ms)`` the first
+    time a cap refuses a reservation in a window (when it ran out);
+    :meth:`cap_refusals` counts every refusal.
     """
 
     def __init__(self, strategy: Strategy, store: QuotaStore | None = None, *,
@@ -54,6 +55,10 @@ class Router:
         self._employers = [frozenset(self.hasher.token(name, "employer")
                                      for name in p.employer_names) for p in strategy.partners]
         self._allocator = Allocator(strategy, self.store, on_cap)
+
+    def cap_refusals(self) -> dict[tuple[str, str], int]:
+        """Refusals so far by (bucket id, window)."""
+        return dict(self._allocator.refusals)
 
     def decide(self, app: Application) -> Decision:
         """Decide one application."""

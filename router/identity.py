@@ -48,6 +48,20 @@ class Hasher:
         outer.update(inner.digest())
         return outer.hexdigest()[:32]
 
+    def tokens(self, raws: list[str], purpose: str = "applicant") -> list[str]:
+        """:meth:`token` for many values (the same hashes, less per-call overhead)."""
+        inner_copy, outer_copy = self._inner.copy, self._outer.copy
+        prefix = f"{purpose}\x1f"
+        out = []
+        append = out.append
+        for raw in raws:
+            inner = inner_copy()
+            inner.update((prefix + raw.strip().upper()).encode())
+            outer = outer_copy()
+            outer.update(inner.digest())
+            append(outer.hexdigest()[:32])
+        return out
+
     def cached_token(self, raw: str, purpose: str) -> str:
         """:meth:`token` memoised, for low-cardinality values such as employer names."""
         k = (raw, purpose)

@@ -79,10 +79,9 @@ def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
 
     def on_cap(bucket: str, window: str, key: int, event_ms: int) -> None:
         t = totals.get(bucket) or budgets[bucket]
-        t.cap_refusals[window] = t.cap_refusals.get(window, 0) + 1
         if window == "day" and (bucket, key) not in first_day_hit:
             first_day_hit.add((bucket, key))
-            t.daily_cap_ran_out[_day(key)] = _iso(event_ms, tz_of[bucket])
+            t.daily_cap_ran_out.setdefault(_day(key), _iso(event_ms, tz_of[bucket]))
 
     def on_append(e: ReferralEntry) -> None:
         t = totals[e.partner_id]
@@ -115,6 +114,8 @@ def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
             if progress:
                 progress(len(cols))
     tmp.replace(out / "decisions.parquet")
+    for (bucket, window), count in sorted(router.cap_refusals().items()):
+        (totals.get(bucket) or budgets[bucket]).cap_refusals[window] = count
     elapsed = time.perf_counter() - t0
     referral_value = sum(t.expected_value for t in totals.values())
     summary = {

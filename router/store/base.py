@@ -32,6 +32,9 @@ from router.messages import ReferralEntry
 GRANTED = 0
 DEDUPED = 1
 CAP_HIT = 2
+#: Counters live until their window ends plus this grace, then expire (late events beyond
+#: it start a fresh counter, in memory as in Redis).
+COUNTER_GRACE_MS = 6 * 3600_000
 
 
 def cap_index(result: int) -> int:

@@ -14,9 +14,11 @@ from typing import Callable, Iterable, Sequence
 
 from router.errors import IdempotencyConflict
 from router.messages import ReferralEntry
-from router.store.base import CAP_HIT, DEDUPED, GRANTED, Bucket, QuotaStore
+from router.store.base import CAP_HIT, COUNTER_GRACE_MS, DEDUPED, GRANTED, Bucket, QuotaStore
+from router.windows import window_end_ms
 
 _SWEEP_EVERY_MS = 3600_000
+_DEDUPE_SWEEP_EVERY_MS = 24 * 3600_000  # a full scan: rarer, and stale entries never match
 
 
 class MemoryQuotaStore(QuotaStore):
@@ -26,7 +28,9 @@ class MemoryQuotaStore(QuotaStore):
     def __init__(self, *, idempotency_ttl_ms: int = 48 * 3600_000, retain_ledger: bool = True,
                  on_append: Callable[[ReferralEntry], None] | None = None):
         self._lock = threading.Lock()
-        self._counters: dict[tuple[str, int, int], list[int]] = {}
+        self._cells: dict[str, list[list[int]]] = {}
+        self._archive: dict[tuple[str, int, int], list[int]] = {}
+        self._archive_expiry: deque[tuple[int, tuple[str, int, int]]] = deque()
         self._last_grant: dict[tuple[str, str], int] = {}
         self._dedupe_ms: dict[str, int] = {}
         self._decisions: dict[str, tuple[bytes, tuple]] = {}
@@ -37,12 +41,37 @@ class MemoryQuotaStore(QuotaStore):
         self._ttl = idempotency_ttl_ms
         self._horizon = -(2**62)  # latest event time seen
         self._next_sweep = -(2**62)
+        self._next_dedupe_sweep = -(2**62)
+
+    def _cell(self, bucket: Bucket, i: int, key: int) -> list[int]:
+        """The [key, count, amount] counter of cap ``i`` for window ``key``.
+
+        Each cap keeps its current window in a list (event time mostly moves forward, so
+        that is nearly always a hit); older windows move to ``_archive`` for late events.
+        """
+        bid = bucket.id
+        cells = self._cells.get(bid)
+        if cells is None:
+            cells = self._cells[bid] = [[-1, 0, 0] for _ in bucket.caps]
+        cur = cells[i]
+        if cur[0] == key:
+            return cur
+        if key > cur[0]:
+            if cur[0] >= 0:
+                # Kept until its window ends plus a grace period, as Redis expires counters.
+                end = window_end_ms(bucket.caps[i].window, cur[0], bucket.timezone)
+                self._archive[(bid, i, cur[0])] = cur
+                self._archive_expiry.append((end + COUNTER_GRACE_MS, (bid, i, cur[0])))
+            cur = cells[i] = self._archive.pop((bid, i, key), None) or [key, 0, 0]
+            return cur
+        return self._archive.setdefault((bid, i, key), [key, 0, 0])
 
     def try_reserve(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
                     applicant: str | None, event_ms: int,
                     entry: ReferralEntry | None = None) -> int:
         with self._lock:
-            self._advance(event_ms)
+            if event_ms > self._horizon:
+                self._advance(event_ms)
             bid = bucket.id
             dk = None
             if applicant is not None and bucket.dedupe_ms > 0:
@@ -50,22 +79,18 @@ class MemoryQuotaStore(QuotaStore):
                 last = self._last_grant.get(dk)
                 if last is not None and event_ms - last < bucket.dedupe_ms:
                     return DEDUPED
-            counters = self._counters
-            slots = []
-            for i, cap in enumerate(bucket.caps):
-                ck = (bid, i, keys[i])
-                c = counters.get(ck)
-                if c is None:
-                    c = [0, 0]
-                if cap.count is not None and c[0] + 1 > cap.count:
+            caps = bucket.caps
+            n = len(caps)
+            cells = [self._cell(bucket, i, keys[i]) for i in range(n)]
+            for i, cap in enumerate(caps):
+                c = cells[i]
+                if cap.count is not None and c[1] >= cap.count:
                     return CAP_HIT + 2 * i + 1
-                if cap.amount is not None and c[1] + amount > cap.amount:
+                if cap.amount is not None and c[2] + amount > cap.amount:
                     return CAP_HIT + 2 * i
-                slots.append((ck, c))
-            for ck, c in slots:
-                c[0] += 1
-                c[1] += amount
-                counters[ck] = c
+            for c in cells:
+                c[1] += 1
+                c[2] += amount
             if dk is not None:
                 self._last_grant[dk] = event_ms
                 self._dedupe_ms[bid] = bucket.dedupe_ms
@@ -104,17 +129,26 @@ class MemoryQuotaStore(QuotaStore):
 
     def remember_many(self, items: Iterable[tuple[str, bytes, tuple, int]]) -> None:
         decisions, order = self._decisions, self._decided_order
+        newest = None
         with self._lock:
             for a, fp, rec, t in items:
-                self._advance(t)
                 if a not in decisions:
                     decisions[a] = (fp, rec)
                     order.append((t, a))
+                    if newest is None or t > newest:
+                        newest = t
+            if newest is not None:
+                self._advance(newest)
 
     def usage(self, bucket: Bucket, keys: tuple[int, ...]) -> list[tuple[int, int]]:
         with self._lock:
-            return [tuple(self._counters.get((bucket.id, i, k), (0, 0)))  # type: ignore[misc]
-                    for i, k in enumerate(keys)]
+            out = []
+            for i, k in enumerate(keys):
+                cells = self._cells.get(bucket.id)
+                cur = cells[i] if cells else None
+                c = cur if cur is not None and cur[0] == k else self._archive.get((bucket.id, i, k))
+                out.append((c[1], c[2]) if c else (0, 0))
+            return out
 
     def ledger(self) -> Iterable[ReferralEntry]:
         with self._lock:
@@ -132,6 +166,12 @@ class MemoryQuotaStore(QuotaStore):
         while order and order[0][0] < event_ms - self._ttl:
             _, app_id = order.popleft()
             decisions.pop(app_id, None)
+        expiry, archive = self._archive_expiry, self._archive
+        while expiry and expiry[0][0] < event_ms:
+            archive.pop(expiry.popleft()[1], None)
+        if event_ms < self._next_dedupe_sweep:
+            return
+        self._next_dedupe_sweep = event_ms + _DEDUPE_SWEEP_EVERY_MS
         stale = [k for k, t in self._last_grant.items()
                  if event_ms - t >= self._dedupe_ms.get(k[0], 0)]
         for k in stale:
