@@ -60,19 +60,23 @@ class Allocator:
         # One batch at a time: recall → reserve → remember must not interleave in-process.
         self.lock = threading.Lock()
 
-    def reserve(self, bucket: Bucket, keys: tuple[int, ...], amount: int, applicant: str | None,
-                t: int, entry: Callable[[], ReferralEntry] | None = None) -> int:
-        """Reserve against ``bucket`` unless a cap is known to refuse this amount."""
+    def reserve(self, bucket: Bucket, kcols: list[list[int]], i: int, amount: int,
+                applicant: str | None, t: int, entry: tuple | None = None) -> int:
+        """Reserve row ``i`` against ``bucket`` unless a cap is known to refuse the amount.
+
+        ``kcols[k][i]`` is the row's window key for ``bucket.caps[k]``; ``entry`` holds the
+        arguments of :func:`_make_entry`, built only if the store is called.
+        """
         bid = bucket.id
         fl = self.floors.get(bid)
         if fl is not None:
             for k, kf in enumerate(fl):
-                if kf is not None and kf[0] == keys[k] and amount >= kf[1]:
-                    w = bucket.caps[k].window
-                    self.refusals[bid, w] += 1
+                if kf is not None and kf[0] == kcols[k][i] and amount >= kf[1]:
+                    self.refusals[bid, bucket.caps[k].window] += 1
                     return CAP_HIT + 2 * k + (kf[1] == 0)
+        keys = tuple([col[i] for col in kcols])
         r = self.store.try_reserve(bucket, keys, amount, applicant, t,
-                                   entry() if entry is not None else None)
+                                   _make_entry(*entry) if entry is not None else None)
         if r >= CAP_HIT:
             k = cap_index(r)
             if fl is None:
@@ -119,22 +123,22 @@ class Allocator:
         event_ms, amounts = cols.event_ms.tolist(), cols.requested_amount.tolist()
         keep_ok, branch_ok, mask_l = a.keep_ok.tolist(), a.branch_ok.tolist(), masks.tolist()
         ev_flat = a.ev.ravel().tolist()  # flat: far cheaper than a nested tolist
-        pkeys = [keys.get(pb) for pb in self.partner_buckets] if todo else []
         decode: dict[int, list[int]] = {}
         reserve, refer = self.reserve, self._refer
         kb, bb = self.keep_bucket, self.branch_bucket
         kkeys, bkeys = keys.get(kb), keys.get(bb)
+        pkeys = [keys.get(pb) for pb in self.partner_buckets]
         for i in todo:
             if i in recalled or i in dups:
                 continue
             t, amount = event_ms[i], amounts[i]
             if keep_ok[i]:
-                if reserve(kb, kkeys[i], amount, None, t) == GRANTED:
+                if reserve(kb, kkeys, i, amount, None, t) == GRANTED:
                     kind[i] = KEEP
                     continue
                 bits[i] |= _KEEP_FULL
             if branch_ok[i]:
-                if reserve(bb, bkeys[i], amount, None, t) == GRANTED:
+                if reserve(bb, bkeys, i, amount, None, t) == GRANTED:
                     kind[i] = BRANCH
                     continue
                 bits[i] |= _BRANCH_FULL
@@ -161,7 +165,7 @@ class Allocator:
         return out
 
     def _refer(self, cols: AppColumns, i: int, eligible: list[int], evs: list[float], base: int,
-               pkeys: list[list[tuple[int, ...]]], t: int, amount: int) -> tuple[int, int]:
+               pkeys: list[list[list[int]]], t: int, amount: int) -> tuple[int, int]:
         """Try eligible partners in routing order; (chosen index or -1, reason bits)."""
         s = self.strategy
         method = s.routing.method
@@ -177,8 +181,8 @@ class Allocator:
         applicant = cols.applicant[i]
         extra = 0
         for j in order:
-            r = self.reserve(self.partner_buckets[j], pkeys[j][i], amount, applicant, t,
-                             _EntryArgs(s, cols, i, j, t, amount, evs[base + j]))
+            r = self.reserve(self.partner_buckets[j], pkeys[j], i, amount, applicant, t,
+                             (s, cols, i, j, t, amount, evs[base + j]))
             if r == GRANTED:
                 if method == "weighted":
                     self.rotation.granted(j, eligible)
@@ -187,25 +191,17 @@ class Allocator:
         return -1, extra
 
 
-class _EntryArgs:
-    """Builds the ledger entry only if the store is actually asked to reserve."""
-
-    __slots__ = ("s", "cols", "i", "j", "t", "amount", "ev")
-
-    def __init__(self, s: Strategy, cols: AppColumns, i: int, j: int, t: int, amount: int,
-                 ev: float):
-        self.s, self.cols, self.i, self.j, self.t, self.amount, self.ev = s, cols, i, j, t, amount, ev
-
-    def __call__(self) -> ReferralEntry:
-        s, cols, i = self.s, self.cols, self.i
-        p = s.partners[self.j]
-        app_id = cols.application_id[i]
-        did = decision_id(s.version, app_id)
-        return ReferralEntry(
-            referral_id="r_" + did[2:], decision_id=did, application_id=app_id,
-            partner_id=p.id, event_time_ms=self.t, amount=self.amount,
-            term_months=int(cols.term_months[i]), applicant_hash=cols.applicant[i],
-            terms=p.terms, expected_value=int(round(self.ev)), strategy_version=s.version)
+def _make_entry(s: Strategy, cols: AppColumns, i: int, j: int, t: int, amount: int,
+                ev: float) -> ReferralEntry:
+    """The ledger entry for referring row ``i`` to partner ``j``."""
+    p = s.partners[j]
+    app_id = cols.application_id[i]
+    did = decision_id(s.version, app_id)
+    return ReferralEntry(
+        referral_id="r_" + did[2:], decision_id=did, application_id=app_id,
+        partner_id=p.id, event_time_ms=t, amount=amount,
+        term_months=int(cols.term_months[i]), applicant_hash=cols.applicant[i],
+        terms=p.terms, expected_value=int(round(ev)), strategy_version=s.version)
 
 
 def _fill(a: Assessment, kind: np.ndarray, chosen: list[int], bits: np.ndarray,
@@ -235,17 +231,15 @@ def _fill(a: Assessment, kind: np.ndarray, chosen: list[int], bits: np.ndarray,
 
 
 class _KeyRows:
-    """Per-row window-key tuples of each bucket for one batch, built on first use."""
+    """Window-key columns (one list per cap) of each bucket for one batch, built on first use."""
 
     def __init__(self, a: Assessment):
         self._zones = a.keys
-        self._rows: dict[str, list[tuple[int, ...]]] = {}
+        self._cols: dict[str, list[list[int]]] = {}
 
-    def get(self, bucket: Bucket) -> list[tuple[int, ...]]:
-        rows = self._rows.get(bucket.id)
-        if rows is None:
+    def get(self, bucket: Bucket) -> list[list[int]]:
+        cols = self._cols.get(bucket.id)
+        if cols is None:
             zk = self._zones[bucket.timezone]
-            n = len(next(iter(zk.values())))
-            cols = [zk[c.window].tolist() for c in bucket.caps]
-            rows = self._rows[bucket.id] = list(zip(*cols)) if cols else [()] * n
-        return rows
+            cols = self._cols[bucket.id] = [zk[c.window].tolist() for c in bucket.caps]
+        return cols

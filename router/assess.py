@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from router import economics as eco
-from router.columns import AppColumns
+from router.columns import AppColumns, Coded
 from router.config import Strategy
 from router.errors import InputError
 from router.features import features_batch
@@ -51,28 +51,28 @@ def consent_matrix(cols: AppColumns, strategy: Strategy) -> np.ndarray:
     """(n × partners) True where the applicant's consent and the channel allow the partner."""
     ids = [p.id for p in strategy.partners]
     index = {pid: j for j, pid in enumerate(ids)}
-    out = np.zeros((len(cols), len(ids)), dtype=bool)
-    cache: dict[Any, np.ndarray] = {}
-    for i, (consent, channel) in enumerate(zip(cols.consent, cols.channel.tolist())):
-        key = (consent, channel)
-        row = cache.get(key)
-        if row is None:
-            row = np.zeros(len(ids), dtype=bool)
-            pol = strategy.channels.get(channel)
-            if consent == "any":
-                allowed = pol.consent_partners if pol and pol.consent_partners is not None else ids
-                row[[index[p] for p in allowed]] = True
-            elif consent != "none":
-                for pid in consent:
-                    if pid not in index:
-                        raise InputError(f"field `consent`: unknown partner (value: {pid!r})",
-                                         field="consent", row=i)
-                    row[index[pid]] = True
-            if pol is not None and not pol.referral_allowed:
-                row[:] = False
-            cache[key] = row
-        out[i] = row
-    return out
+    # Distinct (consent, channel) pairs are few: evaluate each once, then broadcast.
+    ch = Coded.encode(cols.channel.tolist())
+    pair = cols.consent.codes * len(ch.values) + ch.codes
+    uniq, inv = np.unique(pair, return_inverse=True)
+    table = np.zeros((len(uniq), len(ids)), dtype=bool)
+    for u, code in enumerate(uniq.tolist()):
+        consent = cols.consent.values[code // len(ch.values)]
+        channel = ch.values[code % len(ch.values)]
+        pol = strategy.channels.get(channel)
+        if consent == "any":
+            allowed = pol.consent_partners if pol and pol.consent_partners is not None else ids
+            table[u, [index[p] for p in allowed]] = True
+        elif consent != "none":
+            for pid in consent.split(","):
+                if pid not in index:
+                    row = int(np.flatnonzero(inv == u)[0])
+                    raise InputError(f"field `consent`: unknown partner (value: {pid!r})",
+                                     field="consent", row=row)
+                table[u, index[pid]] = True
+        if pol is not None and not pol.referral_allowed:
+            table[u, :] = False
+    return table[inv]
 
 
 def assess(cols: AppColumns, strategy: Strategy, scorers: dict[str, Any],
@@ -142,7 +142,8 @@ def assess(cols: AppColumns, strategy: Strategy, scorers: dict[str, Any],
     # Partners.
     P = len(s.partners)
     consent = consent_matrix(cols, s) if P else np.zeros((n, 0), dtype=bool)
-    no_consent = np.array([c == "none" for c in cols.consent], dtype=bool)
+    none_codes = [k for k, v in enumerate(cols.consent.values) if v == "none"]
+    no_consent = np.isin(cols.consent.codes, none_codes)
     live = ~dead
     _set(bits, live & no_consent, "NO_CONSENT")
     _set(bits, live & ~no_consent & ~consent.any(axis=1), "CHANNEL_NO_REFERRAL")
@@ -154,7 +155,8 @@ def assess(cols: AppColumns, strategy: Strategy, scorers: dict[str, Any],
         ok = live & consent[:, j] & partner.whitelisted
         ok &= filter_mask(partner.filters, cols, pd) & (cols.max_apr >= partner.apr_min)
         if employer_tokens[j]:
-            employee = np.array([t in employer_tokens[j] for t in cols.employer], dtype=bool)
+            codes = [k for k, t in enumerate(cols.employer.values) if t in employer_tokens[j]]
+            employee = np.isin(cols.employer.codes, codes)
             employee_any |= employee & ok
             ok &= ~employee
         ev[:, j] = eco.referral_value(amount, term, pd, cols.max_apr, partner)

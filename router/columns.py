@@ -28,6 +28,32 @@ FLOAT_FIELDS = ("dti", "max_apr")
 
 
 @dataclass(slots=True)
+class Coded:
+    """A low-cardinality column: ``values[codes[i]]`` is row i's value."""
+
+    codes: np.ndarray
+    values: list[Any]
+
+    @classmethod
+    def encode(cls, items: Sequence[Any]) -> "Coded":
+        """Dictionary-encode a sequence (first-seen order)."""
+        index: dict[Any, int] = {}
+        setd = index.setdefault
+        codes = np.fromiter((setd(v, len(index)) for v in items), dtype=np.int64,
+                            count=len(items))
+        return cls(codes, list(index))
+
+    def map(self, fn) -> "Coded":
+        """The same codes over ``fn`` applied to each distinct value."""
+        return Coded(self.codes, [fn(v) for v in self.values])
+
+    def tolist(self) -> list[Any]:
+        """Row values."""
+        vals = self.values
+        return [vals[c] for c in self.codes.tolist()]
+
+
+@dataclass(slots=True)
 class AppColumns:
     """A batch of applications, one array (or list) per field, in arrival order."""
 
@@ -46,8 +72,8 @@ class AppColumns:
     dti: np.ndarray
     max_apr: np.ndarray
     region: np.ndarray
-    employer: list[str | None]
-    consent: list[Any]
+    employer: Coded        # keyed-hash tokens (or None), dictionary-encoded
+    consent: Coded         # canonical text: "none", "any" or "id1,id2"
     fraud_flag: np.ndarray
     fingerprint: list[int]
 
@@ -55,21 +81,27 @@ class AppColumns:
         return len(self.application_id)
 
 
-def _consent_text(c: Any) -> str:
+def consent_text(c: Any) -> str:
+    """Canonical text of a consent value: "none", "any" or comma-joined partner ids."""
+    if c is None or c == "":
+        return "none"
     return c if isinstance(c, str) else ",".join(c)
+
+
+def _hash_coded(c: Coded) -> np.ndarray:
+    return hash_strings([v or "" for v in c.values])[c.codes] if c.values else \
+        np.zeros(len(c.codes), dtype=np.uint64)
 
 
 def _fingerprints(cols: AppColumns) -> list[int]:
     """A content hash per row over every decision-relevant field (idempotency check)."""
     n = len(cols)
     with np.errstate(over="ignore"):
-        parts = [hash_strings(cols.application_id), as_u64(cols.event_ms),
-                 hash_strings(cols.channel), hash_strings(cols.applicant)]
+        # The application id itself is the store's key, so it is not hashed in.
+        parts = [as_u64(cols.event_ms), hash_strings(cols.channel), hash_strings(cols.applicant)]
         parts += [as_u64(getattr(cols, f)) for f in INT_FIELDS + FLOAT_FIELDS]
-        parts += [hash_strings(cols.region),
-                  hash_strings([e or "" for e in cols.employer]),
-                  hash_strings([_consent_text(c) for c in cols.consent]),
-                  cols.fraud_flag.astype(np.uint64)]
+        parts += [hash_strings(cols.region), _hash_coded(cols.employer),
+                  _hash_coded(cols.consent), cols.fraud_flag.astype(np.uint64)]
         return combine(parts, n).tolist()
 
 
@@ -91,10 +123,6 @@ def _assemble(py: dict[str, list[Any]]) -> AppColumns:
     return cols
 
 
-def _consent_key(c: Any) -> Any:
-    return tuple(c) if isinstance(c, list) else c
-
-
 def from_applications(apps: Sequence[Application], hasher: Hasher) -> AppColumns:
     """Columns from validated Application objects (raw identifiers hashed here)."""
     tok = hasher.token
@@ -105,9 +133,9 @@ def from_applications(apps: Sequence[Application], hasher: Hasher) -> AppColumns
         "applicant": [a.applicant_token if a.applicant_token is not None
                       else tok(a.national_id) for a in apps],  # type: ignore[arg-type]
         "region": [a.region for a in apps],
-        "employer": [hasher.cached_token(a.employer, "employer") if a.employer else None
-                     for a in apps],
-        "consent": [_consent_key(a.consent) for a in apps],
+        "employer": Coded.encode([a.employer for a in apps]).map(
+            lambda e: hasher.cached_token(e, "employer") if e else None),
+        "consent": Coded.encode([consent_text(a.consent) for a in apps]),
         "fraud_flag": [a.fraud_flag for a in apps],
     }
     for f in INT_FIELDS + FLOAT_FIELDS:
@@ -181,12 +209,13 @@ def _required(batch: pa.RecordBatch, name: str, offset: int) -> pa.Array:
     return col
 
 
-def _parse_consent(s: str | None) -> Any:
-    if s is None or s == "none" or s == "":
-        return "none"
-    if s == "any":
-        return "any"
-    return tuple(s.split(","))
+def _coded(batch: pa.RecordBatch, name: str, n: int) -> Coded:
+    """Dictionary-encode a string column in Arrow (all null when the column is absent)."""
+    if name not in batch.schema.names:
+        return Coded(np.zeros(n, dtype=np.int64), [None])
+    enc = pc.dictionary_encode(batch.column(name), null_encoding="encode")
+    return Coded(enc.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+                 enc.dictionary.to_pylist())
 
 
 def from_arrow(batch: pa.RecordBatch, hasher: Hasher, offset: int = 0) -> AppColumns:
@@ -225,11 +254,9 @@ def from_arrow(batch: pa.RecordBatch, hasher: Hasher, offset: int = 0) -> AppCol
         raws = raw_col.to_pylist()
         py["applicant"] = [t if t is not None else hasher.token(r)
                            for t, r in zip(tok_col.to_pylist(), raws)]
-    emp = batch.column("employer").to_pylist() if "employer" in names else [None] * n
-    ctok = hasher.cached_token
-    py["employer"] = [ctok(e, "employer") if e else None for e in emp]
-    consent = batch.column("consent").to_pylist() if "consent" in names else [None] * n
-    py["consent"] = [_parse_consent(c) for c in consent]
+    py["employer"] = _coded(batch, "employer", n).map(
+        lambda e: hasher.cached_token(e, "employer") if e else None)
+    py["consent"] = _coded(batch, "consent", n).map(consent_text)
     py["fraud_flag"] = (batch.column("fraud_flag").to_numpy(zero_copy_only=False)
                         if "fraud_flag" in names else np.zeros(n, dtype=bool))
     return _assemble(py)
@@ -241,5 +268,8 @@ def take(cols: AppColumns, idx: np.ndarray) -> AppColumns:
     out = {}
     for name in AppColumns.__slots__:  # type: ignore[attr-defined]
         v = getattr(cols, name)
-        out[name] = v[idx] if isinstance(v, np.ndarray) else [v[i] for i in il]
+        if isinstance(v, Coded):
+            out[name] = Coded(v.codes[idx], v.values)
+        else:
+            out[name] = v[idx] if isinstance(v, np.ndarray) else [v[i] for i in il]
     return AppColumns(**out)

@@ -34,7 +34,7 @@ class MemoryQuotaStore(QuotaStore):
         self._last_grant: dict[tuple[str, str], int] = {}
         self._dedupe_ms: dict[str, int] = {}
         self._decisions: dict[str, tuple[bytes, tuple]] = {}
-        self._decided_order: deque[tuple[int, str]] = deque()
+        self._decided_order: deque[tuple[int, list[str]]] = deque()
         self._ledger: list[ReferralEntry] = []
         self._retain = retain_ledger
         self._on_append = on_append
@@ -128,16 +128,20 @@ class MemoryQuotaStore(QuotaStore):
         self.remember_many([(application_id, fingerprint, record, event_ms)])
 
     def remember_many(self, items: Iterable[tuple[str, bytes, tuple, int]]) -> None:
-        decisions, order = self._decisions, self._decided_order
+        decisions = self._decisions
         newest = None
+        added: list[str] = []
         with self._lock:
             for a, fp, rec, t in items:
                 if a not in decisions:
                     decisions[a] = (fp, rec)
-                    order.append((t, a))
+                    added.append(a)
                     if newest is None or t > newest:
                         newest = t
             if newest is not None:
+                # One expiry entry per call: the ids expire together once the newest of
+                # them is older than the TTL (each is kept at least the TTL).
+                self._decided_order.append((newest, added))
                 self._advance(newest)
 
     def usage(self, bucket: Bucket, keys: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -164,8 +168,8 @@ class MemoryQuotaStore(QuotaStore):
         self._next_sweep = event_ms + _SWEEP_EVERY_MS
         order, decisions = self._decided_order, self._decisions
         while order and order[0][0] < event_ms - self._ttl:
-            _, app_id = order.popleft()
-            decisions.pop(app_id, None)
+            for app_id in order.popleft()[1]:
+                decisions.pop(app_id, None)
         expiry, archive = self._archive_expiry, self._archive
         while expiry and expiry[0][0] < event_ms:
             archive.pop(expiry.popleft()[1], None)
