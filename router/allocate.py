@@ -155,13 +155,15 @@ class Allocator:
                     [p.id for p in s.partners])
         for i, rec in recalled.items():
             out.set_record(i, rec)
+        records = out.records()
         for i, j in dups.items():
-            out.set_record(i, out.record(j))
-        skip = recalled.keys() | dups.keys()
-        records = zip(out.kind.tolist(), out.partner, out.bits.tolist(), out.value.tolist(),
-                      out.apr.tolist(), out.margin.tolist(), out.pd.tolist())
-        self.store.remember_many((ids[i], fps[i], rec, event_ms[i])
-                                 for i, rec in enumerate(records) if i not in skip)
+            out.set_record(i, records[j])
+        if recalled or dups:
+            keep = [i for i in range(n) if i not in recalled and i not in dups]
+            self.store.remember_many([ids[i] for i in keep], [fps[i] for i in keep],
+                                     [records[i] for i in keep], [event_ms[i] for i in keep])
+        else:
+            self.store.remember_many(ids, fps, records, event_ms)
         return out
 
     def _refer(self, cols: AppColumns, i: int, eligible: list[int], evs: list[float], base: int,

@@ -22,8 +22,11 @@ from router.messages import Branch, Decision, Decline, Keep, Refer
 KEEP, BRANCH, REFER, DECLINE = 0, 1, 2, 3
 LABELS = ("keep", "branch", "refer", "decline")
 
-#: (kind, partner id or "", reason bits, value, apr or NaN, coverage margin or NaN, pd)
-Record = tuple[int, str, int, int, float, float, float]
+#: The idempotency record of one decision, packed as bytes (not a tuple: bytes are not
+#: tracked by Python's cycle collector, and a day of records stays compact).
+RECORD_DTYPE = np.dtype([("kind", "i1"), ("bits", "<u8"), ("value", "<i8"), ("apr", "<f8"),
+                         ("margin", "<f8"), ("pd", "<f8"), ("partner", "S32"),
+                         ("end", "u1")])  # non-zero last byte: numpy keeps trailing NULs
 
 
 @dataclass(slots=True)
@@ -38,15 +41,21 @@ class Outcomes:
     margin: np.ndarray    # float64 coverage margin (NaN when unknown)
     pd: np.ndarray        # float64
 
-    def record(self, i: int) -> Record:
-        """The idempotency record of row ``i``."""
-        return (int(self.kind[i]), self.partner[i], int(self.bits[i]), int(self.value[i]),
-                float(self.apr[i]), float(self.margin[i]), float(self.pd[i]))
+    def records(self) -> list[bytes]:
+        """Every row's idempotency record (see :data:`RECORD_DTYPE`)."""
+        rec = np.empty(len(self.kind), dtype=RECORD_DTYPE)
+        rec["kind"], rec["bits"], rec["value"] = self.kind, self.bits, self.value
+        rec["apr"], rec["margin"], rec["pd"] = self.apr, self.margin, self.pd
+        rec["partner"] = np.asarray(self.partner, dtype="S32")
+        rec["end"] = 1
+        return rec.view(f"S{RECORD_DTYPE.itemsize}").tolist()
 
-    def set_record(self, i: int, r: Sequence) -> None:
+    def set_record(self, i: int, record: bytes) -> None:
         """Overwrite row ``i`` with a remembered record."""
-        self.kind[i], self.partner[i], self.bits[i], self.value[i] = r[0], r[1], r[2], r[3]
-        self.apr[i], self.margin[i], self.pd[i] = r[4], r[5], r[6]
+        r = np.frombuffer(record, dtype=RECORD_DTYPE)[0]
+        self.kind[i], self.bits[i], self.value[i] = r["kind"], r["bits"], r["value"]
+        self.apr[i], self.margin[i], self.pd[i] = r["apr"], r["margin"], r["pd"]
+        self.partner[i] = r["partner"].decode()
 
 
 def decision_id(version: str, application_id: str) -> str:

@@ -9,10 +9,10 @@ A store keeps, per *bucket* (a partner id, or the funder's own ``__keep__`` /
 * the append-only referral ledger (an entry is appended in the same atomic step as the
   reservation it bills for);
 
-and, per application id, the first decision (idempotency) as a compact record tuple
-(see :data:`router.outcomes.Record`): :meth:`recall` returns it for a repeated id with the
-same content fingerprint and raises :class:`~router.errors.IdempotencyConflict` for
-different content.
+and, per application id, the first decision (idempotency) as opaque record bytes (see
+:data:`router.outcomes.RECORD_DTYPE`) with a 64-bit content fingerprint: :meth:`recall`
+returns the record for a repeated id with the same fingerprint and raises
+:class:`~router.errors.IdempotencyConflict` for different content.
 
 Time is the event time passed in, never the wall clock, so replay is exact.
 """
@@ -84,28 +84,29 @@ class QuotaStore(ABC):
         """
 
     @abstractmethod
-    def recall(self, application_id: str, fingerprint: bytes) -> tuple | None:
+    def recall(self, application_id: str, fingerprint: int) -> bytes | None:
         """The decision record already stored for this id, if any (content must match)."""
 
     @abstractmethod
-    def remember(self, application_id: str, fingerprint: bytes, record: tuple,
+    def remember(self, application_id: str, fingerprint: int, record: bytes,
                  event_ms: int) -> None:
         """Store the decision record for this id unless one exists (kept for the TTL)."""
 
     def recall_many(self, application_ids: Sequence[str],
-                    fingerprints: Sequence[bytes]) -> dict[int, tuple]:
+                    fingerprints: Sequence[int]) -> dict[int, bytes]:
         """Records of the ids already decided, by position. Checks every id before
         returning, so a conflict is raised before the caller reserves anything."""
-        found: dict[int, tuple] = {}
+        found: dict[int, bytes] = {}
         for i, (a, fp) in enumerate(zip(application_ids, fingerprints)):
             rec = self.recall(a, fp)
             if rec is not None:
                 found[i] = rec
         return found
 
-    def remember_many(self, items: Iterable[tuple[str, bytes, tuple, int]]) -> None:
-        """:meth:`remember` for (application id, fingerprint, record, event ms) items."""
-        for a, fp, rec, t in items:
+    def remember_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
+                      records: Sequence[bytes], event_ms: Sequence[int]) -> None:
+        """:meth:`remember` for parallel sequences."""
+        for a, fp, rec, t in zip(application_ids, fingerprints, records, event_ms):
             self.remember(a, fp, rec, t)
 
     @abstractmethod

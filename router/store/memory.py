@@ -33,7 +33,9 @@ class MemoryQuotaStore(QuotaStore):
         self._archive_expiry: deque[tuple[int, tuple[str, int, int]]] = deque()
         self._last_grant: dict[tuple[str, str], int] = {}
         self._dedupe_ms: dict[str, int] = {}
-        self._decisions: dict[str, tuple[bytes, tuple]] = {}
+        # Two flat dicts (no per-entry tuples): records are bytes, fingerprints ints.
+        self._records: dict[str, bytes] = {}
+        self._fingerprints: dict[str, int] = {}
         self._decided_order: deque[tuple[int, list[str]]] = deque()
         self._ledger: list[ReferralEntry] = []
         self._retain = retain_ledger
@@ -101,41 +103,38 @@ class MemoryQuotaStore(QuotaStore):
                     self._on_append(entry)
             return GRANTED
 
-    def recall(self, application_id: str, fingerprint: bytes) -> tuple | None:
-        with self._lock:
-            rec = self._decisions.get(application_id)
-        if rec is None:
-            return None
-        if rec[0] != fingerprint:
-            raise IdempotencyConflict(application_id)
-        return rec[1]
+    def recall(self, application_id: str, fingerprint: int) -> bytes | None:
+        return self.recall_many([application_id], [fingerprint]).get(0)
 
     def recall_many(self, application_ids: Sequence[str],
-                    fingerprints: Sequence[bytes]) -> dict[int, tuple]:
-        get = self._decisions.get
-        found: dict[int, tuple] = {}
+                    fingerprints: Sequence[int]) -> dict[int, bytes]:
+        get, fps = self._records.get, self._fingerprints
+        found: dict[int, bytes] = {}
         with self._lock:
             for i, a in enumerate(application_ids):
                 rec = get(a)
                 if rec is not None:
-                    if rec[0] != fingerprints[i]:
+                    if fps[a] != fingerprints[i]:
                         raise IdempotencyConflict(a)
-                    found[i] = rec[1]
+                    found[i] = rec
         return found
 
-    def remember(self, application_id: str, fingerprint: bytes, record: tuple,
+    def remember(self, application_id: str, fingerprint: int, record: bytes,
                  event_ms: int) -> None:
-        self.remember_many([(application_id, fingerprint, record, event_ms)])
+        self.remember_many([application_id], [fingerprint], [record], [event_ms])
 
-    def remember_many(self, items: Iterable[tuple[str, bytes, tuple, int]]) -> None:
-        decisions = self._decisions
-        newest = None
-        added: list[str] = []
+    def remember_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
+                      records: Sequence[bytes], event_ms: Sequence[int]) -> None:
+        recs, fps = self._records, self._fingerprints
         with self._lock:
-            for a, fp, rec, t in items:
-                if a not in decisions:
-                    decisions[a] = (fp, rec)
+            added: list[str] = []
+            newest = None
+            for i, a in enumerate(application_ids):
+                if a not in recs:  # the first record for an id wins
+                    recs[a] = records[i]
+                    fps[a] = fingerprints[i]
                     added.append(a)
+                    t = event_ms[i]
                     if newest is None or t > newest:
                         newest = t
             if newest is not None:
@@ -166,10 +165,11 @@ class MemoryQuotaStore(QuotaStore):
         if event_ms < self._next_sweep:
             return
         self._next_sweep = event_ms + _SWEEP_EVERY_MS
-        order, decisions = self._decided_order, self._decisions
+        order, recs, fps = self._decided_order, self._records, self._fingerprints
         while order and order[0][0] < event_ms - self._ttl:
             for app_id in order.popleft()[1]:
-                decisions.pop(app_id, None)
+                recs.pop(app_id, None)
+                fps.pop(app_id, None)
         expiry, archive = self._archive_expiry, self._archive
         while expiry and expiry[0][0] < event_ms:
             archive.pop(expiry.popleft()[1], None)
