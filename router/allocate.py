@@ -60,25 +60,29 @@ class Allocator:
         # One batch at a time: recall → reserve → remember must not interleave in-process.
         self.lock = threading.Lock()
 
-    def reserve(self, bucket: Bucket, kcols: list[list[int]], i: int, amount: int,
-                applicant: str | None, t: int, entry: tuple | None = None) -> int:
-        """Reserve row ``i`` against ``bucket`` unless a cap is known to refuse the amount.
-
-        ``kcols[k][i]`` is the row's window key for ``bucket.caps[k]``; ``entry`` holds the
-        arguments of :func:`_make_entry`, built only if the store is called.
-        """
-        bid = bucket.id
-        fl = self.floors.get(bid)
+    def known_refusal(self, bucket: Bucket, kcols: list[list[int]], i: int, amount: int) -> int:
+        """A cap result if a cap is already known to refuse ``amount`` for row ``i``, else -1."""
+        fl = self.floors.get(bucket.id)
         if fl is not None:
             for k, kf in enumerate(fl):
                 if kf is not None and kf[0] == kcols[k][i] and amount >= kf[1]:
-                    self.refusals[bid, bucket.caps[k].window] += 1
+                    self.refusals[bucket.id, bucket.caps[k].window] += 1
                     return CAP_HIT + 2 * k + (kf[1] == 0)
+        return -1
+
+    def reserve(self, bucket: Bucket, kcols: list[list[int]], i: int, amount: int,
+                applicant: str | None, t: int, entry: ReferralEntry | None = None) -> int:
+        """Reserve row ``i`` against ``bucket`` in the store, remembering what caps refuse.
+
+        ``kcols[k][i]`` is the row's window key for ``bucket.caps[k]``. Call
+        :meth:`known_refusal` first to skip a round trip a cap would refuse anyway.
+        """
         keys = tuple([col[i] for col in kcols])
-        r = self.store.try_reserve(bucket, keys, amount, applicant, t,
-                                   _make_entry(*entry) if entry is not None else None)
+        r = self.store.try_reserve(bucket, keys, amount, applicant, t, entry)
         if r >= CAP_HIT:
+            bid = bucket.id
             k = cap_index(r)
+            fl = self.floors.get(bid)
             if fl is None:
                 fl = self.floors[bid] = [None] * len(bucket.caps)
             new = 0 if cap_full(r) else amount
@@ -124,7 +128,7 @@ class Allocator:
         keep_ok, branch_ok, mask_l = a.keep_ok.tolist(), a.branch_ok.tolist(), masks.tolist()
         ev_flat = a.ev.ravel().tolist()  # flat: far cheaper than a nested tolist
         decode: dict[int, list[int]] = {}
-        reserve, refer = self.reserve, self._refer
+        reserve, refer, known = self.reserve, self._refer, self.known_refusal
         kb, bb = self.keep_bucket, self.branch_bucket
         kkeys, bkeys = keys.get(kb), keys.get(bb)
         pkeys = [keys.get(pb) for pb in self.partner_buckets]
@@ -133,12 +137,14 @@ class Allocator:
                 continue
             t, amount = event_ms[i], amounts[i]
             if keep_ok[i]:
-                if reserve(kb, kkeys, i, amount, None, t) == GRANTED:
+                if known(kb, kkeys, i, amount) < 0 and \
+                        reserve(kb, kkeys, i, amount, None, t) == GRANTED:
                     kind[i] = KEEP
                     continue
                 bits[i] |= _KEEP_FULL
             if branch_ok[i]:
-                if reserve(bb, bkeys, i, amount, None, t) == GRANTED:
+                if known(bb, bkeys, i, amount) < 0 and \
+                        reserve(bb, bkeys, i, amount, None, t) == GRANTED:
                     kind[i] = BRANCH
                     continue
                 bits[i] |= _BRANCH_FULL
@@ -182,9 +188,12 @@ class Allocator:
             order = self.rotation.order(eligible)
         applicant = cols.applicant[i]
         extra = 0
+        buckets, known = self.partner_buckets, self.known_refusal
         for j in order:
-            r = self.reserve(self.partner_buckets[j], pkeys[j], i, amount, applicant, t,
-                             (s, cols, i, j, t, amount, evs[base + j]))
+            r = known(buckets[j], pkeys[j], i, amount)
+            if r < 0:
+                r = self.reserve(buckets[j], pkeys[j], i, amount, applicant, t,
+                                 _make_entry(s, cols, i, j, t, amount, evs[base + j]))
             if r == GRANTED:
                 if method == "weighted":
                     self.rotation.granted(j, eligible)

@@ -61,3 +61,15 @@ def test_daily_cap_exhaustion_reported(tmp_path, traffic):
         for day, at in p["daily_cap_ran_out"].items():
             assert at.startswith(day)
     assert dongfang["referred"] <= 5_000
+
+
+def test_known_refusal_shortcut_changes_nothing(tmp_path, traffic, monkeypatch):
+    """Skipping the store for caps known to refuse gives exactly the store's answers."""
+    from router.allocate import Allocator
+
+    s = load_strategy("configs/strategy.toml")
+    fast = replay(s, traffic[0], tmp_path / "fast")
+    monkeypatch.setattr(Allocator, "known_refusal", lambda self, *a: -1)
+    slow = replay(s, traffic[0], tmp_path / "slow")
+    assert fast.decisions_path.read_bytes() == slow.decisions_path.read_bytes()
+    assert fast.summary["partners"] == slow.summary["partners"]

@@ -76,9 +76,10 @@ class QuotaStore(ABC):
         """Reserve one grant of ``amount`` in every capped window, all or nothing.
 
         ``keys[i]`` is the window key of ``bucket.caps[i]`` at the event time. A cap holds
-        at equality (a count cap of 10 grants the 10th and refuses the 11th). When
-        ``applicant`` is given and ``bucket.dedupe_ms`` > 0, an earlier grant to the same
-        applicant within that many ms refuses this one. On success ``entry`` (if any) is
+        at equality (a count cap of 10 grants the 10th and refuses the 11th). Caps are
+        checked first, in order; then, when ``applicant`` is given and
+        ``bucket.dedupe_ms`` > 0, an earlier grant to the same applicant within that many
+        ms refuses this one. On success ``entry`` (if any) is
         appended to the ledger in the same step. Returns ``GRANTED``, ``DEDUPED`` or a
         cap result (see :func:`cap_index`, :func:`cap_full`).
         """

@@ -75,21 +75,23 @@ class MemoryQuotaStore(QuotaStore):
             if event_ms > self._horizon:
                 self._advance(event_ms)
             bid = bucket.id
-            dk = None
-            if applicant is not None and bucket.dedupe_ms > 0:
-                dk = (bid, applicant)
-                last = self._last_grant.get(dk)
-                if last is not None and event_ms - last < bucket.dedupe_ms:
-                    return DEDUPED
             caps = bucket.caps
             n = len(caps)
             cells = [self._cell(bucket, i, keys[i]) for i in range(n)]
+            # Caps are checked before dedupe so that a cap refusal is the answer whenever a
+            # cap refuses: the router's "known full" shortcut then never changes a result.
             for i, cap in enumerate(caps):
                 c = cells[i]
                 if cap.count is not None and c[1] >= cap.count:
                     return CAP_HIT + 2 * i + 1
                 if cap.amount is not None and c[2] + amount > cap.amount:
                     return CAP_HIT + 2 * i
+            dk = None
+            if applicant is not None and bucket.dedupe_ms > 0:
+                dk = (bid, applicant)
+                last = self._last_grant.get(dk)
+                if last is not None and event_ms - last < bucket.dedupe_ms:
+                    return DEDUPED
             for c in cells:
                 c[1] += 1
                 c[2] += amount
