@@ -16,7 +16,7 @@ from router.columns import AppColumns, Coded
 from router.config import Strategy
 from router.errors import InputError
 from router.features import features_batch
-from router.partners import filter_mask, region_match
+from router.partners import PartnerTable, filter_mask, region_match
 from router.reasons import BIT
 from router.windows import window_keys
 
@@ -76,8 +76,12 @@ def consent_matrix(cols: AppColumns, strategy: Strategy) -> np.ndarray:
 
 
 def assess(cols: AppColumns, strategy: Strategy, scorers: dict[str, Any],
-           employer_tokens: list[frozenset[str]]) -> Assessment:
-    """Score and evaluate a batch; see :class:`Assessment`."""
+           employer_tokens: list[frozenset[str]], table: PartnerTable | None = None) -> Assessment:
+    """Score and evaluate a batch; see :class:`Assessment`.
+
+    ``table`` is the strategy's partner book as arrays (built here if not given; a
+    :class:`~router.engine.Router` builds it once).
+    """
     n = len(cols)
     s, r, e = strategy, strategy.rules, strategy.economics
     bits = np.zeros(n, dtype=np.uint64)
@@ -147,21 +151,22 @@ def assess(cols: AppColumns, strategy: Strategy, scorers: dict[str, Any],
     live = ~dead
     _set(bits, live & no_consent, "NO_CONSENT")
     _set(bits, live & ~no_consent & ~consent.any(axis=1), "CHANNEL_NO_REFERRAL")
-    eligible = np.zeros((n, P), dtype=bool)
-    ev = np.zeros((n, P))
-    papr = np.zeros((n, P))
+    table = table if table is not None else PartnerTable(s.partners)
+    eligible = live[:, None] & consent & table.whitelisted[None, :]
+    eligible &= table.filter_matrix(cols, pd) & (cols.max_apr[:, None] >= table.apr_min[None, :])
     employee_any = np.zeros(n, dtype=bool)
-    for j, partner in enumerate(s.partners):
-        ok = live & consent[:, j] & partner.whitelisted
-        ok &= filter_mask(partner.filters, cols, pd) & (cols.max_apr >= partner.apr_min)
+    for j in range(P):
         if employer_tokens[j]:
             codes = [k for k, t in enumerate(cols.employer.values) if t in employer_tokens[j]]
             employee = np.isin(cols.employer.codes, codes)
-            employee_any |= employee & ok
-            ok &= ~employee
-        ev[:, j] = eco.referral_value(amount, term, pd, cols.max_apr, partner)
-        papr[:, j] = eco.partner_apr(cols.max_apr, partner)
-        eligible[:, j] = ok
+            employee_any |= employee & eligible[:, j]
+            eligible[:, j] &= ~employee
+    ev = eco.referral_value(amount[:, None], term[:, None], pd[:, None],
+                            cols.max_apr[:, None], table.econ)  # type: ignore[arg-type]
+    papr = eco.partner_apr(cols.max_apr[:, None], table.econ)  # type: ignore[arg-type]
+    if P == 0:
+        ev = ev.reshape(n, 0)
+        papr = papr.reshape(n, 0)
     _set(bits, employee_any, "PARTNER_EMPLOYEE")
     consented = live & consent.any(axis=1)
     _set(bits, consented & ~eligible.any(axis=1), "NO_ELIGIBLE_PARTNER")

@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from router.errors import InputError
-from router.fingerprint import as_u64, combine, hash_strings
+from router.fingerprint import (_MASK, as_u64, combine, combine_py, float_bits, hash_string_py,
+                                hash_strings)
 from router.identity import Hasher
 from router.messages import Application
 
@@ -93,9 +94,28 @@ def _hash_coded(c: Coded) -> np.ndarray:
         np.zeros(len(c.codes), dtype=np.uint64)
 
 
+def _fingerprints_py(cols: AppColumns) -> list[int]:
+    """:func:`_fingerprints` in plain Python (same bits) for a handful of rows."""
+    out = []
+    emp, con = cols.employer.tolist(), cols.consent.tolist()
+    ints = [getattr(cols, f).tolist() for f in INT_FIELDS]
+    floats = [getattr(cols, f).tolist() for f in FLOAT_FIELDS]
+    for i in range(len(cols)):
+        parts = [int(cols.event_ms[i]) & _MASK, hash_string_py(str(cols.channel[i])),
+                 hash_string_py(cols.applicant[i])]
+        parts += [v[i] & _MASK for v in ints]
+        parts += [float_bits(v[i]) for v in floats]
+        parts += [hash_string_py(str(cols.region[i])), hash_string_py(emp[i] or ""),
+                  hash_string_py(con[i] or ""), int(bool(cols.fraud_flag[i]))]
+        out.append(combine_py(parts))
+    return out
+
+
 def _fingerprints(cols: AppColumns) -> list[int]:
     """A content hash per row over every decision-relevant field (idempotency check)."""
     n = len(cols)
+    if n <= 8:
+        return _fingerprints_py(cols)
     with np.errstate(over="ignore"):
         # The application id itself is the store's key, so it is not hashed in.
         parts = [as_u64(cols.event_ms), hash_strings(cols.channel), hash_strings(cols.applicant)]

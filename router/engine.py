@@ -20,6 +20,7 @@ from router.config import Strategy
 from router.identity import Hasher
 from router.messages import Application, Decision
 from router.outcomes import Outcomes, to_decisions
+from router.partners import PartnerTable
 from router.scoring import Scorer, load_scorer
 from router.store import MemoryQuotaStore, QuotaStore
 
@@ -55,6 +56,7 @@ class Router:
         self._employers = [frozenset(self.hasher.token(name, "employer")
                                      for name in p.employer_names) for p in strategy.partners]
         self._allocator = Allocator(strategy, self.store, on_cap)
+        self._table = PartnerTable(strategy.partners)
 
     def cap_refusals(self) -> dict[tuple[str, str], int]:
         """Refusals so far by (bucket id, window)."""
@@ -81,5 +83,5 @@ class Router:
         if self.clock is not None:
             # The caller's clock, read once per application, replaces event time everywhere.
             cols.event_ms = np.array([self.clock() for _ in range(len(cols))], dtype=np.int64)
-        a = assess(cols, self.strategy, self.scorers, self._employers)
+        a = assess(cols, self.strategy, self.scorers, self._employers, self._table)
         return self._allocator.allocate(cols, a)

@@ -9,6 +9,7 @@ retried application id now carries different content.
 
 from __future__ import annotations
 
+import struct
 from typing import Sequence
 
 import numpy as np
@@ -41,7 +42,7 @@ def hash_strings(values: Sequence[str] | np.ndarray) -> np.ndarray:
     except UnicodeEncodeError:
         arr = np.char.encode(np.asarray(values, dtype=str), "utf-8")
     width = max(8, -(-arr.dtype.itemsize // 8) * 8)
-    words = np.ascontiguousarray(arr, dtype=f"S{width}").view(np.uint64).reshape(n, -1)
+    words = np.ascontiguousarray(arr, dtype=f"S{width}").view("<u8").reshape(n, -1)
     with np.errstate(over="ignore"):
         for j in range(words.shape[1]):
             w = words[:, j]
@@ -61,5 +62,47 @@ def combine(columns: Sequence[np.ndarray], n: int) -> np.ndarray:
 def as_u64(values: np.ndarray) -> np.ndarray:
     """Raw 64-bit pattern of a numeric column (floats by their IEEE bits)."""
     if values.dtype.kind == "f":
-        return np.ascontiguousarray(values, dtype=np.float64).view(np.uint64)
+        return np.ascontiguousarray(values, dtype="<f8").view("<u8")
     return values.astype(np.int64).view(np.uint64)
+
+
+# ---- the same hash in plain Python, for batches of a few rows ---------------------
+# numpy's per-call overhead dominates tiny batches; Python integers masked to 64 bits
+# give bit-identical results (tests/test_fingerprint.py checks both paths agree).
+
+_MASK = (1 << 64) - 1
+_P_INT, _SEED_INT = int(_P), int(_SEED)
+
+
+def mix_py(h: int) -> int:
+    """:func:`_mix` for one Python int."""
+    h ^= h >> 30
+    h = (h * 0xBF58476D1CE4E5B9) & _MASK
+    h ^= h >> 27
+    h = (h * 0x94D049BB133111EB) & _MASK
+    return h ^ (h >> 31)
+
+
+def hash_string_py(value: str) -> int:
+    """:func:`hash_strings` for one string."""
+    data = value.encode("utf-8")
+    data += b"\0" * (-len(data) % 8)
+    h = _SEED_INT
+    for k in range(0, len(data), 8):
+        w = int.from_bytes(data[k:k + 8], "little")
+        if w:
+            h = ((h ^ w) * _P_INT) & _MASK
+    return h
+
+
+def combine_py(values: list[int]) -> int:
+    """:func:`combine` for one row of 64-bit values."""
+    h = _SEED_INT
+    for v in values:
+        h = mix_py(((h * _P_INT) & _MASK) ^ v)
+    return h
+
+
+def float_bits(x: float) -> int:
+    """IEEE-754 bits of a float, as :func:`as_u64` gives them."""
+    return int.from_bytes(struct.pack("<d", x), "little")

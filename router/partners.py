@@ -7,12 +7,26 @@ application to the next.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
 
 from router.columns import AppColumns
 from router.config import Filters, Partner
+
+# (filter attribute, application column or "pd", passes-if comparison)
+_BOUNDS = (
+    ("min_age", "age", np.greater_equal), ("max_age", "age", np.less_equal),
+    ("max_pd", "pd", np.less_equal),
+    ("min_score", "bureau_score", np.greater_equal), ("max_score", "bureau_score", np.less_equal),
+    ("min_amount", "requested_amount", np.greater_equal),
+    ("max_amount", "requested_amount", np.less_equal),
+    ("min_term", "term_months", np.greater_equal), ("max_term", "term_months", np.less_equal),
+    ("max_inquiries_3m", "inquiries_3m", np.less_equal),
+    ("max_open_loans", "open_loans", np.less_equal),
+    ("max_dti", "dti", np.less_equal), ("max_worst_dpd", "worst_dpd_12m", np.less_equal),
+)
 
 
 def region_match(region: np.ndarray, prefixes: Sequence[str]) -> np.ndarray:
@@ -28,23 +42,10 @@ def region_match(region: np.ndarray, prefixes: Sequence[str]) -> np.ndarray:
 def filter_mask(f: Filters, cols: AppColumns, pd: np.ndarray) -> np.ndarray:
     """Rows that pass every set bound of ``f``."""
     ok = np.ones(len(cols), dtype=bool)
-    bounds = (
-        (f.min_age, cols.age, np.greater_equal), (f.max_age, cols.age, np.less_equal),
-        (f.max_pd, pd, np.less_equal),
-        (f.min_score, cols.bureau_score, np.greater_equal),
-        (f.max_score, cols.bureau_score, np.less_equal),
-        (f.min_amount, cols.requested_amount, np.greater_equal),
-        (f.max_amount, cols.requested_amount, np.less_equal),
-        (f.min_term, cols.term_months, np.greater_equal),
-        (f.max_term, cols.term_months, np.less_equal),
-        (f.max_inquiries_3m, cols.inquiries_3m, np.less_equal),
-        (f.max_open_loans, cols.open_loans, np.less_equal),
-        (f.max_dti, cols.dti, np.less_equal),
-        (f.max_worst_dpd, cols.worst_dpd_12m, np.less_equal),
-    )
-    for bound, values, passes in bounds:
+    for attr, column, passes in _BOUNDS:
+        bound = getattr(f, attr)
         if bound is not None:
-            ok &= passes(values, bound)
+            ok &= passes(pd if column == "pd" else getattr(cols, column), bound)
     if f.regions:
         ok &= region_match(cols.region, f.regions)
     if f.channels:
@@ -81,3 +82,50 @@ class SmoothWeightedRotation:
     def granted(self, j: int, eligible: Sequence[int]) -> None:
         """Charge the partner that won this call."""
         self.current[j] -= sum(self.weights[k] for k in eligible)
+
+
+class PartnerTable:
+    """The partner book as arrays, so eligibility and value run once for all partners.
+
+    ``econ`` has the attributes :mod:`router.economics` reads from a partner, each an
+    array over partners: the economics functions broadcast (applications × partners).
+    """
+
+    def __init__(self, partners: Sequence[Partner]):
+        self.ids = [p.id for p in partners]
+        self.whitelisted = np.array([p.whitelisted for p in partners], dtype=bool)
+        self.apr_min = np.array([p.apr_min for p in partners], dtype=np.float64)
+
+        def arr(get) -> np.ndarray:
+            return np.array([float(get(p)) for p in partners], dtype=np.float64)
+
+        self.econ = SimpleNamespace(
+            apr_max=arr(lambda p: p.apr_max), acceptance=arr(lambda p: p.acceptance),
+            acceptance_pd_slope=arr(lambda p: p.acceptance_pd_slope),
+            funded_rate=arr(lambda p: p.funded_rate),
+            terms=SimpleNamespace(
+                fee_per_referral=arr(lambda p: p.terms.fee_per_referral),
+                fee_per_accepted=arr(lambda p: p.terms.fee_per_accepted),
+                fee_per_funded=arr(lambda p: p.terms.fee_per_funded),
+                rev_share=arr(lambda p: p.terms.rev_share)))
+        self.bounds = []
+        for attr, column, passes in _BOUNDS:
+            values = [getattr(p.filters, attr) for p in partners]
+            if any(v is not None for v in values):
+                neutral = -np.inf if passes is np.greater_equal else np.inf
+                self.bounds.append((column, passes, np.array(
+                    [neutral if v is None else v for v in values], dtype=np.float64)))
+        self.regions = [(j, p.filters.regions) for j, p in enumerate(partners) if p.filters.regions]
+        self.channels = [(j, p.filters.channels) for j, p in enumerate(partners) if p.filters.channels]
+
+    def filter_matrix(self, cols: AppColumns, pd: np.ndarray) -> np.ndarray:
+        """(applications × partners) True where every partner filter passes."""
+        ok = np.ones((len(cols), len(self.ids)), dtype=bool)
+        for column, passes, bound in self.bounds:
+            values = pd if column == "pd" else getattr(cols, column)
+            ok &= passes(values[:, None], bound[None, :])
+        for j, prefixes in self.regions:
+            ok[:, j] &= region_match(cols.region, prefixes)
+        for j, channels in self.channels:
+            ok[:, j] &= np.isin(cols.channel, channels)
+        return ok
