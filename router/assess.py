@@ -16,7 +16,7 @@ from router.columns import AppColumns, Coded
 from router.config import Strategy
 from router.errors import InputError
 from router.features import features_batch
-from router.partners import PartnerTable, filter_mask, region_match
+from router.partners import PartnerTable, filter_mask, isin_small, region_match
 from router.reasons import BIT
 from router.windows import window_keys
 
@@ -47,31 +47,50 @@ def _set(bits: np.ndarray, mask: np.ndarray, code: str) -> None:
     bits[mask] |= np.uint64(BIT[code])
 
 
-def consent_matrix(cols: AppColumns, strategy: Strategy) -> np.ndarray:
-    """(n × partners) True where the applicant's consent and the channel allow the partner."""
+def _consent_row(consent: str, channel: str, strategy: Strategy, row: int) -> np.ndarray:
     ids = [p.id for p in strategy.partners]
     index = {pid: j for j, pid in enumerate(ids)}
+    out = np.zeros(len(ids), dtype=bool)
+    pol = strategy.channels.get(channel)
+    if consent == "any":
+        allowed = pol.consent_partners if pol and pol.consent_partners is not None else ids
+        out[[index[p] for p in allowed]] = True
+    elif consent != "none":
+        for pid in consent.split(","):
+            if pid not in index:
+                raise InputError(f"field `consent`: unknown partner (value: {pid!r})",
+                                 field="consent", row=row)
+            out[index[pid]] = True
+    if pol is not None and not pol.referral_allowed:
+        out[:] = False
+    return out
+
+
+def consent_matrix(cols: AppColumns, strategy: Strategy,
+                   cache: dict[tuple[str, str], np.ndarray] | None = None) -> np.ndarray:
+    """(n × partners) True where the applicant's consent and the channel allow the partner."""
+    cache = {} if cache is None else cache
+    if len(cols) == 1:
+        key = (cols.consent.values[cols.consent.codes[0]], str(cols.channel[0]))
+        row = cache.get(key)
+        if row is None:
+            row = _consent_row(*key, strategy, 0)
+            if len(cache) < 10_000:
+                cache[key] = row
+        return row[None, :]
     # Distinct (consent, channel) pairs are few: evaluate each once, then broadcast.
     ch = Coded.encode(cols.channel.tolist())
     pair = cols.consent.codes * len(ch.values) + ch.codes
     uniq, inv = np.unique(pair, return_inverse=True)
-    table = np.zeros((len(uniq), len(ids)), dtype=bool)
+    table = np.zeros((len(uniq), len(strategy.partners)), dtype=bool)
     for u, code in enumerate(uniq.tolist()):
-        consent = cols.consent.values[code // len(ch.values)]
-        channel = ch.values[code % len(ch.values)]
-        pol = strategy.channels.get(channel)
-        if consent == "any":
-            allowed = pol.consent_partners if pol and pol.consent_partners is not None else ids
-            table[u, [index[p] for p in allowed]] = True
-        elif consent != "none":
-            for pid in consent.split(","):
-                if pid not in index:
-                    row = int(np.flatnonzero(inv == u)[0])
-                    raise InputError(f"field `consent`: unknown partner (value: {pid!r})",
-                                     field="consent", row=row)
-                table[u, index[pid]] = True
-        if pol is not None and not pol.referral_allowed:
-            table[u, :] = False
+        key = (cols.consent.values[code // len(ch.values)], ch.values[code % len(ch.values)])
+        row = cache.get(key)
+        if row is None:
+            row = _consent_row(*key, strategy, int(np.flatnonzero(inv == u)[0]))
+            if len(cache) < 10_000:
+                cache[key] = row
+        table[u] = row
     return table[inv]
 
 
@@ -145,20 +164,22 @@ def assess(cols: AppColumns, strategy: Strategy, scorers: dict[str, Any],
 
     # Partners.
     P = len(s.partners)
-    consent = consent_matrix(cols, s) if P else np.zeros((n, 0), dtype=bool)
+    table = table if table is not None else PartnerTable(s.partners)
+    consent = consent_matrix(cols, s, table.consent_rows) if P else np.zeros((n, 0), dtype=bool)
     none_codes = [k for k, v in enumerate(cols.consent.values) if v == "none"]
-    no_consent = np.isin(cols.consent.codes, none_codes)
+    no_consent = isin_small(cols.consent.codes, none_codes)
     live = ~dead
     _set(bits, live & no_consent, "NO_CONSENT")
     _set(bits, live & ~no_consent & ~consent.any(axis=1), "CHANNEL_NO_REFERRAL")
-    table = table if table is not None else PartnerTable(s.partners)
     eligible = live[:, None] & consent & table.whitelisted[None, :]
     eligible &= table.filter_matrix(cols, pd) & (cols.max_apr[:, None] >= table.apr_min[None, :])
     employee_any = np.zeros(n, dtype=bool)
     for j in range(P):
         if employer_tokens[j]:
             codes = [k for k, t in enumerate(cols.employer.values) if t in employer_tokens[j]]
-            employee = np.isin(cols.employer.codes, codes)
+            if not codes:
+                continue
+            employee = isin_small(cols.employer.codes, codes)
             employee_any |= employee & eligible[:, j]
             eligible[:, j] &= ~employee
     ev = eco.referral_value(amount[:, None], term[:, None], pd[:, None],

@@ -29,13 +29,26 @@ _BOUNDS = (
 )
 
 
+def isin_small(values: np.ndarray, options: Sequence[int]) -> np.ndarray:
+    """``np.isin`` for a short list of options (a broadcast compare; np.isin sorts)."""
+    if not options:
+        return np.zeros(len(values), dtype=bool)
+    return (values[:, None] == np.asarray(options)[None, :]).any(axis=1)
+
+
 def region_match(region: np.ndarray, prefixes: Sequence[str]) -> np.ndarray:
     """True where the region code starts with any of ``prefixes`` (all True if none given)."""
     if not prefixes:
         return np.ones(len(region), dtype=bool)
+    # Region codes are six digits (schema-checked): compare integer prefixes, one isin per
+    # prefix length, instead of a string scan per prefix.
+    codes = region.astype(np.int64)
     ok = np.zeros(len(region), dtype=bool)
+    by_len: dict[int, list[int]] = {}
     for p in prefixes:
-        ok |= np.char.startswith(region, p)
+        by_len.setdefault(len(p), []).append(int(p))
+    for length, values in by_len.items():
+        ok |= isin_small(codes // 10 ** (6 - length), values)
     return ok
 
 
@@ -117,6 +130,8 @@ class PartnerTable:
                     [neutral if v is None else v for v in values], dtype=np.float64)))
         self.regions = [(j, p.filters.regions) for j, p in enumerate(partners) if p.filters.regions]
         self.channels = [(j, p.filters.channels) for j, p in enumerate(partners) if p.filters.channels]
+        #: (consent text, channel) -> allowed-partner row; filled by assess.consent_matrix.
+        self.consent_rows: dict[tuple[str, str], np.ndarray] = {}
 
     def filter_matrix(self, cols: AppColumns, pd: np.ndarray) -> np.ndarray:
         """(applications × partners) True where every partner filter passes."""

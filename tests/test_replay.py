@@ -67,9 +67,29 @@ def test_known_refusal_shortcut_changes_nothing(tmp_path, traffic, monkeypatch):
     """Skipping the store for caps known to refuse gives exactly the store's answers."""
     from router.allocate import Allocator
 
-    s = load_strategy("configs/strategy.toml")
+    s = _small_caps_strategy()
     fast = replay(s, traffic[0], tmp_path / "fast")
+    refused = sum(sum(p["cap_refusals"].values()) for p in fast.summary["partners"].values())
+    assert refused > 1000  # the shortcut really was exercised
     monkeypatch.setattr(Allocator, "known_refusal", lambda self, *a: -1)
     slow = replay(s, traffic[0], tmp_path / "slow")
     assert fast.decisions_path.read_bytes() == slow.decisions_path.read_bytes()
     assert fast.summary["partners"] == slow.summary["partners"]
+
+
+def _small_caps_strategy():
+    """The example strategy with every cap divided by 10 (20k rows then hit them)."""
+    import msgspec
+
+    from router.config import strategy_from_dict
+
+    raw = msgspec.toml.decode(open("configs/strategy.toml", "rb").read())
+    raw["partners"] = msgspec.toml.decode(open("configs/partners.toml", "rb").read())["partners"]
+    raw.pop("partner_book")
+    raw["base_dir"] = "configs"
+    for holder in [raw["primary"], raw["branch"], *raw["partners"]]:
+        for cap in holder.get("caps", []):
+            for k in ("count", "amount"):
+                if k in cap:
+                    cap[k] //= 10
+    return strategy_from_dict(raw)
