@@ -38,6 +38,10 @@ def make_bucket(bid: str, caps: Sequence[Cap], tz: str, dedupe_days: int = 0) ->
 class Allocator:
     """Holds what lives across batches: buckets, the weighted rotation, full-cap memory."""
 
+    #: Mask partners out for the rest of a window once a count cap is full (a shortcut;
+    #: tests switch it off to show it changes no result).
+    skip_full_windows = True
+
     def __init__(self, strategy: Strategy, store: QuotaStore,
                  on_cap: Callable[[str, str, int, int], None] | None = None):
         s = strategy
@@ -59,6 +63,7 @@ class Allocator:
         self.refusals: dict[tuple[str, str], int] = {}
         # One batch at a time: recall → reserve → remember must not interleave in-process.
         self.lock = threading.Lock()
+        self._new_blocks: list[tuple[int, int]] = []
 
     def known_refusal(self, bucket: Bucket, kcols: list[list[int]], i: int, amount: int) -> int:
         """A cap result if a cap is already known to refuse ``amount`` for row ``i``, else -1."""
@@ -132,6 +137,13 @@ class Allocator:
         kb, bb = self.keep_bucket, self.branch_bucket
         kkeys, bkeys = keys.get(kb), keys.get(bb)
         pkeys = [keys.get(pb) for pb in self.partner_buckets]
+        # Partners whose count cap is full for the window the current rows are in are
+        # refused without a store call or floor lookup until the first row of the next
+        # window (rows are in time order).
+        skipping = self.skip_full_windows
+        self._new_blocks = []
+        blocked, next_unblock = 0, n
+        until, block_cap = [n] * P, [0] * P
         for i in todo:
             if i in recalled or i in dups:
                 continue
@@ -149,14 +161,30 @@ class Allocator:
                     continue
                 bits[i] |= _BRANCH_FULL
             m = mask_l[i]
+            if blocked and i >= next_unblock:
+                for j in range(P):
+                    if blocked >> j & 1 and until[j] <= i:
+                        blocked &= ~(1 << j)
+                next_unblock = min([until[j] for j in range(P) if blocked >> j & 1], default=n)
             if m:
                 eligible = decode.get(m)
                 if eligible is None:
                     eligible = decode[m] = [j for j in range(P) if m >> j & 1]
-                j, extra = refer(cols, i, eligible, ev_flat, i * P, pkeys, t, amount)
+                j, extra = refer(cols, i, eligible, ev_flat, i * P, pkeys, t, amount,
+                                 blocked & m, block_cap)
                 bits[i] |= extra
                 if j >= 0:
                     kind[i], chosen[i] = REFER, j
+                if self._new_blocks:
+                    if skipping:
+                        for jb, k in self._new_blocks:
+                            end = self._window_end_row(a, jb, k, i)
+                            if end > i + 1:
+                                blocked |= 1 << jb
+                                until[jb] = end
+                                block_cap[jb] = k
+                                next_unblock = min(next_unblock, end)
+                    self._new_blocks = []
         out = _fill(a, np.array(kind, dtype=np.int8), chosen, np.array(bits, dtype=np.uint64),
                     [p.id for p in s.partners])
         for i, rec in recalled.items():
@@ -172,9 +200,39 @@ class Allocator:
             self.store.remember_many(ids, fps, records, event_ms)
         return out
 
+    def _refusing_window(self, j: int, k: int, kcols: list[list[int]], i: int, amount: int) -> str:
+        """The window :meth:`known_refusal` would name: the first cap before ``k`` with a
+        matching refused-amount floor, else cap ``k`` (full)."""
+        bucket = self.partner_buckets[j]
+        if k:
+            fl = self.floors.get(bucket.id) or []
+            for k2 in range(k):
+                kf = fl[k2]
+                if kf is not None and kf[0] == kcols[k2][i] and amount >= kf[1]:
+                    return bucket.caps[k2].window
+        return bucket.caps[k].window
+
+    def _window_end_row(self, a: Assessment, j: int, k: int, i: int) -> int:
+        """First row after ``i`` outside row i's window for partner j's cap k (rows in time
+        order); ``i + 1`` when the batch's keys are not in order."""
+        bucket = self.partner_buckets[j]
+        keys = a.keys[bucket.timezone][bucket.caps[k].window]
+        ordered = a.ordered.get((bucket.timezone, bucket.caps[k].window))
+        if ordered is None:
+            ordered = a.ordered[(bucket.timezone, bucket.caps[k].window)] = \
+                bool(np.all(keys[1:] >= keys[:-1]))
+        if not ordered:
+            return i + 1
+        return int(np.searchsorted(keys, keys[i], side="right"))
+
     def _refer(self, cols: AppColumns, i: int, eligible: list[int], evs: list[float], base: int,
-               pkeys: list[list[list[int]]], t: int, amount: int) -> tuple[int, int]:
-        """Try eligible partners in routing order; (chosen index or -1, reason bits)."""
+               pkeys: list[list[list[int]]], t: int, amount: int, blocked: int = 0,
+               block_cap: list[int] | None = None) -> tuple[int, int]:
+        """Try eligible partners in routing order; (chosen index or -1, reason bits).
+
+        Partners in ``blocked`` have cap ``block_cap[j]`` full for this row's window:
+        refused without asking the store, exactly as the store would refuse them.
+        """
         s = self.strategy
         method = s.routing.method
         rank = self.rank
@@ -190,6 +248,11 @@ class Allocator:
         extra = 0
         buckets, known = self.partner_buckets, self.known_refusal
         for j in order:
+            if blocked >> j & 1:
+                w = self._refusing_window(j, block_cap[j], pkeys[j], i, amount)  # type: ignore[index]
+                self.refusals[buckets[j].id, w] += 1
+                extra |= _QUOTA
+                continue
             r = known(buckets[j], pkeys[j], i, amount)
             if r < 0:
                 r = self.reserve(buckets[j], pkeys[j], i, amount, applicant, t,
@@ -198,6 +261,8 @@ class Allocator:
                 if method == "weighted":
                     self.rotation.granted(j, eligible)
                 return j, extra
+            if r >= CAP_HIT and cap_full(r):
+                self._new_blocks.append((j, cap_index(r)))
             extra |= _DEDUPE if r == DEDUPED else _QUOTA
         return -1, extra
 

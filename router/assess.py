@@ -6,7 +6,7 @@ quota store; :mod:`router.engine` then walks the batch in arrival order and rese
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ class Assessment:
     ev: np.ndarray              # (n × partners) expected referral value, minor units
     partner_apr: np.ndarray     # (n × partners)
     keys: dict[str, dict[str, np.ndarray]]  # time zone -> window -> keys
+    ordered: dict[tuple[str, str], bool] = field(default_factory=dict)  # keys non-decreasing?
 
 
 def _set(bits: np.ndarray, mask: np.ndarray, code: str) -> None:

@@ -63,21 +63,23 @@ def test_daily_cap_exhaustion_reported(tmp_path, traffic):
     assert dongfang["referred"] <= 5_000
 
 
-def test_known_refusal_shortcut_changes_nothing(tmp_path, traffic, monkeypatch):
+@pytest.mark.parametrize("method", ["best_value", "waterfall", "weighted"])
+def test_known_refusal_shortcut_changes_nothing(tmp_path, traffic, monkeypatch, method):
     """Skipping the store for caps known to refuse gives exactly the store's answers."""
     from router.allocate import Allocator
 
-    s = _small_caps_strategy()
+    s = _small_caps_strategy(method)
     fast = replay(s, traffic[0], tmp_path / "fast")
     refused = sum(sum(p["cap_refusals"].values()) for p in fast.summary["partners"].values())
     assert refused > 1000  # the shortcut really was exercised
     monkeypatch.setattr(Allocator, "known_refusal", lambda self, *a: -1)
+    monkeypatch.setattr(Allocator, "skip_full_windows", False)
     slow = replay(s, traffic[0], tmp_path / "slow")
     assert fast.decisions_path.read_bytes() == slow.decisions_path.read_bytes()
     assert fast.summary["partners"] == slow.summary["partners"]
 
 
-def _small_caps_strategy():
+def _small_caps_strategy(method="best_value"):
     """The example strategy with every cap divided by 10 (20k rows then hit them)."""
     import msgspec
 
@@ -87,6 +89,7 @@ def _small_caps_strategy():
     raw["partners"] = msgspec.toml.decode(open("configs/partners.toml", "rb").read())["partners"]
     raw.pop("partner_book")
     raw["base_dir"] = "configs"
+    raw["routing"]["method"] = method
     for holder in [raw["primary"], raw["branch"], *raw["partners"]]:
         for cap in holder.get("caps", []):
             for k in ("count", "amount"):
