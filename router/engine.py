@@ -50,8 +50,10 @@ class Router:
         self.clock = clock
         self.hasher = hasher or Hasher.from_config(strategy.identity)
         if scorers is None:
+            # Only the scorers a policy uses: a strategy may define alternatives to compare.
+            used = {strategy.primary.scorer, *([strategy.branch.scorer] if strategy.branch else [])}
             scorers = {name: load_scorer(ref.kind, ref.path, strategy.base_dir)
-                       for name, ref in strategy.scorers.items()}
+                       for name, ref in strategy.scorers.items() if name in used}
         self.scorers = scorers
         self._employers = [frozenset(self.hasher.token(name, "employer")
                                      for name in p.employer_names) for p in strategy.partners]
