@@ -31,7 +31,7 @@ def child(rows: int) -> None:
         write_traffic(traffic, rows, seed=5)
     strategy = load_strategy(ROOT / "configs" / "strategy.toml")
     runs = []
-    for _ in range(3 if rows <= 200_000 else 1):
+    for _ in range(3 if rows <= 1_000_000 else 1):
         t = time.perf_counter()
         r = replay(strategy, traffic, ROOT / "out" / "bench" / f"replay_{rows}")
         runs.append(rows / (time.perf_counter() - t))

@@ -31,7 +31,8 @@ class MemoryQuotaStore(QuotaStore):
         self._cells: dict[str, list[list[int]]] = {}
         self._archive: dict[tuple[str, int, int], list[int]] = {}
         self._archive_expiry: deque[tuple[int, tuple[str, int, int]]] = deque()
-        self._last_grant: dict[tuple[str, str], int] = {}
+        # bucket -> applicant hash -> last grant (no tuple key per applicant: smaller).
+        self._last_grant: dict[str, dict[str, int]] = {}
         self._dedupe_ms: dict[str, int] = {}
         # Two flat dicts (no per-entry tuples): records are bytes, fingerprints ints.
         self._records: dict[str, bytes] = {}
@@ -86,17 +87,19 @@ class MemoryQuotaStore(QuotaStore):
                     return CAP_HIT + 2 * i + 1
                 if cap.amount is not None and c[2] + amount > cap.amount:
                     return CAP_HIT + 2 * i
-            dk = None
+            seen = None
             if applicant is not None and bucket.dedupe_ms > 0:
-                dk = (bid, applicant)
-                last = self._last_grant.get(dk)
+                seen = self._last_grant.get(bid)
+                if seen is None:
+                    seen = self._last_grant[bid] = {}
+                last = seen.get(applicant)
                 if last is not None and event_ms - last < bucket.dedupe_ms:
                     return DEDUPED
             for c in cells:
                 c[1] += 1
                 c[2] += amount
-            if dk is not None:
-                self._last_grant[dk] = event_ms
+            if seen is not None:
+                seen[applicant] = event_ms  # type: ignore[index]
                 self._dedupe_ms[bid] = bucket.dedupe_ms
             if entry is not None:
                 if self._retain:
@@ -178,7 +181,7 @@ class MemoryQuotaStore(QuotaStore):
         if event_ms < self._next_dedupe_sweep:
             return
         self._next_dedupe_sweep = event_ms + _DEDUPE_SWEEP_EVERY_MS
-        stale = [k for k, t in self._last_grant.items()
-                 if event_ms - t >= self._dedupe_ms.get(k[0], 0)]
-        for k in stale:
-            del self._last_grant[k]
+        for bid, seen in self._last_grant.items():
+            window = self._dedupe_ms.get(bid, 0)
+            for k in [k for k, t in seen.items() if event_ms - t >= window]:
+                del seen[k]
