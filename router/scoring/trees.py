@@ -10,6 +10,7 @@ near a threshold) and, at the versions pinned here, fails on scikit-learn ≥ 1.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -100,8 +101,12 @@ class OnnxTreeScorer:
         self.feature_names_ = tuple(feature_names)
         self.onnx_ = onnx_bytes
         # The C-level run skips the Python wrapper's per-call argument checks.
+        self._sess = sess
         self._run = sess._sess.run
         self._n = len(self.feature_names_)
+        # One row at a time goes through a per-thread I/O binding over preallocated
+        # buffers: no input/output arrays allocated per call (~2 µs saved of ~6).
+        self._local = threading.local()
 
     @classmethod
     def from_estimator(cls, est: Any, feature_names: Sequence[str] = FEATURES) -> "OnnxTreeScorer":
@@ -111,8 +116,17 @@ class OnnxTreeScorer:
 
     def pd_one(self, x: Sequence[float]) -> float:
         """PD of one row."""
-        raw = self._run(["Y"], {"X": np.array([x], dtype=np.float64)}, None)[0]
-        return sigmoid(self.baseline_ + float(raw[0, 0]))
+        local = self._local
+        binding = getattr(local, "binding", None)
+        if binding is None:
+            local.inp = np.zeros((1, self._n), dtype=np.float64)
+            local.out = np.zeros((1, 1), dtype=np.float64)
+            binding = local.binding = self._sess.io_binding()
+            binding.bind_cpu_input("X", local.inp)
+            binding.bind_output("Y", "cpu", 0, np.float64, (1, 1), local.out.ctypes.data)
+        local.inp[0, :] = x
+        self._sess.run_with_iobinding(binding)
+        return sigmoid(self.baseline_ + float(local.out[0, 0]))
 
     def pd_batch(self, X: np.ndarray) -> np.ndarray:
         """PD of every row."""
