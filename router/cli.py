@@ -15,6 +15,18 @@ from router.errors import RouterError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Rejected-traffic referral router: keep / branch / refer / decline.")
+
+
+@app.callback()
+def _main(
+    log_level: str = typer.Option("warning", "--log-level",
+                                  help="debug, info, warning or error (logs go to stderr)"),
+    log_format: str = typer.Option("console", "--log-format", help="console or json"),
+) -> None:
+    """Rejected-traffic referral router: keep / branch / refer / decline."""
+    from router.logs import configure
+
+    configure(log_level, log_format)
 err = Console(stderr=True)
 out = Console()
 

@@ -24,6 +24,7 @@ from router import economics as eco
 from router.columns import AppColumns, take
 from router.config import Strategy
 from router.engine import BRANCH_BUCKET, KEEP_BUCKET, Router
+from router.logs import get_logger
 from router.messages import ReferralEntry
 from router.outcomes import BRANCH, KEEP, LABELS, REFER, Outcomes, reason_strings
 from router.replay.reader import count_rows, read_columns
@@ -76,9 +77,12 @@ def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
     tz_of[KEEP_BUCKET] = tz_of[BRANCH_BUCKET] = strategy.timezone
 
     first_day_hit: set[tuple[str, int]] = set()
+    log = get_logger("replay").bind(strategy=strategy.version)
 
     def on_cap(bucket: str, window: str, key: int, event_ms: int) -> None:
         t = totals.get(bucket) or budgets[bucket]
+        log.debug("quota.exhausted", bucket=bucket.strip("_"), window=window, window_key=key,
+                  at=_iso(event_ms, tz_of[bucket]))
         if window == "day" and (bucket, key) not in first_day_hit:
             first_day_hit.add((bucket, key))
             t.daily_cap_ran_out.setdefault(_day(key), _iso(event_ms, tz_of[bucket]))
@@ -99,6 +103,7 @@ def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
     newest = -(2**62)
     partners = {p.id: p for p in strategy.partners}
     tmp = out / "decisions.parquet.tmp"
+    log.info("replay.start", traffic=str(traffic), out=str(out))
     t0 = time.perf_counter()
     with pq.ParquetWriter(tmp, DECISIONS_SCHEMA, compression="zstd") as writer:
         for cols in read_columns(traffic, router.hasher, batch_size):
@@ -142,6 +147,8 @@ def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
         "applications_per_s": round(n_apps / elapsed, 1) if elapsed > 0 else None,
         "money_unit": "minor units (fen)",
     }
+    log.info("replay.done", applications=n_apps, elapsed_s=summary["elapsed_s"],
+             applications_per_s=summary["applications_per_s"], **counts)
     summary_path = out / "summary.json"
     summary_path.write_bytes(msgspec.json.format(msgspec.json.encode(summary)) + b"\n")
     return ReplayResult(summary, summary_path, out / "decisions.parquet")
