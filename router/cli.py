@@ -29,6 +29,8 @@ def _main(
     configure(log_level, log_format)
 err = Console(stderr=True)
 out = Console()
+if not out.is_terminal:  # piped or captured (make demo in CI): don't squeeze to 80 columns
+    out = Console(width=120)
 
 
 def _fail(exc: Exception) -> None:
@@ -151,11 +153,16 @@ def _print_summary(s: dict) -> None:
     for k, v in s["decisions"].items():
         t.add_row(k, f"{v:,}", f"{v / n:.1%}" if n else "-")
     out.print(t)
-    p = Table(title="partners (expected revenue, yuan)")
-    for c in ("partner", "referred", "amount", "fees", "rev-share", "daily cap ran out"):
-        p.add_column(c, justify="left" if c in ("partner", "daily cap ran out") else "right")
+    p = Table(title="partners (amounts and expected revenue in yuan)")
+    for c in ("partner", "referred", "amount", "fees", "rev-share", "day cap out"):
+        p.add_column(c, justify="left" if c in ("partner", "day cap out") else "right",
+                     no_wrap=True)
     for pid, v in s["partners"].items():
-        ran = ", ".join(t.split("T")[1][:5] + f" ({d[5:]})" for d, t in v["daily_cap_ran_out"].items())
+        days = v["daily_cap_ran_out"]
+        ran = ", ".join(t.split("T")[1][:5] for t in days.values())
+        if len(days) > 1:  # several days: first and last only, with dates
+            first, last = list(days.items())[0], list(days.items())[-1]
+            ran = f"{first[1][:16].replace('T', ' ')} … {last[1][:16].replace('T', ' ')} ({len(days)} days)"
         p.add_row(pid, f"{v['referred']:,}", _yuan(v["amount"]), _yuan(v["expected_fee"]),
                   _yuan(v["expected_rev_share"]), ran or "-")
     out.print(p)
