@@ -166,6 +166,12 @@ def _print_summary(s: dict) -> None:
         p.add_row(pid, f"{v['referred']:,}", _yuan(v["amount"]), _yuan(v["expected_fee"]),
                   _yuan(v["expected_rev_share"]), ran or "-")
     out.print(p)
+    budgets = []
+    for name, v in s["budgets"].items():
+        days = v["daily_cap_ran_out"]
+        when = ", ".join(t.split("T")[1][:5] for t in days.values()) if days else "not exhausted"
+        budgets.append(f"{name} {when}")
+    out.print("funder's daily budgets ran out: " + "; ".join(budgets))
     b = s["expected_profit_breakdown"]
     out.print(f"expected profit {_yuan(s['expected_profit'])} yuan = keep {_yuan(b['keep'])} + "
               f"branch {_yuan(b['branch'])} + referral {_yuan(b['referral_value'])}; "
