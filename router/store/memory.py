@@ -78,7 +78,14 @@ class MemoryQuotaStore(QuotaStore):
             bid = bucket.id
             caps = bucket.caps
             n = len(caps)
-            cells = [self._cell(bucket, i, keys[i]) for i in range(n)]
+            cells = self._cells.get(bid)
+            if cells is None or len(cells) != n:
+                cells = [self._cell(bucket, i, keys[i]) for i in range(n)]
+            else:
+                for i in range(n):
+                    if cells[i][0] != keys[i]:  # rare: a window rolled or a late event
+                        cells = [self._cell(bucket, k, keys[k]) for k in range(n)]
+                        break
             # Caps are checked before dedupe so that a cap refusal is the answer whenever a
             # cap refuses: the router's "known full" shortcut then never changes a result.
             for i, cap in enumerate(caps):
