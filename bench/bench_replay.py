@@ -1,6 +1,7 @@
 """Replay throughput (applications/s) and peak memory at 100k and 1M generated rows.
 
-Each size runs in its own child process so peak RSS is that run's alone. Baseline in the
+Each size runs in its own child process so peak RSS is that run's alone; the median of
+five runs is reported (one run above 1M rows). Baseline in the
 same run: the same strategy deciding a 5,000-row sample one application at a time through
 ``Router.decide`` (the embedded path), so the ratio shows what batching buys.
 
@@ -31,7 +32,7 @@ def child(rows: int) -> None:
         write_traffic(traffic, rows, seed=5)
     strategy = load_strategy(ROOT / "configs" / "strategy.toml")
     runs = []
-    for _ in range(3 if rows <= 1_000_000 else 1):
+    for _ in range(5 if rows <= 1_000_000 else 1):
         t = time.perf_counter()
         r = replay(strategy, traffic, ROOT / "out" / "bench" / f"replay_{rows}")
         runs.append(rows / (time.perf_counter() - t))
