@@ -64,6 +64,7 @@ class Allocator:
         # One batch at a time: recall → reserve → remember must not interleave in-process.
         self.lock = threading.Lock()
         self._new_blocks: list[tuple[int, int]] = []
+        self._ids: list[str] = []
 
     def known_refusal(self, bucket: Bucket, kcols: list[list[int]], i: int, amount: int) -> int:
         """A cap result if a cap is already known to refuse ``amount`` for row ``i``, else -1."""
@@ -83,7 +84,8 @@ class Allocator:
         :meth:`known_refusal` first to skip a round trip a cap would refuse anyway.
         """
         keys = tuple([col[i] for col in kcols])
-        r = self.store.try_reserve(bucket, keys, amount, applicant, t, entry)
+        r = self.store.try_reserve(bucket, keys, amount, applicant, t, entry,
+                                   application_id=self._ids[i])
         if r >= CAP_HIT:
             bid = bucket.id
             k = cap_index(r)
@@ -109,6 +111,7 @@ class Allocator:
     def _allocate(self, cols: AppColumns, a: Assessment) -> Outcomes:
         s, n = self.strategy, len(cols)
         ids, fps = cols.application_id, cols.fingerprint
+        self._ids = ids
         recalled = self.store.recall_many(ids, fps)
         first: dict[str, int] = {}
         dups: dict[int, int] = {}

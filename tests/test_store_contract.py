@@ -153,6 +153,24 @@ class TestIdempotency:
         assert store.recall("a1", 31) is None and store.recall("a2", 31) == self._d()
 
 
+class TestRetries:
+    def test_retry_of_a_grant_is_not_applied_twice(self, store):
+        b = bucket(("day", 2, None), dedupe_days=1)
+        t = ms(2026, 11, 2, 4)
+        first = store.try_reserve(b, keys(b, t), 100, "h1", t, application_id="a1")
+        again = store.try_reserve(b, keys(b, t), 100, "h1", t, application_id="a1")
+        assert first == again == GRANTED
+        assert store.usage(b, keys(b, t)) == [(1, 100)]
+
+    def test_other_applications_still_counted(self, store):
+        b = bucket(("day", 2, None))
+        t = ms(2026, 11, 2, 4)
+        results = [store.try_reserve(b, keys(b, t), 100, None, t, application_id=a)
+                   for a in ("a1", "a2", "a3", "a1")]
+        assert results[:2] == [GRANTED, GRANTED] and results[2] >= CAP_HIT
+        assert results[3] == GRANTED  # a1 was granted before: its retry answers the same
+
+
 class TestLedger:
     def test_entry_appended_only_when_granted(self, store):
         from router.messages import CommercialTerms, ReferralEntry

@@ -72,7 +72,8 @@ class QuotaStore(ABC):
     @abstractmethod
     def try_reserve(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
                     applicant: str | None, event_ms: int,
-                    entry: ReferralEntry | None = None) -> int:
+                    entry: ReferralEntry | None = None, *,
+                    application_id: str | None = None) -> int:
         """Reserve one grant of ``amount`` in every capped window, all or nothing.
 
         ``keys[i]`` is the window key of ``bucket.caps[i]`` at the event time. A cap holds
@@ -82,6 +83,10 @@ class QuotaStore(ABC):
         ms refuses this one. On success ``entry`` (if any) is
         appended to the ledger in the same step. Returns ``GRANTED``, ``DEDUPED`` or a
         cap result (see :func:`cap_index`, :func:`cap_full`).
+
+        With ``application_id``, a grant is remembered per bucket for the idempotency TTL: the
+        same application reserving again at the same bucket (a retry after a lost reply) gets
+        ``GRANTED`` again without counting or ledgering twice.
         """
 
     @abstractmethod

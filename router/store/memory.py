@@ -34,6 +34,8 @@ class MemoryQuotaStore(QuotaStore):
         # bucket -> applicant hash -> last grant (no tuple key per applicant: smaller).
         self._last_grant: dict[str, dict[str, int]] = {}
         self._dedupe_ms: dict[str, int] = {}
+        # bucket -> application id -> grant time (retries of a grant are not re-applied)
+        self._grants: dict[str, dict[str, int]] = {}
         # Two flat dicts (no per-entry tuples): records are bytes, fingerprints ints.
         self._records: dict[str, bytes] = {}
         self._fingerprints: dict[str, int] = {}
@@ -71,11 +73,19 @@ class MemoryQuotaStore(QuotaStore):
 
     def try_reserve(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
                     applicant: str | None, event_ms: int,
-                    entry: ReferralEntry | None = None) -> int:
+                    entry: ReferralEntry | None = None, *,
+                    application_id: str | None = None) -> int:
         with self._lock:
             if event_ms > self._horizon:
                 self._advance(event_ms)
             bid = bucket.id
+            granted = None
+            if application_id is not None:
+                granted = self._grants.get(bid)
+                if granted is None:
+                    granted = self._grants[bid] = {}
+                if application_id in granted:
+                    return GRANTED  # a retry of a grant already made: nothing applied twice
             caps = bucket.caps
             n = len(caps)
             cells = self._cells.get(bid)
@@ -108,6 +118,8 @@ class MemoryQuotaStore(QuotaStore):
             if seen is not None:
                 seen[applicant] = event_ms  # type: ignore[index]
                 self._dedupe_ms[bid] = bucket.dedupe_ms
+            if granted is not None:
+                granted[application_id] = event_ms  # type: ignore[index]
             if entry is not None:
                 if self._retain:
                     self._ledger.append(entry)
@@ -188,6 +200,9 @@ class MemoryQuotaStore(QuotaStore):
         if event_ms < self._next_dedupe_sweep:
             return
         self._next_dedupe_sweep = event_ms + _DEDUPE_SWEEP_EVERY_MS
+        for grants in self._grants.values():
+            for k in [k for k, t in grants.items() if event_ms - t >= self._ttl]:
+                del grants[k]
         for bid, seen in self._last_grant.items():
             window = self._dedupe_ms.get(bid, 0)
             for k in [k for k, t in seen.items() if event_ms - t >= window]:
