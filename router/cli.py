@@ -88,16 +88,20 @@ def generate(
     out.print(f"wrote {rows:,} applications to {out_path}")
 
 
-def _run_replay(strategy: Path, traffic: Path, out_dir: Path, batch_size: int):
+def _run_replay(strategy: Path, traffic: Path, out_dir: Path, batch_size: int,
+                store_url: str = "memory://"):
     from router.config import load_strategy
     from router.replay import replay
     from router.replay.reader import count_rows
 
+    from router.store import quota_store_from_url
+
     strat = load_strategy(strategy)
+    store = None if store_url == "memory://" else quota_store_from_url(store_url)
     total = count_rows(traffic)
     with _progress(total, "replaying") as bar:
         task = bar.add_task("replay", total=total)
-        return replay(strat, traffic, out_dir, batch_size=batch_size,
+        return replay(strat, traffic, out_dir, batch_size=batch_size, store=store,
                       progress=lambda k: bar.advance(task, k))
 
 
@@ -107,10 +111,12 @@ def replay(
     traffic: Path = typer.Option(..., "--traffic", "-t", help="traffic file (.parquet / .jsonl)"),
     out_dir: Path = typer.Option(..., "--out", "-o", help="output directory"),
     batch_size: int = typer.Option(65_536, "--batch-size", min=1),
+    store: str = typer.Option("memory://", "--store",
+                              help="quota store URL: memory://, redis://…, redis+cluster://…"),
 ) -> None:
-    """Replay a traffic file on the in-memory store; writes summary.json and decisions.parquet."""
+    """Replay a traffic file (in-memory store by default); writes summary.json and decisions.parquet."""
     try:
-        result = _run_replay(strategy, traffic, out_dir, batch_size)
+        result = _run_replay(strategy, traffic, out_dir, batch_size, store)
     except RouterError as exc:
         _fail(exc)
     _print_summary(result.summary)

@@ -7,6 +7,7 @@ import pytest
 from router.config import strategy_from_dict
 from router.engine import Router
 from router.testing import ScoreLookupScorer, strategy_dict
+from servers import redis_cluster, redis_server  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,3 +22,37 @@ def make_router():
         return Router(s, store, scorers={"main": scorer})
 
     return build
+
+
+@pytest.fixture
+def store_factory(request):
+    """Make quota stores of a kind: "memory", "redis" (real server) or "cluster" (3 masters).
+
+    Each Redis store gets its own key prefix, so tests never see each other's keys.
+    """
+    import uuid
+
+    from router.store import MemoryQuotaStore, quota_store_from_url
+
+    made = []
+
+    def make(kind: str, **options):
+        if kind == "memory":
+            store = MemoryQuotaStore(**options)
+        elif kind == "redis":
+            proc = request.getfixturevalue("redis_server")
+            store = quota_store_from_url(f"redis://{proc.host}:{proc.port}/0",
+                                         prefix=f"t{uuid.uuid4().hex[:8]}:", timeout_ms=5000,
+                                         **options)
+        else:
+            nodes = request.getfixturevalue("redis_cluster")
+            hosts = ",".join(f"{h}:{p}" for h, p in nodes)
+            store = quota_store_from_url(f"redis+cluster://{hosts}",
+                                         prefix=f"t{uuid.uuid4().hex[:8]}:", timeout_ms=5000,
+                                         **options)
+        made.append(store)
+        return store
+
+    yield make
+    for s in made:
+        s.close()

@@ -1,7 +1,5 @@
-"""Quota-store contract: the same tests for every QuotaStore implementation.
-
-Issue 3 adds the Redis and Redis Cluster stores to STORES; the tests stay as they are.
-"""
+"""Quota-store contract: the same test classes for every QuotaStore implementation —
+the in-memory store, a real redis-server and a real 3-master Redis Cluster."""
 
 from datetime import datetime, timezone
 
@@ -12,15 +10,12 @@ from router.store import (CAP_HIT, DEDUPED, GRANTED, Bucket, CapLimit, MemoryQuo
                           cap_full, cap_index)
 from router.windows import key_of
 
-STORES = {"memory": lambda: MemoryQuotaStore()}
 TZ = "Asia/Shanghai"
 
 
-@pytest.fixture(params=sorted(STORES))
-def store(request):
-    s = STORES[request.param]()
-    yield s
-    s.close()
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def store(request, store_factory):
+    return store_factory(request.param)
 
 
 def ms(y, mo, d, h=0, mi=0, s=0):
@@ -136,7 +131,6 @@ class TestIdempotency:
         store.remember("a1", 11, self._d(99), ms(2026, 11, 2))
         assert store.recall("a1", 11) == first
 
-
     def test_recall_many_checks_all_before_returning(self, store):
         store.remember_many(["a1", "a2"], [21, 22], [self._d(1), self._d(2)],
                             [ms(2026, 11, 2)] * 2)
@@ -145,12 +139,15 @@ class TestIdempotency:
         with pytest.raises(IdempotencyConflict, match="a2"):
             store.recall_many(["a1", "a2"], [21, 29])
 
+
+class TestMemoryOnly:
     def test_records_expire_after_ttl_by_event_time(self):
+        # Replay expires by event time; Redis expires by its own clock (see test_redis_store).
         store = MemoryQuotaStore(idempotency_ttl_ms=3600_000)
         t = ms(2026, 11, 2)
-        store.remember("a1", 31, self._d(), t)
-        store.remember("a2", 31, self._d(), t + 2 * 3600_000)  # event time moves on
-        assert store.recall("a1", 31) is None and store.recall("a2", 31) == self._d()
+        store.remember("a1", 31, b"record-0", t)
+        store.remember("a2", 31, b"record-0", t + 2 * 3600_000)  # event time moves on
+        assert store.recall("a1", 31) is None and store.recall("a2", 31) == b"record-0"
 
 
 class TestRetries:

@@ -25,10 +25,9 @@ from router.columns import AppColumns, take
 from router.config import Strategy
 from router.engine import BRANCH_BUCKET, KEEP_BUCKET, Router
 from router.logs import get_logger
-from router.messages import ReferralEntry
 from router.outcomes import BRANCH, KEEP, LABELS, REFER, Outcomes, reason_strings
 from router.replay.reader import count_rows, read_columns
-from router.store import MemoryQuotaStore
+from router.store import MemoryQuotaStore, QuotaStore
 
 DECISIONS_SCHEMA = pa.schema([
     ("application_id", pa.string()), ("received_at", pa.timestamp("ms", tz="UTC")),
@@ -66,9 +65,13 @@ def _day(key: int) -> str:
 
 
 def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
-           batch_size: int = 65_536, router: Router | None = None,
+           batch_size: int = 65_536, store: QuotaStore | None = None,
            progress: Callable[[int], None] | None = None) -> ReplayResult:
-    """Replay ``traffic`` with ``strategy`` and write the summary and decisions to ``out_dir``."""
+    """Replay ``traffic`` with ``strategy`` and write the summary and decisions to ``out_dir``.
+
+    ``store`` defaults to a fresh in-memory store; any :class:`QuotaStore` gives the same
+    decisions (a Redis store is how live semantics are checked against replay).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     totals = {p.id: _PartnerTotals() for p in strategy.partners}
@@ -87,16 +90,10 @@ def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
             first_day_hit.add((bucket, key))
             t.daily_cap_ran_out.setdefault(_day(key), _iso(event_ms, tz_of[bucket]))
 
-    def on_append(e: ReferralEntry) -> None:
-        t = totals[e.partner_id]
-        t.referred += 1
-        t.amount += e.amount
-        t.expected_value += e.expected_value
-
-    if router is None:
+    if store is None:
         store = MemoryQuotaStore(idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000,
-                                 retain_ledger=False, on_append=on_append)
-        router = Router(strategy, store, on_cap=on_cap)
+                                 retain_ledger=False)
+    router = Router(strategy, store, on_cap=on_cap)
     counts = {"keep": 0, "branch": 0, "refer": 0, "decline": 0}
     profit = {"keep": 0, "branch": 0}
     n_apps = late = 0
@@ -168,6 +165,10 @@ def _account(out: Outcomes, cols: AppColumns, partners: dict[str, Any],
     pids = np.array([out.partner[i] for i in refer.tolist()])
     for pid in np.unique(pids).tolist():
         idx = refer[pids == pid]
+        t = totals[pid]
+        t.referred += len(idx)
+        t.amount += int(cols.requested_amount[idx].sum())
+        t.expected_value += int(out.value[idx].sum())
         fees, share = eco.referral_value_parts(
             cols.requested_amount[idx].astype(float), cols.term_months[idx].astype(float),
             out.pd[idx], cols.max_apr[idx], partners[pid])

@@ -11,7 +11,15 @@ __all__ = ["Bucket", "CapLimit", "QuotaStore", "MemoryQuotaStore", "GRANTED", "D
 
 
 def quota_store_from_url(url: str, **options) -> QuotaStore:
-    """Build a store from a URL. ``memory://`` today; Redis URLs arrive with the Redis store."""
-    if url.startswith("memory://"):
+    """Build a store from a URL: ``memory://``, ``redis://host:port/db`` (``rediss://`` for
+    TLS, password in the URL) or ``redis+cluster://host:port,host:port``; Redis URLs take
+    ``?prefix=…&timeout_ms=…&ttl_hours=…``."""
+    scheme = url.split("://", 1)[0]
+    if scheme == "memory":
         return MemoryQuotaStore(**options)
-    raise ValueError(f"unsupported quota store URL {url!r} (supported: memory://)")
+    if scheme in ("redis", "rediss", "redis+cluster"):
+        from router.store.redis import RedisQuotaStore
+
+        return RedisQuotaStore.from_url(url, **options)
+    raise ValueError(f"unsupported quota store URL {url!r} "
+                     "(memory://, redis://, rediss://, redis+cluster://)")

@@ -1,0 +1,77 @@
+-- Atomic check-all-caps-then-reserve for one bucket (a partner, or the funder's budget).
+--
+-- KEYS: 1..n   counter hashes (fields n = count, a = amount), one per cap
+--       n+1    dedupe key of this applicant at this bucket (a placeholder if unused)
+--       n+2    ledger stream of this bucket
+--       n+3    grant record of this application at this bucket (a placeholder if unused)
+-- ARGV: 1 n, 2 amount, 3 event_ms, 4 dedupe_ms, 5 use_dedupe (0/1), 6 use_grant (0/1),
+--       7 grant_ttl_ms, 8 entry JSON ("" for no ledger entry), 9 application id,
+--       then per cap i: count limit (-1 = none), amount limit (-1 = none), counter TTL ms
+-- Returns 0 granted, 1 deduped, 2 + 2*i (+1 when the count is used up) for cap i refusing.
+--
+-- Every argument is validated before the first write: Redis does not roll back a script
+-- that fails half way. All keys carry the bucket's hash tag, so this is cluster-safe.
+
+local MAX = 9007199254740991  -- 2^53 - 1: every amount and counter stays exact in Lua
+
+local function int(v, name, lo)
+  local x = tonumber(v)
+  if x == nil or x ~= x or x ~= math.floor(x) or x < lo or x > MAX then
+    error('ROUTER bad ' .. name .. ': ' .. tostring(v))
+  end
+  return x
+end
+
+local n = int(ARGV[1], 'cap count', 0)
+if #KEYS ~= n + 3 or #ARGV ~= 9 + 3 * n then
+  error('ROUTER bad arity: ' .. #KEYS .. ' keys, ' .. #ARGV .. ' args for ' .. n .. ' caps')
+end
+local amount = int(ARGV[2], 'amount', 1)
+local now = int(ARGV[3], 'event_ms', 0)
+local dedupe_ms = int(ARGV[4], 'dedupe_ms', 0)
+local use_dedupe = ARGV[5] == '1'
+local use_grant = ARGV[6] == '1'
+local grant_ttl = int(ARGV[7], 'grant_ttl_ms', 1)
+local entry = ARGV[8]
+local limits = {}
+for i = 1, n do
+  local base = 9 + 3 * (i - 1)
+  limits[i] = {int(ARGV[base + 1], 'count limit', -1), int(ARGV[base + 2], 'amount limit', -1),
+               int(ARGV[base + 3], 'counter ttl', 1)}
+end
+
+-- A retry of a grant already made answers the same and applies nothing.
+if use_grant and redis.call('EXISTS', KEYS[n + 3]) == 1 then
+  return 0
+end
+
+local used = {}
+for i = 1, n do
+  local v = redis.call('HMGET', KEYS[i], 'n', 'a')
+  local c, a = tonumber(v[1]) or 0, tonumber(v[2]) or 0
+  local cl, al = limits[i][1], limits[i][2]
+  if cl >= 0 and c + 1 > cl then return 2 + 2 * (i - 1) + 1 end
+  if al >= 0 and a + amount > al then return 2 + 2 * (i - 1) end
+  if a + amount > MAX then error('ROUTER amount overflow at cap ' .. i) end
+end
+
+if use_dedupe then
+  local last = tonumber(redis.call('GET', KEYS[n + 1]))
+  if last ~= nil and now - last < dedupe_ms then return 1 end
+end
+
+for i = 1, n do
+  redis.call('HINCRBY', KEYS[i], 'n', 1)
+  redis.call('HINCRBY', KEYS[i], 'a', amount)
+  redis.call('PEXPIRE', KEYS[i], limits[i][3])
+end
+if use_dedupe then
+  redis.call('SET', KEYS[n + 1], now, 'PX', dedupe_ms)
+end
+if entry ~= '' then
+  redis.call('XADD', KEYS[n + 2], '*', 'app', ARGV[9], 'entry', entry)
+end
+if use_grant then
+  redis.call('SET', KEYS[n + 3], now, 'PX', grant_ttl)
+end
+return 0

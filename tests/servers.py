@@ -1,0 +1,62 @@
+"""Real Redis servers for tests: a standalone server (pytest-redis) and a 3-master cluster.
+
+Both listen on free loopback ports and are stopped when the session ends. The cluster nodes
+are started with mirakuru (the process library pytest-redis itself builds on) and joined
+with ``redis-cli --cluster create``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import port_for
+import pytest
+import redis
+from mirakuru import TCPExecutor
+from pytest_redis import factories
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+redis_server = factories.redis_proc(executable=REDIS_SERVER, port=None)
+
+
+def start_node(directory: Path, port: int, *extra: str) -> TCPExecutor:
+    """One redis-server on 127.0.0.1:port keeping its files in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cmd = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+           "--save", "", "--logfile", str(directory / "redis.log"), *extra]
+    return TCPExecutor(cmd, host="127.0.0.1", port=port, timeout=20).start()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A 3-master Redis Cluster; yields the list of (host, port)."""
+    base = tmp_path_factory.mktemp("cluster")
+    ports = []
+    while len(ports) < 3:
+        p = port_for.select_random()
+        if p not in ports:
+            ports.append(p)
+    nodes = [start_node(base / str(p), p, "--cluster-enabled", "yes",
+                        "--cluster-config-file", f"nodes-{p}.conf",
+                        "--cluster-node-timeout", "2000", "--appendonly", "no") for p in ports]
+    try:
+        subprocess.run([REDIS_CLI, "--cluster", "create",
+                        *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "0",
+                        "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            states = [redis.Redis(port=p).cluster("info")["cluster_state"] for p in ports]
+            if all(s == "ok" for s in states):
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("cluster did not become ok")
+        yield [("127.0.0.1", p) for p in ports]
+    finally:
+        for n in nodes:
+            n.stop()
