@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/referral-router demo --rows $(ROWS) --out $(OUT)
 
 test: install-dev
-	$(BIN)/python tests/run_with_redis.py $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python tests/run_tests.py $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install-dev
 	$(BIN)/python bench/bench_decide.py

@@ -1,24 +1,16 @@
-"""The throwaway redis-server that `make test` starts is real and reachable.
+"""The throwaway servers the suite starts are real, on their own ports."""
 
-The Redis quota store (issue 3) runs its contract tests against this server; this check
-keeps the harness honest until then.
-"""
-
-import os
-
-import pytest
 import redis
 
 
-@pytest.mark.redis
-def test_throwaway_server_answers():
-    url = os.environ.get("REDIS_URL")
-    if not url:
-        pytest.skip("REDIS_URL not set: run through `make test` (tests/run_with_redis.py)")
-    assert not url.endswith(":6379/0"), "tests must use their own server, not the machine's"
-    r = redis.Redis.from_url(url)
-    assert r.ping()
-    info = r.info("server")
-    assert int(info["tcp_port"]) == int(os.environ["REDIS_PORT"])
-    r.set("router:test", "1")
-    assert r.get("router:test") == b"1"
+def test_standalone_server_is_real_and_private(redis_server):
+    assert redis_server.port != 6379  # never the machine's own Redis
+    r = redis.Redis(host=redis_server.host, port=redis_server.port)
+    assert int(r.info("server")["tcp_port"]) == redis_server.port
+    assert r.set("router:test", "1") and r.get("router:test") == b"1"
+
+
+def test_cluster_has_three_masters(redis_cluster):
+    host, port = redis_cluster[0]
+    info = redis.Redis(host=host, port=port).cluster("info")
+    assert info["cluster_state"] == "ok" and int(info["cluster_size"]) == 3
