@@ -16,7 +16,8 @@ import numpy as np
 from router.assess import Assessment
 from router.columns import AppColumns
 from router.config import Cap, Strategy
-from router.errors import IdempotencyConflict
+from router.errors import IdempotencyConflict, StoreError
+from router.logs import get_logger
 from router.messages import ReferralEntry
 from router.outcomes import BRANCH, DECLINE, KEEP, REFER, Outcomes, decision_id
 from router.partners import SmoothWeightedRotation, waterfall_order
@@ -27,6 +28,7 @@ KEEP_BUCKET = "__keep__"
 BRANCH_BUCKET = "__branch__"
 _KEEP_FULL, _BRANCH_FULL = BIT["KEEP_BUDGET_EXHAUSTED"], BIT["BRANCH_BUDGET_EXHAUSTED"]
 _DEDUPE, _QUOTA = BIT["PARTNER_DEDUPE"], BIT["PARTNER_QUOTA_EXHAUSTED"]
+_STORE_DOWN = BIT["STORE_UNAVAILABLE"]
 
 
 def make_bucket(bid: str, caps: Sequence[Cap], tz: str, dedupe_days: int = 0) -> Bucket:
@@ -65,6 +67,7 @@ class Allocator:
         self.lock = threading.Lock()
         self._new_blocks: list[tuple[int, int]] = []
         self._ids: list[str] = []
+        self.log = get_logger("allocate")
 
     def known_refusal(self, bucket: Bucket, kcols: list[list[int]], i: int, amount: int) -> int:
         """A cap result if a cap is already known to refuse ``amount`` for row ``i``, else -1."""
@@ -112,7 +115,15 @@ class Allocator:
         s, n = self.strategy, len(cols)
         ids, fps = cols.application_id, cols.fingerprint
         self._ids = ids
-        recalled = self.store.recall_many(ids, fps)
+        degraded = [False] * n
+        try:
+            recalled = self.store.recall_many(ids, fps)
+            down = recall_failed = False
+        except IdempotencyConflict:
+            raise
+        except StoreError as exc:
+            self.log.warning("store.unavailable", during="recall", error=str(exc))
+            recalled, down, recall_failed = {}, True, True
         first: dict[str, int] = {}
         dups: dict[int, int] = {}
         for i, app_id in enumerate(ids):
@@ -147,60 +158,88 @@ class Allocator:
         self._new_blocks = []
         blocked, next_unblock = 0, n
         until, block_cap = [n] * P, [0] * P
+        degrade_keep = s.degraded.policy == "keep"
         for i in todo:
             if i in recalled or i in dups:
                 continue
-            t, amount = event_ms[i], amounts[i]
-            if keep_ok[i]:
-                if known(kb, kkeys, i, amount) < 0 and \
-                        reserve(kb, kkeys, i, amount, None, t) == GRANTED:
-                    kind[i] = KEEP
+            if not down:
+                try:
+                    t, amount = event_ms[i], amounts[i]
+                    if keep_ok[i]:
+                        if known(kb, kkeys, i, amount) < 0 and \
+                                reserve(kb, kkeys, i, amount, None, t) == GRANTED:
+                            kind[i] = KEEP
+                            continue
+                        bits[i] |= _KEEP_FULL
+                    if branch_ok[i]:
+                        if known(bb, bkeys, i, amount) < 0 and \
+                                reserve(bb, bkeys, i, amount, None, t) == GRANTED:
+                            kind[i] = BRANCH
+                            continue
+                        bits[i] |= _BRANCH_FULL
+                    m = mask_l[i]
+                    if blocked and i >= next_unblock:
+                        for j in range(P):
+                            if blocked >> j & 1 and until[j] <= i:
+                                blocked &= ~(1 << j)
+                        next_unblock = min([until[j] for j in range(P) if blocked >> j & 1],
+                                           default=n)
+                    if m:
+                        eligible = decode.get(m)
+                        if eligible is None:
+                            eligible = decode[m] = [j for j in range(P) if m >> j & 1]
+                        j, extra = refer(cols, i, eligible, ev_flat, i * P, pkeys, t, amount,
+                                         blocked & m, block_cap)
+                        bits[i] |= extra
+                        if j >= 0:
+                            kind[i], chosen[i] = REFER, j
+                        if self._new_blocks:
+                            if skipping:
+                                for jb, k in self._new_blocks:
+                                    end = self._window_end_row(a, jb, k, i)
+                                    if end > i + 1:
+                                        blocked |= 1 << jb
+                                        until[jb] = end
+                                        block_cap[jb] = k
+                                        next_unblock = min(next_unblock, end)
+                            self._new_blocks = []
                     continue
-                bits[i] |= _KEEP_FULL
-            if branch_ok[i]:
-                if known(bb, bkeys, i, amount) < 0 and \
-                        reserve(bb, bkeys, i, amount, None, t) == GRANTED:
-                    kind[i] = BRANCH
-                    continue
-                bits[i] |= _BRANCH_FULL
-            m = mask_l[i]
-            if blocked and i >= next_unblock:
-                for j in range(P):
-                    if blocked >> j & 1 and until[j] <= i:
-                        blocked &= ~(1 << j)
-                next_unblock = min([until[j] for j in range(P) if blocked >> j & 1], default=n)
-            if m:
-                eligible = decode.get(m)
-                if eligible is None:
-                    eligible = decode[m] = [j for j in range(P) if m >> j & 1]
-                j, extra = refer(cols, i, eligible, ev_flat, i * P, pkeys, t, amount,
-                                 blocked & m, block_cap)
-                bits[i] |= extra
-                if j >= 0:
-                    kind[i], chosen[i] = REFER, j
-                if self._new_blocks:
-                    if skipping:
-                        for jb, k in self._new_blocks:
-                            end = self._window_end_row(a, jb, k, i)
-                            if end > i + 1:
-                                blocked |= 1 << jb
-                                until[jb] = end
-                                block_cap[jb] = k
-                                next_unblock = min(next_unblock, end)
+                except StoreError as exc:
+                    # From here on this batch is decided without the store (a breaker: no
+                    # row waits for another deadline); the next batch tries again.
+                    self.log.warning("store.unavailable", during="reserve", error=str(exc))
+                    down = True
                     self._new_blocks = []
+            # Degraded: never refer; keep only if the strategy's degraded policy says so.
+            degraded[i] = True
+            bits[i] |= _STORE_DOWN
+            kind[i], chosen[i] = (KEEP if degrade_keep and keep_ok[i] else DECLINE), -1
+        if recall_failed:  # unknown whether any row was decided before: all are degraded
+            for i in range(n):
+                if not degraded[i]:
+                    degraded[i] = True
+                    bits[i] |= _STORE_DOWN
         out = _fill(a, np.array(kind, dtype=np.int8), chosen, np.array(bits, dtype=np.uint64),
-                    [p.id for p in s.partners])
+                    [p.id for p in s.partners], np.array(degraded, dtype=bool))
         for i, rec in recalled.items():
             out.set_record(i, rec)
         records = out.records()
         for i, j in dups.items():
             out.set_record(i, records[j])
-        if recalled or dups:
-            keep = [i for i in range(n) if i not in recalled and i not in dups]
-            self.store.remember_many([ids[i] for i in keep], [fps[i] for i in keep],
-                                     [records[i] for i in keep], [event_ms[i] for i in keep])
-        else:
-            self.store.remember_many(ids, fps, records, event_ms)
+        try:
+            if recalled or dups or down:
+                # Degraded answers are not remembered: a retry once the store is back gets a
+                # real decision.
+                keep = [i for i in range(n) if i not in recalled and i not in dups
+                        and not degraded[i]]
+                if keep:
+                    self.store.remember_many([ids[i] for i in keep], [fps[i] for i in keep],
+                                             [records[i] for i in keep],
+                                             [event_ms[i] for i in keep])
+            else:
+                self.store.remember_many(ids, fps, records, event_ms)
+        except StoreError as exc:
+            self.log.warning("store.unavailable", during="remember", error=str(exc))
         return out
 
     def _refusing_window(self, j: int, k: int, kcols: list[list[int]], i: int, amount: int) -> str:
@@ -284,7 +323,7 @@ def _make_entry(s: Strategy, cols: AppColumns, i: int, j: int, t: int, amount: i
 
 
 def _fill(a: Assessment, kind: np.ndarray, chosen: list[int], bits: np.ndarray,
-          partner_ids: list[str]) -> Outcomes:
+          partner_ids: list[str], degraded: np.ndarray) -> Outcomes:
     """Vectorised outcome columns from the chosen paths."""
     n = len(kind)
     is_keep, is_branch, is_refer = kind == KEEP, kind == BRANCH, kind == REFER
@@ -306,7 +345,7 @@ def _fill(a: Assessment, kind: np.ndarray, chosen: list[int], bits: np.ndarray,
         value[is_refer] = a.ev[rows, ref_j][is_refer]
     partner = [partner_ids[j] if j >= 0 else "" for j in chosen]
     return Outcomes(kind=kind, partner=partner, bits=bits, value=np.rint(value).astype(np.int64),
-                    apr=apr, margin=margin, pd=pd)
+                    apr=apr, margin=margin, pd=pd, degraded=degraded)
 
 
 class _KeyRows:

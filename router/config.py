@@ -160,6 +160,17 @@ class Routing(Base, kw_only=True):
     min_expected_value: int = 0
 
 
+class DegradedPolicy(Base, kw_only=True):
+    """What to answer when the quota store is unreachable, slow or failing.
+
+    Never ``refer`` (a referral that cannot be logged must not happen). ``keep`` books
+    applications the primary policy accepts without checking the funder's budget;
+    ``decline`` declines everything until the store answers again.
+    """
+
+    policy: Literal["decline", "keep"] = "decline"
+
+
 class Identity(Base, kw_only=True):
     """Where the HMAC key for applicant and employer hashes comes from."""
 
@@ -181,6 +192,7 @@ class Strategy(Base, kw_only=True):
     channels: dict[Channel, ChannelPolicy] = {}
     partners: list[Partner] = []
     identity: Identity = Identity()
+    degraded: DegradedPolicy = DegradedPolicy()
     idempotency_ttl_hours: Annotated[int, Meta(ge=1, le=24 * 90)] = 48
     partner_book: str | None = None
     base_dir: str = "."

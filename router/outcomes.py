@@ -40,6 +40,7 @@ class Outcomes:
     apr: np.ndarray       # float64, NaN for decline
     margin: np.ndarray    # float64 coverage margin (NaN when unknown)
     pd: np.ndarray        # float64
+    degraded: np.ndarray  # bool: decided without the quota store
 
     def records(self) -> list[bytes]:
         """Every row's idempotency record (see :data:`RECORD_DTYPE`)."""
@@ -56,6 +57,7 @@ class Outcomes:
         self.kind[i], self.bits[i], self.value[i] = r["kind"], r["bits"], r["value"]
         self.apr[i], self.margin[i], self.pd[i] = r["apr"], r["margin"], r["pd"]
         self.partner[i] = r["partner"].decode()
+        self.degraded[i] = False
 
 
 def decision_id(version: str, application_id: str) -> str:
@@ -76,7 +78,8 @@ def to_decisions(out: Outcomes, application_ids: Sequence[str], version: str) ->
     for i, app_id in enumerate(application_ids):
         common = dict(decision_id=decision_id(version, app_id), application_id=app_id,
                       strategy_version=version, pd=pds[i], apr=_opt(aprs[i]),
-                      coverage_margin=_opt(margins[i]), reasons=reasons.names(bits[i]))
+                      coverage_margin=_opt(margins[i]), reasons=reasons.names(bits[i]),
+                      degraded=bool(out.degraded[i]))
         k = kinds[i]
         if k == KEEP:
             result.append(Keep(**common, expected_profit=values[i]))

@@ -28,6 +28,7 @@ CODES: tuple[str, ...] = (
     "LOW_REFERRAL_VALUE",
     "PARTNER_DEDUPE",            # the eligible partners saw this applicant recently
     "PARTNER_QUOTA_EXHAUSTED",
+    "STORE_UNAVAILABLE",         # degraded: the quota store failed or missed its deadline
 )
 BIT: dict[str, int] = {c: 1 << i for i, c in enumerate(CODES)}
 

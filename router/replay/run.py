@@ -33,6 +33,7 @@ DECISIONS_SCHEMA = pa.schema([
     ("application_id", pa.string()), ("received_at", pa.timestamp("ms", tz="UTC")),
     ("outcome", pa.string()), ("partner", pa.string()), ("pd", pa.float64()),
     ("apr", pa.float64()), ("expected_value", pa.int64()), ("reasons", pa.string()),
+    ("degraded", pa.bool_()),
 ])
 
 
@@ -187,4 +188,5 @@ def _decision_batch(out: Outcomes, cols: AppColumns) -> pa.RecordBatch:
         pa.array(np.where(out.kind == 3, 0, out.value), pa.int64(),
                  mask=out.kind == 3),
         pa.array(reason_strings(out.bits), pa.string()),
+        pa.array(out.degraded, pa.bool_()),
     ], schema=DECISIONS_SCHEMA)

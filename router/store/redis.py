@@ -131,10 +131,18 @@ class RedisQuotaStore(QuotaStore):
             ttl = window_end_ms(cap.window, key, bucket.timezone) - event_ms + COUNTER_GRACE_MS
             args += [-1 if cap.count is None else cap.count,
                      -1 if cap.amount is None else cap.amount, max(ttl, COUNTER_GRACE_MS)]
-        try:
-            return int(self._reserve(keys=kk, args=args))
-        except redis.RedisError as exc:
-            raise StoreError(f"reserve at {bucket.id!r} failed: {exc}") from exc
+        for attempt in (1, 2):
+            try:
+                return int(self._reserve(keys=kk, args=args))
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # The reply may be lost after the script ran. With a grant record the retry
+                # is exactly-once (it answers GRANTED without applying again), so retry once.
+                if attempt == 1 and use_grant:
+                    continue
+                raise StoreError(f"reserve at {bucket.id!r} failed: {exc}") from exc
+            except redis.RedisError as exc:
+                raise StoreError(f"reserve at {bucket.id!r} failed: {exc}") from exc
+        raise AssertionError("unreachable")
 
     def recall(self, application_id: str, fingerprint: int) -> bytes | None:
         return self.recall_many([application_id], [fingerprint]).get(0)

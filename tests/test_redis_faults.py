@@ -1,0 +1,123 @@
+"""Faults against real redis-server processes: script cache loss, kill -9 and restart with
+AOF, a reply lost after the script ran, and Redis down (degraded answers)."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import port_for
+import pytest
+import redis
+
+from router.config import strategy_from_dict
+from router.engine import Router
+from router.messages import Decline, Keep, Refer
+from router.store import GRANTED, Bucket, CapLimit, quota_store_from_url
+from router.testing import ScoreLookupScorer, make_application, strategy_dict
+from router.windows import key_of
+from servers import start_node
+
+TZ = "Asia/Shanghai"
+T0 = datetime(2026, 11, 2, 2, 0, tzinfo=timezone.utc)
+
+
+def _router(url: str, policy: str = "decline") -> Router:
+    s = strategy_from_dict(strategy_dict(degraded={"policy": policy}))
+    return Router(s, quota_store_from_url(url),
+                  scorers={"main": ScoreLookupScorer({700: 0.02, 600: 0.2})})
+
+
+def _app(i: int, score: int = 600, **kw):
+    return make_application(application_id=f"f-{i}", national_id=f"11010119900101{i:04d}",
+                            bureau_score=score, received_at=T0 + timedelta(seconds=i), **kw)
+
+
+@pytest.fixture
+def own_server(tmp_path):
+    """A redis-server of this test's own (AOF on, fsync always), so it can be killed."""
+    port = port_for.select_random()
+    node = start_node(tmp_path / "data", port, "--appendonly", "yes", "--appendfsync", "always")
+    yield port, node, tmp_path / "data"
+    if node.running():
+        node.stop()
+
+
+def test_script_flush_mid_run(own_server):
+    port, _, _ = own_server
+    url = f"redis://127.0.0.1:{port}/0?timeout_ms=2000&prefix={uuid.uuid4().hex[:6]}:"
+    router = _router(url)
+    first = [router.decide(_app(i)) for i in range(5)]
+    redis.Redis(port=port).script_flush()
+    second = [router.decide(_app(i)) for i in range(5, 10)]
+    assert all(isinstance(d, Refer) for d in first + second)
+    assert len(list(router.store.ledger())) == 10  # reloaded on NOSCRIPT, nothing twice
+
+
+def test_kill_9_and_restart_loses_no_acknowledged_referral(own_server, tmp_path):
+    port, node, data = own_server
+    url = f"redis://127.0.0.1:{port}/0?timeout_ms=2000&prefix=k:"
+    router = _router(url)
+    acked = [router.decide(_app(i)) for i in range(20)]
+    assert all(isinstance(d, Refer) for d in acked)
+    node.kill(sig=signal.SIGKILL)  # kill -9
+    restarted = start_node(data, port, "--appendonly", "yes", "--appendfsync", "always")
+    try:
+        store = quota_store_from_url(url)
+        ids = {e.application_id for e in store.ledger()}
+        assert ids == {d.application_id for d in acked}
+        # The same applications sent again get the same answers, counted once.
+        router2 = Router(router.strategy, store, scorers=router.scorers)
+        again = [router2.decide(_app(i)) for i in range(20)]
+        assert again == acked
+        assert len(list(store.ledger())) == 20
+    finally:
+        restarted.stop()
+
+
+def test_reply_lost_after_the_script_ran_is_retried_exactly_once(own_server, monkeypatch):
+    port, _, _ = own_server
+    store = quota_store_from_url(f"redis://127.0.0.1:{port}/0?timeout_ms=2000&prefix=l:")
+    b = Bucket("p1", (CapLimit("day", 10, None),), TZ)
+    t = int(T0.timestamp() * 1000)
+    k = (key_of(t, "day", TZ),)
+    real = store._reserve
+    calls = {"n": 0}
+
+    def lossy(*args, **kwargs):
+        calls["n"] += 1
+        result = real(*args, **kwargs)  # the script runs on the server ...
+        if calls["n"] == 1:
+            raise redis.ConnectionError("connection dropped before the reply")  # ... reply lost
+        return result
+
+    monkeypatch.setattr(store, "_reserve", lossy)
+    assert store.try_reserve(b, k, 100, None, t, application_id="app-x") == GRANTED
+    assert calls["n"] == 2
+    assert store.usage(b, k) == [(1, 100)]
+
+
+@pytest.mark.parametrize("policy,expected", [("decline", Decline), ("keep", Keep)])
+def test_redis_down_gives_degraded_answers_within_the_deadline(policy, expected):
+    dead = port_for.select_random()  # nothing listens here
+    router = _router(f"redis://127.0.0.1:{dead}/0?timeout_ms=5", policy)
+    t = time.perf_counter()
+    prime = router.decide(_app(1, score=700))
+    refer_candidate = router.decide(_app(2, score=600))
+    elapsed = time.perf_counter() - t
+    assert isinstance(prime, expected) and prime.degraded
+    assert isinstance(refer_candidate, Decline) and refer_candidate.degraded
+    assert "STORE_UNAVAILABLE" in refer_candidate.reasons
+    assert elapsed < 0.5  # a few deadlines, not a hang
+
+
+def test_redis_killed_mid_run_never_refers(own_server):
+    port, node, _ = own_server
+    router = _router(f"redis://127.0.0.1:{port}/0?timeout_ms=20&prefix=d:")
+    before = [router.decide(_app(i)) for i in range(5)]
+    assert all(isinstance(d, Refer) for d in before)
+    node.kill(sig=signal.SIGKILL)  # kill -9
+    after = [router.decide(_app(i)) for i in range(5, 15)]
+    assert all(isinstance(d, Decline) and d.degraded for d in after)
