@@ -1,7 +1,8 @@
 """Calendar windows (hour, day, month) in a time zone, by event time.
 
-Window keys are integers that read as local time: hour ``YYYYMMDDHH``, day ``YYYYMMDD``,
-month ``YYYYMM``. Keys for a batch are computed once per distinct 15-minute UTC bucket —
+Window keys are integers that read as local time: hour ``YYYYMMDDHHF``, day ``YYYYMMDD``,
+month ``YYYYMM``. ``F`` is the fold (0, or 1 for the repeated hour when clocks go back),
+so the two real hours that share a wall-clock hour in a DST zone are two windows. Keys for a batch are computed once per distinct 15-minute UTC bucket —
 every zone offset in use is a multiple of 15 minutes, so all instants of a bucket share
 their local hour, day and month.
 """
@@ -27,7 +28,7 @@ def zone(name: str) -> ZoneInfo:
 def _keys_of(ms: int, tz: ZoneInfo) -> tuple[int, int, int]:
     d = datetime.fromtimestamp(ms / 1000.0, tz)
     day = d.year * 10000 + d.month * 100 + d.day
-    return day * 100 + d.hour, day, d.year * 100 + d.month
+    return (day * 100 + d.hour) * 10 + d.fold, day, d.year * 100 + d.month
 
 
 def window_keys(event_ms: np.ndarray, tz_name: str) -> dict[str, np.ndarray]:
@@ -56,8 +57,9 @@ def window_end_ms(window: str, key: int, tz_name: str) -> int:
     """Epoch ms at which the window with this key ends (the next window's local start)."""
     tz = zone(tz_name)
     if window == "hour":
+        fold, key = key % 10, key // 10
         y, mo, d, h = key // 1000000, key // 10000 % 100, key // 100 % 100, key % 100
-        start = datetime(y, mo, d, h, tzinfo=tz)
+        start = datetime(y, mo, d, h, fold=fold, tzinfo=tz)
         # Adding in UTC steps over DST gaps correctly.
         end = (start.astimezone(ZoneInfo("UTC")) + timedelta(hours=1))
         return int(end.timestamp() * 1000)

@@ -4,6 +4,7 @@ from datetime import datetime, timezone
 
 import msgspec
 import pytest
+import redis
 
 from router.config import load_strategy
 from router.replay import replay
@@ -67,18 +68,15 @@ def test_lowering_a_cap_mid_window_refuses(store_factory):
     assert store.usage(low, k) == [(5, 5)]
 
 
-@pytest.mark.parametrize("amount", [0, -5, 2**53, 2**60])
-def test_bad_amounts_write_nothing(store_factory, amount):
-    from router.errors import StoreError
-
+@pytest.mark.parametrize("amount", ["0", "-5", "9007199254740992", "1.5", "nan", "abc"])
+def test_the_script_itself_validates_before_writing(store_factory, amount):
+    """Defence in depth: even a caller that bypasses Python's checks cannot half-write."""
     store = store_factory("redis")
-    t = _ms(2026, 11, 2, 4)
-    b = Bucket("p1", (CapLimit("day", 10, None),), TZ)
-    k = (key_of(t, "day", TZ),)
-    with pytest.raises(StoreError, match="amount"):
-        store.try_reserve(b, k, amount, None, t)
-    assert store.usage(b, k) == [(0, 0)]
-    assert store.client.keys(f"{store.prefix}*") == []
+    p = store.prefix
+    with pytest.raises(redis.ResponseError, match="ROUTER bad amount"):
+        store._reserve(keys=[f"{p}{{p:x}}:c", f"{p}{{p:x}}:d", f"{p}{{p:x}}:l", f"{p}{{p:x}}:g"],
+                       args=[1, amount, 1, 0, 0, 0, 1000, "", "a", 10, -1, 1000])
+    assert store.client.keys(f"{p}*") == []
 
 
 def test_ledger_entries_in_streams_carry_no_raw_identifier(store_factory, make_router):

@@ -81,6 +81,39 @@ class TestCaps:
         assert reserve(store, b2, ms(2026, 11, 2, 23, 59)) == GRANTED
         assert reserve(store, b2, ms(2026, 11, 3, 0, 1)) >= CAP_HIT
 
+    def test_hour_rolls_over_on_the_local_hour(self, store):
+        b = bucket(("hour", 1, None))
+        assert reserve(store, b, ms(2026, 11, 2, 5, 59, 59)) == GRANTED   # 13:59:59 Shanghai
+        assert reserve(store, b, ms(2026, 11, 2, 5, 59, 59)) >= CAP_HIT
+        assert reserve(store, b, ms(2026, 11, 2, 6, 0, 0)) == GRANTED     # 14:00:00
+
+    def test_dst_zone_repeated_hour_is_two_windows_and_the_day_has_25_hours(self, store):
+        ny = "America/New_York"  # clocks go back 2026-11-01 02:00 EDT -> 01:00 EST
+        hour = Bucket("h", (CapLimit("hour", 1, None),), ny)
+        day = Bucket("d", (CapLimit("day", 3, None),), ny)
+
+        def go(b, t):
+            return store.try_reserve(b, (key_of(t, b.caps[0].window, ny),), 1, None, t)
+
+        first, second = ms(2026, 11, 1, 5, 30), ms(2026, 11, 1, 6, 30)  # 01:30 EDT, 01:30 EST
+        assert go(hour, first) == GRANTED and go(hour, first) >= CAP_HIT
+        assert go(hour, second) == GRANTED        # same wall-clock hour, a new window
+        # 00:30 EDT, 23:30 EST (25 hours later) are the same day; 00:00 EST the next day
+        assert go(day, ms(2026, 11, 1, 4, 30)) == GRANTED
+        assert go(day, ms(2026, 11, 2, 4, 30)) == GRANTED
+        assert go(day, ms(2026, 11, 2, 4, 59, 59)) == GRANTED
+        assert go(day, ms(2026, 11, 2, 4, 59, 59)) >= CAP_HIT
+        assert go(day, ms(2026, 11, 2, 5, 0, 0)) == GRANTED
+
+    def test_cap_of_zero_refuses_and_cost_over_cap_refuses(self, store):
+        t = ms(2026, 11, 2, 4)
+        zero = bucket(("day", 0, None), bid="z")
+        assert cap_full(reserve(store, zero, t))
+        small = bucket(("day", None, 500), bid="s")
+        assert reserve(store, small, t, amount=501) >= CAP_HIT
+        assert store.usage(zero, keys(zero, t)) == [(0, 0)]
+        assert store.usage(small, keys(small, t)) == [(0, 0)]
+
     def test_month_rollover(self, store):
         b = bucket(("month", 1, None))
         assert reserve(store, b, ms(2026, 11, 30, 15, 59)) == GRANTED    # Nov 30 23:59 local
@@ -148,6 +181,34 @@ class TestMemoryOnly:
         store.remember("a1", 31, b"record-0", t)
         store.remember("a2", 31, b"record-0", t + 2 * 3600_000)  # event time moves on
         assert store.recall("a1", 31) is None and store.recall("a2", 31) == b"record-0"
+
+
+class TestBadInput:
+    @pytest.mark.parametrize("amount", [0, -5, 2**53, 2**60, 1.5, float("nan"), True, "100"])
+    def test_bad_amount_is_an_error_and_writes_nothing(self, store, amount):
+        from router.errors import InputError
+
+        b = bucket(("day", 10, None))
+        t = ms(2026, 11, 2, 4)
+        with pytest.raises(InputError, match="amount"):
+            store.try_reserve(b, keys(b, t), amount, None, t, application_id="a1")
+        assert store.usage(b, keys(b, t)) == [(0, 0)]
+        assert store.try_reserve(b, keys(b, t), 5, None, t, application_id="a1") == GRANTED
+
+    @pytest.mark.parametrize("field,value", [
+        ("application_id", ""), ("application_id", "x" * 200), ("application_id", "app{1}"),
+        ("application_id", "申请-1"), ("applicant", "h 1"), ("applicant", ""),
+    ])
+    def test_bad_ids_are_errors_and_write_nothing(self, store, field, value):
+        from router.errors import InputError
+
+        b = bucket(("day", 10, None), dedupe_days=1)
+        t = ms(2026, 11, 2, 4)
+        kwargs = {"application_id": "ok-1", "applicant": "h1", field: value}
+        with pytest.raises(InputError, match=field):
+            store.try_reserve(b, keys(b, t), 5, kwargs["applicant"], t,
+                              application_id=kwargs["application_id"])
+        assert store.usage(b, keys(b, t)) == [(0, 0)]
 
 
 class TestRetries:

@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from router.errors import InputError
 from router.messages import ReferralEntry
 
 #: :meth:`QuotaStore.try_reserve` results. Values ≥ ``CAP_HIT`` name the cap that refused:
@@ -45,6 +46,35 @@ def cap_index(result: int) -> int:
 def cap_full(result: int) -> bool:
     """True when the refusing cap's count is used up for its whole window."""
     return bool((result - CAP_HIT) & 1)
+
+
+MAX_AMOUNT = 2**53 - 1
+_ID_OK = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
+
+
+def _check_id(name: str, value: object) -> None:
+    if not isinstance(value, str) or not 1 <= len(value) <= 128 or not set(value) <= _ID_OK:
+        raise InputError(f"{name} must be 1-128 characters of [A-Za-z0-9_.:-] "
+                         f"(value: {value!r})", field=name)
+
+
+def validate_reservation(bucket: "Bucket", keys: tuple[int, ...], amount: object,
+                         applicant: object, event_ms: object,
+                         application_id: object) -> None:
+    """Reject a malformed reservation before any store writes anything."""
+    if type(amount) is not int or not 1 <= amount <= MAX_AMOUNT:
+        raise InputError(f"amount must be an integer in minor units from 1 to 2^53-1 "
+                         f"(value: {amount!r})", field="amount")
+    if type(event_ms) is not int or event_ms < 0:
+        raise InputError(f"event_ms must be a non-negative integer (value: {event_ms!r})",
+                         field="event_ms")
+    if len(keys) != len(bucket.caps) or any(type(k) is not int or k < 0 for k in keys):
+        raise InputError(f"keys must be one window key per cap (value: {keys!r})", field="keys")
+    _check_id("bucket", bucket.id)
+    if applicant is not None:
+        _check_id("applicant", applicant)
+    if application_id is not None:
+        _check_id("application_id", application_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +113,9 @@ class QuotaStore(ABC):
         ms refuses this one. On success ``entry`` (if any) is
         appended to the ledger in the same step. Returns ``GRANTED``, ``DEDUPED`` or a
         cap result (see :func:`cap_index`, :func:`cap_full`).
+
+        A malformed argument raises :class:`~router.errors.InputError` before anything is
+        written (:func:`validate_reservation`).
 
         With ``application_id``, a grant is remembered per bucket for the idempotency TTL: the
         same application reserving again at the same bucket (a retry after a lost reply) gets

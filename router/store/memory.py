@@ -14,7 +14,8 @@ from typing import Callable, Iterable, Sequence
 
 from router.errors import IdempotencyConflict
 from router.messages import ReferralEntry
-from router.store.base import CAP_HIT, COUNTER_GRACE_MS, DEDUPED, GRANTED, Bucket, QuotaStore
+from router.store.base import (CAP_HIT, COUNTER_GRACE_MS, DEDUPED, GRANTED, Bucket, QuotaStore,
+                               validate_reservation)
 from router.windows import window_end_ms
 
 _SWEEP_EVERY_MS = 3600_000
@@ -75,6 +76,7 @@ class MemoryQuotaStore(QuotaStore):
                     applicant: str | None, event_ms: int,
                     entry: ReferralEntry | None = None, *,
                     application_id: str | None = None) -> int:
+        validate_reservation(bucket, keys, amount, applicant, event_ms, application_id)
         with self._lock:
             if event_ms > self._horizon:
                 self._advance(event_ms)

@@ -51,7 +51,7 @@ from redis.retry import Retry
 
 from router.errors import IdempotencyConflict, StoreError
 from router.messages import ReferralEntry
-from router.store.base import COUNTER_GRACE_MS, Bucket, QuotaStore
+from router.store.base import COUNTER_GRACE_MS, Bucket, QuotaStore, validate_reservation
 from router.windows import window_end_ms
 
 _RESERVE = resources.files("router.store").joinpath("lua/reserve.lua").read_text()
@@ -117,6 +117,7 @@ class RedisQuotaStore(QuotaStore):
                     applicant: str | None, event_ms: int,
                     entry: ReferralEntry | None = None, *,
                     application_id: str | None = None) -> int:
+        validate_reservation(bucket, keys, amount, applicant, event_ms, application_id)
         b = self._b(bucket.id)
         use_dedupe = applicant is not None and bucket.dedupe_ms > 0
         use_grant = application_id is not None
