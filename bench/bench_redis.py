@@ -1,0 +1,147 @@
+"""Live decisions against a real local redis-server (started here on a free port).
+
+Prints medians and p99 of:
+  (1) the bare round trip of the reservation script, same keys, no router (baseline);
+  (2) one ``Router.decide`` end to end, sequential, and the ratio (2)/(1);
+  (3) throughput with concurrency: several processes, each deciding sequentially, and each
+      deciding coalesced batches (``decide_batch`` of concurrent requests);
+  (4) ``redis-benchmark`` of a plain INCR on the same server, for scale.
+
+    python bench/bench_redis.py
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import port_for  # noqa: E402
+from mirakuru import TCPExecutor  # noqa: E402
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def bare_round_trip(url: str, n: int = 5000) -> list[float]:
+    from router.store import Bucket, CapLimit, quota_store_from_url
+    from router.windows import key_of
+
+    store = quota_store_from_url(url, prefix="bench-bare:")
+    b = Bucket("bank_ningyuan", (CapLimit("hour", 10**12, None), CapLimit("day", 10**12, 10**15)),
+               "Asia/Shanghai", 30 * 86_400_000)
+    t = 1_793_000_000_000
+    keys = tuple(key_of(t, c.window, b.timezone) for c in b.caps)
+    lat = []
+    for i in range(n):
+        s = time.perf_counter()
+        store.try_reserve(b, keys, 100_000, f"applicant{i}", t)
+        lat.append((time.perf_counter() - s) * 1e6)
+    return lat
+
+
+def _apps(n: int, seed: int):
+    from router.messages import decode_application
+    from router.traffic import write_traffic
+
+    p = write_traffic(Path(tempfile.mkdtemp()) / "t.jsonl", n, seed=seed)
+    return [decode_application(line) for line in p.read_bytes().splitlines()]
+
+
+def decide_latencies(url: str, n: int = 3000) -> list[float]:
+    from router.config import load_strategy
+    from router.engine import Router
+    from router.store import quota_store_from_url
+
+    router = Router(load_strategy(ROOT / "configs" / "strategy.toml"),
+                    quota_store_from_url(url, prefix="bench-seq:"))
+    lat = []
+    for a in _apps(n, seed=101):
+        s = time.perf_counter()
+        router.decide(a)
+        lat.append((time.perf_counter() - s) * 1e6)
+    return lat
+
+
+def _worker(url: str, prefix: str, seed: int, n: int, batch: int) -> tuple[int, float]:
+    from router.config import load_strategy
+    from router.engine import Router
+    from router.store import quota_store_from_url
+
+    apps = _apps(n, seed)
+    router = Router(load_strategy(ROOT / "configs" / "strategy.toml"),
+                    quota_store_from_url(url, prefix=prefix))
+    s = time.perf_counter()
+    if batch == 1:
+        for a in apps:
+            router.decide(a)
+    else:
+        for k in range(0, n, batch):
+            router.decide_batch(apps[k:k + batch])
+    return n, time.perf_counter() - s
+
+
+def throughput(url: str, procs: int, n: int, batch: int) -> float:
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(procs) as pool:
+        # Same key prefix: the processes share (and contend for) the same quotas.
+        res = pool.starmap(_worker, [(url, f"bench-tp{batch}:", 1000 + w, n, batch)
+                                     for w in range(procs)])
+    return sum(r[0] for r in res) / max(r[1] for r in res)
+
+
+def redis_benchmark(port: int) -> float | None:
+    exe = shutil.which("redis-benchmark")
+    if not exe:
+        return None
+    out = subprocess.run([exe, "-p", str(port), "-t", "incr", "-n", "200000", "-q"],
+                         capture_output=True, text=True).stdout
+    # The final line reads "INCR: 123456.79 requests per second, p50=…"
+    for part in reversed(out.replace("\r", "\n").split("\n")):
+        if part.startswith("INCR:") and "requests per second" in part:
+            return float(part.split()[1])
+    return None
+
+
+def main() -> dict:
+    port = port_for.select_random()
+    tmp = tempfile.mkdtemp()
+    server = TCPExecutor([shutil.which("redis-server") or "/usr/bin/redis-server", "--port",
+                          str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                          "--dir", tmp], host="127.0.0.1", port=port, timeout=20).start()
+    try:
+        url = f"redis://127.0.0.1:{port}/0?timeout_ms=50"
+        bare = bare_round_trip(url)
+        dec = decide_latencies(url)
+        res = {
+            "bare_round_trip_us_median": statistics.median(bare),
+            "bare_round_trip_us_p99": pct(bare, 0.99),
+            "decide_us_median": statistics.median(dec),
+            "decide_us_p99": pct(dec, 0.99),
+        }
+        res["ratio_decide_vs_bare"] = res["decide_us_median"] / res["bare_round_trip_us_median"]
+        res["throughput_4proc_sequential_per_s"] = throughput(url, 4, 3000, 1)
+        res["throughput_4proc_batch64_per_s"] = throughput(url, 4, 20000, 64)
+        res["redis_benchmark_incr_per_s"] = redis_benchmark(port)
+        return res
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    r = main()
+    (ROOT / "bench" / "results").mkdir(exist_ok=True)
+    (ROOT / "bench" / "results" / "redis.json").write_text(json.dumps(r, indent=1) + "\n")
+    for k, v in r.items():
+        print(f"{k:40s} {v:12,.1f}" if v is not None else f"{k:40s} n/a")
