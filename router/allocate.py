@@ -19,7 +19,7 @@ from router.config import Cap, Strategy
 from router.errors import IdempotencyConflict, StoreError
 from router.logs import get_logger
 from router.messages import ReferralEntry
-from router.outcomes import BRANCH, DECLINE, KEEP, REFER, Outcomes, decision_id
+from router.outcomes import BRANCH, DECLINE, KEEP, REFER, Outcomes, decision_id, pack_record
 from router.partners import SmoothWeightedRotation, waterfall_order
 from router.reasons import BIT
 from router.store import CAP_HIT, DEDUPED, GRANTED, Bucket, CapLimit, QuotaStore, cap_full, cap_index
@@ -67,6 +67,8 @@ class Allocator:
         self.lock = threading.Lock()
         self._new_blocks: list[tuple[int, int]] = []
         self._ids: list[str] = []
+        self._fps: list[int] = []
+        self._once = False
         self.log = get_logger("allocate")
 
     def known_refusal(self, bucket: Bucket, kcols: list[list[int]], i: int, amount: int) -> int:
@@ -80,15 +82,25 @@ class Allocator:
         return -1
 
     def reserve(self, bucket: Bucket, kcols: list[list[int]], i: int, amount: int,
-                applicant: str | None, t: int, entry: ReferralEntry | None = None) -> int:
+                applicant: str | None, t: int, entry: ReferralEntry | None = None,
+                record: Callable[[], bytes] | None = None) -> int:
         """Reserve row ``i`` against ``bucket`` in the store, remembering what caps refuse.
 
         ``kcols[k][i]`` is the row's window key for ``bucket.caps[k]``. Call
-        :meth:`known_refusal` first to skip a round trip a cap would refuse anyway.
+        :meth:`known_refusal` first to skip a round trip a cap would refuse anyway. In
+        single-trip mode ``record`` makes the decision record stored with a grant, and an
+        application the store already decided raises :class:`_Decided`.
         """
         keys = tuple([col[i] for col in kcols])
-        r = self.store.try_reserve(bucket, keys, amount, applicant, t, entry,
-                                   application_id=self._ids[i])
+        if self._once:
+            r, existing = self.store.try_reserve_once(
+                bucket, keys, amount, applicant, t, entry, application_id=self._ids[i],
+                fingerprint=self._fps[i], record=record() if record is not None else b"")
+            if existing is not None:
+                raise _Decided(existing)
+        else:
+            r = self.store.try_reserve(bucket, keys, amount, applicant, t, entry,
+                                       application_id=self._ids[i])
         if r >= CAP_HIT:
             bid = bucket.id
             k = cap_index(r)
@@ -114,10 +126,13 @@ class Allocator:
     def _allocate(self, cols: AppColumns, a: Assessment) -> Outcomes:
         s, n = self.strategy, len(cols)
         ids, fps = cols.application_id, cols.fingerprint
-        self._ids = ids
+        self._ids, self._fps = ids, fps
         degraded = [False] * n
+        # One decision on a store that can check, reserve and record in one round trip:
+        # no separate recall, and a grant's record is written by the reservation itself.
+        once = self._once = n == 1 and getattr(self.store, "single_trip", False)
         try:
-            recalled = self.store.recall_many(ids, fps)
+            recalled = {} if once else self.store.recall_many(ids, fps)
             down = recall_failed = False
         except IdempotencyConflict:
             raise
@@ -166,14 +181,19 @@ class Allocator:
                 try:
                     t, amount = event_ms[i], amounts[i]
                     if keep_ok[i]:
+                        rec = (lambda: pack_record(KEEP, bits[i], a.keep_profit[i], a.keep_apr[i],
+                                                   a.keep_margin[i], a.pd[i], "")) if once else None
                         if known(kb, kkeys, i, amount) < 0 and \
-                                reserve(kb, kkeys, i, amount, None, t) == GRANTED:
+                                reserve(kb, kkeys, i, amount, None, t, None, rec) == GRANTED:
                             kind[i] = KEEP
                             continue
                         bits[i] |= _KEEP_FULL
                     if branch_ok[i]:
+                        rec = (lambda: pack_record(BRANCH, bits[i], a.branch_profit[i],
+                                                   a.branch_apr[i], a.branch_margin[i],
+                                                   a.branch_pd[i], "")) if once else None
                         if known(bb, bkeys, i, amount) < 0 and \
-                                reserve(bb, bkeys, i, amount, None, t) == GRANTED:
+                                reserve(bb, bkeys, i, amount, None, t, None, rec) == GRANTED:
                             kind[i] = BRANCH
                             continue
                         bits[i] |= _BRANCH_FULL
@@ -189,7 +209,7 @@ class Allocator:
                         if eligible is None:
                             eligible = decode[m] = [j for j in range(P) if m >> j & 1]
                         j, extra = refer(cols, i, eligible, ev_flat, i * P, pkeys, t, amount,
-                                         blocked & m, block_cap)
+                                         blocked & m, block_cap, a, bits[i])
                         bits[i] |= extra
                         if j >= 0:
                             kind[i], chosen[i] = REFER, j
@@ -204,6 +224,11 @@ class Allocator:
                                         next_unblock = min(next_unblock, end)
                             self._new_blocks = []
                     continue
+                except _Decided as done:  # decided before (a retry, or a concurrent caller)
+                    recalled[i] = done.record
+                    continue
+                except IdempotencyConflict:
+                    raise
                 except StoreError as exc:
                     # From here on this batch is decided without the store (a breaker: no
                     # row waits for another deadline); the next batch tries again.
@@ -226,6 +251,17 @@ class Allocator:
         records = out.records()
         for i, j in dups.items():
             out.set_record(i, records[j])
+        if once:
+            if 0 not in recalled and not degraded[0] and out.kind[0] == DECLINE:
+                try:  # store the decline unless a concurrent caller decided first
+                    existing = self.store.record_once(ids[0], fps[0], records[0], event_ms[0])
+                    if existing is not None:
+                        out.set_record(0, existing)
+                except IdempotencyConflict:
+                    raise
+                except StoreError as exc:
+                    self.log.warning("store.unavailable", during="remember", error=str(exc))
+            return out
         try:
             if recalled or dups or down:
                 # Degraded answers are not remembered: a retry once the store is back gets a
@@ -238,6 +274,8 @@ class Allocator:
                                              [event_ms[i] for i in keep])
             else:
                 self.store.remember_many(ids, fps, records, event_ms)
+        except IdempotencyConflict:
+            raise
         except StoreError as exc:
             self.log.warning("store.unavailable", during="remember", error=str(exc))
         return out
@@ -269,7 +307,8 @@ class Allocator:
 
     def _refer(self, cols: AppColumns, i: int, eligible: list[int], evs: list[float], base: int,
                pkeys: list[list[list[int]]], t: int, amount: int, blocked: int = 0,
-               block_cap: list[int] | None = None) -> tuple[int, int]:
+               block_cap: list[int] | None = None, a: Assessment | None = None,
+               bits: int = 0) -> tuple[int, int]:
         """Try eligible partners in routing order; (chosen index or -1, reason bits).
 
         Partners in ``blocked`` have cap ``block_cap[j]`` full for this row's window:
@@ -297,8 +336,14 @@ class Allocator:
                 continue
             r = known(buckets[j], pkeys[j], i, amount)
             if r < 0:
+                rec = None
+                if self._once:
+                    def rec(j=j, extra=extra) -> bytes:
+                        return pack_record(REFER, bits | extra, evs[base + j],
+                                           a.partner_apr[i, j], a.keep_margin[i], a.pd[i],
+                                           s.partners[j].id)
                 r = self.reserve(buckets[j], pkeys[j], i, amount, applicant, t,
-                                 _make_entry(s, cols, i, j, t, amount, evs[base + j]))
+                                 _make_entry(s, cols, i, j, t, amount, evs[base + j]), rec)
             if r == GRANTED:
                 if method == "weighted":
                     self.rotation.granted(j, eligible)
@@ -307,6 +352,13 @@ class Allocator:
                 self._new_blocks.append((j, cap_index(r)))
             extra |= _DEDUPE if r == DEDUPED else _QUOTA
         return -1, extra
+
+
+class _Decided(Exception):
+    """The store already holds a decision for this application (single-trip mode)."""
+
+    def __init__(self, record: bytes):
+        self.record = record
 
 
 def _make_entry(s: Strategy, cols: AppColumns, i: int, j: int, t: int, amount: int,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -27,6 +28,18 @@ LABELS = ("keep", "branch", "refer", "decline")
 RECORD_DTYPE = np.dtype([("kind", "i1"), ("bits", "<u8"), ("value", "<i8"), ("apr", "<f8"),
                          ("margin", "<f8"), ("pd", "<f8"), ("partner", "S32"),
                          ("end", "u1")])  # non-zero last byte: numpy keeps trailing NULs
+
+
+_RECORD = struct.Struct("<bQqddd32sB")
+assert _RECORD.size == RECORD_DTYPE.itemsize
+
+
+def pack_record(kind: int, bits: int, value: float, apr: float, margin: float, pd: float,
+                partner: str) -> bytes:
+    """One record, byte-identical to a row of :meth:`Outcomes.records` (value rounded half
+    to even, as the columns are)."""
+    return _RECORD.pack(kind, bits, int(round(float(value))), float(apr), float(margin),
+                        float(pd), partner.encode(), 1)
 
 
 @dataclass(slots=True)

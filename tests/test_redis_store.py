@@ -74,8 +74,9 @@ def test_the_script_itself_validates_before_writing(store_factory, amount):
     store = store_factory("redis")
     p = store.prefix
     with pytest.raises(redis.ResponseError, match="ROUTER bad amount"):
-        store._reserve(keys=[f"{p}{{p:x}}:c", f"{p}{{p:x}}:d", f"{p}{{p:x}}:l", f"{p}{{p:x}}:g"],
-                       args=[1, amount, 1, 0, 0, 0, 1000, "", "a", 10, -1, 1000])
+        store._reserve(keys=[f"{p}{{p:x}}:c", f"{p}{{p:x}}:d", f"{p}{{p:x}}:l", f"{p}{{p:x}}:g",
+                             f"{p}{{p:x}}:a"],
+                       args=[1, amount, 1, 0, 0, 0, 1000, "", "a", 0, "", "", 10, -1, 1000])
     assert store.client.keys(f"{p}*") == []
 
 

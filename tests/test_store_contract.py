@@ -229,6 +229,35 @@ class TestRetries:
         assert results[3] == GRANTED  # a1 was granted before: its retry answers the same
 
 
+class TestSingleTrip:
+    """Check, reserve and record in one call (atomic where ``single_trip`` is true)."""
+
+    def test_grant_stores_the_record_and_retries_answer_it(self, store):
+        b = bucket(("day", 5, None))
+        t = ms(2026, 11, 2, 4)
+        r, existing = store.try_reserve_once(b, keys(b, t), 100, None, t, application_id="a1",
+                                             fingerprint=7, record=b"granted")
+        assert (r, existing) == (GRANTED, None)
+        r, existing = store.try_reserve_once(b, keys(b, t), 100, None, t, application_id="a1",
+                                             fingerprint=7, record=b"other")
+        assert existing == b"granted"
+        assert store.usage(b, keys(b, t)) == [(1, 100)]
+        with pytest.raises(IdempotencyConflict):
+            store.try_reserve_once(b, keys(b, t), 100, None, t, application_id="a1",
+                                   fingerprint=8, record=b"x")
+
+    def test_refusal_stores_nothing_and_record_once_keeps_the_first(self, store):
+        b = bucket(("day", 0, None))
+        t = ms(2026, 11, 2, 4)
+        r, existing = store.try_reserve_once(b, keys(b, t), 100, None, t, application_id="a2",
+                                             fingerprint=9, record=b"granted")
+        assert r >= CAP_HIT and existing is None
+        assert store.record_once("a2", 9, b"declined", t) is None
+        assert store.record_once("a2", 9, b"again", t) == b"declined"
+        with pytest.raises(IdempotencyConflict):
+            store.record_once("a2", 10, b"x", t)
+
+
 class TestLedger:
     def test_entry_appended_only_when_granted(self, store):
         from router.messages import CommercialTerms, ReferralEntry

@@ -156,5 +156,33 @@ class QuotaStore(ABC):
     def ledger(self) -> Iterable[ReferralEntry]:
         """Every ledger entry, in append order."""
 
+    #: True when :meth:`try_reserve_once` and :meth:`record_once` are atomic per call, so a
+    #: single decision needs no separate recall and remember round trips.
+    single_trip = False
+
+    def try_reserve_once(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
+                         applicant: str | None, event_ms: int,
+                         entry: ReferralEntry | None = None, *, application_id: str,
+                         fingerprint: int, record: bytes) -> tuple[int, bytes | None]:
+        """Answer from the application's stored record if it has one; otherwise reserve and,
+        on a grant, store ``record``. Returns (result, None) or (-2, stored record)."""
+        existing = self.recall(application_id, fingerprint)
+        if existing is not None:
+            return -2, existing
+        r = self.try_reserve(bucket, keys, amount, applicant, event_ms, entry,
+                             application_id=application_id)
+        if r == GRANTED:
+            self.remember(application_id, fingerprint, record, event_ms)
+        return r, None
+
+    def record_once(self, application_id: str, fingerprint: int, record: bytes,
+                    event_ms: int) -> bytes | None:
+        """Store ``record`` unless the application has one; return the existing one if so."""
+        existing = self.recall(application_id, fingerprint)
+        if existing is not None:
+            return existing
+        self.remember(application_id, fingerprint, record, event_ms)
+        return None
+
     def close(self) -> None:
         """Release connections (no-op by default)."""

@@ -23,12 +23,12 @@ _DEDUPE_SWEEP_EVERY_MS = 24 * 3600_000  # a full scan: rarer, and stale entries 
 
 
 class MemoryQuotaStore(QuotaStore):
-    """Dictionaries behind a lock. ``on_append`` sees every ledger entry as it is appended;
+    """Dictionaries behind a (re-entrant) lock. ``on_append`` sees every ledger entry as it is appended;
     ``retain_ledger=False`` then keeps none in memory (replay aggregates as it goes)."""
 
     def __init__(self, *, idempotency_ttl_ms: int = 48 * 3600_000, retain_ledger: bool = True,
                  on_append: Callable[[ReferralEntry], None] | None = None):
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._cells: dict[str, list[list[int]]] = {}
         self._archive: dict[tuple[str, int, int], list[int]] = {}
         self._archive_expiry: deque[tuple[int, tuple[str, int, int]]] = deque()
@@ -45,6 +45,7 @@ class MemoryQuotaStore(QuotaStore):
         self._retain = retain_ledger
         self._on_append = on_append
         self._ttl = idempotency_ttl_ms
+        self.single_trip = True
         self._horizon = -(2**62)  # latest event time seen
         self._next_sweep = -(2**62)
         self._next_dedupe_sweep = -(2**62)
@@ -128,6 +129,28 @@ class MemoryQuotaStore(QuotaStore):
                 if self._on_append is not None:
                     self._on_append(entry)
             return GRANTED
+
+    def try_reserve_once(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
+                         applicant: str | None, event_ms: int,
+                         entry: ReferralEntry | None = None, *, application_id: str,
+                         fingerprint: int, record: bytes) -> tuple[int, bytes | None]:
+        with self._lock:  # re-entrant: the steps below run as one
+            existing = self.recall(application_id, fingerprint)
+            if existing is not None:
+                return -2, existing
+            r = self.try_reserve(bucket, keys, amount, applicant, event_ms, entry,
+                                 application_id=application_id)
+            if r == GRANTED:
+                self.remember(application_id, fingerprint, record, event_ms)
+            return r, None
+
+    def record_once(self, application_id: str, fingerprint: int, record: bytes,
+                    event_ms: int) -> bytes | None:
+        with self._lock:
+            existing = self.recall(application_id, fingerprint)
+            if existing is None:
+                self.remember(application_id, fingerprint, record, event_ms)
+            return existing
 
     def recall(self, application_id: str, fingerprint: int) -> bytes | None:
         return self.recall_many([application_id], [fingerprint]).get(0)

@@ -113,28 +113,79 @@ class RedisQuotaStore(QuotaStore):
 
     # ---- QuotaStore ------------------------------------------------------------------
 
+    @property
+    def single_trip(self) -> bool:
+        """One round trip per decision (check, reserve, record) — not across cluster slots."""
+        return not isinstance(self.client, RedisCluster)
+
     def try_reserve(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
                     applicant: str | None, event_ms: int,
                     entry: ReferralEntry | None = None, *,
                     application_id: str | None = None) -> int:
+        return self._run(bucket, keys, amount, applicant, event_ms, entry, application_id)[0]
+
+    def try_reserve_once(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
+                         applicant: str | None, event_ms: int,
+                         entry: ReferralEntry | None = None, *, application_id: str,
+                         fingerprint: int, record: bytes) -> tuple[int, bytes | None]:
+        """Check the application's record, reserve, and store ``record`` on a grant — one
+        script. Returns (result, None), or (-2, stored record) if already decided. On a
+        cluster the application's key lives in another slot: the steps run one by one."""
+        if not self.single_trip:
+            return super().try_reserve_once(bucket, keys, amount, applicant, event_ms, entry,
+                                            application_id=application_id,
+                                            fingerprint=fingerprint, record=record)
+        return self._run(bucket, keys, amount, applicant, event_ms, entry, application_id,
+                         fingerprint, record)
+
+    def record_once(self, application_id: str, fingerprint: int, record: bytes,
+                    event_ms: int) -> bytes | None:
+        """Store the record unless one exists; return the existing record if one does."""
+        fp = fingerprint.to_bytes(_FP_BYTES, "big")
+        try:
+            old = self.client.set(self._app(application_id), fp + record, nx=True,
+                                  px=self.record_ttl_ms, get=True)
+        except redis.RedisError as exc:
+            raise StoreError(f"record failed: {exc}") from exc
+        if old is None:
+            return None
+        if old[:_FP_BYTES] != fp:
+            raise IdempotencyConflict(application_id)
+        return old[_FP_BYTES:]
+
+    def _run(self, bucket: Bucket, keys: tuple[int, ...], amount: int, applicant: str | None,
+             event_ms: int, entry: ReferralEntry | None, application_id: str | None,
+             fingerprint: int | None = None, record: bytes = b"") -> tuple[int, bytes | None]:
         validate_reservation(bucket, keys, amount, applicant, event_ms, application_id)
         b = self._b(bucket.id)
         use_dedupe = applicant is not None and bucket.dedupe_ms > 0
         use_grant = application_id is not None
+        use_app = fingerprint is not None
         kk = [self._counter(bucket, i, k) for i, k in enumerate(keys)]
         kk += [f"{b}:d:{applicant}" if use_dedupe else f"{b}:d:-", f"{b}:ledger",
-               f"{b}:g:{application_id}" if use_grant else f"{b}:g:-"]
+               f"{b}:g:{application_id}" if use_grant else f"{b}:g:-",
+               self._app(application_id) if use_app else f"{b}:a:-"]  # type: ignore[arg-type]
         args: list = [len(keys), amount, event_ms, bucket.dedupe_ms, int(use_dedupe),
                       int(use_grant), self.record_ttl_ms,
                       _entry_enc.encode(entry) if entry is not None else b"",
-                      application_id or ""]
+                      application_id or "", int(use_app),
+                      fingerprint.to_bytes(_FP_BYTES, "big") if use_app else b"", record]
         for cap, key in zip(bucket.caps, keys):
             ttl = window_end_ms(cap.window, key, bucket.timezone) - event_ms + COUNTER_GRACE_MS
             args += [-1 if cap.count is None else cap.count,
                      -1 if cap.amount is None else cap.amount, max(ttl, COUNTER_GRACE_MS)]
         for attempt in (1, 2):
             try:
-                return int(self._reserve(keys=kk, args=args))
+                reply = self._reserve(keys=kk, args=args)
+                code = int(reply[0])
+                if code == -2:
+                    stored = reply[1]
+                    return code, stored[_FP_BYTES:]
+                return code, None
+            except redis.ResponseError as exc:
+                if "ROUTER conflict" in str(exc):
+                    raise IdempotencyConflict(application_id or "?") from exc
+                raise StoreError(f"reserve at {bucket.id!r} failed: {exc}") from exc
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 # The reply may be lost after the script ran. With a grant record the retry
                 # is exactly-once (it answers GRANTED without applying again), so retry once.

@@ -4,10 +4,14 @@
 --       n+1    dedupe key of this applicant at this bucket (a placeholder if unused)
 --       n+2    ledger stream of this bucket
 --       n+3    grant record of this application at this bucket (a placeholder if unused)
+--       n+4    the application's decision record (single-trip mode; a placeholder if unused)
 -- ARGV: 1 n, 2 amount, 3 event_ms, 4 dedupe_ms, 5 use_dedupe (0/1), 6 use_grant (0/1),
---       7 grant_ttl_ms, 8 entry JSON ("" for no ledger entry), 9 application id,
+--       7 grant/record TTL ms, 8 entry JSON ("" for no ledger entry), 9 application id,
+--       10 use_app (0/1), 11 fingerprint (8 bytes), 12 decision record to store on a grant,
 --       then per cap i: count limit (-1 = none), amount limit (-1 = none), counter TTL ms
--- Returns 0 granted, 1 deduped, 2 + 2*i (+1 when the count is used up) for cap i refusing.
+-- Returns {0} granted, {1} deduped, {2 + 2*i (+1 when the count is used up)} for cap i
+-- refusing, or {-2, stored} when the application was already decided (single-trip mode).
+-- Single-trip mode touches the application's key too, so it is for non-cluster servers.
 --
 -- Every argument is validated before the first write: Redis does not roll back a script
 -- that fails half way. All keys carry the bucket's hash tag, so this is cluster-safe.
@@ -23,7 +27,7 @@ local function int(v, name, lo)
 end
 
 local n = int(ARGV[1], 'cap count', 0)
-if #KEYS ~= n + 3 or #ARGV ~= 9 + 3 * n then
+if #KEYS ~= n + 4 or #ARGV ~= 12 + 3 * n then
   error('ROUTER bad arity: ' .. #KEYS .. ' keys, ' .. #ARGV .. ' args for ' .. n .. ' caps')
 end
 local amount = int(ARGV[2], 'amount', 1)
@@ -33,16 +37,28 @@ local use_dedupe = ARGV[5] == '1'
 local use_grant = ARGV[6] == '1'
 local grant_ttl = int(ARGV[7], 'grant_ttl_ms', 1)
 local entry = ARGV[8]
+local use_app = ARGV[10] == '1'
+local fp = ARGV[11]
+if use_app and #fp ~= 8 then error('ROUTER bad fingerprint') end
 local limits = {}
 for i = 1, n do
-  local base = 9 + 3 * (i - 1)
+  local base = 12 + 3 * (i - 1)
   limits[i] = {int(ARGV[base + 1], 'count limit', -1), int(ARGV[base + 2], 'amount limit', -1),
                int(ARGV[base + 3], 'counter ttl', 1)}
 end
 
+-- Already decided (a retry, or a concurrent caller that won): answer with that decision.
+if use_app then
+  local stored = redis.call('GET', KEYS[n + 4])
+  if stored then
+    if string.sub(stored, 1, 8) ~= fp then error('ROUTER conflict: same id, other content') end
+    return {-2, stored}
+  end
+end
+
 -- A retry of a grant already made answers the same and applies nothing.
 if use_grant and redis.call('EXISTS', KEYS[n + 3]) == 1 then
-  return 0
+  return {0}
 end
 
 local used = {}
@@ -50,14 +66,14 @@ for i = 1, n do
   local v = redis.call('HMGET', KEYS[i], 'n', 'a')
   local c, a = tonumber(v[1]) or 0, tonumber(v[2]) or 0
   local cl, al = limits[i][1], limits[i][2]
-  if cl >= 0 and c + 1 > cl then return 2 + 2 * (i - 1) + 1 end
-  if al >= 0 and a + amount > al then return 2 + 2 * (i - 1) end
+  if cl >= 0 and c + 1 > cl then return {2 + 2 * (i - 1) + 1} end
+  if al >= 0 and a + amount > al then return {2 + 2 * (i - 1)} end
   if a + amount > MAX then error('ROUTER amount overflow at cap ' .. i) end
 end
 
 if use_dedupe then
   local last = tonumber(redis.call('GET', KEYS[n + 1]))
-  if last ~= nil and now - last < dedupe_ms then return 1 end
+  if last ~= nil and now - last < dedupe_ms then return {1} end
 end
 
 for i = 1, n do
@@ -74,4 +90,7 @@ end
 if use_grant then
   redis.call('SET', KEYS[n + 3], now, 'PX', grant_ttl)
 end
-return 0
+if use_app then
+  redis.call('SET', KEYS[n + 4], fp .. ARGV[12], 'PX', grant_ttl)
+end
+return {0}
