@@ -53,6 +53,7 @@ def key_of(event_ms: int, window: str, tz_name: str) -> int:
     return _keys_of(event_ms, zone(tz_name))[WINDOWS.index(window)]
 
 
+@lru_cache(maxsize=8192)
 def window_end_ms(window: str, key: int, tz_name: str) -> int:
     """Epoch ms at which the window with this key ends (the next window's local start)."""
     tz = zone(tz_name)
