@@ -69,6 +69,9 @@ class Allocator:
         self._ids: list[str] = []
         self._fps: list[int] = []
         self._once = False
+        self._recorded = False
+        #: How long a claim on an application protects a decision in progress.
+        self.claim_lease_ms = 5000
         self.log = get_logger("allocate")
 
     def known_refusal(self, bucket: Bucket, kcols: list[list[int]], i: int, amount: int) -> int:
@@ -98,6 +101,10 @@ class Allocator:
                 fingerprint=self._fps[i], record=record() if record is not None else b"")
             if existing is not None:
                 raise _Decided(existing)
+        elif self._recorded and record is not None:
+            r = self.store.try_reserve_recorded(bucket, keys, amount, applicant, t, entry,
+                                                application_id=self._ids[i],
+                                                fingerprint=self._fps[i], record=record())
         else:
             r = self.store.try_reserve(bucket, keys, amount, applicant, t, entry,
                                        application_id=self._ids[i])
@@ -131,6 +138,10 @@ class Allocator:
         # One decision on a store that can check, reserve and record in one round trip:
         # no separate recall, and a grant's record is written by the reservation itself.
         once = self._once = n == 1 and getattr(self.store, "single_trip", False)
+        # Shared stores, when a decision is not one single trip (a batch, or any decision on
+        # a cluster), claim each application first and keep the decision record with every
+        # grant, so a crash can never lead to a second grant (see router/store/redis.py).
+        claiming = self._recorded = not once and getattr(self.store, "needs_claims", False)
         try:
             recalled = {} if once else self.store.recall_many(ids, fps)
             down = recall_failed = False
@@ -174,6 +185,23 @@ class Allocator:
         blocked, next_unblock = 0, n
         until, block_cap = [n] * P, [0] * P
         degrade_keep = s.degraded.policy == "keep"
+        if claiming and not down:
+            try:
+                want = [i for i in todo if i not in recalled and i not in dups]
+                claims = self.store.claim_many([ids[i] for i in want], [fps[i] for i in want],
+                                               self.claim_lease_ms)
+                bucket_ids = [kb.id, bb.id] + [pb.id for pb in self.partner_buckets]
+                for i, ok in zip(want, claims):
+                    if not ok:
+                        rec = self.store.recover(ids[i], fps[i], bucket_ids,
+                                                 self.claim_lease_ms, event_ms[i])
+                        if rec is not None:
+                            recalled[i] = rec
+            except IdempotencyConflict:
+                raise
+            except StoreError as exc:
+                self.log.warning("store.unavailable", during="claim", error=str(exc))
+                down = True
         for i in todo:
             if i in recalled or i in dups:
                 continue
@@ -182,7 +210,8 @@ class Allocator:
                     t, amount = event_ms[i], amounts[i]
                     if keep_ok[i]:
                         rec = (lambda: pack_record(KEEP, bits[i], a.keep_profit[i], a.keep_apr[i],
-                                                   a.keep_margin[i], a.pd[i], "")) if once else None
+                                                   a.keep_margin[i], a.pd[i], "")) \
+                            if once or claiming else None
                         if known(kb, kkeys, i, amount) < 0 and \
                                 reserve(kb, kkeys, i, amount, None, t, None, rec) == GRANTED:
                             kind[i] = KEEP
@@ -191,7 +220,8 @@ class Allocator:
                     if branch_ok[i]:
                         rec = (lambda: pack_record(BRANCH, bits[i], a.branch_profit[i],
                                                    a.branch_apr[i], a.branch_margin[i],
-                                                   a.branch_pd[i], "")) if once else None
+                                                   a.branch_pd[i], "")) \
+                            if once or claiming else None
                         if known(bb, bkeys, i, amount) < 0 and \
                                 reserve(bb, bkeys, i, amount, None, t, None, rec) == GRANTED:
                             kind[i] = BRANCH
@@ -337,7 +367,7 @@ class Allocator:
             r = known(buckets[j], pkeys[j], i, amount)
             if r < 0:
                 rec = None
-                if self._once:
+                if self._once or self._recorded:
                     def rec(j=j, extra=extra) -> bytes:
                         return pack_record(REFER, bits | extra, evs[base + j],
                                            a.partner_apr[i, j], a.keep_margin[i], a.pd[i],

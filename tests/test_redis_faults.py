@@ -121,3 +121,34 @@ def test_redis_killed_mid_run_never_refers(own_server):
     node.kill(sig=signal.SIGKILL)  # kill -9
     after = [router.decide(_app(i)) for i in range(5, 15)]
     assert all(isinstance(d, Decline) and d.degraded for d in after)
+
+
+class SimulatedCrash(BaseException):
+    """Stands for the process dying (not an error the router handles)."""
+
+
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+def test_crash_between_grant_and_record_never_grants_twice(store_factory, kind, monkeypatch):
+    """A batch granted at bank_a crashes before recording its decisions. The retry runs a
+    strategy that would now pick plat_b: it must answer bank_a and grant nothing new."""
+    store = store_factory(kind)
+    scorers = {"main": ScoreLookupScorer({700: 0.02})}
+    apps = [_app(i, score=700, region="440300") for i in (1, 2)]  # unlicensed: referred
+    first = Router(strategy_from_dict(strategy_dict()), store, scorers=scorers)
+
+    def crash(*args, **kwargs):
+        raise SimulatedCrash
+
+    monkeypatch.setattr(store, "remember_many", crash)
+    with pytest.raises(SimulatedCrash):
+        first.decide_batch(apps)
+    monkeypatch.undo()
+    assert [e.partner_id for e in store.ledger()] == ["bank_a", "bank_a"]
+
+    d = strategy_dict(routing={"method": "best_value"})  # now plat_b has the higher value
+    retry = Router(strategy_from_dict(d), store, scorers=scorers)
+    answers = retry.decide_batch(apps)
+    assert [a.partner_id for a in answers] == ["bank_a", "bank_a"]
+    assert [e.partner_id for e in store.ledger()] == ["bank_a", "bank_a"]
+    fresh = retry.decide(_app(3, score=700, region="440300"))
+    assert fresh.partner_id == "plat_b"  # the new strategy does apply to new applications

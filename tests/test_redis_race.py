@@ -54,9 +54,17 @@ def test_count_cap_reached_exactly(url):
     assert len(list(quota_store_from_url(url).ledger())) == 100
 
 
-def test_same_application_from_many_processes_is_granted_once(url):
+@pytest.fixture
+def cluster_url(redis_cluster):
+    hosts = ",".join(f"{h}:{p}" for h, p in redis_cluster)
+    return f"redis+cluster://{hosts}?timeout_ms=5000&prefix=race{uuid.uuid4().hex[:6]}:"
+
+
+@pytest.mark.parametrize("target", ["url", "cluster_url"])
+def test_same_application_from_many_processes_is_granted_once(request, target):
     from router.store import quota_store_from_url
 
+    url = request.getfixturevalue(target)
     same = [[("dup-1", 42, 300_000)] * 5 for _ in range(WORKERS)]
     results = [r for batch in _run(url, same) for r in batch]
     assert {(o, p) for _, o, p in results} == {("Refer", "plat_b")}   # everyone: same answer

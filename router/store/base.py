@@ -159,6 +159,9 @@ class QuotaStore(ABC):
     #: True when :meth:`try_reserve_once` and :meth:`record_once` are atomic per call, so a
     #: single decision needs no separate recall and remember round trips.
     single_trip = False
+    #: True for stores shared between processes: decisions that are not a single trip then
+    #: claim applications first (an in-process store dies with its process, claims and all).
+    needs_claims = False
 
     def try_reserve_once(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
                          applicant: str | None, event_ms: int,
@@ -183,6 +186,27 @@ class QuotaStore(ABC):
             return existing
         self.remember(application_id, fingerprint, record, event_ms)
         return None
+
+    # ---- the cross-slot protocol (stores whose single_trip is False) -------------------
+
+    def claim_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
+                   lease_ms: int) -> list[bool]:
+        """Claim each application for deciding (True: ours). Default: nothing to claim."""
+        return [True] * len(application_ids)
+
+    def recover(self, application_id: str, fingerprint: int, bucket_ids: Sequence[str],
+                lease_ms: int, event_ms: int) -> bytes | None:
+        """For an application whose claim was taken: the decision made by whoever took it
+        (waiting up to ``lease_ms`` for one in flight), or None once the claim is ours."""
+        return None
+
+    def try_reserve_recorded(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
+                             applicant: str | None, event_ms: int,
+                             entry: ReferralEntry | None, *, application_id: str,
+                             fingerprint: int, record: bytes) -> int:
+        """:meth:`try_reserve`, keeping ``record`` with the grant (for crash recovery)."""
+        return self.try_reserve(bucket, keys, amount, applicant, event_ms, entry,
+                                application_id=application_id)
 
     def close(self) -> None:
         """Release connections (no-op by default)."""

@@ -26,10 +26,18 @@ slots):
 3. ``remember``: ``SET P{a:id} NX`` — the first record wins; a concurrent or retried
    decision of the same id gets the same answer on its next ``recall``.
 
-Not yet closed (tracked in issue 3): a crash between steps 2 and 3 followed by a retry
-that takes a *different* path (a window rolled meanwhile) could grant at a second bucket;
-the planned fix is an application-slot claim written before step 2 and, when a retry finds
-a claim without a record, a read of the grant records of every bucket before deciding.
+On a single server (``single_trip``) one script does all three for a decision: it answers
+from ``P{a:id}`` if present, else reserves and, on a grant, writes ``P{a:id}`` in the same
+atomic step; a decline is stored with ``SET NX GET``. No crash window exists.
+
+On a cluster ``P{a:id}`` is in another slot, so a decision first *claims* the application
+(``SET P{a:id}:claim NX PX lease``, one pipeline per batch) and each grant stores the
+decision record in its grant key. A caller that finds the claim taken — a retry after a
+crash, or a concurrent caller — does not decide: it reads ``P{a:id}``, then the grant keys
+of every bucket (a grant whose decision was never recorded is recorded now and answered),
+and otherwise waits for the claim's holder until the lease expires and the claim is free.
+So a crash between the reservation and step 3 can never lead to a second grant at another
+bucket, and concurrent callers all get the first decision.
 
 redis-py errors are wrapped once into :class:`~router.errors.StoreError`. Scripts are
 sent with EVALSHA; after ``SCRIPT FLUSH`` or a restart redis-py reloads on NOSCRIPT, which
@@ -39,6 +47,7 @@ nothing is re-sent behind the router's back.
 
 from __future__ import annotations
 
+import time
 from importlib import resources
 from typing import Iterable, Sequence
 from urllib.parse import parse_qs, urlsplit
@@ -113,6 +122,8 @@ class RedisQuotaStore(QuotaStore):
 
     # ---- QuotaStore ------------------------------------------------------------------
 
+    needs_claims = True
+
     @property
     def single_trip(self) -> bool:
         """One round trip per decision (check, reserve, record) — not across cluster slots."""
@@ -138,6 +149,56 @@ class RedisQuotaStore(QuotaStore):
         return self._run(bucket, keys, amount, applicant, event_ms, entry, application_id,
                          fingerprint, record)
 
+    def try_reserve_recorded(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
+                             applicant: str | None, event_ms: int,
+                             entry: ReferralEntry | None, *, application_id: str,
+                             fingerprint: int, record: bytes) -> int:
+        return self._run(bucket, keys, amount, applicant, event_ms, entry, application_id,
+                         fingerprint, record, use_app=False)[0]
+
+    def claim_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
+                   lease_ms: int) -> list[bool]:
+        pipe = self.client.pipeline(transaction=False)
+        for a, fp in zip(application_ids, fingerprints):
+            pipe.set(f"{self._app(a)}:claim", fp.to_bytes(_FP_BYTES, "big"), nx=True, px=lease_ms)
+        try:
+            return [bool(x) for x in pipe.execute()]
+        except redis.RedisError as exc:
+            raise StoreError(f"claim failed: {exc}") from exc
+
+    def recover(self, application_id: str, fingerprint: int, bucket_ids: Sequence[str],
+                lease_ms: int, event_ms: int) -> bytes | None:
+        deadline = time.monotonic() + lease_ms / 1000 + 0.5
+        while True:
+            rec = self.recall(application_id, fingerprint)
+            if rec is not None:
+                return rec
+            rec = self.grant_record(application_id, fingerprint, bucket_ids)
+            if rec is not None:  # granted, but the decision was never recorded (a crash)
+                existing = self.record_once(application_id, fingerprint, rec, event_ms)
+                return existing if existing is not None else rec
+            if self.claim_many([application_id], [fingerprint], lease_ms)[0]:
+                return None  # the claim expired: the decision is ours to make
+            if time.monotonic() > deadline:
+                raise StoreError(f"application {application_id!r} is being decided elsewhere")
+            time.sleep(0.002)
+
+    def grant_record(self, application_id: str, fingerprint: int,
+                     bucket_ids: Sequence[str]) -> bytes | None:
+        """The decision record stored with a grant of this application at any bucket."""
+        pipe = self.client.pipeline(transaction=False)
+        for bid in bucket_ids:
+            pipe.get(f"{self._b(bid)}:g:{application_id}")
+        try:
+            values = pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreError(f"grant lookup failed: {exc}") from exc
+        for v in values:
+            if v is not None and len(v) > _FP_BYTES and v[:_FP_BYTES] == \
+                    fingerprint.to_bytes(_FP_BYTES, "big"):
+                return v[_FP_BYTES:]
+        return None
+
     def record_once(self, application_id: str, fingerprint: int, record: bytes,
                     event_ms: int) -> bytes | None:
         """Store the record unless one exists; return the existing record if one does."""
@@ -155,12 +216,14 @@ class RedisQuotaStore(QuotaStore):
 
     def _run(self, bucket: Bucket, keys: tuple[int, ...], amount: int, applicant: str | None,
              event_ms: int, entry: ReferralEntry | None, application_id: str | None,
-             fingerprint: int | None = None, record: bytes = b"") -> tuple[int, bytes | None]:
+             fingerprint: int | None = None, record: bytes = b"",
+             use_app: bool | None = None) -> tuple[int, bytes | None]:
         validate_reservation(bucket, keys, amount, applicant, event_ms, application_id)
         b = self._b(bucket.id)
         use_dedupe = applicant is not None and bucket.dedupe_ms > 0
         use_grant = application_id is not None
-        use_app = fingerprint is not None
+        if use_app is None:
+            use_app = fingerprint is not None
         kk = [self._counter(bucket, i, k) for i, k in enumerate(keys)]
         kk += [f"{b}:d:{applicant}" if use_dedupe else f"{b}:d:-", f"{b}:ledger",
                f"{b}:g:{application_id}" if use_grant else f"{b}:g:-",
@@ -169,7 +232,8 @@ class RedisQuotaStore(QuotaStore):
                       int(use_grant), self.record_ttl_ms,
                       _entry_enc.encode(entry) if entry is not None else b"",
                       application_id or "", int(use_app),
-                      fingerprint.to_bytes(_FP_BYTES, "big") if use_app else b"", record]
+                      fingerprint.to_bytes(_FP_BYTES, "big") if fingerprint is not None else b"",
+                      record]
         for cap, key in zip(bucket.caps, keys):
             ttl = window_end_ms(cap.window, key, bucket.timezone) - event_ms + COUNTER_GRACE_MS
             args += [-1 if cap.count is None else cap.count,

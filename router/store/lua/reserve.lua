@@ -39,7 +39,7 @@ local grant_ttl = int(ARGV[7], 'grant_ttl_ms', 1)
 local entry = ARGV[8]
 local use_app = ARGV[10] == '1'
 local fp = ARGV[11]
-if use_app and #fp ~= 8 then error('ROUTER bad fingerprint') end
+if (use_app or ARGV[12] ~= '') and #fp ~= 8 then error('ROUTER bad fingerprint') end
 local limits = {}
 for i = 1, n do
   local base = 12 + 3 * (i - 1)
@@ -88,7 +88,11 @@ if entry ~= '' then
   redis.call('XADD', KEYS[n + 2], '*', 'app', ARGV[9], 'entry', entry)
 end
 if use_grant then
-  redis.call('SET', KEYS[n + 3], now, 'PX', grant_ttl)
+  -- The grant record holds the decision record when one is given: a retry that finds the
+  -- claim but no decision recovers the decision from here (see redis.py's protocol).
+  local rec = ARGV[12]
+  if rec == '' then rec = tostring(now) else rec = fp .. rec end
+  redis.call('SET', KEYS[n + 3], rec, 'PX', grant_ttl)
 end
 if use_app then
   redis.call('SET', KEYS[n + 4], fp .. ARGV[12], 'PX', grant_ttl)
