@@ -70,6 +70,8 @@ class Allocator:
         self._fps: list[int] = []
         self._once = False
         self._recorded = False
+        #: Send a batch's reservations in pipelined rounds (live coalescing; see _rounds).
+        self._pipelined = False
         #: How long a claim on an application protects a decision in progress.
         self.claim_lease_ms = 5000
         self.log = get_logger("allocate")
@@ -108,6 +110,11 @@ class Allocator:
         else:
             r = self.store.try_reserve(bucket, keys, amount, applicant, t, entry,
                                        application_id=self._ids[i])
+        self.note(bucket, keys, amount, r, t)
+        return r
+
+    def note(self, bucket: Bucket, keys: tuple[int, ...], amount: int, r: int, t: int) -> None:
+        """Learn from a store result: refused-amount floors, refusal counts, ``on_cap``."""
         if r >= CAP_HIT:
             bid = bucket.id
             k = cap_index(r)
@@ -123,11 +130,11 @@ class Allocator:
             self.refusals[bid, w] = self.refusals.get((bid, w), 0) + 1
             if first and self.on_cap is not None:
                 self.on_cap(bid, w, keys[k], t)
-        return r
 
-    def allocate(self, cols: AppColumns, a: Assessment) -> Outcomes:
-        """Decide every row of the batch against the store."""
+    def allocate(self, cols: AppColumns, a: Assessment, pipelined: bool = False) -> Outcomes:
+        """Decide every row of the batch against the store (``pipelined``: see _rounds)."""
         with self.lock:
+            self._pipelined = pipelined
             return self._allocate(cols, a)
 
     def _allocate(self, cols: AppColumns, a: Assessment) -> Outcomes:
@@ -202,6 +209,16 @@ class Allocator:
             except StoreError as exc:
                 self.log.warning("store.unavailable", during="claim", error=str(exc))
                 down = True
+        if self._pipelined and not down and not once:
+            try:
+                self._rounds(cols, a, todo, recalled, dups, kind, chosen, bits, mask_l, decode,
+                             ev_flat, pkeys, kkeys, bkeys, claiming)
+            except IdempotencyConflict:
+                raise
+            except StoreError as exc:
+                self.log.warning("store.unavailable", during="reserve", error=str(exc))
+                down = True
+            todo = [i for i in todo if down and kind[i] == DECLINE] if down else []
         for i in todo:
             if i in recalled or i in dups:
                 continue
@@ -309,6 +326,91 @@ class Allocator:
         except StoreError as exc:
             self.log.warning("store.unavailable", during="remember", error=str(exc))
         return out
+
+    def _rounds(self, cols: AppColumns, a: Assessment, todo: list[int], recalled: dict,
+                dups: dict, kind: list[int], chosen: list[int], bits: list[int],
+                mask_l: list[int], decode: dict, ev_flat: list[float], pkeys: list,
+                kkeys: list, bkeys: list, claiming: bool) -> None:
+        """Pipelined allocation: every row's next candidate goes to the store in one
+        pipeline per round, so a batch costs a few round trips instead of one per attempt.
+
+        Each row still tries keep, branch, then partners in routing order, and caps are
+        never overrun (each reservation is atomic); but rows of the batch are treated as
+        concurrent, so which of two rows wins a last place may differ from arrival order.
+        """
+        s, P = self.strategy, len(self.strategy.partners)
+        rank, method, known = self.rank, s.routing.method, self.known_refusal
+        kb, bb = self.keep_bucket, self.branch_bucket
+        event_ms, amounts = cols.event_ms.tolist(), cols.requested_amount.tolist()
+        keep_ok, branch_ok = a.keep_ok.tolist(), a.branch_ok.tolist()
+        plans: dict[int, list] = {}
+        for i in todo:
+            if i in recalled or i in dups:
+                continue
+            cands: list[int] = ([-2] if keep_ok[i] else []) + ([-1] if branch_ok[i] else [])
+            eligible: list[int] = []
+            m = mask_l[i]
+            if m:
+                eligible = decode.get(m) or decode.setdefault(
+                    m, [j for j in range(P) if m >> j & 1])
+                if len(eligible) == 1 or method == "waterfall":
+                    cands += sorted(eligible, key=rank.__getitem__)
+                elif method == "best_value":
+                    base = i * P
+                    cands += sorted(eligible, key=lambda j: (-ev_flat[base + j], rank[j]))
+                else:
+                    cands += self.rotation.order(eligible)
+            plans[i] = [cands, 0, eligible]
+        refused_bit = {-2: _KEEP_FULL, -1: _BRANCH_FULL}
+        while plans:
+            requests, owners = [], []
+            for i, plan in list(plans.items()):
+                cands, pos, _ = plan
+                amount, t = amounts[i], event_ms[i]
+                while pos < len(cands):
+                    c = cands[pos]
+                    bucket, kc = (kb, kkeys) if c == -2 else (bb, bkeys) if c == -1 else \
+                        (self.partner_buckets[c], pkeys[c])
+                    if known(bucket, kc, i, amount) < 0:
+                        break
+                    bits[i] |= refused_bit.get(c, _QUOTA)
+                    pos += 1
+                plan[1] = pos
+                if pos == len(cands):
+                    del plans[i]
+                    continue
+                keys = tuple([col[i] for col in kc])
+                if c >= 0:
+                    ev = ev_flat[i * P + c]
+                    entry = _make_entry(s, cols, i, c, t, amount, ev)
+                    record = pack_record(REFER, bits[i], ev, a.partner_apr[i, c],
+                                         a.keep_margin[i], a.pd[i], s.partners[c].id)
+                    applicant = cols.applicant[i]
+                elif c == -2:
+                    entry, applicant = None, None
+                    record = pack_record(KEEP, bits[i], a.keep_profit[i], a.keep_apr[i],
+                                         a.keep_margin[i], a.pd[i], "")
+                else:
+                    entry, applicant = None, None
+                    record = pack_record(BRANCH, bits[i], a.branch_profit[i], a.branch_apr[i],
+                                         a.branch_margin[i], a.branch_pd[i], "")
+                requests.append((bucket, keys, amount, applicant, t, entry, self._ids[i],
+                                 self._fps[i], record if claiming else b""))
+                owners.append((i, c, bucket, keys))
+            if not requests:
+                break
+            for (i, c, bucket, keys), r in zip(owners, self.store.try_reserve_many(requests)):
+                self.note(bucket, keys, amounts[i], r, event_ms[i])
+                if r == GRANTED:
+                    kind[i] = KEEP if c == -2 else BRANCH if c == -1 else REFER
+                    if c >= 0:
+                        chosen[i] = c
+                        if method == "weighted":
+                            self.rotation.granted(c, plans[i][2])
+                    del plans[i]
+                else:
+                    bits[i] |= refused_bit.get(c, _DEDUPE if r == DEDUPED else _QUOTA)
+                    plans[i][1] += 1
 
     def _refusing_window(self, j: int, k: int, kcols: list[list[int]], i: int, amount: int) -> str:
         """The window :meth:`known_refusal` would name: the first cap before ``k`` with a

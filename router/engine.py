@@ -68,22 +68,29 @@ class Router:
         """Decide one application."""
         return self.decide_batch([app])[0]
 
-    def decide_batch(self, apps: Sequence[Application]) -> list[Decision]:
-        """Decide several applications: scored together, reserved in the given order."""
+    def decide_batch(self, apps: Sequence[Application], *, pipelined: bool = False) -> list[Decision]:
+        """Decide several applications: scored together, reserved in the given order.
+
+        ``pipelined=True`` is for a live service coalescing concurrent requests: the
+        batch's reservations go to the store in a few pipelined rounds instead of one round
+        trip each. Caps and exactly-once hold as always, but the applications are treated
+        as concurrent (arrival order inside the batch is not kept), so replay leaves it off.
+        """
         if not apps:
             return []
         cols = from_applications(apps, self.hasher)
-        return to_decisions(self.decide_columns(cols), cols.application_id, self.strategy.version)
+        return to_decisions(self.decide_columns(cols, pipelined=pipelined), cols.application_id,
+                            self.strategy.version)
 
     async def adecide(self, app: Application) -> Decision:
         """Async variant of :meth:`decide` for event-loop callers (the in-memory store never
         waits on I/O; a network store brings its own async client)."""
         return self.decide(app)
 
-    def decide_columns(self, cols: AppColumns) -> Outcomes:
+    def decide_columns(self, cols: AppColumns, *, pipelined: bool = False) -> Outcomes:
         """Decide a column batch (the replay path); outcomes stay columnar."""
         if self.clock is not None:
             # The caller's clock, read once per application, replaces event time everywhere.
             cols.event_ms = np.array([self.clock() for _ in range(len(cols))], dtype=np.int64)
         a = assess(cols, self.strategy, self.scorers, self._employers, self._table)
-        return self._allocator.allocate(cols, a)
+        return self._allocator.allocate(cols, a, pipelined)

@@ -208,5 +208,20 @@ class QuotaStore(ABC):
         return self.try_reserve(bucket, keys, amount, applicant, event_ms, entry,
                                 application_id=application_id)
 
+    def try_reserve_many(self, requests: Sequence[tuple]) -> list[int]:
+        """Several independent reservations, in order; each request is (bucket, keys,
+        amount, applicant, event_ms, entry, application_id, fingerprint, record) — a
+        non-empty ``record`` is kept with a grant. Network stores send them as one pipeline."""
+        out = []
+        for bucket, keys, amount, applicant, t, entry, app_id, fp, record in requests:
+            if record:
+                out.append(self.try_reserve_recorded(bucket, keys, amount, applicant, t, entry,
+                                                     application_id=app_id, fingerprint=fp,
+                                                     record=record))
+            else:
+                out.append(self.try_reserve(bucket, keys, amount, applicant, t, entry,
+                                            application_id=app_id))
+        return out
+
     def close(self) -> None:
         """Release connections (no-op by default)."""
