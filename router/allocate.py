@@ -144,13 +144,18 @@ class Allocator:
         degraded = [False] * n
         # One decision on a store that can check, reserve and record in one round trip:
         # no separate recall, and a grant's record is written by the reservation itself.
-        once = self._once = n == 1 and getattr(self.store, "single_trip", False)
+        shared = getattr(self.store, "needs_claims", False)
+        single = getattr(self.store, "single_trip", False)
+        # Single-trip reservations (check the application's record, reserve, record a grant,
+        # all atomic): for one decision on any store that can, and for every batch on a
+        # shared store that can (a single Redis server) — no claims needed there.
+        once = self._once = single and (n == 1 or shared)
         # Shared stores, when a decision is not one single trip (a batch, or any decision on
         # a cluster), claim each application first and keep the decision record with every
         # grant, so a crash can never lead to a second grant (see router/store/redis.py).
-        claiming = self._recorded = not once and getattr(self.store, "needs_claims", False)
+        claiming = self._recorded = shared and not single
         try:
-            recalled = {} if once else self.store.recall_many(ids, fps)
+            recalled = {} if once and n == 1 else self.store.recall_many(ids, fps)
             down = recall_failed = False
         except IdempotencyConflict:
             raise
@@ -209,7 +214,7 @@ class Allocator:
             except StoreError as exc:
                 self.log.warning("store.unavailable", during="claim", error=str(exc))
                 down = True
-        if self._pipelined and not down and not once:
+        if self._pipelined and not down and n > 1:
             try:
                 self._rounds(cols, a, todo, recalled, dups, kind, chosen, bits, mask_l, decode,
                              ev_flat, pkeys, kkeys, bkeys, claiming)
@@ -299,15 +304,22 @@ class Allocator:
         for i, j in dups.items():
             out.set_record(i, records[j])
         if once:
-            if 0 not in recalled and not degraded[0] and out.kind[0] == DECLINE:
-                try:  # store the decline unless a concurrent caller decided first
-                    existing = self.store.record_once(ids[0], fps[0], records[0], event_ms[0])
-                    if existing is not None:
-                        out.set_record(0, existing)
-                except IdempotencyConflict:
-                    raise
-                except StoreError as exc:
-                    self.log.warning("store.unavailable", during="remember", error=str(exc))
+            # Grants were recorded by their reservations; store the declines unless a
+            # concurrent caller decided first (then its decision is the answer).
+            rows = [i for i in range(n) if i not in recalled and i not in dups
+                    and not degraded[i] and out.kind[i] == DECLINE]
+            try:
+                if rows:
+                    found = self.store.record_many([ids[i] for i in rows], [fps[i] for i in rows],
+                                                   [records[i] for i in rows],
+                                                   [event_ms[i] for i in rows])
+                    for i, existing in zip(rows, found):
+                        if existing is not None:
+                            out.set_record(i, existing)
+            except IdempotencyConflict:
+                raise
+            except StoreError as exc:
+                self.log.warning("store.unavailable", during="remember", error=str(exc))
             return out
         try:
             if recalled or dups or down:
@@ -395,11 +407,16 @@ class Allocator:
                     record = pack_record(BRANCH, bits[i], a.branch_profit[i], a.branch_apr[i],
                                          a.branch_margin[i], a.branch_pd[i], "")
                 requests.append((bucket, keys, amount, applicant, t, entry, self._ids[i],
-                                 self._fps[i], record if claiming else b""))
+                                 self._fps[i], record if claiming or self._once else b""))
                 owners.append((i, c, bucket, keys))
             if not requests:
                 break
-            for (i, c, bucket, keys), r in zip(owners, self.store.try_reserve_many(requests)):
+            results = self.store.try_reserve_many(requests, single_trip=self._once)
+            for (i, c, bucket, keys), (r, stored) in zip(owners, results):
+                if stored is not None:  # decided before (a retry, or a concurrent caller)
+                    recalled[i] = stored
+                    del plans[i]
+                    continue
                 self.note(bucket, keys, amounts[i], r, event_ms[i])
                 if r == GRANTED:
                     kind[i] = KEEP if c == -2 else BRANCH if c == -1 else REFER

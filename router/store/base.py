@@ -208,20 +208,33 @@ class QuotaStore(ABC):
         return self.try_reserve(bucket, keys, amount, applicant, event_ms, entry,
                                 application_id=application_id)
 
-    def try_reserve_many(self, requests: Sequence[tuple]) -> list[int]:
+    def try_reserve_many(self, requests: Sequence[tuple], *,
+                         single_trip: bool = False) -> list[tuple[int, bytes | None]]:
         """Several independent reservations, in order; each request is (bucket, keys,
-        amount, applicant, event_ms, entry, application_id, fingerprint, record) — a
-        non-empty ``record`` is kept with a grant. Network stores send them as one pipeline."""
-        out = []
+        amount, applicant, event_ms, entry, application_id, fingerprint, record). With
+        ``single_trip`` each is :meth:`try_reserve_once`; otherwise a non-empty ``record`` is
+        kept with the grant. Returns (result, stored record or None) per request. Network
+        stores send them as one pipeline."""
+        out: list[tuple[int, bytes | None]] = []
         for bucket, keys, amount, applicant, t, entry, app_id, fp, record in requests:
-            if record:
-                out.append(self.try_reserve_recorded(bucket, keys, amount, applicant, t, entry,
-                                                     application_id=app_id, fingerprint=fp,
-                                                     record=record))
+            if single_trip:
+                out.append(self.try_reserve_once(bucket, keys, amount, applicant, t, entry,
+                                                 application_id=app_id, fingerprint=fp,
+                                                 record=record))
+            elif record:
+                out.append((self.try_reserve_recorded(
+                    bucket, keys, amount, applicant, t, entry, application_id=app_id,
+                    fingerprint=fp, record=record), None))
             else:
-                out.append(self.try_reserve(bucket, keys, amount, applicant, t, entry,
-                                            application_id=app_id))
+                out.append((self.try_reserve(bucket, keys, amount, applicant, t, entry,
+                                             application_id=app_id), None))
         return out
+
+    def record_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
+                    records: Sequence[bytes], event_ms: Sequence[int]) -> list[bytes | None]:
+        """:meth:`record_once` for many; network stores pipeline it."""
+        return [self.record_once(a, fp, r, t)
+                for a, fp, r, t in zip(application_ids, fingerprints, records, event_ms)]
 
     def close(self) -> None:
         """Release connections (no-op by default)."""

@@ -241,17 +241,18 @@ class RedisQuotaStore(QuotaStore):
                      -1 if cap.amount is None else cap.amount, max(ttl, COUNTER_GRACE_MS)]
         return kk, args
 
-    def try_reserve_many(self, requests) -> list[int]:
+    def try_reserve_many(self, requests, *, single_trip: bool = False):
         if not self.single_trip:  # cluster: keys of many slots; one by one
-            return super().try_reserve_many(requests)
-        calls = [self._prepare(b, k, amt, appl, t, e, app, fp if rec else None, rec, False)
+            return super().try_reserve_many(requests, single_trip=False)
+        calls = [self._prepare(b, k, amt, appl, t, e, app, fp if rec or single_trip else None,
+                               rec, single_trip)
                  for b, k, amt, appl, t, e, app, fp, rec in requests]
         for attempt in (1, 2):
             pipe = self.client.pipeline(transaction=False)
             for kk, args in calls:
                 self._reserve(keys=kk, args=args, client=pipe)
             try:
-                return [int(reply[0]) for reply in pipe.execute()]
+                replies = pipe.execute(raise_on_error=False)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 # Every request carries its application id, so grant records make a resend
                 # exactly-once: scripts that ran answer GRANTED without applying again.
@@ -260,7 +261,32 @@ class RedisQuotaStore(QuotaStore):
                 raise StoreError(f"pipelined reserve failed: {exc}") from exc
             except redis.RedisError as exc:
                 raise StoreError(f"pipelined reserve failed: {exc}") from exc
+            out: list[tuple[int, bytes | None]] = []
+            for req, reply in zip(requests, replies):
+                if isinstance(reply, Exception):
+                    if "ROUTER conflict" in str(reply):
+                        raise IdempotencyConflict(req[6] or "?") from reply
+                    raise StoreError(f"pipelined reserve failed: {reply}") from reply
+                code = int(reply[0])
+                out.append((code, reply[1][_FP_BYTES:] if code == -2 else None))
+            return out
         raise AssertionError("unreachable")
+
+    def record_many(self, application_ids, fingerprints, records, event_ms):
+        pipe = self.client.pipeline(transaction=False)
+        for a, fp, rec in zip(application_ids, fingerprints, records):
+            pipe.set(self._app(a), fp.to_bytes(_FP_BYTES, "big") + rec, nx=True,
+                     px=self.record_ttl_ms, get=True)
+        try:
+            olds = pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreError(f"record failed: {exc}") from exc
+        out: list[bytes | None] = []
+        for a, fp, old in zip(application_ids, fingerprints, olds):
+            if old is not None and old[:_FP_BYTES] != fp.to_bytes(_FP_BYTES, "big"):
+                raise IdempotencyConflict(a)
+            out.append(None if old is None else old[_FP_BYTES:])
+        return out
 
     def _run(self, bucket: Bucket, keys: tuple[int, ...], amount: int, applicant: str | None,
              event_ms: int, entry: ReferralEntry | None, application_id: str | None,
