@@ -26,6 +26,7 @@ test: install-dev
 bench: install-dev
 	$(BIN)/python bench/bench_decide.py
 	$(BIN)/python bench/bench_replay.py
+	$(BIN)/python bench/bench_redis.py
 
 clean:
 	rm -rf out .pytest_cache build *.egg-info

@@ -47,14 +47,18 @@ def _progress(total: int | None, label: str) -> Progress:
 def decide(
     application: str = typer.Argument("-", help="application JSON file, a JSON object, or - for stdin (JSON Lines)"),
     strategy: Path = typer.Option(..., "--strategy", "-s", help="strategy TOML"),
+    store: str = typer.Option("memory://", "--store",
+                              help="quota store URL: memory://, redis://…, redis+cluster://…"),
 ) -> None:
     """Decide applications and print each decision as one JSON line."""
     from router.config import load_strategy
     from router.engine import Router
     from router.messages import decode_application, encode
 
+    from router.store import quota_store_from_url
+
     try:
-        router = Router(load_strategy(strategy))
+        router = Router(load_strategy(strategy), quota_store_from_url(store))
         if application == "-":
             lines = [ln for ln in sys.stdin.buffer.read().splitlines() if ln.strip()]
         elif application.lstrip().startswith("{"):
