@@ -92,3 +92,49 @@ def test_ledger_entries_in_streams_carry_no_raw_identifier(store_factory, make_r
     raw = b"".join(f[b"entry"] for _, f in store.client.xrange(f"{store.prefix}{{p:plat_b}}:ledger"))
     assert b"110101199001015555" not in raw
     assert msgspec.json.decode(raw)["terms"]["rev_share"] == 0.3
+
+
+def test_every_counter_key_has_a_ttl_after_a_replay(tmp_path, store_factory):
+    from router.traffic import write_traffic as wt
+
+    store = store_factory("redis")
+    t = wt(tmp_path / "t.parquet", 3000, seed=8, per_day=3000)
+    replay(load_strategy("configs/strategy.toml"), t, tmp_path / "o", store=store)
+    counters = list(store.client.scan_iter(match=f"{store.prefix}*:c:*", count=1000))
+    assert counters
+    assert all(store.client.pttl(k) > 0 for k in counters)
+    others = list(store.client.scan_iter(match=f"{store.prefix}*", count=1000))
+    ledgers = [k for k in others if k.endswith(b":ledger")]
+    assert all(store.client.pttl(k) > 0 for k in others if k not in ledgers)  # only streams persist
+
+
+def test_prefixes_isolate_strategies_on_one_server(store_factory):
+    a, b = store_factory("redis"), store_factory("redis")
+    t = _ms(2026, 11, 2, 4)
+    bk = Bucket("p1", (CapLimit("day", 1, None),), TZ)
+    k = (key_of(t, "day", TZ),)
+    assert a.try_reserve(bk, k, 5, None, t) == GRANTED
+    assert b.try_reserve(bk, k, 5, None, t) == GRANTED  # its own counters
+    assert a.try_reserve(bk, k, 5, None, t) >= 2
+
+
+def test_password_in_the_url(tmp_path):
+    import port_for
+
+    from router.errors import StoreError
+    from router.store import quota_store_from_url
+    from servers import start_node
+
+    port = port_for.select_random()
+    node = start_node(tmp_path, port, "--requirepass", "s3cret")
+    try:
+        t = _ms(2026, 11, 2, 4)
+        bk = Bucket("p1", (CapLimit("day", 1, None),), TZ)
+        k = (key_of(t, "day", TZ),)
+        good = quota_store_from_url(f"redis://:s3cret@127.0.0.1:{port}/0?timeout_ms=2000")
+        assert good.try_reserve(bk, k, 5, None, t) == GRANTED
+        bad = quota_store_from_url(f"redis://:wrong@127.0.0.1:{port}/0?timeout_ms=2000")
+        with pytest.raises(StoreError):
+            bad.try_reserve(bk, k, 5, None, t)
+    finally:
+        node.stop()
