@@ -71,6 +71,16 @@ def test_conformance(name, scorers, data):
         np.testing.assert_allclose(batch, source.predict_proba(X)[:, 1], rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("name", ["linear_json", "linear_compiled", "onnx_trees"])
+def test_batch_of_one_is_bit_identical_to_the_batch(name, scorers, data):
+    """Live (one row) and replay (large batches) must see the very same PD at a cut-off."""
+    scorer, _ = scorers[name]
+    X, _ = data
+    batch = scorer.pd_batch(X)
+    ones = np.concatenate([scorer.pd_batch(X[i:i + 1]) for i in range(len(X))])
+    assert np.array_equal(batch, ones)
+
+
 def test_compiled_kinds(scorers):
     assert isinstance(scorers["linear_compiled"][0], LinearScorer)
     assert isinstance(scorers["onnx_trees"][0], OnnxTreeScorer)

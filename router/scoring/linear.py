@@ -60,6 +60,13 @@ class LinearScorer:
         product: every row's PD is then bit-identical whatever the batch size, so replay
         and live decisions cannot differ at a cut-off.
         """
+        if len(X) == 1:
+            # One live row: the same additions in the same order on Python floats (IEEE
+            # doubles, bit-identical to numpy's elementwise ops) and numpy's own exp.
+            z1 = self.intercept_
+            for c, v in zip(self._pairs, X[0].tolist()):
+                z1 += c * v
+            return sigmoid_v(np.array([z1]))
         z = np.full(len(X), self.intercept_)
         for j, c in enumerate(self._pairs):
             z += c * X[:, j]
