@@ -188,7 +188,7 @@ class Allocator:
         reserve, refer, known = self.reserve, self._refer, self.known_refusal
         kb, bb = self.keep_bucket, self.branch_bucket
         kkeys, bkeys = keys.get(kb), keys.get(bb)
-        pkeys = [keys.get(pb) for pb in self.partner_buckets]
+        pkeys = _LazyKeys(keys, self.partner_buckets)
         # Partners whose count cap is full for the window the current rows are in are
         # refused without a store call or floor lookup until the first row of the next
         # window (rows are in time order).
@@ -547,6 +547,20 @@ def _fill(a: Assessment, kind: np.ndarray, chosen: list[int], bits: np.ndarray,
     partner = [partner_ids[j] if j >= 0 else "" for j in chosen]
     return Outcomes(kind=kind, partner=partner, bits=bits, value=np.rint(value).astype(np.int64),
                     apr=apr, margin=margin, pd=pd, degraded=degraded)
+
+
+class _LazyKeys:
+    """``pkeys[j]``: the window-key columns of partner j's bucket, built on first use."""
+
+    def __init__(self, rows: "_KeyRows", buckets: list[Bucket]):
+        self._rows, self._buckets = rows, buckets
+        self._got: dict[int, list[list[int]]] = {}
+
+    def __getitem__(self, j: int) -> list[list[int]]:
+        got = self._got.get(j)
+        if got is None:
+            got = self._got[j] = self._rows.get(self._buckets[j])
+        return got
 
 
 class _KeyRows:

@@ -57,6 +57,10 @@ class Outcomes:
 
     def records(self) -> list[bytes]:
         """Every row's idempotency record (see :data:`RECORD_DTYPE`)."""
+        if len(self.kind) == 1:  # one live decision: struct beats a structured array
+            return [pack_record(int(self.kind[0]), int(self.bits[0]), float(self.value[0]),
+                                float(self.apr[0]), float(self.margin[0]), float(self.pd[0]),
+                                self.partner[0])]
         rec = np.empty(len(self.kind), dtype=RECORD_DTYPE)
         rec["kind"], rec["bits"], rec["value"] = self.kind, self.bits, self.value
         rec["apr"], rec["margin"], rec["pd"] = self.apr, self.margin, self.pd

@@ -38,3 +38,20 @@ def test_row_fingerprints_agree_and_see_every_field():
                    {"employer": "Other"}, {"region": "310100"}, {"fraud_flag": True}):
         other = make_application(**change)
         assert from_applications([base], h).fingerprint != from_applications([other], h).fingerprint
+
+
+def test_one_record_packs_like_the_columns():
+    import numpy as np
+
+    from router.outcomes import Outcomes
+
+    cols = Outcomes(kind=np.array([2, 3], dtype=np.int8), partner=["plat_b", ""],
+                    bits=np.array([5, 2**40], dtype=np.uint64), value=np.array([1234, 0]),
+                    apr=np.array([0.18, np.nan]), margin=np.array([-0.01, 0.02]),
+                    pd=np.array([0.2, 0.5]), degraded=np.array([False, False]))
+    for i in range(2):
+        one = Outcomes(kind=cols.kind[i:i + 1], partner=cols.partner[i:i + 1],
+                       bits=cols.bits[i:i + 1], value=cols.value[i:i + 1], apr=cols.apr[i:i + 1],
+                       margin=cols.margin[i:i + 1], pd=cols.pd[i:i + 1],
+                       degraded=cols.degraded[i:i + 1])
+        assert one.records() == [cols.records()[i]]
