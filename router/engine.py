@@ -9,6 +9,7 @@ the store and, optionally, a clock are passed in.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Callable, Sequence
 
 import numpy as np
@@ -83,9 +84,12 @@ class Router:
                             self.strategy.version)
 
     async def adecide(self, app: Application) -> Decision:
-        """Async variant of :meth:`decide` for event-loop callers (the in-memory store never
-        waits on I/O; a network store brings its own async client)."""
-        return self.decide(app)
+        """Async variant of :meth:`decide` for event-loop callers: with a network store the
+        decision runs in a worker thread so the loop is not blocked on the round trip (the
+        in-memory store never waits, so it is decided inline)."""
+        if isinstance(self.store, MemoryQuotaStore):
+            return self.decide(app)
+        return await asyncio.to_thread(self.decide, app)
 
     def decide_columns(self, cols: AppColumns, *, pipelined: bool = False) -> Outcomes:
         """Decide a column batch (the replay path); outcomes stay columnar."""
