@@ -130,27 +130,13 @@ class MemoryQuotaStore(QuotaStore):
                     self._on_append(entry)
             return GRANTED
 
-    def try_reserve_once(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
-                         applicant: str | None, event_ms: int,
-                         entry: ReferralEntry | None = None, *, application_id: str,
-                         fingerprint: int, record: bytes) -> tuple[int, bytes | None]:
-        with self._lock:  # re-entrant: the steps below run as one
-            existing = self.recall(application_id, fingerprint)
-            if existing is not None:
-                return -2, existing
-            r = self.try_reserve(bucket, keys, amount, applicant, event_ms, entry,
-                                 application_id=application_id)
-            if r == GRANTED:
-                self.remember(application_id, fingerprint, record, event_ms)
-            return r, None
+    def try_reserve_once(self, *args, **kwargs) -> tuple[int, bytes | None]:
+        with self._lock:  # re-entrant: the base class's steps run as one
+            return super().try_reserve_once(*args, **kwargs)
 
-    def record_once(self, application_id: str, fingerprint: int, record: bytes,
-                    event_ms: int) -> bytes | None:
+    def record_once(self, *args, **kwargs) -> bytes | None:
         with self._lock:
-            existing = self.recall(application_id, fingerprint)
-            if existing is None:
-                self.remember(application_id, fingerprint, record, event_ms)
-            return existing
+            return super().record_once(*args, **kwargs)
 
     def recall(self, application_id: str, fingerprint: int) -> bytes | None:
         return self.recall_many([application_id], [fingerprint]).get(0)
