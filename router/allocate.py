@@ -188,7 +188,10 @@ class Allocator:
         reserve, refer, known = self.reserve, self._refer, self.known_refusal
         kb, bb = self.keep_bucket, self.branch_bucket
         kkeys, bkeys = keys.get(kb), keys.get(bb)
-        pkeys = _LazyKeys(keys, self.partner_buckets)
+        # Small batches (live) build partner key columns on demand; big ones all at once,
+        # which is cheaper than a lookup per attempt.
+        pkeys = _LazyKeys(keys, self.partner_buckets) if n < 64 else \
+            [keys.get(pb) for pb in self.partner_buckets]
         # Partners whose count cap is full for the window the current rows are in are
         # refused without a store call or floor lookup until the first row of the next
         # window (rows are in time order).

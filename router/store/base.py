@@ -19,6 +19,7 @@ Time is the event time passed in, never the wall clock, so replay is exact.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -49,11 +50,11 @@ def cap_full(result: int) -> bool:
 
 
 MAX_AMOUNT = 2**53 - 1
-_ID_OK = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
+_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 def _check_id(name: str, value: object) -> None:
-    if not isinstance(value, str) or not 1 <= len(value) <= 128 or not set(value) <= _ID_OK:
+    if type(value) is not str or _ID.fullmatch(value) is None:
         raise InputError(f"{name} must be 1-128 characters of [A-Za-z0-9_.:-] "
                          f"(value: {value!r})", field=name)
 
@@ -68,9 +69,12 @@ def validate_reservation(bucket: "Bucket", keys: tuple[int, ...], amount: object
     if type(event_ms) is not int or event_ms < 0:
         raise InputError(f"event_ms must be a non-negative integer (value: {event_ms!r})",
                          field="event_ms")
-    if len(keys) != len(bucket.caps) or any(type(k) is not int or k < 0 for k in keys):
+    if len(keys) != len(bucket.caps):
         raise InputError(f"keys must be one window key per cap (value: {keys!r})", field="keys")
-    _check_id("bucket", bucket.id)
+    for k in keys:
+        if type(k) is not int or k < 0:
+            raise InputError(f"window keys must be non-negative integers (value: {keys!r})",
+                             field="keys")
     if applicant is not None:
         _check_id("applicant", applicant)
     if application_id is not None:
@@ -94,6 +98,9 @@ class Bucket:
     caps: tuple[CapLimit, ...]
     timezone: str
     dedupe_ms: int = 0
+
+    def __post_init__(self) -> None:
+        _check_id("bucket", self.id)
 
 
 class QuotaStore(ABC):
