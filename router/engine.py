@@ -47,7 +47,7 @@ class Router:
                  on_cap: Callable[[str, str, int, int], None] | None = None):
         self.strategy = strategy
         self.store = store if store is not None else MemoryQuotaStore(
-            idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000)
+            idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000, validate=False)
         self.clock = clock
         self.hasher = hasher or Hasher.from_config(strategy.identity)
         if scorers is None:

@@ -93,7 +93,7 @@ def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
 
     if store is None:
         store = MemoryQuotaStore(idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000,
-                                 retain_ledger=False)
+                                 retain_ledger=False, validate=False)
     router = Router(strategy, store, on_cap=on_cap)
     counts = {"keep": 0, "branch": 0, "refer": 0, "decline": 0}
     profit = {"keep": 0, "branch": 0}
