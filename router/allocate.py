@@ -196,6 +196,8 @@ class Allocator:
         # refused without a store call or floor lookup until the first row of the next
         # window (rows are in time order).
         skipping = self.skip_full_windows
+        weighted = s.routing.method == "weighted"
+        refusals, pids = self.refusals, [p.id for p in s.partners]
         self._new_blocks = []
         blocked, next_unblock = 0, n
         until, block_cap = [n] * P, [0] * P
@@ -263,6 +265,14 @@ class Allocator:
                         eligible = decode.get(m)
                         if eligible is None:
                             eligible = decode[m] = [j for j in range(P) if m >> j & 1]
+                        if not m & ~blocked and not weighted:
+                            # Every eligible partner is full for this window: refused in any
+                            # order, so skip ranking (weighted routing must still rotate).
+                            for j in eligible:
+                                refusals[pids[j], self._refusing_window(
+                                    j, block_cap[j], pkeys[j], i, amount)] += 1
+                            bits[i] |= _QUOTA
+                            continue
                         j, extra = refer(cols, i, eligible, ev_flat, i * P, pkeys, t, amount,
                                          blocked & m, block_cap, a, bits[i])
                         bits[i] |= extra
