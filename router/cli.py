@@ -114,7 +114,7 @@ def replay(
     strategy: Path = typer.Option(..., "--strategy", "-s", help="strategy TOML"),
     traffic: Path = typer.Option(..., "--traffic", "-t", help="traffic file (.parquet / .jsonl)"),
     out_dir: Path = typer.Option(..., "--out", "-o", help="output directory"),
-    batch_size: int = typer.Option(65_536, "--batch-size", min=1),
+    batch_size: int = typer.Option(131_072, "--batch-size", min=1),
     store: str = typer.Option("memory://", "--store",
                               help="quota store URL: memory://, redis://…, redis+cluster://…"),
 ) -> None:
@@ -143,7 +143,7 @@ def demo(
     try:
         write_traffic(traffic, rows, seed)
         out.print(f"generated {rows:,} applications (one day) -> {traffic}")
-        result = _run_replay(strategy, traffic, out_dir, 65_536)
+        result = _run_replay(strategy, traffic, out_dir, 131_072)
     except RouterError as exc:
         _fail(exc)
     _print_summary(result.summary)

@@ -28,7 +28,7 @@ def count_rows(path: str | Path) -> int | None:
     return None
 
 
-def read_columns(path: str | Path, hasher: Hasher, batch_size: int = 65_536) -> Iterator[AppColumns]:
+def read_columns(path: str | Path, hasher: Hasher, batch_size: int = 131_072) -> Iterator[AppColumns]:
     """Yield validated column batches of ``path`` in file order."""
     path = Path(path)
     if not path.exists():

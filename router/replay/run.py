@@ -66,7 +66,7 @@ def _day(key: int) -> str:
 
 
 def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
-           batch_size: int = 65_536, store: QuotaStore | None = None,
+           batch_size: int = 131_072, store: QuotaStore | None = None,
            progress: Callable[[int], None] | None = None) -> ReplayResult:
     """Replay ``traffic`` with ``strategy`` and write the summary and decisions to ``out_dir``.
 
