@@ -424,7 +424,8 @@ class Allocator:
                 keys = tuple([col[i] for col in kc])
                 if c >= 0:
                     ev = ev_flat[i * P + c]
-                    entry = _make_entry(s, cols, i, c, t, amount, ev)
+                    entry = _make_entry(s, cols, i, c, t, amount, ev) \
+                        if self.store.needs_entries else None
                     record = pack_record(REFER, bits[i], ev, a.partner_apr[i, c],
                                          a.keep_margin[i], a.pd[i], s.partners[c].id)
                     applicant = cols.applicant[i]
@@ -523,8 +524,9 @@ class Allocator:
                         return pack_record(REFER, bits | extra, evs[base + j],
                                            a.partner_apr[i, j], a.keep_margin[i], a.pd[i],
                                            s.partners[j].id)
-                r = self.reserve(buckets[j], pkeys[j], i, amount, applicant, t,
-                                 _make_entry(s, cols, i, j, t, amount, evs[base + j]), rec)
+                entry = _make_entry(s, cols, i, j, t, amount, evs[base + j]) \
+                    if self.store.needs_entries else None
+                r = self.reserve(buckets[j], pkeys[j], i, amount, applicant, t, entry, rec)
             if r == GRANTED:
                 if method == "weighted":
                     self.rotation.granted(j, eligible)

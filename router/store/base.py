@@ -166,6 +166,9 @@ class QuotaStore(ABC):
     #: True when :meth:`try_reserve_once` and :meth:`record_once` are atomic per call, so a
     #: single decision needs no separate recall and remember round trips.
     single_trip = False
+    #: False when the store would drop ledger entries anyway (a replay's memory store that
+    #: aggregates from the decisions): the router then does not build them.
+    needs_entries = True
     #: True for stores shared between processes: decisions that are not a single trip then
     #: claim applications first (an in-process store dies with its process, claims and all).
     needs_claims = False

@@ -50,6 +50,7 @@ class MemoryQuotaStore(QuotaStore):
         # The router passes only values from validated messages; a store it makes for
         # itself skips re-checking them (~1 µs a reservation, on the replay hot path).
         self._validate = validate
+        self.needs_entries = retain_ledger or on_append is not None
         self.single_trip = True
         self._horizon = -(2**62)  # latest event time seen
         self._next_sweep = -(2**62)
