@@ -87,7 +87,9 @@ class MemoryQuotaStore(QuotaStore):
             validate_reservation(bucket, keys, amount, applicant, event_ms, application_id)
         with self._lock:
             if event_ms > self._horizon:
-                self._advance(event_ms)
+                self._horizon = event_ms
+                if event_ms >= self._next_sweep:
+                    self._sweep(event_ms)
             bid = bucket.id
             granted = None
             if application_id is not None:
@@ -204,8 +206,11 @@ class MemoryQuotaStore(QuotaStore):
         if event_ms <= self._horizon:
             return
         self._horizon = event_ms
-        if event_ms < self._next_sweep:
-            return
+        if event_ms >= self._next_sweep:
+            self._sweep(event_ms)
+
+    def _sweep(self, event_ms: int) -> None:
+        """Drop records that expired by event time (idempotency, archived counters, dedupe)."""
         self._next_sweep = event_ms + _SWEEP_EVERY_MS
         order, recs, fps = self._decided_order, self._records, self._fingerprints
         while order and order[0][0] < event_ms - self._ttl:
