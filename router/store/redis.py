@@ -229,16 +229,20 @@ class RedisQuotaStore(QuotaStore):
         kk += [f"{b}:d:{applicant}" if use_dedupe else f"{b}:d:-", f"{b}:ledger",
                f"{b}:g:{application_id}" if use_grant else f"{b}:g:-",
                self._app(application_id) if use_app else f"{b}:a:-"]  # type: ignore[arg-type]
-        args: list = [len(keys), amount, event_ms, bucket.dedupe_ms, int(use_dedupe),
-                      int(use_grant), self.record_ttl_ms,
-                      _entry_enc.encode(entry) if entry is not None else b"",
-                      application_id or "", int(use_app),
-                      fingerprint.to_bytes(_FP_BYTES, "big") if fingerprint is not None else b"",
-                      record]
+        caps = []
         for cap, key in zip(bucket.caps, keys):
             ttl = window_end_ms(cap.window, key, bucket.timezone) - event_ms + COUNTER_GRACE_MS
-            args += [-1 if cap.count is None else cap.count,
-                     -1 if cap.amount is None else cap.amount, max(ttl, COUNTER_GRACE_MS)]
+            caps.append(f"{-1 if cap.count is None else cap.count},"
+                        f"{-1 if cap.amount is None else cap.amount},{max(ttl, COUNTER_GRACE_MS)}")
+        args: list = [
+            f"{amount},{event_ms},{bucket.dedupe_ms},{int(use_dedupe)},{int(use_grant)},"
+            f"{self.record_ttl_ms},{int(use_app)}",
+            ";".join(caps),
+            _entry_enc.encode(entry) if entry is not None else b"",
+            application_id or "",
+            fingerprint.to_bytes(_FP_BYTES, "big") if fingerprint is not None else b"",
+            record,
+        ]
         return kk, args
 
     def try_reserve_many(self, requests, *, single_trip: bool = False):

@@ -5,10 +5,11 @@
 --       n+2    ledger stream of this bucket
 --       n+3    grant record of this application at this bucket (a placeholder if unused)
 --       n+4    the application's decision record (single-trip mode; a placeholder if unused)
--- ARGV: 1 n, 2 amount, 3 event_ms, 4 dedupe_ms, 5 use_dedupe (0/1), 6 use_grant (0/1),
---       7 grant/record TTL ms, 8 entry JSON ("" for no ledger entry), 9 application id,
---       10 use_app (0/1), 11 fingerprint (8 bytes), 12 decision record to store on a grant,
---       then per cap i: count limit (-1 = none), amount limit (-1 = none), counter TTL ms
+-- ARGV: 1 "amount,event_ms,dedupe_ms,use_dedupe,use_grant,record_ttl_ms,use_app"
+--       2 per cap "count_limit,amount_limit,counter_ttl_ms" joined by ";" (-1 = no limit)
+--       3 entry JSON ("" for no ledger entry), 4 application id, 5 fingerprint (8 bytes),
+--       6 decision record to store with a grant ("" for none)
+--       (numbers travel packed in two arguments: per-argument cost dominates the client)
 -- Returns {0} granted, {1} deduped, {2 + 2*i (+1 when the count is used up)} for cap i
 -- refusing, or {-2, stored} when the application was already decided (single-trip mode).
 -- Single-trip mode touches the application's key too, so it is for non-cluster servers.
@@ -26,25 +27,36 @@ local function int(v, name, lo)
   return x
 end
 
-local n = int(ARGV[1], 'cap count', 0)
-if #KEYS ~= n + 4 or #ARGV ~= 12 + 3 * n then
-  error('ROUTER bad arity: ' .. #KEYS .. ' keys, ' .. #ARGV .. ' args for ' .. n .. ' caps')
+local function fields(s, sep)
+  local t = {}
+  for part in string.gmatch(s, '([^' .. sep .. ']+)') do t[#t + 1] = part end
+  return t
 end
-local amount = int(ARGV[2], 'amount', 1)
-local now = int(ARGV[3], 'event_ms', 0)
-local dedupe_ms = int(ARGV[4], 'dedupe_ms', 0)
-local use_dedupe = ARGV[5] == '1'
-local use_grant = ARGV[6] == '1'
-local grant_ttl = int(ARGV[7], 'grant_ttl_ms', 1)
-local entry = ARGV[8]
-local use_app = ARGV[10] == '1'
-local fp = ARGV[11]
-if (use_app or ARGV[12] ~= '') and #fp ~= 8 then error('ROUTER bad fingerprint') end
+
+if #ARGV ~= 6 or #KEYS < 4 then
+  error('ROUTER bad arity: ' .. #KEYS .. ' keys, ' .. #ARGV .. ' args')
+end
+local n = #KEYS - 4
+local h = fields(ARGV[1], ',')
+if #h ~= 7 then error('ROUTER bad header: ' .. tostring(ARGV[1])) end
+local amount = int(h[1], 'amount', 1)
+local now = int(h[2], 'event_ms', 0)
+local dedupe_ms = int(h[3], 'dedupe_ms', 0)
+local use_dedupe = h[4] == '1'
+local use_grant = h[5] == '1'
+local grant_ttl = int(h[6], 'grant_ttl_ms', 1)
+local use_app = h[7] == '1'
+local entry = ARGV[3]
+local fp = ARGV[5]
+if (use_app or ARGV[6] ~= '') and #fp ~= 8 then error('ROUTER bad fingerprint') end
+local groups = fields(ARGV[2], ';')
+if #groups ~= n then error('ROUTER bad caps: ' .. #groups .. ' for ' .. n .. ' counters') end
 local limits = {}
 for i = 1, n do
-  local base = 12 + 3 * (i - 1)
-  limits[i] = {int(ARGV[base + 1], 'count limit', -1), int(ARGV[base + 2], 'amount limit', -1),
-               int(ARGV[base + 3], 'counter ttl', 1)}
+  local c = fields(groups[i], ',')
+  if #c ~= 3 then error('ROUTER bad cap ' .. i .. ': ' .. groups[i]) end
+  limits[i] = {int(c[1], 'count limit', -1), int(c[2], 'amount limit', -1),
+               int(c[3], 'counter ttl', 1)}
 end
 
 -- Already decided (a retry, or a concurrent caller that won): answer with that decision.
@@ -85,16 +97,16 @@ if use_dedupe then
   redis.call('SET', KEYS[n + 1], now, 'PX', dedupe_ms)
 end
 if entry ~= '' then
-  redis.call('XADD', KEYS[n + 2], '*', 'app', ARGV[9], 'entry', entry)
+  redis.call('XADD', KEYS[n + 2], '*', 'app', ARGV[4], 'entry', entry)
 end
 if use_grant then
   -- The grant record holds the decision record when one is given: a retry that finds the
   -- claim but no decision recovers the decision from here (see redis.py's protocol).
-  local rec = ARGV[12]
+  local rec = ARGV[6]
   if rec == '' then rec = tostring(now) else rec = fp .. rec end
   redis.call('SET', KEYS[n + 3], rec, 'PX', grant_ttl)
 end
 if use_app then
-  redis.call('SET', KEYS[n + 4], fp .. ARGV[12], 'PX', grant_ttl)
+  redis.call('SET', KEYS[n + 4], fp .. ARGV[6], 'PX', grant_ttl)
 end
 return {0}
