@@ -73,10 +73,11 @@ if use_grant and redis.call('EXISTS', KEYS[n + 3]) == 1 then
   return {0}
 end
 
-local used = {}
+local fresh = {}
 for i = 1, n do
   local v = redis.call('HMGET', KEYS[i], 'n', 'a')
   local c, a = tonumber(v[1]) or 0, tonumber(v[2]) or 0
+  fresh[i] = v[1] == false
   local cl, al = limits[i][1], limits[i][2]
   if cl >= 0 and c + 1 > cl then return {2 + 2 * (i - 1) + 1} end
   if al >= 0 and a + amount > al then return {2 + 2 * (i - 1)} end
@@ -89,9 +90,14 @@ if use_dedupe then
 end
 
 for i = 1, n do
-  redis.call('HINCRBY', KEYS[i], 'n', 1)
-  redis.call('HINCRBY', KEYS[i], 'a', amount)
-  redis.call('PEXPIRE', KEYS[i], limits[i][3])
+  if fresh[i] then
+    -- A new window's counter: written whole, with its expiry (end of window + grace).
+    redis.call('HSET', KEYS[i], 'n', 1, 'a', amount)
+    redis.call('PEXPIRE', KEYS[i], limits[i][3])
+  else
+    redis.call('HINCRBY', KEYS[i], 'n', 1)
+    redis.call('HINCRBY', KEYS[i], 'a', amount)
+  end
 end
 if use_dedupe then
   redis.call('SET', KEYS[n + 1], now, 'PX', dedupe_ms)
