@@ -38,6 +38,8 @@ class Coded:
     @classmethod
     def encode(cls, items: Sequence[Any]) -> "Coded":
         """Dictionary-encode a sequence (first-seen order)."""
+        if len(items) == 1:
+            return cls(np.zeros(1, dtype=np.int64), [items[0]])
         index: dict[Any, int] = {}
         setd = index.setdefault
         codes = np.fromiter((setd(v, len(index)) for v in items), dtype=np.int64,
