@@ -26,9 +26,11 @@ slots):
 3. ``remember``: ``SET P{a:id} NX`` — the first record wins; a concurrent or retried
    decision of the same id gets the same answer on its next ``recall``.
 
-On a single server (``single_trip``) one script does all three for a decision: it answers
-from ``P{a:id}`` if present, else reserves and, on a grant, writes ``P{a:id}`` in the same
-atomic step; a decline is stored with ``SET NX GET``. No crash window exists.
+On a single server (``single_trip``) every reservation — of one decision or of a batch,
+pipelined or not — is one script that answers from ``P{a:id}`` if present, else reserves
+and, on a grant, writes ``P{a:id}`` in the same atomic step; declines are stored with
+``SET NX GET`` (the first decision wins). No crash window exists, and a single decision is
+one round trip (a batch first reads all its records with one MGET).
 
 On a cluster ``P{a:id}`` is in another slot, so a decision first *claims* the application
 (``SET P{a:id}:claim NX PX lease``, one pipeline per batch) and each grant stores the
@@ -39,7 +41,9 @@ and otherwise waits for the claim's holder until the lease expires and the claim
 So a crash between the reservation and step 3 can never lead to a second grant at another
 bucket, and concurrent callers all get the first decision.
 
-redis-py errors are wrapped once into :class:`~router.errors.StoreError`. Scripts are
+The client's socket timeout (``timeout_ms``) is the per-call deadline; past it, or on any
+error, the router answers in degraded mode (never ``refer``). redis-py errors are wrapped
+once into :class:`~router.errors.StoreError`. Scripts are
 sent with EVALSHA; after ``SCRIPT FLUSH`` or a restart redis-py reloads on NOSCRIPT, which
 is safe because a NOSCRIPT reply means the script did not run. Client retries are off:
 nothing is re-sent behind the router's back.
