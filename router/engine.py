@@ -16,6 +16,7 @@ import numpy as np
 
 from router.allocate import BRANCH_BUCKET, KEEP_BUCKET, Allocator
 from router.assess import assess
+from router.assess_one import assess_one
 from router.columns import AppColumns, from_applications
 from router.config import Strategy
 from router.identity import Hasher
@@ -96,5 +97,8 @@ class Router:
         if self.clock is not None:
             # The caller's clock, read once per application, replaces event time everywhere.
             cols.event_ms = np.array([self.clock() for _ in range(len(cols))], dtype=np.int64)
-        a = assess(cols, self.strategy, self.scorers, self._employers, self._table)
+        if len(cols) == 1:  # a live decision: the scalar path, bit-identical to the batch one
+            a = assess_one(cols, self.strategy, self.scorers, self._employers, self._table)
+        else:
+            a = assess(cols, self.strategy, self.scorers, self._employers, self._table)
         return self._allocator.allocate(cols, a, pipelined)
