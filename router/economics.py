@@ -23,6 +23,26 @@ from router.config import BranchPolicy, Economics, Partner
 F = TypeVar("F", float, np.ndarray)
 
 
+# Scalars take Python's min/max (numpy's ufuncs cost about a microsecond a call on a
+# scalar); the values are the same, which tests/test_assess_one.py checks bit for bit.
+def _min(a, b):
+    if type(a) is float and type(b) is float:
+        return b if b < a else a
+    return np.minimum(a, b)
+
+
+def _max(a, b):
+    if type(a) is float and type(b) is float:
+        return b if b > a else a
+    return np.maximum(a, b)
+
+
+def _clip01(x):
+    if type(x) is float:
+        return 0.0 if x < 0.0 else 1.0 if x > 1.0 else x
+    return np.clip(x, 0.0, 1.0)
+
+
 def balance_years(amount: F, term_months: F) -> F:
     """Money-years of balance outstanding over the loan's life (A·(T+1)/24)."""
     return amount * (term_months + 1) / 24.0
@@ -33,17 +53,17 @@ def required_apr(pd: F, term_months: F, econ: Economics) -> F:
     b = (term_months + 1) / 24.0  # balance-years per unit of amount
     hurdle = (econ.funding_cost + econ.operating_cost + econ.target_margin) * b
     loss = pd * econ.lgd * econ.ead_factor
-    return (hurdle + loss) / (b * (1.0 - np.minimum(pd, 0.999999)))
+    return (hurdle + loss) / (b * (1.0 - _min(pd, 0.999999)))
 
 
 def achievable_apr(max_apr: F, econ: Economics) -> F:
     """The highest APR allowed: min(legal cap, the funder's own cap, what the applicant takes)."""
-    return np.minimum(np.minimum(econ.legal_apr_cap, econ.own_apr_cap), max_apr)
+    return _min(_min(econ.legal_apr_cap, econ.own_apr_cap), max_apr)
 
 
 def offered_apr(required: F, achievable: F, econ: Economics) -> F:
     """Risk-based price: the required APR, floored at ``min_apr``, never above achievable."""
-    return np.minimum(achievable, np.maximum(required, econ.min_apr))
+    return _min(achievable, _max(required, econ.min_apr))
 
 
 def keep_profit(amount: F, term_months: F, pd: F, apr: F, econ: Economics) -> F:
@@ -57,7 +77,7 @@ def keep_profit(amount: F, term_months: F, pd: F, apr: F, econ: Economics) -> F:
 
 def branch_apr(max_apr: F, branch: BranchPolicy, econ: Economics) -> F:
     """The co-operation product's price: its cap, the legal cap and the applicant's maximum."""
-    return np.minimum(np.minimum(branch.apr_cap, econ.legal_apr_cap), max_apr)
+    return _min(_min(branch.apr_cap, econ.legal_apr_cap), max_apr)
 
 
 def branch_profit(amount: F, term_months: F, pd: F, apr: F,
@@ -70,7 +90,7 @@ def branch_profit(amount: F, term_months: F, pd: F, apr: F,
     """
     by = balance_years(amount, term_months)
     loss = pd * econ.lgd * econ.ead_factor * amount
-    funder_loss = branch.funder_loss_share * np.maximum(loss - branch.reserve_rate * amount, 0.0)
+    funder_loss = branch.funder_loss_share * _max(loss - branch.reserve_rate * amount, 0.0)
     if branch.return_model == "fixed":
         income = branch.fixed_return * by
     else:
@@ -86,12 +106,12 @@ def branch_margin(amount: F, term_months: F, profit: F, branch: BranchPolicy) ->
 
 def partner_apr(max_apr: F, partner: Partner) -> F:
     """The APR the partner is expected to charge: its maximum, or less if the applicant caps it."""
-    return np.minimum(partner.apr_max, max_apr)
+    return _min(partner.apr_max, max_apr)
 
 
 def acceptance(pd: F, partner: Partner) -> F:
     """P(partner approves) = acceptance − slope·PD, clipped to [0, 1]."""
-    return np.clip(partner.acceptance - partner.acceptance_pd_slope * pd, 0.0, 1.0)
+    return _clip01(partner.acceptance - partner.acceptance_pd_slope * pd)
 
 
 def referral_value_parts(amount: F, term_months: F, pd: F, max_apr: F,
