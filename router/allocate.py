@@ -172,17 +172,23 @@ class Allocator:
                 dups[i] = j
 
         P = len(s.partners)
-        if P:
-            masks = (a.eligible.astype(np.int64) << np.arange(P)).sum(axis=1)
+        keep_ok, branch_ok = a.keep_ok.tolist(), a.branch_ok.tolist()
+        if n == 1:  # one live decision: plain Python beats numpy here
+            m0 = sum(1 << j for j, e in enumerate(a.eligible[0].tolist()) if e)
+            mask_l = [m0]
+            todo = [0] if keep_ok[0] or branch_ok[0] or m0 else []
         else:
-            masks = np.zeros(n, dtype=np.int64)
-        todo = np.flatnonzero(a.keep_ok | a.branch_ok | (masks != 0)).tolist()
+            if P:
+                masks = (a.eligible.astype(np.int64) << np.arange(P)).sum(axis=1)
+            else:
+                masks = np.zeros(n, dtype=np.int64)
+            todo = np.flatnonzero(a.keep_ok | a.branch_ok | (masks != 0)).tolist()
+            mask_l = masks.tolist()
         kind = [DECLINE] * n
         chosen = [-1] * n
         bits = a.bits.tolist()
         keys = _KeyRows(a)
         event_ms, amounts = cols.event_ms.tolist(), cols.requested_amount.tolist()
-        keep_ok, branch_ok, mask_l = a.keep_ok.tolist(), a.branch_ok.tolist(), masks.tolist()
         ev_flat = a.ev.ravel().tolist()  # flat: far cheaper than a nested tolist
         decode: dict[int, list[int]] = {}
         reserve, refer, known = self.reserve, self._refer, self.known_refusal
@@ -561,6 +567,8 @@ def _fill(a: Assessment, kind: np.ndarray, chosen: list[int], bits: np.ndarray,
           partner_ids: list[str], degraded: np.ndarray) -> Outcomes:
     """Vectorised outcome columns from the chosen paths."""
     n = len(kind)
+    if n == 1:
+        return _fill_one(a, int(kind[0]), chosen[0], bits, partner_ids, degraded)
     is_keep, is_branch, is_refer = kind == KEEP, kind == BRANCH, kind == REFER
     rows = np.arange(n)
     ch = np.asarray(chosen, dtype=np.int64)
@@ -581,6 +589,23 @@ def _fill(a: Assessment, kind: np.ndarray, chosen: list[int], bits: np.ndarray,
     partner = [partner_ids[j] if j >= 0 else "" for j in chosen]
     return Outcomes(kind=kind, partner=partner, bits=bits, value=np.rint(value).astype(np.int64),
                     apr=apr, margin=margin, pd=pd, degraded=degraded)
+
+
+def _fill_one(a: Assessment, kind: int, j: int, bits: np.ndarray, partner_ids: list[str],
+              degraded: np.ndarray) -> Outcomes:
+    """:func:`_fill` for one row, on scalars (same values)."""
+    pd, margin, apr, value = float(a.pd[0]), float(a.keep_margin[0]), float("nan"), 0.0
+    if kind == KEEP:
+        apr, value = float(a.keep_apr[0]), float(a.keep_profit[0])
+    elif kind == BRANCH:
+        apr, value = float(a.branch_apr[0]), float(a.branch_profit[0])
+        pd, margin = float(a.branch_pd[0]), float(a.branch_margin[0])
+    elif kind == REFER:
+        apr, value = float(a.partner_apr[0, j]), float(a.ev[0, j])
+    return Outcomes(kind=np.array([kind], dtype=np.int8),
+                    partner=[partner_ids[j] if kind == REFER else ""], bits=bits,
+                    value=np.rint(np.array([value])).astype(np.int64), apr=np.array([apr]),
+                    margin=np.array([margin]), pd=np.array([pd]), degraded=degraded)
 
 
 class _LazyKeys:
