@@ -60,3 +60,20 @@ def test_test_strategy_edge_cases():
         {"max_apr": 0.05}, {"max_apr": 0.3}, {"term_months": 36}, {"requested_amount": 1},
     ])]
     _compare(router, from_applications(apps, router.hasher))
+
+
+@pytest.mark.parametrize("method", ["waterfall", "weighted"])
+def test_other_books(method):
+    from router.columns import from_applications
+    from router.testing import make_application
+
+    for partners in ([], None):
+        d = strategy_dict(routing={"method": method})
+        if partners is not None:
+            d["partners"] = partners
+            d["branch"] = None
+        router = Router(strategy_from_dict(d),
+                        scorers={"main": ScoreLookupScorer({700: 0.02, 600: 0.2})})
+        apps = [make_application(application_id=f"o{i}", bureau_score=s, region=r)
+                for i, (s, r) in enumerate([(700, "310000"), (600, "440300"), (550, "110000")])]
+        _compare(router, from_applications(apps, router.hasher))
