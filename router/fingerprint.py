@@ -54,9 +54,11 @@ def combine(columns: Sequence[np.ndarray], n: int) -> np.ndarray:
     """One uint64 per row from per-column uint64 hashes or raw 64-bit values."""
     h = np.full(n, _SEED, dtype=np.uint64)
     with np.errstate(over="ignore"):
+        # Each step is a bijection of h and of the column value (P is odd), so changing any
+        # one field always changes the result; one final mix spreads the bits.
         for col in columns:
-            h = _mix((h * _P) ^ col)
-    return h
+            h = (h * _P) ^ col
+        return _mix(h)
 
 
 def as_u64(values: np.ndarray) -> np.ndarray:
@@ -99,8 +101,8 @@ def combine_py(values: list[int]) -> int:
     """:func:`combine` for one row of 64-bit values."""
     h = _SEED_INT
     for v in values:
-        h = mix_py(((h * _P_INT) & _MASK) ^ v)
-    return h
+        h = ((h * _P_INT) & _MASK) ^ v
+    return mix_py(h)
 
 
 def float_bits(x: float) -> int:
