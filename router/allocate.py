@@ -14,7 +14,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from router.assess import Assessment
-from router.columns import AppColumns
+from router.assess_one import OneAssessment
+from router.columns import AppColumns, Row
 from router.config import Cap, Strategy
 from router.errors import IdempotencyConflict, StoreError
 from router.logs import get_logger
@@ -22,6 +23,7 @@ from router.messages import ReferralEntry
 from router.outcomes import BRANCH, DECLINE, KEEP, REFER, Outcomes, decision_id, pack_record
 from router.partners import SmoothWeightedRotation, waterfall_order
 from router.reasons import BIT
+from router.windows import WINDOWS
 from router.store import CAP_HIT, DEDUPED, GRANTED, Bucket, CapLimit, QuotaStore, cap_full, cap_index
 
 KEEP_BUCKET = "__keep__"
@@ -375,6 +377,108 @@ class Allocator:
             self.log.warning("store.unavailable", during="remember", error=str(exc))
         return out
 
+    def allocate_row(self, r: Row, a: OneAssessment) -> tuple[bytes, bool]:
+        """:meth:`allocate` for one application on a single-trip store, on scalars: the
+        live path. Returns the decision record and whether it was decided degraded.
+
+        The same steps as a batch of one (and the same results, which
+        ``tests/test_decide_one.py`` checks): keep, branch, then partners in routing order,
+        each reservation checking and recording the application in one store call.
+        """
+        with self.lock:
+            self._ids, self._fps = [r.application_id], [r.fingerprint]
+            self._once, self._recorded, self._new_blocks = True, False, []
+            return self._allocate_row(r, a)
+
+    def _allocate_row(self, r: Row, a: OneAssessment) -> tuple[bytes, bool]:
+        s = self.strategy
+        bits, t, amount = a.bits, r.event_ms, r.requested_amount
+        eligible = [j for j, ok in enumerate(a.eligible) if ok]
+        if a.keep_ok or a.branch_ok or eligible:
+            try:
+                if a.keep_ok:
+                    kb = self.keep_bucket
+                    rec = pack_record(KEEP, bits, a.keep_profit, a.keep_apr, a.keep_margin, a.pd, "")
+                    kk = _row_keys(kb, a)
+                    if self.known_refusal(kb, kk, 0, amount) < 0 and \
+                            self.reserve(kb, kk, 0, amount, None, t, None, lambda: rec) == GRANTED:
+                        return rec, False
+                    bits |= _KEEP_FULL
+                if a.branch_ok:
+                    bb = self.branch_bucket
+                    rec = pack_record(BRANCH, bits, a.branch_profit, a.branch_apr,
+                                      a.branch_margin, a.branch_pd, "")
+                    bk = _row_keys(bb, a)
+                    if self.known_refusal(bb, bk, 0, amount) < 0 and \
+                            self.reserve(bb, bk, 0, amount, None, t, None, lambda: rec) == GRANTED:
+                        return rec, False
+                    bits |= _BRANCH_FULL
+                if eligible:
+                    rec = self._refer_row(r, a, eligible, bits)
+                    if isinstance(rec, bytes):
+                        return rec, False
+                    bits |= rec
+            except _Decided as done:  # decided before (a retry, or a concurrent caller)
+                return done.record, False
+            except IdempotencyConflict:
+                raise
+            except StoreError as exc:
+                # Degraded: never refer; keep only if the strategy's degraded policy says so.
+                self.log.warning("store.unavailable", during="reserve", error=str(exc))
+                bits |= _STORE_DOWN
+                if s.degraded.policy == "keep" and a.keep_ok:
+                    return pack_record(KEEP, bits, a.keep_profit, a.keep_apr, a.keep_margin,
+                                       a.pd, ""), True
+                return pack_record(DECLINE, bits, 0.0, float("nan"), a.keep_margin, a.pd, ""), True
+        rec = pack_record(DECLINE, bits, 0.0, float("nan"), a.keep_margin, a.pd, "")
+        try:
+            # Store the decline unless a concurrent caller decided first (then its decision
+            # is the answer).
+            existing = self.store.record_many([r.application_id], [r.fingerprint], [rec],
+                                              [t])[0]
+            if existing is not None:
+                return existing, False
+        except IdempotencyConflict:
+            raise
+        except StoreError as exc:
+            self.log.warning("store.unavailable", during="remember", error=str(exc))
+        return rec, False
+
+    def _refer_row(self, r: Row, a: OneAssessment, eligible: list[int],
+                   bits: int) -> bytes | int:
+        """Try eligible partners in routing order: the granted decision's record, or the
+        reason bits of the refusals."""
+        s, rank = self.strategy, self.rank
+        method = s.routing.method
+        ev = a.ev
+        if len(eligible) == 1:
+            order = eligible
+        elif method == "waterfall":
+            order = sorted(eligible, key=rank.__getitem__)
+        elif method == "best_value":
+            order = sorted(eligible, key=lambda j: (-ev[j], rank[j]))
+        else:
+            order = self.rotation.order(eligible)
+        t, amount = r.event_ms, r.requested_amount
+        extra = 0
+        for j in order:
+            bucket = self.partner_buckets[j]
+            kk = _row_keys(bucket, a)
+            res = self.known_refusal(bucket, kk, 0, amount)
+            if res < 0:
+                rec = pack_record(REFER, bits | extra, ev[j], a.partner_apr[j], a.keep_margin,
+                                  a.pd, s.partners[j].id)
+                entry = make_entry(s, r.application_id, j, t, amount, r.term_months,
+                                   r.applicant, ev[j]) if self.store.needs_entries else None
+                res = self.reserve(bucket, kk, 0, amount, r.applicant, t, entry,
+                                   lambda rec=rec: rec)
+                if res == GRANTED:
+                    if method == "weighted":
+                        self.rotation.granted(j, eligible)
+                    return rec
+            extra |= _DEDUPE if res == DEDUPED else _QUOTA
+        return extra
+
     def _rounds(self, cols: AppColumns, a: Assessment, todo: list[int], recalled: dict,
                 dups: dict, kind: list[int], chosen: list[int], bits: list[int],
                 mask_l: list[int], decode: dict, ev_flat: list[float], pkeys: list,
@@ -553,13 +657,19 @@ class _Decided(Exception):
 def _make_entry(s: Strategy, cols: AppColumns, i: int, j: int, t: int, amount: int,
                 ev: float) -> ReferralEntry:
     """The ledger entry for referring row ``i`` to partner ``j``."""
+    return make_entry(s, cols.application_id[i], j, t, amount, int(cols.term_months[i]),
+                      cols.applicant[i], ev)
+
+
+def make_entry(s: Strategy, app_id: str, j: int, t: int, amount: int, term_months: int,
+               applicant: str, ev: float) -> ReferralEntry:
+    """The ledger entry for referring application ``app_id`` to partner ``j``."""
     p = s.partners[j]
-    app_id = cols.application_id[i]
     did = decision_id(s.version, app_id)
     return ReferralEntry(
         referral_id="r_" + did[2:], decision_id=did, application_id=app_id,
         partner_id=p.id, event_time_ms=t, amount=amount,
-        term_months=int(cols.term_months[i]), applicant_hash=cols.applicant[i],
+        term_months=term_months, applicant_hash=applicant,
         terms=p.terms, expected_value=int(round(ev)), strategy_version=s.version)
 
 
@@ -635,3 +745,12 @@ class _KeyRows:
             zk = self._zones[bucket.timezone]
             cols = self._cols[bucket.id] = [zk[c.window].tolist() for c in bucket.caps]
         return cols
+
+
+def _row_keys(bucket: Bucket, a: OneAssessment) -> list[list[int]]:
+    """One row's window keys for each of ``bucket``'s caps, shaped as key columns."""
+    zk = a.keys[bucket.timezone]
+    return [[zk[_WINDOW_INDEX[c.window]]] for c in bucket.caps]
+
+
+_WINDOW_INDEX = {w: i for i, w in enumerate(WINDOWS)}

@@ -1,146 +1,251 @@
 """The assessment of a single application, on Python scalars.
 
 numpy's per-call overhead dominates a batch of one, so a live decision would spend most of
-its time there. This module computes exactly what :func:`router.assess.assess` computes
-for one row — the same rules in the same order and the same economics functions, called
-on floats instead of arrays (IEEE arithmetic gives the same bits) — and returns the same
-:class:`~router.assess.Assessment`. ``tests/test_assess_one.py`` checks every field for
-bit equality with the batch path over thousands of applications and several strategies.
-Scores still come from the scorer's batch method on a one-row matrix, so PDs are the
-batch path's own.
+its time there. :class:`OneAssessor` computes exactly what :func:`router.assess.assess`
+computes for one row — the same rules in the same order and the same economics functions,
+called on floats instead of arrays (IEEE arithmetic gives the same bits) — into a
+:class:`OneAssessment`. ``tests/test_assess_one.py`` checks every field for bit equality
+with the batch path over thousands of applications and several strategies. Scores still
+come from the scorer's batch method on a one-row matrix, so PDs are the batch path's own.
 """
 
 from __future__ import annotations
 
+import operator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from router import economics as eco
-from router.assess import Assessment
-from router.columns import AppColumns
+from router.assess import Assessment, _consent_row
+from router.columns import AppColumns, Row, row_of
 from router.config import Filters, Strategy
-from router.features import features_batch
-from router.partners import _BOUNDS, PartnerTable
+from router.features import features_row
+from router.partners import _BOUNDS
 from router.reasons import BIT
-from router.windows import window_keys
+from router.windows import _Q_MS, WINDOWS, _bucket_keys
+
+_OPS = {np.greater_equal: operator.ge, np.less_equal: operator.le}
+_FRAUD, _AGE = BIT["FRAUD_FLAG"], BIT["AGE_OUT_OF_RANGE"]
+_NO_CONSENT, _CHANNEL_NO_REF = BIT["NO_CONSENT"], BIT["CHANNEL_NO_REFERRAL"]
+_EMPLOYEE, _NO_ELIGIBLE = BIT["PARTNER_EMPLOYEE"], BIT["NO_ELIGIBLE_PARTNER"]
+_LOW_VALUE = BIT["LOW_REFERRAL_VALUE"]
+_REGION, _DPD = BIT["REGION_UNLICENSED"], BIT["SEVERE_DELINQUENCY"]
+_MULTI, _DEBT = BIT["MULTI_LENDING"], BIT["HIGH_DEBT_BURDEN"]
+_KEEP_CHECKS = tuple(BIT[c] for c in ("KEEP_FILTER", "KEEP_PD_ABOVE_CUTOFF", "KEEP_NOT_COVERED",
+                                      "KEEP_LOW_PROFIT"))
+_BRANCH_CHECKS = tuple(BIT[c] for c in ("BRANCH_FILTER", "BRANCH_PD_ABOVE_CUTOFF",
+                                        "BRANCH_NOT_COVERED", "BRANCH_LOW_PROFIT"))
 
 
-def _in_regions(code: int, prefixes: list[str]) -> bool:
-    return not prefixes or any(code // 10 ** (6 - len(p)) == int(p) for p in prefixes)
+@dataclass(slots=True)
+class OneAssessment:
+    """:class:`~router.assess.Assessment` of one application, as Python scalars."""
+
+    bits: int
+    dead: bool
+    pd: float
+    keep_ok: bool
+    keep_apr: float
+    keep_margin: float
+    keep_profit: float
+    branch_ok: bool
+    branch_pd: float
+    branch_apr: float
+    branch_margin: float
+    branch_profit: float
+    eligible: list[bool]       # per partner (eligible and valuable enough)
+    ev: list[float]
+    partner_apr: list[float]
+    keys: dict[str, tuple[int, int, int]]  # time zone -> (hour, day, month) keys
 
 
-def _passes(f: Filters, row: dict[str, Any], pd: float) -> bool:
-    for attr, column, passes in _BOUNDS:
-        bound = getattr(f, attr)
-        if bound is not None and not passes(pd if column == "pd" else row[column], bound):
+class _Filter:
+    """A :class:`Filters` compiled to the bounds it sets, for one row of scalars."""
+
+    def __init__(self, f: Filters):
+        self.bounds = [(column, _OPS[passes], getattr(f, attr))
+                       for attr, column, passes in _BOUNDS if getattr(f, attr) is not None]
+        self.regions = _regions(f.regions)
+        self.channels = frozenset(f.channels)
+
+    def passes(self, r: Row, region_code: int, pd: float) -> bool:
+        for column, op, bound in self.bounds:
+            if not op(pd if column == "pd" else getattr(r, column), bound):
+                return False
+        if self.regions is not None and not _in_regions(region_code, self.regions):
             return False
-    if f.regions and not _in_regions(row["region_code"], f.regions):
-        return False
-    return not f.channels or row["channel"] in f.channels
+        return not self.channels or r.channel in self.channels
+
+
+def _regions(prefixes: list[str]) -> list[tuple[int, int]] | None:
+    """Region prefixes as (divisor, value): a six-digit code matches when code // d == v."""
+    return [(10 ** (6 - len(p)), int(p)) for p in prefixes] if prefixes else None
+
+
+def _in_regions(code: int, regions: list[tuple[int, int]] | None) -> bool:
+    return regions is None or any(code // d == v for d, v in regions)
+
+
+class OneAssessor:
+    """Assesses one application at a time for a strategy (what can be, precomputed once)."""
+
+    def __init__(self, strategy: Strategy, scorers: dict[str, Any],
+                 employer_tokens: list[frozenset[str]]):
+        s = strategy
+        self.strategy, self.scorers, self.employer_tokens = s, scorers, employer_tokens
+        self.licensed = _regions(s.rules.licensed_regions)
+        self.keep_filter = _Filter(s.primary.filters)
+        self.branch_filter = _Filter(s.branch.filters) if s.branch else None
+        self._partners = [(p, _Filter(p.filters), employer_tokens[j])
+                          for j, p in enumerate(s.partners)]
+        self.zones = sorted({s.timezone, *(p.timezone for p in s.partners)})
+        self._consent: dict[tuple[str, str], tuple[bool, ...]] = {}
+
+    def consent(self, consent: str, channel: str) -> tuple[bool, ...]:
+        """Which partners the applicant's consent and the channel allow."""
+        key = (consent, channel)
+        row = self._consent.get(key)
+        if row is None:
+            row = tuple(_consent_row(consent, channel, self.strategy, 0).tolist())
+            if len(self._consent) < 10_000:
+                self._consent[key] = row
+        return row
+
+    def _pd(self, name: str, x: list[float]) -> float:
+        scorer = self.scorers[name]
+        if getattr(scorer, "exact_one", False):
+            return scorer.pd_one(x)
+        return float(scorer.pd_batch(np.array([x]))[0])
+
+    def __call__(self, r: Row, full: bool = True) -> OneAssessment:
+        """Assess one row (see :func:`router.assess.assess` for the rules).
+
+        ``full=False`` (a live decision) skips the expected value and APR of partners the
+        application is not eligible for: no decision reads them.
+        """
+        s, rules, e = self.strategy, self.strategy.rules, self.strategy.economics
+        x = features_row(r)
+        pd = self._pd(s.primary.scorer, x)
+        region_code = int(r.region)
+        amount, term = float(r.requested_amount), float(r.term_months)
+        max_apr = r.max_apr
+        bits = 0
+
+        fraud = r.fraud_flag and rules.decline_fraud
+        age_bad = r.age < rules.min_age or r.age > rules.max_age
+        bits |= _FRAUD if fraud else 0
+        bits |= _AGE if age_bad else 0
+        dead = fraud or age_bad
+        # Rule bits are set on live rows only, so a dead row skips the rules (and the
+        # policies below, whose bits and verdicts need a funder-eligible row).
+        funder_ok = not dead
+        if funder_ok:
+            if not _in_regions(region_code, self.licensed):
+                bits |= _REGION
+                funder_ok = False
+            if r.worst_dpd_12m > rules.max_worst_dpd:
+                bits |= _DPD
+                funder_ok = False
+            if r.inquiries_3m > rules.max_inquiries_3m or r.open_loans > rules.max_open_loans:
+                bits |= _MULTI
+                funder_ok = False
+            if r.dti > rules.max_dti:
+                bits |= _DEBT
+                funder_ok = False
+
+        p = s.primary
+        req = eco.required_apr(pd, term, e)
+        ach = eco.achievable_apr(max_apr, e)
+        keep_apr = eco.offered_apr(req, ach, e)
+        keep_margin = ach - req
+        keep_profit = eco.keep_profit(amount, term, pd, keep_apr, e)
+        keep_ok = funder_ok
+        if funder_ok:
+            keep_bits = 0
+            if not self.keep_filter.passes(r, region_code, pd):
+                keep_bits |= _KEEP_CHECKS[0]
+            if not pd <= p.max_pd:
+                keep_bits |= _KEEP_CHECKS[1]
+            if not keep_margin >= 0:
+                keep_bits |= _KEEP_CHECKS[2]
+            if not keep_profit >= p.min_expected_profit:
+                keep_bits |= _KEEP_CHECKS[3]
+            bits |= keep_bits
+            keep_ok = not keep_bits
+
+        b = s.branch
+        if b is not None and self.branch_filter is not None:
+            bpd = pd if b.scorer == p.scorer else self._pd(b.scorer, x)
+            bapr = eco.branch_apr(max_apr, b, e)
+            bprofit = eco.branch_profit(amount, term, bpd, bapr, b, e)
+            bmargin = eco.branch_margin(amount, term, bprofit, b)
+            branch_ok = funder_ok
+            if funder_ok:
+                branch_bits = 0
+                if not self.branch_filter.passes(r, region_code, bpd):
+                    branch_bits |= _BRANCH_CHECKS[0]
+                if not bpd <= b.max_pd:
+                    branch_bits |= _BRANCH_CHECKS[1]
+                if not bmargin >= 0:
+                    branch_bits |= _BRANCH_CHECKS[2]
+                if not bprofit >= b.min_expected_profit:
+                    branch_bits |= _BRANCH_CHECKS[3]
+                if not keep_ok:  # branch reasons explain a row the primary policy refused
+                    bits |= branch_bits
+                branch_ok = not branch_bits
+        else:
+            bpd = bapr = bprofit = bmargin = 0.0
+            branch_ok = False
+
+        partners = s.partners
+        P = len(partners)
+        consent = self.consent(r.consent, r.channel) if P else ()
+        any_consent = any(consent)
+        no_consent = r.consent == "none"
+        live = not dead
+        if live and no_consent:
+            bits |= _NO_CONSENT
+        if live and not no_consent and not any_consent:
+            bits |= _CHANNEL_NO_REF
+        employer = r.employer
+        eligible = [False] * P
+        ev = [0.0] * P
+        papr = [0.0] * P
+        employee_any = False
+        for j, (partner, filt, tokens) in enumerate(self._partners):
+            ok = live and consent[j] and partner.whitelisted and \
+                filt.passes(r, region_code, pd) and max_apr >= partner.apr_min
+            if ok and tokens and employer in tokens:
+                employee_any = True
+                ok = False
+            eligible[j] = ok
+            if ok or full:
+                ev[j] = eco.referral_value(amount, term, pd, max_apr, partner)
+                papr[j] = eco.partner_apr(max_apr, partner)
+        if employee_any:
+            bits |= _EMPLOYEE
+        any_eligible = any(eligible)
+        if live and any_consent and not any_eligible:
+            bits |= _NO_ELIGIBLE
+        floor = s.routing.min_expected_value
+        valuable = [el and v >= floor for el, v in zip(eligible, ev)]
+        if any_eligible and not any(valuable):
+            bits |= _LOW_VALUE
+
+        q = r.event_ms // _Q_MS
+        keys = {z: _bucket_keys(q, z) for z in self.zones}
+        return OneAssessment(bits, dead, pd, keep_ok, keep_apr, keep_margin, keep_profit,
+                             branch_ok, bpd, bapr, bmargin, bprofit, valuable, ev, papr, keys)
 
 
 def assess_one(cols: AppColumns, strategy: Strategy, scorers: dict[str, Any],
-               employer_tokens: list[frozenset[str]], table: PartnerTable) -> Assessment:
+               employer_tokens: list[frozenset[str]], table: Any = None,
+               assessor: OneAssessor | None = None) -> Assessment:
     """:func:`router.assess.assess` for a batch of exactly one application."""
-    from router.assess import consent_matrix
-
-    s, r, e = strategy, strategy.rules, strategy.economics
-    X = features_batch(cols)
-    pd_arr = scorers[s.primary.scorer].pd_batch(X)
-    pd = float(pd_arr[0])
-    row = {name: getattr(cols, name)[0].item() for name in (
-        "age", "bureau_score", "requested_amount", "term_months", "inquiries_3m",
-        "open_loans", "dti", "worst_dpd_12m", "max_apr")}
-    row["channel"] = str(cols.channel[0])
-    row["region_code"] = int(cols.region[0])
-    amount, term = float(row["requested_amount"]), float(row["term_months"])
-    max_apr = row["max_apr"]
-    bits = 0
-
-    fraud = bool(cols.fraud_flag[0]) and r.decline_fraud
-    age_bad = row["age"] < r.min_age or row["age"] > r.max_age
-    bits |= BIT["FRAUD_FLAG"] if fraud else 0
-    bits |= BIT["AGE_OUT_OF_RANGE"] if age_bad else 0
-    dead = fraud or age_bad
-    funder_ok = not dead
-    for code, bad in (
-        ("REGION_UNLICENSED", not _in_regions(row["region_code"], r.licensed_regions)),
-        ("SEVERE_DELINQUENCY", row["worst_dpd_12m"] > r.max_worst_dpd),
-        ("MULTI_LENDING", row["inquiries_3m"] > r.max_inquiries_3m
-         or row["open_loans"] > r.max_open_loans),
-        ("HIGH_DEBT_BURDEN", row["dti"] > r.max_dti),
-    ):
-        if bad and not dead:
-            bits |= BIT[code]
-        funder_ok = funder_ok and not bad
-
-    p = s.primary
-    req = eco.required_apr(pd, term, e)
-    ach = eco.achievable_apr(max_apr, e)
-    keep_apr = eco.offered_apr(req, ach, e)
-    keep_margin = ach - req
-    keep_profit = eco.keep_profit(amount, term, pd, keep_apr, e)
-    keep_ok = funder_ok
-    for code, ok in (("KEEP_FILTER", _passes(p.filters, row, pd)),
-                     ("KEEP_PD_ABOVE_CUTOFF", pd <= p.max_pd),
-                     ("KEEP_NOT_COVERED", keep_margin >= 0),
-                     ("KEEP_LOW_PROFIT", keep_profit >= p.min_expected_profit)):
-        if funder_ok and not ok:
-            bits |= BIT[code]
-        keep_ok = keep_ok and ok
-
-    b = s.branch
-    if b is not None:
-        bpd = pd if b.scorer == p.scorer else float(scorers[b.scorer].pd_batch(X)[0])
-        bapr = eco.branch_apr(max_apr, b, e)
-        bprofit = eco.branch_profit(amount, term, bpd, bapr, b, e)
-        bmargin = eco.branch_margin(amount, term, bprofit, b)
-        branch_ok = funder_ok
-        for code, ok in (("BRANCH_FILTER", _passes(b.filters, row, bpd)),
-                         ("BRANCH_PD_ABOVE_CUTOFF", bpd <= b.max_pd),
-                         ("BRANCH_NOT_COVERED", bmargin >= 0),
-                         ("BRANCH_LOW_PROFIT", bprofit >= b.min_expected_profit)):
-            if funder_ok and not keep_ok and not ok:
-                bits |= BIT[code]
-            branch_ok = branch_ok and ok
-    else:
-        bpd = bapr = bprofit = bmargin = 0.0
-        branch_ok = False
-
-    partners = s.partners
-    P = len(partners)
-    consent = consent_matrix(cols, s, table.consent_rows)[0] if P else np.zeros(0, dtype=bool)
-    no_consent = cols.consent.values[cols.consent.codes[0]] == "none"
-    live = not dead
-    if live and no_consent:
-        bits |= BIT["NO_CONSENT"]
-    if live and not no_consent and not consent.any():
-        bits |= BIT["CHANNEL_NO_REFERRAL"]
-    employer = cols.employer.values[cols.employer.codes[0]]
-    eligible = [False] * P
-    ev = [0.0] * P
-    papr = [0.0] * P
-    employee_any = False
-    for j, partner in enumerate(partners):
-        ok = live and bool(consent[j]) and partner.whitelisted and \
-            _passes(partner.filters, row, pd) and max_apr >= partner.apr_min
-        if ok and employer_tokens[j] and employer in employer_tokens[j]:
-            employee_any = True
-            ok = False
-        eligible[j] = ok
-        ev[j] = eco.referral_value(amount, term, pd, max_apr, partner)
-        papr[j] = eco.partner_apr(max_apr, partner)
-    if employee_any:
-        bits |= BIT["PARTNER_EMPLOYEE"]
-    if live and consent.any() and not any(eligible):
-        bits |= BIT["NO_ELIGIBLE_PARTNER"]
-    valuable = [el and v >= s.routing.min_expected_value for el, v in zip(eligible, ev)]
-    if any(eligible) and not any(valuable):
-        bits |= BIT["LOW_REFERRAL_VALUE"]
-
-    zones = {s.timezone, *(pt.timezone for pt in partners)}
-    keys = {z: window_keys(cols.event_ms, z) for z in zones}
+    a = (assessor or OneAssessor(strategy, scorers, employer_tokens))(row_of(cols))
+    P = len(strategy.partners)
 
     def f1(x: float) -> np.ndarray:
         return np.array([x], dtype=np.float64)
@@ -148,11 +253,15 @@ def assess_one(cols: AppColumns, strategy: Strategy, scorers: dict[str, Any],
     def b1(x: bool) -> np.ndarray:
         return np.array([x], dtype=bool)
 
-    return Assessment(bits=np.array([bits], dtype=np.uint64), dead=b1(dead), pd=pd_arr,
-                      keep_ok=b1(keep_ok), keep_apr=f1(keep_apr), keep_margin=f1(keep_margin),
-                      keep_profit=f1(keep_profit), branch_ok=b1(branch_ok), branch_pd=f1(bpd),
-                      branch_apr=f1(bapr), branch_margin=f1(bmargin),
-                      branch_profit=f1(bprofit),
-                      eligible=np.array([valuable], dtype=bool).reshape(1, P),
-                      ev=np.array([ev], dtype=np.float64).reshape(1, P),
-                      partner_apr=np.array([papr], dtype=np.float64).reshape(1, P), keys=keys)
+    keys = {z: {w: np.array([k[i]], dtype=np.int64) for i, w in enumerate(WINDOWS)}
+            for z, k in a.keys.items()}
+    return Assessment(bits=np.array([a.bits], dtype=np.uint64), dead=b1(a.dead), pd=f1(a.pd),
+                      keep_ok=b1(a.keep_ok), keep_apr=f1(a.keep_apr),
+                      keep_margin=f1(a.keep_margin), keep_profit=f1(a.keep_profit),
+                      branch_ok=b1(a.branch_ok), branch_pd=f1(a.branch_pd),
+                      branch_apr=f1(a.branch_apr), branch_margin=f1(a.branch_margin),
+                      branch_profit=f1(a.branch_profit),
+                      eligible=np.array([a.eligible], dtype=bool).reshape(1, P),
+                      ev=np.array([a.ev], dtype=np.float64).reshape(1, P),
+                      partner_apr=np.array([a.partner_apr], dtype=np.float64).reshape(1, P),
+                      keys=keys)

@@ -96,21 +96,89 @@ def _hash_coded(c: Coded) -> np.ndarray:
         np.zeros(len(c.codes), dtype=np.uint64)
 
 
+@dataclass(slots=True)
+class Row:
+    """One application as Python scalars: the live path's form of one :class:`AppColumns` row
+    (numpy's per-call overhead would dominate a single decision)."""
+
+    application_id: str
+    event_ms: int
+    channel: str
+    applicant: str
+    age: int
+    monthly_income: int
+    bureau_score: int
+    inquiries_3m: int
+    open_loans: int
+    worst_dpd_12m: int
+    requested_amount: int
+    term_months: int
+    dti: float
+    max_apr: float
+    region: str
+    employer: str | None   # keyed-hash token
+    consent: str           # canonical text
+    fraud_flag: bool
+    fingerprint: int = 0
+
+
+_LOW_CARD: dict[str, int] = {}
+
+
+def _hash_low_card(value: str) -> int:
+    """:func:`hash_string_py` memoised, for fields with few distinct values (channel,
+    region, employer token, consent)."""
+    h = _LOW_CARD.get(value)
+    if h is None:
+        if len(_LOW_CARD) > 50_000:
+            _LOW_CARD.clear()
+        h = _LOW_CARD[value] = hash_string_py(value)
+    return h
+
+
+def row_fingerprint(r: Row) -> int:
+    """The content hash of one row, bit-identical to :func:`_fingerprints` (same fields)."""
+    return combine_py([
+        r.event_ms & _MASK, _hash_low_card(r.channel), hash_string_py(r.applicant),
+        r.age & _MASK, r.monthly_income & _MASK, r.bureau_score & _MASK,
+        r.inquiries_3m & _MASK, r.open_loans & _MASK, r.worst_dpd_12m & _MASK,
+        r.requested_amount & _MASK, r.term_months & _MASK,
+        float_bits(r.dti), float_bits(r.max_apr),
+        _hash_low_card(r.region), _hash_low_card(r.employer or ""),
+        _hash_low_card(r.consent or ""), int(bool(r.fraud_flag))])
+
+
+def row_of(cols: AppColumns, i: int = 0) -> Row:
+    """Row ``i`` of a batch as scalars (its fingerprint included)."""
+    return Row(cols.application_id[i], int(cols.event_ms[i]), str(cols.channel[i]),
+               cols.applicant[i],
+               *[int(getattr(cols, f)[i]) for f in INT_FIELDS],
+               float(cols.dti[i]), float(cols.max_apr[i]), str(cols.region[i]),
+               cols.employer.values[cols.employer.codes[i]],
+               cols.consent.values[cols.consent.codes[i]], bool(cols.fraud_flag[i]),
+               cols.fingerprint[i] if cols.fingerprint else 0)
+
+
+def row_from_application(a: Application, hasher: Hasher, event_ms: int | None = None) -> Row:
+    """The scalar row of one validated application, as :func:`from_applications` would
+    build it (``event_ms`` overrides ``received_at``, for a caller's clock)."""
+    r = Row(a.application_id,
+            int(a.received_at.timestamp() * 1000) if event_ms is None else event_ms,
+            a.channel,
+            a.applicant_token if a.applicant_token is not None
+            else hasher.token(a.national_id),  # type: ignore[arg-type]
+            a.age, a.monthly_income, a.bureau_score, a.inquiries_3m, a.open_loans,
+            a.worst_dpd_12m, a.requested_amount, a.term_months, float(a.dti),
+            float(a.max_apr), a.region,
+            hasher.cached_token(a.employer, "employer") if a.employer else None,
+            consent_text(a.consent), a.fraud_flag)
+    r.fingerprint = row_fingerprint(r)
+    return r
+
+
 def _fingerprints_py(cols: AppColumns) -> list[int]:
     """:func:`_fingerprints` in plain Python (same bits) for a handful of rows."""
-    out = []
-    emp, con = cols.employer.tolist(), cols.consent.tolist()
-    ints = [getattr(cols, f).tolist() for f in INT_FIELDS]
-    floats = [getattr(cols, f).tolist() for f in FLOAT_FIELDS]
-    for i in range(len(cols)):
-        parts = [int(cols.event_ms[i]) & _MASK, hash_string_py(str(cols.channel[i])),
-                 hash_string_py(cols.applicant[i])]
-        parts += [v[i] & _MASK for v in ints]
-        parts += [float_bits(v[i]) for v in floats]
-        parts += [hash_string_py(str(cols.region[i])), hash_string_py(emp[i] or ""),
-                  hash_string_py(con[i] or ""), int(bool(cols.fraud_flag[i]))]
-        out.append(combine_py(parts))
-    return out
+    return [row_fingerprint(row_of(cols, i)) for i in range(len(cols))]
 
 
 def _fingerprints(cols: AppColumns) -> list[int]:

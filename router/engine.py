@@ -16,12 +16,12 @@ import numpy as np
 
 from router.allocate import BRANCH_BUCKET, KEEP_BUCKET, Allocator
 from router.assess import assess
-from router.assess_one import assess_one
-from router.columns import AppColumns, from_applications
+from router.assess_one import OneAssessor, assess_one
+from router.columns import AppColumns, from_applications, row_from_application
 from router.config import Strategy
 from router.identity import Hasher
 from router.messages import Application, Decision
-from router.outcomes import Outcomes, to_decisions
+from router.outcomes import Outcomes, decision_from_record, to_decisions
 from router.partners import PartnerTable
 from router.scoring import Scorer, load_scorer
 from router.store import MemoryQuotaStore, QuotaStore
@@ -61,14 +61,25 @@ class Router:
                                      for name in p.employer_names) for p in strategy.partners]
         self._allocator = Allocator(strategy, self.store, on_cap)
         self._table = PartnerTable(strategy.partners)
+        self._assess_one = OneAssessor(strategy, self.scorers, self._employers)
+        self._single_trip = bool(getattr(self.store, "single_trip", False))
 
     def cap_refusals(self) -> dict[tuple[str, str], int]:
         """Refusals so far by (bucket id, window)."""
         return dict(self._allocator.refusals)
 
     def decide(self, app: Application) -> Decision:
-        """Decide one application."""
-        return self.decide_batch([app])[0]
+        """Decide one application.
+
+        On a store that checks, reserves and records in one call (memory, one Redis
+        server) this runs on Python scalars end to end — the same decision as a batch of
+        one, without numpy's per-call overhead; on others it is a batch of one.
+        """
+        if not self._single_trip:
+            return self.decide_batch([app])[0]
+        r = row_from_application(app, self.hasher, self.clock() if self.clock else None)
+        record, degraded = self._allocator.allocate_row(r, self._assess_one(r, full=False))
+        return decision_from_record(record, r.application_id, self.strategy.version, degraded)
 
     def decide_batch(self, apps: Sequence[Application], *, pipelined: bool = False) -> list[Decision]:
         """Decide several applications: scored together, reserved in the given order.
@@ -98,7 +109,8 @@ class Router:
             # The caller's clock, read once per application, replaces event time everywhere.
             cols.event_ms = np.array([self.clock() for _ in range(len(cols))], dtype=np.int64)
         if len(cols) == 1:  # a live decision: the scalar path, bit-identical to the batch one
-            a = assess_one(cols, self.strategy, self.scorers, self._employers, self._table)
+            a = assess_one(cols, self.strategy, self.scorers, self._employers,
+                           assessor=self._assess_one)
         else:
             a = assess(cols, self.strategy, self.scorers, self._employers, self._table)
         return self._allocator.allocate(cols, a, pipelined)

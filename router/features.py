@@ -7,7 +7,7 @@ numpy for a batch), so a scorer sees identical inputs live and in replay.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -59,6 +59,34 @@ def features_one(app: Application) -> list[float]:
         1.0 if ch == _CHANNEL_FLAGS[1] else 0.0,
         1.0 if ch == _CHANNEL_FLAGS[2] else 0.0,
     ]
+
+
+def features_row(r: Any) -> list[float]:
+    """:func:`features_batch` for one row of scalars (a :class:`~router.columns.Row`),
+    bit-identical to it: arithmetic on Python floats is the same IEEE arithmetic, and the
+    logarithms go through numpy's own ``log1p`` (``math.log1p`` may differ in the last bit,
+    which could move a PD across a cut-off between live and replay)."""
+    income = r.monthly_income / 100.0
+    amount = r.requested_amount / 100.0
+    ch = r.channel
+    return [
+        float(r.age),
+        float(_log1p(income)),
+        r.bureau_score / 100.0,
+        float(r.inquiries_3m),
+        float(r.open_loans),
+        float(r.dti),
+        min(r.worst_dpd_12m, 180) / 30.0,
+        float(_log1p(amount)),
+        r.term_months / 12.0,
+        amount / (income + 100.0),
+        1.0 if ch == _CHANNEL_FLAGS[0] else 0.0,
+        1.0 if ch == _CHANNEL_FLAGS[1] else 0.0,
+        1.0 if ch == _CHANNEL_FLAGS[2] else 0.0,
+    ]
+
+
+_log1p = np.log1p
 
 
 def features_batch(cols: AppColumns) -> np.ndarray:

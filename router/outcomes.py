@@ -109,6 +109,23 @@ def to_decisions(out: Outcomes, application_ids: Sequence[str], version: str) ->
     return result
 
 
+def decision_from_record(record: bytes, application_id: str, version: str,
+                         degraded: bool = False) -> Decision:
+    """The Decision message a record stands for (as :func:`to_decisions` builds it)."""
+    kind, bits, value, apr, margin, pd, partner, _ = _RECORD.unpack(record)
+    common = dict(decision_id=decision_id(version, application_id),
+                  application_id=application_id, strategy_version=version, pd=pd,
+                  apr=_opt(apr), coverage_margin=_opt(margin), reasons=reasons.names(bits),
+                  degraded=degraded)
+    if kind == KEEP:
+        return Keep(**common, expected_profit=value)
+    if kind == BRANCH:
+        return Branch(**common, expected_profit=value)
+    if kind == REFER:
+        return Refer(**common, partner_id=partner.rstrip(b"\0").decode(), expected_value=value)
+    return Decline(**common)
+
+
 def reason_strings(bits: np.ndarray, sep: str = "|") -> list[str]:
     """Reason codes joined per row (each distinct bit pattern decoded once)."""
     uniq, inv = np.unique(bits, return_inverse=True)

@@ -79,6 +79,19 @@ def test_batch_of_one_is_bit_identical_to_the_batch(name, scorers, data):
     batch = scorer.pd_batch(X)
     ones = np.concatenate([scorer.pd_batch(X[i:i + 1]) for i in range(len(X))])
     assert np.array_equal(batch, ones)
+    if getattr(scorer, "exact_one", False):  # the live path then scores with pd_one
+        assert np.array_equal(batch, [scorer.pd_one(row) for row in X.tolist()])
+
+
+def test_features_row_is_bit_identical_to_the_batch():
+    """The live path's features (one row of scalars) equal the batch's, bit for bit."""
+    from router.columns import from_arrow, row_of
+    from router.features import features_row
+    from router.traffic import generate_batches
+
+    cols = from_arrow(next(generate_batches(3000, seed=8)), Hasher(b"conformance-key-000000"))
+    rows = [features_row(row_of(cols, i)) for i in range(len(cols))]
+    assert np.array_equal(features_batch(cols), np.array(rows))
 
 
 def test_compiled_kinds(scorers):

@@ -16,7 +16,7 @@ import numpy as np
 
 from router.errors import ModelError
 from router.features import FEATURES
-from router.scoring.base import sigmoid, sigmoid_v
+from router.scoring.base import sigmoid_v
 
 
 class ScorecardFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -27,6 +27,9 @@ class ScorecardFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     intercept: float
     coefficients: list[float]
     metadata: dict[str, Any] = {}
+
+
+_exp = np.exp
 
 
 class LinearScorer:
@@ -46,12 +49,18 @@ class LinearScorer:
         self.feature_names_ = tuple(feature_names)
         self._pairs = coef  # plain floats: faster than numpy for one short row
 
+    #: :meth:`pd_one` is bit-identical to :meth:`pd_batch` (the live path relies on it).
+    exact_one = True
+
     def pd_one(self, x: Sequence[float]) -> float:
-        """PD of one row."""
+        """PD of one row, bit-identical to the same row in :meth:`pd_batch`."""
         z = self.intercept_
         for c, v in zip(self._pairs, x):
             z += c * v
-        return sigmoid(z)
+        # numpy's exp, as the batch uses (math.exp may differ in the last bit); the rest
+        # is the same IEEE arithmetic on Python floats.
+        e = float(_exp(-abs(z)))
+        return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
 
     def pd_batch(self, X: np.ndarray) -> np.ndarray:
         """PD of every row.
@@ -61,12 +70,9 @@ class LinearScorer:
         and live decisions cannot differ at a cut-off.
         """
         if len(X) == 1:
-            # One live row: the same additions in the same order on Python floats (IEEE
+            # One row: the same additions in the same order on Python floats (IEEE
             # doubles, bit-identical to numpy's elementwise ops) and numpy's own exp.
-            z1 = self.intercept_
-            for c, v in zip(self._pairs, X[0].tolist()):
-                z1 += c * v
-            return sigmoid_v(np.array([z1]))
+            return np.array([self.pd_one(X[0].tolist())])
         z = np.full(len(X), self.intercept_)
         for j, c in enumerate(self._pairs):
             z += c * X[:, j]
