@@ -8,7 +8,7 @@ import pytest
 from router.assess import assess
 from router.assess_one import assess_one
 from router.columns import from_arrow
-from router.config import load_strategy, strategy_from_dict
+from router.config import strategy_from_dict
 from router.engine import Router
 from router.testing import ScoreLookupScorer, strategy_dict
 from router.traffic import generate_batches

@@ -26,7 +26,7 @@ from router.config import Strategy
 from router.engine import BRANCH_BUCKET, KEEP_BUCKET, Router
 from router.logs import get_logger
 from router.outcomes import BRANCH, KEEP, LABELS, REFER, Outcomes, reason_strings
-from router.replay.reader import count_rows, read_columns
+from router.replay.reader import read_columns
 from router.store import MemoryQuotaStore, QuotaStore
 
 DECISIONS_SCHEMA = pa.schema([
