@@ -83,7 +83,7 @@ def test_reply_lost_after_the_script_ran_is_retried_exactly_once(own_server, mon
     b = Bucket("p1", (CapLimit("day", 10, None),), TZ)
     t = int(T0.timestamp() * 1000)
     k = (key_of(t, "day", TZ),)
-    real = store._reserve
+    real = store._evalsha_many
     calls = {"n": 0}
 
     def lossy(*args, **kwargs):
@@ -93,7 +93,7 @@ def test_reply_lost_after_the_script_ran_is_retried_exactly_once(own_server, mon
             raise redis.ConnectionError("connection dropped before the reply")  # ... reply lost
         return result
 
-    monkeypatch.setattr(store, "_reserve", lossy)
+    monkeypatch.setattr(store, "_evalsha_many", lossy)
     assert store.try_reserve(b, k, 100, None, t, application_id="app-x") == GRANTED
     assert calls["n"] == 2
     assert store.usage(b, k) == [(1, 100)]

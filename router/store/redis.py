@@ -44,9 +44,13 @@ bucket, and concurrent callers all get the first decision.
 The client's socket timeout (``timeout_ms``) is the per-call deadline; past it, or on any
 error, the router answers in degraded mode (never ``refer``). redis-py errors are wrapped
 once into :class:`~router.errors.StoreError`. Scripts are
-sent with EVALSHA; after ``SCRIPT FLUSH`` or a restart redis-py reloads on NOSCRIPT, which
-is safe because a NOSCRIPT reply means the script did not run. Client retries are off:
-nothing is re-sent behind the router's back.
+sent with EVALSHA; after ``SCRIPT FLUSH`` or a restart the store reloads on NOSCRIPT and
+re-sends only the calls that got NOSCRIPT, which is safe because a NOSCRIPT reply means the
+script did not run. Client retries are off: nothing is re-sent behind the router's back.
+On one server the script calls are packed by hiredis and written in one send
+(:meth:`RedisQuotaStore._evalsha_many`): redis-py's own pipeline checks every argument in
+Python and asks ``SCRIPT EXISTS`` on every execute, which cost more than the router's
+whole decision.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 import redis
+from hiredis import pack_command
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
@@ -256,11 +261,8 @@ class RedisQuotaStore(QuotaStore):
                                rec, single_trip)
                  for b, k, amt, appl, t, e, app, fp, rec in requests]
         for attempt in (1, 2):
-            pipe = self.client.pipeline(transaction=False)
-            for kk, args in calls:
-                self._reserve(keys=kk, args=args, client=pipe)
             try:
-                replies = pipe.execute(raise_on_error=False)
+                replies = self._evalsha_many(calls)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 # Every request carries its application id, so grant records make a resend
                 # exactly-once: scripts that ran answer GRANTED without applying again.
@@ -279,6 +281,37 @@ class RedisQuotaStore(QuotaStore):
                 out.append((code, reply[1][_FP_BYTES:] if code == -2 else None))
             return out
         raise AssertionError("unreachable")
+
+    def _evalsha_many(self, calls: list[tuple[list, list]]) -> list:
+        """Run the reservation script once per (KEYS, ARGV) call, pipelined on one
+        connection (one server only); replies in order, an error reply in place as its
+        exception. NOSCRIPT means that call did not run: the script is loaded and just
+        those calls are sent again."""
+        sha = self._reserve.sha
+        out: list = [None] * len(calls)
+        todo = range(len(calls))
+        pool = self.client.connection_pool
+        for _ in (1, 2):
+            conn = pool.get_connection()
+            try:
+                conn.send_packed_command([b"".join([
+                    pack_command(("EVALSHA", sha, len(calls[i][0]), *calls[i][0], *calls[i][1]))
+                    for i in todo])])
+                for i in todo:
+                    try:
+                        out[i] = conn.read_response()
+                    except redis.ResponseError as exc:
+                        out[i] = exc
+            except BaseException:
+                conn.disconnect()  # replies may be left unread: never reuse the socket
+                raise
+            finally:
+                pool.release(conn)
+            todo = [i for i in todo if isinstance(out[i], redis.exceptions.NoScriptError)]
+            if not todo:
+                break
+            self.client.script_load(_RESERVE)
+        return out
 
     def record_many(self, application_ids, fingerprints, records, event_ms):
         pipe = self.client.pipeline(transaction=False)
@@ -305,7 +338,12 @@ class RedisQuotaStore(QuotaStore):
         use_grant = application_id is not None
         for attempt in (1, 2):
             try:
-                reply = self._reserve(keys=kk, args=args)
+                if self.single_trip:
+                    reply = self._evalsha_many([(kk, args)])[0]
+                    if isinstance(reply, Exception):
+                        raise reply
+                else:
+                    reply = self._reserve(keys=kk, args=args)
                 code = int(reply[0])
                 if code == -2:
                     stored = reply[1]
