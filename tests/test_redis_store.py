@@ -68,15 +68,34 @@ def test_lowering_a_cap_mid_window_refuses(store_factory):
     assert store.usage(low, k) == [(5, 5)]
 
 
-@pytest.mark.parametrize("amount", ["0", "-5", "9007199254740992", "1.5", "nan", "abc", ""])
+@pytest.mark.parametrize("amount", [0.0, -5.0, 2.0 ** 53, 1.5, float("nan"), float("inf"),
+                                    "text header", "short"])
 def test_the_script_itself_validates_before_writing(store_factory, amount):
     """Defence in depth: even a caller that bypasses Python's checks cannot half-write."""
+    import struct
+
     store = store_factory("redis")
     p = store.prefix
+    header = amount.encode() if isinstance(amount, str) else \
+        struct.pack("<7d", amount, 1, 0, 0, 0, 1000, 0)
     with pytest.raises(redis.ResponseError, match="ROUTER bad (amount|header)"):
         store._reserve(keys=[f"{p}{{p:x}}:c", f"{p}{{p:x}}:d", f"{p}{{p:x}}:l", f"{p}{{p:x}}:g",
                              f"{p}{{p:x}}:a"],
-                       args=[f"{amount},1,0,0,0,1000,0", "10,-1,1000", "", "a", "", ""])
+                       args=[header, struct.pack("<3d", 10, -1, 1000), "", "a", "", ""])
+    assert store.client.keys(f"{p}*") == []
+
+
+@pytest.mark.parametrize("caps", [b"", b"x" * 24, None])
+def test_the_script_rejects_malformed_caps(store_factory, caps):
+    import struct
+
+    store = store_factory("redis")
+    p = store.prefix
+    caps = caps if caps is not None else struct.pack("<3d", 10, -1, 0)  # a zero TTL
+    with pytest.raises(redis.ResponseError, match="ROUTER bad (caps|counter ttl|count limit)"):
+        store._reserve(keys=[f"{p}{{p:x}}:c", f"{p}{{p:x}}:d", f"{p}{{p:x}}:l", f"{p}{{p:x}}:g",
+                             f"{p}{{p:x}}:a"],
+                       args=[struct.pack("<7d", 5, 1, 0, 0, 0, 1000, 0), caps, "", "a", "", ""])
     assert store.client.keys(f"{p}*") == []
 
 

@@ -55,6 +55,7 @@ whole decision.
 
 from __future__ import annotations
 
+import struct
 import time
 from importlib import resources
 from typing import Iterable, Sequence
@@ -76,6 +77,7 @@ _RESERVE = resources.files("router.store").joinpath("lua/reserve.lua").read_text
 _entry_enc = msgspec.json.Encoder()
 _entry_dec = msgspec.json.Decoder(ReferralEntry)
 _FP_BYTES = 8
+_HEADER = struct.Struct("<7d")
 
 
 class RedisQuotaStore(QuotaStore):
@@ -238,15 +240,16 @@ class RedisQuotaStore(QuotaStore):
         kk += [f"{b}:d:{applicant}" if use_dedupe else f"{b}:d:-", f"{b}:ledger",
                f"{b}:g:{application_id}" if use_grant else f"{b}:g:-",
                self._app(application_id) if use_app else f"{b}:a:-"]  # type: ignore[arg-type]
-        caps = []
+        caps: list[int] = []
         for cap, key in zip(bucket.caps, keys):
             ttl = window_end_ms(cap.window, key, bucket.timezone) - event_ms + COUNTER_GRACE_MS
-            caps.append(f"{-1 if cap.count is None else cap.count},"
-                        f"{-1 if cap.amount is None else cap.amount},{max(ttl, COUNTER_GRACE_MS)}")
+            caps += (-1 if cap.count is None else cap.count,
+                     -1 if cap.amount is None else cap.amount, max(ttl, COUNTER_GRACE_MS))
+        # Numbers as little-endian doubles (validated above: integers below 2^53, exact).
         args: list = [
-            f"{amount},{event_ms},{bucket.dedupe_ms},{int(use_dedupe)},{int(use_grant)},"
-            f"{self.record_ttl_ms},{int(use_app)}",
-            ";".join(caps),
+            _HEADER.pack(amount, event_ms, bucket.dedupe_ms, use_dedupe, use_grant,
+                         self.record_ttl_ms, use_app),
+            struct.pack(f"<{len(caps)}d", *caps),
             _entry_enc.encode(entry) if entry is not None else b"",
             application_id or "",
             fingerprint.to_bytes(_FP_BYTES, "big") if fingerprint is not None else b"",
