@@ -10,6 +10,7 @@ retried application id now carries different content.
 from __future__ import annotations
 
 import struct
+from operator import mul
 from typing import Sequence
 
 import numpy as np
@@ -50,14 +51,35 @@ def hash_strings(values: Sequence[str] | np.ndarray) -> np.ndarray:
     return h
 
 
+def _weights(k: int) -> list[int]:
+    """k odd 64-bit multipliers (splitmix64 of the golden-ratio sequence, low bit set)."""
+    out, x = [], 0
+    for _ in range(k):
+        x = (x + 0x9E3779B97F4A7C15) & ((1 << 64) - 1)
+        z = x
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & ((1 << 64) - 1)
+        out.append((z ^ (z >> 31)) | 1)
+    return out
+
+
+_W = _weights(32)
+_W_NP = np.array(_W, dtype=np.uint64)
+
+
 def combine(columns: Sequence[np.ndarray], n: int) -> np.ndarray:
-    """One uint64 per row from per-column uint64 hashes or raw 64-bit values."""
+    """One uint64 per row from per-column uint64 hashes or raw 64-bit values.
+
+    A weighted sum mod 2^64 with a distinct odd weight per column, then one mix: each
+    column's term is a bijection of its value (the weight is odd), so changing any one
+    field always changes the result, and the sum costs one multiply-add per field.
+    """
+    if len(columns) > len(_W):
+        raise ValueError(f"at most {len(_W)} columns")
     h = np.full(n, _SEED, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        # Each step is a bijection of h and of the column value (P is odd), so changing any
-        # one field always changes the result; one final mix spreads the bits.
-        for col in columns:
-            h = (h * _P) ^ col
+        for col, w in zip(columns, _W_NP):
+            h = h + col * w
         return _mix(h)
 
 
@@ -74,6 +96,7 @@ def as_u64(values: np.ndarray) -> np.ndarray:
 
 _MASK = (1 << 64) - 1
 _P_INT, _SEED_INT = int(_P), int(_SEED)
+_F64 = struct.Struct("<d")
 
 
 def mix_py(h: int) -> int:
@@ -85,26 +108,29 @@ def mix_py(h: int) -> int:
     return h ^ (h >> 31)
 
 
+_WORDS: dict[int, struct.Struct] = {}
+
+
 def hash_string_py(value: str) -> int:
     """:func:`hash_strings` for one string."""
     data = value.encode("utf-8")
     data += b"\0" * (-len(data) % 8)
+    words = _WORDS.get(len(data))
+    if words is None:
+        words = _WORDS[len(data)] = struct.Struct(f"<{len(data) // 8}Q")
     h = _SEED_INT
-    for k in range(0, len(data), 8):
-        w = int.from_bytes(data[k:k + 8], "little")
+    for w in words.unpack(data):
         if w:
             h = ((h ^ w) * _P_INT) & _MASK
     return h
 
 
 def combine_py(values: list[int]) -> int:
-    """:func:`combine` for one row of 64-bit values."""
-    h = _SEED_INT
-    for v in values:
-        h = ((h * _P_INT) & _MASK) ^ v
-    return mix_py(h)
+    """:func:`combine` for one row of 64-bit values (one mask at the end: Python ints
+    do not overflow, and the sum mod 2^64 is the same)."""
+    return mix_py((_SEED_INT + sum(map(mul, values, _W))) & _MASK)
 
 
 def float_bits(x: float) -> int:
     """IEEE-754 bits of a float, as :func:`as_u64` gives them."""
-    return int.from_bytes(struct.pack("<d", x), "little")
+    return int.from_bytes(_F64.pack(x), "little")

@@ -113,17 +113,22 @@ def decision_from_record(record: bytes, application_id: str, version: str,
                          degraded: bool = False) -> Decision:
     """The Decision message a record stands for (as :func:`to_decisions` builds it)."""
     kind, bits, value, apr, margin, pd, partner, _ = _RECORD.unpack(record)
-    common = dict(decision_id=decision_id(version, application_id),
-                  application_id=application_id, strategy_version=version, pd=pd,
-                  apr=_opt(apr), coverage_margin=_opt(margin), reasons=reasons.names(bits),
-                  degraded=degraded)
-    if kind == KEEP:
-        return Keep(**common, expected_profit=value)
-    if kind == BRANCH:
-        return Branch(**common, expected_profit=value)
+    did = decision_id(version, application_id)
+    apr = None if apr != apr else apr  # NaN: not applicable
+    margin = None if margin != margin else margin
+    names = reasons.names(bits)
     if kind == REFER:
-        return Refer(**common, partner_id=partner.rstrip(b"\0").decode(), expected_value=value)
-    return Decline(**common)
+        return Refer(decision_id=did, application_id=application_id, strategy_version=version,
+                     pd=pd, apr=apr, coverage_margin=margin, reasons=names, degraded=degraded,
+                     partner_id=partner.rstrip(b"\0").decode(), expected_value=value)
+    if kind == DECLINE:
+        return Decline(decision_id=did, application_id=application_id,
+                       strategy_version=version, pd=pd, apr=apr, coverage_margin=margin,
+                       reasons=names, degraded=degraded)
+    return (Keep if kind == KEEP else Branch)(
+        decision_id=did, application_id=application_id, strategy_version=version, pd=pd,
+        apr=apr, coverage_margin=margin, reasons=names, degraded=degraded,
+        expected_profit=value)
 
 
 def reason_strings(bits: np.ndarray, sep: str = "|") -> list[str]:
