@@ -386,13 +386,34 @@ class Allocator:
         each reservation checking and recording the application in one store call.
         """
         with self.lock:
-            self._ids, self._fps = [r.application_id], [r.fingerprint]
-            self._once, self._recorded, self._new_blocks = True, False, []
             return self._allocate_row(r, a)
+
+    def _known_row(self, bucket: Bucket, keys: tuple[int, ...], amount: int) -> int:
+        """:meth:`known_refusal` for one row (keys as a tuple)."""
+        fl = self.floors.get(bucket.id)
+        if fl is not None:
+            for k, kf in enumerate(fl):
+                if kf is not None and kf[0] == keys[k] and amount >= kf[1]:
+                    self.refusals[bucket.id, bucket.caps[k].window] += 1
+                    return CAP_HIT + 2 * k + (kf[1] == 0)
+        return -1
+
+    def _reserve_row(self, bucket: Bucket, keys: tuple[int, ...], r: Row,
+                     applicant: str | None, entry: ReferralEntry | None, rec: bytes) -> int:
+        """:meth:`reserve` for one row (keys as a tuple); call :meth:`_known_row` first."""
+        amount = r.requested_amount
+        res, existing = self.store.try_reserve_once(
+            bucket, keys, amount, applicant, r.event_ms, entry,
+            application_id=r.application_id, fingerprint=r.fingerprint, record=rec)
+        if existing is not None:
+            raise _Decided(existing)
+        if res >= CAP_HIT:
+            self.note(bucket, keys, amount, res, r.event_ms)
+        return res
 
     def _allocate_row(self, r: Row, a: OneAssessment) -> tuple[bytes, bool]:
         s = self.strategy
-        bits, t, amount = a.bits, r.event_ms, r.requested_amount
+        bits = a.bits
         eligible = [j for j, ok in enumerate(a.eligible) if ok]
         if a.keep_ok or a.branch_ok or eligible:
             try:
@@ -400,8 +421,8 @@ class Allocator:
                     kb = self.keep_bucket
                     rec = pack_record(KEEP, bits, a.keep_profit, a.keep_apr, a.keep_margin, a.pd, "")
                     kk = _row_keys(kb, a)
-                    if self.known_refusal(kb, kk, 0, amount) < 0 and \
-                            self.reserve(kb, kk, 0, amount, None, t, None, lambda: rec) == GRANTED:
+                    if self._known_row(kb, kk, r.requested_amount) < 0 and \
+                            self._reserve_row(kb, kk, r, None, None, rec) == GRANTED:
                         return rec, False
                     bits |= _KEEP_FULL
                 if a.branch_ok:
@@ -409,8 +430,8 @@ class Allocator:
                     rec = pack_record(BRANCH, bits, a.branch_profit, a.branch_apr,
                                       a.branch_margin, a.branch_pd, "")
                     bk = _row_keys(bb, a)
-                    if self.known_refusal(bb, bk, 0, amount) < 0 and \
-                            self.reserve(bb, bk, 0, amount, None, t, None, lambda: rec) == GRANTED:
+                    if self._known_row(bb, bk, r.requested_amount) < 0 and \
+                            self._reserve_row(bb, bk, r, None, None, rec) == GRANTED:
                         return rec, False
                     bits |= _BRANCH_FULL
                 if eligible:
@@ -435,7 +456,7 @@ class Allocator:
             # Store the decline unless a concurrent caller decided first (then its decision
             # is the answer).
             existing = self.store.record_many([r.application_id], [r.fingerprint], [rec],
-                                              [t])[0]
+                                              [r.event_ms])[0]
             if existing is not None:
                 return existing, False
         except IdempotencyConflict:
@@ -459,19 +480,18 @@ class Allocator:
             order = sorted(eligible, key=lambda j: (-ev[j], rank[j]))
         else:
             order = self.rotation.order(eligible)
-        t, amount = r.event_ms, r.requested_amount
         extra = 0
+        entries = self.store.needs_entries
         for j in order:
             bucket = self.partner_buckets[j]
             kk = _row_keys(bucket, a)
-            res = self.known_refusal(bucket, kk, 0, amount)
+            res = self._known_row(bucket, kk, r.requested_amount)
             if res < 0:
                 rec = pack_record(REFER, bits | extra, ev[j], a.partner_apr[j], a.keep_margin,
                                   a.pd, s.partners[j].id)
-                entry = make_entry(s, r.application_id, j, t, amount, r.term_months,
-                                   r.applicant, ev[j]) if self.store.needs_entries else None
-                res = self.reserve(bucket, kk, 0, amount, r.applicant, t, entry,
-                                   lambda rec=rec: rec)
+                entry = make_entry(s, r.application_id, j, r.event_ms, r.requested_amount,
+                                   r.term_months, r.applicant, ev[j]) if entries else None
+                res = self._reserve_row(bucket, kk, r, r.applicant, entry, rec)
                 if res == GRANTED:
                     if method == "weighted":
                         self.rotation.granted(j, eligible)
@@ -747,10 +767,10 @@ class _KeyRows:
         return cols
 
 
-def _row_keys(bucket: Bucket, a: OneAssessment) -> list[list[int]]:
-    """One row's window keys for each of ``bucket``'s caps, shaped as key columns."""
+def _row_keys(bucket: Bucket, a: OneAssessment) -> tuple[int, ...]:
+    """One row's window key for each of ``bucket``'s caps."""
     zk = a.keys[bucket.timezone]
-    return [[zk[_WINDOW_INDEX[c.window]]] for c in bucket.caps]
+    return tuple([zk[_WINDOW_INDEX[c.window]] for c in bucket.caps])
 
 
 _WINDOW_INDEX = {w: i for i, w in enumerate(WINDOWS)}

@@ -176,7 +176,8 @@ class OneAssessor:
             keep_ok = not keep_bits
 
         b = s.branch
-        if b is not None and self.branch_filter is not None:
+        # A live decision reads the branch's figures only when the branch can take it.
+        if b is not None and self.branch_filter is not None and (funder_ok or full):
             bpd = pd if b.scorer == p.scorer else self._pd(b.scorer, x)
             bapr = eco.branch_apr(max_apr, b, e)
             bprofit = eco.branch_profit(amount, term, bpd, bapr, b, e)

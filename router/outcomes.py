@@ -77,10 +77,19 @@ class Outcomes:
         self.degraded[i] = False
 
 
+_LAST_ID: tuple[str, str, str] = ("", "", "")
+
+
 def decision_id(version: str, application_id: str) -> str:
     """Deterministic decision id: the same strategy and application give the same id."""
+    global _LAST_ID
+    v, a, did = _LAST_ID  # one entry: a referral asks twice (ledger entry, then decision)
+    if a == application_id and v == version:
+        return did
     digest = hashlib.blake2b(f"{version}\x1f{application_id}".encode(), digest_size=10)
-    return "d_" + digest.hexdigest()
+    did = "d_" + digest.hexdigest()
+    _LAST_ID = (version, application_id, did)
+    return did
 
 
 def _opt(x: float) -> float | None:
