@@ -91,6 +91,7 @@ class RedisQuotaStore(QuotaStore):
         self.prefix = prefix
         self.record_ttl_ms = idempotency_ttl_ms
         self._reserve = client.register_script(_RESERVE)
+        self._windows: dict[tuple[int, tuple[int, ...]], tuple] = {}
 
     @classmethod
     def from_url(cls, url: str, **options) -> "RedisQuotaStore":
@@ -236,15 +237,27 @@ class RedisQuotaStore(QuotaStore):
         use_grant = application_id is not None
         if use_app is None:
             use_app = fingerprint is not None
-        kk = [self._counter(bucket, i, k) for i, k in enumerate(keys)]
-        kk += [f"{b}:d:{applicant}" if use_dedupe else f"{b}:d:-", f"{b}:ledger",
-               f"{b}:g:{application_id}" if use_grant else f"{b}:g:-",
-               self._app(application_id) if use_app else f"{b}:a:-"]  # type: ignore[arg-type]
+        cached = self._windows.get((id(bucket), keys))
+        if cached is None:
+            if len(self._windows) > 10_000:
+                self._windows.clear()
+            # Counter keys and (count limit, amount limit, window end) per cap: the same for
+            # every reservation in these windows. The bucket itself is kept in the entry so
+            # its id cannot be reused by another object while cached.
+            cached = self._windows[(id(bucket), keys)] = (
+                bucket, [self._counter(bucket, i, k) for i, k in enumerate(keys)],
+                [(-1 if cap.count is None else cap.count,
+                  -1 if cap.amount is None else cap.amount,
+                  window_end_ms(cap.window, key, bucket.timezone) + COUNTER_GRACE_MS)
+                 for cap, key in zip(bucket.caps, keys)])
+        _, counters, limits = cached
+        kk = counters + [f"{b}:d:{applicant}" if use_dedupe else f"{b}:d:-", f"{b}:ledger",
+                         f"{b}:g:{application_id}" if use_grant else f"{b}:g:-",
+                         self._app(application_id) if use_app else f"{b}:a:-"]  # type: ignore[arg-type]
         caps: list[int] = []
-        for cap, key in zip(bucket.caps, keys):
-            ttl = window_end_ms(cap.window, key, bucket.timezone) - event_ms + COUNTER_GRACE_MS
-            caps += (-1 if cap.count is None else cap.count,
-                     -1 if cap.amount is None else cap.amount, max(ttl, COUNTER_GRACE_MS))
+        for count, amount_limit, end in limits:
+            # Expiry: the end of the window plus a grace period, counted from the event.
+            caps += (count, amount_limit, max(end - event_ms, COUNTER_GRACE_MS))
         # Numbers as little-endian doubles (validated above: integers below 2^53, exact).
         args: list = [
             _HEADER.pack(amount, event_ms, bucket.dedupe_ms, use_dedupe, use_grant,
