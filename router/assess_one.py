@@ -85,7 +85,12 @@ def _regions(prefixes: list[str]) -> list[tuple[int, int]] | None:
 
 
 def _in_regions(code: int, regions: list[tuple[int, int]] | None) -> bool:
-    return regions is None or any(code // d == v for d, v in regions)
+    if regions is None:
+        return True
+    for d, v in regions:
+        if code // d == v:
+            return True
+    return False
 
 
 class OneAssessor:
@@ -231,9 +236,12 @@ class OneAssessor:
         if live and any_consent and not any_eligible:
             bits |= _NO_ELIGIBLE
         floor = s.routing.min_expected_value
-        valuable = [el and v >= floor for el, v in zip(eligible, ev)]
-        if any_eligible and not any(valuable):
-            bits |= _LOW_VALUE
+        if any_eligible:
+            valuable = [el and v >= floor for el, v in zip(eligible, ev)]
+            if not any(valuable):
+                bits |= _LOW_VALUE
+        else:
+            valuable = eligible
 
         q = r.event_ms // _Q_MS
         keys = {z: _bucket_keys(q, z) for z in self.zones}
