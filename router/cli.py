@@ -154,6 +154,12 @@ def _yuan(minor: int) -> str:
     return f"{minor / 100:,.0f}"
 
 
+def _ran_out(quota: dict, name: str) -> list[str]:
+    """Local times a bucket's day cap ran out, one per day."""
+    day = quota.get(name, {}).get("day", {})
+    return [w["ran_out_at"] for w in day.get("by_window", []) if w["ran_out_at"]]
+
+
 def _print_summary(s: dict) -> None:
     n = s["applications"]
     t = Table(title=f"{n:,} applications, strategy {s['strategy_version']}")
@@ -168,24 +174,30 @@ def _print_summary(s: dict) -> None:
         p.add_column(c, justify="left" if c in ("partner", "day cap out") else "right",
                      no_wrap=True)
     for pid, v in s["partners"].items():
-        days = v["daily_cap_ran_out"]
-        ran = ", ".join(t.split("T")[1][:5] for t in days.values())
+        days = _ran_out(s["quota"], pid)
+        ran = ", ".join(t.split("T")[1][:5] for t in days)
         if len(days) > 1:  # several days: first and last only, with dates
-            first, last = list(days.items())[0], list(days.items())[-1]
-            ran = f"{first[1][:16].replace('T', ' ')} … {last[1][:16].replace('T', ' ')} ({len(days)} days)"
+            ran = f"{days[0][:16].replace('T', ' ')} … {days[-1][:16].replace('T', ' ')} " \
+                  f"({len(days)} days)"
         p.add_row(pid, f"{v['referred']:,}", _yuan(v["amount"]), _yuan(v["expected_fee"]),
                   _yuan(v["expected_rev_share"]), ran or "-")
     out.print(p)
     budgets = []
-    for name, v in s["budgets"].items():
-        days = v["daily_cap_ran_out"]
-        when = ", ".join(t.split("T")[1][:5] for t in days.values()) if days else "not exhausted"
-        budgets.append(f"{name} {when}")
+    for name in ("keep", "branch"):
+        days = _ran_out(s["quota"], name)
+        budgets.append(f"{name} " + (", ".join(t.split("T")[1][:5] for t in days[:3])
+                                     + (" …" if len(days) > 3 else "") if days else "not exhausted"))
     out.print("funder's daily budgets ran out: " + "; ".join(budgets))
-    b = s["expected_profit_breakdown"]
-    out.print(f"expected profit {_yuan(s['expected_profit'])} yuan = keep {_yuan(b['keep'])} + "
-              f"branch {_yuan(b['branch'])} + referral {_yuan(b['referral_value'])}; "
-              f"{s['applications_per_s']:,.0f} applications/s")
+    b = s["expected_profit"]
+    line = (f"expected profit {_yuan(b['total'])} yuan = keep {_yuan(b['keep'])} + "
+            f"branch {_yuan(b['branch'])} + referral {_yuan(b['referral_value'])}")
+    if s.get("realised_bad_rate") is not None:
+        line += (f"; kept loans: expected bad rate {s['expected_bad_rate']:.2%}, "
+                 f"realised {s['realised_bad_rate']:.2%}")
+    out.print(line)
+    rej = s["traffic"]["rows_rejected"]
+    if rej:
+        out.print(f"[yellow]{rej:,} rows rejected[/yellow] (see rejects.jsonl)")
 
 
 def main() -> None:

@@ -194,6 +194,8 @@ class Strategy(Base, kw_only=True):
     identity: Identity = Identity()
     degraded: DegradedPolicy = DegradedPolicy()
     idempotency_ttl_hours: Annotated[int, Meta(ge=1, le=24 * 90)] = 48
+    #: Column mapping for historical traffic: application field -> the file's column name.
+    columns: dict[str, str] = {}
     partner_book: str | None = None
     base_dir: str = "."
 

@@ -20,13 +20,17 @@ def test_summary_and_decisions(tmp_path, traffic):
     s = load_strategy("configs/strategy.toml")
     r = replay(s, traffic[0], tmp_path)
     summary = msgspec.json.decode(r.summary_path.read_bytes())
-    for key in ("applications", "decisions", "partners", "expected_profit", "elapsed_s",
-                "applications_per_s"):
+    for key in ("applications", "decisions", "partners", "expected_profit", "quota",
+                "strategy_hash", "code_version", "traffic", "reason_counts", "by_hour"):
         assert key in summary
+    assert summary["traffic"]["rows_rejected"] == 0
+    assert len(summary["traffic"]["sha256"]) == 64
+    assert (tmp_path / "timing.json").exists()
     assert summary["applications"] == 20_000 == sum(summary["decisions"].values())
     t = pq.read_table(r.decisions_path)
     assert t.num_rows == 20_000
-    assert t.column_names[:3] == ["application_id", "received_at", "outcome"]
+    assert t.column_names[:5] == ["application_id", "received_at", "channel", "requested_amount",
+                                  "outcome"]
     refs = sum(1 for o in t.column("outcome").to_pylist() if o == "refer")
     assert refs == summary["decisions"]["refer"] == sum(p["referred"] for p in summary["partners"].values())
     for pid, p in summary["partners"].items():
@@ -39,6 +43,7 @@ def test_replay_is_deterministic(tmp_path, traffic):
     a = replay(s, traffic[0], tmp_path / "a")
     b = replay(s, traffic[0], tmp_path / "b")
     assert a.decisions_path.read_bytes() == b.decisions_path.read_bytes()
+    assert a.summary_path.read_bytes() == b.summary_path.read_bytes()
 
 
 def test_replay_equals_live_one_by_one(tmp_path, traffic):
@@ -57,9 +62,9 @@ def test_daily_cap_exhaustion_reported(tmp_path, traffic):
     r = replay(s, traffic[0], tmp_path)
     dongfang = r.summary["partners"]["credit_dongfang"]
     # 20k applications: the smallest daily caps are not reached, so nothing is claimed
-    for p in r.summary["partners"].values():
-        for day, at in p["daily_cap_ran_out"].items():
-            assert at.startswith(day)
+    for q in r.summary["quota"].values():
+        for w in q.get("day", {}).get("by_window", []):
+            assert w["ran_out_at"] is None or w["ran_out_at"].startswith(w["window"])
     assert dongfang["referred"] <= 5_000
 
 
@@ -70,13 +75,13 @@ def test_known_refusal_shortcut_changes_nothing(tmp_path, traffic, monkeypatch, 
 
     s = _small_caps_strategy(method)
     fast = replay(s, traffic[0], tmp_path / "fast")
-    refused = sum(sum(p["cap_refusals"].values()) for p in fast.summary["partners"].values())
+    refused = sum(sum(p.values()) for p in fast.summary["cap_refusals"].values())
     assert refused > 1000  # the shortcut really was exercised
     monkeypatch.setattr(Allocator, "known_refusal", lambda self, *a: -1)
     monkeypatch.setattr(Allocator, "skip_full_windows", False)
     slow = replay(s, traffic[0], tmp_path / "slow")
     assert fast.decisions_path.read_bytes() == slow.decisions_path.read_bytes()
-    assert fast.summary["partners"] == slow.summary["partners"]
+    assert fast.summary_path.read_bytes() == slow.summary_path.read_bytes()
 
 
 def _small_caps_strategy(method="best_value"):

@@ -1,51 +1,50 @@
-"""The replay loop: a traffic file through the decision core on the in-memory store.
+"""The replay loop: a traffic file through the unchanged decision core.
 
 Event time drives every window. Batches are scored vectorised and reserved in
 event-time order (each batch is sorted; a row older than the previous batch's newest is
-counted as ``late_events`` and still decided at its own event time). Outputs:
-``DIR/summary.json`` and ``DIR/decisions.parquet`` (one row per application).
+counted as ``late_events`` and still decided at its own event time). Outputs in ``DIR``:
+
+* ``summary.json`` — the metrics of :mod:`router.replay.metrics`, plus the input file's
+  SHA-256, the strategy's hash and the code version. It holds no timings, so the same
+  input and strategy give a byte-identical summary;
+* ``decisions.parquet`` — one row per accepted application (optional);
+* ``rejects.jsonl`` — one line per rejected row: row number, field, reason;
+* ``timing.json`` — elapsed time and applications per second.
 """
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
 import time
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
-from zoneinfo import ZoneInfo
 
 import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from router import economics as eco
 from router.columns import AppColumns, take
 from router.config import Strategy
-from router.engine import BRANCH_BUCKET, KEEP_BUCKET, Router
+from router.engine import Router
+from router.errors import TrafficError
 from router.logs import get_logger
-from router.outcomes import BRANCH, KEEP, LABELS, REFER, Outcomes, reason_strings
-from router.replay.reader import read_columns
+from router.outcomes import LABELS, Outcomes, reason_strings
+from router.replay.metrics import Metrics
+from router.replay.reader import TrafficBatch, read_batches
+from router.replay.validate import OUTCOME_FIELDS, SPEC, Reject
 from router.store import MemoryQuotaStore, QuotaStore
 
 DECISIONS_SCHEMA = pa.schema([
     ("application_id", pa.string()), ("received_at", pa.timestamp("ms", tz="UTC")),
+    ("channel", pa.string()), ("requested_amount", pa.int64()),
     ("outcome", pa.string()), ("partner", pa.string()), ("pd", pa.float64()),
     ("apr", pa.float64()), ("expected_value", pa.int64()), ("reasons", pa.string()),
-    ("degraded", pa.bool_()),
+    ("degraded", pa.bool_()), ("defaulted", pa.bool_()),
 ])
-
-
-@dataclass
-class _PartnerTotals:
-    referred: int = 0
-    amount: int = 0
-    expected_fee: float = 0.0
-    expected_rev_share: float = 0.0
-    expected_value: int = 0
-    cap_refusals: dict[str, int] = field(default_factory=dict)
-    daily_cap_ran_out: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -54,133 +53,173 @@ class ReplayResult:
 
     summary: dict[str, Any]
     summary_path: Path
-    decisions_path: Path
+    decisions_path: Path | None
+    rejects_path: Path
+    elapsed_s: float
 
 
-def _iso(ms: int, tz: str) -> str:
-    return datetime.fromtimestamp(ms / 1000, ZoneInfo(tz)).isoformat(timespec="seconds")
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
-def _day(key: int) -> str:
-    return f"{key // 10000:04d}-{key // 100 % 100:02d}-{key % 100:02d}"
+def strategy_hash(strategy: Strategy) -> str:
+    """SHA-256 of the strategy's content (partner book included, file locations not)."""
+    data = msgspec.to_builtins(strategy)
+    data.pop("base_dir", None)
+    data.pop("partner_book", None)
+    return hashlib.sha256(msgspec.json.encode(data, order="sorted")).hexdigest()
+
+
+def code_version() -> str:
+    """The package version, and the git commit when run from a checkout."""
+    try:
+        version = metadata.version("referral-router")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    root = Path(__file__).resolve().parents[2]
+    if (root / ".git").exists():
+        try:
+            rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                                 capture_output=True, text=True, timeout=5).stdout.strip()
+            if rev:
+                version += f"+g{rev}"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return version
+
+
+def check_mapping(mapping: dict[str, str]) -> None:
+    """A column mapping names known fields only."""
+    known = set(SPEC) | set(OUTCOME_FIELDS)
+    for field in mapping:
+        if field not in known:
+            raise TrafficError(f"column mapping: unknown field {field!r} (fields: "
+                               f"{', '.join(sorted(known))})")
+
+
+def reference_pds(strategy: Strategy, path: str | Path, router: Router,
+                  mapping: dict[str, str] | None = None) -> np.ndarray:
+    """The primary scorer's PD of every valid row of a reference file (for the PSI)."""
+    from router.features import features_batch
+
+    scorer = router.scorers[strategy.primary.scorer]
+    parts = [scorer.pd_batch(features_batch(b.cols))
+             for b in read_batches(path, router.hasher, partner_ids=[p.id for p in strategy.partners],
+                                   mapping=mapping)]
+    return np.concatenate(parts) if parts else np.empty(0)
 
 
 def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
            batch_size: int = 131_072, store: QuotaStore | None = None,
+           mapping: dict[str, str] | None = None, reference: str | Path | None = None,
+           write_decisions: bool = True,
            progress: Callable[[int], None] | None = None) -> ReplayResult:
-    """Replay ``traffic`` with ``strategy`` and write the summary and decisions to ``out_dir``.
+    """Replay ``traffic`` with ``strategy``; write the outputs listed above to ``out_dir``.
 
     ``store`` defaults to a fresh in-memory store; any :class:`QuotaStore` gives the same
-    decisions (a Redis store is how live semantics are checked against replay).
+    decisions (``redis://…?prefix=…`` replays against a real Redis under its own prefix).
+    ``mapping`` (field -> the file's column) defaults to the strategy's ``[columns]``;
+    ``reference`` is a traffic file whose PD distribution the PSI compares against.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    totals = {p.id: _PartnerTotals() for p in strategy.partners}
-    budgets = {KEEP_BUCKET: _PartnerTotals(), BRANCH_BUCKET: _PartnerTotals()}
-    tz_of = {p.id: p.timezone for p in strategy.partners}
-    tz_of[KEEP_BUCKET] = tz_of[BRANCH_BUCKET] = strategy.timezone
-
-    first_day_hit: set[tuple[str, int]] = set()
+    mapping = dict(strategy.columns if mapping is None else mapping)
+    check_mapping(mapping)
     log = get_logger("replay").bind(strategy=strategy.version)
-
-    def on_cap(bucket: str, window: str, key: int, event_ms: int) -> None:
-        t = totals.get(bucket) or budgets[bucket]
-        log.debug("quota.exhausted", bucket=bucket.strip("_"), window=window, window_key=key,
-                  at=_iso(event_ms, tz_of[bucket]))
-        if window == "day" and (bucket, key) not in first_day_hit:
-            first_day_hit.add((bucket, key))
-            t.daily_cap_ran_out.setdefault(_day(key), _iso(event_ms, tz_of[bucket]))
-
     if store is None:
         store = MemoryQuotaStore(idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000,
                                  retain_ledger=False, validate=False)
-    router = Router(strategy, store, on_cap=on_cap)
-    counts = {"keep": 0, "branch": 0, "refer": 0, "decline": 0}
-    profit = {"keep": 0, "branch": 0}
-    n_apps = late = 0
+    metrics_holder: list[Metrics] = []
+    router = Router(strategy, store, on_cap=lambda *a: metrics_holder[0].on_cap(*a))
+    ref = reference_pds(strategy, reference, router, mapping) if reference else None
+    metrics = Metrics(strategy, ref)
+    metrics_holder.append(metrics)
+    rejects_path = out / "rejects.jsonl"
+    n_rejects = 0
+    rows_read = late = 0
     newest = -(2**62)
-    partners = {p.id: p for p in strategy.partners}
-    tmp = out / "decisions.parquet.tmp"
     log.info("replay.start", traffic=str(traffic), out=str(out))
     t0 = time.perf_counter()
-    with pq.ParquetWriter(tmp, DECISIONS_SCHEMA, compression="zstd") as writer:
-        for cols in read_columns(traffic, router.hasher, batch_size):
-            order = np.argsort(cols.event_ms, kind="stable")
-            if (np.diff(cols.event_ms) < 0).any():
-                cols = take(cols, order)
-            late += int((cols.event_ms < newest).sum())
-            newest = max(newest, int(cols.event_ms.max()))
-            outcomes = router.decide_columns(cols)
-            _account(outcomes, cols, partners, totals, counts, profit)
-            writer.write_batch(_decision_batch(outcomes, cols))
-            n_apps += len(cols)
-            if progress:
-                progress(len(cols))
-    tmp.replace(out / "decisions.parquet")
-    for (bucket, window), count in sorted(router.cap_refusals().items()):
-        (totals.get(bucket) or budgets[bucket]).cap_refusals[window] = count
+    decisions_path = out / "decisions.parquet" if write_decisions else None
+    tmp = out / "decisions.parquet.tmp"
+    writer = pq.ParquetWriter(tmp, DECISIONS_SCHEMA, compression="zstd") \
+        if write_decisions else None
+    with open(rejects_path, "wb") as rej:
+        def on_rejects(items: list[Reject]) -> None:
+            nonlocal n_rejects
+            n_rejects += len(items)
+            rej.write(b"".join(msgspec.json.encode(r.to_dict()) + b"\n" for r in items))
+
+        try:
+            for batch in read_batches(traffic, router.hasher, mapping=mapping,
+                                      partner_ids=[p.id for p in strategy.partners],
+                                      batch_size=batch_size, on_rejects=on_rejects):
+                batch = _in_time_order(batch)
+                cols = batch.cols
+                late += int((cols.event_ms < newest).sum())
+                newest = max(newest, int(cols.event_ms.max()))
+                outcomes = router.decide_columns(cols)
+                metrics.add(outcomes, cols, batch.outcomes)
+                if writer is not None:
+                    writer.write_batch(_decision_batch(outcomes, cols, batch.outcomes))
+                rows_read += len(cols)
+                if progress:
+                    progress(len(cols))
+        finally:
+            if writer is not None:
+                writer.close()
+    if decisions_path is not None:
+        tmp.replace(decisions_path)
     elapsed = time.perf_counter() - t0
-    referral_value = sum(t.expected_value for t in totals.values())
+    body = metrics.summary()
+    cap_refusals: dict[str, dict[str, int]] = {}
+    for (bucket, window), count in sorted(router.cap_refusals().items()):
+        cap_refusals.setdefault(bucket.strip("_"), {})[window] = count
     summary = {
         "strategy_version": strategy.version,
-        "traffic": str(traffic),
-        "applications": n_apps,
-        "decisions": counts,
-        "shares": {k: (v / n_apps if n_apps else 0.0) for k, v in counts.items()},
-        "partners": {pid: {
-            "referred": t.referred, "amount": t.amount,
-            "expected_fee": int(round(t.expected_fee)),
-            "expected_rev_share": int(round(t.expected_rev_share)),
-            "expected_value": t.expected_value,
-            "cap_refusals": t.cap_refusals,
-            "daily_cap_ran_out": t.daily_cap_ran_out,
-        } for pid, t in totals.items()},
-        "budgets": {name.strip("_"): {"cap_refusals": t.cap_refusals,
-                                       "daily_cap_ran_out": t.daily_cap_ran_out}
-                    for name, t in budgets.items()},
-        "expected_profit": profit["keep"] + profit["branch"] + referral_value,
-        "expected_profit_breakdown": {**profit, "referral_value": referral_value},
-        "late_events": late,
-        "elapsed_s": round(elapsed, 3),
-        "applications_per_s": round(n_apps / elapsed, 1) if elapsed > 0 else None,
+        "strategy_hash": strategy_hash(strategy),
+        "code_version": code_version(),
+        "traffic": {"file": Path(traffic).name, "sha256": file_sha256(traffic),
+                    "rows_accepted": rows_read, "rows_rejected": n_rejects,
+                    "late_events": late, "column_mapping": mapping},
+        "reference": ({"file": Path(reference).name, "sha256": file_sha256(reference)}
+                      if reference else None),
+        **body,
+        "cap_refusals": cap_refusals,
         "money_unit": "minor units (fen)",
     }
-    log.info("replay.done", applications=n_apps, elapsed_s=summary["elapsed_s"],
-             applications_per_s=summary["applications_per_s"], **counts)
     summary_path = out / "summary.json"
     summary_path.write_bytes(msgspec.json.format(msgspec.json.encode(summary)) + b"\n")
-    return ReplayResult(summary, summary_path, out / "decisions.parquet")
+    (out / "timing.json").write_bytes(msgspec.json.encode({
+        "elapsed_s": round(elapsed, 3),
+        "applications_per_s": round(rows_read / elapsed, 1) if elapsed > 0 else None}) + b"\n")
+    log.info("replay.done", applications=rows_read, rejected=n_rejects,
+             elapsed_s=round(elapsed, 3), **body["decisions"])
+    return ReplayResult(summary, summary_path, decisions_path, rejects_path, elapsed)
 
 
-def _account(out: Outcomes, cols: AppColumns, partners: dict[str, Any],
-             totals: dict[str, _PartnerTotals], counts: dict[str, int],
-             profit: dict[str, int]) -> None:
-    """Add a batch's outcomes to the running totals (fee / rev-share split vectorised)."""
-    for k, c in enumerate(np.bincount(out.kind, minlength=4).tolist()):
-        counts[LABELS[k]] += c
-    profit["keep"] += int(out.value[out.kind == KEEP].sum())
-    profit["branch"] += int(out.value[out.kind == BRANCH].sum())
-    refer = np.flatnonzero(out.kind == REFER)
-    if not len(refer):
-        return
-    pids = np.array([out.partner[i] for i in refer.tolist()])
-    for pid in np.unique(pids).tolist():
-        idx = refer[pids == pid]
-        t = totals[pid]
-        t.referred += len(idx)
-        t.amount += int(cols.requested_amount[idx].sum())
-        t.expected_value += int(out.value[idx].sum())
-        fees, share = eco.referral_value_parts(
-            cols.requested_amount[idx].astype(float), cols.term_months[idx].astype(float),
-            out.pd[idx], cols.max_apr[idx], partners[pid])
-        totals[pid].expected_fee += float(np.sum(fees))
-        totals[pid].expected_rev_share += float(np.sum(share))
+def _in_time_order(batch: TrafficBatch) -> TrafficBatch:
+    ev = batch.cols.event_ms
+    if not (np.diff(ev) < 0).any():
+        return batch
+    order = np.argsort(ev, kind="stable")
+    return TrafficBatch(take(batch.cols, order), {k: v[order] for k, v in batch.outcomes.items()},
+                        batch.rows[order])
 
 
-def _decision_batch(out: Outcomes, cols: AppColumns) -> pa.RecordBatch:
+def _decision_batch(out: Outcomes, cols: AppColumns,
+                    outcomes: dict[str, np.ndarray]) -> pa.RecordBatch:
+    d = outcomes.get("defaulted")
     return pa.RecordBatch.from_arrays([
         pa.array(cols.application_id, pa.string()),
         pa.array(cols.event_ms, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+        pa.array(cols.channel, pa.string()),
+        pa.array(cols.requested_amount, pa.int64()),
         pa.array(np.take(np.array(LABELS), out.kind), pa.string()),
         pa.array([p or None for p in out.partner], pa.string()),
         pa.array(out.pd, pa.float64()),
@@ -189,4 +228,5 @@ def _decision_batch(out: Outcomes, cols: AppColumns) -> pa.RecordBatch:
                  mask=out.kind == 3),
         pa.array(reason_strings(out.bits), pa.string()),
         pa.array(out.degraded, pa.bool_()),
+        pa.array(d.tolist() if d is not None else [None] * len(cols), pa.bool_()),
     ], schema=DECISIONS_SCHEMA)

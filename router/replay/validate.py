@@ -1,0 +1,271 @@
+"""Row-level validation of historical traffic: bad rows become rejects, the run goes on.
+
+A source batch (Arrow, from Parquet or CSV) is renamed by the column mapping, then every
+field of :class:`~router.messages.Application` is coerced to its type and checked against
+the constraints declared on the type itself (read through ``msgspec.inspect``, as
+:mod:`router.columns` does): text columns are parsed (a CSV is read as text, so one bad
+cell rejects its row instead of failing the file), numbers are range-checked, identifiers
+pattern-checked, consent checked against the partner book. Each bad row is reported once,
+with its first problem; the good rows go on to the decision core.
+
+Outcome columns (:data:`OUTCOME_FIELDS`) are optional and checked the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from router.errors import TrafficError
+from router.messages import Application
+
+#: Outcome columns a historical file may carry (all optional): whether the loan defaulted
+#: within its term, and for a referred application the partner's answer and funded amount
+#: (``referred_partner``: which partner those results are from, when known).
+OUTCOME_FIELDS: dict[str, pa.DataType] = {
+    "defaulted": pa.bool_(), "partner_accepted": pa.bool_(), "partner_funded": pa.bool_(),
+    "funded_amount": pa.int64(), "referred_partner": pa.string(),
+}
+
+#: Fields never shown in a rejects file (raw personal identifiers).
+_SECRET = {"national_id"}
+
+_INT_RE = r"^\s*[+-]?\d+\s*$"
+_FLOAT_RE = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
+_TIME_RE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})$"
+_TRUE = {"true", "1", "yes", "t", "y"}
+_FALSE = {"false", "0", "no", "f", "n"}
+
+
+@dataclass(frozen=True)
+class Reject:
+    """One rejected row: its 1-based number in the file, the field and why."""
+
+    row: int
+    field: str
+    reason: str
+    value: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (raw identifiers are never included)."""
+        value = "<redacted>" if self.field in _SECRET else self.value
+        return {"row": self.row, "field": self.field, "reason": self.reason, "value": value}
+
+
+def _spec() -> dict[str, tuple[str, Any, bool]]:
+    """Application field -> (kind, constraint type info, required)."""
+    out = {}
+    for f in msgspec.inspect.type_info(Application).fields:
+        t = f.type
+        if isinstance(t, msgspec.inspect.UnionType):
+            t = next((x for x in t.types if not isinstance(x, msgspec.inspect.NoneType)), t)
+        if f.name == "consent":
+            kind = "consent"
+        elif isinstance(t, msgspec.inspect.IntType):
+            kind = "int"
+        elif isinstance(t, msgspec.inspect.FloatType):
+            kind = "float"
+        elif isinstance(t, msgspec.inspect.BoolType):
+            kind = "bool"
+        elif isinstance(t, msgspec.inspect.DateTimeType):
+            kind = "time"
+        else:
+            kind = "str"
+        out[f.name] = (kind, t, f.required)
+    return out
+
+
+SPEC = _spec()
+
+
+def rename(batch: pa.RecordBatch, mapping: dict[str, str]) -> pa.RecordBatch:
+    """Rename source columns to field names (``mapping``: field -> source column)."""
+    if not mapping:
+        return batch
+    back = {src: field for field, src in mapping.items()}
+    names = [back.get(n, n) for n in batch.schema.names]
+    return pa.RecordBatch.from_arrays(batch.columns, names=names)
+
+
+def source_types(mapping: dict[str, str]) -> dict[str, pa.DataType]:
+    """Text for every known column, under its source name (how a CSV is read)."""
+    fields = list(SPEC) + list(OUTCOME_FIELDS)
+    return {mapping.get(f, f): pa.string() for f in fields}
+
+
+class _Checker:
+    def __init__(self, n: int, offset: int):
+        self.n, self.offset = n, offset
+        self.bad = np.zeros(n, dtype=bool)
+        self.rejects: list[Reject] = []
+
+    def flag(self, mask: np.ndarray, field: str, reason: str, values: pa.Array | None) -> None:
+        new = mask & ~self.bad
+        for i in np.flatnonzero(new).tolist():
+            v = values[i].as_py() if values is not None else None
+            self.rejects.append(Reject(self.offset + i + 1, field, reason, v))
+        self.bad |= mask
+
+
+def _np(mask: pa.Array) -> np.ndarray:
+    return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _text(col: pa.Array) -> pa.Array:
+    return col if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) else None
+
+
+def _coerce(name: str, kind: str, col: pa.Array, chk: _Checker) -> pa.Array:
+    """``col`` as the field's Arrow type; rows that cannot be converted are flagged."""
+    text = _text(col)
+    if kind == "int":
+        if text is not None:
+            ok = pc.match_substring_regex(text, _INT_RE)
+            chk.flag(~_np(ok) & ~_np(pc.is_null(text)), name, "not an integer", text)
+            return pc.cast(pc.if_else(ok, pc.utf8_trim_whitespace(text), None), pa.int64())
+        if pa.types.is_floating(col.type):
+            vals = col.to_numpy(zero_copy_only=False)
+            frac = np.isfinite(vals) & (vals != np.floor(vals))
+            chk.flag(frac | ~np.isfinite(np.nan_to_num(vals, nan=0.0)), name, "not an integer", col)
+            return pc.cast(pc.if_else(pa.array(frac), None, col), pa.int64(), safe=False)
+        return pc.cast(col, pa.int64())
+    if kind == "float":
+        if text is not None:
+            ok = pc.match_substring_regex(text, _FLOAT_RE)
+            chk.flag(~_np(ok) & ~_np(pc.is_null(text)), name, "not a number", text)
+            return pc.cast(pc.if_else(ok, pc.utf8_trim_whitespace(text), None), pa.float64())
+        return pc.cast(col, pa.float64())
+    if kind == "bool":
+        if text is not None:
+            low = pc.utf8_lower(pc.utf8_trim_whitespace(text))
+            t, f = pc.is_in(low, pa.array(sorted(_TRUE))), pc.is_in(low, pa.array(sorted(_FALSE)))
+            chk.flag(~_np(t) & ~_np(f) & ~_np(pc.is_null(text)), name, "not true/false", text)
+            return pc.if_else(t, True, pc.if_else(f, False, pa.scalar(None, pa.bool_())))
+        return pc.cast(col, pa.bool_())
+    if kind == "time":
+        if text is not None:
+            ok = pc.match_substring_regex(text, _TIME_RE)
+            chk.flag(~_np(ok) & ~_np(pc.is_null(text)), name,
+                     "not an ISO 8601 time with a zone offset", text)
+            parsed = pc.cast(pc.if_else(ok, text, None), pa.timestamp("ns", tz="UTC"))
+            return pc.cast(parsed, pa.timestamp("ms", tz="UTC"), safe=False)
+        if not pa.types.is_timestamp(col.type) or col.type.tz is None:
+            raise TrafficError(f"column `{name}`: expected a time-zone-aware timestamp, "
+                               f"got {col.type}")
+        return pc.cast(col, pa.timestamp("ms", tz="UTC"), safe=False)
+    if text is None and kind in ("str", "consent"):
+        return pc.cast(col, pa.string())
+    return col
+
+
+def _bounds(name: str, t: Any, col: pa.Array, chk: _Checker) -> None:
+    if pa.types.is_floating(col.type):
+        vals = col.to_numpy(zero_copy_only=False)
+        chk.flag(~np.isfinite(vals) & ~_np(pc.is_null(col)), name, "not a finite number", col)
+    for attr, fails, sym in (("ge", pc.less, ">="), ("gt", pc.less_equal, ">"),
+                             ("le", pc.greater, "<="), ("lt", pc.greater_equal, "<")):
+        bound = getattr(t, attr, None)
+        if bound is not None:
+            chk.flag(_np(fails(col, bound)), name, f"expected {sym} {bound}", col)
+    pattern = getattr(t, "pattern", None)
+    if pattern and (pa.types.is_string(col.type)):
+        chk.flag(~_np(pc.match_substring_regex(col, pattern)) & ~_np(pc.is_null(col)), name,
+                 f"does not match {pattern}", col)
+    max_len = getattr(t, "max_length", None)
+    if max_len is not None and pa.types.is_string(col.type):
+        chk.flag(_np(pc.greater(pc.utf8_length(col), max_len)), name,
+                 f"longer than {max_len}", col)
+    min_len = getattr(t, "min_length", None)
+    if min_len is not None and pa.types.is_string(col.type):
+        chk.flag(_np(pc.less(pc.utf8_length(col), min_len)), name,
+                 f"shorter than {min_len}", col)
+
+
+def _consent(col: pa.Array, partner_ids: set[str], chk: _Checker) -> pa.Array:
+    """Canonical consent text; unknown partner ids reject the row."""
+    vals = col.to_pylist()
+    out: list[str | None] = []
+    for i, v in enumerate(vals):
+        if isinstance(v, list):
+            v = ",".join(v)
+        v = (v or "none").strip() if isinstance(v, str) or v is None else str(v)
+        if v in ("none", "any"):
+            out.append(v)
+            continue
+        ids = [p.strip() for p in v.split(",") if p.strip()]
+        unknown = [p for p in ids if p not in partner_ids]
+        if unknown or not ids:
+            chk.flag(np.arange(chk.n) == i, "consent",
+                     f"unknown partner {unknown[0]!r}" if unknown else "empty consent list", col)
+            out.append("none")
+        else:
+            out.append(",".join(ids))
+    return pa.array(out, pa.string())
+
+
+def validate(batch: pa.RecordBatch, offset: int, partner_ids: Iterable[str],
+             defaults: dict[str, Any] | None = None) -> tuple[pa.RecordBatch, np.ndarray, list[Reject]]:
+    """Check one (renamed) batch: (good rows with canonical types, their indices, rejects).
+
+    ``offset`` is the number of data rows before this batch in the file. A missing
+    required column is a :class:`~router.errors.TrafficError` (the mapping is wrong, not a
+    row); ``defaults`` fills optional fields a file does not have.
+    """
+    n = batch.num_rows
+    chk = _Checker(n, offset)
+    names = set(batch.schema.names)
+    partner_ids = set(partner_ids)
+    arrays: dict[str, pa.Array] = {}
+    for name, (kind, t, required) in SPEC.items():
+        if name not in names:
+            if required:
+                raise TrafficError(f"missing column `{name}` (map your column to it with a "
+                                   "[columns] table: {name} = \"your_column\")")
+            continue
+        col = batch.column(name)
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        if kind == "consent":
+            arrays[name] = _consent(col, partner_ids, chk)
+            continue
+        col = _coerce(name, kind, col, chk)
+        if required:
+            chk.flag(_np(pc.is_null(col)), name, "required field is empty", None)
+        _bounds(name, t, col, chk)
+        arrays[name] = col
+    tok, nid = arrays.get("applicant_token"), arrays.get("national_id")
+    has_tok = _np(pc.is_valid(tok)) if tok is not None else np.zeros(n, dtype=bool)
+    has_nid = _np(pc.is_valid(nid)) if nid is not None else np.zeros(n, dtype=bool)
+    chk.flag(has_tok == has_nid, "applicant_token",
+             "exactly one of `applicant_token` and `national_id` must be set", None)
+    for name, typ in OUTCOME_FIELDS.items():
+        if name in names:
+            col = batch.column(name)
+            kind = "bool" if typ == pa.bool_() else "int" if typ == pa.int64() else "str"
+            arrays[name] = _coerce(name, kind, col, chk)
+            if name == "funded_amount":
+                chk.flag(_np(pc.less(arrays[name], 0)), name, "expected >= 0", arrays[name])
+    for name, value in (defaults or {}).items():
+        if name not in arrays:
+            arrays[name] = pa.array([value] * n)
+    good = np.flatnonzero(~chk.bad)
+    out = pa.RecordBatch.from_arrays(list(arrays.values()), names=list(arrays))
+    if len(good) < n:
+        out = out.take(pa.array(good))
+    return out, good, chk.rejects
+
+
+_FIELD_AT = re.compile(r"at `\$\.?(?P<field>[A-Za-z_0-9]*)")
+
+
+def reject_of_error(row: int, message: str) -> Reject:
+    """A Reject from a msgspec validation message (it names the field as ``$.field``)."""
+    m = _FIELD_AT.search(message)
+    field = m.group("field") if m and m.group("field") else "row"
+    return Reject(row, field, message)
