@@ -117,14 +117,15 @@ def reference_pds(strategy: Strategy, path: str | Path, router: Router,
 def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
            batch_size: int = 131_072, store: QuotaStore | None = None,
            mapping: dict[str, str] | None = None, reference: str | Path | None = None,
-           write_decisions: bool = True,
+           write_decisions: bool = True, scorers: dict[str, Any] | None = None,
            progress: Callable[[int], None] | None = None) -> ReplayResult:
     """Replay ``traffic`` with ``strategy``; write the outputs listed above to ``out_dir``.
 
     ``store`` defaults to a fresh in-memory store; any :class:`QuotaStore` gives the same
     decisions (``redis://…?prefix=…`` replays against a real Redis under its own prefix).
     ``mapping`` (field -> the file's column) defaults to the strategy's ``[columns]``;
-    ``reference`` is a traffic file whose PD distribution the PSI compares against.
+    ``reference`` is a traffic file whose PD distribution the PSI compares against;
+    ``scorers`` overrides the strategy's model files (as for :class:`Router`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +136,8 @@ def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
         store = MemoryQuotaStore(idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000,
                                  retain_ledger=False, validate=False)
     metrics_holder: list[Metrics] = []
-    router = Router(strategy, store, on_cap=lambda *a: metrics_holder[0].on_cap(*a))
+    router = Router(strategy, store, scorers=scorers,
+                    on_cap=lambda *a: metrics_holder[0].on_cap(*a))
     ref = reference_pds(strategy, reference, router, mapping) if reference else None
     metrics = Metrics(strategy, ref)
     metrics_holder.append(metrics)

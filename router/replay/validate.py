@@ -254,6 +254,7 @@ def validate(batch: pa.RecordBatch, offset: int, partner_ids: Iterable[str],
     for name, value in (defaults or {}).items():
         if name not in arrays:
             arrays[name] = pa.array([value] * n)
+    chk.rejects.sort(key=lambda r: r.row)
     good = np.flatnonzero(~chk.bad)
     out = pa.RecordBatch.from_arrays(list(arrays.values()), names=list(arrays))
     if len(good) < n:
