@@ -92,8 +92,28 @@ def generate(
     out.print(f"wrote {rows:,} applications to {out_path}")
 
 
+def _mapping(path: Optional[Path]) -> Optional[dict[str, str]]:
+    """The ``[columns]`` table of a mapping file (field -> the file's column name)."""
+    if path is None:
+        return None
+    import msgspec
+
+    from router.errors import ConfigError
+
+    try:
+        raw = msgspec.toml.decode(path.read_bytes())
+    except (OSError, msgspec.DecodeError) as exc:
+        raise ConfigError(f"cannot read mapping: {exc}", source=str(path)) from exc
+    cols = raw.get("columns")
+    if not isinstance(cols, dict) or not all(isinstance(v, str) for v in cols.values()):
+        raise ConfigError("expected a [columns] table of field = \"column\"", source=str(path),
+                          path="columns")
+    return cols
+
+
 def _run_replay(strategy: Path, traffic: Path, out_dir: Path, batch_size: int,
-                store_url: str = "memory://"):
+                store_url: str = "memory://", mapping: Optional[Path] = None,
+                reference: Optional[Path] = None):
     from router.config import load_strategy
     from router.replay import replay
     from router.replay.reader import count_rows
@@ -106,25 +126,114 @@ def _run_replay(strategy: Path, traffic: Path, out_dir: Path, batch_size: int,
     with _progress(total, "replaying") as bar:
         task = bar.add_task("replay", total=total)
         return replay(strat, traffic, out_dir, batch_size=batch_size, store=store,
+                      mapping=_mapping(mapping), reference=reference,
                       progress=lambda k: bar.advance(task, k))
+
+
+_MAPPING_HELP = "TOML file with a [columns] table: application field = \"your column\""
 
 
 @app.command()
 def replay(
     strategy: Path = typer.Option(..., "--strategy", "-s", help="strategy TOML"),
-    traffic: Path = typer.Option(..., "--traffic", "-t", help="traffic file (.parquet / .jsonl)"),
+    traffic: Path = typer.Option(..., "--traffic", "-t",
+                                 help="traffic file (.parquet / .csv / .jsonl)"),
     out_dir: Path = typer.Option(..., "--out", "-o", help="output directory"),
     batch_size: int = typer.Option(131_072, "--batch-size", min=1),
     store: str = typer.Option("memory://", "--store",
-                              help="quota store URL: memory://, redis://…, redis+cluster://…"),
+                              help="quota store URL: memory://, redis://…?prefix=…, redis+cluster://…"),
+    mapping: Optional[Path] = typer.Option(None, "--mapping", help=_MAPPING_HELP),
+    reference: Optional[Path] = typer.Option(None, "--reference",
+                                             help="traffic file for the PD's population stability"),
 ) -> None:
-    """Replay a traffic file (in-memory store by default); writes summary.json and decisions.parquet."""
+    """Replay a traffic file: summary.json, decisions.parquet, rejects.jsonl, report.html."""
     try:
-        result = _run_replay(strategy, traffic, out_dir, batch_size, store)
+        result = _run_replay(strategy, traffic, out_dir, batch_size, store, mapping, reference)
     except RouterError as exc:
         _fail(exc)
     _print_summary(result.summary)
-    out.print(f"summary: {result.summary_path}\ndecisions: {result.decisions_path}")
+    out.print(f"report: {out_dir / 'report.html'}\nsummary: {result.summary_path}")
+
+
+@app.command()
+def compare(
+    champion: Path = typer.Option(..., "--champion", "-a", help="champion strategy TOML"),
+    challenger: Path = typer.Option(..., "--challenger", "-b", help="challenger strategy TOML"),
+    traffic: Path = typer.Option(..., "--traffic", "-t", help="traffic file"),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="output directory"),
+    mapping: Optional[Path] = typer.Option(None, "--mapping", help=_MAPPING_HELP),
+) -> None:
+    """Champion vs challenger on the same traffic: the 4×4 swap sets and the net change."""
+    from router.config import load_strategy
+    from router.replay.compare import compare as run_compare
+    from router.replay.report import write_compare_report
+
+    try:
+        r = run_compare(load_strategy(champion), load_strategy(challenger), traffic, out_dir,
+                        mapping=_mapping(mapping))
+    except RouterError as exc:
+        _fail(exc)
+    m = r.comparison
+    t = Table(title="swap sets: champion (rows) → challenger (columns), applications")
+    t.add_column("")
+    for label in m["labels"]:
+        t.add_column(label, justify="right")
+    for label, row in zip(m["labels"], m["counts"]):
+        t.add_row(label, *[f"{v:,}" for v in row])
+    out.print(t)
+    nc = m["net_change"]
+    out.print(f"net change: profit {_yuan(nc['profit'])} yuan, referral revenue "
+              f"{_yuan(nc['referral_revenue'])} yuan, keep rate {nc['keep_rate']:+.2%}")
+    report = write_compare_report(m, r.champion.summary, r.challenger.summary, out_dir)
+    out.print(f"report: {report}\ncomparison: {r.path}")
+
+
+@app.command()
+def tune(
+    strategy: Path = typer.Option(..., "--strategy", "-s", help="base strategy TOML"),
+    traffic: Path = typer.Option(..., "--traffic", "-t", help="traffic file"),
+    grid: Path = typer.Option(..., "--grid", "-g", help="TOML file with a [grid] table"),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="output directory"),
+    max_bad_rate: Optional[float] = typer.Option(None, "--max-bad-rate",
+                                                 help="constraint: expected bad rate of kept loans"),
+    min_keep_rate: Optional[float] = typer.Option(None, "--min-keep-rate",
+                                                  help="constraint: share of applications kept"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1,
+                                          help="local processes (default: CPU count)"),
+    mapping: Optional[Path] = typer.Option(None, "--mapping", help=_MAPPING_HELP),
+) -> None:
+    """Replay every grid candidate, report the Pareto frontier, write the best strategy."""
+    from router.config import load_strategy
+    from router.replay.tune import LocalExecutor, candidates, load_grid
+    from router.replay.tune import tune as run_tune
+
+    try:
+        g = load_grid(grid)
+        n = len(candidates(g))
+        with _progress(n, "candidates") as bar:
+            task = bar.add_task("tune", total=n)
+            r = run_tune(load_strategy(strategy), traffic, g, out_dir,
+                         max_bad_rate=max_bad_rate, min_keep_rate=min_keep_rate,
+                         executor=LocalExecutor(workers), mapping=_mapping(mapping),
+                         progress=lambda _: bar.advance(task))
+    except RouterError as exc:
+        _fail(exc)
+    cands = r.result["candidates"]
+    t = Table(title=f"{len(cands)} candidates: the Pareto frontier")
+    for c in ("#", "parameters", "value (yuan)", "bad rate", "keep rate", ""):
+        t.add_column(c, justify="left" if c == "parameters" else "right")
+    for c in cands:
+        if c["frontier"]:
+            mtr = c["metrics"]
+            t.add_row(str(c["id"]), ", ".join(f"{k}={v}" for k, v in c["params"].items()),
+                      _yuan(mtr["value"]), f"{mtr['bad_rate']:.2%}", f"{mtr['keep_rate']:.2%}",
+                      "chosen" if c.get("best") else "")
+    out.print(t)
+    if r.best_strategy:
+        out.print(f"best under the constraints: candidate {r.result['best']} -> {r.best_strategy}")
+    else:
+        out.print("[yellow]no candidate meets the constraints[/yellow]")
+    out.print(f"report: {out_dir / 'report.html'}\nall candidates: {r.path}")
 
 
 @app.command()
@@ -147,7 +256,8 @@ def demo(
     except RouterError as exc:
         _fail(exc)
     _print_summary(result.summary)
-    out.print(f"report: {result.summary_path}  (per-application decisions: {result.decisions_path})")
+    out.print(f"report: {out_dir / 'report.html'}  (summary: {result.summary_path}; "
+              f"per-application decisions: {result.decisions_path})")
 
 
 def _yuan(minor: int) -> str:

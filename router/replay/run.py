@@ -9,7 +9,8 @@ counted as ``late_events`` and still decided at its own event time). Outputs in 
   input and strategy give a byte-identical summary;
 * ``decisions.parquet`` — one row per accepted application (optional);
 * ``rejects.jsonl`` — one line per rejected row: row number, field, reason;
-* ``timing.json`` — elapsed time and applications per second.
+* ``timing.json`` — elapsed time and applications per second;
+* ``report.html`` and ``charts/*.png`` — see :mod:`router.replay.report`.
 """
 
 from __future__ import annotations
@@ -114,10 +115,34 @@ def reference_pds(strategy: Strategy, path: str | Path, router: Router,
     return np.concatenate(parts) if parts else np.empty(0)
 
 
+@dataclass
+class CachedTraffic:
+    """A traffic file read and validated once, to replay many times (tuning)."""
+
+    batches: list[TrafficBatch]
+    sha256: str
+    rejects: list[Reject]
+
+
+def read_cached(strategy: Strategy, traffic: str | Path,
+                mapping: dict[str, str] | None = None,
+                batch_size: int = 131_072) -> CachedTraffic:
+    """Read ``traffic`` into memory for repeated replays of strategies that share
+    ``strategy``'s identity key and partner book."""
+    from router.identity import Hasher
+
+    rejects: list[Reject] = []
+    batches = [_in_time_order(b) for b in read_batches(
+        traffic, Hasher.from_config(strategy.identity), partner_ids=[p.id for p in strategy.partners],
+        mapping=mapping, batch_size=batch_size, on_rejects=rejects.extend)]
+    return CachedTraffic(batches, file_sha256(traffic), rejects)
+
+
 def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
            batch_size: int = 131_072, store: QuotaStore | None = None,
            mapping: dict[str, str] | None = None, reference: str | Path | None = None,
-           write_decisions: bool = True, scorers: dict[str, Any] | None = None,
+           write_decisions: bool = True, report: bool = True,
+           scorers: dict[str, Any] | None = None, cached: CachedTraffic | None = None,
            progress: Callable[[int], None] | None = None) -> ReplayResult:
     """Replay ``traffic`` with ``strategy``; write the outputs listed above to ``out_dir``.
 
@@ -125,7 +150,9 @@ def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
     decisions (``redis://…?prefix=…`` replays against a real Redis under its own prefix).
     ``mapping`` (field -> the file's column) defaults to the strategy's ``[columns]``;
     ``reference`` is a traffic file whose PD distribution the PSI compares against;
-    ``scorers`` overrides the strategy's model files (as for :class:`Router`).
+    ``scorers`` overrides the strategy's model files (as for :class:`Router`);
+    ``report`` writes ``report.html`` with its charts; ``cached`` replays traffic already
+    read by :func:`read_cached` (``traffic`` then only names it).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,11 +184,16 @@ def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
             n_rejects += len(items)
             rej.write(b"".join(msgspec.json.encode(r.to_dict()) + b"\n" for r in items))
 
+        if cached is not None:
+            on_rejects(cached.rejects)
+            source: Any = cached.batches
+        else:
+            source = (_in_time_order(b) for b in read_batches(
+                traffic, router.hasher, mapping=mapping,
+                partner_ids=[p.id for p in strategy.partners], batch_size=batch_size,
+                on_rejects=on_rejects))
         try:
-            for batch in read_batches(traffic, router.hasher, mapping=mapping,
-                                      partner_ids=[p.id for p in strategy.partners],
-                                      batch_size=batch_size, on_rejects=on_rejects):
-                batch = _in_time_order(batch)
+            for batch in source:
                 cols = batch.cols
                 late += int((cols.event_ms < newest).sum())
                 newest = max(newest, int(cols.event_ms.max()))
@@ -186,7 +218,8 @@ def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
         "strategy_version": strategy.version,
         "strategy_hash": strategy_hash(strategy),
         "code_version": code_version(),
-        "traffic": {"file": Path(traffic).name, "sha256": file_sha256(traffic),
+        "traffic": {"file": Path(traffic).name,
+                    "sha256": cached.sha256 if cached is not None else file_sha256(traffic),
                     "rows_accepted": rows_read, "rows_rejected": n_rejects,
                     "late_events": late, "column_mapping": mapping},
         "reference": ({"file": Path(reference).name, "sha256": file_sha256(reference)}
@@ -200,6 +233,9 @@ def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
     (out / "timing.json").write_bytes(msgspec.json.encode({
         "elapsed_s": round(elapsed, 3),
         "applications_per_s": round(rows_read / elapsed, 1) if elapsed > 0 else None}) + b"\n")
+    if report:
+        from router.replay.report import write_replay_report
+        write_replay_report(summary, out)
     log.info("replay.done", applications=rows_read, rejected=n_rejects,
              elapsed_s=round(elapsed, 3), **body["decisions"])
     return ReplayResult(summary, summary_path, decisions_path, rejects_path, elapsed)

@@ -1,0 +1,104 @@
+"""Champion versus challenger: both strategies replayed on the same traffic, then the
+swap-set matrix — how many applications (and how much money) move from each outcome under
+the champion to each outcome under the challenger — with the economics of every cell.
+
+``value`` in a cell is each strategy's expected value of those applications: expected
+profit for keep and branch, expected referral income for refer, 0 for decline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from router.config import Strategy
+from router.errors import TrafficError
+from router.outcomes import LABELS
+from router.replay.run import ReplayResult, replay
+
+
+@dataclass
+class CompareResult:
+    """The swap-set comparison (also in ``DIR/compare.json``) and both replays."""
+
+    comparison: dict[str, Any]
+    path: Path
+    champion: ReplayResult
+    challenger: ReplayResult
+
+
+def _codes(table, column: str) -> np.ndarray:
+    labels = table.column(column).to_numpy(zero_copy_only=False)
+    out = np.full(len(labels), -1, dtype=np.int64)
+    for k, name in enumerate(LABELS):
+        out[labels == name] = k
+    return out
+
+
+def swap_matrix(a, b) -> dict[str, Any]:
+    """The 4×4 swap sets of two decision tables over the same applications (any order)."""
+    a = a.sort_by("application_id")
+    b = b.sort_by("application_id")
+    if a.num_rows != b.num_rows or not pc.all(pc.equal(a.column("application_id"),
+                                                       b.column("application_id"))).as_py():
+        raise TrafficError("the two replays did not decide the same applications")
+    ka, kb = _codes(a, "outcome"), _codes(b, "outcome")
+    cell = ka * 4 + kb
+    amount = a.column("requested_amount").to_numpy().astype(np.float64)
+    va = pc.fill_null(a.column("expected_value"), 0).to_numpy().astype(np.float64)
+    vb = pc.fill_null(b.column("expected_value"), 0).to_numpy().astype(np.float64)
+    counts = np.bincount(cell, minlength=16).reshape(4, 4)
+    amounts = np.bincount(cell, weights=amount, minlength=16).reshape(4, 4)
+    value_a = np.bincount(cell, weights=va, minlength=16).reshape(4, 4)
+    value_b = np.bincount(cell, weights=vb, minlength=16).reshape(4, 4)
+    partner_changed = None
+    if a.num_rows:
+        pa_, pb_ = a.column("partner").to_pylist(), b.column("partner").to_pylist()
+        refer = LABELS.index("refer")
+        both = (ka == refer) & (kb == refer)
+        partner_changed = int(sum(1 for i in np.flatnonzero(both).tolist() if pa_[i] != pb_[i]))
+    cells = {}
+    for i, x in enumerate(LABELS):
+        for j, y in enumerate(LABELS):
+            cells[f"{x}->{y}"] = {
+                "count": int(counts[i, j]), "amount": int(amounts[i, j]),
+                "value_champion": int(round(value_a[i, j])),
+                "value_challenger": int(round(value_b[i, j])),
+                "value_change": int(round(value_b[i, j] - value_a[i, j])),
+            }
+    return {"labels": list(LABELS), "counts": counts.tolist(), "amounts": amounts.astype(np.int64).tolist(),
+            "cells": cells, "referrals_moved_partner": partner_changed,
+            "swapped": int(counts.sum() - np.trace(counts))}
+
+
+def compare(champion: Strategy, challenger: Strategy, traffic: str | Path, out_dir: str | Path,
+            **replay_options: Any) -> CompareResult:
+    """Replay both strategies (into ``DIR/champion`` and ``DIR/challenger``), write
+    ``DIR/compare.json`` and return the comparison."""
+    out = Path(out_dir)
+    a = replay(champion, traffic, out / "champion", **replay_options)
+    b = replay(challenger, traffic, out / "challenger", **replay_options)
+    m = swap_matrix(pq.read_table(a.decisions_path), pq.read_table(b.decisions_path))
+    ea, eb = a.summary["expected_profit"], b.summary["expected_profit"]
+    m["champion"] = {"strategy_version": champion.version, "strategy_hash": a.summary["strategy_hash"]}
+    m["challenger"] = {"strategy_version": challenger.version,
+                       "strategy_hash": b.summary["strategy_hash"]}
+    m["net_change"] = {
+        "profit": (eb["keep"] + eb["branch"]) - (ea["keep"] + ea["branch"]),
+        "referral_revenue": eb["referral_value"] - ea["referral_value"],
+        "total": eb["total"] - ea["total"],
+        "keep_rate": b.summary["keep_rate"] - a.summary["keep_rate"],
+    }
+    if a.summary.get("realised_referral_value") is not None and \
+            b.summary.get("realised_referral_value") is not None:
+        m["net_change"]["realised_referral_revenue"] = \
+            b.summary["realised_referral_value"] - a.summary["realised_referral_value"]
+    path = out / "compare.json"
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(m)) + b"\n")
+    return CompareResult(m, path, a, b)

@@ -1,0 +1,268 @@
+"""``report.html``: a page a strategist opens from disk (no server), with PNG charts.
+
+Charts (matplotlib, headless): the split by hour of day, cumulative quota use per partner
+across the busiest day with the day-cap lines, the PD distribution by outcome, and — for
+``compare`` and ``tune`` — the swap-set heat map and the tuning frontier. Every chart is a
+file in ``DIR/charts/``; the page refers to them by relative path.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
+
+from router.outcomes import LABELS  # noqa: E402
+
+COLORS = {"keep": "#2e7d32", "branch": "#0277bd", "refer": "#f9a825", "decline": "#9e9e9e"}
+
+
+def _save(fig, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return f"charts/{path.name}"
+
+
+def chart_split_by_hour(summary: dict[str, Any], path: Path, title: str = "") -> str:
+    """Stacked bars: keep / branch / refer / decline per local hour of day."""
+    hours = sorted(summary["by_hour"])
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    bottom = np.zeros(len(hours))
+    for label in LABELS:
+        vals = np.array([summary["by_hour"][h][label] for h in hours], dtype=float)
+        ax.bar([int(h) for h in hours], vals, bottom=bottom, color=COLORS[label], label=label)
+        bottom += vals
+    ax.set_xlabel("hour of day (strategy's time zone)")
+    ax.set_ylabel("applications")
+    ax.set_xticks(range(0, 24, 2))
+    ax.set_title(title or "Decisions by hour of day")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
+def chart_quota_use(summary: dict[str, Any], path: Path) -> str | None:
+    """Cumulative referrals per partner across the busiest day, with each day cap."""
+    timeline = summary.get("timeline") or {}
+    if not timeline:
+        return None
+    totals: dict[str, int] = {}
+    for days in timeline.values():
+        for d, counts in days.items():
+            totals[d] = totals.get(d, 0) + sum(counts)
+    day = max(sorted(totals), key=lambda d: totals[d])
+    fig, ax = plt.subplots(figsize=(9, 4))
+    cmap = plt.get_cmap("tab10")
+    for k, (pid, days) in enumerate(sorted(timeline.items())):
+        counts = np.array(days.get(day, [0] * 24))
+        color = cmap(k % 10)
+        ax.step(np.arange(25), np.concatenate([[0], np.cumsum(counts)]), where="post",
+                color=color, label=pid)
+        cap = summary["quota"].get(pid, {}).get("day", {}).get("cap_count")
+        if cap:
+            ax.axhline(cap, color=color, linestyle="--", linewidth=0.9)
+    ax.set_xlim(0, 24)
+    ax.set_xticks(range(0, 25, 2))
+    ax.set_xlabel(f"hour of {day} (partner's time zone)")
+    ax.set_ylabel("referrals so far")
+    ax.set_title("Cumulative quota use per partner (dashed: day cap)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
+def chart_pd_by_outcome(summary: dict[str, Any], path: Path) -> str:
+    """PD distribution of every application, split by its known outcome."""
+    h = summary["pd_histogram"]
+    edges = np.array(h["edges"])
+    mids = (edges[:-1] + edges[1:]) / 2
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    for name, color in (("repaid", "#2e7d32"), ("defaulted", "#c62828"), ("unknown", "#9e9e9e")):
+        counts = np.array(h[name], dtype=float)
+        if counts.sum():
+            ax.step(mids, counts / counts.sum(), where="mid", color=color,
+                    label=f"{name} ({int(counts.sum()):,})")
+    ax.set_xlabel("PD (primary scorer)")
+    ax.set_ylabel("share of applications")
+    ax.set_title("PD distribution by outcome")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def chart_swap_heatmap(matrix: dict[str, Any], path: Path) -> str:
+    """The 4×4 swap-set counts: champion's outcome (rows) → challenger's (columns)."""
+    counts = np.array(matrix["counts"], dtype=float)
+    fig, ax = plt.subplots(figsize=(5.5, 4.6))
+    im = ax.imshow(np.log1p(counts), cmap="Blues")
+    labels = matrix["labels"]
+    ax.set_xticks(range(4), labels)
+    ax.set_yticks(range(4), labels)
+    ax.set_xlabel("challenger")
+    ax.set_ylabel("champion")
+    top = counts.max() or 1
+    for i in range(4):
+        for j in range(4):
+            ax.text(j, i, f"{int(counts[i, j]):,}", ha="center", va="center",
+                    color="white" if counts[i, j] > top / 3 else "black", fontsize=9)
+    ax.set_title("Swap sets (applications)")
+    fig.colorbar(im, ax=ax, label="log(1 + count)")
+    return _save(fig, path)
+
+
+def chart_frontier(candidates: list[dict[str, Any]], path: Path) -> str:
+    """Every candidate: value against bad rate, colour = keep rate; frontier ringed."""
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    x = [c["metrics"]["bad_rate"] for c in candidates]
+    y = [c["metrics"]["value"] / 100 for c in candidates]
+    keep = [c["metrics"]["keep_rate"] for c in candidates]
+    sc = ax.scatter(x, y, c=keep, cmap="viridis", s=28)
+    fx = [c["metrics"]["bad_rate"] for c in candidates if c["frontier"]]
+    fy = [c["metrics"]["value"] / 100 for c in candidates if c["frontier"]]
+    ax.scatter(fx, fy, facecolors="none", edgecolors="#c62828", s=90, linewidths=1.4,
+               label="Pareto frontier")
+    best = [c for c in candidates if c.get("best")]
+    if best:
+        ax.scatter([best[0]["metrics"]["bad_rate"]], [best[0]["metrics"]["value"] / 100],
+                   marker="*", s=260, color="#f9a825", edgecolors="black", label="chosen")
+    ax.set_xlabel("expected bad rate of kept loans")
+    ax.set_ylabel("profit + referral revenue (yuan)")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=1))
+    ax.set_title("Tuning: every candidate (colour: keep rate)")
+    fig.colorbar(sc, ax=ax, label="keep rate")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+# ---- the page --------------------------------------------------------------------
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;
+text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}td.l{text-align:left}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}h1{font-size:1.5em}.muted{color:#777}"""
+
+
+def _yuan(minor: int | float | None) -> str:
+    return "–" if minor is None else f"{minor / 100:,.0f}"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2%}"
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    h = "".join(f"<th>{html.escape(str(c))}</th>" for c in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{h}</tr>{body}</table>"
+
+
+def _page(title: str, parts: list[str]) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+            + "\n".join(parts) + "</body></html>\n")
+
+
+def replay_sections(summary: dict[str, Any], out: Path, prefix: str = "") -> list[str]:
+    """Tables and charts of one replay (charts written under ``out/charts``)."""
+    n = summary["applications"]
+    parts = [f"<p class='muted'>strategy {html.escape(summary['strategy_version'])} · "
+             f"{n:,} applications ({summary['traffic']['rows_rejected']:,} rows rejected) · "
+             f"input {summary['traffic']['sha256'][:12]} · strategy "
+             f"{summary['strategy_hash'][:12]} · code {html.escape(summary['code_version'])}</p>"]
+    parts.append(_table(["outcome", "applications", "share", "amount (yuan)"], [
+        [k, f"{v:,}", _pct(v / n if n else 0), _yuan(summary["amounts"][k])]
+        for k, v in summary["decisions"].items()]))
+    e, kept = summary["expected_profit"], summary["kept"]
+    parts.append(_table(["figure", "value"], [
+        ["keep rate", _pct(summary["keep_rate"])],
+        ["expected bad rate (kept)", _pct(summary["expected_bad_rate"])],
+        ["realised bad rate (kept)", _pct(summary["realised_bad_rate"])],
+        ["expected loss / realised loss (kept, yuan)",
+         f"{_yuan(kept['expected_loss'])} / {_yuan(kept['realised_loss'])}"],
+        ["expected profit: keep + branch (yuan)", _yuan(e["keep"] + e["branch"])],
+        ["expected referral revenue (yuan)", _yuan(e["referral_value"])],
+        ["realised referral revenue (yuan)", _yuan(summary["realised_referral_value"])],
+        ["coverage failures (referred: funding cost not covered)",
+         f"{summary['coverage_failures']:,}"],
+        ["PSI of PD vs reference", "–" if summary["psi"] is None else f"{summary['psi']:.4f}"],
+    ]))
+    rows = []
+    for pid, p in summary["partners"].items():
+        day = summary["quota"].get(pid, {}).get("day", {})
+        rows.append([pid, f"{p['referred']:,}", _yuan(p["expected_fee"]),
+                     _yuan(p["expected_rev_share"]), _yuan(p["realised_fee"]),
+                     _yuan(p["realised_rev_share"]),
+                     _pct(day.get("max_utilisation")) if day else "–",
+                     day.get("windows_ran_out", "–") if day else "–"])
+    parts.append(_table(["partner", "referred", "exp. fees", "exp. rev-share", "real. fees",
+                         "real. rev-share", "max day-cap use", "days cap ran out"], rows))
+    charts = out / "charts"
+    imgs = [chart_split_by_hour(summary, charts / f"{prefix}split_by_hour.png"),
+            chart_quota_use(summary, charts / f"{prefix}quota_use.png"),
+            chart_pd_by_outcome(summary, charts / f"{prefix}pd_by_outcome.png")]
+    parts += [f"<img src='{src}' alt='{src}'>" for src in imgs if src]
+    return parts
+
+
+def write_replay_report(summary: dict[str, Any], out: Path) -> Path:
+    """``out/report.html`` for one replay."""
+    path = out / "report.html"
+    path.write_text(_page(f"Replay — {summary['strategy_version']}", replay_sections(summary, out)))
+    return path
+
+
+def write_compare_report(cmp: dict[str, Any], champion: dict[str, Any],
+                         challenger: dict[str, Any], out: Path) -> Path:
+    """``out/report.html`` for a champion / challenger comparison."""
+    nc = cmp["net_change"]
+    parts = [_table(["net change (challenger − champion)", "value"], [
+        ["expected profit: keep + branch (yuan)", _yuan(nc["profit"])],
+        ["expected referral revenue (yuan)", _yuan(nc["referral_revenue"])],
+        ["total (yuan)", _yuan(nc["total"])],
+        ["keep rate", f"{nc['keep_rate']:+.2%}"],
+        ["applications that change outcome", f"{cmp['swapped']:,}"],
+    ])]
+    rows = []
+    for key, c in cmp["cells"].items():
+        if c["count"]:
+            rows.append([key, f"{c['count']:,}", _yuan(c["amount"]), _yuan(c["value_champion"]),
+                         _yuan(c["value_challenger"]), _yuan(c["value_change"])])
+    parts.append(_table(["champion → challenger", "applications", "amount", "value (champion)",
+                         "value (challenger)", "change"], rows))
+    parts.append(f"<img src='{chart_swap_heatmap(cmp, out / 'charts' / 'swap_heatmap.png')}' "
+                 "alt='swap sets'>")
+    parts.append(f"<h2>Champion: {html.escape(champion['strategy_version'])}</h2>")
+    parts += replay_sections(champion, out, "champion_")
+    parts.append(f"<h2>Challenger: {html.escape(challenger['strategy_version'])}</h2>")
+    parts += replay_sections(challenger, out, "challenger_")
+    path = out / "report.html"
+    path.write_text(_page("Champion vs challenger", parts))
+    return path
+
+
+def write_tune_report(result: dict[str, Any], best_summary: dict[str, Any] | None,
+                      out: Path) -> Path:
+    """``out/report.html`` for a tuning run."""
+    cands = result["candidates"]
+    parts = [f"<p>{len(cands)} candidates · {sum(c['frontier'] for c in cands)} on the frontier · "
+             f"constraints: {html.escape(str(result['constraints']))}</p>",
+             f"<img src='{chart_frontier(cands, out / 'charts' / 'frontier.png')}' alt='frontier'>"]
+    rows = [[str(c["id"]), html.escape(", ".join(f"{k}={v}" for k, v in c["params"].items())),
+             _yuan(c["metrics"]["value"]), _pct(c["metrics"]["bad_rate"]),
+             _pct(c["metrics"]["keep_rate"]), "yes" if c["frontier"] else "",
+             "★" if c.get("best") else ""] for c in cands if c["frontier"]]
+    parts.append("<h2>Frontier</h2>" + _table(
+        ["#", "parameters", "value (yuan)", "bad rate", "keep rate", "frontier", "chosen"], rows))
+    if best_summary is not None:
+        parts.append("<h2>Chosen candidate</h2>")
+        parts += replay_sections(best_summary, out, "best_")
+    path = out / "report.html"
+    path.write_text(_page("Strategy tuning", parts))
+    return path

@@ -1,0 +1,331 @@
+"""Strategy tuning: a grid over named strategy parameters, every candidate replayed.
+
+A grid file names parameters by their path in the strategy and lists values::
+
+    [grid]
+    "primary.max_pd" = [0.03, 0.04, 0.05]
+    "branch.max_pd" = [0.10, 0.12]
+    "routing.method" = ["best_value", "waterfall"]
+    "partners.bank_ningyuan.priority" = [1, 5]            # partners by id
+    "partners.credit_dongfang.caps.day.count" = [6000, 9000]   # caps by window
+
+Every combination is a candidate. Each is replayed on the same traffic (in-memory store,
+event time, the unchanged decision core); its metrics are the expected profit plus
+referral revenue (``value``), the expected bad rate of kept loans and the keep rate. The
+Pareto frontier is the set no other candidate beats on all three at once; the best
+candidate under the constraints given is written as a ready strategy file.
+
+Candidates run through an executor: anything with ``map(fn, tasks)`` yielding results as
+they finish. :class:`LocalExecutor` uses this machine's cores (the traffic is read once,
+before the worker processes fork, and shared); a Ray or Dask cluster plugs in the same way
+(see the README) — each remote worker then reads the traffic once and caches it.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import multiprocessing as mp
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+import msgspec
+
+from router.config import Strategy, strategy_from_dict
+from router.errors import ConfigError
+
+# ---- the grid --------------------------------------------------------------------
+
+
+def load_grid(path: str | Path) -> dict[str, list[Any]]:
+    """The ``[grid]`` table of a TOML file: parameter path -> list of values."""
+    path = Path(path)
+    try:
+        raw = msgspec.toml.decode(path.read_bytes())
+    except (OSError, msgspec.DecodeError) as exc:
+        raise ConfigError(f"cannot read grid: {exc}", source=str(path)) from exc
+    grid = raw.get("grid")
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError("expected a non-empty [grid] table", source=str(path), path="grid")
+    for name, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError("expected a non-empty list of values", source=str(path),
+                              path=f"grid.{name}", value=values)
+    return grid
+
+
+def candidates(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, in a fixed order."""
+    names = list(grid)
+    return [dict(zip(names, combo)) for combo in itertools.product(*(grid[n] for n in names))]
+
+
+def _set(raw: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    node: Any = raw
+    for k, part in enumerate(parts):
+        last = k == len(parts) - 1
+        if isinstance(node, list):
+            # Lists are addressed by a member's id (partners) or window (caps).
+            match = [x for x in node if isinstance(x, dict)
+                     and (x.get("id") == part or x.get("window") == part)]
+            if not match:
+                raise ConfigError(f"no list entry {part!r} in parameter {path!r}")
+            if last:
+                raise ConfigError(f"parameter {path!r} names a whole list entry")
+            node = match[0]
+            continue
+        if not isinstance(node, dict) or (part not in node and not last):
+            raise ConfigError(f"unknown strategy parameter {path!r} (at {part!r})")
+        if last:
+            if part not in node:
+                raise ConfigError(f"unknown strategy parameter {path!r}")
+            node[part] = value
+        else:
+            if node[part] is None:
+                raise ConfigError(f"parameter {path!r}: {part!r} is not set in the strategy")
+            node = node[part]
+
+
+def strategy_data(strategy: Strategy) -> dict[str, Any]:
+    """The strategy as plain data, partners inline (the base of every candidate)."""
+    raw = msgspec.to_builtins(strategy)
+    raw.pop("partner_book", None)
+    return raw
+
+
+def with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """A copy of strategy data with the named parameters set."""
+    raw = copy.deepcopy(base)
+    for path, value in params.items():
+        _set(raw, path, value)
+    return raw
+
+
+def make_candidate(base: dict[str, Any], params: dict[str, Any], cid: int) -> Strategy:
+    """The candidate strategy (validated like any strategy; its version names it)."""
+    raw = with_params(base, params)
+    raw["version"] = f"{base['version']}-c{cid}"[:40]
+    return strategy_from_dict(raw, source=f"candidate {cid}")
+
+
+# ---- executors -------------------------------------------------------------------
+
+
+class Executor(Protocol):
+    """Runs ``fn`` on every task; yields results as they finish (any order)."""
+
+    def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]: ...
+
+
+class LocalExecutor:
+    """Processes on this machine (``workers`` defaults to the CPU count).
+
+    Workers are forked, so whatever the parent loaded (the traffic) is shared with them.
+    """
+
+    def __init__(self, workers: int | None = None):
+        self.workers = workers or os.cpu_count() or 1
+
+    def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
+        tasks = list(tasks)
+        if self.workers == 1:
+            for t in tasks:
+                yield fn(t)
+            return
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+        with ProcessPoolExecutor(self.workers, mp_context=ctx) as pool:
+            pending = {pool.submit(fn, t) for t in tasks}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    yield f.result()
+
+
+# ---- evaluation ------------------------------------------------------------------
+
+#: Per process: traffic already read and validated, by (path, mapping); scorers by file.
+_TRAFFIC: dict[tuple, Any] = {}
+_SCORERS: dict[tuple, Any] = {}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One candidate to replay (plain data, so any executor can ship it)."""
+
+    cid: int
+    params: dict[str, Any]
+    base: dict[str, Any]
+    traffic: str
+    mapping: tuple[tuple[str, str], ...]
+    out_dir: str
+
+
+def cached_traffic(strategy: Strategy, traffic: str, mapping: dict[str, str]) -> Any:
+    """The traffic read and validated once per process."""
+    from router.replay.run import read_cached
+
+    key = (str(Path(traffic).resolve()), tuple(sorted(mapping.items())))
+    got = _TRAFFIC.get(key)
+    if got is None:
+        got = _TRAFFIC[key] = read_cached(strategy, traffic, mapping)
+    return got
+
+
+def _scorers(strategy: Strategy) -> dict[str, Any]:
+    from router.scoring import load_scorer
+
+    out = {}
+    for name, ref in strategy.scorers.items():
+        key = (ref.kind, str(Path(strategy.base_dir) / ref.path))
+        if key not in _SCORERS:
+            _SCORERS[key] = load_scorer(ref.kind, ref.path, strategy.base_dir)
+        out[name] = _SCORERS[key]
+    return out
+
+
+def metrics_of(summary: dict[str, Any]) -> dict[str, Any]:
+    """A candidate's objectives and the figures shown next to them."""
+    return {
+        "value": summary["expected_profit"]["total"],
+        "profit": summary["expected_profit"]["keep"] + summary["expected_profit"]["branch"],
+        "referral_revenue": summary["expected_profit"]["referral_value"],
+        "bad_rate": summary["expected_bad_rate"] or 0.0,
+        "realised_bad_rate": summary["realised_bad_rate"],
+        "keep_rate": summary["keep_rate"],
+        "decisions": summary["decisions"],
+    }
+
+
+def evaluate(task: Task) -> dict[str, Any]:
+    """Replay one candidate; its id, parameters and metrics."""
+    from router.replay.run import replay
+
+    strategy = make_candidate(task.base, task.params, task.cid)
+    mapping = dict(task.mapping)
+    traffic = cached_traffic(strategy, task.traffic, mapping)
+    r = replay(strategy, task.traffic, Path(task.out_dir) / f"c{task.cid:04d}",
+               write_decisions=False, report=False, mapping=mapping, cached=traffic,
+               scorers=_scorers(strategy))
+    return {"id": task.cid, "params": task.params, "metrics": metrics_of(r.summary),
+            "strategy_hash": r.summary["strategy_hash"]}
+
+
+# ---- frontier and choice -----------------------------------------------------------
+
+
+def pareto(cands: list[dict[str, Any]]) -> list[bool]:
+    """True for candidates no other candidate dominates (value ↑, bad rate ↓, keep rate ↑)."""
+    pts = [(c["metrics"]["value"], -c["metrics"]["bad_rate"], c["metrics"]["keep_rate"])
+           for c in cands]
+    out = []
+    for i, p in enumerate(pts):
+        dominated = any(all(q[k] >= p[k] for k in range(3)) and q != p
+                        for j, q in enumerate(pts) if j != i)
+        out.append(not dominated)
+    return out
+
+
+def choose(cands: list[dict[str, Any]], max_bad_rate: float | None = None,
+           min_keep_rate: float | None = None) -> dict[str, Any] | None:
+    """The feasible candidate of highest value (ties: lower bad rate, then lower id)."""
+    ok = [c for c in cands
+          if (max_bad_rate is None or c["metrics"]["bad_rate"] <= max_bad_rate)
+          and (min_keep_rate is None or c["metrics"]["keep_rate"] >= min_keep_rate)]
+    if not ok:
+        return None
+    return min(ok, key=lambda c: (-c["metrics"]["value"], c["metrics"]["bad_rate"], c["id"]))
+
+
+def write_strategy(raw: dict[str, Any], path: Path) -> Path:
+    """A strategy file for ``raw`` (partners inline; scorer paths relative to the file)."""
+    raw = copy.deepcopy(raw)
+    base = Path(raw.pop("base_dir", "."))
+    for ref in raw.get("scorers", {}).values():
+        ref["path"] = os.path.relpath((base / ref["path"]).resolve(), path.parent.resolve())
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def drop_none(x: Any) -> Any:  # TOML has no null: unset options are left out
+        if isinstance(x, dict):
+            return {k: drop_none(v) for k, v in x.items() if v is not None}
+        if isinstance(x, list):
+            return [drop_none(v) for v in x]
+        return x
+
+    path.write_bytes(msgspec.toml.encode(drop_none(raw)))
+    return path
+
+
+@dataclass
+class TuneResult:
+    """All candidates (with frontier flags), the chosen one and the files written."""
+
+    result: dict[str, Any]
+    path: Path
+    best_strategy: Path | None
+
+
+def tune(strategy: Strategy, traffic: str | Path, grid: dict[str, list[Any]],
+         out_dir: str | Path, *, max_bad_rate: float | None = None,
+         min_keep_rate: float | None = None, executor: Executor | None = None,
+         mapping: dict[str, str] | None = None,
+         progress: Callable[[dict[str, Any]], None] | None = None,
+         report: bool = True) -> TuneResult:
+    """Replay every grid candidate, mark the frontier, choose and write the best.
+
+    Writes ``DIR/tune.json``, ``DIR/best_strategy.toml`` (when a candidate meets the
+    constraints) and ``DIR/report.html``.
+    """
+    from router.replay.run import check_mapping, replay
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    mapping = dict(strategy.columns if mapping is None else mapping)
+    check_mapping(mapping)
+    base = strategy_data(strategy)
+    combos = candidates(grid)
+    for cid, params in enumerate(combos):  # fail fast on a bad parameter or value
+        make_candidate(base, params, cid)
+    # Read once here: forked local workers share it.
+    cached_traffic(strategy, str(traffic), mapping)
+    tasks = [Task(cid, params, base, str(traffic), tuple(sorted(mapping.items())),
+                  str(out / "candidates")) for cid, params in enumerate(combos)]
+    results = []
+    for r in (executor or LocalExecutor()).map(evaluate, tasks):
+        results.append(r)
+        if progress:
+            progress(r)
+    results.sort(key=lambda r: r["id"])
+    for r, front in zip(results, pareto(results)):
+        r["frontier"] = front
+    best = choose(results, max_bad_rate, min_keep_rate)
+    best_path = None
+    best_summary = None
+    if best is not None:
+        best["best"] = True
+        raw = with_params(base, best["params"])
+        raw["version"] = f"{base['version']}-tuned"[:40]
+        best_path = write_strategy(raw, out / "best_strategy.toml")
+        if report:
+            from router.config import load_strategy
+            chosen = replay(load_strategy(best_path), traffic, out / "best", mapping=mapping,
+                            cached=cached_traffic(strategy, str(traffic), mapping),
+                            write_decisions=False, report=False)
+            best_summary = chosen.summary
+    result = {
+        "strategy_version": strategy.version, "grid": grid,
+        "constraints": {"max_bad_rate": max_bad_rate, "min_keep_rate": min_keep_rate},
+        "objectives": {"value": "max (expected profit + referral revenue)",
+                       "bad_rate": "min (expected, kept loans)", "keep_rate": "max"},
+        "candidates": results,
+        "best": best["id"] if best else None,
+    }
+    path = out / "tune.json"
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(result)) + b"\n")
+    if report:
+        from router.replay.report import write_tune_report
+        write_tune_report(result, best_summary, out)
+    return TuneResult(result, path, best_path)
