@@ -1,0 +1,156 @@
+"""Champion vs challenger swap sets, tuning frontier and choice, the HTML report."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from router.config import load_strategy, strategy_from_dict
+from router.errors import ConfigError
+from router.replay.compare import compare, swap_matrix
+from router.replay.tune import LocalExecutor, candidates, choose, pareto, tune, with_params
+from router.testing import ScoreLookupScorer, strategy_dict
+from test_replay_metrics import PDS, _row, _write
+
+
+def _decisions(outcomes, values):
+    n = len(outcomes)
+    return pa.table({"application_id": [f"a{i}" for i in range(n)],
+                     "requested_amount": [100 * (i + 1) for i in range(n)],
+                     "outcome": outcomes, "partner": [None] * n,
+                     "expected_value": values})
+
+
+def test_swap_matrix_by_hand():
+    a = _decisions(["keep", "keep", "refer", "decline", "decline"], [10, 20, 5, None, None])
+    b = _decisions(["keep", "refer", "refer", "keep", "decline"], [11, 7, 6, 30, None])
+    m = swap_matrix(a, b.take([4, 3, 2, 1, 0]))  # any row order
+    k, r, d = 0, 2, 3
+    assert m["counts"][k][k] == 1 and m["counts"][k][r] == 1 and m["counts"][r][r] == 1
+    assert m["counts"][d][k] == 1 and m["counts"][d][d] == 1 and m["swapped"] == 2
+    assert sum(map(sum, m["counts"])) == 5
+    cell = m["cells"]["keep->refer"]
+    assert cell == {"count": 1, "amount": 200, "value_champion": 20, "value_challenger": 7,
+                    "value_change": -13}
+    assert m["cells"]["decline->keep"]["value_change"] == 30
+    assert m["amounts"][d][d] == 500
+
+
+def test_compare_end_to_end(tmp_path):
+    rows = [_row(i, [720, 650, 600, 550][i % 4], hour=9 + i % 10) for i in range(1, 41)]
+    path = _write(tmp_path, rows)
+    base = strategy_dict()
+    base["branch"] = None
+    champion = strategy_from_dict(base)
+    stricter = strategy_dict(primary={**base["primary"], "max_pd": 0.01}, version="test-2")
+    stricter["branch"] = None
+    challenger = strategy_from_dict(stricter)
+    r = compare(champion, challenger, path, tmp_path / "cmp",
+                scorers={"main": ScoreLookupScorer(PDS)})
+    m = r.comparison
+    # The challenger keeps nobody (cut-off .01 below every PD): all kept rows move.
+    kept = r.champion.summary["decisions"]["keep"]
+    assert kept > 0 and sum(m["counts"][0]) == kept and m["counts"][0][0] == 0
+    assert m["net_change"]["profit"] == -r.champion.summary["expected_profit"]["keep"]
+    assert m["net_change"]["referral_revenue"] == (
+        r.challenger.summary["expected_profit"]["referral_value"]
+        - r.champion.summary["expected_profit"]["referral_value"])
+    assert (tmp_path / "cmp" / "compare.json").exists()
+
+
+def _cands(points):
+    return [{"id": i, "metrics": {"value": v, "bad_rate": b, "keep_rate": k}}
+            for i, (v, b, k) in enumerate(points)]
+
+
+def test_pareto_and_choice_by_hand():
+    c = _cands([(100, 0.05, 0.2),   # 0 frontier
+                (90, 0.05, 0.2),    # 1 dominated by 0
+                (120, 0.08, 0.3),   # 2 frontier (more value, more risk)
+                (80, 0.03, 0.1),    # 3 frontier (least risk)
+                (80, 0.04, 0.1)])   # 4 dominated by 3
+    assert pareto(c) == [True, False, True, True, False]
+    assert choose(c)["id"] == 2
+    assert choose(c, max_bad_rate=0.06)["id"] == 0
+    assert choose(c, max_bad_rate=0.06, min_keep_rate=0.25) is None
+
+
+def test_grid_parameters_by_name():
+    s = load_strategy("configs/strategy.toml")
+    from router.replay.tune import strategy_data
+
+    base = strategy_data(s)
+    raw = with_params(base, {"primary.max_pd": 0.07,
+                             "partners.credit_dongfang.caps.day.count": 123,
+                             "partners.bank_ningyuan.priority": 9})
+    t = strategy_from_dict(raw)
+    assert t.primary.max_pd == 0.07 and t.partner("bank_ningyuan").priority == 9
+    assert [c.count for c in t.partner("credit_dongfang").caps if c.window == "day"] == [123]
+    for bad in ("primary.nope", "partners.nobody.priority", "partners.bank_ningyuan.caps.week.count"):
+        with pytest.raises(ConfigError):
+            with_params(base, {bad: 1})
+    assert len(candidates({"a": [1, 2], "b": [3, 4, 5]})) == 6
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_tune_end_to_end(tmp_path, workers):
+    from router.traffic import write_traffic
+
+    traffic = write_traffic(tmp_path / "t.parquet", 6000, seed=3, per_day=6000)
+    grid = {"primary.max_pd": [0.03, 0.06], "routing.method": ["best_value", "waterfall"]}
+    s = load_strategy("configs/strategy.toml")
+    seen = []
+    r = tune(s, traffic, grid, tmp_path / "tune", max_bad_rate=0.05,
+             executor=LocalExecutor(workers), progress=seen.append)
+    cands = r.result["candidates"]
+    assert [c["id"] for c in cands] == [0, 1, 2, 3] and len(seen) == 4
+    assert [c["params"] for c in cands] == candidates(grid)
+    assert [c["frontier"] for c in cands] == pareto(cands)
+    best = [c for c in cands if c.get("best")]
+    assert len(best) == 1 and best[0]["metrics"]["bad_rate"] <= 0.05
+    # The written strategy loads, and replaying it gives the chosen candidate's figures.
+    from router.replay import replay
+
+    tuned = load_strategy(r.best_strategy)
+    assert tuned.primary.max_pd == best[0]["params"]["primary.max_pd"]
+    again = replay(tuned, traffic, tmp_path / "again", report=False)
+    assert again.summary["expected_profit"]["total"] == best[0]["metrics"]["value"]
+    _check_report(tmp_path / "tune" / "report.html", expect={"frontier.png"})
+
+
+def test_replay_and_compare_reports_have_their_charts(tmp_path):
+    rows = [_row(i, [720, 650, 600, 550][i % 4], hour=8 + i % 12,
+                 defaulted=bool(i % 5 == 0)) for i in range(1, 60)]
+    path = _write(tmp_path, rows)
+    s = strategy_from_dict(strategy_dict())
+    kw = dict(scorers={"main": ScoreLookupScorer(PDS)})
+    from router.replay import replay
+    from router.replay.report import write_compare_report
+
+    r = replay(s, path, tmp_path / "one", **kw)
+    _check_report(tmp_path / "one" / "report.html",
+                  expect={"split_by_hour.png", "quota_use.png", "pd_by_outcome.png"})
+    c = compare(s, s, path, tmp_path / "cmp", **kw)
+    write_compare_report(c.comparison, c.champion.summary, c.challenger.summary, tmp_path / "cmp")
+    _check_report(tmp_path / "cmp" / "report.html", expect={"swap_heatmap.png"})
+    assert c.comparison["swapped"] == 0 and r.summary["applications"] == 59
+
+
+def _check_report(path, expect):
+    """Every chart the page shows exists, is a real PNG and is not blank."""
+    import matplotlib.image as mpimg
+
+    page = path.read_text()
+    srcs = re.findall(r"<img src='([^']+)'", page)
+    assert expect <= {s.rsplit("/", 1)[-1] for s in srcs}
+    for src in srcs:
+        png = path.parent / src
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = mpimg.imread(png)
+        assert img.shape[0] > 100 and img.shape[1] > 100
+        # Not blank: many distinct colours (axes, bars, text).
+        assert len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 20
