@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ROWS ?= 200000
 OUT ?= out/demo
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo test install install-dev bench credit-data clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,9 @@ bench: install-dev
 	$(BIN)/python bench/bench_decide.py
 	$(BIN)/python bench/bench_replay.py
 	$(BIN)/python bench/bench_redis.py
+
+credit-data: install-dev
+	$(BIN)/python examples/credit_data.py out/credit_data
 
 clean:
 	rm -rf out .pytest_cache build *.egg-info
