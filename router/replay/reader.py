@@ -55,25 +55,35 @@ def _outcomes(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
     return out
 
 
-def read_batches(path: str | Path, hasher: Hasher, *, partner_ids: Iterable[str],
+def read_batches(path: str | Path | Iterable[pa.RecordBatch], hasher: Hasher, *,
+                 partner_ids: Iterable[str],
                  mapping: dict[str, str] | None = None, batch_size: int = 131_072,
                  on_rejects: Callable[[list[Reject]], None] | None = None
                  ) -> Iterator[TrafficBatch]:
-    """Yield validated batches of ``path`` in file order (see the module docstring)."""
-    path = Path(path)
-    if not path.exists():
-        raise TrafficError(f"{path}: no such file")
+    """Yield validated batches of ``path`` in file order (see the module docstring).
+
+    ``path`` may also be an iterable of Arrow record batches (traffic generated on the fly).
+    """
     mapping = dict(mapping or {})
     ids = set(partner_ids)
-    suffix = path.suffix.lower()
+    if not isinstance(path, (str, Path)):
+        source: Iterator[pa.RecordBatch] = iter(path)
+        suffix = "<stream>"
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise TrafficError(f"{path}: no such file")
+        suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        yield from _jsonl(path, hasher, ids, mapping, batch_size, on_rejects)
+        yield from _jsonl(path, hasher, ids, mapping, batch_size, on_rejects)  # type: ignore[arg-type]
         return
-    if suffix == ".parquet":
+    if suffix == "<stream>":
+        pass
+    elif suffix == ".parquet":
         pf = pq.ParquetFile(path)
         wanted = [c for c in pf.schema_arrow.names
                   if c in set(source_types(mapping)) or c in mapping.values()]
-        source: Iterator[pa.RecordBatch] = pf.iter_batches(batch_size=batch_size, columns=wanted)
+        source = pf.iter_batches(batch_size=batch_size, columns=wanted)
     elif suffix == ".csv":
         source = _csv(path, mapping, batch_size)
     else:

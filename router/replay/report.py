@@ -174,7 +174,7 @@ def replay_sections(summary: dict[str, Any], out: Path, prefix: str = "") -> lis
     n = summary["applications"]
     parts = [f"<p class='muted'>strategy {html.escape(summary['strategy_version'])} · "
              f"{n:,} applications ({summary['traffic']['rows_rejected']:,} rows rejected) · "
-             f"input {summary['traffic']['sha256'][:12]} · strategy "
+             f"input {(summary['traffic']['sha256'] or 'generated')[:12]} · strategy "
              f"{summary['strategy_hash'][:12]} · code {html.escape(summary['code_version'])}</p>"]
     parts.append(_table(["outcome", "applications", "share", "amount (yuan)"], [
         [k, f"{v:,}", _pct(v / n if n else 0), _yuan(summary["amounts"][k])]

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import msgspec
 import numpy as np
@@ -138,7 +138,8 @@ def read_cached(strategy: Strategy, traffic: str | Path,
     return CachedTraffic(batches, file_sha256(traffic), rejects)
 
 
-def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
+def replay(strategy: Strategy, traffic: str | Path | Iterable[pa.RecordBatch],
+           out_dir: str | Path, *,
            batch_size: int = 131_072, store: QuotaStore | None = None,
            mapping: dict[str, str] | None = None, reference: str | Path | None = None,
            write_decisions: bool = True, report: bool = True,
@@ -152,8 +153,10 @@ def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
     ``reference`` is a traffic file whose PD distribution the PSI compares against;
     ``scorers`` overrides the strategy's model files (as for :class:`Router`);
     ``report`` writes ``report.html`` with its charts; ``cached`` replays traffic already
-    read by :func:`read_cached` (``traffic`` then only names it).
+    read by :func:`read_cached` (``traffic`` then only names it). ``traffic`` may also be
+    an iterable of Arrow record batches (generated on the fly; no file hash then).
     """
+    is_file = isinstance(traffic, (str, Path))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mapping = dict(strategy.columns if mapping is None else mapping)
@@ -172,7 +175,7 @@ def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
     n_rejects = 0
     rows_read = late = 0
     newest = -(2**62)
-    log.info("replay.start", traffic=str(traffic), out=str(out))
+    log.info("replay.start", traffic=str(traffic) if is_file else "<stream>", out=str(out))
     t0 = time.perf_counter()
     decisions_path = out / "decisions.parquet" if write_decisions else None
     tmp = out / "decisions.parquet.tmp"
@@ -218,8 +221,9 @@ def replay(strategy: Strategy, traffic: str | Path, out_dir: str | Path, *,
         "strategy_version": strategy.version,
         "strategy_hash": strategy_hash(strategy),
         "code_version": code_version(),
-        "traffic": {"file": Path(traffic).name,
-                    "sha256": cached.sha256 if cached is not None else file_sha256(traffic),
+        "traffic": {"file": Path(traffic).name if is_file else "<stream>",
+                    "sha256": cached.sha256 if cached is not None else
+                    file_sha256(traffic) if is_file else None,
                     "rows_accepted": rows_read, "rows_rejected": n_rejects,
                     "late_events": late, "column_mapping": mapping},
         "reference": ({"file": Path(reference).name, "sha256": file_sha256(reference)}

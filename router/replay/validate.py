@@ -188,25 +188,28 @@ def _bounds(name: str, t: Any, col: pa.Array, chk: _Checker) -> None:
 
 
 def _consent(col: pa.Array, partner_ids: set[str], chk: _Checker) -> pa.Array:
-    """Canonical consent text; unknown partner ids reject the row."""
-    vals = col.to_pylist()
-    out: list[str | None] = []
-    for i, v in enumerate(vals):
-        if isinstance(v, list):
-            v = ",".join(v)
-        v = (v or "none").strip() if isinstance(v, str) or v is None else str(v)
+    """Canonical consent text; unknown partner ids reject the row. Each distinct value is
+    checked once (a file has few of them)."""
+    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+        col = pa.array([",".join(v) if v is not None else None for v in col.to_pylist()],
+                       pa.string())
+    enc = pc.dictionary_encode(pc.cast(col, pa.string()), null_encoding="encode")
+    canon: list[str] = []
+    for k, v in enumerate(enc.dictionary.to_pylist()):
+        v = (v or "none").strip()
         if v in ("none", "any"):
-            out.append(v)
+            canon.append(v)
             continue
         ids = [p.strip() for p in v.split(",") if p.strip()]
         unknown = [p for p in ids if p not in partner_ids]
         if unknown or not ids:
-            chk.flag(np.arange(chk.n) == i, "consent",
+            codes = enc.indices.to_numpy(zero_copy_only=False)
+            chk.flag(codes == k, "consent",
                      f"unknown partner {unknown[0]!r}" if unknown else "empty consent list", col)
-            out.append("none")
+            canon.append("none")
         else:
-            out.append(",".join(ids))
-    return pa.array(out, pa.string())
+            canon.append(",".join(ids))
+    return pc.take(pa.array(canon, pa.string()), enc.indices)
 
 
 def validate(batch: pa.RecordBatch, offset: int, partner_ids: Iterable[str],
