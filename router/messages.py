@@ -39,8 +39,9 @@ class Application(Base, kw_only=True):
     Exactly one of ``applicant_token`` (already a keyed hash made by the caller) and
     ``national_id`` (a raw identifier, hashed on arrival and never stored) must be given.
     ``consent`` is ``"none"``, ``"any"`` (any whitelisted partner) or a list of partner ids.
-    ``defaulted`` and ``true_pd`` are outcome columns of generated or historical traffic:
-    carried for evaluation, never used by the decision.
+    ``defaulted``, ``true_pd`` and the partner's result (``partner_accepted``,
+    ``partner_funded``, ``funded_amount``, ``referred_partner``) are outcome columns of
+    generated or historical traffic: carried for evaluation, never used by the decision.
     """
 
     application_id: Ident
@@ -64,6 +65,10 @@ class Application(Base, kw_only=True):
     fraud_flag: bool = False
     defaulted: bool | None = None
     true_pd: Probability | None = None
+    partner_accepted: bool | None = None
+    partner_funded: bool | None = None
+    funded_amount: Money | None = None
+    referred_partner: PartnerId | None = None
 
     def __post_init__(self) -> None:
         if (self.applicant_token is None) == (self.national_id is None):

@@ -22,7 +22,10 @@ Generative assumptions (all per application unless said):
   (re-applying, often via another channel) with fresh loan terms.
 * **Outcome** — a hidden true PD = sigmoid(−3.0 + 1.15z + 0.25·log(amount/income) +
   0.015·term) drives ``defaulted ~ Bernoulli(true_pd)``; both columns are carried in the
-  output and never read by the router.
+  output and never read by the router. The partner's answer had the application been
+  referred: accepted with probability 0.8 − 1.6·true PD (clipped to 5–95%), funded 85% of
+  accepted, for 60–100% of the amount asked (``partner_accepted``, ``partner_funded``,
+  ``funded_amount``; replay reports realised referral fees and rev-share from them).
 
 The same ``seed`` gives the same bytes (numpy PCG64 streams, fixed chunking, no wall clock).
 """
@@ -68,6 +71,8 @@ SCHEMA = pa.schema([
     ("region", pa.string()), ("employer", pa.string()), ("requested_amount", pa.int64()),
     ("term_months", pa.int16()), ("max_apr", pa.float64()), ("consent", pa.string()),
     ("fraud_flag", pa.bool_()), ("defaulted", pa.bool_()), ("true_pd", pa.float64()),
+    ("partner_accepted", pa.bool_()), ("partner_funded", pa.bool_()),
+    ("funded_amount", pa.int64()),
 ])
 
 
@@ -133,6 +138,11 @@ def _chunk(rng: np.random.Generator, n: int, first: int, day_start_ms: int, stat
     logit = -3.25 + 1.15 * z + 0.25 * np.log(amount / income) + 0.015 * term
     true_pd = 1 / (1 + np.exp(-logit))
     defaulted = rng.random(n) < true_pd
+    # The partner's answer, were the application referred (drawn last, so the columns
+    # above are the same as before these were added).
+    accepted = rng.random(n) < np.clip(0.8 - 1.6 * true_pd, 0.05, 0.95)
+    funded = accepted & (rng.random(n) < 0.85)
+    funded_fen = np.round(amount_fen * rng.uniform(0.6, 1.0, n) / 10_000).astype(np.int64) * 10_000
     cols = {
         "application_id": [f"A{seed}-{first + i:010d}" for i in range(n)],
         "received_at": pa.array(t, pa.int64()).cast(pa.timestamp("ms", tz="Asia/Shanghai")),
@@ -143,6 +153,8 @@ def _chunk(rng: np.random.Generator, n: int, first: int, day_start_ms: int, stat
         "requested_amount": amount_fen, "term_months": term,
         "max_apr": max_apr, "consent": consent, "fraud_flag": fraud,
         "defaulted": defaulted, "true_pd": np.round(true_pd, 6),
+        "partner_accepted": accepted, "partner_funded": funded,
+        "funded_amount": pa.array(funded_fen, pa.int64(), mask=~funded),
     }
     arrays = [c if isinstance(c, pa.Array) else pa.array(c, type=SCHEMA.field(k).type)
               for k, c in cols.items()]

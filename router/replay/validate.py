@@ -226,6 +226,8 @@ def validate(batch: pa.RecordBatch, offset: int, partner_ids: Iterable[str],
     partner_ids = set(partner_ids)
     arrays: dict[str, pa.Array] = {}
     for name, (kind, t, required) in SPEC.items():
+        if name in OUTCOME_FIELDS:
+            continue  # checked with the other outcome columns below
         if name not in names:
             if required:
                 raise TrafficError(f"missing column `{name}` (map your column to it with a "
