@@ -305,6 +305,10 @@ def _print_summary(s: dict) -> None:
         line += (f"; kept loans: expected bad rate {s['expected_bad_rate']:.2%}, "
                  f"realised {s['realised_bad_rate']:.2%}")
     out.print(line)
+    if s.get("realised_referral_value") is not None:
+        out.print(f"referral revenue: expected {_yuan(b['referral_value'])} yuan, realised "
+                  f"{_yuan(s['realised_referral_value'])} yuan (from the partners' results in "
+                  "the traffic)")
     rej = s["traffic"]["rows_rejected"]
     if rej:
         out.print(f"[yellow]{rej:,} rows rejected[/yellow] (see rejects.jsonl)")

@@ -23,7 +23,7 @@ Generative assumptions (all per application unless said):
 * **Outcome** — a hidden true PD = sigmoid(−3.0 + 1.15z + 0.25·log(amount/income) +
   0.015·term) drives ``defaulted ~ Bernoulli(true_pd)``; both columns are carried in the
   output and never read by the router. The partner's answer had the application been
-  referred: accepted with probability 0.8 − 1.6·true PD (clipped to 5–95%), funded 85% of
+  referred: accepted with probability 0.55 − 2·true PD (clipped to 5–90%), funded 75% of
   accepted, for 60–100% of the amount asked (``partner_accepted``, ``partner_funded``,
   ``funded_amount``; replay reports realised referral fees and rev-share from them).
 
@@ -140,8 +140,8 @@ def _chunk(rng: np.random.Generator, n: int, first: int, day_start_ms: int, stat
     defaulted = rng.random(n) < true_pd
     # The partner's answer, were the application referred (drawn last, so the columns
     # above are the same as before these were added).
-    accepted = rng.random(n) < np.clip(0.8 - 1.6 * true_pd, 0.05, 0.95)
-    funded = accepted & (rng.random(n) < 0.85)
+    accepted = rng.random(n) < np.clip(0.55 - 2.0 * true_pd, 0.05, 0.9)
+    funded = accepted & (rng.random(n) < 0.75)
     funded_fen = np.round(amount_fen * rng.uniform(0.6, 1.0, n) / 10_000).astype(np.int64) * 10_000
     cols = {
         "application_id": [f"A{seed}-{first + i:010d}" for i in range(n)],
