@@ -318,7 +318,14 @@ def from_arrow(batch: pa.RecordBatch, hasher: Hasher, offset: int = 0) -> AppCol
     for f in ("application_id", "channel", "region"):
         col = _required(batch, f, offset)
         _check_pattern(f, col, offset)
-        py[f] = col.to_pylist()
+        if f == "application_id":
+            py[f] = col.to_pylist()
+        else:
+            # Few distinct values: a fixed-width array built from the dictionary, not a
+            # Python string per row.
+            enc = pc.dictionary_encode(col)
+            py[f] = np.asarray(enc.dictionary.to_pylist(), dtype=str)[
+                enc.indices.to_numpy(zero_copy_only=False)]
     ts = _required(batch, "received_at", offset)
     if not pa.types.is_timestamp(ts.type) or ts.type.tz is None:
         raise InputError(f"field `received_at`: expected a time-zone-aware timestamp, "
