@@ -19,7 +19,6 @@ from router.store.base import (CAP_HIT, COUNTER_GRACE_MS, DEDUPED, GRANTED, Buck
 from router.windows import window_end_ms
 
 _SWEEP_EVERY_MS = 3600_000
-_DEDUPE_SWEEP_EVERY_MS = 24 * 3600_000  # a full scan: rarer, and stale entries never match
 
 
 class MemoryQuotaStore(QuotaStore):
@@ -36,13 +35,17 @@ class MemoryQuotaStore(QuotaStore):
         self._archive_expiry: deque[tuple[int, tuple[str, int, int]]] = deque()
         # bucket -> applicant hash -> last grant (no tuple key per applicant: smaller).
         self._last_grant: dict[str, dict[str, int]] = {}
-        self._dedupe_ms: dict[str, int] = {}
         # bucket -> application id -> grant time (retries of a grant are not re-applied)
         self._grants: dict[str, dict[str, int]] = {}
         # Two flat dicts (no per-entry tuples): records are bytes, fingerprints ints.
         self._records: dict[str, bytes] = {}
         self._fingerprints: dict[str, int] = {}
         self._decided_order: deque[tuple[int, list[str]]] = deque()
+        # Expiry queues, one per bucket (a bucket's entries expire in the order they were
+        # set): (expires at, key, time it was set). A later grant to the same key leaves a
+        # stale entry behind; the sweep skips it.
+        self._dedupe_expiry: dict[str, deque[tuple[int, str, int]]] = {}
+        self._grant_expiry: dict[str, deque[tuple[int, str, int]]] = {}
         self._ledger: list[ReferralEntry] = []
         self._retain = retain_ledger
         self._on_append = on_append
@@ -54,7 +57,6 @@ class MemoryQuotaStore(QuotaStore):
         self.single_trip = True
         self._horizon = -(2**62)  # latest event time seen
         self._next_sweep = -(2**62)
-        self._next_dedupe_sweep = -(2**62)
 
     def _cell(self, bucket: Bucket, i: int, key: int) -> list[int]:
         """The [key, count, amount] counter of cap ``i`` for window ``key``.
@@ -129,9 +131,16 @@ class MemoryQuotaStore(QuotaStore):
                 c[2] += amount
             if seen is not None:
                 seen[applicant] = event_ms  # type: ignore[index]
-                self._dedupe_ms[bid] = bucket.dedupe_ms
+                q = self._dedupe_expiry.get(bid)
+                if q is None:
+                    q = self._dedupe_expiry[bid] = deque()
+                q.append((event_ms + bucket.dedupe_ms, applicant, event_ms))  # type: ignore[arg-type]
             if granted is not None:
                 granted[application_id] = event_ms  # type: ignore[index]
+                q = self._grant_expiry.get(bid)
+                if q is None:
+                    q = self._grant_expiry[bid] = deque()
+                q.append((event_ms + self._ttl, application_id, event_ms))  # type: ignore[arg-type]
             if entry is not None:
                 if self._retain:
                     self._ledger.append(entry)
@@ -228,13 +237,13 @@ class MemoryQuotaStore(QuotaStore):
         expiry, archive = self._archive_expiry, self._archive
         while expiry and expiry[0][0] < event_ms:
             archive.pop(expiry.popleft()[1], None)
-        if event_ms < self._next_dedupe_sweep:
-            return
-        self._next_dedupe_sweep = event_ms + _DEDUPE_SWEEP_EVERY_MS
-        for grants in self._grants.values():
-            for k in [k for k, t in grants.items() if event_ms - t >= self._ttl]:
-                del grants[k]
-        for bid, seen in self._last_grant.items():
-            window = self._dedupe_ms.get(bid, 0)
-            for k in [k for k, t in seen.items() if event_ms - t >= window]:
-                del seen[k]
+        # Dedupe and grant records leave in expiry order; entries overwritten by a later
+        # grant are stale and skipped (no full scans, however long the history).
+        for queues, store in ((self._dedupe_expiry, self._last_grant),
+                              (self._grant_expiry, self._grants)):
+            for bid, queue in queues.items():
+                d = store.get(bid)
+                while queue and queue[0][0] <= event_ms:
+                    _, key, t = queue.popleft()
+                    if d is not None and d.get(key) == t:
+                        del d[key]
