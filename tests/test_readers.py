@@ -63,7 +63,7 @@ def test_reader_maps_columns_and_rejects_bad_rows(tmp_path, fmt):
     assert ids == [f"L{r:03d}" for r in rows]
     # Outcome columns come through, aligned with the accepted rows.
     defaulted = [v for b in batches for v in b.outcomes["defaulted"].tolist()]
-    assert defaulted == [r % 4 == 0 for r in rows]
+    assert defaulted == [int(r % 4 == 0) for r in rows]  # 1 yes, 0 no (-1 unknown)
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])

@@ -79,8 +79,7 @@ class _Money:
         self.expected_loss += float((out.pd[idx] * loss_rate * amount).sum())
         if defaulted is not None:
             d = defaulted[idx]
-            known = np.array([v is not None for v in d], dtype=bool)
-            hit = np.array([v is True for v in d], dtype=bool)
+            known, hit = d >= 0, d == 1
             self.known += int(known.sum())
             self.defaulted += int(hit.sum())
             self.realised_loss += float((loss_rate * amount[hit]).sum())
@@ -188,10 +187,9 @@ class Metrics:
             for pid in np.unique(pids).tolist():
                 self._partner(pid, refer[pids == pid], out, cols, outcomes)
         # PD by outcome (all applications) and the PSI histogram.
-        if defaulted is not None:
-            d = np.array([1 if v is True else 0 if v is False else 2 for v in defaulted])
-        else:
-            d = np.full(len(kind), 2)
+        # 0 repaid, 1 defaulted, 2 unknown
+        d = np.where(defaulted < 0, 2, defaulted) if defaulted is not None else \
+            np.full(len(kind), 2)
         for code, name in enumerate(("repaid", "defaulted", "unknown")):
             m = d == code
             if m.any():
@@ -240,7 +238,7 @@ class Metrics:
         if acc is None:
             return
         acc = acc[idx]
-        known = np.array([v is not None for v in acc], dtype=bool)
+        known = acc >= 0
         ref = outcomes.get("referred_partner")
         if ref is not None:
             same = np.array([v is None or v == pid for v in ref[idx]], dtype=bool)
@@ -249,22 +247,19 @@ class Metrics:
         if not known.any():
             return
         k = np.flatnonzero(known)
-        accepted = np.array([v is True for v in acc[k]], dtype=bool)
+        accepted = acc[k] == 1
         funded_col = outcomes.get("partner_funded")
-        funded = np.array([v is True for v in funded_col[idx][k]], dtype=bool) \
-            if funded_col is not None else accepted
+        funded = funded_col[idx][k] == 1 if funded_col is not None else accepted
         famount_col = outcomes.get("funded_amount")
-        famount = np.array([v if v is not None else 0 for v in famount_col[idx][k]],
-                           dtype=np.float64) if famount_col is not None else amount[k]
+        famount = np.nan_to_num(famount_col[idx][k]) if famount_col is not None else amount[k]
         famount = np.where(funded, famount, 0.0)
         dcol = outcomes.get("defaulted")
+        pd_k = out.pd[idx][k]
         if dcol is not None:
             dv = dcol[idx][k]
-            performing = np.array([0.0 if v is True else 1.0 if v is False else np.nan
-                                   for v in dv])
-            performing = np.where(np.isnan(performing), 1.0 - out.pd[idx][k], performing)
+            performing = np.where(dv == 1, 0.0, np.where(dv == 0, 1.0, 1.0 - pd_k))
         else:
-            performing = 1.0 - out.pd[idx][k]
+            performing = 1.0 - pd_k
         tr = p.terms
         t.with_outcome += len(k)
         t.accepted += int(accepted.sum())

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Callable, Iterable, Iterator
 import msgspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
@@ -35,8 +36,8 @@ class TrafficBatch:
     """Validated applications of one batch, their outcome columns and file row numbers."""
 
     cols: AppColumns
-    outcomes: dict[str, np.ndarray]   # OUTCOME_FIELDS present in the file (object arrays
-    rows: np.ndarray                  # for optional values: None where unknown)
+    outcomes: dict[str, np.ndarray]   # OUTCOME_FIELDS present in the file, see outcome_array
+    rows: np.ndarray                  # 1-based row numbers in the file
 
 
 def count_rows(path: str | Path) -> int | None:
@@ -47,12 +48,23 @@ def count_rows(path: str | Path) -> int | None:
     return None
 
 
+def outcome_array(name: str, values: pa.Array | list) -> np.ndarray:
+    """An outcome column as numpy: flags as int8 (1 yes, 0 no, -1 unknown), the funded
+    amount as float64 (NaN unknown), the partner as an object array (None unknown)."""
+    arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else \
+        pa.array(values, OUTCOME_FIELDS[name])
+    if OUTCOME_FIELDS[name] == pa.bool_():
+        return np.asarray(pc.fill_null(pc.cast(arr, pa.int8()), -1).to_numpy(
+            zero_copy_only=False), dtype=np.int8)
+    if OUTCOME_FIELDS[name] == pa.int64():
+        return np.asarray(pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False),
+                          dtype=np.float64)
+    return np.array(arr.to_pylist(), dtype=object)
+
+
 def _outcomes(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
-    out = {}
-    for name in OUTCOME_FIELDS:
-        if name in batch.schema.names:
-            out[name] = np.array(batch.column(name).to_pylist(), dtype=object)
-    return out
+    return {name: outcome_array(name, batch.column(name)) for name in OUTCOME_FIELDS
+            if name in batch.schema.names}
 
 
 def read_batches(path: str | Path | Iterable[pa.RecordBatch], hasher: Hasher, *,
@@ -143,7 +155,7 @@ def _jsonl(path: Path, hasher: Hasher, ids: set[str], mapping: dict[str, str],
             on_rejects(rejects)
         if apps:
             cols = from_applications(apps, hasher)
-            outcomes = {k: np.array([o.get(k) for o in outs], dtype=object)
+            outcomes = {k: outcome_array(k, [o.get(k) for o in outs])
                         for k in OUTCOME_FIELDS if any(k in o for o in outs)}
             yield TrafficBatch(cols, outcomes, np.array(rows, dtype=np.int64))
         apps, outs, rows, rejects = [], [], [], []

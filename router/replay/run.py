@@ -270,5 +270,6 @@ def _decision_batch(out: Outcomes, cols: AppColumns,
                  mask=out.kind == 3),
         pa.array(reason_strings(out.bits), pa.string()),
         pa.array(out.degraded, pa.bool_()),
-        pa.array(d.tolist() if d is not None else [None] * len(cols), pa.bool_()),
+        pa.array(d == 1, pa.bool_(), mask=d < 0) if d is not None
+        else pa.nulls(len(cols), pa.bool_()),
     ], schema=DECISIONS_SCHEMA)
