@@ -136,16 +136,32 @@ def _hash_low_card(value: str) -> int:
     return h
 
 
+def applicant_part(token: str) -> int:
+    """The applicant's share of a fingerprint: a keyed-hash token is already uniformly
+    random, so its first 64 bits serve as they are (any other text is hashed)."""
+    try:
+        return int(token[:16], 16) if len(token) >= 16 else hash_string_py(token)
+    except ValueError:
+        return hash_string_py(token)
+
+
+#: Small bounded integers packed into one 64-bit word (bit offsets; the schema's bounds
+#: keep each field inside its bits: age ≤ 120, score ≤ 900, inquiries and open loans
+#: ≤ 500, worst DPD ≤ 3650, term ≤ 120, fraud flag 0/1).
+_PACK = (("age", 0), ("bureau_score", 7), ("inquiries_3m", 17), ("open_loans", 26),
+         ("worst_dpd_12m", 35), ("term_months", 47), ("fraud_flag", 54))
+
+
 def row_fingerprint(r: Row) -> int:
     """The content hash of one row, bit-identical to :func:`_fingerprints` (same fields)."""
+    small = (r.age | r.bureau_score << 7 | r.inquiries_3m << 17 | r.open_loans << 26
+             | r.worst_dpd_12m << 35 | r.term_months << 47 | int(bool(r.fraud_flag)) << 54)
     return combine_py([
-        r.event_ms & _MASK, _hash_low_card(r.channel), hash_string_py(r.applicant),
-        r.age & _MASK, r.monthly_income & _MASK, r.bureau_score & _MASK,
-        r.inquiries_3m & _MASK, r.open_loans & _MASK, r.worst_dpd_12m & _MASK,
-        r.requested_amount & _MASK, r.term_months & _MASK,
+        r.event_ms & _MASK, _hash_low_card(r.channel), applicant_part(r.applicant), small,
+        r.monthly_income & _MASK, r.requested_amount & _MASK,
         float_bits(r.dti), float_bits(r.max_apr),
         _hash_low_card(r.region), _hash_low_card(r.employer or ""),
-        _hash_low_card(r.consent or ""), int(bool(r.fraud_flag))])
+        _hash_low_card(r.consent or "")])
 
 
 def row_of(cols: AppColumns, i: int = 0) -> Row:
@@ -188,10 +204,14 @@ def _fingerprints(cols: AppColumns) -> list[int]:
         return _fingerprints_py(cols)
     with np.errstate(over="ignore"):
         # The application id itself is the store's key, so it is not hashed in.
-        parts = [as_u64(cols.event_ms), hash_strings(cols.channel), hash_strings(cols.applicant)]
-        parts += [as_u64(getattr(cols, f)) for f in INT_FIELDS + FLOAT_FIELDS]
-        parts += [hash_strings(cols.region), _hash_coded(cols.employer),
-                  _hash_coded(cols.consent), cols.fraud_flag.astype(np.uint64)]
+        small = np.zeros(n, dtype=np.uint64)
+        for name, shift in _PACK:
+            small |= getattr(cols, name).astype(np.uint64) << np.uint64(shift)
+        parts = [as_u64(cols.event_ms), hash_strings(cols.channel),
+                 np.fromiter(map(applicant_part, cols.applicant), dtype=np.uint64, count=n),
+                 small, as_u64(cols.monthly_income), as_u64(cols.requested_amount),
+                 as_u64(cols.dti), as_u64(cols.max_apr),
+                 hash_strings(cols.region), _hash_coded(cols.employer), _hash_coded(cols.consent)]
         return combine(parts, n).tolist()
 
 
