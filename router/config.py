@@ -172,7 +172,8 @@ class DegradedPolicy(Base, kw_only=True):
 
 
 class Identity(Base, kw_only=True):
-    """Where the HMAC key for applicant and employer hashes comes from."""
+    """Where the secret key for applicant and employer hashes comes from (the variable keeps
+    its historical name, ROUTER_HMAC_KEY; the hash is keyed BLAKE2b, see router/identity.py)."""
 
     key_env: str = "ROUTER_HMAC_KEY"
     dev_key: str | None = None

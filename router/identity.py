@@ -24,7 +24,7 @@ class Hasher:
 
     def __init__(self, key: bytes):
         if len(key) < 16:
-            raise ConfigError("the HMAC key must be at least 16 bytes")
+            raise ConfigError("the identity key must be at least 16 bytes")
         # BLAKE2b keys are at most 64 bytes; a longer key is hashed down first.
         self._key = key if len(key) <= 64 else hashlib.blake2b(key).digest()
         self._states: dict[str, "hashlib._Hash"] = {}
