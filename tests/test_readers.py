@@ -123,3 +123,20 @@ def _hasher(s):
 
 def test_scorer_lookup_is_used():
     assert isinstance(strategy_and_scorer()[1], ScoreLookupScorer)
+
+
+def test_float_columns_for_integer_fields(tmp_path):
+    """A Parquet file written from a data frame often has floats for integer fields."""
+    s, scorer = strategy_and_scorer()
+    rows = lender_rows(5)
+    for r in rows:
+        r["age"] = float(r["age"])
+    rows[1]["age"] = 35.5             # not whole
+    rows[2]["age"] = float("inf")     # not finite
+    rows[3]["age"] = None             # missing
+    path = tmp_path / "f.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    r = replay(s, path, tmp_path / "o", mapping=MAPPING, scorers={"main": scorer})
+    lines = [json.loads(x) for x in r.rejects_path.read_text().splitlines()]
+    assert [(x["row"], x["field"]) for x in lines] == [(2, "age"), (3, "age"), (4, "age")]
+    assert r.summary["applications"] == 2

@@ -130,10 +130,13 @@ def _coerce(name: str, kind: str, col: pa.Array, chk: _Checker) -> pa.Array:
             chk.flag(~_np(ok) & ~_np(pc.is_null(text)), name, "not an integer", text)
             return pc.cast(pc.if_else(ok, pc.utf8_trim_whitespace(text), None), pa.int64())
         if pa.types.is_floating(col.type):
-            vals = col.to_numpy(zero_copy_only=False)
-            frac = np.isfinite(vals) & (vals != np.floor(vals))
-            chk.flag(frac | ~np.isfinite(np.nan_to_num(vals, nan=0.0)), name, "not an integer", col)
-            return pc.cast(pc.if_else(pa.array(frac), None, col), pa.int64(), safe=False)
+            # A float column (e.g. a Parquet file written from a data frame): whole,
+            # finite values only; nulls stay null for the required-field check.
+            vals = np.asarray(pc.fill_null(col, 0.0).to_numpy(zero_copy_only=False))
+            with np.errstate(invalid="ignore"):
+                whole = np.isfinite(vals) & (vals == np.floor(vals)) & (np.abs(vals) < 2.0**53)
+            chk.flag(~whole & ~_np(pc.is_null(col)), name, "not an integer", col)
+            return pc.cast(pc.if_else(pa.array(whole), col, None), pa.int64(), safe=False)
         return pc.cast(col, pa.int64())
     if kind == "float":
         if text is not None:
