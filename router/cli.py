@@ -121,7 +121,17 @@ def _run_replay(strategy: Path, traffic: Path, out_dir: Path, batch_size: int,
     from router.store import quota_store_from_url
 
     strat = load_strategy(strategy)
-    store = None if store_url == "memory://" else quota_store_from_url(store_url)
+    store = None
+    if store_url != "memory://":
+        options = {}
+        if "prefix=" not in store_url:
+            # Never replay into the live router's keys by accident: a run of its own.
+            import uuid
+
+            options["prefix"] = f"replay-{uuid.uuid4().hex[:12]}:"
+            err.print(f"replaying under the Redis key prefix {options['prefix']!r} "
+                      "(give ?prefix=… to choose one)")
+        store = quota_store_from_url(store_url, **options)
     total = count_rows(traffic)
     with _progress(total, "replaying") as bar:
         task = bar.add_task("replay", total=total)

@@ -234,9 +234,11 @@ def replay(strategy: Strategy, traffic: str | Path | Iterable[pa.RecordBatch],
     }
     summary_path = out / "summary.json"
     summary_path.write_bytes(msgspec.json.format(msgspec.json.encode(summary)) + b"\n")
+    # Run facts that differ between runs of the same input (kept out of the summary).
     (out / "timing.json").write_bytes(msgspec.json.encode({
         "elapsed_s": round(elapsed, 3),
-        "applications_per_s": round(rows_read / elapsed, 1) if elapsed > 0 else None}) + b"\n")
+        "applications_per_s": round(rows_read / elapsed, 1) if elapsed > 0 else None,
+        "store": type(store).__name__, "store_prefix": getattr(store, "prefix", None)}) + b"\n")
     if report:
         from router.replay.report import write_replay_report
         write_replay_report(summary, out)
