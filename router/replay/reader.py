@@ -113,11 +113,14 @@ def read_batches(path: str | Path | Iterable[pa.RecordBatch], hasher: Hasher, *,
 
 
 def _csv(path: Path, mapping: dict[str, str], batch_size: int) -> Iterator[pa.RecordBatch]:
-    with open(path, "rb") as f:
-        header = f.readline().decode("utf-8-sig").strip().split(",")
     types = source_types(mapping)
-    known = [c.strip().strip('"') for c in header]
-    include = [c for c in known if c in types]
+    # The header as Arrow's CSV reader parses it (quoting included); a first small block
+    # is all it reads for that.
+    probe = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=1 << 16),
+                          convert_options=pcsv.ConvertOptions(
+                              column_types={c: pa.string() for c in types}))
+    include = [c for c in probe.schema.names if c in types]
+    probe.close()
     # About 200 bytes a row: blocks of roughly batch_size rows.
     reader = pcsv.open_csv(
         path, read_options=pcsv.ReadOptions(block_size=max(1 << 20, batch_size * 200)),
