@@ -328,16 +328,20 @@ def _coded(batch: pa.RecordBatch, name: str, n: int) -> Coded:
                  enc.dictionary.to_pylist())
 
 
-def from_arrow(batch: pa.RecordBatch, hasher: Hasher, offset: int = 0) -> AppColumns:
+def from_arrow(batch: pa.RecordBatch, hasher: Hasher, offset: int = 0, *,
+               checked: bool = False) -> AppColumns:
     """Columns from an Arrow batch with the generator's schema, validated vectorised.
 
     ``offset`` is the batch's first row number in the file (for error messages).
+    ``checked=True`` skips the value checks for a batch that
+    :func:`router.replay.validate.validate` has already passed (the same constraints).
     """
     py: dict[str, Any] = {}
     names = set(batch.schema.names)
     for f in ("application_id", "channel", "region"):
         col = _required(batch, f, offset)
-        _check_pattern(f, col, offset)
+        if not checked:
+            _check_pattern(f, col, offset)
         if f == "application_id":
             py[f] = col.to_pylist()
         else:
@@ -353,7 +357,8 @@ def from_arrow(batch: pa.RecordBatch, hasher: Hasher, offset: int = 0) -> AppCol
     py["event_ms"] = pc.cast(ts, pa.timestamp("ms", tz="UTC")).cast(pa.int64()).to_numpy()
     for f in INT_FIELDS + FLOAT_FIELDS:
         arr = _required(batch, f, offset).to_numpy(zero_copy_only=False)
-        _check_numeric(f, arr, offset)
+        if not checked:
+            _check_numeric(f, arr, offset)
         py[f] = arr
     n = batch.num_rows
     tok_col = batch.column("applicant_token") if "applicant_token" in names else pa.nulls(n, pa.string())

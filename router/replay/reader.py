@@ -107,7 +107,7 @@ def read_batches(path: str | Path | Iterable[pa.RecordBatch], hasher: Hasher, *,
         if rejects and on_rejects is not None:
             on_rejects(rejects)
         if good.num_rows:
-            yield TrafficBatch(from_arrow(good, hasher, offset), _outcomes(good),
+            yield TrafficBatch(from_arrow(good, hasher, offset, checked=True), _outcomes(good),
                                offset + idx + 1)
         offset += raw.num_rows
 
