@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from router.config import load_strategy, strategy_from_dict
@@ -153,3 +154,17 @@ def _check_report(path, expect):
         assert img.shape[0] > 100 and img.shape[1] > 100
         # Not blank: many distinct colours (axes, bars, text).
         assert len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 20
+
+
+def test_swap_matrix_files_streams_aligned_files_and_falls_back(tmp_path):
+    from router.replay.compare import swap_matrix_files
+
+    a = _decisions(["keep", "keep", "refer", "decline", "decline"], [10, 20, 5, None, None])
+    b = _decisions(["keep", "refer", "refer", "keep", "decline"], [11, 7, 6, 30, None])
+    pa_, pb_ = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    pq.write_table(a, pa_)
+    pq.write_table(b, pb_)
+    expected = swap_matrix(a, b)
+    assert swap_matrix_files(pa_, pb_, batch_size=2) == expected   # in step, 2 rows a batch
+    pq.write_table(b.take([4, 3, 2, 1, 0]), pb_)                   # not aligned: whole tables
+    assert swap_matrix_files(pa_, pb_, batch_size=2) == expected
