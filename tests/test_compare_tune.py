@@ -168,3 +168,25 @@ def test_swap_matrix_files_streams_aligned_files_and_falls_back(tmp_path):
     assert swap_matrix_files(pa_, pb_, batch_size=2) == expected   # in step, 2 rows a batch
     pq.write_table(b.take([4, 3, 2, 1, 0]), pb_)                   # not aligned: whole tables
     assert swap_matrix_files(pa_, pb_, batch_size=2) == expected
+
+
+def test_any_executor_with_map_plugs_in(tmp_path):
+    """The executor is pluggable: anything with ``map(fn, tasks)`` yielding results as they
+    finish (here threads, in reverse order) gives the same tuning result."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from router.traffic import write_traffic
+
+    class Threads:
+        def map(self, fn, tasks):
+            with ThreadPoolExecutor(2) as pool:
+                for f in as_completed([pool.submit(fn, t) for t in reversed(list(tasks))]):
+                    yield f.result()
+
+    traffic = write_traffic(tmp_path / "t.parquet", 3000, seed=4, per_day=3000)
+    grid = {"primary.max_pd": [0.03, 0.05, 0.07]}
+    s = load_strategy("configs/strategy.toml")
+    a = tune(s, traffic, grid, tmp_path / "a", executor=Threads(), report=False)
+    b = tune(s, traffic, grid, tmp_path / "b", executor=LocalExecutor(1), report=False)
+    assert a.result["candidates"] == b.result["candidates"]
+    assert a.result["best"] == b.result["best"]
