@@ -193,10 +193,3 @@ def _jsonl(path: Path, hasher: Hasher, ids: set[str], mapping: dict[str, str],
             if len(apps) == batch_size:
                 yield from flush()
         yield from flush()
-
-
-def read_columns(path: str | Path, hasher: Hasher, batch_size: int = 131_072,
-                 partner_ids: Iterable[str] = ()) -> Iterator[AppColumns]:
-    """Validated column batches only (rejects dropped): for callers that need no outcomes."""
-    for b in read_batches(path, hasher, partner_ids=partner_ids, batch_size=batch_size):
-        yield b.cols
