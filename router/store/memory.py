@@ -131,16 +131,12 @@ class MemoryQuotaStore(QuotaStore):
                 c[2] += amount
             if seen is not None:
                 seen[applicant] = event_ms  # type: ignore[index]
-                q = self._dedupe_expiry.get(bid)
-                if q is None:
-                    q = self._dedupe_expiry[bid] = deque()
-                q.append((event_ms + bucket.dedupe_ms, applicant, event_ms))  # type: ignore[arg-type]
+                _expire_later(self._dedupe_expiry, bid, event_ms + bucket.dedupe_ms,
+                              applicant, event_ms)  # type: ignore[arg-type]
             if granted is not None:
                 granted[application_id] = event_ms  # type: ignore[index]
-                q = self._grant_expiry.get(bid)
-                if q is None:
-                    q = self._grant_expiry[bid] = deque()
-                q.append((event_ms + self._ttl, application_id, event_ms))  # type: ignore[arg-type]
+                _expire_later(self._grant_expiry, bid, event_ms + self._ttl,
+                              application_id, event_ms)  # type: ignore[arg-type]
             if entry is not None:
                 if self._retain:
                     self._ledger.append(entry)
@@ -247,3 +243,11 @@ class MemoryQuotaStore(QuotaStore):
                     _, key, t = queue.popleft()
                     if d is not None and d.get(key) == t:
                         del d[key]
+
+
+def _expire_later(queues: dict[str, deque], bucket_id: str, at: int, key: str, set_at: int) -> None:
+    """Queue ``key`` (set at ``set_at``) of a bucket to be dropped at event time ``at``."""
+    q = queues.get(bucket_id)
+    if q is None:
+        q = queues[bucket_id] = deque()
+    q.append((at, key, set_at))
