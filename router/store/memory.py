@@ -12,10 +12,10 @@ import threading
 from collections import deque
 from typing import Callable, Iterable, Sequence
 
-from router.errors import IdempotencyConflict
 from router.messages import ReferralEntry
 from router.store.base import (CAP_HIT, COUNTER_GRACE_MS, DEDUPED, GRANTED, Bucket, QuotaStore,
                                validate_reservation)
+from router.store.records import DecisionRecords
 from router.windows import window_end_ms
 
 _SWEEP_EVERY_MS = 3600_000
@@ -37,10 +37,7 @@ class MemoryQuotaStore(QuotaStore):
         self._last_grant: dict[str, dict[str, int]] = {}
         # bucket -> application id -> grant time (retries of a grant are not re-applied)
         self._grants: dict[str, dict[str, int]] = {}
-        # Two flat dicts (no per-entry tuples): records are bytes, fingerprints ints.
-        self._records: dict[str, bytes] = {}
-        self._fingerprints: dict[str, int] = {}
-        self._decided_order: deque[tuple[int, list[str]]] = deque()
+        self._decisions = DecisionRecords(idempotency_ttl_ms)
         # Expiry queues, one per bucket (a bucket's entries expire in the order they were
         # set): (expires at, key, time it was set). A later grant to the same key leaves a
         # stale entry behind; the sweep skips it.
@@ -157,16 +154,8 @@ class MemoryQuotaStore(QuotaStore):
 
     def recall_many(self, application_ids: Sequence[str],
                     fingerprints: Sequence[int]) -> dict[int, bytes]:
-        get, fps = self._records.get, self._fingerprints
-        found: dict[int, bytes] = {}
         with self._lock:
-            for i, a in enumerate(application_ids):
-                rec = get(a)
-                if rec is not None:
-                    if fps[a] != fingerprints[i]:
-                        raise IdempotencyConflict(a)
-                    found[i] = rec
-        return found
+            return self._decisions.recall_many(application_ids, fingerprints)
 
     def remember(self, application_id: str, fingerprint: int, record: bytes,
                  event_ms: int) -> None:
@@ -176,28 +165,9 @@ class MemoryQuotaStore(QuotaStore):
                       records: Sequence[bytes], event_ms: Sequence[int]) -> None:
         if not application_ids:
             return
-        recs, fps = self._records, self._fingerprints
         with self._lock:
-            if recs.keys().isdisjoint(application_ids):
-                # The usual case (none decided before): bulk updates at C speed. An id that
-                # repeats inside the call carries the same record and fingerprint (the
-                # allocator copies the first decision to its repeats), so the order of
-                # the updates does not matter.
-                recs.update(zip(application_ids, records))
-                fps.update(zip(application_ids, fingerprints))
-                added = list(application_ids)
-            else:
-                added = []
-                for i, a in enumerate(application_ids):
-                    if a not in recs:  # the first record for an id wins
-                        recs[a] = records[i]
-                        fps[a] = fingerprints[i]
-                        added.append(a)
-            if added:
-                # One expiry entry per call: the ids expire together once the newest event
-                # of the call is older than the TTL (each is kept at least the TTL).
-                newest = max(event_ms)
-                self._decided_order.append((newest, added))
+            newest = max(event_ms)
+            if self._decisions.remember_many(application_ids, fingerprints, records, newest):
                 self._advance(newest)
 
     def usage(self, bucket: Bucket, keys: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -225,11 +195,7 @@ class MemoryQuotaStore(QuotaStore):
     def _sweep(self, event_ms: int) -> None:
         """Drop records that expired by event time (idempotency, archived counters, dedupe)."""
         self._next_sweep = event_ms + _SWEEP_EVERY_MS
-        order, recs, fps = self._decided_order, self._records, self._fingerprints
-        while order and order[0][0] < event_ms - self._ttl:
-            for app_id in order.popleft()[1]:
-                recs.pop(app_id, None)
-                fps.pop(app_id, None)
+        self._decisions.sweep(event_ms)
         expiry, archive = self._archive_expiry, self._archive
         while expiry and expiry[0][0] < event_ms:
             archive.pop(expiry.popleft()[1], None)

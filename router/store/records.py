@@ -1,0 +1,123 @@
+"""Decision records of the in-process stores: idempotency by application id, by event time.
+
+Each application id maps to the first decision recorded for it (record bytes, see
+:data:`router.outcomes.RECORD_DTYPE`) and the content fingerprint it was decided with.
+Records live at least ``ttl_ms`` of event time after the newest event of the call that
+stored them, then leave in one sweep.
+
+Replay stores a whole batch's records at once with :meth:`DecisionRecords.remember_block`:
+the ids then point at one shared :class:`Block` (the batch's record array), so storing and
+expiring a batch costs two C-level dictionary passes instead of an object per row.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from typing import Sequence
+
+import numpy as np
+
+from router.errors import IdempotencyConflict
+
+
+class Block:
+    """One batch of remembered decisions: ids, fingerprints and records, by row."""
+
+    __slots__ = ("ids", "fingerprints", "records", "_rows")
+
+    def __init__(self, ids: list[str], fingerprints: np.ndarray, records: np.ndarray):
+        self.ids, self.fingerprints, self.records = ids, fingerprints, records
+        self._rows: dict[str, int] | None = None
+
+    def row(self, application_id: str) -> int:
+        """The row of ``application_id`` (an index built on first use: recalls are rare)."""
+        if self._rows is None:
+            self._rows = {a: i for i, a in enumerate(self.ids)}
+        return self._rows[application_id]
+
+
+class DecisionRecords:
+    """Application id -> (record, fingerprint), swept by event time."""
+
+    def __init__(self, ttl_ms: int):
+        self.ttl_ms = ttl_ms
+        # Flat dicts, no per-entry tuples; a block-stored id maps to its Block in
+        # _records and has no _fingerprints entry.
+        self._records: dict[str, bytes | Block] = {}
+        self._fingerprints: dict[str, int] = {}
+        self._order: deque[tuple[int, list[str]]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _get(self, application_id: str) -> tuple[bytes, int] | None:
+        rec = self._records.get(application_id)
+        if rec is None:
+            return None
+        if type(rec) is Block:
+            i = rec.row(application_id)
+            return rec.records[i].tobytes(), int(rec.fingerprints[i])
+        return rec, self._fingerprints[application_id]
+
+    def recall_many(self, application_ids: Sequence[str],
+                    fingerprints: Sequence[int]) -> dict[int, bytes]:
+        """Records of the ids already decided, by position; raises
+        :class:`IdempotencyConflict` for an id recorded with a different fingerprint."""
+        found: dict[int, bytes] = {}
+        recs = self._records
+        if recs.keys().isdisjoint(application_ids):  # the usual case, at C speed
+            return found
+        for i, a in enumerate(application_ids):
+            if a in recs:
+                rec, fp = self._get(a)  # type: ignore[misc]
+                if fp != fingerprints[i]:
+                    raise IdempotencyConflict(a)
+                found[i] = rec
+        return found
+
+    def remember_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
+                      records: Sequence[bytes], newest: int) -> bool:
+        """Store each id's record unless it has one (the first record wins); True when
+        any was stored."""
+        recs, fps = self._records, self._fingerprints
+        if recs.keys().isdisjoint(application_ids):
+            # The usual case (none decided before): bulk updates at C speed. An id that
+            # repeats inside the call carries the same record and fingerprint (the
+            # allocator copies the first decision to its repeats), so the order of the
+            # updates does not matter.
+            recs.update(zip(application_ids, records))
+            fps.update(zip(application_ids, fingerprints))
+            added = list(application_ids)
+        else:
+            added = []
+            for i, a in enumerate(application_ids):
+                if a not in recs:
+                    recs[a] = records[i]
+                    fps[a] = fingerprints[i]
+                    added.append(a)
+        if added:
+            # One expiry entry per call: the ids expire together once the newest event of
+            # the call is older than the TTL (each is kept at least the TTL).
+            self._order.append((newest, added))
+        return bool(added)
+
+    def remember_block(self, application_ids: list[str], fingerprints: np.ndarray,
+                       records: np.ndarray, newest: int) -> None:
+        """:meth:`remember_many` for a batch's distinct ids, none of them recorded
+        yet (the caller recalled them first); ``records`` has :data:`RECORD_DTYPE`."""
+        if not application_ids:
+            return
+        block = Block(application_ids, fingerprints, records)
+        self._records.update(zip(application_ids, itertools.repeat(block)))
+        self._order.append((newest, application_ids))
+
+    def sweep(self, event_ms: int) -> None:
+        """Drop the records of calls whose newest event is older than the TTL."""
+        order, pop = self._order, self._records.pop
+        fps = self._fingerprints
+        while order and order[0][0] < event_ms - self.ttl_ms:
+            ids = order.popleft()[1]
+            deque(map(pop, ids, itertools.repeat(None)), 0)
+            if fps:
+                deque(map(fps.pop, ids, itertools.repeat(None)), 0)
