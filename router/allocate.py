@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from router.allocate_compiled import allocate_compiled
 from router.assess import Assessment
 from router.assess_one import OneAssessment
 from router.columns import AppColumns, Row
@@ -137,6 +138,9 @@ class Allocator:
         """Decide every row of the batch against the store (``pipelined``: see _rounds)."""
         with self.lock:
             self._pipelined = pipelined
+            if len(cols) > 1 and not pipelined and getattr(self.store, "compiled", False):
+                # An in-process array store: the whole walk is one compiled call.
+                return allocate_compiled(self, cols, a)
             return self._allocate(cols, a)
 
     def _allocate(self, cols: AppColumns, a: Assessment) -> Outcomes:

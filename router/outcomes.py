@@ -61,12 +61,17 @@ class Outcomes:
             return [pack_record(int(self.kind[0]), int(self.bits[0]), float(self.value[0]),
                                 float(self.apr[0]), float(self.margin[0]), float(self.pd[0]),
                                 self.partner[0])]
+        return self.record_array().view(f"S{RECORD_DTYPE.itemsize}").tolist()
+
+    def record_array(self) -> np.ndarray:
+        """Every row's record as one :data:`RECORD_DTYPE` array (row ``i``'s bytes are
+        ``record_array()[i].tobytes()``)."""
         rec = np.empty(len(self.kind), dtype=RECORD_DTYPE)
         rec["kind"], rec["bits"], rec["value"] = self.kind, self.bits, self.value
         rec["apr"], rec["margin"], rec["pd"] = self.apr, self.margin, self.pd
         rec["partner"] = np.asarray(self.partner, dtype="S32")
         rec["end"] = 1
-        return rec.view(f"S{RECORD_DTYPE.itemsize}").tolist()
+        return rec
 
     def set_record(self, i: int, record: bytes) -> None:
         """Overwrite row ``i`` with a remembered record."""

@@ -26,7 +26,8 @@ def make_router():
 
 @pytest.fixture
 def store_factory(request):
-    """Make quota stores of a kind: "memory", "redis" (real server) or "cluster" (3 masters).
+    """Make quota stores of a kind: "memory", "array" (the in-memory store in arrays),
+    "redis" (real server) or "cluster" (3 masters).
 
     Each Redis store gets its own key prefix, so tests never see each other's keys.
     """
@@ -39,6 +40,10 @@ def store_factory(request):
     def make(kind: str, **options):
         if kind == "memory":
             store = MemoryQuotaStore(**options)
+        elif kind == "array":
+            from router.store.array import ArrayQuotaStore
+
+            store = ArrayQuotaStore(**options)
         elif kind == "redis":
             proc = request.getfixturevalue("redis_server")
             store = quota_store_from_url(f"redis://{proc.host}:{proc.port}/0",

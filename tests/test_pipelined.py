@@ -17,7 +17,7 @@ def _apps(n):
                              received_at=T0 + timedelta(seconds=i)) for i in range(n)]
 
 
-@pytest.mark.parametrize("kind", ["memory", "redis", "cluster"])
+@pytest.mark.parametrize("kind", ["memory", "array", "redis", "cluster"])
 def test_pipelined_batches_keep_caps_and_exactly_once(store_factory, kind):
     store = store_factory(kind)
     router = Router(strategy_from_dict(race_strategy()), store,

@@ -1,5 +1,6 @@
 """Quota-store contract: the same test classes for every QuotaStore implementation —
-the in-memory store, a real redis-server and a real 3-master Redis Cluster."""
+the in-memory store (dictionaries, and arrays), a real redis-server and a real 3-master
+Redis Cluster."""
 
 from datetime import datetime, timezone
 
@@ -13,7 +14,7 @@ from router.windows import key_of
 TZ = "Asia/Shanghai"
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
+@pytest.fixture(params=["memory", "array", "redis", "cluster"])
 def store(request, store_factory):
     return store_factory(request.param)
 

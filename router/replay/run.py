@@ -37,7 +37,8 @@ from router.outcomes import LABELS, Outcomes, reason_strings
 from router.replay.metrics import Metrics
 from router.replay.reader import TrafficBatch, read_batches
 from router.replay.validate import OUTCOME_FIELDS, SPEC, Reject
-from router.store import MemoryQuotaStore, QuotaStore
+from router.store import QuotaStore
+from router.store.array import ArrayQuotaStore
 
 DECISIONS_SCHEMA = pa.schema([
     ("application_id", pa.string()), ("received_at", pa.timestamp("ms", tz="UTC")),
@@ -163,8 +164,8 @@ def replay(strategy: Strategy, traffic: str | Path | Iterable[pa.RecordBatch],
     check_mapping(mapping)
     log = get_logger("replay").bind(strategy=strategy.version)
     if store is None:
-        store = MemoryQuotaStore(idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000,
-                                 retain_ledger=False, validate=False)
+        store = ArrayQuotaStore(idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000,
+                                retain_ledger=False, validate=False)
     metrics_holder: list[Metrics] = []
     router = Router(strategy, store, scorers=scorers,
                     on_cap=lambda *a: metrics_holder[0].on_cap(*a))

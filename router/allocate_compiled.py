@@ -1,0 +1,171 @@
+"""The allocation step for a batch on an :class:`~router.store.array.ArrayQuotaStore`.
+
+The same steps as :meth:`router.allocate.Allocator.allocate` — idempotency settled for the
+whole batch first, then every row walked in arrival order — with the walk itself one
+compiled call (:func:`router.store.kernel.allocate`) instead of a store call per attempt.
+The allocator's own state (refused-amount floors, refusal counts, the weighted rotation)
+goes in as arrays and comes back, so batches may alternate with single decisions on the
+Python path. ``tests/test_array_store.py`` checks that both paths decide alike.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from router.assess import Assessment
+from router.columns import AppColumns
+from router.errors import IdempotencyConflict
+from router.outcomes import DECLINE, REFER, Outcomes
+from router.reasons import BIT
+from router.store import kernel as K
+from router.store.array import ArrayQuotaStore, applicant_words
+from router.store.base import COUNTER_GRACE_MS
+from router.windows import window_end_ms
+
+if TYPE_CHECKING:
+    from router.allocate import Allocator
+
+_METHOD = {"waterfall": K.WATERFALL, "best_value": K.BEST_VALUE, "weighted": K.WEIGHTED}
+_BITS = tuple(np.uint64(BIT[c]) for c in ("KEEP_BUDGET_EXHAUSTED", "BRANCH_BUDGET_EXHAUSTED",
+                                          "PARTNER_DEDUPE", "PARTNER_QUOTA_EXHAUSTED"))
+
+
+def expiries(keys: np.ndarray, window: str, tz: str) -> np.ndarray:
+    """Per row, when the counter of its window expires (window end + grace), computed once
+    per run of equal keys (rows are in time order, so runs are long)."""
+    n = len(keys)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    if len(starts) > 4096:  # keys out of order: once per distinct key instead
+        uniq, inv = np.unique(keys, return_inverse=True)
+        ends = np.array([window_end_ms(window, int(k), tz) for k in uniq.tolist()], np.int64)
+        return ends[inv] + COUNTER_GRACE_MS
+    ends = np.array([window_end_ms(window, int(k), tz) for k in keys[starts].tolist()],
+                    dtype=np.int64)
+    return np.repeat(ends + COUNTER_GRACE_MS, np.diff(np.r_[starts, n]))
+
+
+def allocate_compiled(al: "Allocator", cols: AppColumns, a: Assessment) -> Outcomes:
+    """Decide a batch (more than one row) on ``al.store``, an ArrayQuotaStore; the caller
+    holds ``al.lock``."""
+    from router.allocate import _fill, make_entry  # the allocator module imports this one
+
+    s, store = al.strategy, al.store
+    assert isinstance(store, ArrayQuotaStore)
+    n, P = len(cols), len(s.partners)
+    ids, fps = cols.application_id, cols.fingerprint
+    recalled = store.recall_many(ids, fps)
+    dups: dict[int, int] = {}
+    if len(set(ids)) != n:
+        first: dict[str, int] = {}
+        for i, app_id in enumerate(ids):
+            j = first.setdefault(app_id, i)
+            if j != i:
+                if fps[i] != fps[j]:
+                    raise IdempotencyConflict(app_id)
+                dups[i] = j
+    masks = (a.eligible.astype(np.int64) << np.arange(P)).sum(axis=1) if P \
+        else np.zeros(n, dtype=np.int64)
+    todo = a.keep_ok | a.branch_ok | (masks != 0)
+    if recalled or dups:
+        todo[list(recalled) + list(dups)] = False
+    rows = np.flatnonzero(todo)
+
+    buckets = [al.keep_bucket, al.branch_bucket, *al.partner_buckets]
+    with store._lock:
+        bucket_of = np.array([store.bucket_index(b) for b in buckets], dtype=np.int64)
+        S = len(store.sl)
+        # One key column (and expiry column) per (time zone, window) the buckets use.
+        col_of: dict[tuple[str, str], int] = {}
+        slot_col = np.full(S, -1, dtype=np.int64)
+        floor_key = np.full(S, K.NONE, dtype=np.int64)
+        floor_amt = np.zeros(S, dtype=np.int64)
+        for b, bucket in zip(bucket_of.tolist(), buckets):
+            first_slot = int(store.bk[b, K.FIRST_SLOT])
+            fl = al.floors.get(bucket.id)
+            for k, cap in enumerate(bucket.caps):
+                slot_col[first_slot + k] = col_of.setdefault((bucket.timezone, cap.window),
+                                                             len(col_of))
+                if fl is not None and fl[k] is not None:
+                    floor_key[first_slot + k], floor_amt[first_slot + k] = fl[k]
+        keycols = np.empty((max(len(col_of), 1), n), dtype=np.int64)
+        endcols = np.empty_like(keycols)
+        for (tz, window), c in col_of.items():
+            keycols[c] = a.keys[tz][window]
+            endcols[c] = expiries(keycols[c], window, tz)
+        dedupe = P and bool((store.bk[bucket_of[2:], K.DEDUPE_MS] > 0).any())
+        hi, lo = applicant_words(cols.applicant) if dedupe else \
+            (np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
+        kind = np.full(n, DECLINE, dtype=np.int8)
+        chosen = np.full(n, -1, dtype=np.int64)
+        bits = a.bits.copy()
+        refusals = np.zeros(S, dtype=np.int64)
+        capev = np.zeros((256, 3), dtype=np.int64)
+        ncapev = np.zeros(1, dtype=np.int64)
+        current = np.array(al.rotation.current, dtype=np.int64)
+        rank = np.array(al.rank, dtype=np.int64)
+        weights = np.array(al.rotation.weights, dtype=np.int64)
+        ev = np.ascontiguousarray(a.ev, dtype=np.float64)
+        method = _METHOD[s.routing.method]
+        amounts, event_ms = cols.requested_amount, cols.event_ms
+        before = int(store.clock[K.NEXT_SWEEP])
+        pos = 0
+        while True:
+            store.make_room(len(rows) - pos, S)
+            done = K.allocate(rows[pos:], a.keep_ok, a.branch_ok, masks, amounts, event_ms,
+                              hi, lo, keycols, endcols, slot_col, bucket_of, method, rank, ev,
+                              weights, current, *_BITS, bits, kind, chosen, floor_key,
+                              floor_amt, refusals, capev, ncapev, *store.state())
+            pos += int(done)
+            if pos >= len(rows):
+                break
+            if ncapev[0] + 2 + P > len(capev):
+                capev = np.vstack([capev, np.zeros_like(capev)])
+        store.swept_in_call(before)
+        # Hand the allocator's state back.
+        al.rotation.current = current.tolist()
+        for b, bucket in zip(bucket_of.tolist(), buckets):
+            first_slot = int(store.bk[b, K.FIRST_SLOT])
+            for k, cap in enumerate(bucket.caps):
+                sl = first_slot + k
+                if floor_key[sl] != K.NONE:
+                    fl = al.floors.setdefault(bucket.id, [None] * len(bucket.caps))
+                    fl[k] = (int(floor_key[sl]), int(floor_amt[sl]))
+                if refusals[sl]:
+                    w = (bucket.id, cap.window)
+                    al.refusals[w] = al.refusals.get(w, 0) + int(refusals[sl])
+        if al.on_cap is not None:
+            owner = {}
+            for b, bucket in zip(bucket_of.tolist(), buckets):
+                first_slot = int(store.bk[b, K.FIRST_SLOT])
+                for k, cap in enumerate(bucket.caps):
+                    owner[first_slot + k] = (bucket.id, cap.window)
+            for slot, key, t in capev[:ncapev[0]].tolist():
+                al.on_cap(*owner[slot], key, t)
+        if store.needs_entries:
+            for i in np.flatnonzero(kind == REFER).tolist():
+                j = int(chosen[i])
+                store.append_entry(make_entry(
+                    s, ids[i], j, int(event_ms[i]), int(amounts[i]), int(cols.term_months[i]),
+                    cols.applicant[i], float(a.ev[i, j])))
+    out = _fill(a, kind, chosen.tolist(), bits, [p.id for p in s.partners],
+                np.zeros(n, dtype=bool))
+    for i, rec in recalled.items():
+        out.set_record(i, rec)
+    records = out.record_array()
+    for i, j in dups.items():
+        out.set_record(i, records[j].tobytes())
+    if recalled or dups:
+        keep = np.ones(n, dtype=bool)
+        keep[list(recalled) + list(dups)] = False
+        rows_kept = np.flatnonzero(keep)
+        store.remember_block([ids[i] for i in rows_kept.tolist()],
+                             np.asarray(fps, dtype=np.uint64)[rows_kept], records[rows_kept],
+                             int(event_ms[rows_kept].max()) if len(rows_kept) else 0)
+    else:
+        store.remember_block(list(ids), np.asarray(fps, dtype=np.uint64), records,
+                             int(event_ms.max()))
+    return out
