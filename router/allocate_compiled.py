@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from router.allocate import Allocator
 
 _METHOD = {"waterfall": K.WATERFALL, "best_value": K.BEST_VALUE, "weighted": K.WEIGHTED}
+#: Rows of first-refusal events to start a batch with (grown as needed).
+CAPEV_ROWS = 256
 _BITS = tuple(np.uint64(BIT[c]) for c in ("KEEP_BUDGET_EXHAUSTED", "BRANCH_BUDGET_EXHAUSTED",
                                           "PARTNER_DEDUPE", "PARTNER_QUOTA_EXHAUSTED"))
 
@@ -103,7 +105,7 @@ def allocate_compiled(al: "Allocator", cols: AppColumns, a: Assessment) -> Outco
         chosen = np.full(n, -1, dtype=np.int64)
         bits = a.bits.copy()
         refusals = np.zeros(S, dtype=np.int64)
-        capev = np.zeros((256, 3), dtype=np.int64)
+        capev = np.zeros((CAPEV_ROWS, 3), dtype=np.int64)
         ncapev = np.zeros(1, dtype=np.int64)
         current = np.array(al.rotation.current, dtype=np.int64)
         rank = np.array(al.rank, dtype=np.int64)

@@ -8,9 +8,6 @@ idempotency answers are compared too; the ledgers must match entry for entry.
 
 from __future__ import annotations
 
-import random
-from datetime import datetime, timedelta, timezone
-
 import pytest
 
 from router.config import load_strategy, strategy_from_dict
@@ -19,45 +16,7 @@ from router.errors import IdempotencyConflict
 from router.messages import Keep, Refer, decode_application
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
 from router.traffic import write_traffic
-
-T0 = datetime(2026, 11, 2, 15, 30, tzinfo=timezone.utc)  # 23:30 in Shanghai: a day rolls over
-
-
-def _stream(n: int, seed: int):
-    rnd = random.Random(seed)
-    apps = []
-    for i in range(n):
-        kw = dict(application_id=f"a{i}",
-                  received_at=T0 + timedelta(seconds=4 * i + rnd.randint(0, 3)),
-                  requested_amount=rnd.choice([100_00, 5_000_00, 20_000_00, 60_000_00]),
-                  bureau_score=rnd.choice([550, 600, 650, 700, 720]),
-                  region=rnd.choice(["310000", "310100", "440300"]),
-                  national_id=f"1101011990010{rnd.randint(0, 40):05d}",
-                  consent=rnd.choice(["any", "any", ["bank_a"], ["plat_b"], "none"]),
-                  age=rnd.choice([17, 30, 45, 61]) if rnd.random() < 0.1 else 35,
-                  max_apr=rnd.choice([0.05, 0.18, 0.24, 0.3]))
-        if rnd.random() < 0.05:
-            kw["employer"] = "Bank A Group"
-        apps.append(make_application(**kw))
-    # Repeats of earlier applications (idempotent answers), in the stream's order.
-    for k in range(0, n, 7):
-        apps.insert(min(len(apps), k + rnd.randint(1, 30)), apps[k])
-    return apps
-
-
-def _strategy(method: str, caps_scale: int = 1):
-    d = strategy_dict(routing={"method": method})
-    d["partners"][0]["caps"] = [{"window": "hour", "count": 4 * caps_scale},
-                                {"window": "day", "count": 9 * caps_scale,
-                                 "amount": 90_000_00 * caps_scale}]
-    d["partners"][1]["caps"] = [{"window": "hour", "count": 3 * caps_scale,
-                                 "amount": 60_000_00 * caps_scale},
-                                {"window": "month", "count": 20 * caps_scale}]
-    d["partners"][0]["dedupe_days"] = 1
-    d["primary"]["caps"] = [{"window": "hour", "count": 3 * caps_scale}]
-    if d.get("branch"):
-        d["branch"]["caps"] = [{"window": "day", "count": 5 * caps_scale}]
-    return strategy_from_dict(d)
+from tests_helpers import tight_stream, tight_strategy
 
 
 def _pair(strategy, make_store):
@@ -83,13 +42,13 @@ def _same(one, batch, apps):
 
 @pytest.mark.parametrize("method", ["waterfall", "best_value", "weighted"])
 def test_scalar_path_equals_batch_of_one_on_memory(method, store_factory):
-    one, batch = _pair(_strategy(method), lambda: store_factory("memory"))
-    _same(one, batch, _stream(1500, seed=hash(method) % 1000))
+    one, batch = _pair(tight_strategy(method), lambda: store_factory("memory"))
+    _same(one, batch, tight_stream(1500, seed=hash(method) % 1000))
 
 
 def test_scalar_path_equals_batch_of_one_on_redis(store_factory):
-    one, batch = _pair(_strategy("best_value"), lambda: store_factory("redis"))
-    _same(one, batch, _stream(600, seed=5))
+    one, batch = _pair(tight_strategy("best_value"), lambda: store_factory("redis"))
+    _same(one, batch, tight_stream(600, seed=5))
 
 
 def test_scalar_path_on_the_example_strategy(tmp_path):
@@ -101,7 +60,7 @@ def test_scalar_path_on_the_example_strategy(tmp_path):
 
 
 def test_scalar_path_conflict(store_factory):
-    one, _ = _pair(_strategy("waterfall"), lambda: store_factory("memory"))
+    one, _ = _pair(tight_strategy("waterfall"), lambda: store_factory("memory"))
     a = make_application(application_id="x1")
     one.decide(a)
     with pytest.raises(IdempotencyConflict):
