@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from router.errors import InputError
 from router.fingerprint import (_MASK, _SEED_INT, _W, as_u64, combine, float_bits,
                                 hash_string_py, hash_strings, mix_py)
-from router.identity import Hasher
+from router.identity import Hasher, Tokens
 from router.messages import Application
 
 INT_FIELDS = ("age", "monthly_income", "bureau_score", "inquiries_3m", "open_loans",
@@ -63,7 +63,7 @@ class AppColumns:
     application_id: list[str]
     event_ms: np.ndarray
     channel: np.ndarray
-    applicant: list[str]
+    applicant: Sequence[str]  # keyed-hash tokens (a Tokens column from Arrow)
     age: np.ndarray
     monthly_income: np.ndarray
     bureau_score: np.ndarray
@@ -226,7 +226,8 @@ def _fingerprints(cols: AppColumns) -> list[int]:
         for name, shift in _PACK:
             small |= getattr(cols, name).astype(np.uint64) << np.uint64(shift)
         parts = [as_u64(cols.event_ms), hash_strings(cols.channel),
-                 np.fromiter(map(applicant_part, cols.applicant), dtype=np.uint64, count=n),
+                 cols.applicant.hi.view(np.uint64) if isinstance(cols.applicant, Tokens)
+                 else np.fromiter(map(applicant_part, cols.applicant), dtype=np.uint64, count=n),
                  small, as_u64(cols.monthly_income), as_u64(cols.requested_amount),
                  as_u64(cols.dti), as_u64(cols.max_apr),
                  hash_strings(cols.region), _hash_coded(cols.employer), _hash_coded(cols.consent)]
@@ -389,7 +390,7 @@ def from_arrow(batch: pa.RecordBatch, hasher: Hasher, offset: int = 0, *,
     if raw_col.null_count == n:
         py["applicant"] = tok_col.to_pylist()
     elif tok_col.null_count == n:
-        py["applicant"] = hasher.tokens(raw_col.to_pylist())
+        py["applicant"] = hasher.column_tokens(raw_col)
     else:
         raws = raw_col.to_pylist()
         py["applicant"] = [t if t is not None else hasher.token(r)
@@ -410,6 +411,8 @@ def take(cols: AppColumns, idx: np.ndarray) -> AppColumns:
         v = getattr(cols, name)
         if isinstance(v, Coded):
             out[name] = Coded(v.codes[idx], v.values)
+        elif isinstance(v, Tokens):
+            out[name] = v.take(idx)
         else:
             out[name] = v[idx] if isinstance(v, np.ndarray) else [v[i] for i in il]
     return AppColumns(**out)

@@ -14,9 +14,49 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
 
 from router.config import Identity
 from router.errors import ConfigError
+
+_M64 = (1 << 64) - 1
+
+
+def token_words(token: str) -> tuple[int, int]:
+    """A 32-hex-digit token's 128 bits as two signed 64-bit words (first and last 16
+    digits)."""
+    raw = bytes.fromhex(token)
+    return (int.from_bytes(raw[:8], "big", signed=True),
+            int.from_bytes(raw[8:], "big", signed=True))
+
+
+class Tokens(Sequence[str]):
+    """A column of tokens held as their two 64-bit words; the hex text of a row is made
+    only when asked for (replay rarely needs it: dedupe and fingerprints use the words)."""
+
+    __slots__ = ("hi", "lo")
+
+    def __init__(self, hi: np.ndarray, lo: np.ndarray):
+        self.hi, self.lo = hi, lo
+
+    def __len__(self) -> int:
+        return len(self.hi)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return Tokens(self.hi[i], self.lo[i])
+        return f"{int(self.hi[i]) & _M64:016x}{int(self.lo[i]) & _M64:016x}"
+
+    def __iter__(self) -> Iterator[str]:
+        for h, l in zip(self.hi.tolist(), self.lo.tolist()):
+            yield f"{h & _M64:016x}{l & _M64:016x}"
+
+    def take(self, idx: np.ndarray) -> "Tokens":
+        """Rows ``idx``, in that order."""
+        return Tokens(self.hi[idx], self.lo[idx])
 
 
 class Hasher:
@@ -29,6 +69,7 @@ class Hasher:
         self._key = key if len(key) <= 64 else hashlib.blake2b(key).digest()
         self._states: dict[str, "hashlib._Hash"] = {}
         self._cache: dict[tuple[str, str], str] = {}
+        self._keyed: dict[str, np.ndarray] = {}
 
     def _state(self, purpose: str) -> "hashlib._Hash":
         st = self._states.get(purpose)
@@ -68,6 +109,19 @@ class Hasher:
             h.update(raw.strip().upper().encode())
             append(h.hexdigest())
         return out
+
+    def column_tokens(self, raws: pa.Array, purpose: str = "applicant") -> Tokens:
+        """:meth:`tokens` for a whole Arrow string column without nulls, hashed by compiled
+        code (:mod:`router.keyed_hash`; the same digests)."""
+        from router.keyed_hash import hash_column, keyed_state
+
+        keyed = self._keyed.get(purpose)
+        if keyed is None:
+            keyed = self._keyed[purpose] = keyed_state(self._key, purpose.encode())
+        hi, lo, fallback = hash_column(raws, keyed)
+        for i in np.flatnonzero(fallback).tolist():  # non-ASCII or blank: hashlib's way
+            hi[i], lo[i] = token_words(self.token(raws[i].as_py(), purpose))
+        return Tokens(hi, lo)
 
     def cached_token(self, raw: str, purpose: str) -> str:
         """:meth:`token` memoised, for low-cardinality values such as employer names."""

@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from router.errors import InputError
+from router.identity import Tokens, token_words
 from router.messages import ReferralEntry
 from router.store import kernel as K
 from router.store.base import COUNTER_GRACE_MS, GRANTED, Bucket, QuotaStore, validate_reservation
@@ -41,6 +42,8 @@ def applicant_words(applicants: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     words mean equal tokens; any other text (callers of the store API may pass their own
     ids) is hashed to 128 bits with BLAKE2b first.
     """
+    if isinstance(applicants, Tokens):
+        return applicants.hi, applicants.lo
     n = len(applicants)
     joined = "".join(applicants).encode()
     if len(joined) == 32 * n:
@@ -57,9 +60,8 @@ def applicant_words(applicants: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def _words_of(applicant: str) -> tuple[int, int]:
     if len(applicant) == 32 and all(c in "0123456789abcdef" for c in applicant):
-        raw = bytes.fromhex(applicant)
-    else:
-        raw = hashlib.blake2b(applicant.encode(), digest_size=16).digest()
+        return token_words(applicant)
+    raw = hashlib.blake2b(applicant.encode(), digest_size=16).digest()
     return (int.from_bytes(raw[:8], "big", signed=True),
             int.from_bytes(raw[8:], "big", signed=True))
 
