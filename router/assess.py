@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from router import economics as eco
-from router.columns import AppColumns, Coded
+from router.columns import AppColumns, coded_column
 from router.config import Strategy
 from router.errors import InputError
 from router.features import features_batch
@@ -80,7 +80,7 @@ def consent_matrix(cols: AppColumns, strategy: Strategy,
                 cache[key] = row
         return row[None, :]
     # Distinct (consent, channel) pairs are few: evaluate each once, then broadcast.
-    ch = Coded.encode(cols.channel.tolist())
+    ch = coded_column(cols, "channel")
     pair = cols.consent.codes * len(ch.values) + ch.codes
     uniq, inv = np.unique(pair, return_inverse=True)
     table = np.zeros((len(uniq), len(strategy.partners)), dtype=bool)
@@ -120,7 +120,8 @@ def assess(cols: AppColumns, strategy: Strategy, scorers: dict[str, Any],
     # Funder rules remove keep and branch only.
     funder_ok = ~dead
     for code, bad in (
-        ("REGION_UNLICENSED", ~region_match(cols.region, r.licensed_regions)),
+        ("REGION_UNLICENSED",
+         ~region_match(coded_column(cols, "region"), r.licensed_regions)),
         ("SEVERE_DELINQUENCY", cols.worst_dpd_12m > r.max_worst_dpd),
         ("MULTI_LENDING", (cols.inquiries_3m > r.max_inquiries_3m) | (cols.open_loans > r.max_open_loans)),
         ("HIGH_DEBT_BURDEN", cols.dti > r.max_dti),

@@ -9,7 +9,7 @@ reject exactly the same values without a second schema to keep in sync.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import msgspec
@@ -79,9 +79,20 @@ class AppColumns:
     consent: Coded         # canonical text: "none", "any" or "id1,id2"
     fraud_flag: np.ndarray
     fingerprint: list[int]
+    #: ``channel`` and ``region`` dictionary-encoded (see :func:`coded_column`).
+    coded: dict[str, Coded] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.application_id)
+
+
+def coded_column(cols: AppColumns, name: str) -> Coded:
+    """A low-cardinality text column (``channel``, ``region``) dictionary-encoded: from
+    the reader's Arrow dictionary when it made one, else encoded once and kept."""
+    c = cols.coded.get(name)
+    if c is None:
+        c = cols.coded[name] = Coded.encode(getattr(cols, name).tolist())
+    return c
 
 
 def consent_text(c: Any) -> str:
@@ -225,16 +236,17 @@ def _fingerprints(cols: AppColumns) -> list[int]:
         small = np.zeros(n, dtype=np.uint64)
         for name, shift in _PACK:
             small |= getattr(cols, name).astype(np.uint64) << np.uint64(shift)
-        parts = [as_u64(cols.event_ms), hash_strings(cols.channel),
+        parts = [as_u64(cols.event_ms), _hash_coded(coded_column(cols, "channel")),
                  cols.applicant.hi.view(np.uint64) if isinstance(cols.applicant, Tokens)
                  else np.fromiter(map(applicant_part, cols.applicant), dtype=np.uint64, count=n),
                  small, as_u64(cols.monthly_income), as_u64(cols.requested_amount),
                  as_u64(cols.dti), as_u64(cols.max_apr),
-                 hash_strings(cols.region), _hash_coded(cols.employer), _hash_coded(cols.consent)]
+                 _hash_coded(coded_column(cols, "region")), _hash_coded(cols.employer),
+                 _hash_coded(cols.consent)]
         return combine(parts, n).tolist()
 
 
-def _assemble(py: dict[str, list[Any]]) -> AppColumns:
+def _assemble(py: dict[str, list[Any]], coded: dict[str, Coded] | None = None) -> AppColumns:
     cols = AppColumns(
         application_id=py["application_id"],
         event_ms=np.asarray(py["event_ms"], dtype=np.int64),
@@ -247,6 +259,7 @@ def _assemble(py: dict[str, list[Any]]) -> AppColumns:
         consent=py["consent"],
         fraud_flag=np.asarray(py["fraud_flag"], dtype=bool),
         fingerprint=[],
+        coded=coded or {},
     )
     cols.fingerprint = _fingerprints(cols)
     return cols
@@ -356,6 +369,7 @@ def from_arrow(batch: pa.RecordBatch, hasher: Hasher, offset: int = 0, *,
     :func:`router.replay.validate.validate` has already passed (the same constraints).
     """
     py: dict[str, Any] = {}
+    coded: dict[str, Coded] = {}
     names = set(batch.schema.names)
     for f in ("application_id", "channel", "region"):
         col = _required(batch, f, offset)
@@ -365,10 +379,11 @@ def from_arrow(batch: pa.RecordBatch, hasher: Hasher, offset: int = 0, *,
             py[f] = col.to_pylist()
         else:
             # Few distinct values: a fixed-width array built from the dictionary, not a
-            # Python string per row.
+            # Python string per row; the encoding is kept for whoever needs codes.
             enc = pc.dictionary_encode(col)
-            py[f] = np.asarray(enc.dictionary.to_pylist(), dtype=str)[
-                enc.indices.to_numpy(zero_copy_only=False)]
+            coded[f] = Coded(enc.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+                             enc.dictionary.to_pylist())
+            py[f] = np.asarray(coded[f].values, dtype=str)[coded[f].codes]
     ts = _required(batch, "received_at", offset)
     if not pa.types.is_timestamp(ts.type) or ts.type.tz is None:
         raise InputError(f"field `received_at`: expected a time-zone-aware timestamp, "
@@ -400,7 +415,7 @@ def from_arrow(batch: pa.RecordBatch, hasher: Hasher, offset: int = 0, *,
     py["consent"] = _coded(batch, "consent", n).map(consent_text)
     py["fraud_flag"] = (batch.column("fraud_flag").to_numpy(zero_copy_only=False)
                         if "fraud_flag" in names else np.zeros(n, dtype=bool))
-    return _assemble(py)
+    return _assemble(py, coded)
 
 
 def take(cols: AppColumns, idx: np.ndarray) -> AppColumns:
@@ -413,6 +428,8 @@ def take(cols: AppColumns, idx: np.ndarray) -> AppColumns:
             out[name] = Coded(v.codes[idx], v.values)
         elif isinstance(v, Tokens):
             out[name] = v.take(idx)
+        elif name == "coded":
+            out[name] = {k: Coded(c.codes[idx], c.values) for k, c in v.items()}
         else:
             out[name] = v[idx] if isinstance(v, np.ndarray) else [v[i] for i in il]
     return AppColumns(**out)

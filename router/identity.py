@@ -51,8 +51,8 @@ class Tokens(Sequence[str]):
         return f"{int(self.hi[i]) & _M64:016x}{int(self.lo[i]) & _M64:016x}"
 
     def __iter__(self) -> Iterator[str]:
-        for h, l in zip(self.hi.tolist(), self.lo.tolist()):
-            yield f"{h & _M64:016x}{l & _M64:016x}"
+        for h, w in zip(self.hi.tolist(), self.lo.tolist()):
+            yield f"{h & _M64:016x}{w & _M64:016x}"
 
     def take(self, idx: np.ndarray) -> "Tokens":
         """Rows ``idx``, in that order."""

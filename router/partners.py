@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from router.columns import AppColumns
+from router.columns import AppColumns, Coded, coded_column
 from router.config import Filters, Partner
 
 # (filter attribute, application column or "pd", passes-if comparison)
@@ -36,20 +36,14 @@ def isin_small(values: np.ndarray, options: Sequence[int]) -> np.ndarray:
     return (values[:, None] == np.asarray(options)[None, :]).any(axis=1)
 
 
-def region_match(region: np.ndarray, prefixes: Sequence[str]) -> np.ndarray:
-    """True where the region code starts with any of ``prefixes`` (all True if none given)."""
+def region_match(region: Coded, prefixes: Sequence[str]) -> np.ndarray:
+    """True where the region code starts with any of ``prefixes`` (all True if none
+    given); ``region`` dictionary-encoded, so each distinct code is checked once."""
     if not prefixes:
-        return np.ones(len(region), dtype=bool)
-    # Region codes are six digits (schema-checked): compare integer prefixes, one isin per
-    # prefix length, instead of a string scan per prefix.
-    codes = region.astype(np.int64)
-    ok = np.zeros(len(region), dtype=bool)
-    by_len: dict[int, list[int]] = {}
-    for p in prefixes:
-        by_len.setdefault(len(p), []).append(int(p))
-    for length, values in by_len.items():
-        ok |= isin_small(codes // 10 ** (6 - length), values)
-    return ok
+        return np.ones(len(region.codes), dtype=bool)
+    options = tuple(prefixes)
+    ok = np.array([v.startswith(options) for v in region.values], dtype=bool)
+    return ok[region.codes]
 
 
 def filter_mask(f: Filters, cols: AppColumns, pd: np.ndarray) -> np.ndarray:
@@ -60,7 +54,7 @@ def filter_mask(f: Filters, cols: AppColumns, pd: np.ndarray) -> np.ndarray:
         if bound is not None:
             ok &= passes(pd if column == "pd" else getattr(cols, column), bound)
     if f.regions:
-        ok &= region_match(cols.region, f.regions)
+        ok &= region_match(coded_column(cols, "region"), f.regions)
     if f.channels:
         ok &= np.isin(cols.channel, f.channels)
     return ok
@@ -140,7 +134,7 @@ class PartnerTable:
             values = pd if column == "pd" else getattr(cols, column)
             ok &= passes(values[:, None], bound[None, :])
         for j, prefixes in self.regions:
-            ok[:, j] &= region_match(cols.region, prefixes)
+            ok[:, j] &= region_match(coded_column(cols, "region"), prefixes)
         for j, channels in self.channels:
             ok[:, j] &= np.isin(cols.channel, channels)
         return ok
