@@ -1,10 +1,18 @@
 """Replay throughput (applications/s) and peak memory at 100k, 1M and 10M generated rows.
 
-Each size runs in its own child process so peak RSS is that run's alone; the median of
-warm runs is reported (five at 100k, three at 1M) after a cold first run reported apart;
-10M rows are generated on the fly in one run (the generator is timed alone too). Baseline in the
-same run: the same strategy deciding a 5,000-row sample one application at a time through
-``Router.decide`` (the embedded path), so the ratio shows what batching buys.
+Each size runs in its own child process, pinned to one CPU core, so peak RSS is that
+run's alone and the rate is what one core does. Traffic is generated once into Parquet
+files under ``out/bench`` (10M rows: about 270 MB) and read back by every run. The median
+of warm runs is reported (five at 100k, three at 1M, one at 10M) after a cold first run
+reported apart (100k and 1M; it includes loading the compiled code from its cache).
+
+Baselines in the same run:
+
+* the Python walk: the same replay on :class:`~router.store.MemoryQuotaStore`, where
+  every reservation is a Python store call (the walk before the compiled one; it gives
+  byte-identical outputs), at 100k and 1M rows, in the same child, same core;
+* the embedded path: the same strategy deciding a 5,000-row sample one application at a
+  time through ``Router.decide``.
 
     python bench/bench_replay.py [ROWS ...]
 """
@@ -12,6 +20,7 @@ same run: the same strategy deciding a 5,000-row sample one application at a tim
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -22,55 +31,61 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+WARM_RUNS = {100_000: 5, 1_000_000: 3}
+PYTHON_WALK_UP_TO = 1_000_000  # the Python-walk baseline runs at sizes up to this
 
-STREAM_FROM = 5_000_000  # sizes from here on are generated on the fly, not read from disk
+
+def _timed(fn) -> tuple[float, float, object]:
+    t, c = time.perf_counter(), time.process_time()
+    r = fn()
+    return time.perf_counter() - t, time.process_time() - c, r
 
 
 def child(rows: int) -> None:
     from router.config import load_strategy
     from router.replay import replay
-    from router.traffic import generate_batches, write_traffic
+    from router.store import MemoryQuotaStore
+    from router.traffic import write_traffic
 
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     strategy = load_strategy(ROOT / "configs" / "strategy.toml")
     out = ROOT / "out" / "bench" / f"replay_{rows}"
-    if rows >= STREAM_FROM:
-        # One run: the traffic is generated while it is replayed (generation time included;
-        # the generator alone is timed below so it can be taken out).
-        t = time.perf_counter()
-        n = sum(b.num_rows for b in generate_batches(rows, seed=5))
-        gen_rate = n / (time.perf_counter() - t)
-        t, c = time.perf_counter(), time.process_time()
-        r = replay(strategy, generate_batches(rows, seed=5), out, report=False)
-        wall, cpu = time.perf_counter() - t, time.process_time() - c
-        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({"rows": rows, "source": "generated on the fly",
-                          "apps_per_s_median": rows / wall, "runs": [rows / wall],
-                          "apps_per_cpu_s_median": rows / cpu,
-                          "generator_alone_apps_per_s": gen_rate,
-                          "apps_per_s_excluding_generation": rows / (wall - rows / gen_rate),
-                          "peak_rss_mb": rss_mb, "decisions": r.summary["decisions"]}))
-        return
     traffic = ROOT / "out" / "bench" / f"replay_{rows}.parquet"
     if not traffic.exists():
         write_traffic(traffic, rows, seed=5)
-    # The first run in a process pays one-off costs (caches, allocator growth): reported
-    # as "cold" and left out of the median of the warm runs.
-    t = time.perf_counter()
-    replay(strategy, traffic, out, report=False)
-    cold = rows / (time.perf_counter() - t)
+    warm = WARM_RUNS.get(rows, 1)
+    cold = None
+    if warm > 1:
+        # The first run in a process pays one-off costs (loading compiled code, caches,
+        # allocator growth): reported as "cold" and left out of the median.
+        wall, _, _ = _timed(lambda: replay(strategy, traffic, out, report=False))
+        cold = rows / wall
     runs, cpu_runs = [], []
-    for _ in range(5 if rows <= 200_000 else 3):
-        t, c = time.perf_counter(), time.process_time()
-        r = replay(strategy, traffic, out, report=False)
-        runs.append(rows / (time.perf_counter() - t))
+    for _ in range(warm):
+        wall, cpu, r = _timed(lambda: replay(strategy, traffic, out, report=False))
+        runs.append(rows / wall)
         # CPU time of this process: on a shared VM wall time also counts time the host
-        # gave to others; CPU time shows what one core does.
-        cpu_runs.append(rows / (time.process_time() - c))
+        # gave to others; CPU time shows what the core did.
+        cpu_runs.append(rows / cpu)
+    py_runs: list[float] = []
+    if rows <= PYTHON_WALK_UP_TO:
+        for _ in range(3):
+            store = MemoryQuotaStore(retain_ledger=False, validate=False,
+                                     idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000)
+            wall, _, r2 = _timed(lambda: replay(strategy, traffic, ROOT / "out" / "bench" /
+                                                f"replay_{rows}_py", store=store, report=False))
+            py_runs.append(rows / wall)
+            assert r2.summary["decisions"] == r.summary["decisions"]
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"rows": rows, "source": "parquet file", "apps_per_s_median": statistics.median(runs),
-                      "runs": runs, "cold_run_apps_per_s": cold,
-                      "apps_per_cpu_s_median": statistics.median(cpu_runs), "peak_rss_mb": rss_mb,
-                      "decisions": r.summary["decisions"]}))
+    print(json.dumps({
+        "rows": rows, "source": "parquet file", "cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity") else None,
+        "apps_per_s_median": statistics.median(runs), "runs": runs,
+        "cold_run_apps_per_s": cold, "apps_per_cpu_s_median": statistics.median(cpu_runs),
+        "python_walk_apps_per_s_median": statistics.median(py_runs) if py_runs else None,
+        "python_walk_runs": py_runs, "peak_rss_mb": rss_mb,
+        "decisions": r.summary["decisions"]}))
 
 
 def baseline() -> float:
@@ -101,6 +116,8 @@ def main(sizes: list[int]) -> dict:
     base = results["baseline_decide_one_by_one_apps_per_s"]
     for s in results["sizes"]:
         s["ratio_vs_baseline"] = s["apps_per_s_median"] / base
+        if s["python_walk_apps_per_s_median"]:
+            s["ratio_vs_python_walk"] = s["apps_per_s_median"] / s["python_walk_apps_per_s_median"]
     return results
 
 
@@ -112,8 +129,12 @@ if __name__ == "__main__":
     res = main(sizes)
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
     (ROOT / "bench" / "results" / "replay.json").write_text(json.dumps(res, indent=1) + "\n")
-    print(f"baseline (Router.decide one by one): {res['baseline_decide_one_by_one_apps_per_s']:,.0f} apps/s")
+    print(f"baseline (Router.decide one by one): "
+          f"{res['baseline_decide_one_by_one_apps_per_s']:,.0f} apps/s")
     for s in res["sizes"]:
-        print(f"replay {s['rows']:>9,} rows: {s['apps_per_s_median']:>9,.0f} apps/s wall, "
-              f"{s['apps_per_cpu_s_median']:>9,.0f} per CPU-second "
-              f"(x{s['ratio_vs_baseline']:.1f} baseline), peak RSS {s['peak_rss_mb']:,.0f} MB")
+        walk = (f", Python walk {s['python_walk_apps_per_s_median']:,.0f}/s "
+                f"(x{s['ratio_vs_python_walk']:.2f})" if s["python_walk_apps_per_s_median"] else "")
+        print(f"replay {s['rows']:>10,} rows on one core: {s['apps_per_s_median']:>9,.0f} apps/s "
+              f"wall, {s['apps_per_cpu_s_median']:>9,.0f} per CPU-second{walk}, "
+              f"x{s['ratio_vs_baseline']:.1f} Router.decide, "
+              f"peak RSS {s['peak_rss_mb']:,.0f} MB")

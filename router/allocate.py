@@ -13,7 +13,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from router.allocate_compiled import allocate_compiled
 from router.assess import Assessment
 from router.assess_one import OneAssessment
 from router.columns import AppColumns, Row
@@ -139,7 +138,10 @@ class Allocator:
         with self.lock:
             self._pipelined = pipelined
             if len(cols) > 1 and not pipelined and getattr(self.store, "compiled", False):
-                # An in-process array store: the whole walk is one compiled call.
+                # An in-process array store: the whole walk is one compiled call (numba
+                # is imported only by those who use it).
+                from router.allocate_compiled import allocate_compiled
+
                 return allocate_compiled(self, cols, a)
             return self._allocate(cols, a)
 

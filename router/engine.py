@@ -98,8 +98,8 @@ class Router:
     async def adecide(self, app: Application) -> Decision:
         """Async variant of :meth:`decide` for event-loop callers: with a network store the
         decision runs in a worker thread so the loop is not blocked on the round trip (the
-        in-memory store never waits, so it is decided inline)."""
-        if isinstance(self.store, MemoryQuotaStore):
+        in-memory stores never wait, so it is decided inline)."""
+        if isinstance(self.store, MemoryQuotaStore) or getattr(self.store, "compiled", False):
             return self.decide(app)
         return await asyncio.to_thread(self.decide, app)
 
