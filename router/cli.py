@@ -121,8 +121,8 @@ def _run_replay(strategy: Path, traffic: Path, out_dir: Path, batch_size: int,
     from router.store import quota_store_from_url
 
     strat = load_strategy(strategy)
-    store = None
-    if store_url != "memory://":
+    store = None  # replay's own in-memory store (the array store)
+    if store_url not in ("memory://", "array://"):
         options = {}
         if "prefix=" not in store_url:
             # Never replay into the live router's keys by accident: a run of its own.

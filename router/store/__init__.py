@@ -11,15 +11,20 @@ __all__ = ["Bucket", "CapLimit", "QuotaStore", "MemoryQuotaStore", "GRANTED", "D
 
 
 def quota_store_from_url(url: str, **options) -> QuotaStore:
-    """Build a store from a URL: ``memory://``, ``redis://host:port/db`` (``rediss://`` for
+    """Build a store from a URL: ``memory://``, ``array://`` (the in-memory store in
+    arrays, whose batches are walked by compiled code), ``redis://host:port/db`` (``rediss://`` for
     TLS, password in the URL) or ``redis+cluster://host:port,host:port``; Redis URLs take
     ``?prefix=…&timeout_ms=…&ttl_hours=…``."""
     scheme = url.split("://", 1)[0]
     if scheme == "memory":
         return MemoryQuotaStore(**options)
+    if scheme == "array":
+        from router.store.array import ArrayQuotaStore
+
+        return ArrayQuotaStore(**options)
     if scheme in ("redis", "rediss", "redis+cluster"):
         from router.store.redis import RedisQuotaStore
 
         return RedisQuotaStore.from_url(url, **options)
     raise ValueError(f"unsupported quota store URL {url!r} "
-                     "(memory://, redis://, rediss://, redis+cluster://)")
+                     "(memory://, array://, redis://, rediss://, redis+cluster://)")
