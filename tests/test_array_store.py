@@ -13,11 +13,13 @@ stores' counters (current and archived), dedupe entries and expiry queues.
 from __future__ import annotations
 
 import random
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from router import allocate_compiled
 from router.config import load_strategy, strategy_from_dict
@@ -27,9 +29,9 @@ from router.replay.tune import strategy_data
 from router.store import MemoryQuotaStore
 from router.store import kernel as K
 from router.store.array import ArrayQuotaStore, _words_of, applicant_words
-from router.testing import ScoreLookupScorer, strategy_dict
+from router.testing import ScoreLookupScorer, make_application, strategy_dict
 from router.traffic import generate_batches
-from tests_helpers import tight_stream, tight_strategy
+from tests_helpers import T0, tight_stream, tight_strategy
 
 SCORER = ScoreLookupScorer({720: 0.01, 700: 0.02, 650: 0.08, 600: 0.2, 550: 0.35}, default=0.5)
 
@@ -187,3 +189,58 @@ def test_applicant_words_decode_tokens_and_hash_other_text():
     hi, lo = applicant_words(other)
     assert [(int(h), int(w)) for h, w in zip(hi, lo)] == [_words_of(t) for t in other]
     assert _words_of("a1") != _words_of("a2")
+
+
+_cap = st.fixed_dictionaries(
+    {"window": st.sampled_from(["hour", "day", "month"])},
+    # Amount caps that sums of the requested amounts below hit exactly, and others.
+    optional={"count": st.integers(1, 6),
+              "amount": st.sampled_from([5_000_00, 25_100_00, 40_000_00, 65_000_00,
+                                         120_000_00, 99_999_99])},
+).filter(lambda c: "count" in c or "amount" in c)
+_caps = st.lists(_cap, max_size=3, unique_by=lambda c: c["window"])
+_app = st.tuples(
+    st.integers(0, 30 * 3600),                  # seconds after the start (unordered)
+    st.sampled_from([100_00, 5_000_00, 20_000_00, 60_000_00]),
+    st.sampled_from([550, 600, 650, 700, 720]),
+    st.integers(0, 9),                          # applicant: repeats exercise dedupe
+    st.sampled_from(["any", ["bank_a"], ["plat_b"], "none"]),
+    st.integers(0, 40),                         # application id: repeats are retries
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(method=st.sampled_from(["waterfall", "best_value", "weighted"]),
+       caps=st.lists(_caps, min_size=4, max_size=4),
+       dedupe=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+       weights=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+       rows=st.lists(_app, min_size=2, max_size=120),
+       cuts=st.lists(st.integers(1, 40), min_size=1, max_size=10))
+def test_any_caps_and_any_batching_decide_alike(method, caps, dedupe, weights, rows, cuts):
+    """Random caps on every bucket, dedupe windows, weights, stream and batch cuts."""
+    data = strategy_dict(routing={"method": method})
+    data["primary"]["caps"], data["branch"]["caps"] = caps[0], caps[1]
+    for j in (0, 1):
+        data["partners"][j]["caps"] = caps[2 + j]
+        data["partners"][j]["dedupe_days"] = dedupe[j]
+        data["partners"][j]["weight"] = weights[j]
+    mem, arr, events = _routers(strategy_from_dict(data), idempotency_ttl_ms=6 * 3600_000)
+    first: dict[int, object] = {}
+    apps = []
+    for sec, amount, score, who, consent, app in rows:
+        if app in first:  # a retry carries the same content
+            apps.append(first[app])
+            continue
+        first[app] = make_application(
+            application_id=f"a{app}", received_at=T0 + timedelta(seconds=sec),
+            requested_amount=amount, bureau_score=score, consent=consent,
+            national_id=f"1101011990010{who:05d}")
+        apps.append(first[app])
+    chunks, i = [], 0
+    for k in cuts * (len(apps) // max(1, sum(cuts)) + 1):
+        if i >= len(apps):
+            break
+        chunks.append(apps[i:i + k])
+        i += k
+    _feed(mem, arr, events, chunks)
+    _same_state(mem.store, arr.store)
