@@ -47,33 +47,47 @@ def _rotr(x, n):
     return (x >> np.uint64(n)) | (x << np.uint64(64 - n))
 
 
-#: The columns, then the diagonals, of BLAKE2b's 4×4 state: (a, b, c, d) of each G.
-_G = np.array([[0, 4, 8, 12], [1, 5, 9, 13], [2, 6, 10, 14], [3, 7, 11, 15],
-               [0, 5, 10, 15], [1, 6, 11, 12], [2, 7, 8, 13], [3, 4, 9, 14]], dtype=np.int64)
+@njit(cache=True, inline="always")
+def _g(a, b, c, d, x, y):
+    """BLAKE2b's mixing function G on four state words."""
+    a = a + b + x
+    d = _rotr(d ^ a, 32)
+    c = c + d
+    b = _rotr(b ^ c, 24)
+    a = a + b + y
+    d = _rotr(d ^ a, 16)
+    c = c + d
+    b = _rotr(b ^ c, 63)
+    return a, b, c, d
 
 
 @njit(cache=True)
-def _compress(h, m, t, last, v):
+def _compress(h, m, t, last):
     """BLAKE2b's compression of block ``m`` (16 words) into state ``h``; ``t`` bytes so
-    far; ``v`` is scratch space (16 words)."""
-    v[:8] = h
-    v[8:] = _IV
-    v[12] ^= np.uint64(t)
+    far. The working state lives in sixteen locals (registers), not an array."""
+    v0, v1, v2, v3, v4, v5, v6, v7 = h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]
+    v8, v9, v10, v11 = _IV[0], _IV[1], _IV[2], _IV[3]
+    v12, v13, v14, v15 = _IV[4] ^ np.uint64(t), _IV[5], _IV[6], _IV[7]
     if last:
-        v[14] = ~v[14]
+        v14 = ~v14
     for r in range(12):
-        for g in range(8):
-            a, b, c, d = _G[g, 0], _G[g, 1], _G[g, 2], _G[g, 3]
-            va = v[a] + v[b] + m[_SIGMA[r, 2 * g]]
-            vd = _rotr(v[d] ^ va, 32)
-            vc = v[c] + vd
-            vb = _rotr(v[b] ^ vc, 24)
-            va = va + vb + m[_SIGMA[r, 2 * g + 1]]
-            vd = _rotr(vd ^ va, 16)
-            vc = vc + vd
-            v[a], v[b], v[c], v[d] = va, _rotr(vb ^ vc, 63), vc, vd
-    for i in range(8):
-        h[i] ^= v[i] ^ v[i + 8]
+        s = _SIGMA[r]
+        v0, v4, v8, v12 = _g(v0, v4, v8, v12, m[s[0]], m[s[1]])
+        v1, v5, v9, v13 = _g(v1, v5, v9, v13, m[s[2]], m[s[3]])
+        v2, v6, v10, v14 = _g(v2, v6, v10, v14, m[s[4]], m[s[5]])
+        v3, v7, v11, v15 = _g(v3, v7, v11, v15, m[s[6]], m[s[7]])
+        v0, v5, v10, v15 = _g(v0, v5, v10, v15, m[s[8]], m[s[9]])
+        v1, v6, v11, v12 = _g(v1, v6, v11, v12, m[s[10]], m[s[11]])
+        v2, v7, v8, v13 = _g(v2, v7, v8, v13, m[s[12]], m[s[13]])
+        v3, v4, v9, v14 = _g(v3, v4, v9, v14, m[s[14]], m[s[15]])
+    h[0] ^= v0 ^ v8
+    h[1] ^= v1 ^ v9
+    h[2] ^= v2 ^ v10
+    h[3] ^= v3 ^ v11
+    h[4] ^= v4 ^ v12
+    h[5] ^= v5 ^ v13
+    h[6] ^= v6 ^ v14
+    h[7] ^= v7 ^ v15
 
 
 @njit(cache=True)
@@ -97,7 +111,6 @@ def _bswap(x):
 @njit(cache=True)
 def _hash_column(data, offsets, keyed, space, hi, lo, fallback):
     m = np.zeros(16, dtype=np.uint64)
-    v = np.empty(16, dtype=np.uint64)
     h = np.empty(8, dtype=np.uint64)
     for i in range(len(offsets) - 1):
         a, b = offsets[i], offsets[i + 1]
@@ -121,7 +134,7 @@ def _hash_column(data, offsets, keyed, space, hi, lo, fallback):
                 c -= 32
             m[k >> 3] |= np.uint64(c) << np.uint64(8 * (k & 7))
         h[:] = keyed
-        _compress(h, m, 128 + n, True, v)
+        _compress(h, m, 128 + n, True)
         # The digest is h[0], h[1] little-endian; the words are its bytes read big-endian
         # (as the hex token reads), so each is the byte-swapped state word.
         hi[i] = np.int64(_bswap(h[0]))
@@ -138,7 +151,7 @@ def keyed_state(key: bytes, person: bytes, digest_size: int = 16) -> np.ndarray:
     h[6] ^= np.uint64(int.from_bytes(p[:8], "little"))
     h[7] ^= np.uint64(int.from_bytes(p[8:], "little"))
     block = np.frombuffer(key.ljust(128, b"\0"), dtype=np.uint8)
-    _compress(h, _block_words(block), 128, False, np.empty(16, dtype=np.uint64))
+    _compress(h, _block_words(block), 128, False)
     return h
 
 
