@@ -126,13 +126,13 @@ def reserve(b, keys, expires, amount, has_applicant, hi, lo, t,
     Returns GRANTED, DEDUPED or ``CAP_HIT + 2·k + full``."""
     first, end = bk[b, FIRST_SLOT], bk[b, END_SLOT]
     n = end - first
-    current = np.empty(n, dtype=np.bool_)
     for k in range(n):
-        current[k] = _cell(first + k, keys[k], expires[k], sl, arch, aq, aq_ptr)
-    # Caps before dedupe, in order (as the memory store).
+        _cell(first + k, keys[k], expires[k], sl, arch, aq, aq_ptr)
+    # Caps before dedupe, in order (as the memory store). After _cell a key is either the
+    # slot's current window or an older one kept in the archive.
     for k in range(n):
         s = first + k
-        if current[k]:
+        if sl[s, CUR_KEY] == keys[k]:
             cnt, amt = sl[s, CUR_CNT], sl[s, CUR_AMT]
         else:
             cnt, amt = arch[(s, keys[k])]
@@ -147,7 +147,7 @@ def reserve(b, keys, expires, amount, has_applicant, hi, lo, t,
             return DEDUPED
     for k in range(n):
         s = first + k
-        if current[k]:
+        if sl[s, CUR_KEY] == keys[k]:
             sl[s, CUR_CNT] += 1
             sl[s, CUR_AMT] += amount
         else:
@@ -172,7 +172,7 @@ def reserve(b, keys, expires, amount, has_applicant, hi, lo, t,
 
 
 @njit(cache=True)
-def _attempt(b, i, amount, has_applicant, hi, lo, t, keycols, endcols, slot_col,
+def _attempt(b, i, amount, has_applicant, hi, lo, t, keycols, endcols, slot_col, scratch,
              floor_key, floor_amt, refusals, capev, ncapev,
              clock, sl, bk, arch, aq, aq_ptr, dd, dq, dq_ptr):
     """The allocator's attempt at bucket ``b`` for row ``i``: a known refusal from the
@@ -190,8 +190,7 @@ def _attempt(b, i, amount, has_applicant, hi, lo, t, keycols, endcols, slot_col,
         if t >= clock[NEXT_SWEEP]:
             sweep(t, clock, sl, bk, arch, aq, aq_ptr, dd, dq)
     n = end - first
-    keys = np.empty(n, dtype=np.int64)
-    expires = np.empty(n, dtype=np.int64)
+    keys, expires = scratch[0, :n], scratch[1, :n]  # no allocation per attempt
     for k in range(n):
         keys[k] = keycols[slot_col[first + k], i]
         expires[k] = endcols[slot_col[first + k], i]
@@ -235,6 +234,7 @@ def allocate(rows, keep_ok, branch_ok, masks, amounts, event_ms, hi, lo,
     P = len(rank)
     order = np.empty(P, dtype=np.int64)
     eligible = np.empty(P, dtype=np.int64)
+    scratch = np.empty((2, max(1, sl.shape[0])), dtype=np.int64)
     # Room one row may need at most: an archived window per slot, a first refusal per
     # attempt, one dedupe entry.
     per_row_aq, per_row_ev = sl.shape[0], 2 + P
@@ -246,7 +246,7 @@ def allocate(rows, keep_ok, branch_ok, masks, amounts, event_ms, hi, lo,
         t, amount = event_ms[i], amounts[i]
         if keep_ok[i]:
             r = _attempt(bucket_of[0], i, amount, False, 0, 0, t, keycols, endcols, slot_col,
-                         floor_key, floor_amt, refusals, capev, ncapev,
+                         scratch, floor_key, floor_amt, refusals, capev, ncapev,
                          clock, sl, bk, arch, aq, aq_ptr, dd, dq, dq_ptr)
             if r == GRANTED:
                 kind[i] = KEEP
@@ -254,7 +254,7 @@ def allocate(rows, keep_ok, branch_ok, masks, amounts, event_ms, hi, lo,
             bits[i] |= keep_full
         if branch_ok[i]:
             r = _attempt(bucket_of[1], i, amount, False, 0, 0, t, keycols, endcols, slot_col,
-                         floor_key, floor_amt, refusals, capev, ncapev,
+                         scratch, floor_key, floor_amt, refusals, capev, ncapev,
                          clock, sl, bk, arch, aq, aq_ptr, dd, dq, dq_ptr)
             if r == GRANTED:
                 kind[i] = BRANCH
@@ -294,7 +294,7 @@ def allocate(rows, keep_ok, branch_ok, masks, amounts, event_ms, hi, lo,
         for q in range(ne):
             j = order[q]
             r = _attempt(bucket_of[2 + j], i, amount, True, hi[i], lo[i], t, keycols, endcols,
-                         slot_col, floor_key, floor_amt, refusals, capev, ncapev,
+                         slot_col, scratch, floor_key, floor_amt, refusals, capev, ncapev,
                          clock, sl, bk, arch, aq, aq_ptr, dd, dq, dq_ptr)
             if r == GRANTED:
                 if method == WEIGHTED:
