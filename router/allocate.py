@@ -170,14 +170,7 @@ class Allocator:
         except StoreError as exc:
             self.log.warning("store.unavailable", during="recall", error=str(exc))
             recalled, down, recall_failed = {}, True, True
-        first: dict[str, int] = {}
-        dups: dict[int, int] = {}
-        for i, app_id in enumerate(ids):
-            j = first.setdefault(app_id, i)
-            if j != i:
-                if fps[i] != fps[j]:
-                    raise IdempotencyConflict(app_id)
-                dups[i] = j
+        dups = find_repeats(ids, fps)
 
         P = len(s.partners)
         keep_ok, branch_ok = a.keep_ok.tolist(), a.branch_ok.tolist()
@@ -671,6 +664,22 @@ class Allocator:
                 self._new_blocks.append((j, cap_index(r)))
             extra |= _DEDUPE if r == DEDUPED else _QUOTA
         return -1, extra
+
+
+def find_repeats(ids: Sequence[str], fps: Sequence[int]) -> dict[int, int]:
+    """Rows whose application id appeared earlier in the batch -> that earlier row;
+    raises :class:`IdempotencyConflict` when a repeat's content differs."""
+    dups: dict[int, int] = {}
+    if len(set(ids)) == len(ids):  # the usual case, at C speed
+        return dups
+    first: dict[str, int] = {}
+    for i, app_id in enumerate(ids):
+        j = first.setdefault(app_id, i)
+        if j != i:
+            if fps[i] != fps[j]:
+                raise IdempotencyConflict(app_id)
+            dups[i] = j
+    return dups
 
 
 class _Decided(Exception):

@@ -16,7 +16,6 @@ import numpy as np
 
 from router.assess import Assessment
 from router.columns import AppColumns
-from router.errors import IdempotencyConflict
 from router.outcomes import DECLINE, REFER, Outcomes
 from router.reasons import BIT
 from router.store import kernel as K
@@ -53,22 +52,14 @@ def expiries(keys: np.ndarray, window: str, tz: str) -> np.ndarray:
 def allocate_compiled(al: "Allocator", cols: AppColumns, a: Assessment) -> Outcomes:
     """Decide a batch (more than one row) on ``al.store``, an ArrayQuotaStore; the caller
     holds ``al.lock``."""
-    from router.allocate import _fill, make_entry  # the allocator module imports this one
+    from router.allocate import _fill, find_repeats, make_entry  # that module imports this one
 
     s, store = al.strategy, al.store
     assert isinstance(store, ArrayQuotaStore)
     n, P = len(cols), len(s.partners)
     ids, fps = cols.application_id, cols.fingerprint
     recalled = store.recall_many(ids, fps)
-    dups: dict[int, int] = {}
-    if len(set(ids)) != n:
-        first: dict[str, int] = {}
-        for i, app_id in enumerate(ids):
-            j = first.setdefault(app_id, i)
-            if j != i:
-                if fps[i] != fps[j]:
-                    raise IdempotencyConflict(app_id)
-                dups[i] = j
+    dups = find_repeats(ids, fps)
     masks = (a.eligible.astype(np.int64) << np.arange(P)).sum(axis=1) if P \
         else np.zeros(n, dtype=np.int64)
     todo = a.keep_ok | a.branch_ok | (masks != 0)

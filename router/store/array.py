@@ -27,7 +27,7 @@ from router.identity import Tokens, token_words
 from router.messages import ReferralEntry
 from router.store import kernel as K
 from router.store.base import COUNTER_GRACE_MS, GRANTED, Bucket, QuotaStore, validate_reservation
-from router.store.records import DecisionRecords
+from router.store.records import DecisionRecords, InProcessRecords
 from router.windows import window_end_ms
 
 _HEX = np.full(256, 255, dtype=np.uint8)
@@ -66,7 +66,7 @@ def _words_of(applicant: str) -> tuple[int, int]:
             int.from_bytes(raw[8:], "big", signed=True))
 
 
-class ArrayQuotaStore(QuotaStore):
+class ArrayQuotaStore(InProcessRecords, QuotaStore):
     """Arrays behind a (re-entrant) lock; options as :class:`MemoryQuotaStore`."""
 
     #: The allocator may hand whole batches to :meth:`allocate`.
@@ -162,7 +162,7 @@ class ArrayQuotaStore(QuotaStore):
         window, tz = self.slot_windows[slot]
         return window_end_ms(window, key, tz) + COUNTER_GRACE_MS
 
-    def advance(self, event_ms: int) -> None:
+    def _advance(self, event_ms: int) -> None:
         """Move the event-time horizon; sweep about once an hour of it."""
         if event_ms > self.clock[K.HORIZON]:
             self.clock[K.HORIZON] = event_ms
@@ -200,7 +200,7 @@ class ArrayQuotaStore(QuotaStore):
             validate_reservation(bucket, keys, amount, applicant, event_ms, application_id)
         with self._lock:
             b = self.bucket_index(bucket)
-            self.advance(event_ms)
+            self._advance(event_ms)
             granted = None
             if application_id is not None:
                 granted = self._grants.setdefault(bucket.id, {})
@@ -231,35 +231,6 @@ class ArrayQuotaStore(QuotaStore):
         if self._on_append is not None:
             self._on_append(entry)
 
-    def try_reserve_once(self, *args, **kwargs) -> tuple[int, bytes | None]:
-        with self._lock:  # re-entrant: the base class's steps run as one
-            return super().try_reserve_once(*args, **kwargs)
-
-    def record_once(self, *args, **kwargs) -> bytes | None:
-        with self._lock:
-            return super().record_once(*args, **kwargs)
-
-    def recall(self, application_id: str, fingerprint: int) -> bytes | None:
-        return self.recall_many([application_id], [fingerprint]).get(0)
-
-    def recall_many(self, application_ids: Sequence[str],
-                    fingerprints: Sequence[int]) -> dict[int, bytes]:
-        with self._lock:
-            return self._decisions.recall_many(application_ids, fingerprints)
-
-    def remember(self, application_id: str, fingerprint: int, record: bytes,
-                 event_ms: int) -> None:
-        self.remember_many([application_id], [fingerprint], [record], [event_ms])
-
-    def remember_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
-                      records: Sequence[bytes], event_ms: Sequence[int]) -> None:
-        if not application_ids:
-            return
-        with self._lock:
-            newest = max(event_ms)
-            if self._decisions.remember_many(application_ids, fingerprints, records, newest):
-                self.advance(newest)
-
     def remember_block(self, application_ids: list[str], fingerprints: np.ndarray,
                        records: np.ndarray, newest: int) -> None:
         """Store a batch's records at once (distinct ids, none recorded yet)."""
@@ -267,7 +238,7 @@ class ArrayQuotaStore(QuotaStore):
             return
         with self._lock:
             self._decisions.remember_block(application_ids, fingerprints, records, newest)
-            self.advance(newest)
+            self._advance(newest)
 
     def usage(self, bucket: Bucket, keys: tuple[int, ...]) -> list[tuple[int, int]]:
         with self._lock:

@@ -244,22 +244,21 @@ def allocate(rows, keep_ok, branch_ok, masks, amounts, event_ms, hi, lo,
             return done  # the caller makes room and calls again with the rest
         i = rows[done]
         t, amount = event_ms[i], amounts[i]
-        if keep_ok[i]:
-            r = _attempt(bucket_of[0], i, amount, False, 0, 0, t, keycols, endcols, slot_col,
+        # Keep (bucket 0), then branch (bucket 1): the funder's own budgets first.
+        funded = False
+        for own in (KEEP, BRANCH):
+            if not (keep_ok[i] if own == KEEP else branch_ok[i]):
+                continue
+            r = _attempt(bucket_of[own], i, amount, False, 0, 0, t, keycols, endcols, slot_col,
                          scratch, floor_key, floor_amt, refusals, capev, ncapev,
                          clock, sl, bk, arch, aq, aq_ptr, dd, dq, dq_ptr)
             if r == GRANTED:
-                kind[i] = KEEP
-                continue
-            bits[i] |= keep_full
-        if branch_ok[i]:
-            r = _attempt(bucket_of[1], i, amount, False, 0, 0, t, keycols, endcols, slot_col,
-                         scratch, floor_key, floor_amt, refusals, capev, ncapev,
-                         clock, sl, bk, arch, aq, aq_ptr, dd, dq, dq_ptr)
-            if r == GRANTED:
-                kind[i] = BRANCH
-                continue
-            bits[i] |= branch_full
+                kind[i] = own
+                funded = True
+                break
+            bits[i] |= keep_full if own == KEEP else branch_full
+        if funded:
+            continue
         m = masks[i]
         if m == 0:
             continue

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 from router.messages import ReferralEntry
 from router.store.base import (CAP_HIT, COUNTER_GRACE_MS, DEDUPED, GRANTED, Bucket, QuotaStore,
                                validate_reservation)
-from router.store.records import DecisionRecords
+from router.store.records import DecisionRecords, InProcessRecords
 from router.windows import window_end_ms
 
 _SWEEP_EVERY_MS = 3600_000
 
 
-class MemoryQuotaStore(QuotaStore):
+class MemoryQuotaStore(InProcessRecords, QuotaStore):
     """Dictionaries behind a (re-entrant) lock. ``on_append`` sees every ledger entry as it is appended;
     ``retain_ledger=False`` then keeps none in memory (replay aggregates as it goes).
     ``validate=False`` skips argument checks for callers that pass validated values only."""
@@ -140,35 +140,6 @@ class MemoryQuotaStore(QuotaStore):
                 if self._on_append is not None:
                     self._on_append(entry)
             return GRANTED
-
-    def try_reserve_once(self, *args, **kwargs) -> tuple[int, bytes | None]:
-        with self._lock:  # re-entrant: the base class's steps run as one
-            return super().try_reserve_once(*args, **kwargs)
-
-    def record_once(self, *args, **kwargs) -> bytes | None:
-        with self._lock:
-            return super().record_once(*args, **kwargs)
-
-    def recall(self, application_id: str, fingerprint: int) -> bytes | None:
-        return self.recall_many([application_id], [fingerprint]).get(0)
-
-    def recall_many(self, application_ids: Sequence[str],
-                    fingerprints: Sequence[int]) -> dict[int, bytes]:
-        with self._lock:
-            return self._decisions.recall_many(application_ids, fingerprints)
-
-    def remember(self, application_id: str, fingerprint: int, record: bytes,
-                 event_ms: int) -> None:
-        self.remember_many([application_id], [fingerprint], [record], [event_ms])
-
-    def remember_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
-                      records: Sequence[bytes], event_ms: Sequence[int]) -> None:
-        if not application_ids:
-            return
-        with self._lock:
-            newest = max(event_ms)
-            if self._decisions.remember_many(application_ids, fingerprints, records, newest):
-                self._advance(newest)
 
     def usage(self, bucket: Bucket, keys: tuple[int, ...]) -> list[tuple[int, int]]:
         with self._lock:

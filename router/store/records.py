@@ -13,6 +13,7 @@ expiring a batch costs two C-level dictionary passes instead of an object per ro
 from __future__ import annotations
 
 import itertools
+import threading
 from collections import deque
 from typing import Sequence
 
@@ -121,3 +122,44 @@ class DecisionRecords:
             deque(map(pop, ids, itertools.repeat(None)), 0)
             if fps:
                 deque(map(fps.pop, ids, itertools.repeat(None)), 0)
+
+
+class InProcessRecords:
+    """The record-keeping :class:`~router.store.base.QuotaStore` methods of a store that
+    keeps its records in this process (``_decisions``) behind ``_lock``, moving its
+    event-time horizon with ``_advance`` when records are stored."""
+
+    _lock: threading.RLock
+    _decisions: DecisionRecords
+
+    def _advance(self, event_ms: int) -> None:
+        raise NotImplementedError
+
+    def try_reserve_once(self, *args, **kwargs) -> tuple[int, bytes | None]:
+        with self._lock:  # re-entrant: the base class's steps run as one
+            return super().try_reserve_once(*args, **kwargs)  # type: ignore[misc]
+
+    def record_once(self, *args, **kwargs) -> bytes | None:
+        with self._lock:
+            return super().record_once(*args, **kwargs)  # type: ignore[misc]
+
+    def recall(self, application_id: str, fingerprint: int) -> bytes | None:
+        return self.recall_many([application_id], [fingerprint]).get(0)
+
+    def recall_many(self, application_ids: Sequence[str],
+                    fingerprints: Sequence[int]) -> dict[int, bytes]:
+        with self._lock:
+            return self._decisions.recall_many(application_ids, fingerprints)
+
+    def remember(self, application_id: str, fingerprint: int, record: bytes,
+                 event_ms: int) -> None:
+        self.remember_many([application_id], [fingerprint], [record], [event_ms])
+
+    def remember_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
+                      records: Sequence[bytes], event_ms: Sequence[int]) -> None:
+        if not application_ids:
+            return
+        with self._lock:
+            newest = max(event_ms)
+            if self._decisions.remember_many(application_ids, fingerprints, records, newest):
+                self._advance(newest)
