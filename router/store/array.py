@@ -16,9 +16,8 @@ as long as a grant would (both leave in the same event-time sweep).
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections import deque
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -27,7 +26,7 @@ from router.identity import Tokens, token_words
 from router.messages import ReferralEntry
 from router.store import kernel as K
 from router.store.base import COUNTER_GRACE_MS, GRANTED, Bucket, QuotaStore, validate_reservation
-from router.store.records import DecisionRecords, InProcessRecords
+from router.store.records import InProcessRecords
 from router.windows import window_end_ms
 
 _HEX = np.full(256, 255, dtype=np.uint8)
@@ -75,17 +74,7 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
     def __init__(self, *, idempotency_ttl_ms: int = 48 * 3600_000, retain_ledger: bool = True,
                  on_append: Callable[[ReferralEntry], None] | None = None,
                  validate: bool = True):
-        self._lock = threading.RLock()
-        self._decisions = DecisionRecords(idempotency_ttl_ms)
-        self._grants: dict[str, dict[str, int]] = {}
-        self._grant_expiry: dict[str, deque[tuple[int, str, int]]] = {}
-        self._ledger: list[ReferralEntry] = []
-        self._retain = retain_ledger
-        self._on_append = on_append
-        self._ttl = idempotency_ttl_ms
-        self._validate = validate
-        self.needs_entries = retain_ledger or on_append is not None
-        self.single_trip = True
+        self._setup(idempotency_ttl_ms, retain_ledger, on_append, validate)
         # bucket id -> (index, the Bucket last seen); slot -> (window, time zone)
         self._buckets: dict[str, tuple[int, Bucket]] = {}
         self.slot_windows: list[tuple[str, str]] = []
@@ -224,13 +213,6 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
                 self.append_entry(entry)
             return GRANTED
 
-    def append_entry(self, entry: ReferralEntry) -> None:
-        """Add a ledger entry (the caller holds the lock and made the grant)."""
-        if self._retain:
-            self._ledger.append(entry)
-        if self._on_append is not None:
-            self._on_append(entry)
-
     def remember_block(self, application_ids: list[str], fingerprints: np.ndarray,
                        records: np.ndarray, newest: int) -> None:
         """Store a batch's records at once (distinct ids, none recorded yet)."""
@@ -256,6 +238,3 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
                     out.append((int(c[0]), int(c[1])) if c is not None else (0, 0))
             return out
 
-    def ledger(self) -> Iterable[ReferralEntry]:
-        with self._lock:
-            return list(self._ledger)

@@ -8,14 +8,13 @@ memory follows the traffic inside those windows, not the length of the file.
 
 from __future__ import annotations
 
-import threading
 from collections import deque
-from typing import Callable, Iterable
+from typing import Callable
 
 from router.messages import ReferralEntry
 from router.store.base import (CAP_HIT, COUNTER_GRACE_MS, DEDUPED, GRANTED, Bucket, QuotaStore,
                                validate_reservation)
-from router.store.records import DecisionRecords, InProcessRecords
+from router.store.records import InProcessRecords
 from router.windows import window_end_ms
 
 _SWEEP_EVERY_MS = 3600_000
@@ -29,29 +28,16 @@ class MemoryQuotaStore(InProcessRecords, QuotaStore):
     def __init__(self, *, idempotency_ttl_ms: int = 48 * 3600_000, retain_ledger: bool = True,
                  on_append: Callable[[ReferralEntry], None] | None = None,
                  validate: bool = True):
-        self._lock = threading.RLock()
+        self._setup(idempotency_ttl_ms, retain_ledger, on_append, validate)
         self._cells: dict[str, list[list[int]]] = {}
         self._archive: dict[tuple[str, int, int], list[int]] = {}
         self._archive_expiry: deque[tuple[int, tuple[str, int, int]]] = deque()
         # bucket -> applicant hash -> last grant (no tuple key per applicant: smaller).
         self._last_grant: dict[str, dict[str, int]] = {}
-        # bucket -> application id -> grant time (retries of a grant are not re-applied)
-        self._grants: dict[str, dict[str, int]] = {}
-        self._decisions = DecisionRecords(idempotency_ttl_ms)
         # Expiry queues, one per bucket (a bucket's entries expire in the order they were
         # set): (expires at, key, time it was set). A later grant to the same key leaves a
         # stale entry behind; the sweep skips it.
         self._dedupe_expiry: dict[str, deque[tuple[int, str, int]]] = {}
-        self._grant_expiry: dict[str, deque[tuple[int, str, int]]] = {}
-        self._ledger: list[ReferralEntry] = []
-        self._retain = retain_ledger
-        self._on_append = on_append
-        self._ttl = idempotency_ttl_ms
-        # The router passes only values from validated messages; a store it makes for
-        # itself skips re-checking them (~1 µs a reservation, on the replay hot path).
-        self._validate = validate
-        self.needs_entries = retain_ledger or on_append is not None
-        self.single_trip = True
         self._horizon = -(2**62)  # latest event time seen
         self._next_sweep = -(2**62)
 
@@ -135,10 +121,7 @@ class MemoryQuotaStore(InProcessRecords, QuotaStore):
                 _expire_later(self._grant_expiry, bid, event_ms + self._ttl,
                               application_id, event_ms)  # type: ignore[arg-type]
             if entry is not None:
-                if self._retain:
-                    self._ledger.append(entry)
-                if self._on_append is not None:
-                    self._on_append(entry)
+                self.append_entry(entry)
             return GRANTED
 
     def usage(self, bucket: Bucket, keys: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -150,10 +133,6 @@ class MemoryQuotaStore(InProcessRecords, QuotaStore):
                 c = cur if cur is not None and cur[0] == k else self._archive.get((bucket.id, i, k))
                 out.append((c[1], c[2]) if c else (0, 0))
             return out
-
-    def ledger(self) -> Iterable[ReferralEntry]:
-        with self._lock:
-            return list(self._ledger)
 
     def _advance(self, event_ms: int) -> None:
         """Move the event-time horizon; sweep expired records about once an hour of it."""

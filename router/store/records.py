@@ -15,11 +15,12 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import deque
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from router.errors import IdempotencyConflict
+from router.messages import ReferralEntry
 
 
 class Block:
@@ -125,12 +126,42 @@ class DecisionRecords:
 
 
 class InProcessRecords:
-    """The record-keeping :class:`~router.store.base.QuotaStore` methods of a store that
-    keeps its records in this process (``_decisions``) behind ``_lock``, moving its
-    event-time horizon with ``_advance`` when records are stored."""
+    """What the in-process stores share: decision records, application grants and the
+    referral ledger behind one re-entrant lock, and the record-keeping
+    :class:`~router.store.base.QuotaStore` methods. A store calls :meth:`_setup` first and
+    moves its event-time horizon in ``_advance`` when records are stored."""
 
     _lock: threading.RLock
     _decisions: DecisionRecords
+
+    def _setup(self, idempotency_ttl_ms: int, retain_ledger: bool,
+               on_append: Callable[[ReferralEntry], None] | None, validate: bool) -> None:
+        self._lock = threading.RLock()
+        self._decisions = DecisionRecords(idempotency_ttl_ms)
+        # bucket -> application id -> grant time (retries of a grant are not re-applied),
+        # and those grants' expiry queues (expires at, id, time it was set).
+        self._grants: dict[str, dict[str, int]] = {}
+        self._grant_expiry: dict[str, deque[tuple[int, str, int]]] = {}
+        self._ledger: list[ReferralEntry] = []
+        self._retain = retain_ledger
+        self._on_append = on_append
+        self._ttl = idempotency_ttl_ms
+        # The router passes only values from validated messages; a store it makes for
+        # itself skips re-checking them (~1 µs a reservation, on the replay hot path).
+        self._validate = validate
+        self.needs_entries = retain_ledger or on_append is not None
+        self.single_trip = True
+
+    def append_entry(self, entry: ReferralEntry) -> None:
+        """Add a ledger entry (the caller holds the lock and made the grant)."""
+        if self._retain:
+            self._ledger.append(entry)
+        if self._on_append is not None:
+            self._on_append(entry)
+
+    def ledger(self) -> Iterable[ReferralEntry]:
+        with self._lock:
+            return list(self._ledger)
 
     def _advance(self, event_ms: int) -> None:
         raise NotImplementedError
