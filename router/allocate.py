@@ -68,12 +68,18 @@ class Allocator:
         # One batch at a time: recall → reserve → remember must not interleave in-process.
         self.lock = threading.Lock()
         self._new_blocks: list[tuple[int, int]] = []
+        # Found decisions handed back in the current decision (two-phase stores post their
+        # grants), and whether its own grants must be voided.
+        self._answered: list[tuple[str, str]] = []
+        self._void = False
         self._ids: list[str] = []
         self._fps: list[int] = []
         self._once = False
         self._recorded = False
         #: Send a batch's reservations in pipelined rounds (live coalescing; see _rounds).
         self._pipelined = False
+        #: On a store failure: answer degraded (True, live) or raise StoreError (replay).
+        self.degrade = True
         #: How long a claim on an application protects a decision in progress.
         self.claim_lease_ms = 5000
         self.log = get_logger("allocate")
@@ -143,7 +149,23 @@ class Allocator:
                 from router.allocate_compiled import allocate_compiled
 
                 return allocate_compiled(self, cols, a)
-            return self._allocate(cols, a)
+            if not self.store.two_phase:
+                return self._allocate(cols, a)
+            return self._settled(self._allocate, cols, a)
+
+    def _settled(self, walk: Callable, *args):
+        """Run a decision walk on a two-phase store: its grants are posted when its answers
+        are handed back, voided when it fails (or when its records could not be written)."""
+        store = self.store
+        store.begin_decision()
+        self._answered, self._void = [], False
+        ok = False
+        try:
+            out = walk(*args)
+            ok = True
+            return out
+        finally:
+            store.end_decision(ok and not self._void, self._answered if ok else ())
 
     def _allocate(self, cols: AppColumns, a: Assessment) -> Outcomes:
         s, n = self.strategy, len(cols)
@@ -168,7 +190,7 @@ class Allocator:
         except IdempotencyConflict:
             raise
         except StoreError as exc:
-            self.log.warning("store.unavailable", during="recall", error=str(exc))
+            self._store_down(exc, "recall")
             recalled, down, recall_failed = {}, True, True
         dups = find_repeats(ids, fps)
 
@@ -233,7 +255,7 @@ class Allocator:
             except IdempotencyConflict:
                 raise
             except StoreError as exc:
-                self.log.warning("store.unavailable", during="claim", error=str(exc))
+                self._store_down(exc, "claim")
                 down = True
         if self._pipelined and not down and n > 1:
             try:
@@ -242,7 +264,7 @@ class Allocator:
             except IdempotencyConflict:
                 raise
             except StoreError as exc:
-                self.log.warning("store.unavailable", during="reserve", error=str(exc))
+                self._store_down(exc, "reserve")
                 down = True
             todo = [i for i in todo if down and kind[i] == DECLINE] if down else []
         for i in todo:
@@ -321,7 +343,7 @@ class Allocator:
                 except StoreError as exc:
                     # From here on this batch is decided without the store (a breaker: no
                     # row waits for another deadline); the next batch tries again.
-                    self.log.warning("store.unavailable", during="reserve", error=str(exc))
+                    self._store_down(exc, "reserve")
                     down = True
                     self._new_blocks = []
             # Degraded: never refer; keep only if the strategy's degraded policy says so.
@@ -337,6 +359,7 @@ class Allocator:
                     [p.id for p in s.partners], np.array(degraded, dtype=bool))
         for i, rec in recalled.items():
             out.set_record(i, rec)
+            self._note_answered(ids[i], rec)
         records = out.records()
         for i, j in dups.items():
             out.set_record(i, records[j])
@@ -353,10 +376,11 @@ class Allocator:
                     for i, existing in zip(rows, found):
                         if existing is not None:
                             out.set_record(i, existing)
+                            self._note_answered(ids[i], existing)
             except IdempotencyConflict:
                 raise
             except StoreError as exc:
-                self.log.warning("store.unavailable", during="remember", error=str(exc))
+                self._store_down(exc, "remember")
             return out
         try:
             if recalled or dups or down:
@@ -373,8 +397,47 @@ class Allocator:
         except IdempotencyConflict:
             raise
         except StoreError as exc:
-            self.log.warning("store.unavailable", during="remember", error=str(exc))
+            self._store_down(exc, "remember")
+            if self.store.two_phase:
+                # A grant whose decision record may be missing must not be handed back (a
+                # retry could not find it and would decide again): void this batch's grants
+                # and answer their rows degraded.
+                self._void = True
+                granted = [i for i in range(n) if i not in recalled and i not in dups
+                           and not degraded[i] and out.kind[i] != DECLINE]
+                instead = {}
+                for i in granted:
+                    keep = degrade_keep and keep_ok[i]
+                    instead[i] = pack_record(
+                        KEEP if keep else DECLINE, bits[i] | _STORE_DOWN,
+                        a.keep_profit[i] if keep else 0.0,
+                        a.keep_apr[i] if keep else float("nan"), a.keep_margin[i], a.pd[i], "")
+                for i, j in [(i, i) for i in granted] + list(dups.items()):
+                    if j in instead:
+                        out.set_record(i, instead[j])
+                        out.degraded[i] = True
+                self.store.forget_many([ids[i] for i in granted], [fps[i] for i in granted],
+                                       [records[i] for i in granted])
         return out
+
+    def _store_down(self, exc: StoreError, during: str) -> None:
+        """A store call failed: answer degraded (live), or stop the run (``degrade`` off:
+        replay, whose results must never silently differ from the store's)."""
+        if not self.degrade:
+            raise StoreError(f"quota store unavailable during {during}: {exc}") from exc
+        self.log.warning("store.unavailable", during=during, error=str(exc))
+
+    def _note_answered(self, app_id: str, record: bytes) -> None:
+        """A found decision handed back: its grant (if any) is posted with this decision."""
+        if not self.store.two_phase:
+            return
+        kind = record[0]
+        if kind == KEEP:
+            self._answered.append((KEEP_BUCKET, app_id))
+        elif kind == BRANCH:
+            self._answered.append((BRANCH_BUCKET, app_id))
+        elif kind == REFER:
+            self._answered.append((record[41:73].rstrip(b"\0").decode(), app_id))
 
     def allocate_row(self, r: Row, a: OneAssessment) -> tuple[bytes, bool]:
         """:meth:`allocate` for one application on a single-trip store, on scalars: the
@@ -385,7 +448,9 @@ class Allocator:
         each reservation checking and recording the application in one store call.
         """
         with self.lock:
-            return self._allocate_row(r, a)
+            if not self.store.two_phase:
+                return self._allocate_row(r, a)
+            return self._settled(self._allocate_row, r, a)
 
     def _known_row(self, bucket: Bucket, keys: tuple[int, ...], amount: int) -> int:
         """:meth:`known_refusal` for one row (keys as a tuple)."""
@@ -439,12 +504,13 @@ class Allocator:
                         return rec, False
                     bits |= rec
             except _Decided as done:  # decided before (a retry, or a concurrent caller)
+                self._note_answered(r.application_id, done.record)
                 return done.record, False
             except IdempotencyConflict:
                 raise
             except StoreError as exc:
                 # Degraded: never refer; keep only if the strategy's degraded policy says so.
-                self.log.warning("store.unavailable", during="reserve", error=str(exc))
+                self._store_down(exc, "reserve")
                 bits |= _STORE_DOWN
                 if s.degraded.policy == "keep" and a.keep_ok:
                     return pack_record(KEEP, bits, a.keep_profit, a.keep_apr, a.keep_margin,
@@ -461,7 +527,7 @@ class Allocator:
         except IdempotencyConflict:
             raise
         except StoreError as exc:
-            self.log.warning("store.unavailable", during="remember", error=str(exc))
+            self._store_down(exc, "remember")
         return rec, False
 
     def _refer_row(self, r: Row, a: OneAssessment, eligible: list[int],

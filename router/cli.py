@@ -113,7 +113,7 @@ def _mapping(path: Optional[Path]) -> Optional[dict[str, str]]:
 
 def _run_replay(strategy: Path, traffic: Path, out_dir: Path, batch_size: int,
                 store_url: str = "memory://", mapping: Optional[Path] = None,
-                reference: Optional[Path] = None):
+                reference: Optional[Path] = None, allow_degraded: bool = False):
     from router.config import load_strategy
     from router.replay import replay
     from router.replay.reader import count_rows
@@ -130,14 +130,26 @@ def _run_replay(strategy: Path, traffic: Path, out_dir: Path, batch_size: int,
 
             options["prefix"] = f"replay-{uuid.uuid4().hex[:12]}:"
             err.print(f"replaying under the Redis key prefix {options['prefix']!r} "
-                      "(give ?prefix=… to choose one)")
+                      "(give ?prefix=… to choose one)", markup=False)
+        from router.store.redis import RedisQuotaStore
+
+        # Replay's service level: long deadlines and retries, never the live 5 ms default
+        # (a value given in the URL is kept).
+        for name, value in RedisQuotaStore.REPLAY.items():
+            if f"{name}=" not in store_url:
+                options[name] = value
         store = quota_store_from_url(store_url, **options)
     total = count_rows(traffic)
     with _progress(total, "replaying") as bar:
         task = bar.add_task("replay", total=total)
-        return replay(strat, traffic, out_dir, batch_size=batch_size, store=store,
-                      mapping=_mapping(mapping), reference=reference,
-                      progress=lambda k: bar.advance(task, k))
+        try:
+            return replay(strat, traffic, out_dir, batch_size=batch_size, store=store,
+                          mapping=_mapping(mapping), reference=reference,
+                          progress=lambda k: bar.advance(task, k),
+                          allow_degraded=allow_degraded)
+        finally:
+            if store is not None:
+                store.close()
 
 
 _MAPPING_HELP = "TOML file with a [columns] table: application field = \"your column\""
@@ -155,14 +167,24 @@ def replay(
     mapping: Optional[Path] = typer.Option(None, "--mapping", help=_MAPPING_HELP),
     reference: Optional[Path] = typer.Option(None, "--reference",
                                              help="traffic file for the PD's population stability"),
+    allow_degraded: bool = typer.Option(
+        False, "--allow-degraded",
+        help="on a network store that stays unreachable, decide the rows degraded and go on "
+             "(counted, and the exit code is 3) instead of stopping"),
 ) -> None:
     """Replay a traffic file: summary.json, decisions.parquet, rejects.jsonl, report.html."""
     try:
-        result = _run_replay(strategy, traffic, out_dir, batch_size, store, mapping, reference)
+        result = _run_replay(strategy, traffic, out_dir, batch_size, store, mapping, reference,
+                             allow_degraded)
     except RouterError as exc:
         _fail(exc)
     _print_summary(result.summary)
     out.print(f"report: {out_dir / 'report.html'}\nsummary: {result.summary_path}")
+    degraded = result.summary.get("degraded", 0)
+    if degraded:
+        err.print(f"warning: {degraded:,} applications were decided degraded (the quota store "
+                  "was unreachable): these results are not the strategy's", markup=False)
+        raise typer.Exit(3)
 
 
 @app.command()
@@ -288,6 +310,9 @@ def _print_summary(s: dict) -> None:
     t.add_column("share", justify="right")
     for k, v in s["decisions"].items():
         t.add_row(k, f"{v:,}", f"{v / n:.1%}" if n else "-")
+    if s.get("degraded"):
+        t.add_row("[bold red]degraded[/bold red] (store unreachable)", f"{s['degraded']:,}",
+                  f"{s['degraded'] / n:.1%}" if n else "-")
     out.print(t)
     p = Table(title="partners (amounts and expected revenue in yuan)")
     for c in ("partner", "referred", "amount", "fees", "rev-share", "day cap out"):

@@ -20,7 +20,7 @@ from router.assess_one import OneAssessor, assess_one
 from router.columns import AppColumns, from_applications, row_from_application
 from router.config import Strategy
 from router.identity import Hasher
-from router.messages import Application, Decision
+from router.messages import Application, Decision, validate_application
 from router.outcomes import Outcomes, decision_from_record, to_decisions
 from router.partners import PartnerTable
 from router.scoring import Scorer, load_scorer
@@ -40,12 +40,15 @@ class Router:
     ``on_cap`` is called as ``on_cap(bucket_id, window, window_key, event_ms)`` the first
     time a cap refuses a reservation in a window (when it ran out);
     :meth:`cap_refusals` counts every refusal.
+    ``degrade=False`` makes a store failure raise :class:`~router.errors.StoreError`
+    instead of answering in degraded mode (replay: results must equal the store's).
     """
 
     def __init__(self, strategy: Strategy, store: QuotaStore | None = None, *,
                  clock: Callable[[], int] | None = None,
                  scorers: dict[str, Scorer] | None = None, hasher: Hasher | None = None,
-                 on_cap: Callable[[str, str, int, int], None] | None = None):
+                 on_cap: Callable[[str, str, int, int], None] | None = None,
+                 degrade: bool = True):
         self.strategy = strategy
         self.store = store if store is not None else MemoryQuotaStore(
             idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000, validate=False)
@@ -60,6 +63,7 @@ class Router:
         self._employers = [frozenset(self.hasher.token(name, "employer")
                                      for name in p.employer_names) for p in strategy.partners]
         self._allocator = Allocator(strategy, self.store, on_cap)
+        self._allocator.degrade = degrade
         self._table = PartnerTable(strategy.partners)
         self._assess_one = OneAssessor(strategy, self.scorers, self._employers)
         self._single_trip = bool(getattr(self.store, "single_trip", False))
@@ -75,6 +79,7 @@ class Router:
         server) this runs on Python scalars end to end — the same decision as a batch of
         one, without numpy's per-call overhead; on others it is a batch of one.
         """
+        validate_application(app)
         if not self._single_trip:
             return self.decide_batch([app])[0]
         r = row_from_application(app, self.hasher, self.clock() if self.clock else None)
@@ -91,6 +96,8 @@ class Router:
         """
         if not apps:
             return []
+        for app in apps:  # every one before anything is decided: nothing half-written
+            validate_application(app)
         cols = from_applications(apps, self.hasher)
         return to_decisions(self.decide_columns(cols, pipelined=pipelined), cols.application_id,
                             self.strategy.version)

@@ -8,7 +8,8 @@ replay path enforces the very same constraints by reading them from these types
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import datetime, timezone
 from typing import Annotated, Literal
 
 import msgspec
@@ -140,6 +141,54 @@ class ReferralEntry(Base, kw_only=True):
 
 
 _app_decoder = msgspec.json.Decoder(Application)
+_check_enc = msgspec.msgpack.Encoder()
+_check_dec = msgspec.msgpack.Decoder(Application)
+#: Fields whose values never go into an error message (raw personal identifiers).
+_SECRET = frozenset({"national_id", "employer", "applicant_token"})
+_FIELD = re.compile(r"at `\$\.(\w+)")
+#: Event times the stores accept: from 2000 to 2100 (a 1969 or a year-3000 timestamp is
+#: a bug upstream, not an application).
+_EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+_LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
+
+
+def validate_application(app: object) -> Application:
+    """Check an application however it was built (msgspec validates when decoding, not in
+    ``Application(...)``): returns it, or raises :class:`InputError` naming the field and,
+    unless it is a personal identifier, the value."""
+    if type(app) is not Application:
+        raise InputError(f"expected an Application (value: {type(app).__name__})",
+                         field="application")
+    try:
+        _check_dec.decode(_check_enc.encode(app))
+    except msgspec.ValidationError as exc:
+        m = _FIELD.search(str(exc))
+        name = m.group(1) if m else None
+        raise InputError(_problem(app, name, str(exc)), field=name) from None
+    except (OverflowError, msgspec.EncodeError, TypeError) as exc:
+        name = next((f for f in app.__struct_fields__
+                     if type(getattr(app, f)) is int and not -2**63 <= getattr(app, f) < 2**64),
+                    None)
+        raise InputError(_problem(app, name, f"not a supported value ({exc})"),
+                         field=name) from None
+    if not _EARLIEST <= app.received_at < _LATEST:
+        raise InputError(_problem(app, "received_at", "must be from 2000-01-01 to 2100-01-01"),
+                         field="received_at")
+    return app
+
+
+def _problem(app: Application, name: str | None, why: str) -> str:
+    who = app.application_id if type(app.application_id) is str else "?"
+    where = f"application {who[:64]!r}" + (" (id truncated)" if len(str(who)) > 64 else "")
+    if name is None:
+        return f"invalid {where}: {why}"
+    value = "<withheld: personal identifier>" if name in _SECRET else \
+        _short(repr(getattr(app, name, None)))
+    return f"invalid {where}: {name}: {why.split(' - at ')[0]} (value: {value})"
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."
 _decision_decoder = msgspec.json.Decoder(Decision)
 _encoder = msgspec.json.Encoder()
 

@@ -68,6 +68,24 @@ def test_lowering_a_cap_mid_window_refuses(store_factory):
     assert store.usage(low, k) == [(5, 5)]
 
 
+def _keys(p: str) -> list[str]:
+    """The reservation script's keys for one cap at bucket ``x``."""
+    return [f"{p}{{p:x}}:{k}" for k in ("c", "d", "l", "g", "a", "pend", "pendq")]
+
+
+@pytest.mark.parametrize("pending", [1000.0, -1.0, 0.5])
+def test_the_script_wants_a_token_for_a_pending_grant(store_factory, pending):
+    import struct
+
+    store = store_factory("redis")
+    p = store.prefix
+    header = struct.pack("<8d", 5, 1, 0, 0, 1, 1000, 0, pending)
+    with pytest.raises(redis.ResponseError, match="ROUTER bad (token|pending_ms)"):
+        store._reserve(keys=_keys(p), args=[header, struct.pack("<3d", 10, -1, 1000), "", "a",
+                                            "", "", "short", ""])
+    assert store.client.keys(f"{p}*") == []
+
+
 @pytest.mark.parametrize("amount", [0.0, -5.0, 2.0 ** 53, 1.5, float("nan"), float("inf"),
                                     "text header", "short"])
 def test_the_script_itself_validates_before_writing(store_factory, amount):
@@ -77,11 +95,10 @@ def test_the_script_itself_validates_before_writing(store_factory, amount):
     store = store_factory("redis")
     p = store.prefix
     header = amount.encode() if isinstance(amount, str) else \
-        struct.pack("<7d", amount, 1, 0, 0, 0, 1000, 0)
+        struct.pack("<8d", amount, 1, 0, 0, 0, 1000, 0, 0)
     with pytest.raises(redis.ResponseError, match="ROUTER bad (amount|header)"):
-        store._reserve(keys=[f"{p}{{p:x}}:c", f"{p}{{p:x}}:d", f"{p}{{p:x}}:l", f"{p}{{p:x}}:g",
-                             f"{p}{{p:x}}:a"],
-                       args=[header, struct.pack("<3d", 10, -1, 1000), "", "a", "", ""])
+        store._reserve(keys=_keys(p), args=[header, struct.pack("<3d", 10, -1, 1000), "", "a",
+                                            "", "", "", ""])
     assert store.client.keys(f"{p}*") == []
 
 
@@ -93,9 +110,8 @@ def test_the_script_rejects_malformed_caps(store_factory, caps):
     p = store.prefix
     caps = caps if caps is not None else struct.pack("<3d", 10, -1, 0)  # a zero TTL
     with pytest.raises(redis.ResponseError, match="ROUTER bad (caps|counter ttl|count limit)"):
-        store._reserve(keys=[f"{p}{{p:x}}:c", f"{p}{{p:x}}:d", f"{p}{{p:x}}:l", f"{p}{{p:x}}:g",
-                             f"{p}{{p:x}}:a"],
-                       args=[struct.pack("<7d", 5, 1, 0, 0, 0, 1000, 0), caps, "", "a", "", ""])
+        store._reserve(keys=_keys(p), args=[struct.pack("<8d", 5, 1, 0, 0, 0, 1000, 0, 0), caps,
+                                            "", "a", "", "", "", ""])
     assert store.client.keys(f"{p}*") == []
 
 

@@ -214,7 +214,13 @@ def replay_sections(summary: dict[str, Any], out: Path, prefix: str = "") -> lis
 def write_replay_report(summary: dict[str, Any], out: Path) -> Path:
     """``out/report.html`` for one replay."""
     path = out / "report.html"
-    path.write_text(_page(f"Replay — {summary['strategy_version']}", replay_sections(summary, out)))
+    parts = replay_sections(summary, out)
+    if summary.get("degraded"):
+        n = summary["degraded"]
+        parts.insert(0, f"<p style='color:#b00;font-weight:bold'>{n:,} applications were "
+                        "decided degraded (the quota store was unreachable): these results "
+                        "are not the strategy's.</p>")
+    path.write_text(_page(f"Replay — {summary['strategy_version']}", parts))
     return path
 
 

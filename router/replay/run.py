@@ -145,7 +145,8 @@ def replay(strategy: Strategy, traffic: str | Path | Iterable[pa.RecordBatch],
            mapping: dict[str, str] | None = None, reference: str | Path | None = None,
            write_decisions: bool = True, report: bool = True,
            scorers: dict[str, Any] | None = None, cached: CachedTraffic | None = None,
-           progress: Callable[[int], None] | None = None) -> ReplayResult:
+           progress: Callable[[int], None] | None = None,
+           allow_degraded: bool = False) -> ReplayResult:
     """Replay ``traffic`` with ``strategy``; write the outputs listed above to ``out_dir``.
 
     ``store`` defaults to a fresh in-memory store; any :class:`QuotaStore` gives the same
@@ -156,6 +157,11 @@ def replay(strategy: Strategy, traffic: str | Path | Iterable[pa.RecordBatch],
     ``report`` writes ``report.html`` with its charts; ``cached`` replays traffic already
     read by :func:`read_cached` (``traffic`` then only names it). ``traffic`` may also be
     an iterable of Arrow record batches (generated on the fly; no file hash then).
+
+    A network store is switched to replay's service level (:meth:`QuotaStore.for_replay`:
+    long deadlines, retries with backoff). If it still fails, the replay stops with
+    :class:`~router.errors.StoreError` — unless ``allow_degraded``: then those rows are
+    decided degraded and counted (``summary["degraded"]``).
     """
     is_file = isinstance(traffic, (str, Path))
     out = Path(out_dir)
@@ -166,9 +172,10 @@ def replay(strategy: Strategy, traffic: str | Path | Iterable[pa.RecordBatch],
     if store is None:
         store = ArrayQuotaStore(idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000,
                                 retain_ledger=False, validate=False)
+    store.for_replay()
     metrics_holder: list[Metrics] = []
     router = Router(strategy, store, scorers=scorers,
-                    on_cap=lambda *a: metrics_holder[0].on_cap(*a))
+                    on_cap=lambda *a: metrics_holder[0].on_cap(*a), degrade=allow_degraded)
     ref = reference_pds(strategy, reference, router, mapping) if reference else None
     metrics = Metrics(strategy, ref)
     metrics_holder.append(metrics)
@@ -208,9 +215,14 @@ def replay(strategy: Strategy, traffic: str | Path | Iterable[pa.RecordBatch],
                 rows_read += len(cols)
                 if progress:
                     progress(len(cols))
-        finally:
+        except BaseException:
             if writer is not None:
                 writer.close()
+                tmp.unlink(missing_ok=True)  # no half-written decisions file is left
+            raise
+        if writer is not None:
+            writer.close()
+    store.flush()  # the last batch's grants are posted before the run reports done
     if decisions_path is not None:
         tmp.replace(decisions_path)
     elapsed = time.perf_counter() - t0

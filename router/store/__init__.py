@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from router.errors import ConfigError
 from router.store.base import (CAP_HIT, DEDUPED, GRANTED, Bucket, CapLimit, QuotaStore,
                                cap_full, cap_index)
 from router.store.memory import MemoryQuotaStore
@@ -26,5 +27,6 @@ def quota_store_from_url(url: str, **options) -> QuotaStore:
         from router.store.redis import RedisQuotaStore
 
         return RedisQuotaStore.from_url(url, **options)
-    raise ValueError(f"unsupported quota store URL {url!r} "
-                     "(memory://, array://, redis://, rediss://, redis+cluster://)")
+    raise ConfigError(f"unsupported quota store URL {url.split('@')[-1]!r} "
+                      "(memory://, array://, redis://, rediss://, redis+cluster://)",
+                      path="store")

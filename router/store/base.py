@@ -24,8 +24,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from zoneinfo import ZoneInfoNotFoundError
+
 from router.errors import InputError
 from router.messages import ReferralEntry
+from router.windows import WINDOWS, zone
 
 #: :meth:`QuotaStore.try_reserve` results. Values ≥ ``CAP_HIT`` name the cap that refused:
 #: ``CAP_HIT + 2·i + full`` for ``bucket.caps[i]``, where ``full`` is 1 when that cap's
@@ -81,6 +84,14 @@ def validate_reservation(bucket: "Bucket", keys: tuple[int, ...], amount: object
         _check_id("application_id", application_id)
 
 
+def check_fingerprints(fingerprints: Sequence[object]) -> None:
+    """Content fingerprints are unsigned 64-bit integers."""
+    for fp in fingerprints:
+        if type(fp) is not int or not 0 <= fp < 2**64:
+            raise InputError(f"fingerprint must be an integer from 0 to 2^64-1 (value: {fp!r})",
+                             field="fingerprint")
+
+
 @dataclass(frozen=True, slots=True)
 class CapLimit:
     """One cap of a bucket: its window and limits (None = no limit)."""
@@ -88,6 +99,16 @@ class CapLimit:
     window: str
     count: int | None
     amount: int | None
+
+    def __post_init__(self) -> None:
+        if self.window not in WINDOWS:
+            raise InputError(f"cap window must be one of {', '.join(WINDOWS)} "
+                             f"(value: {self.window!r})", field="window")
+        for name in ("count", "amount"):
+            v = getattr(self, name)
+            if v is not None and (type(v) is not int or not 0 <= v <= MAX_AMOUNT):
+                raise InputError(f"cap {name} must be an integer from 0 to 2^53-1 or None "
+                                 f"(value: {v!r})", field=name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +122,14 @@ class Bucket:
 
     def __post_init__(self) -> None:
         _check_id("bucket", self.id)
+        try:
+            zone(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
+            raise InputError(f"unknown time zone (value: {self.timezone!r})",
+                             field="timezone") from None
+        if type(self.dedupe_ms) is not int or not 0 <= self.dedupe_ms <= MAX_AMOUNT:
+            raise InputError(f"dedupe_ms must be a non-negative integer (value: "
+                             f"{self.dedupe_ms!r})", field="dedupe_ms")
 
 
 class QuotaStore(ABC):
@@ -245,6 +274,33 @@ class QuotaStore(ABC):
         """:meth:`record_once` for many; network stores pipeline it."""
         return [self.record_once(a, fp, r, t)
                 for a, fp, r, t in zip(application_ids, fingerprints, records, event_ms)]
+
+    # ---- the grant lifecycle (two-phase stores) ----------------------------------------
+
+    #: True when grants made inside a decision stay *pending* until
+    #: :meth:`end_decision` posts or voids them (network stores, where a reply can be lost).
+    #: In-process stores post every grant at once: the caller and the store share a fate.
+    two_phase = False
+
+    def begin_decision(self) -> None:
+        """A decision (or batch) starts: its deadline runs and its grants will be pending."""
+
+    def end_decision(self, handed_back: bool, answered: Sequence[tuple[str, str]] = ()) -> None:
+        """The decision ended. ``handed_back``: its answers reach the caller, so its grants
+        are posted (billable); otherwise they are voided (quota released). ``answered``:
+        (bucket id, application id) of grants found already made that it answers with."""
+
+    def flush(self) -> None:
+        """Send every post and void still owed (no-op for in-process stores)."""
+
+    def for_replay(self) -> None:
+        """Switch to replay's service level: a long deadline per call, retries with
+        backoff, grants pending as long as a batch takes (no-op for in-process stores)."""
+
+    def forget_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
+                    records: Sequence[bytes]) -> None:
+        """Best effort: drop these decision records if they are still exactly these (their
+        grants were voided, so a retry must decide afresh). No-op for in-process stores."""
 
     def close(self) -> None:
         """Release connections (no-op by default)."""

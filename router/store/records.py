@@ -21,6 +21,7 @@ import numpy as np
 
 from router.errors import IdempotencyConflict
 from router.messages import ReferralEntry
+from router.store.base import check_fingerprints
 
 
 class Block:
@@ -179,6 +180,8 @@ class InProcessRecords:
 
     def recall_many(self, application_ids: Sequence[str],
                     fingerprints: Sequence[int]) -> dict[int, bytes]:
+        if self._validate:
+            check_fingerprints(fingerprints)
         with self._lock:
             return self._decisions.recall_many(application_ids, fingerprints)
 
@@ -190,6 +193,8 @@ class InProcessRecords:
                       records: Sequence[bytes], event_ms: Sequence[int]) -> None:
         if not application_ids:
             return
+        if self._validate:
+            check_fingerprints(fingerprints)
         with self._lock:
             newest = max(event_ms)
             if self._decisions.remember_many(application_ids, fingerprints, records, newest):

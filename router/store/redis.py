@@ -68,42 +68,81 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
-from router.errors import IdempotencyConflict, StoreError
+from router.errors import ConfigError, IdempotencyConflict, StoreError
 from router.messages import ReferralEntry
-from router.store.base import COUNTER_GRACE_MS, Bucket, QuotaStore, validate_reservation
+from router.store.base import (COUNTER_GRACE_MS, Bucket, QuotaStore, check_fingerprints,
+                               validate_reservation)
+from router.store.grant_book import GrantBook, Item
+from router.store.redis_link import Link, Unsent
 from router.windows import window_end_ms
 
-_RESERVE = resources.files("router.store").joinpath("lua/reserve.lua").read_text()
+
+def _lua(name: str) -> str:
+    return resources.files("router.store").joinpath(f"lua/{name}").read_text()
+
+
+# The grant lifecycle's functions are shared by both scripts (Redis has no includes).
+_RESERVE = _lua("grants.lua") + "\n" + _lua("reserve.lua")
+_SETTLE = _lua("grants.lua") + "\n" + _lua("settle.lua")
 _entry_enc = msgspec.json.Encoder()
 _entry_dec = msgspec.json.Decoder(ReferralEntry)
 _FP_BYTES = 8
-_HEADER = struct.Struct("<7d")
+_HEADER = struct.Struct("<8d")
+_OPTIONS = {"prefix", "timeout_ms", "ttl_hours", "retries", "backoff_ms", "pending_ms"}
 
 
 class RedisQuotaStore(QuotaStore):
-    """Quota store on Redis or Redis Cluster (see the module docstring for the protocol)."""
+    """Quota store on Redis or Redis Cluster (see the module docstring for the protocol).
+
+    ``timeout_ms`` is a live decision's whole budget for its round trips; ``retries`` > 0
+    (replay) gives every call the whole ``timeout_ms`` instead and retries it with
+    exponential backoff from ``backoff_ms``. ``pending_ms`` is how long a grant made in a
+    decision waits for its post before the server voids it.
+    """
 
     def __init__(self, client: redis.Redis | RedisCluster, *, prefix: str = "rr:",
-                 idempotency_ttl_ms: int = 48 * 3600_000):
+                 idempotency_ttl_ms: int = 48 * 3600_000, timeout_ms: float = 5,
+                 retries: int = 0, backoff_ms: float = 50, pending_ms: int = 15_000):
         if "{" in prefix or "}" in prefix:
-            raise ValueError(f"key prefix must not contain braces: {prefix!r}")
+            raise ConfigError(f"key prefix must not contain braces (value: {prefix!r})",
+                              path="prefix")
         self.client = client
         self.prefix = prefix
         self.record_ttl_ms = idempotency_ttl_ms
+        self.timeout_ms = timeout_ms
+        self.retries = retries
+        self.pending_ms = pending_ms
         self._reserve = client.register_script(_RESERVE)
+        self._settle = client.register_script(_SETTLE)
         self._windows: dict[tuple[int, tuple[int, ...]], tuple] = {}
+        self._cluster = isinstance(client, RedisCluster)
+        self.link = None if self._cluster else Link(
+            client.connection_pool, timeout_ms / 1000, retries=retries,
+            backoff_s=backoff_ms / 1000)
+        self.book = GrantBook(self._flush_items)
 
     @classmethod
     def from_url(cls, url: str, **options) -> "RedisQuotaStore":
         """``redis://[:password@]host:port/db``, ``rediss://`` (TLS) or
         ``redis+cluster://host:port,host:port``; query options ``prefix``, ``timeout_ms``,
-        ``ttl_hours``. Keyword ``options`` override the query."""
+        ``ttl_hours``, ``retries``, ``backoff_ms``, ``pending_ms``. Keyword ``options``
+        override the query."""
         parts = urlsplit(url)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        prefix = options.pop("prefix", query.pop("prefix", "rr:"))
-        timeout = float(options.pop("timeout_ms", query.pop("timeout_ms", 5))) / 1000
-        ttl = int(options.pop("ttl_hours", query.pop("ttl_hours", 48))) * 3600_000
-        common = dict(socket_timeout=timeout, socket_connect_timeout=max(timeout, 0.05),
+        for name in list(query) + list(options):
+            if name not in _OPTIONS:
+                raise ConfigError(f"unknown store option {name!r} (known: "
+                                  f"{', '.join(sorted(_OPTIONS))})", path=name)
+        merged = {**query, **options}
+        prefix = merged.get("prefix", "rr:")
+        timeout_ms = _number(merged, "timeout_ms", 5, 0.1, 600_000)
+        opts = dict(timeout_ms=timeout_ms,
+                    idempotency_ttl_ms=int(_number(merged, "ttl_hours", 48, 1, 24 * 365)) * 3600_000,
+                    retries=int(_number(merged, "retries", 0, 0, 100)),
+                    backoff_ms=_number(merged, "backoff_ms", 50, 0, 60_000),
+                    pending_ms=int(_number(merged, "pending_ms", 15_000, 1, 86_400_000)))
+        timeout = timeout_ms / 1000
+        common = dict(socket_timeout=timeout, socket_connect_timeout=timeout,
                       retry=Retry(NoBackoff(), 0))
         try:
             if parts.scheme == "redis+cluster":
@@ -116,10 +155,13 @@ class RedisQuotaStore(QuotaStore):
                 base = parts._replace(query="").geturl()
                 client = redis.Redis.from_url(base, **common)
             else:
-                raise ValueError(f"unsupported scheme {parts.scheme!r}")
+                raise ConfigError(f"unsupported scheme {parts.scheme!r} (redis://, rediss://, "
+                                  "redis+cluster://)", path="store")
+        except ValueError as exc:
+            raise ConfigError(f"bad store URL {_safe(url)!r}: {exc}", path="store") from exc
         except redis.RedisError as exc:
-            raise StoreError(f"cannot connect to {parts.netloc}: {exc}") from exc
-        return cls(client, prefix=prefix, idempotency_ttl_ms=ttl, **options)
+            raise StoreError(f"cannot connect to {parts.hostname}:{parts.port}: {exc}") from exc
+        return cls(client, prefix=prefix, **opts)
 
     # ---- keys ------------------------------------------------------------------------
 
@@ -132,14 +174,125 @@ class RedisQuotaStore(QuotaStore):
     def _app(self, application_id: str) -> str:
         return f"{self.prefix}{{a:{application_id}}}"
 
-    # ---- QuotaStore ------------------------------------------------------------------
+    # ---- the decision's lifecycle ----------------------------------------------------
 
     needs_claims = True
+    two_phase = True
+
+    def begin_decision(self) -> None:
+        """A decision starts: its deadline runs, its grants will be pending."""
+        if self.link is not None:
+            self.link.begin()
+        self.book.begin()
+
+    def end_decision(self, handed_back: bool, answered: Sequence[tuple[str, str]] = ()) -> None:
+        """The decision ended: post its grants if ``handed_back``, else void them (see
+        :class:`~router.store.grant_book.GrantBook`)."""
+        try:
+            self.book.end(handed_back, answered)
+        finally:
+            if self.link is not None:
+                self.link.end()
+
+    #: Replay's service level (see :meth:`for_replay`).
+    REPLAY = dict(timeout_ms=10_000, retries=6, backoff_ms=100, pending_ms=3_600_000)
+
+    def for_replay(self) -> None:
+        """Replay must not degrade: each call gets a long deadline (at least 10 s) and is
+        retried with exponential backoff (6 times from 100 ms, about 6 s in all), and a
+        batch's grants stay pending up to an hour. (On a cluster the socket timeouts are
+        fixed when the client is built: give ``?timeout_ms=…&retries=…`` in the URL;
+        ``referral-router replay`` does.)"""
+        r = self.REPLAY
+        self.retries = max(self.retries, r["retries"])
+        self.pending_ms = max(self.pending_ms, r["pending_ms"])
+        if self.link is not None:
+            self.link.timeout_s = max(self.link.timeout_s, r["timeout_ms"] / 1000)
+            self.link.retries = self.retries
+            self.link.backoff_s = r["backoff_ms"] / 1000
+            self.link.close()  # new connections take the new timeouts
+            self.client.connection_pool.connection_kwargs.update(
+                socket_timeout=self.link.timeout_s, socket_connect_timeout=self.link.timeout_s)
+
+    def flush(self) -> None:
+        """Send every post and void still owed now (raises :class:`StoreError` if the
+        store cannot be reached; what was not sent stays owed)."""
+        items = self.book.take()
+        if items:
+            try:
+                self._flush_items(items, force=True)
+            except Exception as exc:
+                self.book.put_back(items)
+                raise StoreError(f"settling grants failed: {exc}") from exc
+
+    def _settle_calls(self, items: list[Item]) -> list[tuple[list[str], list]]:
+        """KEYS and ARGV of settle calls for outbox items: consecutive items of one
+        operation at one bucket share a call, so the order is kept."""
+        calls: list[tuple[list[str], list]] = []
+        last = None
+        for op, bid, app, tok, seq in items:
+            if (op, bid) != last:
+                b = self._b(bid)
+                calls.append(([f"{b}:pend", f"{b}:pendq", f"{b}:ledger"], [op]))
+                last = (op, bid)
+            calls[-1][1].extend((app, tok, str(seq)))
+        return calls
+
+    def _flush_items(self, items: list[Item], force: bool = False) -> None:
+        calls = self._settle_calls(items)
+        if self.link is not None:
+            replies = self._evalsha_many(calls, script="settle", settle=False, force=force)
+        else:
+            replies = []
+            for kk, args in calls:
+                try:
+                    replies.append(self._settle(keys=kk, args=args))
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+        self._check_settled(calls, replies)
+
+    def _check_settled(self, calls: list, replies: list) -> None:
+        for (kk, args), reply in zip(calls, replies):
+            if isinstance(reply, redis.ConnectionError | redis.TimeoutError):
+                raise reply
+            if isinstance(reply, Exception):
+                self.book.log.error("grants.settle_failed", error=str(reply))
+                continue
+            for app, tok, r in zip(args[1::3], args[2::3], reply):
+                # (A post with any token answers a found decision: 0 = posted before.)
+                if args[0] == "post" and r == 0 and tok:
+                    # The grant was voided at its deadline before its post arrived: the
+                    # caller got an answer the ledger does not bill.
+                    self.book.log.error("grants.post_after_deadline", application_id=app,
+                                        bucket=kk[0])
+
+    def sweep(self) -> int:
+        """Void every pending grant past its deadline now, at every bucket (the server
+        also does this as reservations and settles arrive). Returns how many."""
+        total = 0
+        try:
+            for key in self.client.scan_iter(match=f"{self.prefix}{{p:*}}:pendq", count=1000):
+                base = key.decode()[:-len(":pendq")]
+                total += int(self._settle(keys=[f"{base}:pend", key.decode(),
+                                                f"{base}:ledger"], args=["sweep", 1000]))
+        except redis.RedisError as exc:
+            raise StoreError(f"sweep failed: {exc}") from exc
+        return total
+
+    def pending_count(self) -> int:
+        """Grants waiting for their post or void, over all buckets."""
+        try:
+            return sum(int(self.client.zcard(k)) for k in
+                       self.client.scan_iter(match=f"{self.prefix}{{p:*}}:pendq", count=1000))
+        except redis.RedisError as exc:
+            raise StoreError(f"pending count failed: {exc}") from exc
+
+    # ---- QuotaStore ------------------------------------------------------------------
 
     @property
     def single_trip(self) -> bool:
         """One round trip per decision (check, reserve, record) — not across cluster slots."""
-        return not isinstance(self.client, RedisCluster)
+        return not self._cluster
 
     def try_reserve(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
                     applicant: str | None, event_ms: int,
@@ -167,12 +320,11 @@ class RedisQuotaStore(QuotaStore):
                              fingerprint: int, record: bytes) -> int:
         return self._run(bucket, keys, amount, applicant, event_ms, entry, application_id,
                          fingerprint, record, use_app=False)[0]
-
     def claim_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
                    lease_ms: int) -> list[bool]:
         pipe = self.client.pipeline(transaction=False)
         for a, fp in zip(application_ids, fingerprints):
-            pipe.set(f"{self._app(a)}:claim", fp.to_bytes(_FP_BYTES, "big"), nx=True, px=lease_ms)
+            pipe.set(f"{self._app(a)}:claim", _fp(fp), nx=True, px=lease_ms)
         try:
             return [bool(x) for x in pipe.execute()]
         except redis.RedisError as exc:
@@ -207,14 +359,14 @@ class RedisQuotaStore(QuotaStore):
             raise StoreError(f"grant lookup failed: {exc}") from exc
         for v in values:
             if v is not None and len(v) > _FP_BYTES and v[:_FP_BYTES] == \
-                    fingerprint.to_bytes(_FP_BYTES, "big"):
+                    _fp(fingerprint):
                 return v[_FP_BYTES:]
         return None
 
     def record_once(self, application_id: str, fingerprint: int, record: bytes,
                     event_ms: int) -> bytes | None:
         """Store the record unless one exists; return the existing record if one does."""
-        fp = fingerprint.to_bytes(_FP_BYTES, "big")
+        fp = _fp(fingerprint)
         try:
             old = self.client.set(self._app(application_id), fp + record, nx=True,
                                   px=self.record_ttl_ms, get=True)
@@ -229,14 +381,16 @@ class RedisQuotaStore(QuotaStore):
     def _prepare(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
                  applicant: str | None, event_ms: int, entry: ReferralEntry | None,
                  application_id: str | None, fingerprint: int | None = None,
-                 record: bytes = b"", use_app: bool | None = None) -> tuple[list, list]:
-        """Validated KEYS and ARGV of one reservation script call."""
+                 record: bytes = b"", use_app: bool | None = None) -> tuple[list, list, bytes]:
+        """Validated KEYS and ARGV of one reservation script call, and the token its grant
+        will be pending under (empty: a grant is posted at once — outside a decision)."""
         validate_reservation(bucket, keys, amount, applicant, event_ms, application_id)
         b = self._b(bucket.id)
         use_dedupe = applicant is not None and bucket.dedupe_ms > 0
         use_grant = application_id is not None
         if use_app is None:
             use_app = fingerprint is not None
+        token = self.book.token() if use_grant and self.book.active() else b""
         cached = self._windows.get((id(bucket), keys))
         if cached is None:
             if len(self._windows) > 10_000:
@@ -253,7 +407,8 @@ class RedisQuotaStore(QuotaStore):
         _, counters, limits = cached
         kk = counters + [f"{b}:d:{applicant}" if use_dedupe else f"{b}:d:-", f"{b}:ledger",
                          f"{b}:g:{application_id}" if use_grant else f"{b}:g:-",
-                         self._app(application_id) if use_app else f"{b}:a:-"]  # type: ignore[arg-type]
+                         self._app(application_id) if use_app else f"{b}:a:-",  # type: ignore[arg-type]
+                         f"{b}:pend", f"{b}:pendq"]
         caps: list[int] = []
         for count, amount_limit, end in limits:
             # Expiry: the end of the window plus a grace period, counted from the event.
@@ -261,85 +416,89 @@ class RedisQuotaStore(QuotaStore):
         # Numbers as little-endian doubles (validated above: integers below 2^53, exact).
         args: list = [
             _HEADER.pack(amount, event_ms, bucket.dedupe_ms, use_dedupe, use_grant,
-                         self.record_ttl_ms, use_app),
+                         self.record_ttl_ms, use_app, self.pending_ms if token else 0),
             struct.pack(f"<{len(caps)}d", *caps),
             _entry_enc.encode(entry) if entry is not None else b"",
             application_id or "",
-            fingerprint.to_bytes(_FP_BYTES, "big") if fingerprint is not None else b"",
+            _fp(fingerprint) if fingerprint is not None else b"",
             record,
+            token,
+            b"" if token or entry is None else str(self.book._stamp()),
         ]
-        return kk, args
+        return kk, args, token
 
     def try_reserve_many(self, requests, *, single_trip: bool = False):
         if not self.single_trip:  # cluster: keys of many slots; one by one
             return super().try_reserve_many(requests, single_trip=False)
-        calls = [self._prepare(b, k, amt, appl, t, e, app, fp if rec or single_trip else None,
-                               rec, single_trip)
-                 for b, k, amt, appl, t, e, app, fp, rec in requests]
-        for attempt in (1, 2):
-            try:
-                replies = self._evalsha_many(calls)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                # Every request carries its application id, so grant records make a resend
-                # exactly-once: scripts that ran answer GRANTED without applying again.
-                if attempt == 1 and all(r[6] is not None for r in requests):
-                    continue
-                raise StoreError(f"pipelined reserve failed: {exc}") from exc
-            except redis.RedisError as exc:
-                raise StoreError(f"pipelined reserve failed: {exc}") from exc
-            out: list[tuple[int, bytes | None]] = []
-            for req, reply in zip(requests, replies):
-                if isinstance(reply, Exception):
-                    if "ROUTER conflict" in str(reply):
-                        raise IdempotencyConflict(req[6] or "?") from reply
-                    raise StoreError(f"pipelined reserve failed: {reply}") from reply
-                code = int(reply[0])
-                out.append((code, reply[1][_FP_BYTES:] if code == -2 else None))
-            return out
-        raise AssertionError("unreachable")
-
-    def _evalsha_many(self, calls: list[tuple[list, list]]) -> list:
-        """Run the reservation script once per (KEYS, ARGV) call, pipelined on one
-        connection (one server only); replies in order, an error reply in place as its
-        exception. NOSCRIPT means that call did not run: the script is loaded and just
-        those calls are sent again."""
-        sha = self._reserve.sha
-        commands = [("EVALSHA", sha, len(kk), *kk, *args) for kk, args in calls]
-        out = self._send_many(commands)
-        todo = [i for i, r in enumerate(out) if isinstance(r, redis.exceptions.NoScriptError)]
-        if todo:
-            self.client.script_load(_RESERVE)
-            for i, r in zip(todo, self._send_many([commands[i] for i in todo])):
-                out[i] = r
-        return out
-
-    def _send_many(self, commands: list[tuple]) -> list:
-        """Send commands pipelined on one connection of a single server, packed by hiredis
-        in one write; replies in order, an error reply in place as its exception.
-        (redis-py's pipeline checks every argument in Python, and with scripts asks
-        ``SCRIPT EXISTS`` on every execute: more than the router's whole decision.)"""
-        out: list = [None] * len(commands)
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
+        prepared = [self._prepare(b, k, amt, appl, t, e, app, fp if rec or single_trip else None,
+                                  rec, single_trip)
+                    for b, k, amt, appl, t, e, app, fp, rec in requests]
         try:
-            conn.send_packed_command([b"".join([pack_command(c) for c in commands])])
-            for i in range(len(commands)):
-                try:
-                    out[i] = conn.read_response()
-                except redis.ResponseError as exc:
-                    out[i] = exc
-        except BaseException:
-            conn.disconnect()  # replies may be left unread: never reuse the socket
-            raise
-        finally:
-            pool.release(conn)
+            replies = self._evalsha_many([(kk, args) for kk, args, _ in prepared])
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The scripts may have run: their grants, if any, are voided when the decision
+            # ends (see GrantBook).
+            for req, (_, _, tok) in zip(requests, prepared):
+                if tok:
+                    self.book.unknown(req[0].id, req[6], tok)
+            raise StoreError(f"pipelined reserve failed: {exc}") from exc
+        except redis.RedisError as exc:
+            raise StoreError(f"pipelined reserve failed: {exc}") from exc
+        out: list[tuple[int, bytes | None]] = []
+        for req, (_, _, tok), reply in zip(requests, prepared, replies):
+            if isinstance(reply, Exception):
+                if "ROUTER conflict" in str(reply):
+                    raise IdempotencyConflict(req[6] or "?") from reply
+                raise StoreError(f"pipelined reserve failed: {reply}") from reply
+            code = int(reply[0])
+            if code == 0 and tok:
+                self.book.made(req[0].id, req[6], tok)
+            out.append((code, reply[1][_FP_BYTES:] if code == -2 else None))
         return out
 
+    def _evalsha_many(self, calls: list[tuple[list, list]], script: str = "reserve",
+                      settle: bool = True, force: bool = False) -> list:
+        """Run a script once per (KEYS, ARGV) call, pipelined on one connection (one server
+        only); replies in order, an error reply in place as its exception. Posts and voids
+        still owed travel ahead of them in the same write (``settle``). NOSCRIPT means that
+        call did not run: the scripts are loaded and just those calls are sent again."""
+        sha = (self._reserve if script == "reserve" else self._settle).sha
+        calls_are_reserves = script == "reserve"
+        owed = self.book.take() if settle else []
+        pre = self._settle_calls(owed)
+        commands = [("EVALSHA", self._settle.sha, len(kk), *kk, *args) for kk, args in pre]
+        commands += [("EVALSHA", sha, len(kk), *kk, *args) for kk, args in calls]
+        try:
+            # Settles alone are idempotent: an explicit flush may resend them once (a socket
+            # left from before a server restart fails on first use).
+            out = self._send_many(commands, force, 1 if force and not calls_are_reserves else None)
+            todo = [i for i, r in enumerate(out) if isinstance(r, redis.exceptions.NoScriptError)]
+            if todo:
+                self._send_many([("SCRIPT", "LOAD", _RESERVE), ("SCRIPT", "LOAD", _SETTLE)], force)
+                for i, r in zip(todo, self._send_many([commands[i] for i in todo], force)):
+                    out[i] = r
+            if pre:
+                self._check_settled(pre, out[:len(pre)])
+        except BaseException:
+            if owed:
+                self.book.put_back(owed)  # idempotent: sending them again is safe
+            raise
+        return out[len(pre):]
+
+    def _send_many(self, commands: list[tuple], force: bool = False,
+                   retries: int | None = None) -> list:
+        """Send commands pipelined on this thread's connection of a single server, packed
+        by hiredis in one write, within the decision's deadline (see
+        :class:`~router.store.redis_link.Link`); replies in order, an error reply in place
+        as its exception. (redis-py's pipeline checks every argument in Python, and with
+        scripts asks ``SCRIPT EXISTS`` on every execute: more than the whole decision.)"""
+        return self.link.send(commands, force=force,  # type: ignore[union-attr]
+                              retries=retries)
     def record_many(self, application_ids, fingerprints, records, event_ms):
         try:
             if self.single_trip:
                 olds = self._send_many([
-                    ("SET", self._app(a), fp.to_bytes(_FP_BYTES, "big") + rec, "NX", "PX",
+                    ("SET", self._app(a), _fp(fp) + rec, "NX", "PX",
                      self.record_ttl_ms, "GET")
                     for a, fp, rec in zip(application_ids, fingerprints, records)])
                 for r in olds:
@@ -348,14 +507,14 @@ class RedisQuotaStore(QuotaStore):
             else:
                 pipe = self.client.pipeline(transaction=False)
                 for a, fp, rec in zip(application_ids, fingerprints, records):
-                    pipe.set(self._app(a), fp.to_bytes(_FP_BYTES, "big") + rec, nx=True,
+                    pipe.set(self._app(a), _fp(fp) + rec, nx=True,
                              px=self.record_ttl_ms, get=True)
                 olds = pipe.execute()
         except redis.RedisError as exc:
             raise StoreError(f"record failed: {exc}") from exc
         out: list[bytes | None] = []
         for a, fp, old in zip(application_ids, fingerprints, olds):
-            if old is not None and old[:_FP_BYTES] != fp.to_bytes(_FP_BYTES, "big"):
+            if old is not None and old[:_FP_BYTES] != _fp(fp):
                 raise IdempotencyConflict(a)
             out.append(None if old is None else old[_FP_BYTES:])
         return out
@@ -364,35 +523,47 @@ class RedisQuotaStore(QuotaStore):
              event_ms: int, entry: ReferralEntry | None, application_id: str | None,
              fingerprint: int | None = None, record: bytes = b"",
              use_app: bool | None = None) -> tuple[int, bytes | None]:
-        kk, args = self._prepare(bucket, keys, amount, applicant, event_ms, entry,
-                                 application_id, fingerprint, record, use_app)
-        use_grant = application_id is not None
-        for attempt in (1, 2):
+        kk, args, token = self._prepare(bucket, keys, amount, applicant, event_ms, entry,
+                                        application_id, fingerprint, record, use_app)
+        try:
+            if self.single_trip:
+                reply = self._evalsha_many([(kk, args)])[0]
+                if isinstance(reply, Exception):
+                    raise reply
+            else:
+                reply = self._cluster_reserve(kk, args)
+        except redis.ResponseError as exc:
+            if "ROUTER conflict" in str(exc):
+                raise IdempotencyConflict(application_id or "?") from exc
+            raise StoreError(f"reserve at {bucket.id!r} failed: {exc}") from exc
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The reply is lost but the script may have run: a grant it made is voided when
+            # the decision ends. Never re-sent here: that would double the deadline.
+            if token:
+                self.book.unknown(bucket.id, application_id, token)  # type: ignore[arg-type]
+            raise StoreError(f"reserve at {bucket.id!r} failed: {exc}") from exc
+        except redis.RedisError as exc:
+            raise StoreError(f"reserve at {bucket.id!r} failed: {exc}") from exc
+        code = int(reply[0])
+        if code == -2:
+            return code, reply[1][_FP_BYTES:]
+        if code == 0 and token:
+            self.book.made(bucket.id, application_id, token)  # type: ignore[arg-type]
+        return code, None
+
+    def _cluster_reserve(self, kk: list, args: list):
+        """One reservation script on a cluster (replay mode retries it with backoff: a
+        resend is exactly-once through the application's grant key)."""
+        for attempt in range(self.retries + 1):
             try:
-                if self.single_trip:
-                    reply = self._evalsha_many([(kk, args)])[0]
-                    if isinstance(reply, Exception):
-                        raise reply
-                else:
-                    reply = self._reserve(keys=kk, args=args)
-                code = int(reply[0])
-                if code == -2:
-                    stored = reply[1]
-                    return code, stored[_FP_BYTES:]
-                return code, None
-            except redis.ResponseError as exc:
-                if "ROUTER conflict" in str(exc):
-                    raise IdempotencyConflict(application_id or "?") from exc
-                raise StoreError(f"reserve at {bucket.id!r} failed: {exc}") from exc
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                # The reply may be lost after the script ran. With a grant record the retry
-                # is exactly-once (it answers GRANTED without applying again), so retry once.
-                if attempt == 1 and use_grant:
-                    continue
-                raise StoreError(f"reserve at {bucket.id!r} failed: {exc}") from exc
-            except redis.RedisError as exc:
-                raise StoreError(f"reserve at {bucket.id!r} failed: {exc}") from exc
+                return self._reserve(keys=kk, args=args)
+            except (redis.ConnectionError, redis.TimeoutError):
+                if attempt == self.retries:
+                    raise
+                time.sleep(self.link_backoff * 2 ** attempt)
         raise AssertionError("unreachable")
+
+    link_backoff = 0.05
 
     def recall(self, application_id: str, fingerprint: int) -> bytes | None:
         return self.recall_many([application_id], [fingerprint]).get(0)
@@ -401,10 +572,14 @@ class RedisQuotaStore(QuotaStore):
                     fingerprints: Sequence[int]) -> dict[int, bytes]:
         if not application_ids:
             return {}
+        keys = [self._app(a) for a in application_ids]
         try:
-            values = self.client.mget([self._app(a) for a in application_ids]) \
-                if not isinstance(self.client, RedisCluster) else \
-                self._cluster_get([self._app(a) for a in application_ids])
+            if self._cluster:
+                values = self._cluster_get(keys)
+            else:
+                values = self._send_many([("MGET", *keys)])[0]
+                if isinstance(values, Exception):
+                    raise values
         except redis.RedisError as exc:
             raise StoreError(f"recall failed: {exc}") from exc
         found: dict[int, bytes] = {}
@@ -431,7 +606,7 @@ class RedisQuotaStore(QuotaStore):
             return
         pipe = self.client.pipeline(transaction=False)
         for a, fp, rec in zip(application_ids, fingerprints, records):
-            pipe.set(self._app(a), fp.to_bytes(_FP_BYTES, "big") + rec, nx=True, px=self.record_ttl_ms)
+            pipe.set(self._app(a), _fp(fp) + rec, nx=True, px=self.record_ttl_ms)
         try:
             pipe.execute()
         except redis.RedisError as exc:
@@ -451,18 +626,94 @@ class RedisQuotaStore(QuotaStore):
         """Remaining lifetime (ms) of each counter; for tests and operations."""
         return [self.client.pttl(self._counter(bucket, i, k)) for i, k in enumerate(keys)]
 
-    def ledger(self) -> Iterable[ReferralEntry]:
+    _FORGET = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+    def forget_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
+                    records: Sequence[bytes]) -> None:
         try:
-            streams = sorted(self.client.scan_iter(match=f"{self.prefix}{{p:*}}:ledger",
-                                                   count=1000))
+            pipe = self.client.pipeline(transaction=False)
+            for a, fp, rec in zip(application_ids, fingerprints, records):
+                pipe.eval(self._FORGET, 1, self._app(a), _fp(fp) + rec)
+            pipe.execute()
+        except redis.RedisError as exc:  # a retry then finds a record whose grant is void
+            self.book.log.error("grants.forget_failed", error=str(exc),
+                                applications=len(application_ids))
+
+    def _try_flush(self) -> None:
+        try:
+            self.flush()
+        except StoreError as exc:
+            self.book.log.warning("grants.unsettled", pending=len(self.book), error=str(exc))
+
+    def _streams(self) -> list[bytes]:
+        return sorted(self.client.scan_iter(match=f"{self.prefix}{{p:*}}:ledger", count=1000))
+
+    def ledger(self) -> Iterable[ReferralEntry]:
+        """The posted (billable) referrals, in the order their decisions were handed back
+        (what this process still owes is sent first)."""
+        self._try_flush()
+        try:
             rows = []
-            for s in streams:
+            for s in self._streams():
                 for sid, fields in self.client.xrange(s):
-                    ts, seq = sid.split(b"-")
-                    rows.append(((int(ts), int(seq)), _entry_dec.decode(fields[b"entry"])))
+                    if fields.get(b"kind", b"post") != b"post":
+                        continue
+                    ts, n = sid.split(b"-")
+                    rows.append(((int(fields.get(b"seq") or 0), int(ts), int(n)),
+                                 _entry_dec.decode(fields[b"entry"])))
         except redis.RedisError as exc:
             raise StoreError(f"ledger read failed: {exc}") from exc
         return [e for _, e in sorted(rows, key=lambda r: r[0])]
 
+    def ledger_events(self) -> list[tuple[str, str, str]]:
+        """Every ledger event as (kind "post" | "void", bucket stream, application id), each
+        stream in its own order: what a consumer sees (voids release a pending grant that
+        was never billable)."""
+        self._try_flush()
+        try:
+            return [(f.get(b"kind", b"post").decode(), s.decode(), f[b"app"].decode())
+                    for s in self._streams() for _, f in self.client.xrange(s)]
+        except redis.RedisError as exc:
+            raise StoreError(f"ledger read failed: {exc}") from exc
+
     def close(self) -> None:
+        """Send what is still owed (best effort), then release connections."""
+        try:
+            self.flush()
+        except StoreError as exc:
+            self.book.log.warning("grants.unsettled_at_close", pending=len(self.book),
+                                  error=str(exc))
+        self.book.close()
+        if self.link is not None:
+            self.link.close()
         self.client.close()
+
+
+def _fp(fingerprint: int) -> bytes:
+    """A content fingerprint as its 8 stored bytes (an unsigned 64-bit integer)."""
+    try:
+        return fingerprint.to_bytes(_FP_BYTES, "big")
+    except (OverflowError, AttributeError, TypeError):
+        check_fingerprints([fingerprint])
+        raise
+
+
+def _number(options: dict, name: str, default: float, lo: float, hi: float) -> float:
+    """A numeric store option, checked (a clear error naming the option and value)."""
+    raw = options.get(name, default)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not lo <= value <= hi:
+        raise ConfigError(f"store option {name} must be a number from {lo:g} to {hi:g} "
+                          f"(value: {raw!r})", path=name)
+    return value
+
+
+def _safe(url: str) -> str:
+    """The URL without its password (for messages)."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(parts.password, "***")
+    return url

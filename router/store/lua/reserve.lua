@@ -1,15 +1,19 @@
 -- Atomic check-all-caps-then-reserve for one bucket (a partner, or the funder's budget).
+-- grants.lua (the grant lifecycle) is prepended when the script is loaded.
 --
 -- KEYS: 1..n   counter hashes (fields n = count, a = amount), one per cap
 --       n+1    dedupe key of this applicant at this bucket (a placeholder if unused)
 --       n+2    ledger stream of this bucket
 --       n+3    grant record of this application at this bucket (a placeholder if unused)
 --       n+4    the application's decision record (single-trip mode; a placeholder if unused)
--- ARGV: 1 amount, event_ms, dedupe_ms, use_dedupe, use_grant, record_ttl_ms, use_app
---         (7 little-endian doubles: exact for integers below 2^53, checked below)
+--       n+5    pending grants of this bucket (HASH), n+6 their deadlines (ZSET)
+-- ARGV: 1 amount, event_ms, dedupe_ms, use_dedupe, use_grant, record_ttl_ms, use_app,
+--         pending_ms (8 little-endian doubles: exact for integers below 2^53, checked below;
+--         pending_ms 0 posts the grant at once, > 0 leaves it pending that long)
 --       2 per cap: count_limit, amount_limit, counter_ttl_ms (3 doubles each; -1 = no limit)
 --       3 entry JSON ("" for no ledger entry), 4 application id, 5 fingerprint (8 bytes),
---       6 decision record to store with a grant ("" for none)
+--       6 decision record to store with a grant ("" for none), 7 the caller's token for a
+--       pending grant (8 bytes), 8 ledger sequence of a grant posted at once
 --       (numbers travel as packed doubles: cheaper to unpack in Lua than text is to
 --       parse, and cheaper to pack in Python than text is to format)
 -- Returns {0} granted, {1} deduped, {2 + 2*i (+1 when the count is used up)} for cap i
@@ -29,12 +33,12 @@ local function int(v, name, lo)
   return x
 end
 
-if #ARGV ~= 6 or #KEYS < 4 then
+if #ARGV ~= 8 or #KEYS < 6 then
   error('ROUTER bad arity: ' .. #KEYS .. ' keys, ' .. #ARGV .. ' args')
 end
-local n = #KEYS - 4
-if #ARGV[1] ~= 56 then error('ROUTER bad header: ' .. #ARGV[1] .. ' bytes') end
-local h = {struct.unpack('<ddddddd', ARGV[1])}
+local n = #KEYS - 6
+if #ARGV[1] ~= 64 then error('ROUTER bad header: ' .. #ARGV[1] .. ' bytes') end
+local h = {struct.unpack('<dddddddd', ARGV[1])}
 local amount = int(h[1], 'amount', 1)
 local now = int(h[2], 'event_ms', 0)
 local dedupe_ms = int(h[3], 'dedupe_ms', 0)
@@ -42,6 +46,10 @@ local use_dedupe = h[4] == 1
 local use_grant = h[5] == 1
 local grant_ttl = int(h[6], 'grant_ttl_ms', 1)
 local use_app = h[7] == 1
+local pending_ms = int(h[8], 'pending_ms', 0)
+local token = ARGV[7]
+if pending_ms > 0 and #token ~= 8 then error('ROUTER bad token') end
+local pend, pendq, ledger = KEYS[n + 5], KEYS[n + 6], KEYS[n + 2]
 local entry = ARGV[3]
 local fp = ARGV[5]
 if (use_app or ARGV[6] ~= '') and #fp ~= 8 then error('ROUTER bad fingerprint') end
@@ -54,6 +62,9 @@ for i = 1, n do
   limits[i] = {int(cl, 'count limit', -1), int(al, 'amount limit', -1),
                int(ttl, 'counter ttl', 1)}
 end
+
+-- Grants at this bucket whose callers never posted them release their quota first.
+sweep(pend, pendq, ledger, server_ms(), 8)
 
 -- Already decided (a retry, or a concurrent caller that won): answer with that decision.
 if use_app then
@@ -93,11 +104,20 @@ for i = 1, n do
              'a', string.format('%.0f', amounts[i] + amount))
   if fresh[i] then redis.call('PEXPIRE', KEYS[i], limits[i][3]) end
 end
+local prev = ''
 if use_dedupe then
+  prev = redis.call('GET', KEYS[n + 1]) or ''
   redis.call('SET', KEYS[n + 1], now, 'PX', dedupe_ms)
 end
-if entry ~= '' then
-  redis.call('XADD', KEYS[n + 2], '*', 'app', ARGV[4], 'entry', entry)
+if pending_ms > 0 then
+  local counters = {}
+  for i = 1, n do counters[i] = KEYS[i] end
+  redis.call('HSET', pend, ARGV[4], cmsgpack.pack({
+    token, amount, now, counters, use_dedupe and KEYS[n + 1] or '', prev, dedupe_ms, entry,
+    use_app and KEYS[n + 4] or '', (use_grant and not use_app) and KEYS[n + 3] or ''}))
+  redis.call('ZADD', pendq, server_ms() + pending_ms, ARGV[4])
+elseif entry ~= '' then
+  redis.call('XADD', ledger, '*', 'kind', 'post', 'app', ARGV[4], 'entry', entry, 'seq', ARGV[8])
 end
 if use_grant and not use_app then
   -- The grant record holds the decision record when one is given: a retry that finds the

@@ -1,0 +1,153 @@
+"""What a network store owes the server for the grants of its decisions (two-phase grants).
+
+Inside a decision (:meth:`GrantBook.begin` … :meth:`GrantBook.end`) every grant the store
+makes is *pending* on the server under a token of this attempt. When the decision ends the
+book knows which grants were handed back to the caller (post them: the referral becomes
+billable) and which were not (void them: quota released, a void entry on the ledger) —
+including reservations whose reply never came, since the script may have run. Posts and
+voids wait in an outbox, in the order the decisions ended, and are sent ahead of the
+store's next command or by a flusher thread shortly after; both are idempotent, so a
+settle whose reply was lost is simply sent again. A grant whose caller died before
+settling is voided by the server at its deadline (``pending_ms``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections import deque
+from typing import Callable, Iterable, Sequence
+
+from router.logs import get_logger
+
+#: An outbox item: (op "post" | "void", bucket id, application id, token, ledger sequence).
+Item = tuple[str, str, str, bytes, int]
+
+
+class GrantBook:
+    """Per-thread decision state and the shared outbox of posts and voids."""
+
+    def __init__(self, flush: Callable[[list[Item]], None], flush_delay_s: float = 0.005):
+        self._local = threading.local()
+        self._box: deque[Item] = deque()
+        self._lock = threading.Lock()
+        self._prefix = os.urandom(4)
+        self._counter = itertools.count(1)
+        self._last_seq = 0
+        self._flush = flush
+        self._delay = flush_delay_s
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.log = get_logger("grants")
+
+    # ---- one decision ----------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Start collecting this thread's grants (a decision starts)."""
+        self._local.made = []
+        self._local.unknown = []
+
+    def active(self) -> bool:
+        """True inside a decision: grants are made pending, not posted at once."""
+        return getattr(self._local, "made", None) is not None
+
+    def token(self) -> bytes:
+        """A token for one reservation attempt (unique to this store object)."""
+        return self._prefix + (next(self._counter) & 0xFFFFFFFF).to_bytes(4, "big")
+
+    def made(self, bucket_id: str, app_id: str, token: bytes) -> None:
+        """A reservation of this decision was granted (its reply arrived)."""
+        self._local.made.append((bucket_id, app_id, token))
+
+    def unknown(self, bucket_id: str, app_id: str, token: bytes) -> None:
+        """A reservation of this decision was sent but its reply never came."""
+        self._local.unknown.append((bucket_id, app_id, token))
+
+    def end(self, handed_back: bool, answered: Iterable[tuple[str, str]] = ()) -> None:
+        """The decision ended. ``handed_back``: its answers reach the caller, so its grants
+        are posted; otherwise they are voided. ``answered``: (bucket, application) of
+        grants found already made that were handed back (a retry answered from the stored
+        decision), posted with any token. Reservations without a reply are voided unless the
+        same application was granted or answered at that bucket in this decision (a
+        resend that found its own grant)."""
+        made, unknown = self._local.made, self._local.unknown
+        self._local.made = self._local.unknown = None
+        answered = list(answered)
+        if not (made or unknown or answered):
+            return
+        settled = {(b, a) for b, a, _ in made} | set(answered)
+        items: list[Item] = []
+        for b, a, tok in unknown:
+            if (b, a) not in settled:
+                items.append(("void", b, a, tok, 0))
+        retried = {(b, a) for b, a, _ in unknown}
+        op = "post" if handed_back else "void"
+        for b, a, tok in made:
+            items.append((op, b, a, b"" if (b, a) in retried else tok, 0))
+        items += [("post", b, a, b"", 0) for b, a in answered]
+        with self._lock:
+            for op, b, a, tok, _ in items:
+                self._box.append((op, b, a, tok, self._stamp() if op == "post" else 0))
+        self._kick()
+
+    def _stamp(self) -> int:
+        """Ledger sequence: nanoseconds, strictly increasing in this process (the order
+        decisions were handed back in; processes interleave by their clocks)."""
+        now = time.time_ns()
+        self._last_seq = now if now > self._last_seq else self._last_seq + 1
+        return self._last_seq
+
+    # ---- the outbox ------------------------------------------------------------------
+
+    def take(self) -> list[Item]:
+        """Everything owed, oldest first (the caller sends it or puts it back)."""
+        if not self._box:
+            return []
+        with self._lock:
+            items = list(self._box)
+            self._box.clear()
+        return items
+
+    def put_back(self, items: Sequence[Item]) -> None:
+        """Items that could not be sent go back to the front, in order."""
+        with self._lock:
+            self._box.extendleft(reversed(items))
+        self._kick()
+
+    def __len__(self) -> int:
+        return len(self._box)
+
+    def _kick(self) -> None:
+        if self._thread is None and not self._closed:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="grant-flusher",
+                                                    daemon=True)
+                    self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        """Flush what the next command did not carry, a little after it was queued."""
+        backoff = self._delay
+        while not self._closed:
+            self._wake.wait()
+            time.sleep(backoff)
+            self._wake.clear()
+            items = self.take()
+            if not items:
+                continue
+            try:
+                self._flush(items)
+                backoff = self._delay
+            except Exception as exc:  # the store is away: keep them and try again later
+                self.put_back(items)
+                self.log.warning("grants.flush_failed", pending=len(items), error=str(exc))
+                backoff = min(max(backoff * 2, 0.05), 1.0)
+
+    def close(self) -> None:
+        """Stop the flusher (after the owner's last flush)."""
+        self._closed = True
+        self._wake.set()

@@ -1,0 +1,156 @@
+"""Talking to one Redis server within a deadline: connections, the budget, the breaker.
+
+A live decision has one budget (``timeout_ms``) for all its round trips, counted from
+:meth:`Link.begin`: each send gets what is left of it, connecting included, so a degraded
+answer comes within the deadline plus the time to notice it (never one deadline per
+attempt). Nothing is retried behind the caller's back in live mode; a replay store
+(``retries`` > 0) instead gives every call the whole ``timeout_ms`` and retries it with
+exponential backoff, because a replay must not degrade.
+
+The breaker: after a send fails, the link stays *open* for one deadline — calls fail at
+once, without touching the network — then lets one call through (*half-open*); its
+success closes the breaker, its failure opens it again. So an outage degrades only the
+decisions inside it (plus at most one deadline) and none waits for a dead server.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import redis
+from hiredis import pack_command
+
+from router.errors import StoreError
+
+
+class Unsent(StoreError):
+    """The command was never sent (no budget left, or the breaker is open): it did not run."""
+
+
+class Link:
+    """Per-thread connections to one server, with a per-decision deadline and a breaker."""
+
+    def __init__(self, pool: redis.ConnectionPool, timeout_s: float, *, retries: int = 0,
+                 backoff_s: float = 0.05):
+        self.pool = pool
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._local = threading.local()
+        self._conns: list[redis.Connection] = []
+        self._lock = threading.Lock()
+        self._open_until = 0.0
+        self._probing = False
+
+    # ---- the budget -------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Start a decision's budget (live mode: one deadline for all its round trips)."""
+        self._local.deadline = time.monotonic() + self.timeout_s if not self.retries else None
+
+    def end(self) -> None:
+        """End the decision's budget: later calls get a full deadline each."""
+        self._local.deadline = None
+
+    def _budget(self) -> float:
+        deadline = getattr(self._local, "deadline", None)
+        if deadline is None:
+            return self.timeout_s
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Unsent("the decision's deadline passed before this store call")
+        return left
+
+    # ---- the breaker ------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        if self.retries or not self._open_until:
+            return
+        with self._lock:
+            if time.monotonic() < self._open_until or self._probing:
+                raise Unsent("store unavailable (breaker open after a failure)")
+            self._probing = True  # half-open: this call is the probe
+
+    def _result(self, ok: bool) -> None:
+        if self.retries:
+            return
+        with self._lock:
+            self._probing = False
+            self._open_until = 0.0 if ok else time.monotonic() + self.timeout_s
+
+    # ---- sending ----------------------------------------------------------------------
+
+    def send(self, commands: list[tuple], *, force: bool = False,
+             retries: int | None = None) -> list:
+        """Send commands pipelined on this thread's connection, packed by hiredis in one
+        write; replies in order, an error reply in place as its exception. Raises
+        :class:`Unsent` when nothing was sent, ``redis.ConnectionError`` /
+        ``redis.TimeoutError`` when the outcome is unknown. ``force`` ignores the breaker
+        (an explicit flush); ``retries`` overrides the link's (idempotent commands)."""
+        retries = self.retries if retries is None else retries
+        attempt = 0
+        while True:
+            try:
+                return self._send_once(commands, force)
+            except (redis.ConnectionError, redis.TimeoutError, Unsent):
+                if attempt >= retries:
+                    raise
+                time.sleep(self.backoff_s * 2 ** attempt)
+                attempt += 1
+
+    def _send_once(self, commands: list[tuple], force: bool = False) -> list:
+        budget = self._budget()
+        conn = self._connection()
+        if not force:
+            self._admit()
+        ok = sent = False
+        try:
+            if conn._sock is None:
+                conn.socket_connect_timeout = budget
+                try:
+                    conn.connect()
+                except redis.RedisError as exc:
+                    raise Unsent(f"cannot connect: {exc}") from exc
+                budget = self._budget()
+            conn.send_packed_command([b"".join([pack_command(c) for c in commands])])
+            sent = True
+            out: list = [None] * len(commands)
+            for i in range(len(commands)):
+                try:
+                    out[i] = conn.read_response(timeout=budget if i == 0 else
+                                                self._budget_or_zero())
+                except redis.ResponseError as exc:
+                    out[i] = exc
+            ok = True
+            return out
+        except Unsent:
+            conn.disconnect()  # never reuse the socket
+            if not sent:
+                raise  # nothing reached the server: it did not run
+            raise redis.TimeoutError("the decision's deadline passed while reading replies")
+        except BaseException:
+            conn.disconnect()  # replies may be left unread: never reuse the socket
+            raise
+        finally:
+            if not force:
+                self._result(ok)
+
+    def _budget_or_zero(self) -> float:
+        return max(self._budget(), 1e-6)
+
+    def _connection(self) -> redis.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.pool.make_connection()
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every thread's connection."""
+        with self._lock:
+            for c in self._conns:
+                c.disconnect()
+            self._conns.clear()
+        self._local = threading.local()

@@ -1,0 +1,205 @@
+"""The grant lifecycle under faults, against real redis-server processes (issue 9).
+
+After every scenario: the posted ledger equals the Refers handed back to callers, every
+counter equals the posted grants, and no applicant is referred twice. Faults are real:
+``SIGSTOP``/``SIGCONT`` of the server, ``SIGKILL`` of a client process between send and
+reply, and deadlines far shorter than a stall.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import port_for
+import pytest
+import redis
+
+from router.config import strategy_from_dict
+from router.engine import Router
+from router.messages import Decline, Refer
+from router.store import quota_store_from_url
+from router.testing import ScoreLookupScorer, make_application, strategy_dict
+from servers import start_node
+
+T0 = datetime(2026, 11, 2, 2, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A redis-server of this test's own, so it can be stopped and killed."""
+    port = port_for.select_random()
+    node = start_node(tmp_path / "data", port, "--appendonly", "no")
+    yield port, node
+    try:
+        os.kill(node.process.pid, signal.SIGCONT)
+    except (ProcessLookupError, AttributeError):
+        pass
+    if node.running():
+        node.stop()
+
+
+def _url(port: int, timeout_ms: int, **extra) -> str:
+    q = "&".join(f"{k}={v}" for k, v in extra.items())
+    return (f"redis://127.0.0.1:{port}/0?timeout_ms={timeout_ms}"
+            f"&prefix=f{uuid.uuid4().hex[:6]}:" + (f"&{q}" if q else ""))
+
+
+def _strategy(cap: int = 1000):
+    d = strategy_dict(branch=None)
+    d["primary"]["max_pd"] = 0.0001  # nobody is kept: every application goes to a partner
+    d["partners"] = [d["partners"][1]]  # plat_b alone
+    d["partners"][0]["caps"] = [{"window": "month", "count": cap}]
+    d["partners"][0]["dedupe_days"] = 30
+    return strategy_from_dict(d)
+
+
+def _router(url: str, cap: int = 1000) -> Router:
+    return Router(_strategy(cap), quota_store_from_url(url),
+                  scorers={"main": ScoreLookupScorer({}, default=0.2)})
+
+
+def _app(i: int):
+    return make_application(application_id=f"a-{i}", national_id=f"1101011990{i:08d}",
+                            received_at=T0 + timedelta(seconds=i))
+
+
+def settle(store, wait_s: float = 0.0) -> None:
+    """Send what the router still owes the store, wait past the pending deadline, sweep."""
+    if hasattr(store, "flush"):
+        store.flush()
+    time.sleep(wait_s)
+    if hasattr(store, "sweep"):
+        store.sweep()
+
+
+def refer_ids(decisions: list) -> list[str]:
+    return [d.application_id for d in decisions if isinstance(d, Refer)]
+
+
+def check_truth(store, refers: list[str], port: int) -> None:
+    """Posted ledger == Refers handed back; counters == posted grants; nobody twice."""
+    refers = sorted(refers)
+    ledger = list(store.ledger())
+    assert sorted(e.application_id for e in ledger) == refers
+    assert len({e.applicant_hash for e in ledger}) == len(ledger)
+    client = redis.Redis(port=port)
+    counted = 0
+    for key in client.scan_iter(match=f"{store.prefix}{{p:plat_b}}:c:*"):
+        counted += int(client.hget(key, "n") or 0)
+    assert counted == len(refers)
+    assert getattr(store, "pending_count", lambda: 0)() == 0
+
+
+def _stop(node) -> None:
+    os.kill(node.process.pid, signal.SIGSTOP)
+
+
+def _cont(node) -> None:
+    os.kill(node.process.pid, signal.SIGCONT)
+
+
+def test_a_stall_longer_than_the_deadline_leaves_no_phantom_referral(server):
+    """The finding: SIGSTOP for 100 ms; the application answered degraded was ledgered,
+    counted, and answered Refer when sent again."""
+    port, node = server
+    router = _router(_url(port, 20, pending_ms=400))
+    answers = [router.decide(_app(i)) for i in range(3)]
+    assert all(isinstance(d, Refer) for d in answers)
+    _stop(node)
+    threading.Timer(0.1, _cont, (node,)).start()
+    stalled = router.decide(_app(3))  # the script is sent, the server runs it after SIGCONT
+    assert isinstance(stalled, Decline) and stalled.degraded
+    time.sleep(0.15)
+    answers.append(stalled)
+    answers += [router.decide(_app(i)) for i in range(4, 8)]
+    settle(router.store, 0.45)  # past the pending deadline: unposted grants are voided
+    check_truth(router.store, refer_ids(answers), port)
+    again = router.decide(_app(3))  # sent again once the store is back: decided afresh
+    assert isinstance(again, Refer)
+    settle(router.store)
+    check_truth(router.store, refer_ids(answers + [again]), port)
+
+
+def test_degraded_answer_within_one_deadline(server):
+    """The finding: about 2 x timeout_ms (one retry) for a degraded answer."""
+    port, node = server
+    router = _router(_url(port, 100))
+    router.decide(_app(0))
+    _stop(node)
+    try:
+        t = time.perf_counter()
+        d = router.decide(_app(1))
+        elapsed = time.perf_counter() - t
+    finally:
+        _cont(node)
+    assert isinstance(d, Decline) and d.degraded
+    assert elapsed < 0.100 + 0.040, elapsed  # one deadline plus a small margin, never 2x
+
+
+def _client(url: str, ids: list[int], ready, go) -> None:
+    router = _router(url)
+    assert isinstance(router.decide(_app(100)), Refer)  # connected: the next script goes
+    if hasattr(router.store, "flush"):                 # straight into the socket
+        router.store.flush()
+    ready.set()
+    go.wait(30)
+    for i in ids:
+        router.decide(_app(i))
+
+
+def test_client_killed_between_send_and_reply_leaves_nothing_billable(server):
+    port, node = server
+    url = _url(port, 5000, pending_ms=300)
+    first = _router(url)
+    handed = [first.decide(_app(0))]
+    ctx = mp.get_context("spawn")
+    ready, go = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_client, args=(url, [1], ready, go))
+    try:
+        proc.start()
+        assert ready.wait(60)
+        _stop(node)
+        go.set()
+        time.sleep(0.3)  # its script is in the socket, the server stopped
+        proc.kill()  # SIGKILL before any reply
+        proc.join()
+    finally:
+        _cont(node)
+    settle(first.store, 0.35)
+    handed.append(first.decide(_app(2)))
+    settle(first.store)
+    check_truth(first.store, refer_ids(handed) + ["a-100"], port)
+
+
+def test_flapping_server_under_short_deadlines(server):
+    """Many stalls while decisions stream: every degraded answer leaves nothing behind."""
+    port, node = server
+    router = _router(_url(port, 5, pending_ms=300))
+    answers = []
+    stop = threading.Event()
+
+    def flap():
+        while not stop.is_set():
+            time.sleep(0.02)
+            _stop(node)
+            time.sleep(0.012)
+            _cont(node)
+
+    t = threading.Thread(target=flap)
+    t.start()
+    try:
+        for i in range(400):
+            answers.append(router.decide(_app(i)))
+    finally:
+        stop.set()
+        t.join()
+        _cont(node)
+    assert any(d.degraded for d in answers) and any(isinstance(d, Refer) for d in answers)
+    settle(router.store, 0.35)
+    check_truth(router.store, refer_ids(answers), port)
