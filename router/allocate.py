@@ -271,6 +271,9 @@ class Allocator:
             if i in recalled or i in dups:
                 continue
             if not down:
+                # On a single-trip store a retry shows only when the store answers with its
+                # decision: keep the rotation to put it back then.
+                rotation = list(self.rotation.current) if once and weighted else None
                 try:
                     t, amount = event_ms[i], amounts[i]
                     if keep_ok[i]:
@@ -336,6 +339,8 @@ class Allocator:
                             self._new_blocks = []
                     continue
                 except _Decided as done:  # decided before (a retry, or a concurrent caller)
+                    if rotation is not None:
+                        self.rotation.current[:] = rotation
                     recalled[i] = done.record
                     continue
                 except IdempotencyConflict:
@@ -480,6 +485,9 @@ class Allocator:
         bits = a.bits
         eligible = [j for j, ok in enumerate(a.eligible) if ok]
         if a.keep_ok or a.branch_ok or eligible:
+            # A retry is only known as one when the store answers with its decision: the
+            # rotation, advanced while ranking, is then put back (retries never move it).
+            rotation = list(self.rotation.current) if len(eligible) > 1 else None
             try:
                 if a.keep_ok:
                     kb = self.keep_bucket
@@ -504,6 +512,8 @@ class Allocator:
                         return rec, False
                     bits |= rec
             except _Decided as done:  # decided before (a retry, or a concurrent caller)
+                if rotation is not None:
+                    self.rotation.current[:] = rotation
                 self._note_answered(r.application_id, done.record)
                 return done.record, False
             except IdempotencyConflict:

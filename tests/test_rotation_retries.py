@@ -1,0 +1,47 @@
+"""Weighted rotation and retries (issue 9, finding 6): a retry is answered from the stored
+decision and never moves the rotation, one by one as in a batch, on every store."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from router.config import strategy_from_dict
+from router.engine import Router
+from router.testing import ScoreLookupScorer, make_application, strategy_dict
+
+T0 = datetime(2026, 11, 2, 2, 0, tzinfo=timezone.utc)
+
+
+def _app(name: str):
+    i = ord(name) - ord("A")
+    # Unlicensed region: not kept; PD 0.02: eligible at both whitelisted partners.
+    return make_application(application_id=f"rot-{name}", national_id=f"1101011990{i:08d}",
+                            region="440300", received_at=T0 + timedelta(seconds=i))
+
+
+def _router(store):
+    s = strategy_from_dict(strategy_dict(routing={"method": "weighted"}))
+    return Router(s, store, scorers={"main": ScoreLookupScorer({700: 0.02})})
+
+
+STREAMS = ["AABCDE", "ABACADAE", "ABCABCDEF", "AAAABBBC"]
+
+
+@pytest.mark.parametrize("kind", ["memory", "array", "redis", "cluster"])
+@pytest.mark.parametrize("stream", STREAMS)
+def test_retries_do_not_move_the_rotation(store_factory, kind, stream):
+    apps = [_app(c) for c in stream]
+    r1 = _router(store_factory(kind))
+    one_by_one = [r1.decide(a).partner_id for a in apps]
+    batch = [d.partner_id for d in _router(store_factory(kind)).decide_batch(apps)]
+    r3 = _router(store_factory(kind))
+    cuts = [d.partner_id for k in range(0, len(apps), 3) for d in r3.decide_batch(apps[k:k + 3])]
+    assert one_by_one == batch == cuts
+    # and the rotation itself is where a stream without the retries leaves it
+    distinct = list(dict.fromkeys(apps))
+    r4 = _router(store_factory(kind))
+    first = {a.application_id: r4.decide(a).partner_id for a in distinct}
+    assert one_by_one == [first[a.application_id] for a in apps]
+    assert r1._allocator.rotation.current == r4._allocator.rotation.current
