@@ -267,6 +267,7 @@ class Allocator:
                 self._store_down(exc, "reserve")
                 down = True
             todo = [i for i in todo if down and kind[i] == DECLINE] if down else []
+        rotation = counted = None
         for i in todo:
             if i in recalled or i in dups:
                 continue
@@ -274,6 +275,7 @@ class Allocator:
                 # On a single-trip store a retry shows only when the store answers with its
                 # decision: keep the rotation to put it back then.
                 rotation = list(self.rotation.current) if once and weighted else None
+                counted = dict(self.refusals) if once else None
                 try:
                     t, amount = event_ms[i], amounts[i]
                     if keep_ok[i]:
@@ -341,6 +343,8 @@ class Allocator:
                 except _Decided as done:  # decided before (a retry, or a concurrent caller)
                     if rotation is not None:
                         self.rotation.current[:] = rotation
+                    if counted is not None:
+                        self._restore_counts(counted)
                     recalled[i] = done.record
                     continue
                 except IdempotencyConflict:
@@ -382,6 +386,10 @@ class Allocator:
                         if existing is not None:
                             out.set_record(i, existing)
                             self._note_answered(ids[i], existing)
+                            if n == 1 and counted is not None:  # a retry after all
+                                self._restore_counts(counted)
+                                if rotation is not None:
+                                    self.rotation.current[:] = rotation
             except IdempotencyConflict:
                 raise
             except StoreError as exc:
@@ -431,6 +439,11 @@ class Allocator:
         if not self.degrade:
             raise StoreError(f"quota store unavailable during {during}: {exc}") from exc
         self.log.warning("store.unavailable", during=during, error=str(exc))
+
+    def _restore_counts(self, counted: dict) -> None:
+        """Put refusal counts back to a snapshot (a walk that turned out to be a retry)."""
+        self.refusals.clear()
+        self.refusals.update(counted)
 
     def _note_answered(self, app_id: str, record: bytes) -> None:
         """A found decision handed back: its grant (if any) is posted with this decision."""
@@ -488,6 +501,7 @@ class Allocator:
             # A retry is only known as one when the store answers with its decision: the
             # rotation, advanced while ranking, is then put back (retries never move it).
             rotation = list(self.rotation.current) if len(eligible) > 1 else None
+            counted = dict(self.refusals)  # nor its refusal counts
             try:
                 if a.keep_ok:
                     kb = self.keep_bucket
@@ -514,6 +528,7 @@ class Allocator:
             except _Decided as done:  # decided before (a retry, or a concurrent caller)
                 if rotation is not None:
                     self.rotation.current[:] = rotation
+                self._restore_counts(counted)
                 self._note_answered(r.application_id, done.record)
                 return done.record, False
             except IdempotencyConflict:
@@ -532,7 +547,12 @@ class Allocator:
             # is the answer).
             existing = self.store.record_many([r.application_id], [r.fingerprint], [rec],
                                               [r.event_ms])[0]
-            if existing is not None:
+            if existing is not None:  # a retry after all: it changes no count
+                if eligible or a.keep_ok or a.branch_ok:
+                    if rotation is not None:
+                        self.rotation.current[:] = rotation
+                    self._restore_counts(counted)
+                self._note_answered(r.application_id, existing)
                 return existing, False
         except IdempotencyConflict:
             raise

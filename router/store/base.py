@@ -15,6 +15,30 @@ returns the record for a repeated id with the same fingerprint and raises
 :class:`~router.errors.IdempotencyConflict` for different content.
 
 Time is the event time passed in, never the wall clock, so replay is exact.
+
+The contract at the edges (every store; tests/test_fault_lifecycle.py,
+tests/test_store_differential.py and tests/test_boundary.py hold them to it):
+
+* **No phantom referral.** A grant counts for billing only if its decision was handed back
+  to the caller. In-process stores post every grant at once (the caller and the store share
+  a fate). A store where a reply can be lost (``two_phase``) keeps a decision's grants
+  *pending* between :meth:`QuotaStore.begin_decision` and :meth:`QuotaStore.end_decision`:
+  handed back → *posted* (the ledger's billable entry); a failed decision, a reply that
+  never came or a degraded answer → *voided* (quota and dedupe released, a void entry on
+  the ledger); a caller that died → voided by the server at the grant's deadline. A
+  pending grant counts against every cap, so no cap is overrun while it is undecided.
+  :meth:`QuotaStore.ledger` lists posted entries only.
+* **Deadline.** A live decision has one budget for all its store calls; past it the router
+  answers degraded (never ``refer``), nothing is resent behind the caller's back, and a
+  breaker fails calls at once for one deadline after a failure, then probes.
+* **Replay never degrades** (:meth:`QuotaStore.for_replay`: long deadlines, retries with
+  backoff; the router raises :class:`~router.errors.StoreError` rather than degrade).
+* **Ledger order** is the order decisions were handed back in, on every store.
+* **The boundary validates**: every argument is checked before anything is written, and a
+  bad one is an :class:`~router.errors.InputError` naming the field and value.
+* Late events: counters, dedupe and idempotency follow event time on every store as long
+  as events stay within the counter grace (``COUNTER_GRACE_MS``) of the newest event seen;
+  a single late-event rule beyond that horizon is not built yet (issue 9, open).
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ class GrantBook:
         self._local = threading.local()
         self._box: deque[Item] = deque()
         self._lock = threading.Lock()
+        #: Held while a flush is on the wire, so an explicit flush (and a ledger read after
+        #: it) sees everything sent before it.
+        self.flushing = threading.Lock()
         self._prefix = os.urandom(4)
         self._counter = itertools.count(1)
         self._last_seq = 0
@@ -136,16 +139,17 @@ class GrantBook:
             self._wake.wait()
             time.sleep(backoff)
             self._wake.clear()
-            items = self.take()
-            if not items:
-                continue
-            try:
-                self._flush(items)
-                backoff = self._delay
-            except Exception as exc:  # the store is away: keep them and try again later
-                self.put_back(items)
-                self.log.warning("grants.flush_failed", pending=len(items), error=str(exc))
-                backoff = min(max(backoff * 2, 0.05), 1.0)
+            with self.flushing:
+                items = self.take()
+                if not items:
+                    continue
+                try:
+                    self._flush(items)
+                    backoff = self._delay
+                except Exception as exc:  # the store is away: keep them, try again later
+                    self.put_back(items)
+                    self.log.warning("grants.flush_failed", pending=len(items), error=str(exc))
+                    backoff = min(max(backoff * 2, 0.05), 1.0)
 
     def close(self) -> None:
         """Stop the flusher (after the owner's last flush)."""

@@ -217,13 +217,14 @@ class RedisQuotaStore(QuotaStore):
     def flush(self) -> None:
         """Send every post and void still owed now (raises :class:`StoreError` if the
         store cannot be reached; what was not sent stays owed)."""
-        items = self.book.take()
-        if items:
-            try:
-                self._flush_items(items, force=True)
-            except Exception as exc:
-                self.book.put_back(items)
-                raise StoreError(f"settling grants failed: {exc}") from exc
+        with self.book.flushing:
+            items = self.book.take()
+            if items:
+                try:
+                    self._flush_items(items, force=True)
+                except Exception as exc:
+                    self.book.put_back(items)
+                    raise StoreError(f"settling grants failed: {exc}") from exc
 
     def _settle_calls(self, items: list[Item]) -> list[tuple[list[str], list]]:
         """KEYS and ARGV of settle calls for outbox items: consecutive items of one
@@ -261,9 +262,10 @@ class RedisQuotaStore(QuotaStore):
             for app, tok, r in zip(args[1::3], args[2::3], reply):
                 # (A post with any token answers a found decision: 0 = posted before.)
                 if args[0] == "post" and r == 0 and tok:
-                    # The grant was voided at its deadline before its post arrived: the
-                    # caller got an answer the ledger does not bill.
-                    self.book.log.error("grants.post_after_deadline", application_id=app,
+                    # Not pending any more: voided at its deadline before its post arrived
+                    # (the caller got an answer the ledger does not bill), or posted by an
+                    # earlier send whose reply was lost.
+                    self.book.log.error("grants.not_pending_at_post", application_id=app,
                                         bucket=kk[0])
 
     def sweep(self) -> int:
