@@ -82,7 +82,7 @@ def test_the_script_wants_a_token_for_a_pending_grant(store_factory, pending):
     header = struct.pack("<8d", 5, 1, 0, 0, 1, 1000, 0, pending)
     with pytest.raises(redis.ResponseError, match="ROUTER bad (token|pending_ms)"):
         store._reserve(keys=_keys(p), args=[header, struct.pack("<3d", 10, -1, 1000), "", "a",
-                                            "", "", "short", ""])
+                                            "", "", "short", "", "x"])
     assert store.client.keys(f"{p}*") == []
 
 
@@ -98,7 +98,7 @@ def test_the_script_itself_validates_before_writing(store_factory, amount):
         struct.pack("<8d", amount, 1, 0, 0, 0, 1000, 0, 0)
     with pytest.raises(redis.ResponseError, match="ROUTER bad (amount|header)"):
         store._reserve(keys=_keys(p), args=[header, struct.pack("<3d", 10, -1, 1000), "", "a",
-                                            "", "", "", ""])
+                                            "", "", "", "", ""])
     assert store.client.keys(f"{p}*") == []
 
 
@@ -111,7 +111,7 @@ def test_the_script_rejects_malformed_caps(store_factory, caps):
     caps = caps if caps is not None else struct.pack("<3d", 10, -1, 0)  # a zero TTL
     with pytest.raises(redis.ResponseError, match="ROUTER bad (caps|counter ttl|count limit)"):
         store._reserve(keys=_keys(p), args=[struct.pack("<8d", 5, 1, 0, 0, 0, 1000, 0, 0), caps,
-                                            "", "a", "", "", "", ""])
+                                            "", "a", "", "", "", "", ""])
     assert store.client.keys(f"{p}*") == []
 
 

@@ -86,6 +86,7 @@ _RESERVE = _lua("grants.lua") + "\n" + _lua("reserve.lua")
 _SETTLE = _lua("grants.lua") + "\n" + _lua("settle.lua")
 _entry_enc = msgspec.json.Encoder()
 _entry_dec = msgspec.json.Decoder(ReferralEntry)
+_spec_enc = msgspec.msgpack.Encoder()
 _FP_BYTES = 8
 _HEADER = struct.Struct("<8d")
 _OPTIONS = {"prefix", "timeout_ms", "ttl_hours", "retries", "backoff_ms", "pending_ms"}
@@ -227,17 +228,22 @@ class RedisQuotaStore(QuotaStore):
                     raise StoreError(f"settling grants failed: {exc}") from exc
 
     def _settle_calls(self, items: list[Item]) -> list[tuple[list[str], list]]:
-        """KEYS and ARGV of settle calls for outbox items: consecutive items of one
-        operation at one bucket share a call, so the order is kept."""
-        calls: list[tuple[list[str], list]] = []
-        last = None
+        """KEYS and ARGV of settle calls for outbox items, in order: one call for all of
+        them on a single server; on a cluster one call per bucket (one hash slot), each in
+        order — the ledger is ordered by the sequence each post carries anyway."""
+        calls: dict[str | None, tuple[list[str], list, dict[str, int]]] = {}
         for op, bid, app, tok, seq in items:
-            if (op, bid) != last:
+            group = calls.get(bid if self._cluster else None)
+            if group is None:
+                group = calls[bid if self._cluster else None] = ([], ["settle"], {})
+            kk, args, index = group
+            k = index.get(bid)
+            if k is None:
                 b = self._b(bid)
-                calls.append(([f"{b}:pend", f"{b}:pendq", f"{b}:ledger"], [op]))
-                last = (op, bid)
-            calls[-1][1].extend((app, tok, str(seq)))
-        return calls
+                kk += (f"{b}:pend", f"{b}:pendq", f"{b}:ledger")
+                k = index[bid] = len(index) + 1
+            args += (op, k, app, tok, seq)
+        return [(kk, args) for kk, args, _ in calls.values()]
 
     def _flush_items(self, items: list[Item], force: bool = False) -> None:
         calls = self._settle_calls(items)
@@ -259,9 +265,9 @@ class RedisQuotaStore(QuotaStore):
             if isinstance(reply, Exception):
                 self.book.log.error("grants.settle_failed", error=str(reply))
                 continue
-            for app, tok, r in zip(args[1::3], args[2::3], reply):
+            for op, app, tok, r in zip(args[1::5], args[3::5], args[4::5], reply):
                 # (A post with any token answers a found decision: 0 = posted before.)
-                if args[0] == "post" and r == 0 and tok:
+                if op == "post" and r == 0 and tok:
                     # Not pending any more: voided at its deadline before its post arrived
                     # (the caller got an answer the ledger does not bill), or posted by an
                     # earlier send whose reply was lost.
@@ -276,7 +282,7 @@ class RedisQuotaStore(QuotaStore):
             for key in self.client.scan_iter(match=f"{self.prefix}{{p:*}}:pendq", count=1000):
                 base = key.decode()[:-len(":pendq")]
                 total += int(self._settle(keys=[f"{base}:pend", key.decode(),
-                                                f"{base}:ledger"], args=["sweep", 1000]))
+                                                f"{base}:ledger"], args=["sweep", 100_000]))
         except redis.RedisError as exc:
             raise StoreError(f"sweep failed: {exc}") from exc
         return total
@@ -426,6 +432,11 @@ class RedisQuotaStore(QuotaStore):
             record,
             token,
             b"" if token or entry is None else str(self.book._stamp()),
+            # What voiding a pending grant undoes (see lua/grants.lua).
+            _spec_enc.encode((amount, event_ms, counters, kk[-6] if use_dedupe else "",
+                              bucket.dedupe_ms, kk[-3] if use_app else "",
+                              kk[-4] if use_grant and not use_app else ""))
+            if token else b"",
         ]
         return kk, args, token
 
@@ -466,7 +477,7 @@ class RedisQuotaStore(QuotaStore):
         call did not run: the scripts are loaded and just those calls are sent again."""
         sha = (self._reserve if script == "reserve" else self._settle).sha
         calls_are_reserves = script == "reserve"
-        owed = self.book.take() if settle else []
+        owed = self.book.take_due() if settle else []
         pre = self._settle_calls(owed)
         commands = [("EVALSHA", self._settle.sha, len(kk), *kk, *args) for kk, args in pre]
         commands += [("EVALSHA", sha, len(kk), *kk, *args) for kk, args in calls]

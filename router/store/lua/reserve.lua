@@ -13,7 +13,8 @@
 --       2 per cap: count_limit, amount_limit, counter_ttl_ms (3 doubles each; -1 = no limit)
 --       3 entry JSON ("" for no ledger entry), 4 application id, 5 fingerprint (8 bytes),
 --       6 decision record to store with a grant ("" for none), 7 the caller's token for a
---       pending grant (8 bytes), 8 ledger sequence of a grant posted at once
+--       pending grant (8 bytes), 8 ledger sequence of a grant posted at once, 9 what
+--       voiding a pending grant undoes (msgpack, see grants.lua)
 --       (numbers travel as packed doubles: cheaper to unpack in Lua than text is to
 --       parse, and cheaper to pack in Python than text is to format)
 -- Returns {0} granted, {1} deduped, {2 + 2*i (+1 when the count is used up)} for cap i
@@ -33,7 +34,7 @@ local function int(v, name, lo)
   return x
 end
 
-if #ARGV ~= 8 or #KEYS < 6 then
+if #ARGV ~= 9 or #KEYS < 6 then
   error('ROUTER bad arity: ' .. #KEYS .. ' keys, ' .. #ARGV .. ' args')
 end
 local n = #KEYS - 6
@@ -48,7 +49,7 @@ local grant_ttl = int(h[6], 'grant_ttl_ms', 1)
 local use_app = h[7] == 1
 local pending_ms = int(h[8], 'pending_ms', 0)
 local token = ARGV[7]
-if pending_ms > 0 and #token ~= 8 then error('ROUTER bad token') end
+if pending_ms > 0 and (#token ~= 8 or #ARGV[9] == 0) then error('ROUTER bad token') end
 local pend, pendq, ledger = KEYS[n + 5], KEYS[n + 6], KEYS[n + 2]
 local entry = ARGV[3]
 local fp = ARGV[5]
@@ -62,9 +63,6 @@ for i = 1, n do
   limits[i] = {int(cl, 'count limit', -1), int(al, 'amount limit', -1),
                int(ttl, 'counter ttl', 1)}
 end
-
--- Grants at this bucket whose callers never posted them release their quota first.
-sweep(pend, pendq, ledger, server_ms(), 8)
 
 -- Already decided (a retry, or a concurrent caller that won): answer with that decision.
 if use_app then
@@ -81,21 +79,34 @@ if use_grant and not use_app and redis.call('EXISTS', KEYS[n + 3]) == 1 then
   return {0}
 end
 
-local fresh, counts, amounts = {}, {}, {}
-for i = 1, n do
-  local v = redis.call('HMGET', KEYS[i], 'n', 'a')
-  local c, a = tonumber(v[1]) or 0, tonumber(v[2]) or 0
-  fresh[i], counts[i], amounts[i] = v[1] == false, c, a
-  local cl, al = limits[i][1], limits[i][2]
-  if cl >= 0 and c + 1 > cl then return {2 + 2 * (i - 1) + 1} end
-  if al >= 0 and a + amount > al then return {2 + 2 * (i - 1)} end
-  if a + amount > MAX then error('ROUTER amount overflow at cap ' .. i) end
+local fresh, counts, amounts, last
+local function check()
+  fresh, counts, amounts = {}, {}, {}
+  for i = 1, n do
+    local v = redis.call('HMGET', KEYS[i], 'n', 'a')
+    local c, a = tonumber(v[1]) or 0, tonumber(v[2]) or 0
+    fresh[i], counts[i], amounts[i] = v[1] == false, c, a
+    local cl, al = limits[i][1], limits[i][2]
+    if cl >= 0 and c + 1 > cl then return {2 + 2 * (i - 1) + 1} end
+    if al >= 0 and a + amount > al then return {2 + 2 * (i - 1)} end
+    if a + amount > MAX then error('ROUTER amount overflow at cap ' .. i) end
+  end
+  if use_dedupe then
+    last = redis.call('GET', KEYS[n + 1])
+    local l = tonumber(last)
+    if l ~= nil and now - l < dedupe_ms then return {1} end
+  end
+  return nil
 end
 
-if use_dedupe then
-  local last = tonumber(redis.call('GET', KEYS[n + 1]))
-  if last ~= nil and now - last < dedupe_ms then return {1} end
+local refused = check()
+-- Pending grants past their deadline (their callers never settled them) may hold the room
+-- or the dedupe mark: void them, then look again. (Only a refusal needs the sweep; settle
+-- calls sweep as they go.)
+if refused and redis.call('ZCARD', pendq) > 0 and sweep(pend, pendq, ledger, server_ms(), 8) > 0 then
+  refused = check()
 end
+if refused then return refused end
 
 for i = 1, n do
   -- Written whole from the values read above (the script is atomic); a new window's
@@ -104,18 +115,17 @@ for i = 1, n do
              'a', string.format('%.0f', amounts[i] + amount))
   if fresh[i] then redis.call('PEXPIRE', KEYS[i], limits[i][3]) end
 end
-local prev = ''
+local prev = last or ''
 if use_dedupe then
-  prev = redis.call('GET', KEYS[n + 1]) or ''
   redis.call('SET', KEYS[n + 1], now, 'PX', dedupe_ms)
 end
 if pending_ms > 0 then
-  local counters = {}
-  for i = 1, n do counters[i] = KEYS[i] end
-  redis.call('HSET', pend, ARGV[4], cmsgpack.pack({
-    token, amount, now, counters, use_dedupe and KEYS[n + 1] or '', prev, dedupe_ms, entry,
-    use_app and KEYS[n + 4] or '', (use_grant and not use_app) and KEYS[n + 3] or ''}))
-  redis.call('ZADD', pendq, server_ms() + pending_ms, ARGV[4])
+  local app = ARGV[4]
+  local fields = {app, token .. ARGV[9]}
+  if entry ~= '' then fields[#fields + 1] = app .. ':e'; fields[#fields + 1] = entry end
+  if prev ~= '' then fields[#fields + 1] = app .. ':p'; fields[#fields + 1] = prev end
+  redis.call('HSET', pend, unpack(fields))
+  redis.call('ZADD', pendq, server_ms() + pending_ms, app)
 elseif entry ~= '' then
   redis.call('XADD', ledger, '*', 'kind', 'post', 'app', ARGV[4], 'entry', entry, 'seq', ARGV[8])
 end
