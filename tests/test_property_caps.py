@@ -23,14 +23,18 @@ app_strategy = st.tuples(
 )
 
 
-def _strategy():
-    d = strategy_dict(routing={"method": "best_value"})
+def tight_caps(d: dict) -> dict:
+    """Partner caps that bite within a few dozen applications (windows of every kind)."""
     d["partners"][0]["caps"] = [{"window": "hour", "count": 3},
                                 {"window": "day", "count": 5, "amount": 8_000_000}]
     d["partners"][1]["caps"] = [{"window": "hour", "count": 2, "amount": 5_000_000},
                                 {"window": "month", "count": 6}]
     d["partners"][0]["dedupe_days"] = 1
-    return strategy_from_dict(d)
+    return d
+
+
+def _strategy():
+    return strategy_from_dict(tight_caps(strategy_dict(routing={"method": "best_value"})))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from router.config import strategy_from_dict
 from router.engine import Router
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
+from test_property_caps import tight_caps
 
 T0 = datetime(2026, 11, 2, 14, 0, tzinfo=timezone.utc)  # 22:00 in Shanghai: days roll over
 
@@ -34,14 +35,9 @@ streams = st.tuples(st.lists(row, min_size=1, max_size=40),
 
 
 def _strategy(method: str):
-    d = strategy_dict(routing={"method": method})
+    d = tight_caps(strategy_dict(routing={"method": method}))
     d["primary"]["caps"] = [{"window": "hour", "count": 2}]
     d["branch"]["caps"] = [{"window": "day", "count": 3, "amount": 9_000_000}]
-    d["partners"][0]["caps"] = [{"window": "hour", "count": 3},
-                                {"window": "day", "count": 5, "amount": 8_000_000}]
-    d["partners"][1]["caps"] = [{"window": "hour", "count": 2, "amount": 5_000_000},
-                                {"window": "month", "count": 6}]
-    d["partners"][0]["dedupe_days"] = 1
     return strategy_from_dict(d)
 
 
