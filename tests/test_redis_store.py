@@ -70,7 +70,7 @@ def test_lowering_a_cap_mid_window_refuses(store_factory):
 
 def _keys(p: str) -> list[str]:
     """The reservation script's keys for one cap at bucket ``x``."""
-    return [f"{p}{{p:x}}:{k}" for k in ("c", "d", "l", "g", "a", "pend", "pendq")]
+    return [f"{p}{{p:x}}:{k}" for k in ("c", "d", "l", "g", "a", "pendq")]
 
 
 @pytest.mark.parametrize("pending", [1000.0, -1.0, 0.5])

@@ -22,8 +22,12 @@ from typing import Callable, Iterable, Sequence
 
 from router.logs import get_logger
 
-#: An outbox item: (op "post" | "void", bucket id, application id, token, ledger sequence).
-Item = tuple[str, str, str, bytes, int]
+#: How a store names one pending grant (opaque here; Redis: its queue member and entry).
+Handle = tuple[bytes, bytes]
+#: The handle of "whatever grant of this application is pending there" (a found decision).
+ANY: Handle = (b"", b"")
+#: An outbox item: (op "post" | "void", bucket id, application id, handle, ledger sequence).
+Item = tuple[str, str, str, Handle, int]
 
 
 class GrantBook:
@@ -62,13 +66,13 @@ class GrantBook:
         """A token for one reservation attempt (unique to this store object)."""
         return self._prefix + (next(self._counter) & 0xFFFFFFFF).to_bytes(4, "big")
 
-    def made(self, bucket_id: str, app_id: str, token: bytes) -> None:
+    def made(self, bucket_id: str, app_id: str, handle: Handle) -> None:
         """A reservation of this decision was granted (its reply arrived)."""
-        self._local.made.append((bucket_id, app_id, token))
+        self._local.made.append((bucket_id, app_id, handle))
 
-    def unknown(self, bucket_id: str, app_id: str, token: bytes) -> None:
+    def unknown(self, bucket_id: str, app_id: str, handle: Handle) -> None:
         """A reservation of this decision was sent but its reply never came."""
-        self._local.unknown.append((bucket_id, app_id, token))
+        self._local.unknown.append((bucket_id, app_id, handle))
 
     def end(self, handed_back: bool, answered: Iterable[tuple[str, str]] = ()) -> None:
         """The decision ended. ``handed_back``: its answers reach the caller, so its grants
@@ -90,8 +94,8 @@ class GrantBook:
         retried = {(b, a) for b, a, _ in unknown}
         op = "post" if handed_back else "void"
         for b, a, tok in made:
-            items.append((op, b, a, b"" if (b, a) in retried else tok, 0))
-        items += [("post", b, a, b"", 0) for b, a in answered]
+            items.append((op, b, a, ANY if (b, a) in retried else tok, 0))
+        items += [("post", b, a, ANY, 0) for b, a in answered]
         with self._lock:
             if not self._box:
                 self._first_at = time.monotonic()

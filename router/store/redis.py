@@ -232,7 +232,7 @@ class RedisQuotaStore(QuotaStore):
         them on a single server; on a cluster one call per bucket (one hash slot), each in
         order — the ledger is ordered by the sequence each post carries anyway."""
         calls: dict[str | None, tuple[list[str], list, dict[str, int]]] = {}
-        for op, bid, app, tok, seq in items:
+        for op, bid, app, (member, entry), seq in items:
             group = calls.get(bid if self._cluster else None)
             if group is None:
                 group = calls[bid if self._cluster else None] = ([], ["settle"], {})
@@ -240,9 +240,9 @@ class RedisQuotaStore(QuotaStore):
             k = index.get(bid)
             if k is None:
                 b = self._b(bid)
-                kk += (f"{b}:pend", f"{b}:pendq", f"{b}:ledger")
+                kk += (f"{b}:pendq", f"{b}:ledger")
                 k = index[bid] = len(index) + 1
-            args += (op, k, app, tok, seq)
+            args += (op, k, app, member, entry, seq)
         return [(kk, args) for kk, args, _ in calls.values()]
 
     def _flush_items(self, items: list[Item], force: bool = False) -> None:
@@ -265,9 +265,9 @@ class RedisQuotaStore(QuotaStore):
             if isinstance(reply, Exception):
                 self.book.log.error("grants.settle_failed", error=str(reply))
                 continue
-            for op, app, tok, r in zip(args[1::5], args[3::5], args[4::5], reply):
-                # (A post with any token answers a found decision: 0 = posted before.)
-                if op == "post" and r == 0 and tok:
+            for op, app, member, r in zip(args[1::6], args[3::6], args[4::6], reply):
+                # (A post of a found decision's grant: 0 = posted before.)
+                if op == "post" and r == 0 and member:
                     # Not pending any more: voided at its deadline before its post arrived
                     # (the caller got an answer the ledger does not bill), or posted by an
                     # earlier send whose reply was lost.
@@ -281,8 +281,8 @@ class RedisQuotaStore(QuotaStore):
         try:
             for key in self.client.scan_iter(match=f"{self.prefix}{{p:*}}:pendq", count=1000):
                 base = key.decode()[:-len(":pendq")]
-                total += int(self._settle(keys=[f"{base}:pend", key.decode(),
-                                                f"{base}:ledger"], args=["sweep", 100_000]))
+                total += int(self._settle(keys=[key.decode(), f"{base}:ledger"],
+                                          args=["sweep", 100_000]))
         except redis.RedisError as exc:
             raise StoreError(f"sweep failed: {exc}") from exc
         return total
@@ -390,8 +390,9 @@ class RedisQuotaStore(QuotaStore):
                  applicant: str | None, event_ms: int, entry: ReferralEntry | None,
                  application_id: str | None, fingerprint: int | None = None,
                  record: bytes = b"", use_app: bool | None = None) -> tuple[list, list, bytes]:
-        """Validated KEYS and ARGV of one reservation script call, and the token its grant
-        will be pending under (empty: a grant is posted at once — outside a decision)."""
+        """Validated KEYS and ARGV of one reservation script call, and the handle of the
+        grant it would leave pending (None: a grant is posted at once — outside a
+        decision)."""
         validate_reservation(bucket, keys, amount, applicant, event_ms, application_id)
         b = self._b(bucket.id)
         use_dedupe = applicant is not None and bucket.dedupe_ms > 0
@@ -416,29 +417,34 @@ class RedisQuotaStore(QuotaStore):
         kk = counters + [f"{b}:d:{applicant}" if use_dedupe else f"{b}:d:-", f"{b}:ledger",
                          f"{b}:g:{application_id}" if use_grant else f"{b}:g:-",
                          self._app(application_id) if use_app else f"{b}:a:-",  # type: ignore[arg-type]
-                         f"{b}:pend", f"{b}:pendq"]
+                         f"{b}:pendq"]
         caps: list[int] = []
         for count, amount_limit, end in limits:
             # Expiry: the end of the window plus a grace period, counted from the event.
             caps += (count, amount_limit, max(end - event_ms, COUNTER_GRACE_MS))
+        entry_json = _entry_enc.encode(entry) if entry is not None else b""
+        member = b""
+        if token:
+            # The pending grant's queue member: what a void undoes and what a post bills
+            # (see lua/grants.lua). Built here, so it can be settled even if the reply is lost.
+            member = b"%s\0%s%s" % (application_id.encode(), token, _spec_enc.encode(  # type: ignore[union-attr]
+                (amount, event_ms, counters, kk[-5] if use_dedupe else "",
+                 kk[-2] if use_app else "", kk[-3] if use_grant and not use_app else "",
+                 entry_json.decode())))  # text: Redis's cmsgpack predates msgpack's bin type
         # Numbers as little-endian doubles (validated above: integers below 2^53, exact).
         args: list = [
             _HEADER.pack(amount, event_ms, bucket.dedupe_ms, use_dedupe, use_grant,
                          self.record_ttl_ms, use_app, self.pending_ms if token else 0),
             struct.pack(f"<{len(caps)}d", *caps),
-            _entry_enc.encode(entry) if entry is not None else b"",
+            b"" if token else entry_json,  # a pending grant's entry travels in its member
             application_id or "",
             _fp(fingerprint) if fingerprint is not None else b"",
             record,
             token,
             b"" if token or entry is None else str(self.book._stamp()),
-            # What voiding a pending grant undoes (see lua/grants.lua).
-            _spec_enc.encode((amount, event_ms, counters, kk[-6] if use_dedupe else "",
-                              bucket.dedupe_ms, kk[-3] if use_app else "",
-                              kk[-4] if use_grant and not use_app else ""))
-            if token else b"",
+            member,
         ]
-        return kk, args, token
+        return kk, args, (member, entry_json) if token else None
 
     def try_reserve_many(self, requests, *, single_trip: bool = False):
         if not self.single_trip:  # cluster: keys of many slots; one by one
@@ -451,21 +457,21 @@ class RedisQuotaStore(QuotaStore):
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # The scripts may have run: their grants, if any, are voided when the decision
             # ends (see GrantBook).
-            for req, (_, _, tok) in zip(requests, prepared):
-                if tok:
-                    self.book.unknown(req[0].id, req[6], tok)
+            for req, (_, _, grant) in zip(requests, prepared):
+                if grant:
+                    self.book.unknown(req[0].id, req[6], grant)
             raise StoreError(f"pipelined reserve failed: {exc}") from exc
         except redis.RedisError as exc:
             raise StoreError(f"pipelined reserve failed: {exc}") from exc
         out: list[tuple[int, bytes | None]] = []
-        for req, (_, _, tok), reply in zip(requests, prepared, replies):
+        for req, (_, _, grant), reply in zip(requests, prepared, replies):
             if isinstance(reply, Exception):
                 if "ROUTER conflict" in str(reply):
                     raise IdempotencyConflict(req[6] or "?") from reply
                 raise StoreError(f"pipelined reserve failed: {reply}") from reply
             code = int(reply[0])
-            if code == 0 and tok:
-                self.book.made(req[0].id, req[6], tok)
+            if code == 0 and grant:
+                self.book.made(req[0].id, req[6], grant)
             out.append((code, reply[1][_FP_BYTES:] if code == -2 else None))
         return out
 
@@ -536,7 +542,7 @@ class RedisQuotaStore(QuotaStore):
              event_ms: int, entry: ReferralEntry | None, application_id: str | None,
              fingerprint: int | None = None, record: bytes = b"",
              use_app: bool | None = None) -> tuple[int, bytes | None]:
-        kk, args, token = self._prepare(bucket, keys, amount, applicant, event_ms, entry,
+        kk, args, grant = self._prepare(bucket, keys, amount, applicant, event_ms, entry,
                                         application_id, fingerprint, record, use_app)
         try:
             if self.single_trip:
@@ -552,16 +558,16 @@ class RedisQuotaStore(QuotaStore):
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # The reply is lost but the script may have run: a grant it made is voided when
             # the decision ends. Never re-sent here: that would double the deadline.
-            if token:
-                self.book.unknown(bucket.id, application_id, token)  # type: ignore[arg-type]
+            if grant:
+                self.book.unknown(bucket.id, application_id, grant)  # type: ignore[arg-type]
             raise StoreError(f"reserve at {bucket.id!r} failed: {exc}") from exc
         except redis.RedisError as exc:
             raise StoreError(f"reserve at {bucket.id!r} failed: {exc}") from exc
         code = int(reply[0])
         if code == -2:
             return code, reply[1][_FP_BYTES:]
-        if code == 0 and token:
-            self.book.made(bucket.id, application_id, token)  # type: ignore[arg-type]
+        if code == 0 and grant:
+            self.book.made(bucket.id, application_id, grant)  # type: ignore[arg-type]
         return code, None
 
     def _cluster_reserve(self, kk: list, args: list):

@@ -23,6 +23,8 @@ from hiredis import pack_command
 
 from router.errors import StoreError
 
+from redis.utils import SENTINEL as _DEFAULT  # "no timeout given": the socket's own applies
+
 
 class Unsent(StoreError):
     """The command was never sent (no budget left, or the breaker is open): it did not run."""
@@ -116,12 +118,16 @@ class Link:
             conn.send_packed_command([b"".join([pack_command(c) for c in commands])])
             sent = True
             out: list = [None] * len(commands)
+            # A budget close to the socket's own timeout needs no per-read timeout (each
+            # one costs two system calls); a shorter one does.
+            timeout = budget if budget < 0.9 * self.timeout_s else _DEFAULT
             for i in range(len(commands)):
                 try:
-                    out[i] = conn.read_response(timeout=budget if i == 0 else
-                                                self._budget_or_zero())
+                    out[i] = conn.read_response(timeout=timeout)
                 except redis.ResponseError as exc:
                     out[i] = exc
+                if timeout is not _DEFAULT and i + 1 < len(commands):
+                    timeout = self._budget_or_zero()
             ok = True
             return out
         except Unsent:

@@ -6,15 +6,15 @@
 --       n+2    ledger stream of this bucket
 --       n+3    grant record of this application at this bucket (a placeholder if unused)
 --       n+4    the application's decision record (single-trip mode; a placeholder if unused)
---       n+5    pending grants of this bucket (HASH), n+6 their deadlines (ZSET)
+--       n+5    pending grants of this bucket (ZSET by deadline, see grants.lua)
 -- ARGV: 1 amount, event_ms, dedupe_ms, use_dedupe, use_grant, record_ttl_ms, use_app,
 --         pending_ms (8 little-endian doubles: exact for integers below 2^53, checked below;
 --         pending_ms 0 posts the grant at once, > 0 leaves it pending that long)
 --       2 per cap: count_limit, amount_limit, counter_ttl_ms (3 doubles each; -1 = no limit)
 --       3 entry JSON ("" for no ledger entry), 4 application id, 5 fingerprint (8 bytes),
 --       6 decision record to store with a grant ("" for none), 7 the caller's token for a
---       pending grant (8 bytes), 8 ledger sequence of a grant posted at once, 9 what
---       voiding a pending grant undoes (msgpack, see grants.lua)
+--       pending grant (8 bytes), 8 ledger sequence of a grant posted at once, 9 the
+--       pending grant's member (see grants.lua; built by the client, which settles by it)
 --       (numbers travel as packed doubles: cheaper to unpack in Lua than text is to
 --       parse, and cheaper to pack in Python than text is to format)
 -- Returns {0} granted, {1} deduped, {2 + 2*i (+1 when the count is used up)} for cap i
@@ -34,10 +34,10 @@ local function int(v, name, lo)
   return x
 end
 
-if #ARGV ~= 9 or #KEYS < 6 then
+if #ARGV ~= 9 or #KEYS < 5 then
   error('ROUTER bad arity: ' .. #KEYS .. ' keys, ' .. #ARGV .. ' args')
 end
-local n = #KEYS - 6
+local n = #KEYS - 5
 if #ARGV[1] ~= 64 then error('ROUTER bad header: ' .. #ARGV[1] .. ' bytes') end
 local h = {struct.unpack('<dddddddd', ARGV[1])}
 local amount = int(h[1], 'amount', 1)
@@ -49,8 +49,8 @@ local grant_ttl = int(h[6], 'grant_ttl_ms', 1)
 local use_app = h[7] == 1
 local pending_ms = int(h[8], 'pending_ms', 0)
 local token = ARGV[7]
-if pending_ms > 0 and (#token ~= 8 or #ARGV[9] == 0) then error('ROUTER bad token') end
-local pend, pendq, ledger = KEYS[n + 5], KEYS[n + 6], KEYS[n + 2]
+if pending_ms > 0 and (#token ~= 8 or #ARGV[9] < 10) then error('ROUTER bad token') end
+local pendq, ledger = KEYS[n + 5], KEYS[n + 2]
 local entry = ARGV[3]
 local fp = ARGV[5]
 if (use_app or ARGV[6] ~= '') and #fp ~= 8 then error('ROUTER bad fingerprint') end
@@ -103,7 +103,7 @@ local refused = check()
 -- Pending grants past their deadline (their callers never settled them) may hold the room
 -- or the dedupe mark: void them, then look again. (Only a refusal needs the sweep; settle
 -- calls sweep as they go.)
-if refused and redis.call('ZCARD', pendq) > 0 and sweep(pend, pendq, ledger, server_ms(), 8) > 0 then
+if refused and redis.call('ZCARD', pendq) > 0 and sweep(pendq, ledger, server_ms(), 8) > 0 then
   refused = check()
 end
 if refused then return refused end
@@ -115,17 +115,11 @@ for i = 1, n do
              'a', string.format('%.0f', amounts[i] + amount))
   if fresh[i] then redis.call('PEXPIRE', KEYS[i], limits[i][3]) end
 end
-local prev = last or ''
 if use_dedupe then
   redis.call('SET', KEYS[n + 1], now, 'PX', dedupe_ms)
 end
 if pending_ms > 0 then
-  local app = ARGV[4]
-  local fields = {app, token .. ARGV[9]}
-  if entry ~= '' then fields[#fields + 1] = app .. ':e'; fields[#fields + 1] = entry end
-  if prev ~= '' then fields[#fields + 1] = app .. ':p'; fields[#fields + 1] = prev end
-  redis.call('HSET', pend, unpack(fields))
-  redis.call('ZADD', pendq, server_ms() + pending_ms, app)
+  redis.call('ZADD', pendq, server_ms() + pending_ms, ARGV[9])
 elseif entry ~= '' then
   redis.call('XADD', ledger, '*', 'kind', 'post', 'app', ARGV[4], 'entry', entry, 'seq', ARGV[8])
 end
