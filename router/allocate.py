@@ -401,12 +401,27 @@ class Allocator:
                 # real decision.
                 keep = [i for i in range(n) if i not in recalled and i not in dups
                         and not degraded[i]]
-                if keep:
-                    self.store.remember_many([ids[i] for i in keep], [fps[i] for i in keep],
-                                             [records[i] for i in keep],
-                                             [event_ms[i] for i in keep])
             else:
-                self.store.remember_many(ids, fps, records, event_ms)
+                keep = list(range(n))
+            if keep and shared:
+                # Another process may have decided an unclaimed row (a decline) first: its
+                # record is the answer, and other content is a conflict.
+                found = self.store.record_many([ids[i] for i in keep], [fps[i] for i in keep],
+                                               [records[i] for i in keep],
+                                               [event_ms[i] for i in keep])
+                changed = {}
+                for i, existing in zip(keep, found):
+                    if existing is not None and existing != records[i]:
+                        out.set_record(i, existing)
+                        self._note_answered(ids[i], existing)
+                        changed[i] = existing
+                for i, j in dups.items():
+                    if j in changed:
+                        out.set_record(i, changed[j])
+            elif keep:
+                self.store.remember_many([ids[i] for i in keep], [fps[i] for i in keep],
+                                         [records[i] for i in keep],
+                                         [event_ms[i] for i in keep])
         except IdempotencyConflict:
             raise
         except StoreError as exc:

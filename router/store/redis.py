@@ -330,17 +330,41 @@ class RedisQuotaStore(QuotaStore):
                          fingerprint, record, use_app=False)[0]
     def claim_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
                    lease_ms: int) -> list[bool]:
+        """Claim each application for deciding (True: ours). A claim held for the same id
+        with other content is an :class:`IdempotencyConflict` at once (our own claims of
+        this call are released first)."""
         pipe = self.client.pipeline(transaction=False)
-        for a, fp in zip(application_ids, fingerprints):
-            pipe.set(f"{self._app(a)}:claim", _fp(fp), nx=True, px=lease_ms)
+        fps = [_fp(fp) for fp in fingerprints]
+        for a, fp in zip(application_ids, fps):
+            pipe.set(f"{self._app(a)}:claim", fp, nx=True, px=lease_ms, get=True)
         try:
-            return [bool(x) for x in pipe.execute()]
+            held = pipe.execute()
         except redis.RedisError as exc:
             raise StoreError(f"claim failed: {exc}") from exc
+        for a, fp, old in zip(application_ids, fps, held):
+            if old is not None and old != fp:
+                self._release([a for a, old2 in zip(application_ids, held) if old2 is None])
+                raise IdempotencyConflict(a)
+        return [old is None for old in held]
+
+    def _release(self, application_ids: Sequence[str]) -> None:
+        """Drop claims this call took (best effort: they expire with their lease anyway)."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for a in application_ids:
+                pipe.delete(f"{self._app(a)}:claim")
+            pipe.execute()
+        except redis.RedisError:
+            pass
 
     def recover(self, application_id: str, fingerprint: int, bucket_ids: Sequence[str],
                 lease_ms: int, event_ms: int) -> bytes | None:
-        deadline = time.monotonic() + lease_ms / 1000 + 0.5
+        """For an application whose claim another caller holds: that caller's decision,
+        waiting for it no longer than the lease — and no longer than this decision's own
+        deadline (``timeout_ms``; then :class:`StoreError`, and the router answers
+        degraded)."""
+        wait = min(lease_ms / 1000 + 0.5, max(self.timeout_ms / 1000, 0.001))
+        deadline = time.monotonic() + wait
         while True:
             rec = self.recall(application_id, fingerprint)
             if rec is not None:
@@ -352,8 +376,9 @@ class RedisQuotaStore(QuotaStore):
             if self.claim_many([application_id], [fingerprint], lease_ms)[0]:
                 return None  # the claim expired: the decision is ours to make
             if time.monotonic() > deadline:
-                raise StoreError(f"application {application_id!r} is being decided elsewhere")
-            time.sleep(0.002)
+                raise StoreError(f"application {application_id!r} is being decided by "
+                                 "another caller (its claim outlived this decision's deadline)")
+            time.sleep(0.001)
 
     def grant_record(self, application_id: str, fingerprint: int,
                      bucket_ids: Sequence[str]) -> bytes | None:

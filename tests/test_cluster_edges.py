@@ -1,0 +1,102 @@
+"""The cluster answers like one server (issue 9, finding 8): conflicting content from many
+processes is an IdempotencyConflict, declines are idempotent, a caller behind another's
+claim waits no longer than its deadline."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+import uuid
+from collections import defaultdict
+
+import pytest
+
+from race_worker import decide_variants
+
+WORKERS = 8
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def url(request):
+    if request.param == "redis":
+        s = request.getfixturevalue("redis_server")
+        return f"redis://{s.host}:{s.port}/0?timeout_ms=5000&prefix=ce{uuid.uuid4().hex[:6]}:"
+    hosts = ",".join(f"{h}:{p}" for h, p in request.getfixturevalue("redis_cluster"))
+    return f"redis+cluster://{hosts}?timeout_ms=5000&prefix=ce{uuid.uuid4().hex[:6]}:"
+
+
+def test_conflicting_content_from_many_processes(url):
+    """40 ids, each sent by 8 processes, 4 of them with another amount (other content):
+    one content wins per id; every caller with it gets the same decision, every caller
+    with the other content gets IdempotencyConflict — referrals and declines alike."""
+    specs = [[(f"c-{k}", k, 100_000 + (w % 2) * 1_000) for k in range(40)]
+             for w in range(WORKERS)]
+    ctx = mp.get_context("spawn")
+    t = time.monotonic()
+    with ctx.Pool(WORKERS) as pool:
+        results = [r for batch in pool.starmap(decide_variants,
+                                               [(url, s, -1) for s in specs])
+                   for r in batch]
+    elapsed = time.monotonic() - t
+    by_id = defaultdict(list)
+    for app_id, amount, outcome, partner, reasons, degraded in results:
+        by_id[app_id].append((amount, outcome, partner, reasons, degraded))
+    for app_id, answers in by_id.items():
+        assert not any(a[4] for a in answers), answers          # nobody degraded
+        decided = {a for a in answers if a[1] != "conflict"}
+        assert len(decided) == 1, (app_id, decided)             # one decision per id
+        (amount, *_), = decided
+        assert all(a[1] == "conflict" for a in answers if a[0] != amount), answers
+        assert all(a[1] != "conflict" for a in answers if a[0] == amount), answers
+    assert elapsed < 60  # nobody waits out a 5 s lease per application
+
+
+def test_a_stalled_master_leaves_no_phantom_and_no_unrecorded_referral(redis_cluster):
+    """One master of the cluster stops for 300 ms while decisions stream (short deadlines):
+    every Refer handed back has its decision record and its posted ledger entry, nothing
+    else is billed, counters equal the posted grants, nobody is referred twice."""
+    import os
+    import signal
+    import threading
+
+    import redis as redis_lib
+
+    from router.messages import Refer
+    from test_fault_lifecycle import _app, _router
+
+    hosts = ",".join(f"{h}:{p}" for h, p in redis_cluster)
+    url = f"redis+cluster://{hosts}?timeout_ms=50&pending_ms=600&prefix=cs{uuid.uuid4().hex[:6]}:"
+    router = _router(url)
+    store = router.store
+    pids = [redis_lib.Redis(host=h, port=p).info()["process_id"] for h, p in redis_cluster]
+    victim = pids[1]
+
+    def stall():
+        time.sleep(0.15)
+        os.kill(victim, signal.SIGSTOP)
+        time.sleep(0.3)
+        os.kill(victim, signal.SIGCONT)
+
+    t = threading.Thread(target=stall)
+    t.start()
+    answers = []
+    try:
+        for i in range(300):
+            answers.append(router.decide(_app(i)))
+    finally:
+        t.join()
+        os.kill(victim, signal.SIGCONT)
+    assert any(d.degraded for d in answers) and any(isinstance(d, Refer) for d in answers)
+    store.flush()
+    time.sleep(0.7)
+    store.sweep()
+    refers = sorted(d.application_id for d in answers if isinstance(d, Refer))
+    ledger = list(store.ledger())
+    assert sorted(e.application_id for e in ledger) == refers
+    assert len({e.applicant_hash for e in ledger}) == len(ledger)
+    for app_id in refers:  # a retry finds the decision it was given
+        assert store.client.get(store._app(app_id)) is not None, app_id
+    counted = sum(int(store.client.hget(k, "n") or 0)
+                  for k in store.client.scan_iter(match=f"{store.prefix}{{p:plat_b}}:c:*"))
+    assert counted == len(refers)
+    assert store.pending_count() == 0
