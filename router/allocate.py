@@ -24,13 +24,14 @@ from router.outcomes import BRANCH, DECLINE, KEEP, REFER, Outcomes, decision_id,
 from router.partners import SmoothWeightedRotation, waterfall_order
 from router.reasons import BIT
 from router.windows import WINDOWS
-from router.store import CAP_HIT, DEDUPED, GRANTED, Bucket, CapLimit, QuotaStore, cap_full, cap_index
+from router.store import (CAP_HIT, DEDUPED, GRANTED, LATE, Bucket, CapLimit, QuotaStore,
+                          cap_full, cap_index)
 
 KEEP_BUCKET = "__keep__"
 BRANCH_BUCKET = "__branch__"
 _KEEP_FULL, _BRANCH_FULL = BIT["KEEP_BUDGET_EXHAUSTED"], BIT["BRANCH_BUDGET_EXHAUSTED"]
 _DEDUPE, _QUOTA = BIT["PARTNER_DEDUPE"], BIT["PARTNER_QUOTA_EXHAUSTED"]
-_STORE_DOWN = BIT["STORE_UNAVAILABLE"]
+_STORE_DOWN, _LATE = BIT["STORE_UNAVAILABLE"], BIT["LATE_EVENT"]
 
 
 def make_bucket(bid: str, caps: Sequence[Cap], tz: str, dedupe_days: int = 0) -> Bucket:
@@ -282,21 +283,25 @@ class Allocator:
                         rec = (lambda: pack_record(KEEP, bits[i], a.keep_profit[i], a.keep_apr[i],
                                                    a.keep_margin[i], a.pd[i], "")) \
                             if once or claiming else None
-                        if known(kb, kkeys, i, amount) < 0 and \
-                                reserve(kb, kkeys, i, amount, None, t, None, rec) == GRANTED:
+                        r = known(kb, kkeys, i, amount)
+                        if r == -1:
+                            r = reserve(kb, kkeys, i, amount, None, t, None, rec)
+                        if r == GRANTED:
                             kind[i] = KEEP
                             continue
-                        bits[i] |= _KEEP_FULL
+                        bits[i] |= _LATE if r == LATE else _KEEP_FULL
                     if branch_ok[i]:
                         rec = (lambda: pack_record(BRANCH, bits[i], a.branch_profit[i],
                                                    a.branch_apr[i], a.branch_margin[i],
                                                    a.branch_pd[i], "")) \
                             if once or claiming else None
-                        if known(bb, bkeys, i, amount) < 0 and \
-                                reserve(bb, bkeys, i, amount, None, t, None, rec) == GRANTED:
+                        r = known(bb, bkeys, i, amount)
+                        if r == -1:
+                            r = reserve(bb, bkeys, i, amount, None, t, None, rec)
+                        if r == GRANTED:
                             kind[i] = BRANCH
                             continue
-                        bits[i] |= _BRANCH_FULL
+                        bits[i] |= _LATE if r == LATE else _BRANCH_FULL
                     m = mask_l[i]
                     if blocked and i >= next_unblock:
                         for j in range(P):
@@ -522,19 +527,23 @@ class Allocator:
                     kb = self.keep_bucket
                     rec = pack_record(KEEP, bits, a.keep_profit, a.keep_apr, a.keep_margin, a.pd, "")
                     kk = _row_keys(kb, a)
-                    if self._known_row(kb, kk, r.requested_amount) < 0 and \
-                            self._reserve_row(kb, kk, r, None, None, rec) == GRANTED:
+                    res = self._known_row(kb, kk, r.requested_amount)
+                    if res == -1:
+                        res = self._reserve_row(kb, kk, r, None, None, rec)
+                    if res == GRANTED:
                         return rec, False
-                    bits |= _KEEP_FULL
+                    bits |= _LATE if res == LATE else _KEEP_FULL
                 if a.branch_ok:
                     bb = self.branch_bucket
                     rec = pack_record(BRANCH, bits, a.branch_profit, a.branch_apr,
                                       a.branch_margin, a.branch_pd, "")
                     bk = _row_keys(bb, a)
-                    if self._known_row(bb, bk, r.requested_amount) < 0 and \
-                            self._reserve_row(bb, bk, r, None, None, rec) == GRANTED:
+                    res = self._known_row(bb, bk, r.requested_amount)
+                    if res == -1:
+                        res = self._reserve_row(bb, bk, r, None, None, rec)
+                    if res == GRANTED:
                         return rec, False
-                    bits |= _BRANCH_FULL
+                    bits |= _LATE if res == LATE else _BRANCH_FULL
                 if eligible:
                     rec = self._refer_row(r, a, eligible, bits)
                     if isinstance(rec, bytes):
@@ -606,7 +615,7 @@ class Allocator:
                     if method == "weighted":
                         self.rotation.granted(j, eligible)
                     return rec
-            extra |= _DEDUPE if res == DEDUPED else _QUOTA
+            extra |= _DEDUPE if res == DEDUPED else _LATE if res == LATE else _QUOTA
         return extra
 
     def _rounds(self, cols: AppColumns, a: Assessment, todo: list[int], recalled: dict,
@@ -697,7 +706,8 @@ class Allocator:
                             self.rotation.granted(c, plans[i][2])
                     del plans[i]
                 else:
-                    bits[i] |= refused_bit.get(c, _DEDUPE if r == DEDUPED else _QUOTA)
+                    bits[i] |= _LATE if r == LATE else \
+                        refused_bit.get(c, _DEDUPE if r == DEDUPED else _QUOTA)
                     plans[i][1] += 1
 
     def _refusing_window(self, j: int, k: int, kcols: list[list[int]], i: int, amount: int) -> str:
@@ -773,7 +783,7 @@ class Allocator:
                 return j, extra
             if r >= CAP_HIT and cap_full(r):
                 self._new_blocks.append((j, cap_index(r)))
-            extra |= _DEDUPE if r == DEDUPED else _QUOTA
+            extra |= _DEDUPE if r == DEDUPED else _LATE if r == LATE else _QUOTA
         return -1, extra
 
 

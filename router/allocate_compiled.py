@@ -30,7 +30,8 @@ _METHOD = {"waterfall": K.WATERFALL, "best_value": K.BEST_VALUE, "weighted": K.W
 #: Rows of first-refusal events to start a batch with (grown as needed).
 CAPEV_ROWS = 256
 _BITS = tuple(np.uint64(BIT[c]) for c in ("KEEP_BUDGET_EXHAUSTED", "BRANCH_BUDGET_EXHAUSTED",
-                                          "PARTNER_DEDUPE", "PARTNER_QUOTA_EXHAUSTED"))
+                                          "PARTNER_DEDUPE", "PARTNER_QUOTA_EXHAUSTED",
+                                          "LATE_EVENT"))
 
 
 def expiries(keys: np.ndarray, window: str, tz: str) -> np.ndarray:

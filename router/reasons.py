@@ -29,6 +29,7 @@ CODES: tuple[str, ...] = (
     "PARTNER_DEDUPE",            # the eligible partners saw this applicant recently
     "PARTNER_QUOTA_EXHAUSTED",
     "STORE_UNAVAILABLE",         # degraded: the quota store failed or missed its deadline
+    "LATE_EVENT",                # older than the store's newest event by more than LATE_MS
 )
 BIT: dict[str, int] = {c: 1 << i for i, c in enumerate(CODES)}
 

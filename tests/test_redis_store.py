@@ -49,7 +49,7 @@ def test_every_counter_has_a_ttl_to_window_end(store_factory):
     keys = tuple(key_of(t, c.window, TZ) for c in b.caps)
     assert store.try_reserve(b, keys, 100, None, t) == GRANTED
     ttls = store.counter_ttls(b, keys)
-    grace = 6 * 3600_000
+    grace = 6 * 3600_000 + 3600_000  # the late-event horizon, and an hour of margin
     assert all(x > 0 for x in ttls)
     assert abs(ttls[0] - (30 * 60_000 + grace)) < 5_000     # hour ends at 00:00
     assert abs(ttls[1] - (30 * 60_000 + grace)) < 5_000     # so does the day
@@ -70,7 +70,7 @@ def test_lowering_a_cap_mid_window_refuses(store_factory):
 
 def _keys(p: str) -> list[str]:
     """The reservation script's keys for one cap at bucket ``x``."""
-    return [f"{p}{{p:x}}:{k}" for k in ("c", "d", "l", "g", "a", "pendq")]
+    return [f"{p}{{p:x}}:{k}" for k in ("c", "d", "l", "g", "a", "pendq", "h")]
 
 
 @pytest.mark.parametrize("pending", [1000.0, -1.0, 0.5])
@@ -79,7 +79,7 @@ def test_the_script_wants_a_token_for_a_pending_grant(store_factory, pending):
 
     store = store_factory("redis")
     p = store.prefix
-    header = struct.pack("<8d", 5, 1, 0, 0, 1, 1000, 0, pending)
+    header = struct.pack("<10d", 5, 1, 0, 0, 1, 1000, 0, pending, -1, 0)
     with pytest.raises(redis.ResponseError, match="ROUTER bad (token|pending_ms)"):
         store._reserve(keys=_keys(p), args=[header, struct.pack("<3d", 10, -1, 1000), "", "a",
                                             "", "", "short", "", "x"])
@@ -95,7 +95,7 @@ def test_the_script_itself_validates_before_writing(store_factory, amount):
     store = store_factory("redis")
     p = store.prefix
     header = amount.encode() if isinstance(amount, str) else \
-        struct.pack("<8d", amount, 1, 0, 0, 0, 1000, 0, 0)
+        struct.pack("<10d", amount, 1, 0, 0, 0, 1000, 0, 0, -1, 0)
     with pytest.raises(redis.ResponseError, match="ROUTER bad (amount|header)"):
         store._reserve(keys=_keys(p), args=[header, struct.pack("<3d", 10, -1, 1000), "", "a",
                                             "", "", "", "", ""])
@@ -110,7 +110,7 @@ def test_the_script_rejects_malformed_caps(store_factory, caps):
     p = store.prefix
     caps = caps if caps is not None else struct.pack("<3d", 10, -1, 0)  # a zero TTL
     with pytest.raises(redis.ResponseError, match="ROUTER bad (caps|counter ttl|count limit)"):
-        store._reserve(keys=_keys(p), args=[struct.pack("<8d", 5, 1, 0, 0, 0, 1000, 0, 0), caps,
+        store._reserve(keys=_keys(p), args=[struct.pack("<10d", 5, 1, 0, 0, 0, 1000, 0, 0, -1, 0), caps,
                                             "", "a", "", "", "", "", ""])
     assert store.client.keys(f"{p}*") == []
 
@@ -139,8 +139,9 @@ def test_every_counter_key_has_a_ttl_after_a_replay(tmp_path, store_factory):
     assert counters
     assert all(store.client.pttl(k) > 0 for k in counters)
     others = list(store.client.scan_iter(match=f"{store.prefix}*", count=1000))
-    ledgers = [k for k in others if k.endswith(b":ledger")]
-    assert all(store.client.pttl(k) > 0 for k in others if k not in ledgers)  # only streams persist
+    # Only the ledger streams and the event-time horizon persist.
+    kept = [k for k in others if k.endswith(b":ledger") or k == f"{store.prefix}{{h}}".encode()]
+    assert all(store.client.pttl(k) > 0 for k in others if k not in kept)
 
 
 def test_prefixes_isolate_strategies_on_one_server(store_factory):

@@ -126,8 +126,8 @@ class TestDedupe:
         b = bucket(("day", 100, None), dedupe_days=7)
         t = ms(2026, 11, 2, 4)
         assert reserve(store, b, t, applicant="h1") == GRANTED
-        assert reserve(store, b, t + 6 * 86_400_000, applicant="h1") == DEDUPED
         assert reserve(store, b, t + 1, applicant="h2") == GRANTED
+        assert reserve(store, b, t + 6 * 86_400_000, applicant="h1") == DEDUPED
         assert reserve(store, b, t + 7 * 86_400_000, applicant="h1") == GRANTED
 
     def test_dedupe_refusal_counts_nothing(self, store):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from router.errors import ConfigError
-from router.store.base import (CAP_HIT, DEDUPED, GRANTED, Bucket, CapLimit, QuotaStore,
+from router.store.base import (CAP_HIT, DEDUPED, GRANTED, LATE, Bucket, CapLimit, QuotaStore,
                                cap_full, cap_index)
 from router.store.memory import MemoryQuotaStore
 
-__all__ = ["Bucket", "CapLimit", "QuotaStore", "MemoryQuotaStore", "GRANTED", "DEDUPED",
+__all__ = ["Bucket", "CapLimit", "QuotaStore", "MemoryQuotaStore", "GRANTED", "DEDUPED", "LATE",
            "CAP_HIT", "cap_full", "cap_index", "quota_store_from_url"]
 
 

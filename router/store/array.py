@@ -189,6 +189,8 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
             validate_reservation(bucket, keys, amount, applicant, event_ms, application_id)
         with self._lock:
             b = self.bucket_index(bucket)
+            if event_ms < self.clock[K.HORIZON] - K.LATE_MS:
+                return K.LATE
             self._advance(event_ms)
             granted = None
             if application_id is not None:

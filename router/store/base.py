@@ -36,9 +36,10 @@ tests/test_store_differential.py and tests/test_boundary.py hold them to it):
 * **Ledger order** is the order decisions were handed back in, on every store.
 * **The boundary validates**: every argument is checked before anything is written, and a
   bad one is an :class:`~router.errors.InputError` naming the field and value.
-* Late events: counters, dedupe and idempotency follow event time on every store as long
-  as events stay within the counter grace (``COUNTER_GRACE_MS``) of the newest event seen;
-  a single late-event rule beyond that horizon is not built yet (issue 9, open).
+* **One late-event rule.** A reservation more than ``LATE_MS`` older than the store's
+  horizon (the newest event time it has seen) is refused ``LATE`` on every store; inside
+  the horizon every store answers from the same state (event time; Redis TTLs are only
+  garbage collection, set longer than anything inside the horizon can need).
 """
 
 from __future__ import annotations
@@ -61,9 +62,17 @@ from router.windows import WINDOWS, zone
 GRANTED = 0
 DEDUPED = 1
 CAP_HIT = 2
+#: The event is late: more than ``LATE_MS`` older than the newest event time the store has
+#: seen (its horizon). Refused on every store alike, nothing written.
+LATE = -3
 #: Counters live until their window ends plus this grace, then expire (late events beyond
 #: it start a fresh counter, in memory as in Redis).
 COUNTER_GRACE_MS = 6 * 3600_000
+#: The late-event horizon. Everything a store keeps (archived counters, dedupe marks,
+#: grants) lives at least this long past the point where it stops mattering to events
+#: inside the horizon, so within it every store answers from the same state — and beyond
+#: it every store answers ``LATE``. Redis TTLs are set longer still: garbage collection only.
+LATE_MS = COUNTER_GRACE_MS
 
 
 def cap_index(result: int) -> int:
@@ -171,8 +180,10 @@ class QuotaStore(ABC):
         checked first, in order; then, when ``applicant`` is given and
         ``bucket.dedupe_ms`` > 0, an earlier grant to the same applicant within that many
         ms refuses this one. On success ``entry`` (if any) is
-        appended to the ledger in the same step. Returns ``GRANTED``, ``DEDUPED`` or a
-        cap result (see :func:`cap_index`, :func:`cap_full`).
+        appended to the ledger in the same step. Returns ``GRANTED``, ``DEDUPED``, a
+        cap result (see :func:`cap_index`, :func:`cap_full`), or ``LATE`` when
+        ``event_ms`` is more than ``LATE_MS`` older than the newest event time the store
+        has seen (reservations and stored decisions advance it).
 
         A malformed argument raises :class:`~router.errors.InputError` before anything is
         written (:func:`validate_reservation`).

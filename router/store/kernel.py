@@ -44,7 +44,8 @@ AQ_COLS = 3
 HORIZON, NEXT_SWEEP = 0, 1
 
 SWEEP_EVERY_MS = 3600_000
-GRANTED, DEDUPED, CAP_HIT = 0, 1, 2
+GRANTED, DEDUPED, CAP_HIT, LATE = 0, 1, 2, -3
+LATE_MS = 6 * 3600_000  # router.store.base.LATE_MS (checked equal in tests)
 KEEP, BRANCH, REFER, DECLINE = 0, 1, 2, 3
 WATERFALL, BEST_VALUE, WEIGHTED = 0, 1, 2
 NONE = -1  # "no limit", "no key", "no entry"
@@ -156,7 +157,7 @@ def reserve(b, keys, expires, amount, has_applicant, hi, lo, t,
     if dedupe:
         dd[(b, hi, lo)] = t
         i = dq_ptr[0]
-        dq[i, DQ_AT] = t + bk[b, DEDUPE_MS]
+        dq[i, DQ_AT] = t + bk[b, DEDUPE_MS] + LATE_MS  # events inside the horizon see it
         dq[i, DQ_BUCKET] = b
         dq[i, DQ_HI] = hi
         dq[i, DQ_LO] = lo
@@ -185,6 +186,8 @@ def _attempt(b, i, amount, has_applicant, hi, lo, t, keycols, endcols, slot_col,
         if floor_key[s] != NONE and floor_key[s] == key and amount >= floor_amt[s]:
             refusals[s] += 1
             return CAP_HIT + 2 * k + (1 if floor_amt[s] == 0 else 0)
+    if t < clock[HORIZON] - LATE_MS:
+        return LATE
     if t > clock[HORIZON]:
         clock[HORIZON] = t
         if t >= clock[NEXT_SWEEP]:
@@ -217,7 +220,7 @@ def _attempt(b, i, amount, has_applicant, hi, lo, t, keycols, endcols, slot_col,
 @njit(cache=True)
 def allocate(rows, keep_ok, branch_ok, masks, amounts, event_ms, hi, lo,
              keycols, endcols, slot_col, bucket_of, method, rank, ev, weights, current,
-             keep_full, branch_full, dedupe_bit, quota_bit,
+             keep_full, branch_full, dedupe_bit, quota_bit, late_bit,
              bits, kind, chosen, floor_key, floor_amt, refusals, capev, ncapev,
              clock, sl, bk, arch, aq, aq_ptr, dd, dq, dq_ptr):
     """Decide ``rows`` (indices into the batch, in arrival order): keep, branch, then the
@@ -256,7 +259,7 @@ def allocate(rows, keep_ok, branch_ok, masks, amounts, event_ms, hi, lo,
                 kind[i] = own
                 funded = True
                 break
-            bits[i] |= keep_full if own == KEEP else branch_full
+            bits[i] |= late_bit if r == LATE else keep_full if own == KEEP else branch_full
         if funded:
             continue
         m = masks[i]
@@ -304,6 +307,6 @@ def allocate(rows, keep_ok, branch_ok, masks, amounts, event_ms, hi, lo,
                 kind[i] = REFER
                 chosen[i] = j
                 break
-            extra |= dedupe_bit if r == DEDUPED else quota_bit
+            extra |= dedupe_bit if r == DEDUPED else late_bit if r == LATE else quota_bit
         bits[i] |= extra
     return len(rows)

@@ -12,8 +12,8 @@ from collections import deque
 from typing import Callable
 
 from router.messages import ReferralEntry
-from router.store.base import (CAP_HIT, COUNTER_GRACE_MS, DEDUPED, GRANTED, Bucket, QuotaStore,
-                               validate_reservation)
+from router.store.base import (CAP_HIT, COUNTER_GRACE_MS, DEDUPED, GRANTED, LATE, LATE_MS,
+                               Bucket, QuotaStore, validate_reservation)
 from router.store.records import InProcessRecords
 from router.windows import window_end_ms
 
@@ -71,6 +71,8 @@ class MemoryQuotaStore(InProcessRecords, QuotaStore):
         if self._validate:
             validate_reservation(bucket, keys, amount, applicant, event_ms, application_id)
         with self._lock:
+            if event_ms < self._horizon - LATE_MS:
+                return LATE
             if event_ms > self._horizon:
                 self._horizon = event_ms
                 if event_ms >= self._next_sweep:
@@ -114,7 +116,8 @@ class MemoryQuotaStore(InProcessRecords, QuotaStore):
                 c[2] += amount
             if seen is not None:
                 seen[applicant] = event_ms  # type: ignore[index]
-                _expire_later(self._dedupe_expiry, bid, event_ms + bucket.dedupe_ms,
+                # Kept LATE_MS past its window: events inside the horizon may still see it.
+                _expire_later(self._dedupe_expiry, bid, event_ms + bucket.dedupe_ms + LATE_MS,
                               applicant, event_ms)  # type: ignore[arg-type]
             if granted is not None:
                 granted[application_id] = event_ms  # type: ignore[index]

@@ -56,6 +56,7 @@ whole decision.
 from __future__ import annotations
 
 import struct
+import threading
 import time
 from importlib import resources
 from typing import Iterable, Sequence
@@ -70,8 +71,8 @@ from redis.retry import Retry
 
 from router.errors import ConfigError, IdempotencyConflict, StoreError
 from router.messages import ReferralEntry
-from router.store.base import (COUNTER_GRACE_MS, Bucket, QuotaStore, check_fingerprints,
-                               validate_reservation)
+from router.store.base import (COUNTER_GRACE_MS, LATE_MS, Bucket, QuotaStore,
+                               check_fingerprints, validate_reservation)
 from router.store.grant_book import GrantBook, Item
 from router.store.redis_link import Link, Unsent
 from router.windows import window_end_ms
@@ -88,7 +89,7 @@ _entry_enc = msgspec.json.Encoder()
 _entry_dec = msgspec.json.Decoder(ReferralEntry)
 _spec_enc = msgspec.msgpack.Encoder()
 _FP_BYTES = 8
-_HEADER = struct.Struct("<8d")
+_HEADER = struct.Struct("<10d")
 _OPTIONS = {"prefix", "timeout_ms", "ttl_hours", "retries", "backoff_ms", "pending_ms"}
 
 
@@ -121,6 +122,8 @@ class RedisQuotaStore(QuotaStore):
             client.connection_pool, timeout_ms / 1000, retries=retries,
             backoff_s=backoff_ms / 1000)
         self.book = GrantBook(self._flush_items)
+        self._horizon_key = f"{prefix}{{h}}"
+        self._horizon = _ClusterHorizon(self) if self._cluster else None
 
     @classmethod
     def from_url(cls, url: str, **options) -> "RedisQuotaStore":
@@ -185,12 +188,16 @@ class RedisQuotaStore(QuotaStore):
         if self.link is not None:
             self.link.begin()
         self.book.begin()
+        if self._horizon is not None:
+            self._horizon.begin()
 
     def end_decision(self, handed_back: bool, answered: Sequence[tuple[str, str]] = ()) -> None:
         """The decision ended: post its grants if ``handed_back``, else void them (see
         :class:`~router.store.grant_book.GrantBook`)."""
         try:
             self.book.end(handed_back, answered)
+            if self._horizon is not None:
+                self._horizon.end()
         finally:
             if self.link is not None:
                 self.link.end()
@@ -399,17 +406,7 @@ class RedisQuotaStore(QuotaStore):
     def record_once(self, application_id: str, fingerprint: int, record: bytes,
                     event_ms: int) -> bytes | None:
         """Store the record unless one exists; return the existing record if one does."""
-        fp = _fp(fingerprint)
-        try:
-            old = self.client.set(self._app(application_id), fp + record, nx=True,
-                                  px=self.record_ttl_ms, get=True)
-        except redis.RedisError as exc:
-            raise StoreError(f"record failed: {exc}") from exc
-        if old is None:
-            return None
-        if old[:_FP_BYTES] != fp:
-            raise IdempotencyConflict(application_id)
-        return old[_FP_BYTES:]
+        return self.record_many([application_id], [fingerprint], [record], [event_ms])[0]
 
     def _prepare(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
                  applicant: str | None, event_ms: int, entry: ReferralEntry | None,
@@ -442,24 +439,26 @@ class RedisQuotaStore(QuotaStore):
         kk = counters + [f"{b}:d:{applicant}" if use_dedupe else f"{b}:d:-", f"{b}:ledger",
                          f"{b}:g:{application_id}" if use_grant else f"{b}:g:-",
                          self._app(application_id) if use_app else f"{b}:a:-",  # type: ignore[arg-type]
-                         f"{b}:pendq"]
+                         f"{b}:pendq", f"{b}:h-" if self._cluster else self._horizon_key]
         caps: list[int] = []
         for count, amount_limit, end in limits:
-            # Expiry: the end of the window plus a grace period, counted from the event.
-            caps += (count, amount_limit, max(end - event_ms, COUNTER_GRACE_MS))
+            # Expiry (garbage collection only): the end of the window plus the late-event
+            # horizon (``end`` includes it) plus an hour, counted from the event.
+            caps += (count, amount_limit, max(end - event_ms, 0) + 3600_000)
         entry_json = _entry_enc.encode(entry) if entry is not None else b""
         member = b""
         if token:
             # The pending grant's queue member: what a void undoes and what a post bills
             # (see lua/grants.lua). Built here, so it can be settled even if the reply is lost.
             member = b"%s\0%s%s" % (application_id.encode(), token, _spec_enc.encode(  # type: ignore[union-attr]
-                (amount, event_ms, counters, kk[-5] if use_dedupe else "",
-                 kk[-2] if use_app else "", kk[-3] if use_grant and not use_app else "",
+                (amount, event_ms, counters, kk[-6] if use_dedupe else "",
+                 kk[-3] if use_app else "", kk[-4] if use_grant and not use_app else "",
                  entry_json.decode())))  # text: Redis's cmsgpack predates msgpack's bin type
         # Numbers as little-endian doubles (validated above: integers below 2^53, exact).
         args: list = [
             _HEADER.pack(amount, event_ms, bucket.dedupe_ms, use_dedupe, use_grant,
-                         self.record_ttl_ms, use_app, self.pending_ms if token else 0),
+                         self.record_ttl_ms, use_app, self.pending_ms if token else 0,
+                         self._horizon.known(event_ms) if self._cluster else -1, LATE_MS),
             struct.pack(f"<{len(caps)}d", *caps),
             b"" if token else entry_json,  # a pending grant's entry travels in its member
             application_id or "",
@@ -540,20 +539,25 @@ class RedisQuotaStore(QuotaStore):
                               retries=retries)
     def record_many(self, application_ids, fingerprints, records, event_ms):
         try:
+            # Stored decisions move the event-time horizon, as in every store.
+            newest = max(event_ms) if len(event_ms) else -1
             if self.single_trip:
                 olds = self._send_many([
                     ("SET", self._app(a), _fp(fp) + rec, "NX", "PX",
                      self.record_ttl_ms, "GET")
-                    for a, fp, rec in zip(application_ids, fingerprints, records)])
+                    for a, fp, rec in zip(application_ids, fingerprints, records)]
+                    + [("ZADD", self._horizon_key, "GT", newest, "h")])
                 for r in olds:
                     if isinstance(r, Exception):
                         raise r
+                olds = olds[:-1]
             else:
                 pipe = self.client.pipeline(transaction=False)
                 for a, fp, rec in zip(application_ids, fingerprints, records):
                     pipe.set(self._app(a), _fp(fp) + rec, nx=True,
                              px=self.record_ttl_ms, get=True)
-                olds = pipe.execute()
+                pipe.zadd(self._horizon_key, {"h": newest}, gt=True)
+                olds = pipe.execute()[:-1]
         except redis.RedisError as exc:
             raise StoreError(f"record failed: {exc}") from exc
         out: list[bytes | None] = []
@@ -651,6 +655,7 @@ class RedisQuotaStore(QuotaStore):
         pipe = self.client.pipeline(transaction=False)
         for a, fp, rec in zip(application_ids, fingerprints, records):
             pipe.set(self._app(a), _fp(fp) + rec, nx=True, px=self.record_ttl_ms)
+        pipe.zadd(self._horizon_key, {"h": max(event_ms)}, gt=True)
         try:
             pipe.execute()
         except redis.RedisError as exc:
@@ -731,6 +736,54 @@ class RedisQuotaStore(QuotaStore):
         if self.link is not None:
             self.link.close()
         self.client.close()
+
+
+class _ClusterHorizon:
+    """The store's event-time horizon on a cluster, where reservation scripts (each in its
+    bucket's slot) cannot read the horizon key: a decision reads it once when it starts,
+    passes each reservation the horizon it knows (that value, raised by the event times
+    of the reservations it sent since), and raises the key when its records are written.
+    One router deciding in order sees exactly what a single server would; concurrent
+    routers see each other's events a decision late."""
+
+    def __init__(self, store: "RedisQuotaStore"):
+        self.store = store
+        self._local = threading.local()
+
+    def _read(self) -> int:
+        try:
+            v = self.store.client.zscore(self.store._horizon_key, "h")
+        except redis.RedisError as exc:
+            raise StoreError(f"horizon read failed: {exc}") from exc
+        return -1 if v is None else int(v)
+
+    def begin(self) -> None:
+        """A decision starts: learn the horizon."""
+        self._local.known = self._read()
+
+    def known(self, event_ms: int) -> int:
+        """The horizon a reservation at ``event_ms`` is judged against; then this
+        reservation's event counts (a late one is below it anyway)."""
+        known = getattr(self._local, "known", None)
+        if known is None:  # outside a decision: one store call at a time
+            known = self._read()
+            self.raise_to(event_ms)
+            return known
+        self._local.known = max(known, event_ms)
+        return known
+
+    def end(self) -> None:
+        """The decision ended: raise the key to everything it saw."""
+        known = getattr(self._local, "known", None)
+        self._local.known = None
+        if known is not None and known >= 0:
+            self.raise_to(known)
+
+    def raise_to(self, event_ms: int) -> None:
+        try:
+            self.store.client.zadd(self.store._horizon_key, {"h": event_ms}, gt=True)
+        except redis.RedisError as exc:
+            raise StoreError(f"horizon update failed: {exc}") from exc
 
 
 def _fp(fingerprint: int) -> bytes:

@@ -7,9 +7,12 @@
 --       n+3    grant record of this application at this bucket (a placeholder if unused)
 --       n+4    the application's decision record (single-trip mode; a placeholder if unused)
 --       n+5    pending grants of this bucket (ZSET by deadline, see grants.lua)
+--       n+6    the store's event-time horizon (ZSET, member 'h'; one server only — on a
+--              cluster the caller passes the horizon it knows and this is a placeholder)
 -- ARGV: 1 amount, event_ms, dedupe_ms, use_dedupe, use_grant, record_ttl_ms, use_app,
---         pending_ms (8 little-endian doubles: exact for integers below 2^53, checked below;
---         pending_ms 0 posts the grant at once, > 0 leaves it pending that long)
+--         pending_ms, known_horizon, late_ms (10 little-endian doubles: exact for integers
+--         below 2^53, checked below; pending_ms 0 posts the grant at once, > 0 leaves it
+--         pending that long; known_horizon -1 reads and advances the horizon key)
 --       2 per cap: count_limit, amount_limit, counter_ttl_ms (3 doubles each; -1 = no limit)
 --       3 entry JSON ("" for no ledger entry), 4 application id, 5 fingerprint (8 bytes),
 --       6 decision record to store with a grant ("" for none), 7 the caller's token for a
@@ -18,7 +21,8 @@
 --       (numbers travel as packed doubles: cheaper to unpack in Lua than text is to
 --       parse, and cheaper to pack in Python than text is to format)
 -- Returns {0} granted, {1} deduped, {2 + 2*i (+1 when the count is used up)} for cap i
--- refusing, or {-2, stored} when the application was already decided (single-trip mode).
+-- refusing, {-3} when the event is more than late_ms older than the horizon (late), or
+-- {-2, stored} when the application was already decided (single-trip mode).
 -- Single-trip mode touches the application's key too, so it is for non-cluster servers.
 --
 -- Every argument is validated before the first write: Redis does not roll back a script
@@ -34,12 +38,12 @@ local function int(v, name, lo)
   return x
 end
 
-if #ARGV ~= 9 or #KEYS < 5 then
+if #ARGV ~= 9 or #KEYS < 6 then
   error('ROUTER bad arity: ' .. #KEYS .. ' keys, ' .. #ARGV .. ' args')
 end
-local n = #KEYS - 5
-if #ARGV[1] ~= 64 then error('ROUTER bad header: ' .. #ARGV[1] .. ' bytes') end
-local h = {struct.unpack('<dddddddd', ARGV[1])}
+local n = #KEYS - 6
+if #ARGV[1] ~= 80 then error('ROUTER bad header: ' .. #ARGV[1] .. ' bytes') end
+local h = {struct.unpack('<dddddddddd', ARGV[1])}
 local amount = int(h[1], 'amount', 1)
 local now = int(h[2], 'event_ms', 0)
 local dedupe_ms = int(h[3], 'dedupe_ms', 0)
@@ -48,6 +52,8 @@ local use_grant = h[5] == 1
 local grant_ttl = int(h[6], 'grant_ttl_ms', 1)
 local use_app = h[7] == 1
 local pending_ms = int(h[8], 'pending_ms', 0)
+local known_horizon = int(h[9], 'known_horizon', -1)
+local late_ms = int(h[10], 'late_ms', 0)
 local token = ARGV[7]
 if pending_ms > 0 and (#token ~= 8 or #ARGV[9] < 10) then error('ROUTER bad token') end
 local pendq, ledger = KEYS[n + 5], KEYS[n + 2]
@@ -72,6 +78,15 @@ if use_app then
     return {-2, stored}
   end
 end
+
+-- One late-event rule (as every store): more than late_ms behind the newest event time
+-- seen, refused; otherwise the horizon moves up to this event.
+local horizon = known_horizon
+if known_horizon < 0 then
+  horizon = tonumber(redis.call('ZSCORE', KEYS[n + 6], 'h')) or -1
+end
+if horizon >= 0 and now < horizon - late_ms then return {-3} end
+if known_horizon < 0 and now > horizon then redis.call('ZADD', KEYS[n + 6], now, 'h') end
 
 -- A retry of a grant already made answers the same and applies nothing. (With the
 -- application's record in play, that record already answered a retry above.)
@@ -116,7 +131,8 @@ for i = 1, n do
   if fresh[i] then redis.call('PEXPIRE', KEYS[i], limits[i][3]) end
 end
 if use_dedupe then
-  redis.call('SET', KEYS[n + 1], now, 'PX', dedupe_ms)
+  -- Kept late_ms past its window (events inside the horizon may still see it).
+  redis.call('SET', KEYS[n + 1], now, 'PX', dedupe_ms + late_ms)
 end
 if pending_ms > 0 then
   redis.call('ZADD', pendq, server_ms() + pending_ms, ARGV[9])
