@@ -81,12 +81,13 @@ end
 
 -- One late-event rule (as every store): more than late_ms behind the newest event time
 -- seen, refused; otherwise the horizon moves up to this event.
-local horizon = known_horizon
-if known_horizon < 0 then
-  horizon = tonumber(redis.call('ZSCORE', KEYS[n + 6], 'h')) or -1
+-- (In time order the horizon just moves up: one ZADD GT answers both questions.)
+if known_horizon >= 0 then
+  if now < known_horizon - late_ms then return {-3} end
+elseif redis.call('ZADD', KEYS[n + 6], 'GT', 'CH', now, 'h') == 0 then
+  local horizon = tonumber(redis.call('ZSCORE', KEYS[n + 6], 'h'))
+  if now < horizon - late_ms then return {-3} end
 end
-if horizon >= 0 and now < horizon - late_ms then return {-3} end
-if known_horizon < 0 and now > horizon then redis.call('ZADD', KEYS[n + 6], now, 'h') end
 
 -- A retry of a grant already made answers the same and applies nothing. (With the
 -- application's record in play, that record already answered a retry above.)
