@@ -83,19 +83,18 @@ class GrantBook:
         resend that found its own grant)."""
         made, unknown = self._local.made, self._local.unknown
         self._local.made = self._local.unknown = None
-        answered = list(answered)
-        if not (made or unknown or answered):
-            return
-        settled = {(b, a) for b, a, _ in made} | set(answered)
-        items: list[Item] = []
-        for b, a, tok in unknown:
-            if (b, a) not in settled:
-                items.append(("void", b, a, tok, 0))
-        retried = {(b, a) for b, a, _ in unknown}
         op = "post" if handed_back else "void"
-        for b, a, tok in made:
-            items.append((op, b, a, ANY if (b, a) in retried else tok, 0))
-        items += [("post", b, a, ANY, 0) for b, a in answered]
+        if not unknown and not answered:  # the usual decision: its own grants only
+            if not made:
+                return
+            items: list[Item] = [(op, b, a, tok, 0) for b, a, tok in made]
+        else:
+            answered = list(answered)
+            settled = {(b, a) for b, a, _ in made} | set(answered)
+            items = [("void", b, a, tok, 0) for b, a, tok in unknown if (b, a) not in settled]
+            retried = {(b, a) for b, a, _ in unknown}
+            items += [(op, b, a, ANY if (b, a) in retried else tok, 0) for b, a, tok in made]
+            items += [("post", b, a, ANY, 0) for b, a in answered]
         with self._lock:
             if not self._box:
                 self._first_at = time.monotonic()
