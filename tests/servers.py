@@ -32,30 +32,54 @@ def start_node(directory: Path, port: int, *extra: str) -> TCPExecutor:
     return TCPExecutor(cmd, host="127.0.0.1", port=port, timeout=20).start()
 
 
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory):
-    """A 3-master Redis Cluster; yields the list of (host, port)."""
-    base = tmp_path_factory.mktemp("cluster")
-    ports = []
+CLUSTER_NODE = ("--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
+
+
+def cluster_node(base: Path, port: int, *extra: str) -> TCPExecutor:
+    """One cluster node on ``port`` keeping its files (nodes.conf, AOF) under ``base``;
+    started again with the same arguments it rejoins with its slots."""
+    return start_node(base / str(port), port, *CLUSTER_NODE,
+                      "--cluster-config-file", f"nodes-{port}.conf", *extra)
+
+
+def wait_cluster_ok(ports: list[int], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            states = [redis.Redis(port=p).cluster("info")["cluster_state"] for p in ports]
+            if all(s == "ok" for s in states):
+                return
+        except redis.ConnectionError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("cluster did not become ok")
+
+
+def start_cluster(base: Path, *extra: str) -> tuple[list[int], list[TCPExecutor]]:
+    """A 3-master cluster (no replicas) on free ports: (ports, nodes)."""
+    ports: list[int] = []
     while len(ports) < 3:
         p = port_for.select_random()
         if p not in ports:
             ports.append(p)
-    nodes = [start_node(base / str(p), p, "--cluster-enabled", "yes",
-                        "--cluster-config-file", f"nodes-{p}.conf",
-                        "--cluster-node-timeout", "2000", "--appendonly", "no") for p in ports]
+    nodes = [cluster_node(base, p, "--appendonly", "no", *extra) for p in ports]
     try:
         subprocess.run([REDIS_CLI, "--cluster", "create",
                         *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "0",
                         "--cluster-yes"], check=True, capture_output=True, timeout=60)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            states = [redis.Redis(port=p).cluster("info")["cluster_state"] for p in ports]
-            if all(s == "ok" for s in states):
-                break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("cluster did not become ok")
+        wait_cluster_ok(ports)
+    except BaseException:
+        for n in nodes:
+            n.stop()
+        raise
+    return ports, nodes
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A 3-master Redis Cluster; yields the list of (host, port)."""
+    ports, nodes = start_cluster(tmp_path_factory.mktemp("cluster"))
+    try:
         yield [("127.0.0.1", p) for p in ports]
     finally:
         for n in nodes:

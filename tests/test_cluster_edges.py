@@ -100,3 +100,83 @@ def test_a_stalled_master_leaves_no_phantom_and_no_unrecorded_referral(redis_clu
                   for k in store.client.scan_iter(match=f"{store.prefix}{{p:plat_b}}:c:*"))
     assert counted == len(refers)
     assert store.pending_count() == 0
+
+
+@pytest.mark.parametrize("method", ["weighted", "waterfall"])
+def test_a_master_killed_for_3_s(tmp_path, method):
+    """SIGKILL of the master holding some applications' and one partner's slots, restarted
+    3 s later from its files: every Refer handed back has its decision record and its one
+    posted entry; the degraded ones, sent again, go to one partner at most (never a second
+    referral of the same application), under any routing method."""
+    import signal
+    import threading
+
+    import redis as redis_lib
+
+    from router.config import strategy_from_dict
+    from router.engine import Router
+    from router.messages import Refer
+    from router.store import quota_store_from_url
+    from router.testing import ScoreLookupScorer, strategy_dict
+    from servers import cluster_node, start_cluster, wait_cluster_ok
+    from test_rotation_retries import T0
+    from router.testing import make_application
+    from datetime import timedelta
+
+    ports, nodes = start_cluster(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
+    try:
+        url = (f"redis+cluster://{','.join(f'127.0.0.1:{p}' for p in ports)}"
+               f"?timeout_ms=200&pending_ms=1500&prefix=mk{uuid.uuid4().hex[:6]}:")
+        s = strategy_from_dict(strategy_dict(routing={"method": method}))
+        router = Router(s, quota_store_from_url(url),
+                        scorers={"main": ScoreLookupScorer({700: 0.02})})
+
+        def app(i):
+            return make_application(application_id=f"mk-{i}", national_id=f"1101011990{i:08d}",
+                                    region="440300", received_at=T0 + timedelta(seconds=i))
+
+        victim = nodes[1]
+        restarted = []
+
+        def kill_and_restart():
+            time.sleep(0.2)
+            victim.kill(sig=signal.SIGKILL)
+            time.sleep(3)
+            restarted.append(cluster_node(tmp_path, ports[1], "--appendonly", "yes",
+                                          "--appendfsync", "always"))
+
+        t = threading.Thread(target=kill_and_restart)
+        t.start()
+        answers = {}
+        end = time.monotonic() + 4
+        i = 0
+        while time.monotonic() < end:
+            answers[f"mk-{i}"] = router.decide(app(i))
+            i += 1
+        t.join()
+        wait_cluster_ok(ports)
+        assert any(d.degraded for d in answers.values())
+        # Sent again: the degraded ones get a real decision now.
+        for k in range(i):
+            if answers[f"mk-{k}"].degraded:
+                answers[f"mk-{k}"] = router.decide(app(k))
+        store = router.store
+        store.flush()
+        time.sleep(1.6)  # past the pending deadline: whatever nobody posted is voided
+        store.sweep()
+        refers = {a: d.partner_id for a, d in answers.items() if isinstance(d, Refer)}
+        ledger = list(store.ledger())
+        assert sorted(e.application_id for e in ledger) == sorted(refers)   # once each
+        assert {e.application_id: e.partner_id for e in ledger} == refers    # the same partner
+        for a in refers:
+            assert store.client.get(store._app(a)) is not None, a           # its record
+        counted = sum(int(store.client.hget(k, "n") or 0)
+                      for p in ("bank_a", "plat_b")
+                      for k in store.client.scan_iter(match=f"{store.prefix}{{p:{p}}}:c:*:day:*"))
+        assert counted == len(refers)
+        assert store.pending_count() == 0
+        router.store.close()
+    finally:
+        for n in nodes + restarted:
+            if n.running():
+                n.stop()

@@ -680,10 +680,14 @@ class RedisQuotaStore(QuotaStore):
     def forget_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
                     records: Sequence[bytes]) -> None:
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for a, fp, rec in zip(application_ids, fingerprints, records):
-                pipe.eval(self._FORGET, 1, self._app(a), _fp(fp) + rec)
-            pipe.execute()
+            if self._cluster:  # (a cluster pipeline sends no scripts) each key on its node
+                for a, fp, rec in zip(application_ids, fingerprints, records):
+                    self.client.eval(self._FORGET, 1, self._app(a), _fp(fp) + rec)
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for a, fp, rec in zip(application_ids, fingerprints, records):
+                    pipe.eval(self._FORGET, 1, self._app(a), _fp(fp) + rec)
+                pipe.execute()
         except redis.RedisError as exc:  # a retry then finds a record whose grant is void
             self.book.log.error("grants.forget_failed", error=str(exc),
                                 applications=len(application_ids))
@@ -758,12 +762,20 @@ class _ClusterHorizon:
         return -1 if v is None else int(v)
 
     def begin(self) -> None:
-        """A decision starts: learn the horizon."""
-        self._local.known = self._read()
+        """A decision starts: learn the horizon (if the store cannot say, its reservations
+        fail and the decision is answered degraded)."""
+        try:
+            self._local.known = self._read()
+            self._local.failed = None
+        except StoreError as exc:
+            self._local.known, self._local.failed = None, exc
 
     def known(self, event_ms: int) -> int:
         """The horizon a reservation at ``event_ms`` is judged against; then this
         reservation's event counts (a late one is below it anyway)."""
+        failed = getattr(self._local, "failed", None)
+        if failed is not None:
+            raise StoreError(f"event-time horizon unknown: {failed}")
         known = getattr(self._local, "known", None)
         if known is None:  # outside a decision: one store call at a time
             known = self._read()
@@ -773,11 +785,15 @@ class _ClusterHorizon:
         return known
 
     def end(self) -> None:
-        """The decision ended: raise the key to everything it saw."""
+        """The decision ended: raise the key to everything it saw (best effort: its
+        records, written with the horizon, raised it already)."""
         known = getattr(self._local, "known", None)
-        self._local.known = None
+        self._local.known = self._local.failed = None
         if known is not None and known >= 0:
-            self.raise_to(known)
+            try:
+                self.raise_to(known)
+            except StoreError:
+                pass
 
     def raise_to(self, event_ms: int) -> None:
         try:
