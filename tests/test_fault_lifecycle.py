@@ -203,3 +203,43 @@ def test_flapping_server_under_short_deadlines(server):
     assert any(d.degraded for d in answers) and any(isinstance(d, Refer) for d in answers)
     settle(router.store, 0.35)
     check_truth(router.store, refer_ids(answers), port)
+
+
+def test_a_stall_degrades_only_the_decisions_inside_it(server):
+    """The breaker: a 200 ms stall in a stream of decisions degrades only those that
+    started inside it (give or take one deadline); the first probe after it succeeds."""
+    port, node = server
+    deadline_s = 0.02
+    router = _router(_url(port, int(deadline_s * 1000), pending_ms=2000), cap=100_000)
+    stall = {}
+
+    def stop_for_200ms():
+        time.sleep(0.5)
+        stall["start"] = time.monotonic()
+        _stop(node)
+        time.sleep(0.2)
+        _cont(node)
+        stall["end"] = time.monotonic()
+
+    t = threading.Thread(target=stop_for_200ms)
+    t.start()
+    timeline = []
+    end = time.monotonic() + 1.5
+    i = 0
+    while time.monotonic() < end:
+        started = time.monotonic()
+        d = router.decide(_app(i))
+        timeline.append((started, time.monotonic(), d.degraded))
+        i += 1
+    t.join()
+    degraded = [(s, e) for s, e, g in timeline if g]
+    assert degraded, "the stall degraded nothing"
+    margin = deadline_s + 0.01
+    assert all(stall["start"] - margin <= s <= stall["end"] + margin for s, _ in degraded)
+    after = [g for s, _, g in timeline if s > stall["end"] + margin]
+    assert after and not any(after)
+    # Inside the stall the breaker answers at once: no decision waits past its deadline.
+    assert max(e - s for s, e, g in timeline if g) < deadline_s + 0.03
+    settle(router.store, 2.1)
+    check_truth(router.store, refer_ids([]) + [f"a-{k}" for k, (_, _, g) in
+                                                enumerate(timeline) if not g], port)

@@ -45,3 +45,24 @@ def test_retries_do_not_move_the_rotation(store_factory, kind, stream):
     first = {a.application_id: r4.decide(a).partner_id for a in distinct}
     assert one_by_one == [first[a.application_id] for a in apps]
     assert r1._allocator.rotation.current == r4._allocator.rotation.current
+
+
+@pytest.mark.parametrize("kind", ["array", "redis", "cluster"])
+def test_ledger_is_in_append_order_across_partners(store_factory, kind):
+    """The finding (5): appends to two partners within one millisecond came back out of
+    order from Redis. Weighted routing alternates partners decision by decision, one by
+    one and in batches: the ledger lists them in the order they were handed back."""
+    apps = [make_application(application_id=f"ord-{i}", national_id=f"1101011992{i:08d}",
+                             region="440300", received_at=T0 + timedelta(milliseconds=i))
+            for i in range(120)]
+    expected = _router(store_factory("memory"))
+    want = [d.application_id for d in expected.decide_batch(apps[:60])]
+    want += [expected.decide(a).application_id for a in apps[60:]]
+    router = _router(store_factory(kind))
+    router.decide_batch(apps[:60])
+    for a in apps[60:]:
+        router.decide(a)
+    got = [(e.application_id, e.partner_id) for e in router.store.ledger()]
+    assert [a for a, _ in got] == want
+    assert len({p for _, p in got}) == 2
+    assert got == [(e.application_id, e.partner_id) for e in expected.store.ledger()]
