@@ -239,7 +239,7 @@ class RedisQuotaStore(QuotaStore):
         them on a single server; on a cluster one call per bucket (one hash slot), each in
         order — the ledger is ordered by the sequence each post carries anyway."""
         calls: dict[str | None, tuple[list[str], list, dict[str, int]]] = {}
-        for op, bid, app, (member, entry), seq in items:
+        for op, bid, app, (member, _), seq in items:
             group = calls.get(bid if self._cluster else None)
             if group is None:
                 group = calls[bid if self._cluster else None] = ([], ["settle"], {})
@@ -249,7 +249,7 @@ class RedisQuotaStore(QuotaStore):
                 b = self._b(bid)
                 kk += (f"{b}:pendq", f"{b}:ledger")
                 k = index[bid] = len(index) + 1
-            args += (op, k, app, member, entry, seq)
+            args += (op, k, app, member, seq)
         return [(kk, args) for kk, args, _ in calls.values()]
 
     def _flush_items(self, items: list[Item], force: bool = False) -> None:
@@ -272,7 +272,7 @@ class RedisQuotaStore(QuotaStore):
             if isinstance(reply, Exception):
                 self.book.log.error("grants.settle_failed", error=str(reply))
                 continue
-            for op, app, member, r in zip(args[1::6], args[3::6], args[4::6], reply):
+            for op, app, member, r in zip(args[1::5], args[3::5], args[4::5], reply):
                 # (A post of a found decision's grant: 0 = posted before.)
                 if op == "post" and r == 0 and member:
                     # Not pending any more: voided at its deadline before its post arrived
@@ -450,10 +450,11 @@ class RedisQuotaStore(QuotaStore):
         if token:
             # The pending grant's queue member: what a void undoes and what a post bills
             # (see lua/grants.lua). Built here, so it can be settled even if the reply is lost.
-            member = b"%s\0%s%s" % (application_id.encode(), token, _spec_enc.encode(  # type: ignore[union-attr]
-                (amount, event_ms, counters, kk[-6] if use_dedupe else "",
-                 kk[-3] if use_app else "", kk[-4] if use_grant and not use_app else "",
-                 entry_json.decode())))  # text: Redis's cmsgpack predates msgpack's bin type
+            member = b"%s\0%s%08x%s%s" % (
+                application_id.encode(), token, len(entry_json), entry_json,  # type: ignore[union-attr]
+                _spec_enc.encode((amount, event_ms, counters, kk[-6] if use_dedupe else "",
+                                  kk[-3] if use_app else "",
+                                  kk[-4] if use_grant and not use_app else "")))
         # Numbers as little-endian doubles (validated above: integers below 2^53, exact).
         args: list = [
             _HEADER.pack(amount, event_ms, bucket.dedupe_ms, use_dedupe, use_grant,
@@ -468,7 +469,7 @@ class RedisQuotaStore(QuotaStore):
             b"" if token or entry is None else str(self.book._stamp()),
             member,
         ]
-        return kk, args, (member, entry_json) if token else None
+        return kk, args, (member, b"") if token else None
 
     def try_reserve_many(self, requests, *, single_trip: bool = False):
         if not self.single_trip:  # cluster: keys of many slots; one by one

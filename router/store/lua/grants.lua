@@ -9,14 +9,15 @@
 --
 -- Per bucket (all keys in the bucket's hash slot):
 --   <b>:pendq  ZSET  member -> deadline (server ms). The member is built by the client:
---                    application id, NUL, the attempt's token (8 bytes), then msgpack
---                    {amount, event_ms, {counter keys}, dedupe key or '', application
---                    record key or '', grant key or '', entry JSON or ''}: everything
---                    voiding must undo, and the entry a post bills. The client knows the
---                    member it sent, so it settles by member even when the reply was lost.
---                    Past the deadline the grant is voided by the next refused
---                    reservation or settle call at this bucket (a client that died
---                    between send and reply never posts).
+--                    application id, NUL, the attempt's token (8 bytes), the entry's
+--                    length (8 hex digits), the entry JSON a post bills ('' for a budget
+--                    grant), then msgpack {amount, event_ms, {counter keys}, dedupe key or
+--                    '', application record key or '', grant key or ''}: everything
+--                    voiding must undo. The client knows the member it sent, so it
+--                    settles by member even when the reply was lost. Past the deadline
+--                    the grant is voided by the next refused reservation or settle call
+--                    at this bucket (a client that died between send and reply never
+--                    posts).
 --   <b>:ledger STREAM kind=post (a billable referral: app, entry, seq) or kind=void (app,
 --                    why); ``seq`` is the order the router handed decisions back in
 
@@ -25,16 +26,21 @@ local function server_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- (application id, entry JSON, where the msgpack spec starts) of a member: string cuts
+-- only, so a post costs no unpacking.
 local function parts(member)
   local nul = string.find(member, '\0', 1, true)
-  return string.sub(member, 1, nul - 1), cmsgpack.unpack(string.sub(member, nul + 9))
+  local elen = tonumber(string.sub(member, nul + 9, nul + 16), 16)
+  return string.sub(member, 1, nul - 1), string.sub(member, nul + 17, nul + 16 + elen),
+         nul + 17 + elen
 end
 
 -- Undo a pending grant (its member already removed from the queue): release its counters
 -- and dedupe mark, drop the application's record and grant key (a retry then decides
 -- afresh), and note the void on the ledger.
 local function void_member(ledger, member, why)
-  local app, s = parts(member)
+  local app, entry, at = parts(member)
+  local s = cmsgpack.unpack(string.sub(member, at))
   local amount = s[1]
   for _, c in ipairs(s[3]) do
     -- A counter that expired (garbage collection only) has nothing left to release.
@@ -46,7 +52,7 @@ local function void_member(ledger, member, why)
   if s[4] ~= '' and tonumber(redis.call('GET', s[4])) == s[2] then redis.call('DEL', s[4]) end
   if s[5] ~= '' then redis.call('DEL', s[5]) end
   if s[6] ~= '' then redis.call('DEL', s[6]) end
-  if s[7] ~= '' then
+  if entry ~= '' then
     redis.call('XADD', ledger, '*', 'kind', 'void', 'app', app, 'why', why)
   end
 end

@@ -3,12 +3,12 @@
 --
 -- KEYS: per bucket two keys: <b>:pendq, <b>:ledger (bucket i at 2i-1, 2i)
 -- ARGV: 1 'settle' | 'sweep'
---       settle: then (op 'post' | 'void', bucket number, application id, member, entry,
---       seq) sextuples, applied in order. A post with an empty member posts whatever grant
---       of that application is pending there (a retry answering a decision it found, not
---       one it made); entry is the JSON a post bills ('' for a budget grant)
+--       settle: then (op 'post' | 'void', bucket number, application id, member, seq)
+--       quintuples, applied in order. A post with an empty member posts whatever grant of
+--       that application is pending there (a retry answering a decision it found, not one
+--       it made)
 --       sweep: 2 the most grants to void per bucket
--- Returns, per sextuple: 1 settled now, 0 not pending (already settled, voided at its
+-- Returns, per quintuple: 1 settled now, 0 not pending (already settled, voided at its
 -- deadline, or never granted); for sweep, how many were voided. Posting and voiding are
 -- idempotent, so a settle whose reply was lost can be re-sent.
 -- On a cluster every call names buckets of one hash slot only.
@@ -30,10 +30,10 @@ if mode == 'sweep' then
   return total
 end
 if mode ~= 'settle' then error('ROUTER bad settle mode: ' .. tostring(mode)) end
-if (#ARGV - 1) % 6 ~= 0 then error('ROUTER bad settle arity: ' .. #ARGV) end
+if (#ARGV - 1) % 5 ~= 0 then error('ROUTER bad settle arity: ' .. #ARGV) end
 local out = {}
-for i = 2, #ARGV, 6 do
-  local op, app, member, entry, seq = ARGV[i], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+for i = 2, #ARGV, 5 do
+  local op, app, member, seq = ARGV[i], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local pendq, ledger = bucket(ARGV[i + 1])
   if op ~= 'post' and op ~= 'void' then error('ROUTER bad settle op: ' .. tostring(op)) end
   if member == '' and op == 'post' then
@@ -44,13 +44,10 @@ for i = 2, #ARGV, 6 do
       cursor = r[1]
       if r[2][1] then member = r[2][1]; cursor = '0' end
     until cursor == '0'
-    if member ~= '' then
-      local _, s = parts(member)
-      entry = s[7]
-    end
   end
   if member ~= '' and redis.call('ZREM', pendq, member) == 1 then
     if op == 'post' then
+      local _, entry = parts(member)
       if entry ~= '' then
         redis.call('XADD', ledger, '*', 'kind', 'post', 'app', app, 'entry', entry, 'seq', seq)
       end
