@@ -3,78 +3,81 @@
 Keys (``P`` is the configured prefix; ``{…}`` is the cluster hash tag)::
 
     P{p:<bucket>}:c:<cap>:<window>:<key>   counter hash (n = count, a = amount); expires at
-                                           the end of its window plus a grace period
-    P{p:<bucket>}:d:<applicant hash>      last grant to this applicant (dedupe window TTL)
+                                           the end of its window plus the late-event
+                                           horizon plus an hour (garbage collection only)
+    P{p:<bucket>}:d:<applicant hash>      last grant to this applicant (dedupe window +
+                                           the late-event horizon)
     P{p:<bucket>}:g:<application id>      this application was granted here (idempotency TTL)
-    P{p:<bucket>}:ledger                   the bucket's referral ledger (a Stream, never trimmed
+    P{p:<bucket>}:pendq                    pending grants by deadline (lua/grants.lua)
+    P{p:<bucket>}:ledger                   the bucket's ledger: kind=post (billable) and
+                                           kind=void entries (a Stream, never trimmed
                                            here: consumers acknowledge and trim)
     P{a:<application id>}                 the decision record: 8-byte fingerprint + record
+    P{h}                                   the event-time horizon (newest event seen)
 
-One reservation is one round trip: ``lua/reserve.lua`` validates every argument, returns at
-once if this application was already granted at this bucket, reads every cap, checks them
-all, checks dedupe, then increments, sets each counter's expiry, appends the ledger entry
-and writes the grant record — all keys in the bucket's slot, so it runs on a Redis Cluster.
+One reservation is one round trip: ``lua/reserve.lua`` validates every argument, answers
+from the application's record if it has one, refuses a late event, returns at once if this
+application was already granted at this bucket, reads every cap, checks them all, checks
+dedupe, then increments, sets each counter's expiry and writes the grant — pending (inside
+a decision) or posted at once (a store call on its own).
 
-Protocol across slots (a decision touches its application's slot and one or more bucket
-slots):
+**Grant lifecycle.** Inside a decision (:meth:`RedisQuotaStore.begin_decision` …
+:meth:`RedisQuotaStore.end_decision`) a grant is *pending* under a member the client built
+(:mod:`router.store.grant_book`): posted when the decision is handed back (the billable
+ledger entry), voided when it is not — a timeout or lost reply (the script may have run),
+a failed batch, records that could not be written — and voided by the server at its
+deadline when the client died. Posts and voids ride ahead of the next command or go with a
+flusher thread (:mod:`router.store.redis_settle`). A pending grant counts against the caps.
 
-1. ``recall``: read ``P{a:id}``. Found with the same fingerprint: answer it. Different
-   fingerprint: :class:`~router.errors.IdempotencyConflict`, nothing written.
-2. Reservations, bucket by bucket in the router's order. Each is idempotent per
-   application through its grant record, so re-sending one after a lost reply (or after a
-   crash, when the retry takes the same path) neither counts nor ledgers twice.
-3. ``remember``: ``SET P{a:id} NX`` — the first record wins; a concurrent or retried
-   decision of the same id gets the same answer on its next ``recall``.
+**Deadlines** (:mod:`router.store.redis_link`): a live decision has one budget
+(``timeout_ms``) for all its round trips, connecting included; nothing is re-sent behind
+the caller's back; a breaker fails calls at once for one deadline after a failure, then
+probes. Replay's service level (:meth:`RedisQuotaStore.for_replay`) gives each call a long
+deadline and retries it with backoff — safe, because a resend finds the grant it made.
 
-On a single server (``single_trip``) every reservation — of one decision or of a batch,
-pipelined or not — is one script that answers from ``P{a:id}`` if present, else reserves
-and, on a grant, writes ``P{a:id}`` in the same atomic step; declines are stored with
-``SET NX GET`` (the first decision wins). No crash window exists, and a single decision is
-one round trip (a batch first reads all its records with one MGET).
+Protocol across slots (a cluster; :mod:`router.store.redis_cluster`): a decision reads the
+horizon, *claims* its applications (``SET P{a:id}:claim NX GET PX lease``: a claim held
+with other content is an :class:`~router.errors.IdempotencyConflict`), reserves bucket by
+bucket (each grant keeps the decision record in its grant key), and records its decisions
+with ``SET NX GET`` (the first record wins; other content is a conflict). A caller that
+finds the claim taken does not decide: it reads ``P{a:id}``, then the grant keys of every
+bucket, and otherwise waits for the holder — no longer than its own deadline. If the
+records cannot be written the batch is answered degraded and its grants voided, so a
+retry never finds a grant without its decision nor refers to a second partner.
 
-On a cluster ``P{a:id}`` is in another slot, so a decision first *claims* the application
-(``SET P{a:id}:claim NX PX lease``, one pipeline per batch) and each grant stores the
-decision record in its grant key. A caller that finds the claim taken — a retry after a
-crash, or a concurrent caller — does not decide: it reads ``P{a:id}``, then the grant keys
-of every bucket (a grant whose decision was never recorded is recorded now and answered),
-and otherwise waits for the claim's holder until the lease expires and the claim is free.
-So a crash between the reservation and step 3 can never lead to a second grant at another
-bucket, and concurrent callers all get the first decision.
-
-The client's socket timeout (``timeout_ms``) is the per-call deadline; past it, or on any
-error, the router answers in degraded mode (never ``refer``). redis-py errors are wrapped
-once into :class:`~router.errors.StoreError`. Scripts are
-sent with EVALSHA; after ``SCRIPT FLUSH`` or a restart the store reloads on NOSCRIPT and
-re-sends only the calls that got NOSCRIPT, which is safe because a NOSCRIPT reply means the
-script did not run. Client retries are off: nothing is re-sent behind the router's back.
-On one server the script calls are packed by hiredis and written in one send
-(:meth:`RedisQuotaStore._evalsha_many`): redis-py's own pipeline checks every argument in
-Python and asks ``SCRIPT EXISTS`` on every execute, which cost more than the router's
-whole decision.
+On a single server every reservation — of one decision or of a batch — is one script that
+answers from ``P{a:id}`` if present, else reserves and, on a grant, writes ``P{a:id}`` in
+the same atomic step; declines are stored with ``SET NX GET``. redis-py errors are wrapped
+once into :class:`~router.errors.StoreError`. Scripts are sent with EVALSHA; after ``SCRIPT
+FLUSH`` or a restart the store reloads on NOSCRIPT and re-sends only the calls that got
+NOSCRIPT (they did not run). On one server the script calls are packed by hiredis and
+written in one send: redis-py's own pipeline checks every argument in Python and asks
+``SCRIPT EXISTS`` on every execute, which cost more than the router's whole decision.
 """
 
 from __future__ import annotations
 
 import struct
-import threading
-import time
 from importlib import resources
-from typing import Iterable, Sequence
+from typing import Sequence
 from urllib.parse import parse_qs, urlsplit
 
-import msgspec
 import redis
-from hiredis import pack_command
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
 from router.errors import ConfigError, IdempotencyConflict, StoreError
 from router.messages import ReferralEntry
-from router.store.base import (COUNTER_GRACE_MS, LATE_MS, Bucket, QuotaStore,
-                               check_fingerprints, validate_reservation)
-from router.store.grant_book import GrantBook, Item
-from router.store.redis_link import Link, Unsent
+from router.store.base import COUNTER_GRACE_MS, LATE_MS, Bucket, QuotaStore, validate_reservation
+from router.store.grant_book import GrantBook
+from router.store.redis_cluster import ClusterClaims, ClusterHorizon
+from router.store.redis_codec import FP_BYTES as _FP_BYTES
+from router.store.redis_codec import entry_enc as _entry_enc
+from router.store.redis_codec import fp as _fp
+from router.store.redis_codec import spec_enc as _spec_enc
+from router.store.redis_link import Link
+from router.store.redis_settle import GrantSettling
 from router.windows import window_end_ms
 
 
@@ -85,15 +88,11 @@ def _lua(name: str) -> str:
 # The grant lifecycle's functions are shared by both scripts (Redis has no includes).
 _RESERVE = _lua("grants.lua") + "\n" + _lua("reserve.lua")
 _SETTLE = _lua("grants.lua") + "\n" + _lua("settle.lua")
-_entry_enc = msgspec.json.Encoder()
-_entry_dec = msgspec.json.Decoder(ReferralEntry)
-_spec_enc = msgspec.msgpack.Encoder()
-_FP_BYTES = 8
 _HEADER = struct.Struct("<10d")
 _OPTIONS = {"prefix", "timeout_ms", "ttl_hours", "retries", "backoff_ms", "pending_ms"}
 
 
-class RedisQuotaStore(QuotaStore):
+class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
     """Quota store on Redis or Redis Cluster (see the module docstring for the protocol).
 
     ``timeout_ms`` is a live decision's whole budget for its round trips; ``retries`` > 0
@@ -123,7 +122,7 @@ class RedisQuotaStore(QuotaStore):
             backoff_s=backoff_ms / 1000)
         self.book = GrantBook(self._flush_items)
         self._horizon_key = f"{prefix}{{h}}"
-        self._horizon = _ClusterHorizon(self) if self._cluster else None
+        self._horizon = ClusterHorizon(self) if self._cluster else None
 
     @classmethod
     def from_url(cls, url: str, **options) -> "RedisQuotaStore":
@@ -222,86 +221,6 @@ class RedisQuotaStore(QuotaStore):
             self.client.connection_pool.connection_kwargs.update(
                 socket_timeout=self.link.timeout_s, socket_connect_timeout=self.link.timeout_s)
 
-    def flush(self) -> None:
-        """Send every post and void still owed now (raises :class:`StoreError` if the
-        store cannot be reached; what was not sent stays owed)."""
-        with self.book.flushing:
-            items = self.book.take()
-            if items:
-                try:
-                    self._flush_items(items, force=True)
-                except Exception as exc:
-                    self.book.put_back(items)
-                    raise StoreError(f"settling grants failed: {exc}") from exc
-
-    def _settle_calls(self, items: list[Item]) -> list[tuple[list[str], list]]:
-        """KEYS and ARGV of settle calls for outbox items, in order: one call for all of
-        them on a single server; on a cluster one call per bucket (one hash slot), each in
-        order — the ledger is ordered by the sequence each post carries anyway."""
-        calls: dict[str | None, tuple[list[str], list, dict[str, int]]] = {}
-        for op, bid, app, (member, _), seq in items:
-            group = calls.get(bid if self._cluster else None)
-            if group is None:
-                group = calls[bid if self._cluster else None] = ([], ["settle"], {})
-            kk, args, index = group
-            k = index.get(bid)
-            if k is None:
-                b = self._b(bid)
-                kk += (f"{b}:pendq", f"{b}:ledger")
-                k = index[bid] = len(index) + 1
-            args += (op, k, app, member, seq)
-        return [(kk, args) for kk, args, _ in calls.values()]
-
-    def _flush_items(self, items: list[Item], force: bool = False) -> None:
-        calls = self._settle_calls(items)
-        if self.link is not None:
-            replies = self._evalsha_many(calls, script="settle", settle=False, force=force)
-        else:
-            replies = []
-            for kk, args in calls:
-                try:
-                    replies.append(self._settle(keys=kk, args=args))
-                except redis.ResponseError as exc:
-                    replies.append(exc)
-        self._check_settled(calls, replies)
-
-    def _check_settled(self, calls: list, replies: list) -> None:
-        for (kk, args), reply in zip(calls, replies):
-            if isinstance(reply, redis.ConnectionError | redis.TimeoutError):
-                raise reply
-            if isinstance(reply, Exception):
-                self.book.log.error("grants.settle_failed", error=str(reply))
-                continue
-            for op, app, member, r in zip(args[1::5], args[3::5], args[4::5], reply):
-                # (A post of a found decision's grant: 0 = posted before.)
-                if op == "post" and r == 0 and member:
-                    # Not pending any more: voided at its deadline before its post arrived
-                    # (the caller got an answer the ledger does not bill), or posted by an
-                    # earlier send whose reply was lost.
-                    self.book.log.error("grants.not_pending_at_post", application_id=app,
-                                        bucket=kk[0])
-
-    def sweep(self) -> int:
-        """Void every pending grant past its deadline now, at every bucket (the server
-        also does this as reservations and settles arrive). Returns how many."""
-        total = 0
-        try:
-            for key in self.client.scan_iter(match=f"{self.prefix}{{p:*}}:pendq", count=1000):
-                base = key.decode()[:-len(":pendq")]
-                total += int(self._settle(keys=[key.decode(), f"{base}:ledger"],
-                                          args=["sweep", 100_000]))
-        except redis.RedisError as exc:
-            raise StoreError(f"sweep failed: {exc}") from exc
-        return total
-
-    def pending_count(self) -> int:
-        """Grants waiting for their post or void, over all buckets."""
-        try:
-            return sum(int(self.client.zcard(k)) for k in
-                       self.client.scan_iter(match=f"{self.prefix}{{p:*}}:pendq", count=1000))
-        except redis.RedisError as exc:
-            raise StoreError(f"pending count failed: {exc}") from exc
-
     # ---- QuotaStore ------------------------------------------------------------------
 
     @property
@@ -335,74 +254,6 @@ class RedisQuotaStore(QuotaStore):
                              fingerprint: int, record: bytes) -> int:
         return self._run(bucket, keys, amount, applicant, event_ms, entry, application_id,
                          fingerprint, record, use_app=False)[0]
-    def claim_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
-                   lease_ms: int) -> list[bool]:
-        """Claim each application for deciding (True: ours). A claim held for the same id
-        with other content is an :class:`IdempotencyConflict` at once (our own claims of
-        this call are released first)."""
-        pipe = self.client.pipeline(transaction=False)
-        fps = [_fp(fp) for fp in fingerprints]
-        for a, fp in zip(application_ids, fps):
-            pipe.set(f"{self._app(a)}:claim", fp, nx=True, px=lease_ms, get=True)
-        try:
-            held = pipe.execute()
-        except redis.RedisError as exc:
-            raise StoreError(f"claim failed: {exc}") from exc
-        for a, fp, old in zip(application_ids, fps, held):
-            if old is not None and old != fp:
-                self._release([a for a, old2 in zip(application_ids, held) if old2 is None])
-                raise IdempotencyConflict(a)
-        return [old is None for old in held]
-
-    def _release(self, application_ids: Sequence[str]) -> None:
-        """Drop claims this call took (best effort: they expire with their lease anyway)."""
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for a in application_ids:
-                pipe.delete(f"{self._app(a)}:claim")
-            pipe.execute()
-        except redis.RedisError:
-            pass
-
-    def recover(self, application_id: str, fingerprint: int, bucket_ids: Sequence[str],
-                lease_ms: int, event_ms: int) -> bytes | None:
-        """For an application whose claim another caller holds: that caller's decision,
-        waiting for it no longer than the lease — and no longer than this decision's own
-        deadline (``timeout_ms``; then :class:`StoreError`, and the router answers
-        degraded)."""
-        wait = min(lease_ms / 1000 + 0.5, max(self.timeout_ms / 1000, 0.001))
-        deadline = time.monotonic() + wait
-        while True:
-            rec = self.recall(application_id, fingerprint)
-            if rec is not None:
-                return rec
-            rec = self.grant_record(application_id, fingerprint, bucket_ids)
-            if rec is not None:  # granted, but the decision was never recorded (a crash)
-                existing = self.record_once(application_id, fingerprint, rec, event_ms)
-                return existing if existing is not None else rec
-            if self.claim_many([application_id], [fingerprint], lease_ms)[0]:
-                return None  # the claim expired: the decision is ours to make
-            if time.monotonic() > deadline:
-                raise StoreError(f"application {application_id!r} is being decided by "
-                                 "another caller (its claim outlived this decision's deadline)")
-            time.sleep(0.001)
-
-    def grant_record(self, application_id: str, fingerprint: int,
-                     bucket_ids: Sequence[str]) -> bytes | None:
-        """The decision record stored with a grant of this application at any bucket."""
-        pipe = self.client.pipeline(transaction=False)
-        for bid in bucket_ids:
-            pipe.get(f"{self._b(bid)}:g:{application_id}")
-        try:
-            values = pipe.execute()
-        except redis.RedisError as exc:
-            raise StoreError(f"grant lookup failed: {exc}") from exc
-        for v in values:
-            if v is not None and len(v) > _FP_BYTES and v[:_FP_BYTES] == \
-                    _fp(fingerprint):
-                return v[_FP_BYTES:]
-        return None
-
     def record_once(self, application_id: str, fingerprint: int, record: bytes,
                     event_ms: int) -> bytes | None:
         """Store the record unless one exists; return the existing record if one does."""
@@ -600,20 +451,6 @@ class RedisQuotaStore(QuotaStore):
             self.book.made(bucket.id, application_id, grant)  # type: ignore[arg-type]
         return code, None
 
-    def _cluster_reserve(self, kk: list, args: list):
-        """One reservation script on a cluster (replay mode retries it with backoff: a
-        resend is exactly-once through the application's grant key)."""
-        for attempt in range(self.retries + 1):
-            try:
-                return self._reserve(keys=kk, args=args)
-            except (redis.ConnectionError, redis.TimeoutError):
-                if attempt == self.retries:
-                    raise
-                time.sleep(self.link_backoff * 2 ** attempt)
-        raise AssertionError("unreachable")
-
-    link_backoff = 0.05
-
     def recall(self, application_id: str, fingerprint: int) -> bytes | None:
         return self.recall_many([application_id], [fingerprint]).get(0)
 
@@ -638,12 +475,6 @@ class RedisQuotaStore(QuotaStore):
                     raise IdempotencyConflict(application_ids[i])
                 found[i] = v[_FP_BYTES:]
         return found
-
-    def _cluster_get(self, keys: list[str]) -> list[bytes | None]:
-        pipe = self.client.pipeline(transaction=False)
-        for k in keys:
-            pipe.get(k)
-        return pipe.execute()
 
     def remember(self, application_id: str, fingerprint: int, record: bytes,
                  event_ms: int) -> None:
@@ -676,60 +507,6 @@ class RedisQuotaStore(QuotaStore):
         """Remaining lifetime (ms) of each counter; for tests and operations."""
         return [self.client.pttl(self._counter(bucket, i, k)) for i, k in enumerate(keys)]
 
-    _FORGET = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-
-    def forget_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
-                    records: Sequence[bytes]) -> None:
-        try:
-            if self._cluster:  # (a cluster pipeline sends no scripts) each key on its node
-                for a, fp, rec in zip(application_ids, fingerprints, records):
-                    self.client.eval(self._FORGET, 1, self._app(a), _fp(fp) + rec)
-            else:
-                pipe = self.client.pipeline(transaction=False)
-                for a, fp, rec in zip(application_ids, fingerprints, records):
-                    pipe.eval(self._FORGET, 1, self._app(a), _fp(fp) + rec)
-                pipe.execute()
-        except redis.RedisError as exc:  # a retry then finds a record whose grant is void
-            self.book.log.error("grants.forget_failed", error=str(exc),
-                                applications=len(application_ids))
-
-    def _try_flush(self) -> None:
-        try:
-            self.flush()
-        except StoreError as exc:
-            self.book.log.warning("grants.unsettled", pending=len(self.book), error=str(exc))
-
-    def _streams(self) -> list[bytes]:
-        return sorted(self.client.scan_iter(match=f"{self.prefix}{{p:*}}:ledger", count=1000))
-
-    def ledger(self) -> Iterable[ReferralEntry]:
-        """The posted (billable) referrals, in the order their decisions were handed back
-        (what this process still owes is sent first)."""
-        self._try_flush()
-        try:
-            rows = []
-            for s in self._streams():
-                for sid, fields in self.client.xrange(s):
-                    if fields.get(b"kind", b"post") != b"post":
-                        continue
-                    ts, n = sid.split(b"-")
-                    rows.append(((int(fields.get(b"seq") or 0), int(ts), int(n)),
-                                 _entry_dec.decode(fields[b"entry"])))
-        except redis.RedisError as exc:
-            raise StoreError(f"ledger read failed: {exc}") from exc
-        return [e for _, e in sorted(rows, key=lambda r: r[0])]
-
-    def ledger_events(self) -> list[tuple[str, str, str]]:
-        """Every ledger event as (kind "post" | "void", bucket stream, application id), each
-        stream in its own order: what a consumer sees (voids release a pending grant that
-        was never billable)."""
-        self._try_flush()
-        try:
-            return [(f.get(b"kind", b"post").decode(), s.decode(), f[b"app"].decode())
-                    for s in self._streams() for _, f in self.client.xrange(s)]
-        except redis.RedisError as exc:
-            raise StoreError(f"ledger read failed: {exc}") from exc
-
     def close(self) -> None:
         """Send what is still owed (best effort), then release connections."""
         try:
@@ -741,75 +518,6 @@ class RedisQuotaStore(QuotaStore):
         if self.link is not None:
             self.link.close()
         self.client.close()
-
-
-class _ClusterHorizon:
-    """The store's event-time horizon on a cluster, where reservation scripts (each in its
-    bucket's slot) cannot read the horizon key: a decision reads it once when it starts,
-    passes each reservation the horizon it knows (that value, raised by the event times
-    of the reservations it sent since), and raises the key when its records are written.
-    One router deciding in order sees exactly what a single server would; concurrent
-    routers see each other's events a decision late."""
-
-    def __init__(self, store: "RedisQuotaStore"):
-        self.store = store
-        self._local = threading.local()
-
-    def _read(self) -> int:
-        try:
-            v = self.store.client.zscore(self.store._horizon_key, "h")
-        except redis.RedisError as exc:
-            raise StoreError(f"horizon read failed: {exc}") from exc
-        return -1 if v is None else int(v)
-
-    def begin(self) -> None:
-        """A decision starts: learn the horizon (if the store cannot say, its reservations
-        fail and the decision is answered degraded)."""
-        try:
-            self._local.known = self._read()
-            self._local.failed = None
-        except StoreError as exc:
-            self._local.known, self._local.failed = None, exc
-
-    def known(self, event_ms: int) -> int:
-        """The horizon a reservation at ``event_ms`` is judged against; then this
-        reservation's event counts (a late one is below it anyway)."""
-        failed = getattr(self._local, "failed", None)
-        if failed is not None:
-            raise StoreError(f"event-time horizon unknown: {failed}")
-        known = getattr(self._local, "known", None)
-        if known is None:  # outside a decision: one store call at a time
-            known = self._read()
-            self.raise_to(event_ms)
-            return known
-        self._local.known = max(known, event_ms)
-        return known
-
-    def end(self) -> None:
-        """The decision ended: raise the key to everything it saw (best effort: its
-        records, written with the horizon, raised it already)."""
-        known = getattr(self._local, "known", None)
-        self._local.known = self._local.failed = None
-        if known is not None and known >= 0:
-            try:
-                self.raise_to(known)
-            except StoreError:
-                pass
-
-    def raise_to(self, event_ms: int) -> None:
-        try:
-            self.store.client.zadd(self.store._horizon_key, {"h": event_ms}, gt=True)
-        except redis.RedisError as exc:
-            raise StoreError(f"horizon update failed: {exc}") from exc
-
-
-def _fp(fingerprint: int) -> bytes:
-    """A content fingerprint as its 8 stored bytes (an unsigned 64-bit integer)."""
-    try:
-        return fingerprint.to_bytes(_FP_BYTES, "big")
-    except (OverflowError, AttributeError, TypeError):
-        check_fingerprints([fingerprint])
-        raise
 
 
 def _number(options: dict, name: str, default: float, lo: float, hi: float) -> float:
