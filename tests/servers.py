@@ -7,8 +7,11 @@ with ``redis-cli --cluster create``.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +33,23 @@ def start_node(directory: Path, port: int, *extra: str) -> TCPExecutor:
     cmd = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
            "--save", "", "--logfile", str(directory / "redis.log"), *extra]
     return TCPExecutor(cmd, host="127.0.0.1", port=port, timeout=20).start()
+
+
+def stall_later(pid: int, after_s: float, for_s: float) -> threading.Thread:
+    """Stop process ``pid`` (SIGSTOP) ``after_s`` from now for ``for_s``, then let it go on
+    (SIGCONT); the thread is started, join it when done."""
+
+    def stall() -> None:
+        time.sleep(after_s)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(for_s)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    t = threading.Thread(target=stall)
+    t.start()
+    return t
 
 
 CLUSTER_NODE = ("--cluster-enabled", "yes", "--cluster-node-timeout", "2000")

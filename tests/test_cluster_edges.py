@@ -57,11 +57,11 @@ def test_a_stalled_master_leaves_no_phantom_and_no_unrecorded_referral(redis_clu
     else is billed, counters equal the posted grants, nobody is referred twice."""
     import os
     import signal
-    import threading
 
     import redis as redis_lib
 
     from router.messages import Refer
+    from servers import stall_later
     from test_fault_lifecycle import _app, _router
 
     hosts = ",".join(f"{h}:{p}" for h, p in redis_cluster)
@@ -70,15 +70,7 @@ def test_a_stalled_master_leaves_no_phantom_and_no_unrecorded_referral(redis_clu
     store = router.store
     pids = [redis_lib.Redis(host=h, port=p).info()["process_id"] for h, p in redis_cluster]
     victim = pids[1]
-
-    def stall():
-        time.sleep(0.15)
-        os.kill(victim, signal.SIGSTOP)
-        time.sleep(0.3)
-        os.kill(victim, signal.SIGCONT)
-
-    t = threading.Thread(target=stall)
-    t.start()
+    t = stall_later(victim, 0.15, 0.3)
     answers = []
     try:
         for i in range(300):
@@ -110,18 +102,15 @@ def test_a_master_killed_for_3_s(tmp_path, method):
     referral of the same application), under any routing method."""
     import signal
     import threading
-
-    import redis as redis_lib
+    from datetime import timedelta
 
     from router.config import strategy_from_dict
     from router.engine import Router
     from router.messages import Refer
     from router.store import quota_store_from_url
-    from router.testing import ScoreLookupScorer, strategy_dict
+    from router.testing import ScoreLookupScorer, make_application, strategy_dict
     from servers import cluster_node, start_cluster, wait_cluster_ok
     from test_rotation_retries import T0
-    from router.testing import make_application
-    from datetime import timedelta
 
     ports, nodes = start_cluster(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
     try:

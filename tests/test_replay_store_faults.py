@@ -10,7 +10,6 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import threading
 import time
 import uuid
 
@@ -21,7 +20,7 @@ from typer.testing import CliRunner
 
 from router.cli import app
 from router.traffic import write_traffic
-from servers import start_node
+from servers import stall_later, start_node
 
 
 def _hog(seconds: float) -> None:
@@ -72,15 +71,7 @@ def test_replay_through_a_stalled_redis_equals_memory(tmp_path, traffic):
     port = port_for.select_random()
     node = start_node(tmp_path / "data", port, "--appendonly", "no")
     pid = node.process.pid
-
-    def stall():
-        time.sleep(0.5)
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(1.5)
-        os.kill(pid, signal.SIGCONT)
-
-    t = threading.Thread(target=stall)
-    t.start()
+    t = stall_later(pid, 0.5, 1.5)
     try:
         r = _replay(traffic, tmp_path / "redis", f"redis://127.0.0.1:{port}/0")
     finally:
