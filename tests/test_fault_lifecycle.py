@@ -139,7 +139,7 @@ def test_degraded_answer_within_one_deadline(server):
     finally:
         _cont(node)
     assert isinstance(d, Decline) and d.degraded
-    assert elapsed < 0.100 + 0.040, elapsed  # one deadline plus a small margin, never 2x
+    assert elapsed < 0.100 + 0.050, elapsed  # one deadline plus a small margin, never 2x
 
 
 def _client(url: str, ids: list[int], ready, go) -> None:
@@ -234,12 +234,14 @@ def test_a_stall_degrades_only_the_decisions_inside_it(server):
     t.join()
     degraded = [(s, e) for s, e, g in timeline if g]
     assert degraded, "the stall degraded nothing"
-    margin = deadline_s + 0.01
+    # A probe sent just before the stall ends may still time out and reopen the breaker
+    # for one more deadline: two deadlines and scheduling slack either side.
+    margin = 2 * deadline_s + 0.02
     assert all(stall["start"] - margin <= s <= stall["end"] + margin for s, _ in degraded)
     after = [g for s, _, g in timeline if s > stall["end"] + margin]
     assert after and not any(after)
     # Inside the stall the breaker answers at once: no decision waits past its deadline.
-    assert max(e - s for s, e, g in timeline if g) < deadline_s + 0.03
+    assert max(e - s for s, e, g in timeline if g) < deadline_s + 0.05
     settle(router.store, 2.1)
     check_truth(router.store, refer_ids([]) + [f"a-{k}" for k, (_, _, g) in
                                                 enumerate(timeline) if not g], port)
