@@ -97,7 +97,7 @@ def test_a_stalled_master_leaves_no_phantom_and_no_unrecorded_referral(redis_clu
 @pytest.mark.parametrize("method", ["weighted", "waterfall"])
 def test_a_master_killed_for_3_s(tmp_path, method):
     """SIGKILL of the master holding some applications' and one partner's slots, restarted
-    3 s later from its files: every Refer handed back has its decision record and its one
+    3 s later from its files (grants wait pending longer than that: ``pending_ms`` 4 s): every Refer handed back has its decision record and its one
     posted entry; the degraded ones, sent again, go to one partner at most (never a second
     referral of the same application), under any routing method."""
     import signal
@@ -115,7 +115,7 @@ def test_a_master_killed_for_3_s(tmp_path, method):
     ports, nodes = start_cluster(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
     try:
         url = (f"redis+cluster://{','.join(f'127.0.0.1:{p}' for p in ports)}"
-               f"?timeout_ms=200&pending_ms=1500&prefix=mk{uuid.uuid4().hex[:6]}:")
+               f"?timeout_ms=200&pending_ms=4000&prefix=mk{uuid.uuid4().hex[:6]}:")
         s = strategy_from_dict(strategy_dict(routing={"method": method}))
         router = Router(s, quota_store_from_url(url),
                         scorers={"main": ScoreLookupScorer({700: 0.02})})
@@ -151,7 +151,7 @@ def test_a_master_killed_for_3_s(tmp_path, method):
                 answers[f"mk-{k}"] = router.decide(app(k))
         store = router.store
         store.flush()
-        time.sleep(1.6)  # past the pending deadline: whatever nobody posted is voided
+        time.sleep(4.1)  # past the pending deadline: whatever nobody posted is voided
         store.sweep()
         refers = {a: d.partner_id for a, d in answers.items() if isinstance(d, Refer)}
         ledger = list(store.ledger())

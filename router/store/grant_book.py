@@ -34,6 +34,8 @@ class GrantBook:
     """Per-thread decision state and the shared outbox of posts and voids."""
 
     def __init__(self, flush: Callable[[list[Item]], None], flush_delay_s: float = 0.02):
+        """``flush`` sends items; what it cannot send it puts back (:meth:`put_back`)
+        before raising."""
         self._local = threading.local()
         self._box: deque[Item] = deque()
         self._lock = threading.Lock()
@@ -163,11 +165,11 @@ class GrantBook:
                 items = self.take_due(self._delay, 1 << 30)
                 if items:
                     try:
+                        # (What could not be sent, the store's flush puts back itself.)
                         self._flush(items)
                         backoff = self._delay
-                    except Exception as exc:  # the store is away: keep them, retry later
-                        self.put_back(items)
-                        self.log.warning("grants.flush_failed", pending=len(items),
+                    except Exception as exc:  # the store is away: retry later
+                        self.log.warning("grants.flush_failed", pending=len(self._box),
                                          error=str(exc))
                         backoff = min(max(backoff * 2, 0.05), 1.0)
             if self._box:

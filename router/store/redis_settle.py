@@ -29,7 +29,6 @@ class GrantSettling:
                 try:
                     self._flush_items(items, force=True)
                 except Exception as exc:
-                    self.book.put_back(items)
                     raise StoreError(f"settling grants failed: {exc}") from exc
 
     def _settle_calls(self, items: list[Item]) -> list[tuple[list[str], list]]:
@@ -51,17 +50,38 @@ class GrantSettling:
         return [(kk, args) for kk, args, _ in calls.values()]
 
     def _flush_items(self, items: list[Item], force: bool = False) -> None:
-        calls = self._settle_calls(items)
+        """Send these settles. What could not be sent goes back to the outbox (and the
+        error is raised): on one server all of them; on a cluster only the buckets whose
+        node failed — one node down must not hold back the posts of the others past their
+        deadline."""
         if self.link is not None:
-            replies = self._evalsha_many(calls, script="settle", settle=False, force=force)
-        else:
-            replies = []
-            for kk, args in calls:
-                try:
-                    replies.append(self._settle(keys=kk, args=args))
-                except redis.ResponseError as exc:
-                    replies.append(exc)
-        self._check_settled(calls, replies)
+            calls = self._settle_calls(items)
+            try:
+                replies = self._evalsha_many(calls, script="settle", settle=False, force=force)
+            except BaseException:
+                self.book.put_back(items)
+                raise
+            self._check_settled(calls, replies)
+            return
+        by_bucket: dict[str, list[Item]] = {}
+        for item in items:
+            by_bucket.setdefault(item[1], []).append(item)
+        failed: list[Item] = []
+        error: Exception | None = None
+        for group in by_bucket.values():
+            ((kk, args),) = self._settle_calls(group)
+            try:
+                reply = self._settle(keys=kk, args=args)
+            except redis.ResponseError as exc:
+                reply = exc
+            except redis.RedisError as exc:
+                failed += group
+                error = exc
+                continue
+            self._check_settled([(kk, args)], [reply])
+        if failed:
+            self.book.put_back(failed)
+            raise error  # type: ignore[misc]
 
     def _check_settled(self, calls: list, replies: list) -> None:
         for (kk, args), reply in zip(calls, replies):
