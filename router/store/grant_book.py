@@ -51,6 +51,7 @@ class GrantBook:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._first_at = 0.0
+        self._pid = os.getpid()
         self.log = get_logger("grants")
 
     # ---- one decision ----------------------------------------------------------------
@@ -144,6 +145,8 @@ class GrantBook:
         return len(self._box)
 
     def _kick(self) -> None:
+        if self._pid != os.getpid():  # a forked child: the parent's flusher is not here
+            self._thread, self._pid = None, os.getpid()
         if self._thread is None and not self._closed:
             with self._lock:
                 if self._thread is None:
