@@ -106,6 +106,11 @@ class GrantBook:
         if not self._wake.is_set():
             self._kick()
 
+    def stamp(self) -> int:
+        """A ledger sequence for a grant posted at once (thread-safe)."""
+        with self._lock:
+            return self._stamp()
+
     def _stamp(self) -> int:
         """Ledger sequence: nanoseconds, strictly increasing in this process (the order
         decisions were handed back in; processes interleave by their clocks)."""

@@ -317,7 +317,7 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
             _fp(fingerprint) if fingerprint is not None else b"",
             record,
             token,
-            b"" if token or entry is None else str(self.book._stamp()),
+            b"" if token or entry is None else str(self.book.stamp()),
             member,
         ]
         return kk, args, (member, b"") if token else None
