@@ -94,7 +94,7 @@ def test_a_stalled_master_leaves_no_phantom_and_no_unrecorded_referral(redis_clu
     assert store.pending_count() == 0
 
 
-@pytest.mark.parametrize("method", ["weighted", "waterfall"])
+@pytest.mark.parametrize("method", ["weighted", "waterfall", "best_value"])
 def test_a_master_killed_for_3_s(tmp_path, method):
     """SIGKILL of the master holding some applications' and one partner's slots, restarted
     3 s later from its files (grants wait pending longer than that: ``pending_ms`` 4 s): every Refer handed back has its decision record and its one
@@ -169,3 +169,22 @@ def test_a_master_killed_for_3_s(tmp_path, method):
         for n in nodes + restarted:
             if n.running():
                 n.stop()
+
+
+def test_waiting_on_another_callers_claim_is_bounded_by_the_deadline(redis_cluster):
+    """Another caller holds the claim (a 5 s lease) and has not decided yet: this caller
+    answers degraded within its own deadline instead of waiting out the lease."""
+    from test_fault_lifecycle import _app, _router
+
+    hosts = ",".join(f"{h}:{p}" for h, p in redis_cluster)
+    router = _router(f"redis+cluster://{hosts}?timeout_ms=50&prefix=cw{uuid.uuid4().hex[:6]}:")
+    app = _app(7)
+    store = router.store
+    from router.columns import row_from_application
+    fp = row_from_application(app, router.hasher).fingerprint
+    assert store.claim_many([app.application_id], [fp], 5000) == [True]  # the other caller
+    t = time.perf_counter()
+    d = router.decide(app)
+    elapsed = time.perf_counter() - t
+    assert d.degraded and elapsed < 0.5, elapsed
+    assert list(store.ledger()) == []
