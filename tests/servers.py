@@ -75,24 +75,46 @@ def wait_cluster_ok(ports: list[int], seconds: float = 30) -> None:
     raise RuntimeError("cluster did not become ok")
 
 
-def start_cluster(base: Path, *extra: str) -> tuple[list[int], list[TCPExecutor]]:
-    """A 3-master cluster (no replicas) on free ports: (ports, nodes)."""
-    ports: list[int] = []
-    while len(ports) < 3:
+def _free_cluster_port(taken: list[int]) -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    import socket
+
+    while True:
         p = port_for.select_random()
-        if p not in ports:
-            ports.append(p)
-    nodes = [cluster_node(base, p, "--appendonly", "no", *extra) for p in ports]
-    try:
-        subprocess.run([REDIS_CLI, "--cluster", "create",
-                        *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "0",
-                        "--cluster-yes"], check=True, capture_output=True, timeout=60)
-        wait_cluster_ok(ports)
-    except BaseException:
-        for n in nodes:
-            n.stop()
-        raise
-    return ports, nodes
+        if p in taken or p + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p + 10000))
+            except OSError:
+                continue
+        return p
+
+
+def start_cluster(base: Path, *extra: str) -> tuple[list[int], list[TCPExecutor]]:
+    """A 3-master cluster (no replicas) on free ports: (ports, nodes). ``extra`` are more
+    server options (default: no AOF). A node that fails to start (a port taken between
+    choosing and binding) is retried on other ports."""
+    options = extra or ("--appendonly", "no")
+    for attempt in range(3):
+        ports: list[int] = []
+        for _ in range(3):
+            ports.append(_free_cluster_port(ports))
+        nodes: list[TCPExecutor] = []
+        try:
+            for p in ports:
+                nodes.append(cluster_node(base, p, *options))
+            subprocess.run([REDIS_CLI, "--cluster", "create",
+                            *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "0",
+                            "--cluster-yes"], check=True, capture_output=True, timeout=60)
+            wait_cluster_ok(ports)
+            return ports, nodes
+        except Exception:
+            for n in nodes:
+                n.stop()
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")
