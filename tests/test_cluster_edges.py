@@ -13,6 +13,8 @@ import pytest
 
 from race_worker import decide_variants
 
+from router.store.redis import counter_value
+
 WORKERS = 8
 
 
@@ -88,7 +90,7 @@ def test_a_stalled_master_leaves_no_phantom_and_no_unrecorded_referral(redis_clu
     assert len({e.applicant_hash for e in ledger}) == len(ledger)
     for app_id in refers:  # a retry finds the decision it was given
         assert store.client.get(store._app(app_id)) is not None, app_id
-    counted = sum(int(store.client.hget(k, "n") or 0)
+    counted = sum(counter_value(store.client.get(k))[0]
                   for k in store.client.scan_iter(match=f"{store.prefix}{{p:plat_b}}:c:*"))
     assert counted == len(refers)
     assert store.pending_count() == 0
@@ -159,7 +161,7 @@ def test_a_master_killed_for_3_s(tmp_path, method):
         assert {e.application_id: e.partner_id for e in ledger} == refers    # the same partner
         for a in refers:
             assert store.client.get(store._app(a)) is not None, a           # its record
-        counted = sum(int(store.client.hget(k, "n") or 0)
+        counted = sum(counter_value(store.client.get(k))[0]
                       for p in ("bank_a", "plat_b")
                       for k in store.client.scan_iter(match=f"{store.prefix}{{p:{p}}}:c:*:day:*"))
         assert counted == len(refers)

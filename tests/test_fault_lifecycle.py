@@ -25,6 +25,7 @@ from router.engine import Router
 from router.messages import Decline, Refer
 from router.store import quota_store_from_url
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
+from router.store.redis import counter_value
 from servers import start_node
 
 T0 = datetime(2026, 11, 2, 2, 0, tzinfo=timezone.utc)
@@ -91,7 +92,7 @@ def check_truth(store, refers: list[str], port: int) -> None:
     client = redis.Redis(port=port)
     counted = 0
     for key in client.scan_iter(match=f"{store.prefix}{{p:plat_b}}:c:*"):
-        counted += int(client.hget(key, "n") or 0)
+        counted += counter_value(client.get(key))[0]
     assert counted == len(refers)
     assert getattr(store, "pending_count", lambda: 0)() == 0
 

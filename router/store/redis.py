@@ -2,7 +2,7 @@
 
 Keys (``P`` is the configured prefix; ``{…}`` is the cluster hash tag)::
 
-    P{p:<bucket>}:c:<cap>:<window>:<key>   counter hash (n = count, a = amount); expires at
+    P{p:<bucket>}:c:<cap>:<window>:<key>   counter: the string "<count> <amount>"; expires at
                                            the end of its window plus the late-event
                                            horizon plus an hour (garbage collection only)
     P{p:<bucket>}:d:<applicant hash>      last grant to this applicant (dedupe window +
@@ -495,13 +495,10 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
 
     def usage(self, bucket: Bucket, keys: tuple[int, ...]) -> list[tuple[int, int]]:
         try:
-            out = []
-            for i, k in enumerate(keys):
-                n, a = self.client.hmget(self._counter(bucket, i, k), "n", "a")
-                out.append((int(n or 0), int(a or 0)))
-            return out
+            raw = self.client.mget([self._counter(bucket, i, k) for i, k in enumerate(keys)])
         except redis.RedisError as exc:
             raise StoreError(f"usage failed: {exc}") from exc
+        return [counter_value(v) for v in raw]
 
     def counter_ttls(self, bucket: Bucket, keys: tuple[int, ...]) -> list[int]:
         """Remaining lifetime (ms) of each counter; for tests and operations."""
@@ -518,6 +515,14 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         if self.link is not None:
             self.link.close()
         self.client.close()
+
+
+def counter_value(raw: bytes | None) -> tuple[int, int]:
+    """(count, amount) of a stored counter (``b"<count> <amount>"``; missing: (0, 0))."""
+    if raw is None:
+        return 0, 0
+    n, a = raw.split()
+    return int(n), int(a)
 
 
 def _number(options: dict, name: str, default: float, lo: float, hi: float) -> float:

@@ -21,6 +21,14 @@
 --   <b>:ledger STREAM kind=post (a billable referral: app, entry, seq) or kind=void (app,
 --                    why); ``seq`` is the order the router handed decisions back in
 
+-- A counter's value: "count amount" (two integers; a missing key is 0 0). One string per
+-- cap, so a reservation reads all of them in one MGET.
+local function counter(v)
+  if not v then return 0, 0 end
+  local sp = string.find(v, ' ', 1, true)
+  return tonumber(string.sub(v, 1, sp - 1)), tonumber(string.sub(v, sp + 1))
+end
+
 local function server_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -44,9 +52,10 @@ local function void_member(ledger, member, why)
   local amount = s[1]
   for _, c in ipairs(s[3]) do
     -- A counter that expired (garbage collection only) has nothing left to release.
-    if redis.call('EXISTS', c) == 1 then
-      redis.call('HINCRBY', c, 'n', -1)
-      redis.call('HINCRBY', c, 'a', -amount)
+    local v = redis.call('GET', c)
+    if v then
+      local n, a = counter(v)
+      redis.call('SET', c, string.format('%.0f %.0f', n - 1, a - amount), 'KEEPTTL')
     end
   end
   if s[4] ~= '' and tonumber(redis.call('GET', s[4])) == s[2] then redis.call('DEL', s[4]) end

@@ -1,7 +1,7 @@
 -- Atomic check-all-caps-then-reserve for one bucket (a partner, or the funder's budget).
 -- grants.lua (the grant lifecycle) is prepended when the script is loaded.
 --
--- KEYS: 1..n   counter hashes (fields n = count, a = amount), one per cap
+-- KEYS: 1..n   counters, one per cap: a string "count amount" (see grants.lua)
 --       n+1    dedupe key of this applicant at this bucket (a placeholder if unused)
 --       n+2    ledger stream of this bucket
 --       n+3    grant record of this application at this bucket (a placeholder if unused)
@@ -70,9 +70,18 @@ for i = 1, n do
                int(ttl, 'counter ttl', 1)}
 end
 
+-- Every value this decision reads, in one MGET: the counters (a string "count amount"
+-- each; see counter() in grants.lua), the dedupe mark, the grant record and the
+-- application's record (placeholders when unused read as nil). Each redis.call costs the
+-- server more than the command itself, so one read and one write per key is the budget.
+local reads = {}
+for i = 1, n + 1 do reads[i] = KEYS[i] end
+reads[n + 2], reads[n + 3] = KEYS[n + 3], KEYS[n + 4]
+local v = redis.call('MGET', unpack(reads))
+
 -- Already decided (a retry, or a concurrent caller that won): answer with that decision.
 if use_app then
-  local stored = redis.call('GET', KEYS[n + 4])
+  local stored = v[n + 3]
   if stored then
     if string.sub(stored, 1, 8) ~= fp then error('ROUTER conflict: same id, other content') end
     return {-2, stored}
@@ -91,25 +100,23 @@ end
 
 -- A retry of a grant already made answers the same and applies nothing. (With the
 -- application's record in play, that record already answered a retry above.)
-if use_grant and not use_app and redis.call('EXISTS', KEYS[n + 3]) == 1 then
+if use_grant and not use_app and v[n + 2] then
   return {0}
 end
 
-local fresh, counts, amounts, last
+local fresh, counts, amounts
 local function check()
   fresh, counts, amounts = {}, {}, {}
   for i = 1, n do
-    local v = redis.call('HMGET', KEYS[i], 'n', 'a')
-    local c, a = tonumber(v[1]) or 0, tonumber(v[2]) or 0
-    fresh[i], counts[i], amounts[i] = v[1] == false, c, a
+    local c, a = counter(v[i])
+    fresh[i], counts[i], amounts[i] = v[i] == false, c, a
     local cl, al = limits[i][1], limits[i][2]
     if cl >= 0 and c + 1 > cl then return {2 + 2 * (i - 1) + 1} end
     if al >= 0 and a + amount > al then return {2 + 2 * (i - 1)} end
     if a + amount > MAX then error('ROUTER amount overflow at cap ' .. i) end
   end
   if use_dedupe then
-    last = redis.call('GET', KEYS[n + 1])
-    local l = tonumber(last)
+    local l = tonumber(v[n + 1])
     if l ~= nil and now - l < dedupe_ms then return {1} end
   end
   return nil
@@ -120,16 +127,21 @@ local refused = check()
 -- or the dedupe mark: void them, then look again. (Only a refusal needs the sweep; settle
 -- calls sweep as they go.)
 if refused and redis.call('ZCARD', pendq) > 0 and sweep(pendq, ledger, server_ms(), 8) > 0 then
+  v = redis.call('MGET', unpack(reads, 1, n + 1))
   refused = check()
 end
 if refused then return refused end
 
 for i = 1, n do
-  -- Written whole from the values read above (the script is atomic); a new window's
-  -- counter also gets its expiry (end of window + grace).
-  redis.call('HSET', KEYS[i], 'n', string.format('%.0f', counts[i] + 1),
-             'a', string.format('%.0f', amounts[i] + amount))
-  if fresh[i] then redis.call('PEXPIRE', KEYS[i], limits[i][3]) end
+  -- Written whole from the values read above (the script is atomic). A string SET drops
+  -- the key's expiry unless told to keep it; a new window's counter gets its expiry (end
+  -- of window + grace; garbage collection only).
+  local value = string.format('%.0f %.0f', counts[i] + 1, amounts[i] + amount)
+  if fresh[i] then
+    redis.call('SET', KEYS[i], value, 'PX', limits[i][3])
+  else
+    redis.call('SET', KEYS[i], value, 'KEEPTTL')
+  end
 end
 if use_dedupe then
   -- Kept late_ms past its window (events inside the horizon may still see it).
