@@ -47,6 +47,7 @@ def main() -> dict:
 
     import msgspec
     from sklearn.linear_model import LogisticRegression
+
     doc = msgspec.json.decode((ROOT / "models" / "pd_logit.json").read_bytes())
     lr = LogisticRegression()
     lr.coef_ = np.array([doc["coefficients"]])

@@ -38,7 +38,9 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def sequential_latencies(url: str, n: int = 4000, block: int = 200) -> tuple[list[float], list[float]]:
+def sequential_latencies(
+    url: str, n: int = 4000, block: int = 200
+) -> tuple[list[float], list[float]]:
     """Latencies (µs) of (1) the bare reservation and (2) ``Router.decide``, sequential.
 
     (1) is the reservation exactly as the router sends it for a referral — the same store
@@ -58,28 +60,47 @@ def sequential_latencies(url: str, n: int = 4000, block: int = 200) -> tuple[lis
     store = quota_store_from_url(url, prefix="bench-bare:")
     real = Router(strategy, store)._allocator.partner_buckets[0]
     # The partner's own windows and dedupe, with limits no run of this length reaches.
-    b = Bucket(real.id, tuple(CapLimit(c.window, 10**9, 10**15) for c in real.caps),
-               real.timezone, real.dedupe_ms)
+    b = Bucket(
+        real.id,
+        tuple(CapLimit(c.window, 10**9, 10**15) for c in real.caps),
+        real.timezone,
+        real.dedupe_ms,
+    )
     t = 1_793_000_000_000
     keys = tuple(key_of(t, c.window, b.timezone) for c in b.caps)
     calls = []
     for i in range(n):
         app_id, applicant = f"bare-{i}", f"{i:032x}"
-        calls.append((app_id, applicant, i * 7919,
-                      make_entry(strategy, app_id, 0, t, 100_000, 12, applicant, 1234.0),
-                      pack_record(REFER, 0, 1234.0, 0.18, 0.01, 0.03, b.id)))
+        calls.append(
+            (
+                app_id,
+                applicant,
+                i * 7919,
+                make_entry(strategy, app_id, 0, t, 100_000, 12, applicant, 1234.0),
+                pack_record(REFER, 0, 1234.0, 0.18, 0.01, 0.03, b.id),
+            )
+        )
     router = Router(strategy, quota_store_from_url(url, prefix="bench-seq:"))
     apps = _apps(n, seed=101)
     bare: list[float] = []
     dec: list[float] = []
     clock = time.perf_counter
     for k in range(0, n, block):
-        for app_id, applicant, fp, entry, record in calls[k:k + block]:
+        for app_id, applicant, fp, entry, record in calls[k : k + block]:
             s = clock()
-            store.try_reserve_once(b, keys, 100_000, applicant, t, entry,
-                                   application_id=app_id, fingerprint=fp, record=record)
+            store.try_reserve_once(
+                b,
+                keys,
+                100_000,
+                applicant,
+                t,
+                entry,
+                application_id=app_id,
+                fingerprint=fp,
+                record=record,
+            )
             bare.append((clock() - s) * 1e6)
-        for a in apps[k:k + block]:
+        for a in apps[k : k + block]:
             s = clock()
             router.decide(a)
             dec.append((clock() - s) * 1e6)
@@ -100,14 +121,18 @@ def _worker(url: str, prefix: str, seed: int, n: int, batch: int) -> tuple[int, 
     from router.store import quota_store_from_url
 
     apps = _apps(n, seed)
-    router = Router(load_strategy(ROOT / "configs" / "strategy.toml"),
-                    quota_store_from_url(url, prefix=prefix))
+    router = Router(
+        load_strategy(ROOT / "configs" / "strategy.toml"), quota_store_from_url(url, prefix=prefix)
+    )
     s = time.perf_counter()
     if batch == 1:
         answers = [router.decide(a) for a in apps]
     else:
-        answers = [d for k in range(0, n, batch)
-                   for d in router.decide_batch(apps[k:k + batch], pipelined=True)]
+        answers = [
+            d
+            for k in range(0, n, batch)
+            for d in router.decide_batch(apps[k : k + batch], pipelined=True)
+        ]
     took = time.perf_counter() - s
     # A degraded answer (the deadline passed: a batch has one budget) is an answer, but not
     # a decision at full service: throughput counts only the others.
@@ -120,8 +145,9 @@ def throughput(url: str, procs: int, n: int, batch: int) -> tuple[float, int]:
     ctx = mp.get_context("spawn")
     with ctx.Pool(procs) as pool:
         # Same key prefix: the processes share (and contend for) the same quotas.
-        res = pool.starmap(_worker, [(url, f"bench-tp{batch}:", 1000 + w, n, batch)
-                                     for w in range(procs)])
+        res = pool.starmap(
+            _worker, [(url, f"bench-tp{batch}:", 1000 + w, n, batch) for w in range(procs)]
+        )
     return sum(r[0] for r in res) / max(r[1] for r in res), sum(r[2] for r in res)
 
 
@@ -129,8 +155,9 @@ def redis_benchmark(port: int) -> float | None:
     exe = shutil.which("redis-benchmark")
     if not exe:
         return None
-    out = subprocess.run([exe, "-p", str(port), "-t", "incr", "-n", "200000", "-q"],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [exe, "-p", str(port), "-t", "incr", "-n", "200000", "-q"], capture_output=True, text=True
+    ).stdout
     # The final line reads "INCR: 123456.79 requests per second, p50=…"
     for part in reversed(out.replace("\r", "\n").split("\n")):
         if part.startswith("INCR:") and "requests per second" in part:
@@ -141,9 +168,24 @@ def redis_benchmark(port: int) -> float | None:
 def main() -> dict:
     port = port_for.select_random()
     tmp = tempfile.mkdtemp()
-    server = TCPExecutor([shutil.which("redis-server") or "/usr/bin/redis-server", "--port",
-                          str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                          "--dir", tmp], host="127.0.0.1", port=port, timeout=20).start()
+    server = TCPExecutor(
+        [
+            shutil.which("redis-server") or "/usr/bin/redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            tmp,
+        ],
+        host="127.0.0.1",
+        port=port,
+        timeout=20,
+    ).start()
     try:
         url = f"redis://127.0.0.1:{port}/0?timeout_ms=50"
         bare, dec = sequential_latencies(url)
@@ -154,9 +196,11 @@ def main() -> dict:
             "decide_us_p99": pct(dec, 0.99),
         }
         res["ratio_decide_vs_bare"] = res["decide_us_median"] / res["bare_round_trip_us_median"]
-        for name, procs, n, batch in (("4proc_sequential", 4, 3000, 1),
-                                      ("4proc_pipelined_batch64", 4, 20000, 64),
-                                      ("2proc_pipelined_batch256", 2, 40000, 256)):
+        for name, procs, n, batch in (
+            ("4proc_sequential", 4, 3000, 1),
+            ("4proc_pipelined_batch64", 4, 20000, 64),
+            ("2proc_pipelined_batch256", 2, 40000, 256),
+        ):
             rate, degraded = throughput(url, procs, n, batch)
             res[f"throughput_{name}_per_s"] = rate
             res[f"degraded_{name}"] = degraded

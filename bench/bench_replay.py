@@ -71,21 +71,40 @@ def child(rows: int) -> None:
     py_runs: list[float] = []
     if rows <= PYTHON_WALK_UP_TO:
         for _ in range(3):
-            store = MemoryQuotaStore(retain_ledger=False, validate=False,
-                                     idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000)
-            wall, _, r2 = _timed(lambda: replay(strategy, traffic, ROOT / "out" / "bench" /
-                                                f"replay_{rows}_py", store=store, report=False))
+            store = MemoryQuotaStore(
+                retain_ledger=False,
+                validate=False,
+                idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000,
+            )
+            wall, _, r2 = _timed(
+                lambda store=store: replay(
+                    strategy,
+                    traffic,
+                    ROOT / "out" / "bench" / f"replay_{rows}_py",
+                    store=store,
+                    report=False,
+                )
+            )
             py_runs.append(rows / wall)
             assert r2.summary["decisions"] == r.summary["decisions"]
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({
-        "rows": rows, "source": "parquet file", "cores": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity") else None,
-        "apps_per_s_median": statistics.median(runs), "runs": runs,
-        "cold_run_apps_per_s": cold, "apps_per_cpu_s_median": statistics.median(cpu_runs),
-        "python_walk_apps_per_s_median": statistics.median(py_runs) if py_runs else None,
-        "python_walk_runs": py_runs, "peak_rss_mb": rss_mb,
-        "decisions": r.summary["decisions"]}))
+    print(
+        json.dumps(
+            {
+                "rows": rows,
+                "source": "parquet file",
+                "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+                "apps_per_s_median": statistics.median(runs),
+                "runs": runs,
+                "cold_run_apps_per_s": cold,
+                "apps_per_cpu_s_median": statistics.median(cpu_runs),
+                "python_walk_apps_per_s_median": statistics.median(py_runs) if py_runs else None,
+                "python_walk_runs": py_runs,
+                "peak_rss_mb": rss_mb,
+                "decisions": r.summary["decisions"],
+            }
+        )
+    )
 
 
 def baseline() -> float:
@@ -110,8 +129,12 @@ def baseline() -> float:
 def main(sizes: list[int]) -> dict:
     results = {"baseline_decide_one_by_one_apps_per_s": baseline(), "sizes": []}
     for rows in sizes:
-        out = subprocess.run([sys.executable, __file__, "--child", str(rows)], check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(rows)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         results["sizes"].append(json.loads(out.strip().splitlines()[-1]))
     base = results["baseline_decide_one_by_one_apps_per_s"]
     for s in results["sizes"]:
@@ -129,12 +152,20 @@ if __name__ == "__main__":
     res = main(sizes)
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
     (ROOT / "bench" / "results" / "replay.json").write_text(json.dumps(res, indent=1) + "\n")
-    print(f"baseline (Router.decide one by one): "
-          f"{res['baseline_decide_one_by_one_apps_per_s']:,.0f} apps/s")
+    print(
+        f"baseline (Router.decide one by one): "
+        f"{res['baseline_decide_one_by_one_apps_per_s']:,.0f} apps/s"
+    )
     for s in res["sizes"]:
-        walk = (f", Python walk {s['python_walk_apps_per_s_median']:,.0f}/s "
-                f"(x{s['ratio_vs_python_walk']:.2f})" if s["python_walk_apps_per_s_median"] else "")
-        print(f"replay {s['rows']:>10,} rows on one core: {s['apps_per_s_median']:>9,.0f} apps/s "
-              f"wall, {s['apps_per_cpu_s_median']:>9,.0f} per CPU-second{walk}, "
-              f"x{s['ratio_vs_baseline']:.1f} Router.decide, "
-              f"peak RSS {s['peak_rss_mb']:,.0f} MB")
+        walk = (
+            f", Python walk {s['python_walk_apps_per_s_median']:,.0f}/s "
+            f"(x{s['ratio_vs_python_walk']:.2f})"
+            if s["python_walk_apps_per_s_median"]
+            else ""
+        )
+        print(
+            f"replay {s['rows']:>10,} rows on one core: {s['apps_per_s_median']:>9,.0f} apps/s "
+            f"wall, {s['apps_per_cpu_s_median']:>9,.0f} per CPU-second{walk}, "
+            f"x{s['ratio_vs_baseline']:.1f} Router.decide, "
+            f"peak RSS {s['peak_rss_mb']:,.0f} MB"
+        )

@@ -43,15 +43,28 @@ def main(rows: int) -> dict:
     n = len(candidates(GRID))
     done = []
     t = time.perf_counter()
-    r = tune(strategy, traffic, GRID, ROOT / "out" / "bench" / "tune", max_bad_rate=0.05,
-             executor=LocalExecutor(), progress=lambda c: done.append(time.perf_counter() - t))
+    r = tune(
+        strategy,
+        traffic,
+        GRID,
+        ROOT / "out" / "bench" / "tune",
+        max_bad_rate=0.05,
+        executor=LocalExecutor(),
+        progress=lambda c: done.append(time.perf_counter() - t),
+    )
     total = time.perf_counter() - t
-    return {"rows": rows, "candidates": n, "workers": os.cpu_count(),
-            "baseline_one_replay_s": one, "baseline_64_sequential_s": one * n,
-            "tune_total_s": total, "speedup_vs_sequential": one * n / total,
-            "first_candidate_done_s": done[0] if done else None,
-            "best": r.result["best"],
-            "frontier": sum(c["frontier"] for c in r.result["candidates"])}
+    return {
+        "rows": rows,
+        "candidates": n,
+        "workers": os.cpu_count(),
+        "baseline_one_replay_s": one,
+        "baseline_64_sequential_s": one * n,
+        "tune_total_s": total,
+        "speedup_vs_sequential": one * n / total,
+        "first_candidate_done_s": done[0] if done else None,
+        "best": r.result["best"],
+        "frontier": sum(c["frontier"] for c in r.result["candidates"]),
+    }
 
 
 if __name__ == "__main__":

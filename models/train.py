@@ -51,27 +51,45 @@ def main() -> None:
     Xtr, ytr, Xte, yte = X[:cut], y[:cut], X[cut:], y[cut:]
 
     logit = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000)).fit(Xtr, ytr)
-    hgb = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.08, max_leaf_nodes=31,
-                                         min_samples_leaf=200, l2_regularization=1.0,
-                                         early_stopping=False, random_state=0).fit(Xtr, ytr)
+    hgb = HistGradientBoostingClassifier(
+        max_iter=100,
+        learning_rate=0.08,
+        max_leaf_nodes=31,
+        min_samples_leaf=200,
+        l2_regularization=1.0,
+        early_stopping=False,
+        random_state=0,
+    ).fit(Xtr, ytr)
     lin = LinearScorer.from_estimator(logit)
     rows = []
-    for name, model, scorer in (("pd_logit", logit, lin),
-                                ("pd_hgb", hgb, scorer_from_estimator(hgb))):
+    for name, model, scorer in (
+        ("pd_logit", logit, lin),
+        ("pd_hgb", hgb, scorer_from_estimator(hgb)),
+    ):
         p = scorer.pd_batch(Xte)
         ref = model.predict_proba(Xte)[:, 1]
-        rows.append((name, roc_auc_score(yte, p), ks(yte, p), float(p.mean()),
-                     float(np.abs(p - ref).max())))
-    lin.to_file(HERE / "pd_logit.json", metadata={
-        "trained_on": f"generator seed {SEED}, {ROWS} rows, first 70% by arrival",
-        "auc_holdout": round(rows[0][1], 4), "ks_holdout": round(rows[0][2], 4)})
+        rows.append(
+            (name, roc_auc_score(yte, p), ks(yte, p), float(p.mean()), float(np.abs(p - ref).max()))
+        )
+    lin.to_file(
+        HERE / "pd_logit.json",
+        metadata={
+            "trained_on": f"generator seed {SEED}, {ROWS} rows, first 70% by arrival",
+            "auc_holdout": round(rows[0][1], 4),
+            "ks_holdout": round(rows[0][2], 4),
+        },
+    )
     sio.dump(hgb, HERE / "pd_hgb.skops")
     card = HERE / "MODEL_CARD.md"
     text = card.read_text().split("<!-- metrics -->")[0] if card.exists() else ""
-    table_md = ["<!-- metrics -->", "",
-                f"Held-out: {len(yte):,} applications, default rate {yte.mean():.2%}.", "",
-                "| model | AUC | KS | mean PD | max abs diff vs sklearn predict_proba |",
-                "| --- | --- | --- | --- | --- |"]
+    table_md = [
+        "<!-- metrics -->",
+        "",
+        f"Held-out: {len(yte):,} applications, default rate {yte.mean():.2%}.",
+        "",
+        "| model | AUC | KS | mean PD | max abs diff vs sklearn predict_proba |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     table_md += [f"| {n} | {a:.4f} | {k:.4f} | {m:.4f} | {d:.1e} |" for n, a, k, m, d in rows]
     card.write_text(text + "\n".join(table_md) + "\n")
     print("\n".join(table_md))

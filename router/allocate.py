@@ -9,7 +9,7 @@ with different content raises without anything having been reserved.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -23,9 +23,18 @@ from router.messages import ReferralEntry
 from router.outcomes import BRANCH, DECLINE, KEEP, REFER, Outcomes, decision_id, pack_record
 from router.partners import SmoothWeightedRotation, waterfall_order
 from router.reasons import BIT
+from router.store import (
+    CAP_HIT,
+    DEDUPED,
+    GRANTED,
+    LATE,
+    Bucket,
+    CapLimit,
+    QuotaStore,
+    cap_full,
+    cap_index,
+)
 from router.windows import WINDOWS
-from router.store import (CAP_HIT, DEDUPED, GRANTED, LATE, Bucket, CapLimit, QuotaStore,
-                          cap_full, cap_index)
 
 KEEP_BUCKET = "__keep__"
 BRANCH_BUCKET = "__branch__"
@@ -36,8 +45,12 @@ _STORE_DOWN, _LATE = BIT["STORE_UNAVAILABLE"], BIT["LATE_EVENT"]
 
 def make_bucket(bid: str, caps: Sequence[Cap], tz: str, dedupe_days: int = 0) -> Bucket:
     """A store bucket from configured caps."""
-    return Bucket(id=bid, caps=tuple(CapLimit(c.window, c.count, c.amount) for c in caps),
-                  timezone=tz, dedupe_ms=dedupe_days * 86_400_000)
+    return Bucket(
+        id=bid,
+        caps=tuple(CapLimit(c.window, c.count, c.amount) for c in caps),
+        timezone=tz,
+        dedupe_ms=dedupe_days * 86_400_000,
+    )
 
 
 class Allocator:
@@ -47,14 +60,21 @@ class Allocator:
     #: tests switch it off to show it changes no result).
     skip_full_windows = True
 
-    def __init__(self, strategy: Strategy, store: QuotaStore,
-                 on_cap: Callable[[str, str, int, int], None] | None = None):
+    def __init__(
+        self,
+        strategy: Strategy,
+        store: QuotaStore,
+        on_cap: Callable[[str, str, int, int], None] | None = None,
+    ):
         s = strategy
         self.strategy, self.store, self.on_cap = s, store, on_cap
         self.keep_bucket = make_bucket(KEEP_BUCKET, s.primary.caps, s.timezone)
-        self.branch_bucket = make_bucket(BRANCH_BUCKET, s.branch.caps if s.branch else [], s.timezone)
-        self.partner_buckets = [make_bucket(p.id, p.caps, p.timezone, p.dedupe_days)
-                                for p in s.partners]
+        self.branch_bucket = make_bucket(
+            BRANCH_BUCKET, s.branch.caps if s.branch else [], s.timezone
+        )
+        self.partner_buckets = [
+            make_bucket(p.id, p.caps, p.timezone, p.dedupe_days) for p in s.partners
+        ]
         self.waterfall = waterfall_order(s.partners)
         self.rank = [0] * len(s.partners)
         for r, j in enumerate(self.waterfall):
@@ -95,9 +115,17 @@ class Allocator:
                     return CAP_HIT + 2 * k + (kf[1] == 0)
         return -1
 
-    def reserve(self, bucket: Bucket, kcols: list[list[int]], i: int, amount: int,
-                applicant: str | None, t: int, entry: ReferralEntry | None = None,
-                record: Callable[[], bytes] | None = None) -> int:
+    def reserve(
+        self,
+        bucket: Bucket,
+        kcols: list[list[int]],
+        i: int,
+        amount: int,
+        applicant: str | None,
+        t: int,
+        entry: ReferralEntry | None = None,
+        record: Callable[[], bytes] | None = None,
+    ) -> int:
         """Reserve row ``i`` against ``bucket`` in the store, remembering what caps refuse.
 
         ``kcols[k][i]`` is the row's window key for ``bucket.caps[k]``. Call
@@ -108,17 +136,34 @@ class Allocator:
         keys = tuple([col[i] for col in kcols])
         if self._once:
             r, existing = self.store.try_reserve_once(
-                bucket, keys, amount, applicant, t, entry, application_id=self._ids[i],
-                fingerprint=self._fps[i], record=record() if record is not None else b"")
+                bucket,
+                keys,
+                amount,
+                applicant,
+                t,
+                entry,
+                application_id=self._ids[i],
+                fingerprint=self._fps[i],
+                record=record() if record is not None else b"",
+            )
             if existing is not None:
                 raise _Decided(existing)
         elif self._recorded and record is not None:
-            r = self.store.try_reserve_recorded(bucket, keys, amount, applicant, t, entry,
-                                                application_id=self._ids[i],
-                                                fingerprint=self._fps[i], record=record())
+            r = self.store.try_reserve_recorded(
+                bucket,
+                keys,
+                amount,
+                applicant,
+                t,
+                entry,
+                application_id=self._ids[i],
+                fingerprint=self._fps[i],
+                record=record(),
+            )
         else:
-            r = self.store.try_reserve(bucket, keys, amount, applicant, t, entry,
-                                       application_id=self._ids[i])
+            r = self.store.try_reserve(
+                bucket, keys, amount, applicant, t, entry, application_id=self._ids[i]
+            )
         self.note(bucket, keys, amount, r, t)
         return r
 
@@ -220,8 +265,11 @@ class Allocator:
         kkeys, bkeys = keys.get(kb), keys.get(bb)
         # Small batches (live) build partner key columns on demand; big ones all at once,
         # which is cheaper than a lookup per attempt.
-        pkeys = _LazyKeys(keys, self.partner_buckets) if n < 64 else \
-            [keys.get(pb) for pb in self.partner_buckets]
+        pkeys = (
+            _LazyKeys(keys, self.partner_buckets)
+            if n < 64
+            else [keys.get(pb) for pb in self.partner_buckets]
+        )
         # Partners whose count cap is full for the window the current rows are in are
         # refused without a store call or floor lookup until the first row of the next
         # window (rows are in time order).
@@ -244,13 +292,15 @@ class Allocator:
         if claiming and not down:
             try:
                 want = [i for i in todo if i not in recalled and i not in dups]
-                claims = self.store.claim_many([ids[i] for i in want], [fps[i] for i in want],
-                                               self.claim_lease_ms)
+                claims = self.store.claim_many(
+                    [ids[i] for i in want], [fps[i] for i in want], self.claim_lease_ms
+                )
                 bucket_ids = [kb.id, bb.id] + [pb.id for pb in self.partner_buckets]
                 for i, ok in zip(want, claims):
                     if not ok:
-                        rec = self.store.recover(ids[i], fps[i], bucket_ids,
-                                                 self.claim_lease_ms, event_ms[i])
+                        rec = self.store.recover(
+                            ids[i], fps[i], bucket_ids, self.claim_lease_ms, event_ms[i]
+                        )
                         if rec is not None:
                             recalled[i] = rec
             except IdempotencyConflict:
@@ -260,8 +310,23 @@ class Allocator:
                 down = True
         if self._pipelined and not down and n > 1:
             try:
-                self._rounds(cols, a, todo, recalled, dups, kind, chosen, bits, mask_l, decode,
-                             ev_flat, pkeys, kkeys, bkeys, claiming)
+                self._rounds(
+                    cols,
+                    a,
+                    todo,
+                    recalled,
+                    dups,
+                    kind,
+                    chosen,
+                    bits,
+                    mask_l,
+                    decode,
+                    ev_flat,
+                    pkeys,
+                    kkeys,
+                    bkeys,
+                    claiming,
+                )
             except IdempotencyConflict:
                 raise
             except StoreError as exc:
@@ -280,9 +345,21 @@ class Allocator:
                 try:
                     t, amount = event_ms[i], amounts[i]
                     if keep_ok[i]:
-                        rec = (lambda: pack_record(KEEP, bits[i], a.keep_profit[i], a.keep_apr[i],
-                                                   a.keep_margin[i], a.pd[i], "")) \
-                            if once or claiming else None
+                        rec = (
+                            (
+                                lambda i=i: pack_record(
+                                    KEEP,
+                                    bits[i],
+                                    a.keep_profit[i],
+                                    a.keep_apr[i],
+                                    a.keep_margin[i],
+                                    a.pd[i],
+                                    "",
+                                )
+                            )
+                            if once or claiming
+                            else None
+                        )
                         r = known(kb, kkeys, i, amount)
                         if r == -1:
                             r = reserve(kb, kkeys, i, amount, None, t, None, rec)
@@ -291,10 +368,21 @@ class Allocator:
                             continue
                         bits[i] |= _LATE if r == LATE else _KEEP_FULL
                     if branch_ok[i]:
-                        rec = (lambda: pack_record(BRANCH, bits[i], a.branch_profit[i],
-                                                   a.branch_apr[i], a.branch_margin[i],
-                                                   a.branch_pd[i], "")) \
-                            if once or claiming else None
+                        rec = (
+                            (
+                                lambda i=i: pack_record(
+                                    BRANCH,
+                                    bits[i],
+                                    a.branch_profit[i],
+                                    a.branch_apr[i],
+                                    a.branch_margin[i],
+                                    a.branch_pd[i],
+                                    "",
+                                )
+                            )
+                            if once or claiming
+                            else None
+                        )
                         r = known(bb, bkeys, i, amount)
                         if r == -1:
                             r = reserve(bb, bkeys, i, amount, None, t, None, rec)
@@ -307,8 +395,9 @@ class Allocator:
                         for j in range(P):
                             if blocked >> j & 1 and until[j] <= i:
                                 blocked &= ~(1 << j)
-                        next_unblock = min([until[j] for j in range(P) if blocked >> j & 1],
-                                           default=n)
+                        next_unblock = min(
+                            [until[j] for j in range(P) if blocked >> j & 1], default=n
+                        )
                     if m:
                         eligible = decode.get(m)
                         if eligible is None:
@@ -317,8 +406,10 @@ class Allocator:
                             # Every eligible partner is full for this window: refused in any
                             # order, so skip ranking (weighted routing must still rotate).
                             for j in eligible:
-                                refusals[pids[j], self._refusing_window(
-                                    j, block_cap[j], pkeys[j], i, amount)] += 1
+                                refusals[
+                                    pids[j],
+                                    self._refusing_window(j, block_cap[j], pkeys[j], i, amount),
+                                ] += 1
                             bits[i] |= _QUOTA
                             continue
                         order = None
@@ -329,8 +420,21 @@ class Allocator:
                                 code = key[0]
                                 full = [(code >> (4 * k)) & 15 for k in range(P)]
                                 order = order_cache[key] = [j for j in full if m >> j & 1]
-                        j, extra = refer(cols, i, eligible, ev_flat, i * P, pkeys, t, amount,
-                                         blocked & m, block_cap, a, bits[i], order)
+                        j, extra = refer(
+                            cols,
+                            i,
+                            eligible,
+                            ev_flat,
+                            i * P,
+                            pkeys,
+                            t,
+                            amount,
+                            blocked & m,
+                            block_cap,
+                            a,
+                            bits[i],
+                            order,
+                        )
                         bits[i] |= extra
                         if j >= 0:
                             kind[i], chosen[i] = REFER, j
@@ -369,8 +473,14 @@ class Allocator:
                 if not degraded[i]:
                     degraded[i] = True
                     bits[i] |= _STORE_DOWN
-        out = _fill(a, np.array(kind, dtype=np.int8), chosen, np.array(bits, dtype=np.uint64),
-                    [p.id for p in s.partners], np.array(degraded, dtype=bool))
+        out = _fill(
+            a,
+            np.array(kind, dtype=np.int8),
+            chosen,
+            np.array(bits, dtype=np.uint64),
+            [p.id for p in s.partners],
+            np.array(degraded, dtype=bool),
+        )
         for i, rec in recalled.items():
             out.set_record(i, rec)
             self._note_answered(ids[i], rec)
@@ -380,13 +490,22 @@ class Allocator:
         if once:
             # Grants were recorded by their reservations; store the declines unless a
             # concurrent caller decided first (then its decision is the answer).
-            rows = [i for i in range(n) if i not in recalled and i not in dups
-                    and not degraded[i] and out.kind[i] == DECLINE]
+            rows = [
+                i
+                for i in range(n)
+                if i not in recalled
+                and i not in dups
+                and not degraded[i]
+                and out.kind[i] == DECLINE
+            ]
             try:
                 if rows:
-                    found = self.store.record_many([ids[i] for i in rows], [fps[i] for i in rows],
-                                                   [records[i] for i in rows],
-                                                   [event_ms[i] for i in rows])
+                    found = self.store.record_many(
+                        [ids[i] for i in rows],
+                        [fps[i] for i in rows],
+                        [records[i] for i in rows],
+                        [event_ms[i] for i in rows],
+                    )
                     for i, existing in zip(rows, found):
                         if existing is not None:
                             out.set_record(i, existing)
@@ -404,16 +523,20 @@ class Allocator:
             if recalled or dups or down:
                 # Degraded answers are not remembered: a retry once the store is back gets a
                 # real decision.
-                keep = [i for i in range(n) if i not in recalled and i not in dups
-                        and not degraded[i]]
+                keep = [
+                    i for i in range(n) if i not in recalled and i not in dups and not degraded[i]
+                ]
             else:
                 keep = list(range(n))
             if keep and shared:
                 # Another process may have decided an unclaimed row (a decline) first: its
                 # record is the answer, and other content is a conflict.
-                found = self.store.record_many([ids[i] for i in keep], [fps[i] for i in keep],
-                                               [records[i] for i in keep],
-                                               [event_ms[i] for i in keep])
+                found = self.store.record_many(
+                    [ids[i] for i in keep],
+                    [fps[i] for i in keep],
+                    [records[i] for i in keep],
+                    [event_ms[i] for i in keep],
+                )
                 changed = {}
                 for i, existing in zip(keep, found):
                     if existing is not None and existing != records[i]:
@@ -424,9 +547,12 @@ class Allocator:
                     if j in changed:
                         out.set_record(i, changed[j])
             elif keep:
-                self.store.remember_many([ids[i] for i in keep], [fps[i] for i in keep],
-                                         [records[i] for i in keep],
-                                         [event_ms[i] for i in keep])
+                self.store.remember_many(
+                    [ids[i] for i in keep],
+                    [fps[i] for i in keep],
+                    [records[i] for i in keep],
+                    [event_ms[i] for i in keep],
+                )
         except IdempotencyConflict:
             raise
         except StoreError as exc:
@@ -436,21 +562,35 @@ class Allocator:
                 # retry could not find it and would decide again): void this batch's grants
                 # and answer their rows degraded.
                 self._void = True
-                granted = [i for i in range(n) if i not in recalled and i not in dups
-                           and not degraded[i] and out.kind[i] != DECLINE]
+                granted = [
+                    i
+                    for i in range(n)
+                    if i not in recalled
+                    and i not in dups
+                    and not degraded[i]
+                    and out.kind[i] != DECLINE
+                ]
                 instead = {}
                 for i in granted:
                     keep = degrade_keep and keep_ok[i]
                     instead[i] = pack_record(
-                        KEEP if keep else DECLINE, bits[i] | _STORE_DOWN,
+                        KEEP if keep else DECLINE,
+                        bits[i] | _STORE_DOWN,
                         a.keep_profit[i] if keep else 0.0,
-                        a.keep_apr[i] if keep else float("nan"), a.keep_margin[i], a.pd[i], "")
+                        a.keep_apr[i] if keep else float("nan"),
+                        a.keep_margin[i],
+                        a.pd[i],
+                        "",
+                    )
                 for i, j in [(i, i) for i in granted] + list(dups.items()):
                     if j in instead:
                         out.set_record(i, instead[j])
                         out.degraded[i] = True
-                self.store.forget_many([ids[i] for i in granted], [fps[i] for i in granted],
-                                       [records[i] for i in granted])
+                self.store.forget_many(
+                    [ids[i] for i in granted],
+                    [fps[i] for i in granted],
+                    [records[i] for i in granted],
+                )
         return out
 
     def _store_down(self, exc: StoreError, during: str) -> None:
@@ -500,13 +640,28 @@ class Allocator:
                     return CAP_HIT + 2 * k + (kf[1] == 0)
         return -1
 
-    def _reserve_row(self, bucket: Bucket, keys: tuple[int, ...], r: Row,
-                     applicant: str | None, entry: ReferralEntry | None, rec: bytes) -> int:
+    def _reserve_row(
+        self,
+        bucket: Bucket,
+        keys: tuple[int, ...],
+        r: Row,
+        applicant: str | None,
+        entry: ReferralEntry | None,
+        rec: bytes,
+    ) -> int:
         """:meth:`reserve` for one row (keys as a tuple); call :meth:`_known_row` first."""
         amount = r.requested_amount
         res, existing = self.store.try_reserve_once(
-            bucket, keys, amount, applicant, r.event_ms, entry,
-            application_id=r.application_id, fingerprint=r.fingerprint, record=rec)
+            bucket,
+            keys,
+            amount,
+            applicant,
+            r.event_ms,
+            entry,
+            application_id=r.application_id,
+            fingerprint=r.fingerprint,
+            record=rec,
+        )
         if existing is not None:
             raise _Decided(existing)
         if res >= CAP_HIT:
@@ -525,7 +680,9 @@ class Allocator:
             try:
                 if a.keep_ok:
                     kb = self.keep_bucket
-                    rec = pack_record(KEEP, bits, a.keep_profit, a.keep_apr, a.keep_margin, a.pd, "")
+                    rec = pack_record(
+                        KEEP, bits, a.keep_profit, a.keep_apr, a.keep_margin, a.pd, ""
+                    )
                     kk = _row_keys(kb, a)
                     res = self._known_row(kb, kk, r.requested_amount)
                     if res == -1:
@@ -535,8 +692,15 @@ class Allocator:
                     bits |= _LATE if res == LATE else _KEEP_FULL
                 if a.branch_ok:
                     bb = self.branch_bucket
-                    rec = pack_record(BRANCH, bits, a.branch_profit, a.branch_apr,
-                                      a.branch_margin, a.branch_pd, "")
+                    rec = pack_record(
+                        BRANCH,
+                        bits,
+                        a.branch_profit,
+                        a.branch_apr,
+                        a.branch_margin,
+                        a.branch_pd,
+                        "",
+                    )
                     bk = _row_keys(bb, a)
                     res = self._known_row(bb, bk, r.requested_amount)
                     if res == -1:
@@ -562,15 +726,17 @@ class Allocator:
                 self._store_down(exc, "reserve")
                 bits |= _STORE_DOWN
                 if s.degraded.policy == "keep" and a.keep_ok:
-                    return pack_record(KEEP, bits, a.keep_profit, a.keep_apr, a.keep_margin,
-                                       a.pd, ""), True
+                    return pack_record(
+                        KEEP, bits, a.keep_profit, a.keep_apr, a.keep_margin, a.pd, ""
+                    ), True
                 return pack_record(DECLINE, bits, 0.0, float("nan"), a.keep_margin, a.pd, ""), True
         rec = pack_record(DECLINE, bits, 0.0, float("nan"), a.keep_margin, a.pd, "")
         try:
             # Store the decline unless a concurrent caller decided first (then its decision
             # is the answer).
-            existing = self.store.record_many([r.application_id], [r.fingerprint], [rec],
-                                              [r.event_ms])[0]
+            existing = self.store.record_many(
+                [r.application_id], [r.fingerprint], [rec], [r.event_ms]
+            )[0]
             if existing is not None:  # a retry after all: it changes no count
                 if eligible or a.keep_ok or a.branch_ok:
                     if rotation is not None:
@@ -584,8 +750,7 @@ class Allocator:
             self._store_down(exc, "remember")
         return rec, False
 
-    def _refer_row(self, r: Row, a: OneAssessment, eligible: list[int],
-                   bits: int) -> bytes | int:
+    def _refer_row(self, r: Row, a: OneAssessment, eligible: list[int], bits: int) -> bytes | int:
         """Try eligible partners in routing order: the granted decision's record, or the
         reason bits of the refusals."""
         s, rank = self.strategy, self.rank
@@ -606,10 +771,29 @@ class Allocator:
             kk = _row_keys(bucket, a)
             res = self._known_row(bucket, kk, r.requested_amount)
             if res < 0:
-                rec = pack_record(REFER, bits | extra, ev[j], a.partner_apr[j], a.keep_margin,
-                                  a.pd, s.partners[j].id)
-                entry = make_entry(s, r.application_id, j, r.event_ms, r.requested_amount,
-                                   r.term_months, r.applicant, ev[j]) if entries else None
+                rec = pack_record(
+                    REFER,
+                    bits | extra,
+                    ev[j],
+                    a.partner_apr[j],
+                    a.keep_margin,
+                    a.pd,
+                    s.partners[j].id,
+                )
+                entry = (
+                    make_entry(
+                        s,
+                        r.application_id,
+                        j,
+                        r.event_ms,
+                        r.requested_amount,
+                        r.term_months,
+                        r.applicant,
+                        ev[j],
+                    )
+                    if entries
+                    else None
+                )
                 res = self._reserve_row(bucket, kk, r, r.applicant, entry, rec)
                 if res == GRANTED:
                     if method == "weighted":
@@ -618,10 +802,24 @@ class Allocator:
             extra |= _DEDUPE if res == DEDUPED else _LATE if res == LATE else _QUOTA
         return extra
 
-    def _rounds(self, cols: AppColumns, a: Assessment, todo: list[int], recalled: dict,
-                dups: dict, kind: list[int], chosen: list[int], bits: list[int],
-                mask_l: list[int], decode: dict, ev_flat: list[float], pkeys: list,
-                kkeys: list, bkeys: list, claiming: bool) -> None:
+    def _rounds(
+        self,
+        cols: AppColumns,
+        a: Assessment,
+        todo: list[int],
+        recalled: dict,
+        dups: dict,
+        kind: list[int],
+        chosen: list[int],
+        bits: list[int],
+        mask_l: list[int],
+        decode: dict,
+        ev_flat: list[float],
+        pkeys: list,
+        kkeys: list,
+        bkeys: list,
+        claiming: bool,
+    ) -> None:
         """Pipelined allocation: every row's next candidate goes to the store in one
         pipeline per round, so a batch costs a few round trips instead of one per attempt.
 
@@ -643,7 +841,8 @@ class Allocator:
             m = mask_l[i]
             if m:
                 eligible = decode.get(m) or decode.setdefault(
-                    m, [j for j in range(P) if m >> j & 1])
+                    m, [j for j in range(P) if m >> j & 1]
+                )
                 if len(eligible) == 1 or method == "waterfall":
                     cands += sorted(eligible, key=rank.__getitem__)
                 elif method == "best_value":
@@ -660,8 +859,13 @@ class Allocator:
                 amount, t = amounts[i], event_ms[i]
                 while pos < len(cands):
                     c = cands[pos]
-                    bucket, kc = (kb, kkeys) if c == -2 else (bb, bkeys) if c == -1 else \
-                        (self.partner_buckets[c], pkeys[c])
+                    bucket, kc = (
+                        (kb, kkeys)
+                        if c == -2
+                        else (bb, bkeys)
+                        if c == -1
+                        else (self.partner_buckets[c], pkeys[c])
+                    )
                     if known(bucket, kc, i, amount) < 0:
                         break
                     bits[i] |= refused_bit.get(c, _QUOTA)
@@ -673,21 +877,56 @@ class Allocator:
                 keys = tuple([col[i] for col in kc])
                 if c >= 0:
                     ev = ev_flat[i * P + c]
-                    entry = _make_entry(s, cols, i, c, t, amount, ev) \
-                        if self.store.needs_entries else None
-                    record = pack_record(REFER, bits[i], ev, a.partner_apr[i, c],
-                                         a.keep_margin[i], a.pd[i], s.partners[c].id)
+                    entry = (
+                        _make_entry(s, cols, i, c, t, amount, ev)
+                        if self.store.needs_entries
+                        else None
+                    )
+                    record = pack_record(
+                        REFER,
+                        bits[i],
+                        ev,
+                        a.partner_apr[i, c],
+                        a.keep_margin[i],
+                        a.pd[i],
+                        s.partners[c].id,
+                    )
                     applicant = cols.applicant[i]
                 elif c == -2:
                     entry, applicant = None, None
-                    record = pack_record(KEEP, bits[i], a.keep_profit[i], a.keep_apr[i],
-                                         a.keep_margin[i], a.pd[i], "")
+                    record = pack_record(
+                        KEEP,
+                        bits[i],
+                        a.keep_profit[i],
+                        a.keep_apr[i],
+                        a.keep_margin[i],
+                        a.pd[i],
+                        "",
+                    )
                 else:
                     entry, applicant = None, None
-                    record = pack_record(BRANCH, bits[i], a.branch_profit[i], a.branch_apr[i],
-                                         a.branch_margin[i], a.branch_pd[i], "")
-                requests.append((bucket, keys, amount, applicant, t, entry, self._ids[i],
-                                 self._fps[i], record if claiming or self._once else b""))
+                    record = pack_record(
+                        BRANCH,
+                        bits[i],
+                        a.branch_profit[i],
+                        a.branch_apr[i],
+                        a.branch_margin[i],
+                        a.branch_pd[i],
+                        "",
+                    )
+                requests.append(
+                    (
+                        bucket,
+                        keys,
+                        amount,
+                        applicant,
+                        t,
+                        entry,
+                        self._ids[i],
+                        self._fps[i],
+                        record if claiming or self._once else b"",
+                    )
+                )
                 owners.append((i, c, bucket, keys))
             if not requests:
                 break
@@ -706,8 +945,11 @@ class Allocator:
                             self.rotation.granted(c, plans[i][2])
                     del plans[i]
                 else:
-                    bits[i] |= _LATE if r == LATE else \
-                        refused_bit.get(c, _DEDUPE if r == DEDUPED else _QUOTA)
+                    bits[i] |= (
+                        _LATE
+                        if r == LATE
+                        else refused_bit.get(c, _DEDUPE if r == DEDUPED else _QUOTA)
+                    )
                     plans[i][1] += 1
 
     def _refusing_window(self, j: int, k: int, kcols: list[list[int]], i: int, amount: int) -> str:
@@ -729,16 +971,29 @@ class Allocator:
         keys = a.keys[bucket.timezone][bucket.caps[k].window]
         ordered = a.ordered.get((bucket.timezone, bucket.caps[k].window))
         if ordered is None:
-            ordered = a.ordered[(bucket.timezone, bucket.caps[k].window)] = \
-                bool(np.all(keys[1:] >= keys[:-1]))
+            ordered = a.ordered[(bucket.timezone, bucket.caps[k].window)] = bool(
+                np.all(keys[1:] >= keys[:-1])
+            )
         if not ordered:
             return i + 1
         return int(np.searchsorted(keys, keys[i], side="right"))
 
-    def _refer(self, cols: AppColumns, i: int, eligible: list[int], evs: list[float], base: int,
-               pkeys: list[list[list[int]]], t: int, amount: int, blocked: int = 0,
-               block_cap: list[int] | None = None, a: Assessment | None = None,
-               bits: int = 0, order: list[int] | None = None) -> tuple[int, int]:
+    def _refer(
+        self,
+        cols: AppColumns,
+        i: int,
+        eligible: list[int],
+        evs: list[float],
+        base: int,
+        pkeys: list[list[list[int]]],
+        t: int,
+        amount: int,
+        blocked: int = 0,
+        block_cap: list[int] | None = None,
+        a: Assessment | None = None,
+        bits: int = 0,
+        order: list[int] | None = None,
+    ) -> tuple[int, int]:
         """Try eligible partners in routing order; (chosen index or -1, reason bits).
 
         Partners in ``blocked`` have cap ``block_cap[j]`` full for this row's window:
@@ -770,12 +1025,23 @@ class Allocator:
             if r < 0:
                 rec = None
                 if self._once or self._recorded:
+
                     def rec(j=j, extra=extra) -> bytes:
-                        return pack_record(REFER, bits | extra, evs[base + j],
-                                           a.partner_apr[i, j], a.keep_margin[i], a.pd[i],
-                                           s.partners[j].id)
-                entry = _make_entry(s, cols, i, j, t, amount, evs[base + j]) \
-                    if self.store.needs_entries else None
+                        return pack_record(
+                            REFER,
+                            bits | extra,
+                            evs[base + j],
+                            a.partner_apr[i, j],
+                            a.keep_margin[i],
+                            a.pd[i],
+                            s.partners[j].id,
+                        )
+
+                entry = (
+                    _make_entry(s, cols, i, j, t, amount, evs[base + j])
+                    if self.store.needs_entries
+                    else None
+                )
                 r = self.reserve(buckets[j], pkeys[j], i, amount, applicant, t, entry, rec)
             if r == GRANTED:
                 if method == "weighted":
@@ -810,27 +1076,51 @@ class _Decided(Exception):
         self.record = record
 
 
-def _make_entry(s: Strategy, cols: AppColumns, i: int, j: int, t: int, amount: int,
-                ev: float) -> ReferralEntry:
+def _make_entry(
+    s: Strategy, cols: AppColumns, i: int, j: int, t: int, amount: int, ev: float
+) -> ReferralEntry:
     """The ledger entry for referring row ``i`` to partner ``j``."""
-    return make_entry(s, cols.application_id[i], j, t, amount, int(cols.term_months[i]),
-                      cols.applicant[i], ev)
+    return make_entry(
+        s, cols.application_id[i], j, t, amount, int(cols.term_months[i]), cols.applicant[i], ev
+    )
 
 
-def make_entry(s: Strategy, app_id: str, j: int, t: int, amount: int, term_months: int,
-               applicant: str, ev: float) -> ReferralEntry:
+def make_entry(
+    s: Strategy,
+    app_id: str,
+    j: int,
+    t: int,
+    amount: int,
+    term_months: int,
+    applicant: str,
+    ev: float,
+) -> ReferralEntry:
     """The ledger entry for referring application ``app_id`` to partner ``j``."""
     p = s.partners[j]
     did = decision_id(s.version, app_id)
     return ReferralEntry(
-        referral_id="r_" + did[2:], decision_id=did, application_id=app_id,
-        partner_id=p.id, event_time_ms=t, amount=amount,
-        term_months=term_months, applicant_hash=applicant,
-        terms=p.terms, expected_value=int(round(ev)), strategy_version=s.version)
+        referral_id="r_" + did[2:],
+        decision_id=did,
+        application_id=app_id,
+        partner_id=p.id,
+        event_time_ms=t,
+        amount=amount,
+        term_months=term_months,
+        applicant_hash=applicant,
+        terms=p.terms,
+        expected_value=int(round(ev)),
+        strategy_version=s.version,
+    )
 
 
-def _fill(a: Assessment, kind: np.ndarray, chosen: list[int], bits: np.ndarray,
-          partner_ids: list[str], degraded: np.ndarray) -> Outcomes:
+def _fill(
+    a: Assessment,
+    kind: np.ndarray,
+    chosen: list[int],
+    bits: np.ndarray,
+    partner_ids: list[str],
+    degraded: np.ndarray,
+) -> Outcomes:
     """Vectorised outcome columns from the chosen paths."""
     n = len(kind)
     if n == 1:
@@ -853,12 +1143,21 @@ def _fill(a: Assessment, kind: np.ndarray, chosen: list[int], bits: np.ndarray,
         apr[is_refer] = a.partner_apr[rows, ref_j][is_refer]
         value[is_refer] = a.ev[rows, ref_j][is_refer]
     partner = [partner_ids[j] if j >= 0 else "" for j in chosen]
-    return Outcomes(kind=kind, partner=partner, bits=bits, value=np.rint(value).astype(np.int64),
-                    apr=apr, margin=margin, pd=pd, degraded=degraded)
+    return Outcomes(
+        kind=kind,
+        partner=partner,
+        bits=bits,
+        value=np.rint(value).astype(np.int64),
+        apr=apr,
+        margin=margin,
+        pd=pd,
+        degraded=degraded,
+    )
 
 
-def _fill_one(a: Assessment, kind: int, j: int, bits: np.ndarray, partner_ids: list[str],
-              degraded: np.ndarray) -> Outcomes:
+def _fill_one(
+    a: Assessment, kind: int, j: int, bits: np.ndarray, partner_ids: list[str], degraded: np.ndarray
+) -> Outcomes:
     """:func:`_fill` for one row, on scalars (same values)."""
     pd, margin, apr, value = float(a.pd[0]), float(a.keep_margin[0]), float("nan"), 0.0
     if kind == KEEP:
@@ -868,16 +1167,22 @@ def _fill_one(a: Assessment, kind: int, j: int, bits: np.ndarray, partner_ids: l
         pd, margin = float(a.branch_pd[0]), float(a.branch_margin[0])
     elif kind == REFER:
         apr, value = float(a.partner_apr[0, j]), float(a.ev[0, j])
-    return Outcomes(kind=np.array([kind], dtype=np.int8),
-                    partner=[partner_ids[j] if kind == REFER else ""], bits=bits,
-                    value=np.rint(np.array([value])).astype(np.int64), apr=np.array([apr]),
-                    margin=np.array([margin]), pd=np.array([pd]), degraded=degraded)
+    return Outcomes(
+        kind=np.array([kind], dtype=np.int8),
+        partner=[partner_ids[j] if kind == REFER else ""],
+        bits=bits,
+        value=np.rint(np.array([value])).astype(np.int64),
+        apr=np.array([apr]),
+        margin=np.array([margin]),
+        pd=np.array([pd]),
+        degraded=degraded,
+    )
 
 
 class _LazyKeys:
     """``pkeys[j]``: the window-key columns of partner j's bucket, built on first use."""
 
-    def __init__(self, rows: "_KeyRows", buckets: list[Bucket]):
+    def __init__(self, rows: _KeyRows, buckets: list[Bucket]):
         self._rows, self._buckets = rows, buckets
         self._got: dict[int, list[list[int]]] = {}
 

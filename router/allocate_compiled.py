@@ -29,9 +29,16 @@ if TYPE_CHECKING:
 _METHOD = {"waterfall": K.WATERFALL, "best_value": K.BEST_VALUE, "weighted": K.WEIGHTED}
 #: Rows of first-refusal events to start a batch with (grown as needed).
 CAPEV_ROWS = 256
-_BITS = tuple(np.uint64(BIT[c]) for c in ("KEEP_BUDGET_EXHAUSTED", "BRANCH_BUDGET_EXHAUSTED",
-                                          "PARTNER_DEDUPE", "PARTNER_QUOTA_EXHAUSTED",
-                                          "LATE_EVENT"))
+_BITS = tuple(
+    np.uint64(BIT[c])
+    for c in (
+        "KEEP_BUDGET_EXHAUSTED",
+        "BRANCH_BUDGET_EXHAUSTED",
+        "PARTNER_DEDUPE",
+        "PARTNER_QUOTA_EXHAUSTED",
+        "LATE_EVENT",
+    )
+)
 
 
 def expiries(keys: np.ndarray, window: str, tz: str) -> np.ndarray:
@@ -45,12 +52,13 @@ def expiries(keys: np.ndarray, window: str, tz: str) -> np.ndarray:
         uniq, inv = np.unique(keys, return_inverse=True)
         ends = np.array([window_end_ms(window, int(k), tz) for k in uniq.tolist()], np.int64)
         return ends[inv] + COUNTER_GRACE_MS
-    ends = np.array([window_end_ms(window, int(k), tz) for k in keys[starts].tolist()],
-                    dtype=np.int64)
+    ends = np.array(
+        [window_end_ms(window, int(k), tz) for k in keys[starts].tolist()], dtype=np.int64
+    )
     return np.repeat(ends + COUNTER_GRACE_MS, np.diff(np.r_[starts, n]))
 
 
-def allocate_compiled(al: "Allocator", cols: AppColumns, a: Assessment) -> Outcomes:
+def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcomes:
     """Decide a batch (more than one row) on ``al.store``, an ArrayQuotaStore; the caller
     holds ``al.lock``."""
     from router.allocate import _fill, find_repeats, make_entry  # that module imports this one
@@ -61,8 +69,11 @@ def allocate_compiled(al: "Allocator", cols: AppColumns, a: Assessment) -> Outco
     ids, fps = cols.application_id, cols.fingerprint
     recalled = store.recall_many(ids, fps)
     dups = find_repeats(ids, fps)
-    masks = (a.eligible.astype(np.int64) << np.arange(P)).sum(axis=1) if P \
+    masks = (
+        (a.eligible.astype(np.int64) << np.arange(P)).sum(axis=1)
+        if P
         else np.zeros(n, dtype=np.int64)
+    )
     todo = a.keep_ok | a.branch_ok | (masks != 0)
     if recalled or dups:
         todo[list(recalled) + list(dups)] = False
@@ -81,8 +92,9 @@ def allocate_compiled(al: "Allocator", cols: AppColumns, a: Assessment) -> Outco
             first_slot = int(store.bk[b, K.FIRST_SLOT])
             fl = al.floors.get(bucket.id)
             for k, cap in enumerate(bucket.caps):
-                slot_col[first_slot + k] = col_of.setdefault((bucket.timezone, cap.window),
-                                                             len(col_of))
+                slot_col[first_slot + k] = col_of.setdefault(
+                    (bucket.timezone, cap.window), len(col_of)
+                )
                 if fl is not None and fl[k] is not None:
                     floor_key[first_slot + k], floor_amt[first_slot + k] = fl[k]
         keycols = np.empty((max(len(col_of), 1), n), dtype=np.int64)
@@ -91,8 +103,11 @@ def allocate_compiled(al: "Allocator", cols: AppColumns, a: Assessment) -> Outco
             keycols[c] = a.keys[tz][window]
             endcols[c] = expiries(keycols[c], window, tz)
         dedupe = P and bool((store.bk[bucket_of[2:], K.DEDUPE_MS] > 0).any())
-        hi, lo = applicant_words(cols.applicant) if dedupe else \
-            (np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
+        hi, lo = (
+            applicant_words(cols.applicant)
+            if dedupe
+            else (np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
+        )
         kind = np.full(n, DECLINE, dtype=np.int8)
         chosen = np.full(n, -1, dtype=np.int64)
         bits = a.bits.copy()
@@ -109,10 +124,35 @@ def allocate_compiled(al: "Allocator", cols: AppColumns, a: Assessment) -> Outco
         pos = 0
         while True:
             store.make_room(len(rows) - pos, S)
-            done = K.allocate(rows[pos:], a.keep_ok, a.branch_ok, masks, amounts, event_ms,
-                              hi, lo, keycols, endcols, slot_col, bucket_of, method, rank, ev,
-                              weights, current, *_BITS, bits, kind, chosen, floor_key,
-                              floor_amt, refusals, capev, ncapev, *store.state())
+            done = K.allocate(
+                rows[pos:],
+                a.keep_ok,
+                a.branch_ok,
+                masks,
+                amounts,
+                event_ms,
+                hi,
+                lo,
+                keycols,
+                endcols,
+                slot_col,
+                bucket_of,
+                method,
+                rank,
+                ev,
+                weights,
+                current,
+                *_BITS,
+                bits,
+                kind,
+                chosen,
+                floor_key,
+                floor_amt,
+                refusals,
+                capev,
+                ncapev,
+                *store.state(),
+            )
             pos += int(done)
             if pos >= len(rows):
                 break
@@ -137,16 +177,24 @@ def allocate_compiled(al: "Allocator", cols: AppColumns, a: Assessment) -> Outco
                 first_slot = int(store.bk[b, K.FIRST_SLOT])
                 for k, cap in enumerate(bucket.caps):
                     owner[first_slot + k] = (bucket.id, cap.window)
-            for slot, key, t in capev[:ncapev[0]].tolist():
+            for slot, key, t in capev[: ncapev[0]].tolist():
                 al.on_cap(*owner[slot], key, t)
         if store.needs_entries:
             for i in np.flatnonzero(kind == REFER).tolist():
                 j = int(chosen[i])
-                store.append_entry(make_entry(
-                    s, ids[i], j, int(event_ms[i]), int(amounts[i]), int(cols.term_months[i]),
-                    cols.applicant[i], float(a.ev[i, j])))
-    out = _fill(a, kind, chosen.tolist(), bits, [p.id for p in s.partners],
-                np.zeros(n, dtype=bool))
+                store.append_entry(
+                    make_entry(
+                        s,
+                        ids[i],
+                        j,
+                        int(event_ms[i]),
+                        int(amounts[i]),
+                        int(cols.term_months[i]),
+                        cols.applicant[i],
+                        float(a.ev[i, j]),
+                    )
+                )
+    out = _fill(a, kind, chosen.tolist(), bits, [p.id for p in s.partners], np.zeros(n, dtype=bool))
     for i, rec in recalled.items():
         out.set_record(i, rec)
     records = out.record_array()
@@ -156,10 +204,14 @@ def allocate_compiled(al: "Allocator", cols: AppColumns, a: Assessment) -> Outco
         keep = np.ones(n, dtype=bool)
         keep[list(recalled) + list(dups)] = False
         rows_kept = np.flatnonzero(keep)
-        store.remember_block([ids[i] for i in rows_kept.tolist()],
-                             np.asarray(fps, dtype=np.uint64)[rows_kept], records[rows_kept],
-                             int(event_ms[rows_kept].max()) if len(rows_kept) else 0)
+        store.remember_block(
+            [ids[i] for i in rows_kept.tolist()],
+            np.asarray(fps, dtype=np.uint64)[rows_kept],
+            records[rows_kept],
+            int(event_ms[rows_kept].max()) if len(rows_kept) else 0,
+        )
     else:
-        store.remember_block(list(ids), np.asarray(fps, dtype=np.uint64), records,
-                             int(event_ms.max()))
+        store.remember_block(
+            list(ids), np.asarray(fps, dtype=np.uint64), records, int(event_ms.max())
+        )
     return out

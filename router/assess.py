@@ -25,8 +25,8 @@ from router.windows import window_keys
 class Assessment:
     """Everything the allocation step needs, one entry (or row) per application."""
 
-    bits: np.ndarray            # uint64 reason bits gathered so far
-    dead: np.ndarray            # declined outright (global rule)
+    bits: np.ndarray  # uint64 reason bits gathered so far
+    dead: np.ndarray  # declined outright (global rule)
     pd: np.ndarray
     keep_ok: np.ndarray
     keep_apr: np.ndarray
@@ -37,9 +37,9 @@ class Assessment:
     branch_apr: np.ndarray
     branch_margin: np.ndarray
     branch_profit: np.ndarray
-    eligible: np.ndarray        # (n × partners) bool
-    ev: np.ndarray              # (n × partners) expected referral value, minor units
-    partner_apr: np.ndarray     # (n × partners)
+    eligible: np.ndarray  # (n × partners) bool
+    ev: np.ndarray  # (n × partners) expected referral value, minor units
+    partner_apr: np.ndarray  # (n × partners)
     keys: dict[str, dict[str, np.ndarray]]  # time zone -> window -> keys
     ordered: dict[tuple[str, str], bool] = field(default_factory=dict)  # keys non-decreasing?
 
@@ -59,16 +59,18 @@ def _consent_row(consent: str, channel: str, strategy: Strategy, row: int) -> np
     elif consent != "none":
         for pid in consent.split(","):
             if pid not in index:
-                raise InputError(f"field `consent`: unknown partner (value: {pid!r})",
-                                 field="consent", row=row)
+                raise InputError(
+                    f"field `consent`: unknown partner (value: {pid!r})", field="consent", row=row
+                )
             out[index[pid]] = True
     if pol is not None and not pol.referral_allowed:
         out[:] = False
     return out
 
 
-def consent_matrix(cols: AppColumns, strategy: Strategy,
-                   cache: dict[tuple[str, str], np.ndarray] | None = None) -> np.ndarray:
+def consent_matrix(
+    cols: AppColumns, strategy: Strategy, cache: dict[tuple[str, str], np.ndarray] | None = None
+) -> np.ndarray:
     """(n × partners) True where the applicant's consent and the channel allow the partner."""
     cache = {} if cache is None else cache
     if len(cols) == 1:
@@ -95,8 +97,13 @@ def consent_matrix(cols: AppColumns, strategy: Strategy,
     return table[inv]
 
 
-def assess(cols: AppColumns, strategy: Strategy, scorers: dict[str, Any],
-           employer_tokens: list[frozenset[str]], table: PartnerTable | None = None) -> Assessment:
+def assess(
+    cols: AppColumns,
+    strategy: Strategy,
+    scorers: dict[str, Any],
+    employer_tokens: list[frozenset[str]],
+    table: PartnerTable | None = None,
+) -> Assessment:
     """Score and evaluate a batch; see :class:`Assessment`.
 
     ``table`` is the strategy's partner book as arrays (built here if not given; a
@@ -120,10 +127,12 @@ def assess(cols: AppColumns, strategy: Strategy, scorers: dict[str, Any],
     # Funder rules remove keep and branch only.
     funder_ok = ~dead
     for code, bad in (
-        ("REGION_UNLICENSED",
-         ~region_match(coded_column(cols, "region"), r.licensed_regions)),
+        ("REGION_UNLICENSED", ~region_match(coded_column(cols, "region"), r.licensed_regions)),
         ("SEVERE_DELINQUENCY", cols.worst_dpd_12m > r.max_worst_dpd),
-        ("MULTI_LENDING", (cols.inquiries_3m > r.max_inquiries_3m) | (cols.open_loans > r.max_open_loans)),
+        (
+            "MULTI_LENDING",
+            (cols.inquiries_3m > r.max_inquiries_3m) | (cols.open_loans > r.max_open_loans),
+        ),
         ("HIGH_DEBT_BURDEN", cols.dti > r.max_dti),
     ):
         _set(bits, bad & ~dead, code)
@@ -136,10 +145,12 @@ def assess(cols: AppColumns, strategy: Strategy, scorers: dict[str, Any],
     keep_apr = eco.offered_apr(req, ach, e)
     keep_margin = ach - req
     keep_profit = eco.keep_profit(amount, term, pd, keep_apr, e)
-    checks = (("KEEP_FILTER", filter_mask(p.filters, cols, pd)),
-              ("KEEP_PD_ABOVE_CUTOFF", pd <= p.max_pd),
-              ("KEEP_NOT_COVERED", keep_margin >= 0),
-              ("KEEP_LOW_PROFIT", keep_profit >= p.min_expected_profit))
+    checks = (
+        ("KEEP_FILTER", filter_mask(p.filters, cols, pd)),
+        ("KEEP_PD_ABOVE_CUTOFF", pd <= p.max_pd),
+        ("KEEP_NOT_COVERED", keep_margin >= 0),
+        ("KEEP_LOW_PROFIT", keep_profit >= p.min_expected_profit),
+    )
     keep_ok = funder_ok.copy()
     for code, ok in checks:
         _set(bits, funder_ok & ~ok, code)
@@ -152,10 +163,12 @@ def assess(cols: AppColumns, strategy: Strategy, scorers: dict[str, Any],
         bapr = eco.branch_apr(cols.max_apr, b, e)
         bprofit = eco.branch_profit(amount, term, bpd, bapr, b, e)
         bmargin = eco.branch_margin(amount, term, bprofit, b)
-        checks = (("BRANCH_FILTER", filter_mask(b.filters, cols, bpd)),
-                  ("BRANCH_PD_ABOVE_CUTOFF", bpd <= b.max_pd),
-                  ("BRANCH_NOT_COVERED", bmargin >= 0),
-                  ("BRANCH_LOW_PROFIT", bprofit >= b.min_expected_profit))
+        checks = (
+            ("BRANCH_FILTER", filter_mask(b.filters, cols, bpd)),
+            ("BRANCH_PD_ABOVE_CUTOFF", bpd <= b.max_pd),
+            ("BRANCH_NOT_COVERED", bmargin >= 0),
+            ("BRANCH_LOW_PROFIT", bprofit >= b.min_expected_profit),
+        )
         branch_ok = funder_ok.copy()
         for code, ok in checks:
             _set(bits, funder_ok & ~keep_ok & ~ok, code)
@@ -184,8 +197,9 @@ def assess(cols: AppColumns, strategy: Strategy, scorers: dict[str, Any],
             employee = isin_small(cols.employer.codes, codes)
             employee_any |= employee & eligible[:, j]
             eligible[:, j] &= ~employee
-    ev = eco.referral_value(amount[:, None], term[:, None], pd[:, None],
-                            cols.max_apr[:, None], table.econ)  # type: ignore[arg-type]
+    ev = eco.referral_value(
+        amount[:, None], term[:, None], pd[:, None], cols.max_apr[:, None], table.econ
+    )  # type: ignore[arg-type]
     papr = eco.partner_apr(cols.max_apr[:, None], table.econ)  # type: ignore[arg-type]
     if P == 0:
         ev = ev.reshape(n, 0)
@@ -198,8 +212,21 @@ def assess(cols: AppColumns, strategy: Strategy, scorers: dict[str, Any],
 
     zones = {s.timezone, *(pt.timezone for pt in s.partners)}
     keys = {z: window_keys(cols.event_ms, z) for z in zones}
-    return Assessment(bits=bits, dead=dead, pd=pd, keep_ok=keep_ok, keep_apr=keep_apr,
-                      keep_margin=keep_margin, keep_profit=keep_profit, branch_ok=branch_ok,
-                      branch_pd=np.asarray(bpd), branch_apr=np.asarray(bapr),
-                      branch_margin=np.asarray(bmargin), branch_profit=np.asarray(bprofit),
-                      eligible=valuable, ev=ev, partner_apr=papr, keys=keys)
+    return Assessment(
+        bits=bits,
+        dead=dead,
+        pd=pd,
+        keep_ok=keep_ok,
+        keep_apr=keep_apr,
+        keep_margin=keep_margin,
+        keep_profit=keep_profit,
+        branch_ok=branch_ok,
+        branch_pd=np.asarray(bpd),
+        branch_apr=np.asarray(bapr),
+        branch_margin=np.asarray(bmargin),
+        branch_profit=np.asarray(bprofit),
+        eligible=valuable,
+        ev=ev,
+        partner_apr=papr,
+        keys=keys,
+    )

@@ -33,10 +33,13 @@ _EMPLOYEE, _NO_ELIGIBLE = BIT["PARTNER_EMPLOYEE"], BIT["NO_ELIGIBLE_PARTNER"]
 _LOW_VALUE = BIT["LOW_REFERRAL_VALUE"]
 _REGION, _DPD = BIT["REGION_UNLICENSED"], BIT["SEVERE_DELINQUENCY"]
 _MULTI, _DEBT = BIT["MULTI_LENDING"], BIT["HIGH_DEBT_BURDEN"]
-_KEEP_CHECKS = tuple(BIT[c] for c in ("KEEP_FILTER", "KEEP_PD_ABOVE_CUTOFF", "KEEP_NOT_COVERED",
-                                      "KEEP_LOW_PROFIT"))
-_BRANCH_CHECKS = tuple(BIT[c] for c in ("BRANCH_FILTER", "BRANCH_PD_ABOVE_CUTOFF",
-                                        "BRANCH_NOT_COVERED", "BRANCH_LOW_PROFIT"))
+_KEEP_CHECKS = tuple(
+    BIT[c] for c in ("KEEP_FILTER", "KEEP_PD_ABOVE_CUTOFF", "KEEP_NOT_COVERED", "KEEP_LOW_PROFIT")
+)
+_BRANCH_CHECKS = tuple(
+    BIT[c]
+    for c in ("BRANCH_FILTER", "BRANCH_PD_ABOVE_CUTOFF", "BRANCH_NOT_COVERED", "BRANCH_LOW_PROFIT")
+)
 
 
 @dataclass(slots=True)
@@ -55,7 +58,7 @@ class OneAssessment:
     branch_apr: float
     branch_margin: float
     branch_profit: float
-    eligible: list[bool]       # per partner (eligible and valuable enough)
+    eligible: list[bool]  # per partner (eligible and valuable enough)
     ev: list[float]
     partner_apr: list[float]
     keys: dict[str, tuple[int, int, int]]  # time zone -> (hour, day, month) keys
@@ -65,8 +68,11 @@ class _Filter:
     """A :class:`Filters` compiled to the bounds it sets, for one row of scalars."""
 
     def __init__(self, f: Filters):
-        self.bounds = [(column, _OPS[passes], getattr(f, attr))
-                       for attr, column, passes in _BOUNDS if getattr(f, attr) is not None]
+        self.bounds = [
+            (column, _OPS[passes], getattr(f, attr))
+            for attr, column, passes in _BOUNDS
+            if getattr(f, attr) is not None
+        ]
         self.regions = _regions(f.regions)
         self.channels = frozenset(f.channels)
 
@@ -96,15 +102,17 @@ def _in_regions(code: int, regions: list[tuple[int, int]] | None) -> bool:
 class OneAssessor:
     """Assesses one application at a time for a strategy (what can be, precomputed once)."""
 
-    def __init__(self, strategy: Strategy, scorers: dict[str, Any],
-                 employer_tokens: list[frozenset[str]]):
+    def __init__(
+        self, strategy: Strategy, scorers: dict[str, Any], employer_tokens: list[frozenset[str]]
+    ):
         s = strategy
         self.strategy, self.scorers, self.employer_tokens = s, scorers, employer_tokens
         self.licensed = _regions(s.rules.licensed_regions)
         self.keep_filter = _Filter(s.primary.filters)
         self.branch_filter = _Filter(s.branch.filters) if s.branch else None
-        self._partners = [(p, _Filter(p.filters), employer_tokens[j])
-                          for j, p in enumerate(s.partners)]
+        self._partners = [
+            (p, _Filter(p.filters), employer_tokens[j]) for j, p in enumerate(s.partners)
+        ]
         self.zones = sorted({s.timezone, *(p.timezone for p in s.partners)})
         self._consent: dict[tuple[str, str], tuple[bool, ...]] = {}
 
@@ -221,8 +229,13 @@ class OneAssessor:
         papr = [0.0] * P
         employee_any = False
         for j, (partner, filt, tokens) in enumerate(self._partners):
-            ok = live and consent[j] and partner.whitelisted and \
-                filt.passes(r, region_code, pd) and max_apr >= partner.apr_min
+            ok = (
+                live
+                and consent[j]
+                and partner.whitelisted
+                and filt.passes(r, region_code, pd)
+                and max_apr >= partner.apr_min
+            )
             if ok and tokens and employer in tokens:
                 employee_any = True
                 ok = False
@@ -245,13 +258,34 @@ class OneAssessor:
 
         q = r.event_ms // _Q_MS
         keys = {z: _bucket_keys(q, z) for z in self.zones}
-        return OneAssessment(bits, dead, pd, keep_ok, keep_apr, keep_margin, keep_profit,
-                             branch_ok, bpd, bapr, bmargin, bprofit, valuable, ev, papr, keys)
+        return OneAssessment(
+            bits,
+            dead,
+            pd,
+            keep_ok,
+            keep_apr,
+            keep_margin,
+            keep_profit,
+            branch_ok,
+            bpd,
+            bapr,
+            bmargin,
+            bprofit,
+            valuable,
+            ev,
+            papr,
+            keys,
+        )
 
 
-def assess_one(cols: AppColumns, strategy: Strategy, scorers: dict[str, Any],
-               employer_tokens: list[frozenset[str]], table: Any = None,
-               assessor: OneAssessor | None = None) -> Assessment:
+def assess_one(
+    cols: AppColumns,
+    strategy: Strategy,
+    scorers: dict[str, Any],
+    employer_tokens: list[frozenset[str]],
+    table: Any = None,
+    assessor: OneAssessor | None = None,
+) -> Assessment:
     """:func:`router.assess.assess` for a batch of exactly one application."""
     a = (assessor or OneAssessor(strategy, scorers, employer_tokens))(row_of(cols))
     P = len(strategy.partners)
@@ -262,15 +296,25 @@ def assess_one(cols: AppColumns, strategy: Strategy, scorers: dict[str, Any],
     def b1(x: bool) -> np.ndarray:
         return np.array([x], dtype=bool)
 
-    keys = {z: {w: np.array([k[i]], dtype=np.int64) for i, w in enumerate(WINDOWS)}
-            for z, k in a.keys.items()}
-    return Assessment(bits=np.array([a.bits], dtype=np.uint64), dead=b1(a.dead), pd=f1(a.pd),
-                      keep_ok=b1(a.keep_ok), keep_apr=f1(a.keep_apr),
-                      keep_margin=f1(a.keep_margin), keep_profit=f1(a.keep_profit),
-                      branch_ok=b1(a.branch_ok), branch_pd=f1(a.branch_pd),
-                      branch_apr=f1(a.branch_apr), branch_margin=f1(a.branch_margin),
-                      branch_profit=f1(a.branch_profit),
-                      eligible=np.array([a.eligible], dtype=bool).reshape(1, P),
-                      ev=np.array([a.ev], dtype=np.float64).reshape(1, P),
-                      partner_apr=np.array([a.partner_apr], dtype=np.float64).reshape(1, P),
-                      keys=keys)
+    keys = {
+        z: {w: np.array([k[i]], dtype=np.int64) for i, w in enumerate(WINDOWS)}
+        for z, k in a.keys.items()
+    }
+    return Assessment(
+        bits=np.array([a.bits], dtype=np.uint64),
+        dead=b1(a.dead),
+        pd=f1(a.pd),
+        keep_ok=b1(a.keep_ok),
+        keep_apr=f1(a.keep_apr),
+        keep_margin=f1(a.keep_margin),
+        keep_profit=f1(a.keep_profit),
+        branch_ok=b1(a.branch_ok),
+        branch_pd=f1(a.branch_pd),
+        branch_apr=f1(a.branch_apr),
+        branch_margin=f1(a.branch_margin),
+        branch_profit=f1(a.branch_profit),
+        eligible=np.array([a.eligible], dtype=bool).reshape(1, P),
+        ev=np.array([a.ev], dtype=np.float64).reshape(1, P),
+        partner_apr=np.array([a.partner_apr], dtype=np.float64).reshape(1, P),
+        keys=keys,
+    )

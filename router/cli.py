@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -13,20 +12,26 @@ from rich.table import Table
 
 from router.errors import RouterError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Rejected-traffic referral router: keep / branch / refer / decline.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Rejected-traffic referral router: keep / branch / refer / decline.",
+)
 
 
 @app.callback()
 def _main(
-    log_level: str = typer.Option("warning", "--log-level",
-                                  help="debug, info, warning or error (logs go to stderr)"),
+    log_level: str = typer.Option(
+        "warning", "--log-level", help="debug, info, warning or error (logs go to stderr)"
+    ),
     log_format: str = typer.Option("console", "--log-format", help="console or json"),
 ) -> None:
     """Rejected-traffic referral router: keep / branch / refer / decline."""
     from router.logs import configure
 
     configure(log_level, log_format)
+
+
 err = Console(stderr=True)
 out = Console()
 if not out.is_terminal:  # piped or captured (make demo in CI): don't squeeze to 80 columns
@@ -39,22 +44,31 @@ def _fail(exc: Exception) -> None:
 
 
 def _progress(total: int | None, label: str) -> Progress:
-    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err, transient=True, disable=not err.is_terminal)
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
 
 
 @app.command()
 def decide(
-    application: str = typer.Argument("-", help="application JSON file, a JSON object, or - for stdin (JSON Lines)"),
+    application: str = typer.Argument(
+        "-", help="application JSON file, a JSON object, or - for stdin (JSON Lines)"
+    ),
     strategy: Path = typer.Option(..., "--strategy", "-s", help="strategy TOML"),
-    store: str = typer.Option("memory://", "--store",
-                              help="quota store URL: memory://, redis://…, redis+cluster://…"),
+    store: str = typer.Option(
+        "memory://", "--store", help="quota store URL: memory://, redis://…, redis+cluster://…"
+    ),
 ) -> None:
     """Decide applications and print each decision as one JSON line."""
     from router.config import load_strategy
     from router.engine import Router
     from router.messages import decode_application, encode
-
     from router.store import quota_store_from_url
 
     try:
@@ -85,14 +99,15 @@ def generate(
     try:
         with _progress(rows, "generating") as bar:
             task = bar.add_task("gen", total=rows)
-            write_traffic(out_path, rows, seed, per_day, start,
-                          progress=lambda k: bar.advance(task, k))
+            write_traffic(
+                out_path, rows, seed, per_day, start, progress=lambda k: bar.advance(task, k)
+            )
     except RouterError as exc:
         _fail(exc)
     out.print(f"wrote {rows:,} applications to {out_path}")
 
 
-def _mapping(path: Optional[Path]) -> Optional[dict[str, str]]:
+def _mapping(path: Path | None) -> dict[str, str] | None:
     """The ``[columns]`` table of a mapping file (field -> the file's column name)."""
     if path is None:
         return None
@@ -106,18 +121,25 @@ def _mapping(path: Optional[Path]) -> Optional[dict[str, str]]:
         raise ConfigError(f"cannot read mapping: {exc}", source=str(path)) from exc
     cols = raw.get("columns")
     if not isinstance(cols, dict) or not all(isinstance(v, str) for v in cols.values()):
-        raise ConfigError("expected a [columns] table of field = \"column\"", source=str(path),
-                          path="columns")
+        raise ConfigError(
+            'expected a [columns] table of field = "column"', source=str(path), path="columns"
+        )
     return cols
 
 
-def _run_replay(strategy: Path, traffic: Path, out_dir: Path, batch_size: int,
-                store_url: str = "memory://", mapping: Optional[Path] = None,
-                reference: Optional[Path] = None, allow_degraded: bool = False):
+def _run_replay(
+    strategy: Path,
+    traffic: Path,
+    out_dir: Path,
+    batch_size: int,
+    store_url: str = "memory://",
+    mapping: Path | None = None,
+    reference: Path | None = None,
+    allow_degraded: bool = False,
+):
     from router.config import load_strategy
     from router.replay import replay
     from router.replay.reader import count_rows
-
     from router.store import quota_store_from_url
 
     strat = load_strategy(strategy)
@@ -129,8 +151,11 @@ def _run_replay(strategy: Path, traffic: Path, out_dir: Path, batch_size: int,
             import uuid
 
             options["prefix"] = f"replay-{uuid.uuid4().hex[:12]}:"
-            err.print(f"replaying under the Redis key prefix {options['prefix']!r} "
-                      "(give ?prefix=… to choose one)", markup=False)
+            err.print(
+                f"replaying under the Redis key prefix {options['prefix']!r} "
+                "(give ?prefix=… to choose one)",
+                markup=False,
+            )
         from router.store.redis import RedisQuotaStore
 
         # Replay's service level: long deadlines and retries, never the live 5 ms default
@@ -143,47 +168,65 @@ def _run_replay(strategy: Path, traffic: Path, out_dir: Path, batch_size: int,
     with _progress(total, "replaying") as bar:
         task = bar.add_task("replay", total=total)
         try:
-            return replay(strat, traffic, out_dir, batch_size=batch_size, store=store,
-                          mapping=_mapping(mapping), reference=reference,
-                          progress=lambda k: bar.advance(task, k),
-                          allow_degraded=allow_degraded)
+            return replay(
+                strat,
+                traffic,
+                out_dir,
+                batch_size=batch_size,
+                store=store,
+                mapping=_mapping(mapping),
+                reference=reference,
+                progress=lambda k: bar.advance(task, k),
+                allow_degraded=allow_degraded,
+            )
         finally:
             if store is not None:
                 store.close()
 
 
-_MAPPING_HELP = "TOML file with a [columns] table: application field = \"your column\""
+_MAPPING_HELP = 'TOML file with a [columns] table: application field = "your column"'
 
 
 @app.command()
 def replay(
     strategy: Path = typer.Option(..., "--strategy", "-s", help="strategy TOML"),
-    traffic: Path = typer.Option(..., "--traffic", "-t",
-                                 help="traffic file (.parquet / .csv / .jsonl)"),
+    traffic: Path = typer.Option(
+        ..., "--traffic", "-t", help="traffic file (.parquet / .csv / .jsonl)"
+    ),
     out_dir: Path = typer.Option(..., "--out", "-o", help="output directory"),
     batch_size: int = typer.Option(131_072, "--batch-size", min=1),
-    store: str = typer.Option("memory://", "--store",
-                              help="quota store URL: memory://, redis://…?prefix=…, redis+cluster://…"),
-    mapping: Optional[Path] = typer.Option(None, "--mapping", help=_MAPPING_HELP),
-    reference: Optional[Path] = typer.Option(None, "--reference",
-                                             help="traffic file for the PD's population stability"),
+    store: str = typer.Option(
+        "memory://",
+        "--store",
+        help="quota store URL: memory://, redis://…?prefix=…, redis+cluster://…",
+    ),
+    mapping: Path | None = typer.Option(None, "--mapping", help=_MAPPING_HELP),
+    reference: Path | None = typer.Option(
+        None, "--reference", help="traffic file for the PD's population stability"
+    ),
     allow_degraded: bool = typer.Option(
-        False, "--allow-degraded",
+        False,
+        "--allow-degraded",
         help="on a network store that stays unreachable, decide the rows degraded and go on "
-             "(counted, and the exit code is 3) instead of stopping"),
+        "(counted, and the exit code is 3) instead of stopping",
+    ),
 ) -> None:
     """Replay a traffic file: summary.json, decisions.parquet, rejects.jsonl, report.html."""
     try:
-        result = _run_replay(strategy, traffic, out_dir, batch_size, store, mapping, reference,
-                             allow_degraded)
+        result = _run_replay(
+            strategy, traffic, out_dir, batch_size, store, mapping, reference, allow_degraded
+        )
     except RouterError as exc:
         _fail(exc)
     _print_summary(result.summary)
     out.print(f"report: {out_dir / 'report.html'}\nsummary: {result.summary_path}")
     degraded = result.summary.get("degraded", 0)
     if degraded:
-        err.print(f"warning: {degraded:,} applications were decided degraded (the quota store "
-                  "was unreachable): these results are not the strategy's", markup=False)
+        err.print(
+            f"warning: {degraded:,} applications were decided degraded (the quota store "
+            "was unreachable): these results are not the strategy's",
+            markup=False,
+        )
         raise typer.Exit(3)
 
 
@@ -193,7 +236,7 @@ def compare(
     challenger: Path = typer.Option(..., "--challenger", "-b", help="challenger strategy TOML"),
     traffic: Path = typer.Option(..., "--traffic", "-t", help="traffic file"),
     out_dir: Path = typer.Option(..., "--out", "-o", help="output directory"),
-    mapping: Optional[Path] = typer.Option(None, "--mapping", help=_MAPPING_HELP),
+    mapping: Path | None = typer.Option(None, "--mapping", help=_MAPPING_HELP),
 ) -> None:
     """Champion vs challenger on the same traffic: the 4×4 swap sets and the net change."""
     from router.config import load_strategy
@@ -201,8 +244,13 @@ def compare(
     from router.replay.report import write_compare_report
 
     try:
-        r = run_compare(load_strategy(champion), load_strategy(challenger), traffic, out_dir,
-                        mapping=_mapping(mapping))
+        r = run_compare(
+            load_strategy(champion),
+            load_strategy(challenger),
+            traffic,
+            out_dir,
+            mapping=_mapping(mapping),
+        )
     except RouterError as exc:
         _fail(exc)
     m = r.comparison
@@ -214,8 +262,10 @@ def compare(
         t.add_row(label, *[f"{v:,}" for v in row])
     out.print(t)
     nc = m["net_change"]
-    out.print(f"net change: profit {_yuan(nc['profit'])} yuan, referral revenue "
-              f"{_yuan(nc['referral_revenue'])} yuan, keep rate {nc['keep_rate']:+.2%}")
+    out.print(
+        f"net change: profit {_yuan(nc['profit'])} yuan, referral revenue "
+        f"{_yuan(nc['referral_revenue'])} yuan, keep rate {nc['keep_rate']:+.2%}"
+    )
     report = write_compare_report(m, r.champion.summary, r.challenger.summary, out_dir)
     out.print(f"report: {report}\ncomparison: {r.path}")
 
@@ -226,13 +276,16 @@ def tune(
     traffic: Path = typer.Option(..., "--traffic", "-t", help="traffic file"),
     grid: Path = typer.Option(..., "--grid", "-g", help="TOML file with a [grid] table"),
     out_dir: Path = typer.Option(..., "--out", "-o", help="output directory"),
-    max_bad_rate: Optional[float] = typer.Option(None, "--max-bad-rate",
-                                                 help="constraint: expected bad rate of kept loans"),
-    min_keep_rate: Optional[float] = typer.Option(None, "--min-keep-rate",
-                                                  help="constraint: share of applications kept"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1,
-                                          help="local processes (default: CPU count)"),
-    mapping: Optional[Path] = typer.Option(None, "--mapping", help=_MAPPING_HELP),
+    max_bad_rate: float | None = typer.Option(
+        None, "--max-bad-rate", help="constraint: expected bad rate of kept loans"
+    ),
+    min_keep_rate: float | None = typer.Option(
+        None, "--min-keep-rate", help="constraint: share of applications kept"
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="local processes (default: CPU count)"
+    ),
+    mapping: Path | None = typer.Option(None, "--mapping", help=_MAPPING_HELP),
 ) -> None:
     """Replay every grid candidate, report the Pareto frontier, write the best strategy."""
     from router.config import load_strategy
@@ -244,10 +297,17 @@ def tune(
         n = len(candidates(g))
         with _progress(n, "candidates") as bar:
             task = bar.add_task("tune", total=n)
-            r = run_tune(load_strategy(strategy), traffic, g, out_dir,
-                         max_bad_rate=max_bad_rate, min_keep_rate=min_keep_rate,
-                         executor=LocalExecutor(workers), mapping=_mapping(mapping),
-                         progress=lambda _: bar.advance(task))
+            r = run_tune(
+                load_strategy(strategy),
+                traffic,
+                g,
+                out_dir,
+                max_bad_rate=max_bad_rate,
+                min_keep_rate=min_keep_rate,
+                executor=LocalExecutor(workers),
+                mapping=_mapping(mapping),
+                progress=lambda _: bar.advance(task),
+            )
     except RouterError as exc:
         _fail(exc)
     cands = r.result["candidates"]
@@ -257,9 +317,14 @@ def tune(
     for c in cands:
         if c["frontier"]:
             mtr = c["metrics"]
-            t.add_row(str(c["id"]), ", ".join(f"{k}={v}" for k, v in c["params"].items()),
-                      _yuan(mtr["value"]), f"{mtr['bad_rate']:.2%}", f"{mtr['keep_rate']:.2%}",
-                      "chosen" if c.get("best") else "")
+            t.add_row(
+                str(c["id"]),
+                ", ".join(f"{k}={v}" for k, v in c["params"].items()),
+                _yuan(mtr["value"]),
+                f"{mtr['bad_rate']:.2%}",
+                f"{mtr['keep_rate']:.2%}",
+                "chosen" if c.get("best") else "",
+            )
     out.print(t)
     if r.best_strategy:
         out.print(f"best under the constraints: candidate {r.result['best']} -> {r.best_strategy}")
@@ -272,7 +337,7 @@ def tune(
 def demo(
     rows: int = typer.Option(200_000, "--rows", help="applications in the demo day"),
     out_dir: Path = typer.Option(Path("out/demo"), "--out"),
-    strategy: Optional[Path] = typer.Option(None, "--strategy", help="default: configs/strategy.toml"),
+    strategy: Path | None = typer.Option(None, "--strategy", help="default: configs/strategy.toml"),
     seed: int = typer.Option(7, "--seed"),
 ) -> None:
     """Generate a day of traffic and replay it with the example strategy."""
@@ -288,8 +353,10 @@ def demo(
     except RouterError as exc:
         _fail(exc)
     _print_summary(result.summary)
-    out.print(f"report: {out_dir / 'report.html'}  (summary: {result.summary_path}; "
-              f"per-application decisions: {result.decisions_path})")
+    out.print(
+        f"report: {out_dir / 'report.html'}  (summary: {result.summary_path}; "
+        f"per-application decisions: {result.decisions_path})"
+    )
 
 
 def _yuan(minor: int) -> str:
@@ -311,39 +378,63 @@ def _print_summary(s: dict) -> None:
     for k, v in s["decisions"].items():
         t.add_row(k, f"{v:,}", f"{v / n:.1%}" if n else "-")
     if s.get("degraded"):
-        t.add_row("[bold red]degraded[/bold red] (store unreachable)", f"{s['degraded']:,}",
-                  f"{s['degraded'] / n:.1%}" if n else "-")
+        t.add_row(
+            "[bold red]degraded[/bold red] (store unreachable)",
+            f"{s['degraded']:,}",
+            f"{s['degraded'] / n:.1%}" if n else "-",
+        )
     out.print(t)
     p = Table(title="partners (amounts and expected revenue in yuan)")
     for c in ("partner", "referred", "amount", "fees", "rev-share", "day cap out"):
-        p.add_column(c, justify="left" if c in ("partner", "day cap out") else "right",
-                     no_wrap=True)
+        p.add_column(
+            c, justify="left" if c in ("partner", "day cap out") else "right", no_wrap=True
+        )
     for pid, v in s["partners"].items():
         days = _ran_out(s["quota"], pid)
         ran = ", ".join(t.split("T")[1][:5] for t in days)
         if len(days) > 1:  # several days: first and last only, with dates
-            ran = f"{days[0][:16].replace('T', ' ')} … {days[-1][:16].replace('T', ' ')} " \
-                  f"({len(days)} days)"
-        p.add_row(pid, f"{v['referred']:,}", _yuan(v["amount"]), _yuan(v["expected_fee"]),
-                  _yuan(v["expected_rev_share"]), ran or "-")
+            ran = (
+                f"{days[0][:16].replace('T', ' ')} … {days[-1][:16].replace('T', ' ')} "
+                f"({len(days)} days)"
+            )
+        p.add_row(
+            pid,
+            f"{v['referred']:,}",
+            _yuan(v["amount"]),
+            _yuan(v["expected_fee"]),
+            _yuan(v["expected_rev_share"]),
+            ran or "-",
+        )
     out.print(p)
     budgets = []
     for name in ("keep", "branch"):
         days = _ran_out(s["quota"], name)
-        budgets.append(f"{name} " + (", ".join(t.split("T")[1][:5] for t in days[:3])
-                                     + (" …" if len(days) > 3 else "") if days else "not exhausted"))
+        budgets.append(
+            f"{name} "
+            + (
+                ", ".join(t.split("T")[1][:5] for t in days[:3]) + (" …" if len(days) > 3 else "")
+                if days
+                else "not exhausted"
+            )
+        )
     out.print("funder's daily budgets ran out: " + "; ".join(budgets))
     b = s["expected_profit"]
-    line = (f"expected profit {_yuan(b['total'])} yuan = keep {_yuan(b['keep'])} + "
-            f"branch {_yuan(b['branch'])} + referral {_yuan(b['referral_value'])}")
+    line = (
+        f"expected profit {_yuan(b['total'])} yuan = keep {_yuan(b['keep'])} + "
+        f"branch {_yuan(b['branch'])} + referral {_yuan(b['referral_value'])}"
+    )
     if s.get("realised_bad_rate") is not None:
-        line += (f"; kept loans: expected bad rate {s['expected_bad_rate']:.2%}, "
-                 f"realised {s['realised_bad_rate']:.2%}")
+        line += (
+            f"; kept loans: expected bad rate {s['expected_bad_rate']:.2%}, "
+            f"realised {s['realised_bad_rate']:.2%}"
+        )
     out.print(line)
     if s.get("realised_referral_value") is not None:
-        out.print(f"referral revenue: expected {_yuan(b['referral_value'])} yuan, realised "
-                  f"{_yuan(s['realised_referral_value'])} yuan (from the partners' results in "
-                  "the traffic)")
+        out.print(
+            f"referral revenue: expected {_yuan(b['referral_value'])} yuan, realised "
+            f"{_yuan(s['realised_referral_value'])} yuan (from the partners' results in "
+            "the traffic)"
+        )
     rej = s["traffic"]["rows_rejected"]
     if rej:
         out.print(f"[yellow]{rej:,} rows rejected[/yellow] (see rejects.jsonl)")

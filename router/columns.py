@@ -9,8 +9,9 @@ reject exactly the same values without a second schema to keep in sync.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -18,13 +19,30 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from router.errors import InputError
-from router.fingerprint import (_MASK, _SEED_INT, _W, as_u64, combine, float_bits,
-                                hash_string_py, hash_strings, mix_py)
+from router.fingerprint import (
+    _MASK,
+    _SEED_INT,
+    _W,
+    as_u64,
+    combine,
+    float_bits,
+    hash_string_py,
+    hash_strings,
+    mix_py,
+)
 from router.identity import Hasher, Tokens
 from router.messages import Application
 
-INT_FIELDS = ("age", "monthly_income", "bureau_score", "inquiries_3m", "open_loans",
-              "worst_dpd_12m", "requested_amount", "term_months")
+INT_FIELDS = (
+    "age",
+    "monthly_income",
+    "bureau_score",
+    "inquiries_3m",
+    "open_loans",
+    "worst_dpd_12m",
+    "requested_amount",
+    "term_months",
+)
 FLOAT_FIELDS = ("dti", "max_apr")
 
 
@@ -36,17 +54,16 @@ class Coded:
     values: list[Any]
 
     @classmethod
-    def encode(cls, items: Sequence[Any]) -> "Coded":
+    def encode(cls, items: Sequence[Any]) -> Coded:
         """Dictionary-encode a sequence (first-seen order)."""
         if len(items) == 1:
             return cls(np.zeros(1, dtype=np.int64), [items[0]])
         index: dict[Any, int] = {}
         setd = index.setdefault
-        codes = np.fromiter((setd(v, len(index)) for v in items), dtype=np.int64,
-                            count=len(items))
+        codes = np.fromiter((setd(v, len(index)) for v in items), dtype=np.int64, count=len(items))
         return cls(codes, list(index))
 
-    def map(self, fn) -> "Coded":
+    def map(self, fn) -> Coded:
         """The same codes over ``fn`` applied to each distinct value."""
         return Coded(self.codes, [fn(v) for v in self.values])
 
@@ -75,8 +92,8 @@ class AppColumns:
     dti: np.ndarray
     max_apr: np.ndarray
     region: np.ndarray
-    employer: Coded        # keyed-hash tokens (or None), dictionary-encoded
-    consent: Coded         # canonical text: "none", "any" or "id1,id2"
+    employer: Coded  # keyed-hash tokens (or None), dictionary-encoded
+    consent: Coded  # canonical text: "none", "any" or "id1,id2"
     fraud_flag: np.ndarray
     fingerprint: list[int]
     #: ``channel`` and ``region`` dictionary-encoded (see :func:`coded_column`).
@@ -103,8 +120,11 @@ def consent_text(c: Any) -> str:
 
 
 def _hash_coded(c: Coded) -> np.ndarray:
-    return hash_strings([v or "" for v in c.values])[c.codes] if c.values else \
-        np.zeros(len(c.codes), dtype=np.uint64)
+    return (
+        hash_strings([v or "" for v in c.values])[c.codes]
+        if c.values
+        else np.zeros(len(c.codes), dtype=np.uint64)
+    )
 
 
 @dataclass(slots=True)
@@ -127,8 +147,8 @@ class Row:
     dti: float
     max_apr: float
     region: str
-    employer: str | None   # keyed-hash token
-    consent: str           # canonical text
+    employer: str | None  # keyed-hash token
+    consent: str  # canonical text
     fraud_flag: bool
     fingerprint: int = 0
 
@@ -159,8 +179,15 @@ def applicant_part(token: str) -> int:
 #: Small bounded integers packed into one 64-bit word (bit offsets; the schema's bounds
 #: keep each field inside its bits: age ≤ 120, score ≤ 900, inquiries and open loans
 #: ≤ 500, worst DPD ≤ 3650, term ≤ 120, fraud flag 0/1).
-_PACK = (("age", 0), ("bureau_score", 7), ("inquiries_3m", 17), ("open_loans", 26),
-         ("worst_dpd_12m", 35), ("term_months", 47), ("fraud_flag", 54))
+_PACK = (
+    ("age", 0),
+    ("bureau_score", 7),
+    ("inquiries_3m", 17),
+    ("open_loans", 26),
+    ("worst_dpd_12m", 35),
+    ("term_months", 47),
+    ("fraud_flag", 54),
+)
 
 
 _W0, _W1, _W2, _W3, _W4, _W5, _W6, _W7, _W8, _W9, _W10 = _W[:11]
@@ -175,48 +202,82 @@ def _text_part(channel: str, region: str, employer: str | None, consent: str) ->
     if v is None:
         if len(_TEXT_PARTS) > 50_000:
             _TEXT_PARTS.clear()
-        v = _TEXT_PARTS[key] = (_W1 * _hash_low_card(channel) + _W8 * _hash_low_card(region)
-                                + _W9 * _hash_low_card(employer or "")
-                                + _W10 * _hash_low_card(consent or "")) & _MASK
+        v = _TEXT_PARTS[key] = (
+            _W1 * _hash_low_card(channel)
+            + _W8 * _hash_low_card(region)
+            + _W9 * _hash_low_card(employer or "")
+            + _W10 * _hash_low_card(consent or "")
+        ) & _MASK
     return v
 
 
 def row_fingerprint(r: Row) -> int:
     """The content hash of one row, bit-identical to :func:`_fingerprints` (same fields,
     same weighted sum: :func:`~router.fingerprint.combine` in plain Python)."""
-    small = (r.age | r.bureau_score << 7 | r.inquiries_3m << 17 | r.open_loans << 26
-             | r.worst_dpd_12m << 35 | r.term_months << 47 | int(bool(r.fraud_flag)) << 54)
-    h = (_SEED_INT + _text_part(r.channel, r.region, r.employer, r.consent)
-         + _W0 * (r.event_ms & _MASK) + _W2 * applicant_part(r.applicant) + _W3 * small
-         + _W4 * (r.monthly_income & _MASK) + _W5 * (r.requested_amount & _MASK)
-         + _W6 * float_bits(r.dti) + _W7 * float_bits(r.max_apr))
+    small = (
+        r.age
+        | r.bureau_score << 7
+        | r.inquiries_3m << 17
+        | r.open_loans << 26
+        | r.worst_dpd_12m << 35
+        | r.term_months << 47
+        | int(bool(r.fraud_flag)) << 54
+    )
+    h = (
+        _SEED_INT
+        + _text_part(r.channel, r.region, r.employer, r.consent)
+        + _W0 * (r.event_ms & _MASK)
+        + _W2 * applicant_part(r.applicant)
+        + _W3 * small
+        + _W4 * (r.monthly_income & _MASK)
+        + _W5 * (r.requested_amount & _MASK)
+        + _W6 * float_bits(r.dti)
+        + _W7 * float_bits(r.max_apr)
+    )
     return mix_py(h & _MASK)
 
 
 def row_of(cols: AppColumns, i: int = 0) -> Row:
     """Row ``i`` of a batch as scalars (its fingerprint included)."""
-    return Row(cols.application_id[i], int(cols.event_ms[i]), str(cols.channel[i]),
-               cols.applicant[i],
-               *[int(getattr(cols, f)[i]) for f in INT_FIELDS],
-               float(cols.dti[i]), float(cols.max_apr[i]), str(cols.region[i]),
-               cols.employer.values[cols.employer.codes[i]],
-               cols.consent.values[cols.consent.codes[i]], bool(cols.fraud_flag[i]),
-               cols.fingerprint[i] if cols.fingerprint else 0)
+    return Row(
+        cols.application_id[i],
+        int(cols.event_ms[i]),
+        str(cols.channel[i]),
+        cols.applicant[i],
+        *[int(getattr(cols, f)[i]) for f in INT_FIELDS],
+        float(cols.dti[i]),
+        float(cols.max_apr[i]),
+        str(cols.region[i]),
+        cols.employer.values[cols.employer.codes[i]],
+        cols.consent.values[cols.consent.codes[i]],
+        bool(cols.fraud_flag[i]),
+        cols.fingerprint[i] if cols.fingerprint else 0,
+    )
 
 
 def row_from_application(a: Application, hasher: Hasher, event_ms: int | None = None) -> Row:
     """The scalar row of one validated application, as :func:`from_applications` would
     build it (``event_ms`` overrides ``received_at``, for a caller's clock)."""
-    r = Row(a.application_id,
-            int(a.received_at.timestamp() * 1000) if event_ms is None else event_ms,
-            a.channel,
-            a.applicant_token if a.applicant_token is not None
-            else hasher.token(a.national_id),  # type: ignore[arg-type]
-            a.age, a.monthly_income, a.bureau_score, a.inquiries_3m, a.open_loans,
-            a.worst_dpd_12m, a.requested_amount, a.term_months, float(a.dti),
-            float(a.max_apr), a.region,
-            hasher.cached_token(a.employer, "employer") if a.employer else None,
-            consent_text(a.consent), a.fraud_flag)
+    r = Row(
+        a.application_id,
+        int(a.received_at.timestamp() * 1000) if event_ms is None else event_ms,
+        a.channel,
+        a.applicant_token if a.applicant_token is not None else hasher.token(a.national_id),  # type: ignore[arg-type]
+        a.age,
+        a.monthly_income,
+        a.bureau_score,
+        a.inquiries_3m,
+        a.open_loans,
+        a.worst_dpd_12m,
+        a.requested_amount,
+        a.term_months,
+        float(a.dti),
+        float(a.max_apr),
+        a.region,
+        hasher.cached_token(a.employer, "employer") if a.employer else None,
+        consent_text(a.consent),
+        a.fraud_flag,
+    )
     r.fingerprint = row_fingerprint(r)
     return r
 
@@ -236,13 +297,21 @@ def _fingerprints(cols: AppColumns) -> list[int]:
         small = np.zeros(n, dtype=np.uint64)
         for name, shift in _PACK:
             small |= getattr(cols, name).astype(np.uint64) << np.uint64(shift)
-        parts = [as_u64(cols.event_ms), _hash_coded(coded_column(cols, "channel")),
-                 cols.applicant.hi.view(np.uint64) if isinstance(cols.applicant, Tokens)
-                 else np.fromiter(map(applicant_part, cols.applicant), dtype=np.uint64, count=n),
-                 small, as_u64(cols.monthly_income), as_u64(cols.requested_amount),
-                 as_u64(cols.dti), as_u64(cols.max_apr),
-                 _hash_coded(coded_column(cols, "region")), _hash_coded(cols.employer),
-                 _hash_coded(cols.consent)]
+        parts = [
+            as_u64(cols.event_ms),
+            _hash_coded(coded_column(cols, "channel")),
+            cols.applicant.hi.view(np.uint64)
+            if isinstance(cols.applicant, Tokens)
+            else np.fromiter(map(applicant_part, cols.applicant), dtype=np.uint64, count=n),
+            small,
+            as_u64(cols.monthly_income),
+            as_u64(cols.requested_amount),
+            as_u64(cols.dti),
+            as_u64(cols.max_apr),
+            _hash_coded(coded_column(cols, "region")),
+            _hash_coded(cols.employer),
+            _hash_coded(cols.consent),
+        ]
         return combine(parts, n).tolist()
 
 
@@ -272,11 +341,13 @@ def from_applications(apps: Sequence[Application], hasher: Hasher) -> AppColumns
         "application_id": [a.application_id for a in apps],
         "event_ms": [int(a.received_at.timestamp() * 1000) for a in apps],
         "channel": [a.channel for a in apps],
-        "applicant": [a.applicant_token if a.applicant_token is not None
-                      else tok(a.national_id) for a in apps],  # type: ignore[arg-type]
+        "applicant": [
+            a.applicant_token if a.applicant_token is not None else tok(a.national_id) for a in apps
+        ],  # type: ignore[arg-type]
         "region": [a.region for a in apps],
         "employer": Coded.encode([a.employer for a in apps]).map(
-            lambda e: hasher.cached_token(e, "employer") if e else None),
+            lambda e: hasher.cached_token(e, "employer") if e else None
+        ),
         "consent": Coded.encode([consent_text(a.consent) for a in apps]),
         "fraud_flag": [a.fraud_flag for a in apps],
     }
@@ -286,6 +357,7 @@ def from_applications(apps: Sequence[Application], hasher: Hasher) -> AppColumns
 
 
 # ---- Arrow path -------------------------------------------------------------------
+
 
 def _field_constraints() -> dict[str, Any]:
     info = msgspec.inspect.type_info(Application)
@@ -307,8 +379,12 @@ def _bad(name: str, row: int, value: Any, why: str) -> InputError:
 
 def _check_numeric(name: str, arr: np.ndarray, offset: int) -> None:
     t, _ = _CONSTRAINTS[name]
-    checks = (("ge", np.less, ">="), ("gt", np.less_equal, ">"),
-              ("le", np.greater, "<="), ("lt", np.greater_equal, "<"))
+    checks = (
+        ("ge", np.less, ">="),
+        ("gt", np.less_equal, ">"),
+        ("le", np.greater, "<="),
+        ("lt", np.greater_equal, "<"),
+    )
     for attr, fails, sym in checks:
         bound = getattr(t, attr, None)
         if bound is None:
@@ -337,7 +413,9 @@ def _check_pattern(name: str, col: pa.Array, offset: int) -> None:
         lens = pc.fill_null(pc.utf8_length(col), 0).to_numpy()
         bad = np.flatnonzero(lens > max_len)
         if len(bad):
-            raise _bad(name, offset + int(bad[0]), col[int(bad[0])].as_py(), f"longer than {max_len}")
+            raise _bad(
+                name, offset + int(bad[0]), col[int(bad[0])].as_py(), f"longer than {max_len}"
+            )
 
 
 def _required(batch: pa.RecordBatch, name: str, offset: int) -> pa.Array:
@@ -356,12 +434,14 @@ def _coded(batch: pa.RecordBatch, name: str, n: int) -> Coded:
     if name not in batch.schema.names:
         return Coded(np.zeros(n, dtype=np.int64), [None])
     enc = pc.dictionary_encode(batch.column(name), null_encoding="encode")
-    return Coded(enc.indices.to_numpy(zero_copy_only=False).astype(np.int64),
-                 enc.dictionary.to_pylist())
+    return Coded(
+        enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary.to_pylist()
+    )
 
 
-def from_arrow(batch: pa.RecordBatch, hasher: Hasher, offset: int = 0, *,
-               checked: bool = False) -> AppColumns:
+def from_arrow(
+    batch: pa.RecordBatch, hasher: Hasher, offset: int = 0, *, checked: bool = False
+) -> AppColumns:
     """Columns from an Arrow batch with the generator's schema, validated vectorised.
 
     ``offset`` is the batch's first row number in the file (for error messages).
@@ -381,13 +461,17 @@ def from_arrow(batch: pa.RecordBatch, hasher: Hasher, offset: int = 0, *,
             # Few distinct values: a fixed-width array built from the dictionary, not a
             # Python string per row; the encoding is kept for whoever needs codes.
             enc = pc.dictionary_encode(col)
-            coded[f] = Coded(enc.indices.to_numpy(zero_copy_only=False).astype(np.int64),
-                             enc.dictionary.to_pylist())
+            coded[f] = Coded(
+                enc.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+                enc.dictionary.to_pylist(),
+            )
             py[f] = np.asarray(coded[f].values, dtype=str)[coded[f].codes]
     ts = _required(batch, "received_at", offset)
     if not pa.types.is_timestamp(ts.type) or ts.type.tz is None:
-        raise InputError(f"field `received_at`: expected a time-zone-aware timestamp, "
-                         f"got {ts.type}", field="received_at")
+        raise InputError(
+            f"field `received_at`: expected a time-zone-aware timestamp, got {ts.type}",
+            field="received_at",
+        )
     py["event_ms"] = pc.cast(ts, pa.timestamp("ms", tz="UTC")).cast(pa.int64()).to_numpy()
     for f in INT_FIELDS + FLOAT_FIELDS:
         arr = _required(batch, f, offset).to_numpy(zero_copy_only=False)
@@ -395,26 +479,39 @@ def from_arrow(batch: pa.RecordBatch, hasher: Hasher, offset: int = 0, *,
             _check_numeric(f, arr, offset)
         py[f] = arr
     n = batch.num_rows
-    tok_col = batch.column("applicant_token") if "applicant_token" in names else pa.nulls(n, pa.string())
+    tok_col = (
+        batch.column("applicant_token") if "applicant_token" in names else pa.nulls(n, pa.string())
+    )
     raw_col = batch.column("national_id") if "national_id" in names else pa.nulls(n, pa.string())
-    both_or_neither = pc.equal(pc.is_null(tok_col), pc.is_null(raw_col)).to_numpy(zero_copy_only=False)
+    both_or_neither = pc.equal(pc.is_null(tok_col), pc.is_null(raw_col)).to_numpy(
+        zero_copy_only=False
+    )
     if both_or_neither.any():
         i = int(np.flatnonzero(both_or_neither)[0])
-        raise _bad("applicant_token", offset + i, tok_col[i].as_py(),
-                   "exactly one of `applicant_token` and `national_id` must be set")
+        raise _bad(
+            "applicant_token",
+            offset + i,
+            tok_col[i].as_py(),
+            "exactly one of `applicant_token` and `national_id` must be set",
+        )
     if raw_col.null_count == n:
         py["applicant"] = tok_col.to_pylist()
     elif tok_col.null_count == n:
         py["applicant"] = hasher.column_tokens(raw_col)
     else:
         raws = raw_col.to_pylist()
-        py["applicant"] = [t if t is not None else hasher.token(r)
-                           for t, r in zip(tok_col.to_pylist(), raws)]
+        py["applicant"] = [
+            t if t is not None else hasher.token(r) for t, r in zip(tok_col.to_pylist(), raws)
+        ]
     py["employer"] = _coded(batch, "employer", n).map(
-        lambda e: hasher.cached_token(e, "employer") if e else None)
+        lambda e: hasher.cached_token(e, "employer") if e else None
+    )
     py["consent"] = _coded(batch, "consent", n).map(consent_text)
-    py["fraud_flag"] = (batch.column("fraud_flag").to_numpy(zero_copy_only=False)
-                        if "fraud_flag" in names else np.zeros(n, dtype=bool))
+    py["fraud_flag"] = (
+        batch.column("fraud_flag").to_numpy(zero_copy_only=False)
+        if "fraud_flag" in names
+        else np.zeros(n, dtype=bool)
+    )
     return _assemble(py, coded)
 
 

@@ -269,8 +269,11 @@ def load_strategy(path: str | Path) -> Strategy:
         if extra:
             raise ConfigError(f"unknown keys {sorted(extra)}", source=str(book_path))
         if "partners" in raw:
-            raise ConfigError("give partners either inline or in partner_book, not both",
-                              source=str(path), path="partners")
+            raise ConfigError(
+                "give partners either inline or in partner_book, not both",
+                source=str(path),
+                path="partners",
+            )
         try:
             # Validate the book alone first so its errors name the book's file.
             msgspec.convert(book_raw, _PartnerBook)
@@ -279,7 +282,8 @@ def load_strategy(path: str | Path) -> Strategy:
             p = m.group("path") if m else ""
             raise ConfigError(
                 f"{str(exc)[: m.start()] if m else exc} (value: {_lookup(book_raw, p)!r})",
-                source=str(book_path), path=_readable_path(book_raw, p) or "<root>",
+                source=str(book_path),
+                path=_readable_path(book_raw, p) or "<root>",
             ) from exc
         raw = {**raw, "partners": book_raw.get("partners", [])}
     raw.setdefault("base_dir", str(path.parent.resolve()))
@@ -306,8 +310,12 @@ def _fail(source: str, path: str, value: Any, why: str) -> None:
 
 
 def _check_filters(f: Filters, where: str, source: str) -> None:
-    for lo, hi in (("min_age", "max_age"), ("min_score", "max_score"),
-                   ("min_amount", "max_amount"), ("min_term", "max_term")):
+    for lo, hi in (
+        ("min_age", "max_age"),
+        ("min_score", "max_score"),
+        ("min_amount", "max_amount"),
+        ("min_term", "max_term"),
+    ):
         a, b = getattr(f, lo), getattr(f, hi)
         if a is not None and b is not None and a > b:
             _fail(source, f"{where}.{lo}", a, f"must not exceed {hi}={b}")
@@ -334,26 +342,46 @@ def _check_semantics(s: Strategy, source: str) -> None:
     e = s.economics
     _check_tz(s.timezone, "timezone", source)
     if e.own_apr_cap > e.legal_apr_cap:
-        _fail(source, "economics.own_apr_cap", e.own_apr_cap,
-              f"exceeds the legal APR cap {e.legal_apr_cap}")
+        _fail(
+            source,
+            "economics.own_apr_cap",
+            e.own_apr_cap,
+            f"exceeds the legal APR cap {e.legal_apr_cap}",
+        )
     if s.rules.min_age > s.rules.max_age:
         _fail(source, "rules.min_age", s.rules.min_age, f"exceeds rules.max_age={s.rules.max_age}")
     policies: list[tuple[str, Primary | BranchPolicy]] = [("primary", s.primary)]
     if s.branch is not None:
         policies.append(("branch", s.branch))
         if s.branch.apr_cap > e.legal_apr_cap:
-            _fail(source, "branch.apr_cap", s.branch.apr_cap,
-                  f"exceeds the legal APR cap {e.legal_apr_cap}")
+            _fail(
+                source,
+                "branch.apr_cap",
+                s.branch.apr_cap,
+                f"exceeds the legal APR cap {e.legal_apr_cap}",
+            )
         if s.branch.return_model == "fixed" and s.branch.fixed_return <= 0:
-            _fail(source, "branch.fixed_return", s.branch.fixed_return,
-                  "must be > 0 when return_model = 'fixed'")
+            _fail(
+                source,
+                "branch.fixed_return",
+                s.branch.fixed_return,
+                "must be > 0 when return_model = 'fixed'",
+            )
         if s.branch.return_model == "share" and s.branch.profit_share <= 0:
-            _fail(source, "branch.profit_share", s.branch.profit_share,
-                  "must be > 0 when return_model = 'share'")
+            _fail(
+                source,
+                "branch.profit_share",
+                s.branch.profit_share,
+                "must be > 0 when return_model = 'share'",
+            )
     for name, pol in policies:
         if pol.scorer not in s.scorers:
-            _fail(source, f"{name}.scorer", pol.scorer,
-                  f"unknown scorer; defined: {sorted(s.scorers)}")
+            _fail(
+                source,
+                f"{name}.scorer",
+                pol.scorer,
+                f"unknown scorer; defined: {sorted(s.scorers)}",
+            )
         _check_filters(pol.filters, f"{name}.filters", source)
         _check_caps(pol.caps, name, source)
     ids: set[str] = set()
@@ -363,8 +391,12 @@ def _check_semantics(s: Strategy, source: str) -> None:
             _fail(source, f"{where}.id", p.id, "duplicate partner id")
         ids.add(p.id)
         if p.apr_max > e.legal_apr_cap:
-            _fail(source, f"{where}.apr_max", p.apr_max,
-                  f"partner APR exceeds the legal cap {e.legal_apr_cap}")
+            _fail(
+                source,
+                f"{where}.apr_max",
+                p.apr_max,
+                f"partner APR exceeds the legal cap {e.legal_apr_cap}",
+            )
         if p.apr_min > p.apr_max:
             _fail(source, f"{where}.apr_min", p.apr_min, f"exceeds apr_max={p.apr_max}")
         _check_tz(p.timezone, f"{where}.timezone", source)

@@ -80,8 +80,9 @@ def branch_apr(max_apr: F, branch: BranchPolicy, econ: Economics) -> F:
     return _min(_min(branch.apr_cap, econ.legal_apr_cap), max_apr)
 
 
-def branch_profit(amount: F, term_months: F, pd: F, apr: F,
-                  branch: BranchPolicy, econ: Economics) -> F:
+def branch_profit(
+    amount: F, term_months: F, pd: F, apr: F, branch: BranchPolicy, econ: Economics
+) -> F:
     """The funder's expected profit (minor units) under the branch's risk share.
 
     The partner's reserve (``reserve_rate · A``) absorbs first losses; the funder bears
@@ -114,8 +115,9 @@ def acceptance(pd: F, partner: Partner) -> F:
     return _clip01(partner.acceptance - partner.acceptance_pd_slope * pd)
 
 
-def referral_value_parts(amount: F, term_months: F, pd: F, max_apr: F,
-                         partner: Partner) -> tuple[F, F]:
+def referral_value_parts(
+    amount: F, term_months: F, pd: F, max_apr: F, partner: Partner
+) -> tuple[F, F]:
     """Expected referral income (minor units) from ``partner``, split into (fees, rev-share).
 
     fees = fee per referral + P(accept) · (fee per accepted + P(funded) · fee per funded);

@@ -10,7 +10,7 @@ the store and, optionally, a clock are passed in.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -44,24 +44,40 @@ class Router:
     instead of answering in degraded mode (replay: results must equal the store's).
     """
 
-    def __init__(self, strategy: Strategy, store: QuotaStore | None = None, *,
-                 clock: Callable[[], int] | None = None,
-                 scorers: dict[str, Scorer] | None = None, hasher: Hasher | None = None,
-                 on_cap: Callable[[str, str, int, int], None] | None = None,
-                 degrade: bool = True):
+    def __init__(
+        self,
+        strategy: Strategy,
+        store: QuotaStore | None = None,
+        *,
+        clock: Callable[[], int] | None = None,
+        scorers: dict[str, Scorer] | None = None,
+        hasher: Hasher | None = None,
+        on_cap: Callable[[str, str, int, int], None] | None = None,
+        degrade: bool = True,
+    ):
         self.strategy = strategy
-        self.store = store if store is not None else MemoryQuotaStore(
-            idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000, validate=False)
+        self.store = (
+            store
+            if store is not None
+            else MemoryQuotaStore(
+                idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000, validate=False
+            )
+        )
         self.clock = clock
         self.hasher = hasher or Hasher.from_config(strategy.identity)
         if scorers is None:
             # Only the scorers a policy uses: a strategy may define alternatives to compare.
             used = {strategy.primary.scorer, *([strategy.branch.scorer] if strategy.branch else [])}
-            scorers = {name: load_scorer(ref.kind, ref.path, strategy.base_dir)
-                       for name, ref in strategy.scorers.items() if name in used}
+            scorers = {
+                name: load_scorer(ref.kind, ref.path, strategy.base_dir)
+                for name, ref in strategy.scorers.items()
+                if name in used
+            }
         self.scorers = scorers
-        self._employers = [frozenset(self.hasher.token(name, "employer")
-                                     for name in p.employer_names) for p in strategy.partners]
+        self._employers = [
+            frozenset(self.hasher.token(name, "employer") for name in p.employer_names)
+            for p in strategy.partners
+        ]
         self._allocator = Allocator(strategy, self.store, on_cap)
         self._allocator.degrade = degrade
         self._table = PartnerTable(strategy.partners)
@@ -86,7 +102,9 @@ class Router:
         record, degraded = self._allocator.allocate_row(r, self._assess_one(r, full=False))
         return decision_from_record(record, r.application_id, self.strategy.version, degraded)
 
-    def decide_batch(self, apps: Sequence[Application], *, pipelined: bool = False) -> list[Decision]:
+    def decide_batch(
+        self, apps: Sequence[Application], *, pipelined: bool = False
+    ) -> list[Decision]:
         """Decide several applications: scored together, reserved in the given order.
 
         ``pipelined=True`` is for a live service coalescing concurrent requests: the
@@ -99,8 +117,11 @@ class Router:
         for app in apps:  # every one before anything is decided: nothing half-written
             validate_application(app)
         cols = from_applications(apps, self.hasher)
-        return to_decisions(self.decide_columns(cols, pipelined=pipelined), cols.application_id,
-                            self.strategy.version)
+        return to_decisions(
+            self.decide_columns(cols, pipelined=pipelined),
+            cols.application_id,
+            self.strategy.version,
+        )
 
     async def adecide(self, app: Application) -> Decision:
         """Async variant of :meth:`decide` for event-loop callers: with a network store the
@@ -116,8 +137,9 @@ class Router:
             # The caller's clock, read once per application, replaces event time everywhere.
             cols.event_ms = np.array([self.clock() for _ in range(len(cols))], dtype=np.int64)
         if len(cols) == 1:  # a live decision: the scalar path, bit-identical to the batch one
-            a = assess_one(cols, self.strategy, self.scorers, self._employers,
-                           assessor=self._assess_one)
+            a = assess_one(
+                cols, self.strategy, self.scorers, self._employers, assessor=self._assess_one
+            )
         else:
             a = assess(cols, self.strategy, self.scorers, self._employers, self._table)
         return self._allocator.allocate(cols, a, pipelined)

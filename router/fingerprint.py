@@ -10,13 +10,13 @@ retried application id now carries different content.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from operator import mul
-from typing import Sequence
 
 import numpy as np
 
-_P = np.uint64(0x100000001B3)           # FNV-1a 64-bit prime
-_SEED = np.uint64(0xCBF29CE484222325)   # FNV offset basis
+_P = np.uint64(0x100000001B3)  # FNV-1a 64-bit prime
+_SEED = np.uint64(0xCBF29CE484222325)  # FNV offset basis
 
 
 def _mix(h: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -29,8 +29,10 @@ def token_words(token: str) -> tuple[int, int]:
     """A 32-hex-digit token's 128 bits as two signed 64-bit words (first and last 16
     digits)."""
     raw = bytes.fromhex(token)
-    return (int.from_bytes(raw[:8], "big", signed=True),
-            int.from_bytes(raw[8:], "big", signed=True))
+    return (
+        int.from_bytes(raw[:8], "big", signed=True),
+        int.from_bytes(raw[8:], "big", signed=True),
+    )
 
 
 class Tokens(Sequence[str]):
@@ -54,7 +56,7 @@ class Tokens(Sequence[str]):
         for h, w in zip(self.hi.tolist(), self.lo.tolist()):
             yield f"{h & _M64:016x}{w & _M64:016x}"
 
-    def take(self, idx: np.ndarray) -> "Tokens":
+    def take(self, idx: np.ndarray) -> Tokens:
         """Rows ``idx``, in that order."""
         return Tokens(self.hi[idx], self.lo[idx])
 
@@ -67,29 +69,32 @@ class Hasher:
             raise ConfigError("the identity key must be at least 16 bytes")
         # BLAKE2b keys are at most 64 bytes; a longer key is hashed down first.
         self._key = key if len(key) <= 64 else hashlib.blake2b(key).digest()
-        self._states: dict[str, "hashlib._Hash"] = {}
+        self._states: dict[str, hashlib._Hash] = {}
         self._cache: dict[tuple[str, str], str] = {}
         self._keyed: dict[str, np.ndarray] = {}
 
-    def _state(self, purpose: str) -> "hashlib._Hash":
+    def _state(self, purpose: str) -> hashlib._Hash:
         st = self._states.get(purpose)
         if st is None:
             person = purpose.encode()
             if len(person) > 16:
                 raise ValueError(f"purpose longer than 16 bytes: {purpose!r}")
-            st = self._states[purpose] = hashlib.blake2b(key=self._key, digest_size=16,
-                                                         person=person)
+            st = self._states[purpose] = hashlib.blake2b(
+                key=self._key, digest_size=16, person=person
+            )
         return st
 
     @classmethod
-    def from_config(cls, ident: Identity) -> "Hasher":
+    def from_config(cls, ident: Identity) -> Hasher:
         """Key from the environment variable the config names, else the config's dev key."""
         key = os.environ.get(ident.key_env)
         if key is None:
             if ident.dev_key is None:
                 raise ConfigError(
                     f"environment variable {ident.key_env} is not set and no identity.dev_key"
-                    " is configured", path="identity.key_env")
+                    " is configured",
+                    path="identity.key_env",
+                )
             key = ident.dev_key
         return cls(key.encode())
 

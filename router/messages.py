@@ -9,7 +9,7 @@ replay path enforces the very same constraints by reading them from these types
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import msgspec
@@ -73,9 +73,7 @@ class Application(Base, kw_only=True):
 
     def __post_init__(self) -> None:
         if (self.applicant_token is None) == (self.national_id is None):
-            raise ValueError(
-                "exactly one of `applicant_token` and `national_id` must be set"
-            )
+            raise ValueError("exactly one of `applicant_token` and `national_id` must be set")
 
 
 class _DecisionBase(Base, tag_field="outcome", kw_only=True):
@@ -148,8 +146,8 @@ _SECRET = frozenset({"national_id", "employer", "applicant_token"})
 _FIELD = re.compile(r"at `\$\.(\w+)")
 #: Event times the stores accept: from 2000 to 2100 (a 1969 or a year-3000 timestamp is
 #: a bug upstream, not an application).
-_EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
-_LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
+_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 def validate_application(app: object) -> Application:
@@ -159,8 +157,9 @@ def validate_application(app: object) -> Application:
     if _TRUSTED.get(id(app)) is app:  # decoded here: validated already
         return app  # type: ignore[return-value]
     if type(app) is not Application:
-        raise InputError(f"expected an Application (value: {type(app).__name__})",
-                         field="application")
+        raise InputError(
+            f"expected an Application (value: {type(app).__name__})", field="application"
+        )
     try:
         _check_dec.decode(_check_enc.encode(app))
     except msgspec.ValidationError as exc:
@@ -168,14 +167,22 @@ def validate_application(app: object) -> Application:
         name = m.group(1) if m else None
         raise InputError(_problem(app, name, str(exc)), field=name) from None
     except (OverflowError, msgspec.EncodeError, TypeError) as exc:
-        name = next((f for f in app.__struct_fields__
-                     if type(getattr(app, f)) is int and not -2**63 <= getattr(app, f) < 2**64),
-                    None)
-        raise InputError(_problem(app, name, f"not a supported value ({exc})"),
-                         field=name) from None
+        name = next(
+            (
+                f
+                for f in app.__struct_fields__
+                if type(getattr(app, f)) is int and not -(2**63) <= getattr(app, f) < 2**64
+            ),
+            None,
+        )
+        raise InputError(
+            _problem(app, name, f"not a supported value ({exc})"), field=name
+        ) from None
     if not _EARLIEST <= app.received_at < _LATEST:
-        raise InputError(_problem(app, "received_at", "must be from 2000-01-01 to 2100-01-01"),
-                         field="received_at")
+        raise InputError(
+            _problem(app, "received_at", "must be from 2000-01-01 to 2100-01-01"),
+            field="received_at",
+        )
     return app
 
 
@@ -184,13 +191,18 @@ def _problem(app: Application, name: str | None, why: str) -> str:
     where = f"application {who[:64]!r}" + (" (id truncated)" if len(str(who)) > 64 else "")
     if name is None:
         return f"invalid {where}: {why}"
-    value = "<withheld: personal identifier>" if name in _SECRET else \
-        _short(repr(getattr(app, name, None)))
+    value = (
+        "<withheld: personal identifier>"
+        if name in _SECRET
+        else _short(repr(getattr(app, name, None)))
+    )
     return f"invalid {where}: {name}: {why.split(' - at ')[0]} (value: {value})"
 
 
 def _short(text: str) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
+
+
 _decision_decoder = msgspec.json.Decoder(Decision)
 _encoder = msgspec.json.Encoder()
 

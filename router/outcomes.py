@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -25,42 +25,68 @@ LABELS = ("keep", "branch", "refer", "decline")
 
 #: The idempotency record of one decision, packed as bytes (not a tuple: bytes are not
 #: tracked by Python's cycle collector, and a day of records stays compact).
-RECORD_DTYPE = np.dtype([("kind", "i1"), ("bits", "<u8"), ("value", "<i8"), ("apr", "<f8"),
-                         ("margin", "<f8"), ("pd", "<f8"), ("partner", "S32"),
-                         ("end", "u1")])  # non-zero last byte: numpy keeps trailing NULs
+RECORD_DTYPE = np.dtype(
+    [
+        ("kind", "i1"),
+        ("bits", "<u8"),
+        ("value", "<i8"),
+        ("apr", "<f8"),
+        ("margin", "<f8"),
+        ("pd", "<f8"),
+        ("partner", "S32"),
+        ("end", "u1"),
+    ]
+)  # non-zero last byte: numpy keeps trailing NULs
 
 
 _RECORD = struct.Struct("<bQqddd32sB")
 assert _RECORD.size == RECORD_DTYPE.itemsize
 
 
-def pack_record(kind: int, bits: int, value: float, apr: float, margin: float, pd: float,
-                partner: str) -> bytes:
+def pack_record(
+    kind: int, bits: int, value: float, apr: float, margin: float, pd: float, partner: str
+) -> bytes:
     """One record, byte-identical to a row of :meth:`Outcomes.records` (value rounded half
     to even, as the columns are)."""
-    return _RECORD.pack(kind, bits, int(round(float(value))), float(apr), float(margin),
-                        float(pd), partner.encode(), 1)
+    return _RECORD.pack(
+        kind,
+        bits,
+        int(round(float(value))),
+        float(apr),
+        float(margin),
+        float(pd),
+        partner.encode(),
+        1,
+    )
 
 
 @dataclass(slots=True)
 class Outcomes:
     """One entry per application of a batch."""
 
-    kind: np.ndarray      # int8: KEEP / BRANCH / REFER / DECLINE
-    partner: list[str]    # partner id for REFER, "" otherwise
-    bits: np.ndarray      # uint64 reason bits
-    value: np.ndarray     # int64: expected profit (keep/branch) or referral value (refer), 0 else
-    apr: np.ndarray       # float64, NaN for decline
-    margin: np.ndarray    # float64 coverage margin (NaN when unknown)
-    pd: np.ndarray        # float64
+    kind: np.ndarray  # int8: KEEP / BRANCH / REFER / DECLINE
+    partner: list[str]  # partner id for REFER, "" otherwise
+    bits: np.ndarray  # uint64 reason bits
+    value: np.ndarray  # int64: expected profit (keep/branch) or referral value (refer), 0 else
+    apr: np.ndarray  # float64, NaN for decline
+    margin: np.ndarray  # float64 coverage margin (NaN when unknown)
+    pd: np.ndarray  # float64
     degraded: np.ndarray  # bool: decided without the quota store
 
     def records(self) -> list[bytes]:
         """Every row's idempotency record (see :data:`RECORD_DTYPE`)."""
         if len(self.kind) == 1:  # one live decision: struct beats a structured array
-            return [pack_record(int(self.kind[0]), int(self.bits[0]), float(self.value[0]),
-                                float(self.apr[0]), float(self.margin[0]), float(self.pd[0]),
-                                self.partner[0])]
+            return [
+                pack_record(
+                    int(self.kind[0]),
+                    int(self.bits[0]),
+                    float(self.value[0]),
+                    float(self.apr[0]),
+                    float(self.margin[0]),
+                    float(self.pd[0]),
+                    self.partner[0],
+                )
+            ]
         return self.record_array().view(f"S{RECORD_DTYPE.itemsize}").tolist()
 
     def record_array(self) -> np.ndarray:
@@ -107,10 +133,16 @@ def to_decisions(out: Outcomes, application_ids: Sequence[str], version: str) ->
     kinds, bits, values = out.kind.tolist(), out.bits.tolist(), out.value.tolist()
     aprs, margins, pds = out.apr.tolist(), out.margin.tolist(), out.pd.tolist()
     for i, app_id in enumerate(application_ids):
-        common = dict(decision_id=decision_id(version, app_id), application_id=app_id,
-                      strategy_version=version, pd=pds[i], apr=_opt(aprs[i]),
-                      coverage_margin=_opt(margins[i]), reasons=reasons.names(bits[i]),
-                      degraded=bool(out.degraded[i]))
+        common = dict(
+            decision_id=decision_id(version, app_id),
+            application_id=app_id,
+            strategy_version=version,
+            pd=pds[i],
+            apr=_opt(aprs[i]),
+            coverage_margin=_opt(margins[i]),
+            reasons=reasons.names(bits[i]),
+            degraded=bool(out.degraded[i]),
+        )
         k = kinds[i]
         if k == KEEP:
             result.append(Keep(**common, expected_profit=values[i]))
@@ -123,8 +155,9 @@ def to_decisions(out: Outcomes, application_ids: Sequence[str], version: str) ->
     return result
 
 
-def decision_from_record(record: bytes, application_id: str, version: str,
-                         degraded: bool = False) -> Decision:
+def decision_from_record(
+    record: bytes, application_id: str, version: str, degraded: bool = False
+) -> Decision:
     """The Decision message a record stands for (as :func:`to_decisions` builds it)."""
     kind, bits, value, apr, margin, pd, partner, _ = _RECORD.unpack(record)
     did = decision_id(version, application_id)
@@ -132,17 +165,40 @@ def decision_from_record(record: bytes, application_id: str, version: str,
     margin = None if margin != margin else margin
     names = reasons.names(bits)
     if kind == REFER:
-        return Refer(decision_id=did, application_id=application_id, strategy_version=version,
-                     pd=pd, apr=apr, coverage_margin=margin, reasons=names, degraded=degraded,
-                     partner_id=partner.rstrip(b"\0").decode(), expected_value=value)
+        return Refer(
+            decision_id=did,
+            application_id=application_id,
+            strategy_version=version,
+            pd=pd,
+            apr=apr,
+            coverage_margin=margin,
+            reasons=names,
+            degraded=degraded,
+            partner_id=partner.rstrip(b"\0").decode(),
+            expected_value=value,
+        )
     if kind == DECLINE:
-        return Decline(decision_id=did, application_id=application_id,
-                       strategy_version=version, pd=pd, apr=apr, coverage_margin=margin,
-                       reasons=names, degraded=degraded)
+        return Decline(
+            decision_id=did,
+            application_id=application_id,
+            strategy_version=version,
+            pd=pd,
+            apr=apr,
+            coverage_margin=margin,
+            reasons=names,
+            degraded=degraded,
+        )
     return (Keep if kind == KEEP else Branch)(
-        decision_id=did, application_id=application_id, strategy_version=version, pd=pd,
-        apr=apr, coverage_margin=margin, reasons=names, degraded=degraded,
-        expected_profit=value)
+        decision_id=did,
+        application_id=application_id,
+        strategy_version=version,
+        pd=pd,
+        apr=apr,
+        coverage_margin=margin,
+        reasons=names,
+        degraded=degraded,
+        expected_profit=value,
+    )
 
 
 def reason_strings(bits: np.ndarray, sep: str = "|") -> list[str]:

@@ -7,8 +7,8 @@ application to the next.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import Sequence
 
 import numpy as np
 
@@ -17,15 +17,19 @@ from router.config import Filters, Partner
 
 # (filter attribute, application column or "pd", passes-if comparison)
 _BOUNDS = (
-    ("min_age", "age", np.greater_equal), ("max_age", "age", np.less_equal),
+    ("min_age", "age", np.greater_equal),
+    ("max_age", "age", np.less_equal),
     ("max_pd", "pd", np.less_equal),
-    ("min_score", "bureau_score", np.greater_equal), ("max_score", "bureau_score", np.less_equal),
+    ("min_score", "bureau_score", np.greater_equal),
+    ("max_score", "bureau_score", np.less_equal),
     ("min_amount", "requested_amount", np.greater_equal),
     ("max_amount", "requested_amount", np.less_equal),
-    ("min_term", "term_months", np.greater_equal), ("max_term", "term_months", np.less_equal),
+    ("min_term", "term_months", np.greater_equal),
+    ("max_term", "term_months", np.less_equal),
     ("max_inquiries_3m", "inquiries_3m", np.less_equal),
     ("max_open_loans", "open_loans", np.less_equal),
-    ("max_dti", "dti", np.less_equal), ("max_worst_dpd", "worst_dpd_12m", np.less_equal),
+    ("max_dti", "dti", np.less_equal),
+    ("max_worst_dpd", "worst_dpd_12m", np.less_equal),
 )
 
 
@@ -107,23 +111,33 @@ class PartnerTable:
             return np.array([float(get(p)) for p in partners], dtype=np.float64)
 
         self.econ = SimpleNamespace(
-            apr_max=arr(lambda p: p.apr_max), acceptance=arr(lambda p: p.acceptance),
+            apr_max=arr(lambda p: p.apr_max),
+            acceptance=arr(lambda p: p.acceptance),
             acceptance_pd_slope=arr(lambda p: p.acceptance_pd_slope),
             funded_rate=arr(lambda p: p.funded_rate),
             terms=SimpleNamespace(
                 fee_per_referral=arr(lambda p: p.terms.fee_per_referral),
                 fee_per_accepted=arr(lambda p: p.terms.fee_per_accepted),
                 fee_per_funded=arr(lambda p: p.terms.fee_per_funded),
-                rev_share=arr(lambda p: p.terms.rev_share)))
+                rev_share=arr(lambda p: p.terms.rev_share),
+            ),
+        )
         self.bounds = []
         for attr, column, passes in _BOUNDS:
             values = [getattr(p.filters, attr) for p in partners]
             if any(v is not None for v in values):
                 neutral = -np.inf if passes is np.greater_equal else np.inf
-                self.bounds.append((column, passes, np.array(
-                    [neutral if v is None else v for v in values], dtype=np.float64)))
+                self.bounds.append(
+                    (
+                        column,
+                        passes,
+                        np.array([neutral if v is None else v for v in values], dtype=np.float64),
+                    )
+                )
         self.regions = [(j, p.filters.regions) for j, p in enumerate(partners) if p.filters.regions]
-        self.channels = [(j, p.filters.channels) for j, p in enumerate(partners) if p.filters.channels]
+        self.channels = [
+            (j, p.filters.channels) for j, p in enumerate(partners) if p.filters.channels
+        ]
         #: (consent text, channel) -> allowed-partner row; filled by assess.consent_matrix.
         self.consent_rows: dict[tuple[str, str], np.ndarray] = {}
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 from functools import lru_cache
 
 CODES: tuple[str, ...] = (
-    "FRAUD_FLAG",                # global: declined outright
-    "AGE_OUT_OF_RANGE",          # global: outside the legal / policy age range
-    "REGION_UNLICENSED",         # funder rule: no keep / branch
-    "SEVERE_DELINQUENCY",        # funder rule
-    "MULTI_LENDING",             # funder rule: too many inquiries or open loans
-    "HIGH_DEBT_BURDEN",          # funder rule
-    "KEEP_FILTER",               # primary policy's eligibility filters
+    "FRAUD_FLAG",  # global: declined outright
+    "AGE_OUT_OF_RANGE",  # global: outside the legal / policy age range
+    "REGION_UNLICENSED",  # funder rule: no keep / branch
+    "SEVERE_DELINQUENCY",  # funder rule
+    "MULTI_LENDING",  # funder rule: too many inquiries or open loans
+    "HIGH_DEBT_BURDEN",  # funder rule
+    "KEEP_FILTER",  # primary policy's eligibility filters
     "KEEP_PD_ABOVE_CUTOFF",
-    "KEEP_NOT_COVERED",          # achievable APR cannot pay costs + loss + margin
+    "KEEP_NOT_COVERED",  # achievable APR cannot pay costs + loss + margin
     "KEEP_LOW_PROFIT",
     "KEEP_BUDGET_EXHAUSTED",
     "BRANCH_FILTER",
@@ -23,13 +23,13 @@ CODES: tuple[str, ...] = (
     "BRANCH_BUDGET_EXHAUSTED",
     "NO_CONSENT",
     "CHANNEL_NO_REFERRAL",
-    "PARTNER_EMPLOYEE",          # excluded from the partner that employs the applicant
+    "PARTNER_EMPLOYEE",  # excluded from the partner that employs the applicant
     "NO_ELIGIBLE_PARTNER",
     "LOW_REFERRAL_VALUE",
-    "PARTNER_DEDUPE",            # the eligible partners saw this applicant recently
+    "PARTNER_DEDUPE",  # the eligible partners saw this applicant recently
     "PARTNER_QUOTA_EXHAUSTED",
-    "STORE_UNAVAILABLE",         # degraded: the quota store failed or missed its deadline
-    "LATE_EVENT",                # older than the store's newest event by more than LATE_MS
+    "STORE_UNAVAILABLE",  # degraded: the quota store failed or missed its deadline
+    "LATE_EVENT",  # older than the store's newest event by more than LATE_MS
 )
 BIT: dict[str, int] = {c: 1 << i for i, c in enumerate(CODES)}
 

@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -55,11 +56,23 @@ class ScoreLookupScorer:
 
 
 _APP_DEFAULTS: dict[str, Any] = dict(
-    application_id="app-1", received_at=datetime(2026, 11, 2, 2, 0, tzinfo=timezone.utc),
-    channel="own_app", national_id="110101199001011234", age=32, monthly_income=1_200_000,
-    bureau_score=700, inquiries_3m=1, open_loans=1, dti=0.3, worst_dpd_12m=0,
-    region="310000", employer="Company 001", requested_amount=3_000_000, term_months=12,
-    max_apr=0.18, consent="any",
+    application_id="app-1",
+    received_at=datetime(2026, 11, 2, 2, 0, tzinfo=UTC),
+    channel="own_app",
+    national_id="110101199001011234",
+    age=32,
+    monthly_income=1_200_000,
+    bureau_score=700,
+    inquiries_3m=1,
+    open_loans=1,
+    dti=0.3,
+    worst_dpd_12m=0,
+    region="310000",
+    employer="Company 001",
+    requested_amount=3_000_000,
+    term_months=12,
+    max_apr=0.18,
+    consent="any",
 )
 
 
@@ -74,32 +87,78 @@ def make_application(**overrides: Any) -> Application:
 _STRATEGY: dict[str, Any] = {
     "version": "test-1",
     "identity": {"dev_key": "test-key-0123456789abcdef"},
-    "economics": {"funding_cost": 0.04, "lgd": 0.6, "operating_cost": 0.02,
-                  "target_margin": 0.02, "legal_apr_cap": 0.24, "own_apr_cap": 0.20},
-    "rules": {"min_age": 18, "max_age": 60, "licensed_regions": ["31", "11"],
-              "max_worst_dpd": 60, "max_inquiries_3m": 8, "max_open_loans": 5, "max_dti": 0.6},
+    "economics": {
+        "funding_cost": 0.04,
+        "lgd": 0.6,
+        "operating_cost": 0.02,
+        "target_margin": 0.02,
+        "legal_apr_cap": 0.24,
+        "own_apr_cap": 0.20,
+    },
+    "rules": {
+        "min_age": 18,
+        "max_age": 60,
+        "licensed_regions": ["31", "11"],
+        "max_worst_dpd": 60,
+        "max_inquiries_3m": 8,
+        "max_open_loans": 5,
+        "max_dti": 0.6,
+    },
     "scorers": {"main": {"kind": "logistic_json", "path": "unused.json"}},
     "primary": {"scorer": "main", "max_pd": 0.05, "caps": [{"window": "day", "count": 1000}]},
-    "branch": {"scorer": "main", "max_pd": 0.12, "apr_cap": 0.24, "reserve_rate": 0.03,
-               "funder_loss_share": 0.3, "return_model": "fixed", "fixed_return": 0.09,
-               "operating_cost": 0.005, "target_margin": 0.005,
-               "caps": [{"window": "day", "count": 1000}]},
+    "branch": {
+        "scorer": "main",
+        "max_pd": 0.12,
+        "apr_cap": 0.24,
+        "reserve_rate": 0.03,
+        "funder_loss_share": 0.3,
+        "return_model": "fixed",
+        "fixed_return": 0.09,
+        "operating_cost": 0.005,
+        "target_margin": 0.005,
+        "caps": [{"window": "day", "count": 1000}],
+    },
     "routing": {"method": "waterfall"},
     "partners": [
-        {"id": "bank_a", "name": "Bank A", "whitelisted": True, "priority": 1, "weight": 1,
-         "apr_min": 0.04, "apr_max": 0.12, "acceptance": 0.6, "dedupe_days": 30,
-         "terms": {"fee_per_funded": 10_000, "rev_share": 0.2},
-         "employer_names": ["Bank A Group"],
-         "filters": {"max_pd": 0.08},
-         "caps": [{"window": "day", "count": 100, "amount": 1_000_000_000}]},
-        {"id": "plat_b", "name": "Platform B", "whitelisted": True, "priority": 2, "weight": 3,
-         "apr_min": 0.15, "apr_max": 0.24, "acceptance": 0.5, "dedupe_days": 7,
-         "terms": {"fee_per_referral": 500, "rev_share": 0.3},
-         "filters": {"max_pd": 0.25},
-         "caps": [{"window": "hour", "count": 50}, {"window": "day", "count": 200}]},
-        {"id": "gray_c", "name": "Not whitelisted", "whitelisted": False, "priority": 0,
-         "apr_min": 0.05, "apr_max": 0.24, "acceptance": 0.9,
-         "terms": {"fee_per_referral": 100_000}},
+        {
+            "id": "bank_a",
+            "name": "Bank A",
+            "whitelisted": True,
+            "priority": 1,
+            "weight": 1,
+            "apr_min": 0.04,
+            "apr_max": 0.12,
+            "acceptance": 0.6,
+            "dedupe_days": 30,
+            "terms": {"fee_per_funded": 10_000, "rev_share": 0.2},
+            "employer_names": ["Bank A Group"],
+            "filters": {"max_pd": 0.08},
+            "caps": [{"window": "day", "count": 100, "amount": 1_000_000_000}],
+        },
+        {
+            "id": "plat_b",
+            "name": "Platform B",
+            "whitelisted": True,
+            "priority": 2,
+            "weight": 3,
+            "apr_min": 0.15,
+            "apr_max": 0.24,
+            "acceptance": 0.5,
+            "dedupe_days": 7,
+            "terms": {"fee_per_referral": 500, "rev_share": 0.3},
+            "filters": {"max_pd": 0.25},
+            "caps": [{"window": "hour", "count": 50}, {"window": "day", "count": 200}],
+        },
+        {
+            "id": "gray_c",
+            "name": "Not whitelisted",
+            "whitelisted": False,
+            "priority": 0,
+            "apr_min": 0.05,
+            "apr_max": 0.24,
+            "acceptance": 0.9,
+            "terms": {"fee_per_referral": 100_000},
+        },
     ],
 }
 

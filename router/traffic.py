@@ -33,9 +33,9 @@ The same ``seed`` gives the same bytes (numpy PCG64 streams, fixed chunking, no 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -50,30 +50,93 @@ _CH_P = (0.35, 0.30, 0.20, 0.15)
 _CH_MU = (-0.35, 0.0, 0.35, 0.7)
 _CH_ANY = (0.70, 0.85, 0.80, 0.75)
 _CH_FRAUD = (0.002, 0.003, 0.004, 0.015)
-REGIONS = ("110000", "310000", "440100", "440300", "330100", "320500", "510100", "420100",
-           "370200", "610100", "500000", "350200", "210200", "230100", "530100", "650100")
+REGIONS = (
+    "110000",
+    "310000",
+    "440100",
+    "440300",
+    "330100",
+    "320500",
+    "510100",
+    "420100",
+    "370200",
+    "610100",
+    "500000",
+    "350200",
+    "210200",
+    "230100",
+    "530100",
+    "650100",
+)
 _REGION_P = np.array([9, 9, 7, 8, 7, 6, 7, 5, 5, 4, 5, 4, 4, 3, 3, 2], dtype=float)
 #: Employers of the example partner book's lenders (partner-employee exclusion).
-PARTNER_EMPLOYERS = ("Ningyuan Bank", "Heshan Consumer Finance", "Qianhai Micro Lending",
-                     "Yunfan Platform Technology", "Dongfang Credit Services")
+PARTNER_EMPLOYERS = (
+    "Ningyuan Bank",
+    "Heshan Consumer Finance",
+    "Qianhai Micro Lending",
+    "Yunfan Platform Technology",
+    "Dongfang Credit Services",
+)
 _OTHER_EMPLOYERS = tuple(f"Company {i:03d}" for i in range(200))
-_HOUR_W = np.array([2, 1, .6, .4, .4, .6, 1.5, 3, 5, 7, 8.5, 8.5, 7, 6.5, 6.5, 6.5, 6,
-                    6, 6.5, 7.5, 8.5, 8.5, 6, 3.5])
+_HOUR_W = np.array(
+    [
+        2,
+        1,
+        0.6,
+        0.4,
+        0.4,
+        0.6,
+        1.5,
+        3,
+        5,
+        7,
+        8.5,
+        8.5,
+        7,
+        6.5,
+        6.5,
+        6.5,
+        6,
+        6,
+        6.5,
+        7.5,
+        8.5,
+        8.5,
+        6,
+        3.5,
+    ]
+)
 _SHORT_LISTS = ("bank_ningyuan,platform_yunfan", "microloan_qianhai", "platform_yunfan,cfc_heshan")
 _TERMS = np.array([3, 6, 12, 24, 36])
 _TERM_P = np.array([0.1, 0.2, 0.4, 0.2, 0.1])
 
-SCHEMA = pa.schema([
-    ("application_id", pa.string()), ("received_at", pa.timestamp("ms", tz="Asia/Shanghai")),
-    ("channel", pa.string()), ("national_id", pa.string()), ("age", pa.int16()),
-    ("monthly_income", pa.int64()), ("bureau_score", pa.int16()), ("inquiries_3m", pa.int16()),
-    ("open_loans", pa.int16()), ("dti", pa.float64()), ("worst_dpd_12m", pa.int16()),
-    ("region", pa.string()), ("employer", pa.string()), ("requested_amount", pa.int64()),
-    ("term_months", pa.int16()), ("max_apr", pa.float64()), ("consent", pa.string()),
-    ("fraud_flag", pa.bool_()), ("defaulted", pa.bool_()), ("true_pd", pa.float64()),
-    ("partner_accepted", pa.bool_()), ("partner_funded", pa.bool_()),
-    ("funded_amount", pa.int64()),
-])
+SCHEMA = pa.schema(
+    [
+        ("application_id", pa.string()),
+        ("received_at", pa.timestamp("ms", tz="Asia/Shanghai")),
+        ("channel", pa.string()),
+        ("national_id", pa.string()),
+        ("age", pa.int16()),
+        ("monthly_income", pa.int64()),
+        ("bureau_score", pa.int16()),
+        ("inquiries_3m", pa.int16()),
+        ("open_loans", pa.int16()),
+        ("dti", pa.float64()),
+        ("worst_dpd_12m", pa.int16()),
+        ("region", pa.string()),
+        ("employer", pa.string()),
+        ("requested_amount", pa.int64()),
+        ("term_months", pa.int16()),
+        ("max_apr", pa.float64()),
+        ("consent", pa.string()),
+        ("fraud_flag", pa.bool_()),
+        ("defaulted", pa.bool_()),
+        ("true_pd", pa.float64()),
+        ("partner_accepted", pa.bool_()),
+        ("partner_funded", pa.bool_()),
+        ("funded_amount", pa.int64()),
+    ]
+)
 
 
 class _State:
@@ -84,8 +147,9 @@ class _State:
         self.pool_z: list[float] = []
 
 
-def _chunk(rng: np.random.Generator, n: int, first: int, day_start_ms: int, state: _State,
-           seed: int) -> pa.RecordBatch:
+def _chunk(
+    rng: np.random.Generator, n: int, first: int, day_start_ms: int, state: _State, seed: int
+) -> pa.RecordBatch:
     hours = rng.choice(24, size=n, p=_HOUR_W / _HOUR_W.sum())
     # Rows are i.i.d. apart from repeats, so sorting the times alone gives arrival order.
     t = np.sort(day_start_ms + hours * 3600_000 + rng.integers(0, 3600_000, size=n))
@@ -115,14 +179,19 @@ def _chunk(rng: np.random.Generator, n: int, first: int, day_start_ms: int, stat
     opn = rng.poisson(np.exp(0.4 + 0.45 * z)).clip(0, 40).astype(np.int16)
     dti = np.round(np.clip(0.28 + 0.11 * z + rng.normal(0, 0.1, n), 0.0, 3.0), 3)
     delinquent = rng.random(n) < 1 / (1 + np.exp(-(1.6 * z - 3.2)))
-    dpd = np.where(delinquent, rng.choice([5, 15, 35, 65, 95, 150], size=n,
-                                          p=[.3, .25, .2, .12, .08, .05]), 0).astype(np.int16)
+    dpd = np.where(
+        delinquent,
+        rng.choice([5, 15, 35, 65, 95, 150], size=n, p=[0.3, 0.25, 0.2, 0.12, 0.08, 0.05]),
+        0,
+    ).astype(np.int16)
     region = np.take(REGIONS, rng.choice(len(REGIONS), size=n, p=_REGION_P / _REGION_P.sum()))
     amount = np.clip(np.round(income * rng.uniform(0.8, 6, n) / 100) * 100, 1000, 200000)
     amount_fen = (amount * 100).astype(np.int64)
     term = rng.choice(_TERMS, size=n, p=_TERM_P).astype(np.int16)
     u = rng.random(n)
-    max_apr = np.where(z < -0.8, 0.04 + 0.06 * u, np.where(z < 0.2, 0.10 + 0.08 * u, 0.15 + 0.09 * u))
+    max_apr = np.where(
+        z < -0.8, 0.04 + 0.06 * u, np.where(z < 0.2, 0.10 + 0.08 * u, 0.15 + 0.09 * u)
+    )
     max_apr = np.where(rng.random(n) < 0.03, 0.24 + 0.12 * rng.random(n), max_apr)
     max_apr = np.round(max_apr, 4)
     cr = rng.random(n)
@@ -131,9 +200,11 @@ def _chunk(rng: np.random.Generator, n: int, first: int, day_start_ms: int, stat
     consent = np.where(cr < any_p, "any", np.where(cr < any_p + 0.05, short, "none"))
     fraud = rng.random(n) < np.take(_CH_FRAUD, ch)
     er = rng.random(n)
-    employer = np.where(er < 0.003,
-                        np.take(PARTNER_EMPLOYERS, rng.integers(0, len(PARTNER_EMPLOYERS), n)),
-                        np.take(_OTHER_EMPLOYERS, rng.integers(0, len(_OTHER_EMPLOYERS), n)))
+    employer = np.where(
+        er < 0.003,
+        np.take(PARTNER_EMPLOYERS, rng.integers(0, len(PARTNER_EMPLOYERS), n)),
+        np.take(_OTHER_EMPLOYERS, rng.integers(0, len(_OTHER_EMPLOYERS), n)),
+    )
     employer = np.where(er > 0.93, None, employer)
     logit = -3.25 + 1.15 * z + 0.25 * np.log(amount / income) + 0.015 * term
     true_pd = 1 / (1 + np.exp(-logit))
@@ -146,23 +217,42 @@ def _chunk(rng: np.random.Generator, n: int, first: int, day_start_ms: int, stat
     cols = {
         "application_id": [f"A{seed}-{first + i:010d}" for i in range(n)],
         "received_at": pa.array(t, pa.int64()).cast(pa.timestamp("ms", tz="Asia/Shanghai")),
-        "channel": np.take(CHANNELS, ch), "national_id": ids,
-        "age": age, "monthly_income": income_fen, "bureau_score": score,
-        "inquiries_3m": inq, "open_loans": opn, "dti": dti,
-        "worst_dpd_12m": dpd, "region": region, "employer": employer,
-        "requested_amount": amount_fen, "term_months": term,
-        "max_apr": max_apr, "consent": consent, "fraud_flag": fraud,
-        "defaulted": defaulted, "true_pd": np.round(true_pd, 6),
-        "partner_accepted": accepted, "partner_funded": funded,
+        "channel": np.take(CHANNELS, ch),
+        "national_id": ids,
+        "age": age,
+        "monthly_income": income_fen,
+        "bureau_score": score,
+        "inquiries_3m": inq,
+        "open_loans": opn,
+        "dti": dti,
+        "worst_dpd_12m": dpd,
+        "region": region,
+        "employer": employer,
+        "requested_amount": amount_fen,
+        "term_months": term,
+        "max_apr": max_apr,
+        "consent": consent,
+        "fraud_flag": fraud,
+        "defaulted": defaulted,
+        "true_pd": np.round(true_pd, 6),
+        "partner_accepted": accepted,
+        "partner_funded": funded,
         "funded_amount": pa.array(funded_fen, pa.int64(), mask=~funded),
     }
-    arrays = [c if isinstance(c, pa.Array) else pa.array(c, type=SCHEMA.field(k).type)
-              for k, c in cols.items()]
+    arrays = [
+        c if isinstance(c, pa.Array) else pa.array(c, type=SCHEMA.field(k).type)
+        for k, c in cols.items()
+    ]
     return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
 
 
-def generate_batches(rows: int, seed: int = 7, per_day: int = 200_000,
-                     start: str = "2026-11-02", chunk: int = 100_000) -> Iterator[pa.RecordBatch]:
+def generate_batches(
+    rows: int,
+    seed: int = 7,
+    per_day: int = 200_000,
+    start: str = "2026-11-02",
+    chunk: int = 100_000,
+) -> Iterator[pa.RecordBatch]:
     """Yield record batches of generated traffic in arrival order."""
     if rows < 0 or per_day <= 0 or chunk <= 0:
         raise TrafficError("rows must be ≥ 0 and per_day, chunk > 0")
@@ -182,8 +272,14 @@ def generate_batches(rows: int, seed: int = 7, per_day: int = 200_000,
         day += 1
 
 
-def write_traffic(out: str | Path, rows: int, seed: int = 7, per_day: int = 200_000,
-                  start: str = "2026-11-02", progress=None) -> Path:
+def write_traffic(
+    out: str | Path,
+    rows: int,
+    seed: int = 7,
+    per_day: int = 200_000,
+    start: str = "2026-11-02",
+    progress=None,
+) -> Path:
     """Write generated traffic as Parquet (``.parquet``) or JSON Lines (``.jsonl``)."""
     out = Path(out)
     fmt = out.suffix.lower()

@@ -2,9 +2,10 @@
 
 Window keys are integers that read as local time: hour ``YYYYMMDDHHF``, day ``YYYYMMDD``,
 month ``YYYYMM``. ``F`` is the fold (0, or 1 for the repeated hour when clocks go back),
-so the two real hours that share a wall-clock hour in a DST zone are two windows. Keys for a batch are computed once per distinct 15-minute UTC bucket —
-every zone offset in use is a multiple of 15 minutes, so all instants of a bucket share
-their local hour, day and month.
+so the two real hours that share a wall-clock hour in a DST zone are two windows. Keys for
+a batch are computed once per distinct 15-minute UTC bucket — every zone offset in use is
+a multiple of 15 minutes, so all instants of a bucket share their local hour, day and
+month.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def window_end_ms(window: str, key: int, tz_name: str) -> int:
         y, mo, d, h = key // 1000000, key // 10000 % 100, key // 100 % 100, key % 100
         start = datetime(y, mo, d, h, fold=fold, tzinfo=tz)
         # Adding in UTC steps over DST gaps correctly.
-        end = (start.astimezone(ZoneInfo("UTC")) + timedelta(hours=1))
+        end = start.astimezone(ZoneInfo("UTC")) + timedelta(hours=1)
         return int(end.timestamp() * 1000)
     if window == "day":
         y, mo, d = key // 10000, key // 100 % 100, key % 100

@@ -3,11 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from servers import redis_cluster, redis_server  # noqa: F401  (fixtures)
 
 from router.config import strategy_from_dict
 from router.engine import Router
 from router.testing import ScoreLookupScorer, strategy_dict
-from servers import redis_cluster, redis_server  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,15 +46,21 @@ def store_factory(request):
             store = ArrayQuotaStore(**options)
         elif kind == "redis":
             proc = request.getfixturevalue("redis_server")
-            store = quota_store_from_url(f"redis://{proc.host}:{proc.port}/0",
-                                         prefix=f"t{uuid.uuid4().hex[:8]}:", timeout_ms=5000,
-                                         **options)
+            store = quota_store_from_url(
+                f"redis://{proc.host}:{proc.port}/0",
+                prefix=f"t{uuid.uuid4().hex[:8]}:",
+                timeout_ms=5000,
+                **options,
+            )
         else:
             nodes = request.getfixturevalue("redis_cluster")
             hosts = ",".join(f"{h}:{p}" for h, p in nodes)
-            store = quota_store_from_url(f"redis+cluster://{hosts}",
-                                         prefix=f"t{uuid.uuid4().hex[:8]}:", timeout_ms=5000,
-                                         **options)
+            store = quota_store_from_url(
+                f"redis+cluster://{hosts}",
+                prefix=f"t{uuid.uuid4().hex[:8]}:",
+                timeout_ms=5000,
+                **options,
+            )
         made.append(store)
         return store
 

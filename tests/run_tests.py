@@ -21,13 +21,16 @@ def _ensure_redis() -> None:
     if shutil.which("redis-server") and shutil.which("redis-cli"):
         return
     if os.geteuid() != 0:
-        sys.exit("redis-server/redis-cli are not installed and we are not root: install them "
-                 "(e.g. `sudo apt-get install redis-server`) and retry")
+        sys.exit(
+            "redis-server/redis-cli are not installed and we are not root: install them "
+            "(e.g. `sudo apt-get install redis-server`) and retry"
+        )
     print("redis-server missing: installing it with apt-get", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-q", "redis-server", "redis-tools"],
-                   check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "redis-server", "redis-tools"], check=True, env=env
+    )
     if not shutil.which("redis-server"):
         sys.exit("apt-get ran but redis-server is still not on PATH")
 

@@ -30,8 +30,20 @@ redis_server = factories.redis_proc(executable=REDIS_SERVER, port=None)
 def start_node(directory: Path, port: int, *extra: str) -> TCPExecutor:
     """One redis-server on 127.0.0.1:port keeping its files in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    cmd = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-           "--save", "", "--logfile", str(directory / "redis.log"), *extra]
+    cmd = [
+        REDIS_SERVER,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(directory),
+        "--save",
+        "",
+        "--logfile",
+        str(directory / "redis.log"),
+        *extra,
+    ]
     return TCPExecutor(cmd, host="127.0.0.1", port=port, timeout=20).start()
 
 
@@ -58,8 +70,9 @@ CLUSTER_NODE = ("--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
 def cluster_node(base: Path, port: int, *extra: str) -> TCPExecutor:
     """One cluster node on ``port`` keeping its files (nodes.conf, AOF) under ``base``;
     started again with the same arguments it rejoins with its slots."""
-    return start_node(base / str(port), port, *CLUSTER_NODE,
-                      "--cluster-config-file", f"nodes-{port}.conf", *extra)
+    return start_node(
+        base / str(port), port, *CLUSTER_NODE, "--cluster-config-file", f"nodes-{port}.conf", *extra
+    )
 
 
 def wait_cluster_ok(ports: list[int], seconds: float = 30) -> None:
@@ -104,9 +117,20 @@ def start_cluster(base: Path, *extra: str) -> tuple[list[int], list[TCPExecutor]
         try:
             for p in ports:
                 nodes.append(cluster_node(base, p, *options))
-            subprocess.run([REDIS_CLI, "--cluster", "create",
-                            *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "0",
-                            "--cluster-yes"], check=True, capture_output=True, timeout=60)
+            subprocess.run(
+                [
+                    REDIS_CLI,
+                    "--cluster",
+                    "create",
+                    *[f"127.0.0.1:{p}" for p in ports],
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
             wait_cluster_ok(ports)
             return ports, nodes
         except Exception:

@@ -17,14 +17,16 @@ from router.traffic import generate_batches
 def _compare(router, cols):
     for i in range(len(cols)):
         from router.columns import take
+
         one = take(cols, np.array([i]))
         a = assess(one, router.strategy, router.scorers, router._employers, router._table)
         b = assess_one(one, router.strategy, router.scorers, router._employers, router._table)
         for f in fields(a):
             x, y = getattr(a, f.name), getattr(b, f.name)
             if f.name == "keys":
-                assert {z: {w: k.tolist() for w, k in v.items()} for z, v in x.items()} == \
-                       {z: {w: k.tolist() for w, k in v.items()} for z, v in y.items()}
+                assert {z: {w: k.tolist() for w, k in v.items()} for z, v in x.items()} == {
+                    z: {w: k.tolist() for w, k in v.items()} for z, v in y.items()
+                }
             elif f.name == "ordered":
                 continue
             else:
@@ -50,15 +52,35 @@ def test_test_strategy_edge_cases():
     from router.columns import from_applications
     from router.testing import make_application
 
-    router = Router(strategy_from_dict(strategy_dict(routing={"method": "best_value"})),
-                    scorers={"main": ScoreLookupScorer({700: 0.02, 650: 0.08, 600: 0.2})})
-    apps = [make_application(application_id=f"e{i}", **kw) for i, kw in enumerate([
-        {}, {"fraud_flag": True}, {"age": 17}, {"age": 61}, {"region": "440300"},
-        {"worst_dpd_12m": 90}, {"inquiries_3m": 9}, {"dti": 0.7}, {"consent": "none"},
-        {"consent": ["gray_c"]}, {"employer": "Bank A Group", "region": "440300"},
-        {"bureau_score": 600}, {"bureau_score": 650}, {"bureau_score": 550},
-        {"max_apr": 0.05}, {"max_apr": 0.3}, {"term_months": 36}, {"requested_amount": 1},
-    ])]
+    router = Router(
+        strategy_from_dict(strategy_dict(routing={"method": "best_value"})),
+        scorers={"main": ScoreLookupScorer({700: 0.02, 650: 0.08, 600: 0.2})},
+    )
+    apps = [
+        make_application(application_id=f"e{i}", **kw)
+        for i, kw in enumerate(
+            [
+                {},
+                {"fraud_flag": True},
+                {"age": 17},
+                {"age": 61},
+                {"region": "440300"},
+                {"worst_dpd_12m": 90},
+                {"inquiries_3m": 9},
+                {"dti": 0.7},
+                {"consent": "none"},
+                {"consent": ["gray_c"]},
+                {"employer": "Bank A Group", "region": "440300"},
+                {"bureau_score": 600},
+                {"bureau_score": 650},
+                {"bureau_score": 550},
+                {"max_apr": 0.05},
+                {"max_apr": 0.3},
+                {"term_months": 36},
+                {"requested_amount": 1},
+            ]
+        )
+    ]
     _compare(router, from_applications(apps, router.hasher))
 
 
@@ -72,8 +94,11 @@ def test_other_books(method):
         if partners is not None:
             d["partners"] = partners
             d["branch"] = None
-        router = Router(strategy_from_dict(d),
-                        scorers={"main": ScoreLookupScorer({700: 0.02, 600: 0.2})})
-        apps = [make_application(application_id=f"o{i}", bureau_score=s, region=r)
-                for i, (s, r) in enumerate([(700, "310000"), (600, "440300"), (550, "110000")])]
+        router = Router(
+            strategy_from_dict(d), scorers={"main": ScoreLookupScorer({700: 0.02, 600: 0.2})}
+        )
+        apps = [
+            make_application(application_id=f"o{i}", bureau_score=s, region=r)
+            for i, (s, r) in enumerate([(700, "310000"), (600, "440300"), (550, "110000")])
+        ]
         _compare(router, from_applications(apps, router.hasher))

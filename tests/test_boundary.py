@@ -4,7 +4,7 @@ is written."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
@@ -22,7 +22,7 @@ BAD = [
     ("requested_amount", 10**30),
     ("requested_amount", 0),
     ("received_at", datetime(2026, 11, 2, 2, 0)),  # naive
-    ("received_at", datetime(1969, 12, 31, tzinfo=timezone.utc)),
+    ("received_at", datetime(1969, 12, 31, tzinfo=UTC)),
     ("dti", float("nan")),
     ("max_apr", float("inf")),
     ("age", -3),
@@ -40,8 +40,9 @@ def _built(field, value):
 
 @pytest.mark.parametrize("kind", ["memory", "array", "redis"])
 @pytest.mark.parametrize("field,value", BAD, ids=[f"{f}={str(v)[:12]}" for f, v in BAD])
-def test_invalid_application_raises_naming_field_and_writes_nothing(make_router, store_factory,
-                                                                  kind, field, value):
+def test_invalid_application_raises_naming_field_and_writes_nothing(
+    make_router, store_factory, kind, field, value
+):
     store = store_factory(kind)
     router = make_router(store=store)
     app = _built(field, value)
@@ -68,14 +69,17 @@ def test_raw_identifier_is_never_echoed():
     assert "12'" not in str(err.value) and "withheld" in str(err.value)
 
 
-@pytest.mark.parametrize("make,field", [
-    (lambda: CapLimit("week", 1, None), "window"),
-    (lambda: CapLimit("day", -1, None), "count"),
-    (lambda: CapLimit("day", 1, 1.5), "amount"),
-    (lambda: Bucket("p1", (CapLimit("day", 1, None),), "Mars/Olympus"), "timezone"),
-    (lambda: Bucket("p1", (CapLimit("day", 1, None),), "UTC", dedupe_ms=-1), "dedupe_ms"),
-    (lambda: Bucket("p 1", (), "UTC"), "bucket"),
-])
+@pytest.mark.parametrize(
+    "make,field",
+    [
+        (lambda: CapLimit("week", 1, None), "window"),
+        (lambda: CapLimit("day", -1, None), "count"),
+        (lambda: CapLimit("day", 1, 1.5), "amount"),
+        (lambda: Bucket("p1", (CapLimit("day", 1, None),), "Mars/Olympus"), "timezone"),
+        (lambda: Bucket("p1", (CapLimit("day", 1, None),), "UTC", dedupe_ms=-1), "dedupe_ms"),
+        (lambda: Bucket("p 1", (), "UTC"), "bucket"),
+    ],
+)
 def test_store_arguments_are_checked(make, field):
     with pytest.raises(InputError) as err:
         make()
@@ -91,10 +95,16 @@ def test_bad_fingerprint_is_an_input_error(store_factory, kind, fp):
     assert err.value.field == "fingerprint"
 
 
-@pytest.mark.parametrize("url", ["postgres://x", "redis://127.0.0.1:notaport/0",
-                                 "redis://127.0.0.1:6379/0?timeout_ms=fast",
-                                 "redis://127.0.0.1:6379/0?timeuot_ms=5",
-                                 "redis://127.0.0.1:6379/0?prefix={x}"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://x",
+        "redis://127.0.0.1:notaport/0",
+        "redis://127.0.0.1:6379/0?timeout_ms=fast",
+        "redis://127.0.0.1:6379/0?timeuot_ms=5",
+        "redis://127.0.0.1:6379/0?prefix={x}",
+    ],
+)
 def test_bad_store_url_is_a_router_error(url):
     with pytest.raises(RouterError):
         quota_store_from_url(url)

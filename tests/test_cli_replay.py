@@ -13,14 +13,27 @@ from router.traffic import write_traffic
 def test_replay_into_redis_gets_its_own_prefix(tmp_path, redis_server):
     traffic = write_traffic(tmp_path / "t.parquet", 3000, seed=9, per_day=3000)
     url = f"redis://{redis_server.host}:{redis_server.port}/0"
-    r = CliRunner().invoke(app, ["replay", "-s", "configs/strategy.toml", "-t", str(traffic),
-                                 "-o", str(tmp_path / "out"), "--store", url])
+    r = CliRunner().invoke(
+        app,
+        [
+            "replay",
+            "-s",
+            "configs/strategy.toml",
+            "-t",
+            str(traffic),
+            "-o",
+            str(tmp_path / "out"),
+            "--store",
+            url,
+        ],
+    )
     assert r.exit_code == 0, r.output
     timing = json.loads((tmp_path / "out" / "timing.json").read_text())
     assert timing["store"] == "RedisQuotaStore"
     prefix = timing["store_prefix"]
     assert prefix.startswith("replay-") and prefix != "rr:"
     import redis
+
     keys = redis.Redis(host=redis_server.host, port=redis_server.port).keys("*")
     assert keys and all(k.decode().startswith(prefix) for k in keys)
 
@@ -30,12 +43,26 @@ def test_compare_and_tune_commands(tmp_path):
     from router.config import load_strategy
     from router.replay.tune import strategy_data, with_params, write_strategy
 
-    raw = with_params(strategy_data(load_strategy("configs/strategy.toml")),
-                      {"primary.max_pd": 0.03, "version": "stricter"})
+    raw = with_params(
+        strategy_data(load_strategy("configs/strategy.toml")),
+        {"primary.max_pd": 0.03, "version": "stricter"},
+    )
     strict = write_strategy(raw, tmp_path / "strict.toml")
     runner = CliRunner()
-    r = runner.invoke(app, ["compare", "-a", "configs/strategy.toml", "-b", str(strict),
-                            "-t", str(traffic), "-o", str(tmp_path / "cmp")])
+    r = runner.invoke(
+        app,
+        [
+            "compare",
+            "-a",
+            "configs/strategy.toml",
+            "-b",
+            str(strict),
+            "-t",
+            str(traffic),
+            "-o",
+            str(tmp_path / "cmp"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     cmp = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert sum(map(sum, cmp["counts"])) == 4000
@@ -43,13 +70,40 @@ def test_compare_and_tune_commands(tmp_path):
     assert cmp["net_change"]["keep_rate"] < 0 and "swap sets" in r.output
     grid = tmp_path / "grid.toml"
     grid.write_text('[grid]\n"primary.max_pd" = [0.03, 0.06]\n')
-    r = runner.invoke(app, ["tune", "-s", "configs/strategy.toml", "-t", str(traffic),
-                            "-g", str(grid), "-o", str(tmp_path / "tune"), "--workers", "1",
-                            "--max-bad-rate", "0.05"])
+    r = runner.invoke(
+        app,
+        [
+            "tune",
+            "-s",
+            "configs/strategy.toml",
+            "-t",
+            str(traffic),
+            "-g",
+            str(grid),
+            "-o",
+            str(tmp_path / "tune"),
+            "--workers",
+            "1",
+            "--max-bad-rate",
+            "0.05",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "tune" / "best_strategy.toml").exists()
     assert (tmp_path / "tune" / "report.html").exists()
     grid.write_text('[grid]\n"primary.no_such" = [1]\n')
-    bad = runner.invoke(app, ["tune", "-s", "configs/strategy.toml", "-t", str(traffic),
-                              "-g", str(grid), "-o", str(tmp_path / "t3")])
+    bad = runner.invoke(
+        app,
+        [
+            "tune",
+            "-s",
+            "configs/strategy.toml",
+            "-t",
+            str(traffic),
+            "-g",
+            str(grid),
+            "-o",
+            str(tmp_path / "t3"),
+        ],
+    )
     assert bad.exit_code == 2 and "primary.no_such" in bad.output

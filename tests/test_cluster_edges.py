@@ -10,7 +10,6 @@ import uuid
 from collections import defaultdict
 
 import pytest
-
 from race_worker import decide_variants
 
 from router.store.redis import counter_value
@@ -31,23 +30,24 @@ def test_conflicting_content_from_many_processes(url):
     """40 ids, each sent by 8 processes, 4 of them with another amount (other content):
     one content wins per id; every caller with it gets the same decision, every caller
     with the other content gets IdempotencyConflict — referrals and declines alike."""
-    specs = [[(f"c-{k}", k, 100_000 + (w % 2) * 1_000) for k in range(40)]
-             for w in range(WORKERS)]
+    specs = [[(f"c-{k}", k, 100_000 + (w % 2) * 1_000) for k in range(40)] for w in range(WORKERS)]
     ctx = mp.get_context("spawn")
     t = time.monotonic()
     with ctx.Pool(WORKERS) as pool:
-        results = [r for batch in pool.starmap(decide_variants,
-                                               [(url, s, -1) for s in specs])
-                   for r in batch]
+        results = [
+            r
+            for batch in pool.starmap(decide_variants, [(url, s, -1) for s in specs])
+            for r in batch
+        ]
     elapsed = time.monotonic() - t
     by_id = defaultdict(list)
     for app_id, amount, outcome, partner, reasons, degraded in results:
         by_id[app_id].append((amount, outcome, partner, reasons, degraded))
     for app_id, answers in by_id.items():
-        assert not any(a[4] for a in answers), answers          # nobody degraded
+        assert not any(a[4] for a in answers), answers  # nobody degraded
         decided = {a for a in answers if a[1] != "conflict"}
-        assert len(decided) == 1, (app_id, decided)             # one decision per id
-        (amount, *_), = decided
+        assert len(decided) == 1, (app_id, decided)  # one decision per id
+        ((amount, *_),) = decided
         assert all(a[1] == "conflict" for a in answers if a[0] != amount), answers
         assert all(a[1] != "conflict" for a in answers if a[0] == amount), answers
     assert elapsed < 60  # nobody waits out a 5 s lease per application
@@ -61,10 +61,10 @@ def test_a_stalled_master_leaves_no_phantom_and_no_unrecorded_referral(redis_clu
     import signal
 
     import redis as redis_lib
-
-    from router.messages import Refer
     from servers import stall_later
     from test_fault_lifecycle import _app, _router
+
+    from router.messages import Refer
 
     hosts = ",".join(f"{h}:{p}" for h, p in redis_cluster)
     url = f"redis+cluster://{hosts}?timeout_ms=50&pending_ms=600&prefix=cs{uuid.uuid4().hex[:6]}:"
@@ -90,8 +90,10 @@ def test_a_stalled_master_leaves_no_phantom_and_no_unrecorded_referral(redis_clu
     assert len({e.applicant_hash for e in ledger}) == len(ledger)
     for app_id in refers:  # a retry finds the decision it was given
         assert store.client.get(store._app(app_id)) is not None, app_id
-    counted = sum(counter_value(store.client.get(k))[0]
-                  for k in store.client.scan_iter(match=f"{store.prefix}{{p:plat_b}}:c:*"))
+    counted = sum(
+        counter_value(store.client.get(k))[0]
+        for k in store.client.scan_iter(match=f"{store.prefix}{{p:plat_b}}:c:*")
+    )
     assert counted == len(refers)
     assert store.pending_count() == 0
 
@@ -99,32 +101,41 @@ def test_a_stalled_master_leaves_no_phantom_and_no_unrecorded_referral(redis_clu
 @pytest.mark.parametrize("method", ["weighted", "waterfall", "best_value"])
 def test_a_master_killed_for_3_s(tmp_path, method):
     """SIGKILL of the master holding some applications' and one partner's slots, restarted
-    3 s later from its files (grants wait pending longer than that: ``pending_ms`` 4 s): every Refer handed back has its decision record and its one
-    posted entry; the degraded ones, sent again, go to one partner at most (never a second
-    referral of the same application), under any routing method."""
+    3 s later from its files (grants wait pending longer than that: ``pending_ms`` 4 s):
+    every Refer handed back has its decision record and its one posted entry; the degraded
+    ones, sent again, go to one partner at most (never a second referral of the same
+    application), under any routing method."""
     import signal
     import threading
     from datetime import timedelta
+
+    from servers import cluster_node, start_cluster, wait_cluster_ok
+    from test_rotation_retries import T0
 
     from router.config import strategy_from_dict
     from router.engine import Router
     from router.messages import Refer
     from router.store import quota_store_from_url
     from router.testing import ScoreLookupScorer, make_application, strategy_dict
-    from servers import cluster_node, start_cluster, wait_cluster_ok
-    from test_rotation_retries import T0
 
     ports, nodes = start_cluster(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
     try:
-        url = (f"redis+cluster://{','.join(f'127.0.0.1:{p}' for p in ports)}"
-               f"?timeout_ms=200&pending_ms=4000&prefix=mk{uuid.uuid4().hex[:6]}:")
+        url = (
+            f"redis+cluster://{','.join(f'127.0.0.1:{p}' for p in ports)}"
+            f"?timeout_ms=200&pending_ms=4000&prefix=mk{uuid.uuid4().hex[:6]}:"
+        )
         s = strategy_from_dict(strategy_dict(routing={"method": method}))
-        router = Router(s, quota_store_from_url(url),
-                        scorers={"main": ScoreLookupScorer({700: 0.02})})
+        router = Router(
+            s, quota_store_from_url(url), scorers={"main": ScoreLookupScorer({700: 0.02})}
+        )
 
         def app(i):
-            return make_application(application_id=f"mk-{i}", national_id=f"1101011990{i:08d}",
-                                    region="440300", received_at=T0 + timedelta(seconds=i))
+            return make_application(
+                application_id=f"mk-{i}",
+                national_id=f"1101011990{i:08d}",
+                region="440300",
+                received_at=T0 + timedelta(seconds=i),
+            )
 
         victim = nodes[1]
         restarted = []
@@ -133,8 +144,9 @@ def test_a_master_killed_for_3_s(tmp_path, method):
             time.sleep(0.2)
             victim.kill(sig=signal.SIGKILL)
             time.sleep(3)
-            restarted.append(cluster_node(tmp_path, ports[1], "--appendonly", "yes",
-                                          "--appendfsync", "always"))
+            restarted.append(
+                cluster_node(tmp_path, ports[1], "--appendonly", "yes", "--appendfsync", "always")
+            )
 
         t = threading.Thread(target=kill_and_restart)
         t.start()
@@ -157,13 +169,15 @@ def test_a_master_killed_for_3_s(tmp_path, method):
         store.sweep()
         refers = {a: d.partner_id for a, d in answers.items() if isinstance(d, Refer)}
         ledger = list(store.ledger())
-        assert sorted(e.application_id for e in ledger) == sorted(refers)   # once each
-        assert {e.application_id: e.partner_id for e in ledger} == refers    # the same partner
+        assert sorted(e.application_id for e in ledger) == sorted(refers)  # once each
+        assert {e.application_id: e.partner_id for e in ledger} == refers  # the same partner
         for a in refers:
-            assert store.client.get(store._app(a)) is not None, a           # its record
-        counted = sum(counter_value(store.client.get(k))[0]
-                      for p in ("bank_a", "plat_b")
-                      for k in store.client.scan_iter(match=f"{store.prefix}{{p:{p}}}:c:*:day:*"))
+            assert store.client.get(store._app(a)) is not None, a  # its record
+        counted = sum(
+            counter_value(store.client.get(k))[0]
+            for p in ("bank_a", "plat_b")
+            for k in store.client.scan_iter(match=f"{store.prefix}{{p:{p}}}:c:*:day:*")
+        )
         assert counted == len(refers)
         assert store.pending_count() == 0
         router.store.close()
@@ -183,6 +197,7 @@ def test_waiting_on_another_callers_claim_is_bounded_by_the_deadline(redis_clust
     app = _app(7)
     store = router.store
     from router.columns import row_from_application
+
     fp = row_from_application(app, router.hasher).fingerprint
     assert store.claim_many([app.application_id], [fp], 5000) == [True]  # the other caller
     t = time.perf_counter()

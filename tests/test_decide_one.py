@@ -9,6 +9,7 @@ idempotency answers are compared too; the ledgers must match entry for entry.
 from __future__ import annotations
 
 import pytest
+from tests_helpers import tight_strategy, tight_stream
 
 from router.config import load_strategy, strategy_from_dict
 from router.engine import Router
@@ -16,12 +17,10 @@ from router.errors import IdempotencyConflict
 from router.messages import Keep, Refer, decode_application
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
 from router.traffic import write_traffic
-from tests_helpers import tight_stream, tight_strategy
 
 
 def _pair(strategy, make_store):
-    scorer = ScoreLookupScorer({720: 0.01, 700: 0.02, 650: 0.08, 600: 0.2, 550: 0.35},
-                               default=0.5)
+    scorer = ScoreLookupScorer({720: 0.01, 700: 0.02, 650: 0.08, 600: 0.2, 550: 0.35}, default=0.5)
     one = Router(strategy, make_store(), scorers={"main": scorer})
     batch = Router(strategy, make_store(), scorers={"main": scorer})
     assert one._single_trip
@@ -32,6 +31,7 @@ def _same(one, batch, apps):
     for a in apps:
         d1, d2 = one.decide(a), batch.decide_batch([a])[0]
         assert d1 == d2, (a.application_id, d1, d2)
+
     # A Redis ledger is one stream per partner: compare in a fixed order.
     def key(e):
         return (e.partner_id, e.event_time_ms, e.application_id)
@@ -73,8 +73,9 @@ def test_scalar_path_degraded_when_store_is_down():
     scorer = ScoreLookupScorer({700: 0.02}, default=0.5)
     down = quota_store_from_url("redis://127.0.0.1:1/0", timeout_ms=5)
     for policy in ("decline", "keep"):
-        s = strategy_from_dict({**strategy_dict(routing={"method": "waterfall"}),
-                                "degraded": {"policy": policy}})
+        s = strategy_from_dict(
+            {**strategy_dict(routing={"method": "waterfall"}), "degraded": {"policy": policy}}
+        )
         one = Router(s, down, scorers={"main": scorer})
         ref = Router(s, down, scorers={"main": scorer})
         for i, score in enumerate([700, 600, 550]):

@@ -27,8 +27,8 @@ def test_required_apr_by_hand():
 
 
 def test_achievable_and_offered():
-    assert eco.achievable_apr(0.18, E) == 0.18   # applicant's maximum binds
-    assert eco.achievable_apr(0.30, E) == 0.20   # funder's own cap binds
+    assert eco.achievable_apr(0.18, E) == 0.18  # applicant's maximum binds
+    assert eco.achievable_apr(0.30, E) == 0.20  # funder's own cap binds
     assert eco.offered_apr(0.1425, 0.18, E) == 0.1425
     assert eco.offered_apr(0.25, 0.18, E) == 0.18
 
@@ -100,9 +100,15 @@ def test_vectorised_equals_scalar():
     }
     for i in range(500):
         assert vec["req"][i] == pytest.approx(eco.required_apr(pd[i], term[i], E), rel=1e-12)
-        assert vec["keep"][i] == pytest.approx(eco.keep_profit(amount[i], term[i], pd[i], mx[i], E), rel=1e-12, abs=1e-9)
-        assert vec["branch"][i] == pytest.approx(eco.branch_profit(amount[i], term[i], pd[i], mx[i], b, E), rel=1e-12, abs=1e-9)
-        assert vec["ref"][i] == pytest.approx(eco.referral_value(amount[i], term[i], pd[i], mx[i], bank), rel=1e-12)
+        assert vec["keep"][i] == pytest.approx(
+            eco.keep_profit(amount[i], term[i], pd[i], mx[i], E), rel=1e-12, abs=1e-9
+        )
+        assert vec["branch"][i] == pytest.approx(
+            eco.branch_profit(amount[i], term[i], pd[i], mx[i], b, E), rel=1e-12, abs=1e-9
+        )
+        assert vec["ref"][i] == pytest.approx(
+            eco.referral_value(amount[i], term[i], pd[i], mx[i], bank), rel=1e-12
+        )
 
 
 def test_to_minor_rounds_once_half_even():

@@ -76,12 +76,15 @@ def test_unlicensed_region_removes_keep_and_branch(router):
     assert "REGION_UNLICENSED" in d.reasons
 
 
-@pytest.mark.parametrize("field,value,code", [
-    ("worst_dpd_12m", 90, "SEVERE_DELINQUENCY"),
-    ("inquiries_3m", 9, "MULTI_LENDING"),
-    ("open_loans", 6, "MULTI_LENDING"),
-    ("dti", 0.7, "HIGH_DEBT_BURDEN"),
-])
+@pytest.mark.parametrize(
+    "field,value,code",
+    [
+        ("worst_dpd_12m", 90, "SEVERE_DELINQUENCY"),
+        ("inquiries_3m", 9, "MULTI_LENDING"),
+        ("open_loans", 6, "MULTI_LENDING"),
+        ("dti", 0.7, "HIGH_DEBT_BURDEN"),
+    ],
+)
 def test_funder_rules_remove_keep_and_branch(router, field, value, code):
     d = router.decide(app(bureau_score=PRIME, **{field: value}))
     assert isinstance(d, Refer) and code in d.reasons
@@ -116,8 +119,9 @@ def test_not_covered_prime_is_referred_to_cheap_bank(make_router):
 
 
 def test_keep_budget_exhausted_falls_to_branch(make_router):
-    router = make_router(PDS, primary={"scorer": "main", "max_pd": 0.05,
-                                       "caps": [{"window": "day", "count": 1}]})
+    router = make_router(
+        PDS, primary={"scorer": "main", "max_pd": 0.05, "caps": [{"window": "day", "count": 1}]}
+    )
     assert isinstance(router.decide(app(1, bureau_score=PRIME)), Keep)
     d = router.decide(app(2, bureau_score=PRIME))
     assert isinstance(d, Branch) and "KEEP_BUDGET_EXHAUSTED" in d.reasons
@@ -125,6 +129,7 @@ def test_keep_budget_exhausted_falls_to_branch(make_router):
 
 def test_partner_quota_exhausted_moves_to_next(make_router):
     from router.testing import strategy_dict
+
     d = strategy_dict()
     d["partners"][0]["caps"] = [{"window": "day", "count": 1}]
     router = make_router(PDS, partners=d["partners"])
@@ -136,8 +141,12 @@ def test_partner_quota_exhausted_moves_to_next(make_router):
 
 def test_dedupe_same_applicant_not_referred_twice(router):
     a1 = app(1, bureau_score=SUB, national_id="110101199001019999")
-    a2 = app(2, bureau_score=SUB, national_id="110101199001019999",
-             received_at=a1.received_at + timedelta(days=1))
+    a2 = app(
+        2,
+        bureau_score=SUB,
+        national_id="110101199001019999",
+        received_at=a1.received_at + timedelta(days=1),
+    )
     assert router.decide(a1).partner_id == "plat_b"
     d2 = router.decide(a2)
     assert isinstance(d2, Decline) and "PARTNER_DEDUPE" in d2.reasons
@@ -156,8 +165,9 @@ def test_waterfall_takes_priority_order(router):
 
 def test_weighted_rotation_follows_weights(make_router):
     router = make_router(PDS, routing={"method": "weighted"})
-    picks = [router.decide(app(i, bureau_score=PRIME, region="440300")).partner_id
-             for i in range(8)]
+    picks = [
+        router.decide(app(i, bureau_score=PRIME, region="440300")).partner_id for i in range(8)
+    ]
     assert picks.count("plat_b") == 6 and picks.count("bank_a") == 2
     assert picks[:4] == ["plat_b", "bank_a", "plat_b", "plat_b"]  # smooth, not bursty
 
@@ -182,9 +192,20 @@ def test_same_id_different_content_is_an_error(router):
 
 
 def test_batch_equals_one_by_one(make_router):
-    apps = [app(i, bureau_score=s, region=r) for i, (s, r) in enumerate(
-        [(PRIME, "310000"), (NEAR, "310000"), (SUB, "440300"), (BAD, "110000"),
-         (PRIME, "440300"), (SUB, "310000")] * 3)]
+    apps = [
+        app(i, bureau_score=s, region=r)
+        for i, (s, r) in enumerate(
+            [
+                (PRIME, "310000"),
+                (NEAR, "310000"),
+                (SUB, "440300"),
+                (BAD, "110000"),
+                (PRIME, "440300"),
+                (SUB, "310000"),
+            ]
+            * 3
+        )
+    ]
     one = make_router(PDS)
     many = make_router(PDS)
     assert [one.decide(a) for a in apps] == many.decide_batch(apps)
@@ -195,6 +216,7 @@ def test_ledger_entry_has_no_raw_identifier(router):
     router.decide(a)
     (entry,) = router.store.ledger()
     from router.messages import encode
+
     raw = encode(entry)
     assert b"110101199001017777" not in raw and b"Secret" not in raw
     assert len(entry.applicant_hash) == 32
@@ -202,6 +224,7 @@ def test_ledger_entry_has_no_raw_identifier(router):
 
 def test_clock_overrides_event_time_for_windows(make_router):
     from router.testing import strategy_dict
+
     d = strategy_dict()
     d["partners"][1]["caps"] = [{"window": "hour", "count": 1}]
     times = iter([0, 3_600_000 * 2])

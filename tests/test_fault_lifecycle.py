@@ -14,21 +14,21 @@ import signal
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import port_for
 import pytest
 import redis
+from servers import start_node
 
 from router.config import strategy_from_dict
 from router.engine import Router
 from router.messages import Decline, Refer
 from router.store import quota_store_from_url
-from router.testing import ScoreLookupScorer, make_application, strategy_dict
 from router.store.redis import counter_value
-from servers import start_node
+from router.testing import ScoreLookupScorer, make_application, strategy_dict
 
-T0 = datetime(2026, 11, 2, 2, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -47,8 +47,9 @@ def server(tmp_path):
 
 def _url(port: int, timeout_ms: int, **extra) -> str:
     q = "&".join(f"{k}={v}" for k, v in extra.items())
-    return (f"redis://127.0.0.1:{port}/0?timeout_ms={timeout_ms}"
-            f"&prefix=f{uuid.uuid4().hex[:6]}:" + (f"&{q}" if q else ""))
+    return f"redis://127.0.0.1:{port}/0?timeout_ms={timeout_ms}&prefix=f{uuid.uuid4().hex[:6]}:" + (
+        f"&{q}" if q else ""
+    )
 
 
 def _strategy(cap: int = 1000):
@@ -61,13 +62,19 @@ def _strategy(cap: int = 1000):
 
 
 def _router(url: str, cap: int = 1000) -> Router:
-    return Router(_strategy(cap), quota_store_from_url(url),
-                  scorers={"main": ScoreLookupScorer({}, default=0.2)})
+    return Router(
+        _strategy(cap),
+        quota_store_from_url(url),
+        scorers={"main": ScoreLookupScorer({}, default=0.2)},
+    )
 
 
 def _app(i: int):
-    return make_application(application_id=f"a-{i}", national_id=f"1101011990{i:08d}",
-                            received_at=T0 + timedelta(seconds=i))
+    return make_application(
+        application_id=f"a-{i}",
+        national_id=f"1101011990{i:08d}",
+        received_at=T0 + timedelta(seconds=i),
+    )
 
 
 def settle(store, wait_s: float = 0.0) -> None:
@@ -146,7 +153,7 @@ def test_degraded_answer_within_one_deadline(server):
 def _client(url: str, ids: list[int], ready, go) -> None:
     router = _router(url)
     assert isinstance(router.decide(_app(100)), Refer)  # connected: the next script goes
-    if hasattr(router.store, "flush"):                 # straight into the socket
+    if hasattr(router.store, "flush"):  # straight into the socket
         router.store.flush()
     ready.set()
     go.wait(30)
@@ -244,5 +251,8 @@ def test_a_stall_degrades_only_the_decisions_inside_it(server):
     # Inside the stall the breaker answers at once: no decision waits past its deadline.
     assert max(e - s for s, e, g in timeline if g) < deadline_s + 0.05
     settle(router.store, 2.1)
-    check_truth(router.store, refer_ids([]) + [f"a-{k}" for k, (_, _, g) in
-                                                enumerate(timeline) if not g], port)
+    check_truth(
+        router.store,
+        refer_ids([]) + [f"a-{k}" for k, (_, _, g) in enumerate(timeline) if not g],
+        port,
+    )

@@ -12,8 +12,9 @@ def test_token_is_keyed_blake2b(key):
     h = Hasher(key)
     k = key if len(key) <= 64 else hashlib.blake2b(key).digest()
     for raw in ["110101199001011234", "Company 001", "  abc  "]:
-        ref = hashlib.blake2b(raw.strip().upper().encode(), key=k, digest_size=16,
-                              person=b"applicant").hexdigest()
+        ref = hashlib.blake2b(
+            raw.strip().upper().encode(), key=k, digest_size=16, person=b"applicant"
+        ).hexdigest()
         assert h.token(raw) == ref
         assert h.tokens([raw]) == [ref]
 
@@ -29,8 +30,9 @@ def test_key_from_env_or_dev_key(monkeypatch):
     with pytest.raises(ConfigError, match="ROUTER_HMAC_KEY"):
         Hasher.from_config(Identity())
     monkeypatch.setenv("ROUTER_HMAC_KEY", "env-key-0123456789abcdef")
-    assert Hasher.from_config(Identity(dev_key="dev-key-0123456789ab")).token("a") == \
-        Hasher(b"env-key-0123456789abcdef").token("a")
+    assert Hasher.from_config(Identity(dev_key="dev-key-0123456789ab")).token("a") == Hasher(
+        b"env-key-0123456789abcdef"
+    ).token("a")
 
 
 def test_short_key_rejected():
@@ -49,10 +51,23 @@ def test_column_tokens_are_the_same_digests(key):
     import pyarrow as pa
 
     rnd = random.Random(len(key))
-    raws = ["".join(rnd.choice(" \t\n\x0b\x0c\r\x1c\x1fabcxyzXYZ0189-_.") for _ in range(
-        rnd.randint(1, 64))) for _ in range(3000)]
-    raws += ["110101199001011234", "  11010119900101123x\t", "z" * 64, "Straße 12",
-             "\u00a0123456\u00a0", "ß1234", "    ", "\u2003 9876 \u2003", "éabc"]
+    raws = [
+        "".join(
+            rnd.choice(" \t\n\x0b\x0c\r\x1c\x1fabcxyzXYZ0189-_.") for _ in range(rnd.randint(1, 64))
+        )
+        for _ in range(3000)
+    ]
+    raws += [
+        "110101199001011234",
+        "  11010119900101123x\t",
+        "z" * 64,
+        "Straße 12",
+        "\u00a0123456\u00a0",
+        "ß1234",
+        "    ",
+        "\u2003 9876 \u2003",
+        "éabc",
+    ]
     h = Hasher(key)
     col = h.column_tokens(pa.array(raws))
     assert list(col) == h.tokens(raws)

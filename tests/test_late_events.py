@@ -8,7 +8,7 @@ that horizon every store still answers from the same counters, dedupe marks and 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -22,7 +22,7 @@ from router.windows import key_of
 
 KINDS = ["memory", "array", "redis", "cluster"]
 TZ = "Asia/Shanghai"
-D = datetime(2026, 11, 2, 15, 0, tzinfo=timezone.utc)  # 23:00 in Shanghai
+D = datetime(2026, 11, 2, 15, 0, tzinfo=UTC)  # 23:00 in Shanghai
 
 
 def _ms(dt: datetime) -> int:
@@ -50,8 +50,12 @@ def test_late_applications_are_declined_with_their_reason(store_factory, kind):
     router = Router(s, store_factory(kind), scorers={"main": ScoreLookupScorer({700: 0.02})})
 
     def app(i, when, region="440300"):
-        return make_application(application_id=f"late-{i}", national_id=f"1101011990{i:08d}",
-                                region=region, received_at=when)
+        return make_application(
+            application_id=f"late-{i}",
+            national_id=f"1101011990{i:08d}",
+            region=region,
+            received_at=when,
+        )
 
     assert isinstance(router.decide(app(1, D)), Refer)
     assert isinstance(router.decide(app(2, D + timedelta(hours=12))), Refer)

@@ -3,29 +3,38 @@
 from datetime import timedelta
 
 import pytest
+from race_worker import T0, race_strategy
 
 from router.config import strategy_from_dict
 from router.engine import Router
 from router.messages import Refer
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
-from race_worker import T0, race_strategy
 
 
 def _apps(n):
-    return [make_application(application_id=f"pp-{i}", national_id=f"1101011990{i:08d}",
-                             requested_amount=100_000 + 37_000 * (i % 9),
-                             received_at=T0 + timedelta(seconds=i)) for i in range(n)]
+    return [
+        make_application(
+            application_id=f"pp-{i}",
+            national_id=f"1101011990{i:08d}",
+            requested_amount=100_000 + 37_000 * (i % 9),
+            received_at=T0 + timedelta(seconds=i),
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("kind", ["memory", "array", "redis", "cluster"])
 def test_pipelined_batches_keep_caps_and_exactly_once(store_factory, kind):
     store = store_factory(kind)
-    router = Router(strategy_from_dict(race_strategy()), store,
-                    scorers={"main": ScoreLookupScorer({}, default=0.2)})
+    router = Router(
+        strategy_from_dict(race_strategy()),
+        store,
+        scorers={"main": ScoreLookupScorer({}, default=0.2)},
+    )
     apps = _apps(300)
     decisions = []
     for k in range(0, 300, 64):
-        decisions += router.decide_batch(apps[k:k + 64], pipelined=True)
+        decisions += router.decide_batch(apps[k : k + 64], pipelined=True)
     granted = [d for d in decisions if isinstance(d, Refer)]
     ledger = list(store.ledger())
     assert len(granted) == len(ledger) == 100  # the count cap, exactly
@@ -33,7 +42,7 @@ def test_pipelined_batches_keep_caps_and_exactly_once(store_factory, kind):
     # Resent (a client retry): the same answers, nothing new
     again = []
     for k in range(0, 300, 64):
-        again += router.decide_batch(apps[k:k + 64], pipelined=True)
+        again += router.decide_batch(apps[k : k + 64], pipelined=True)
     assert again == decisions and len(list(store.ledger())) == 100
 
 
@@ -42,10 +51,16 @@ def test_pipelined_equals_ordered_when_nothing_competes(store_factory):
     d = strategy_dict()
     s = strategy_from_dict(d)
     scorers = {"main": ScoreLookupScorer({700: 0.02, 650: 0.08, 600: 0.2}, default=0.5)}
-    apps = [make_application(application_id=f"q-{i}", national_id=f"1101011991{i:08d}",
-                             bureau_score=[700, 650, 600, 550][i % 4],
-                             region=["310000", "440300"][i % 2],
-                             received_at=T0 + timedelta(seconds=i)) for i in range(40)]
+    apps = [
+        make_application(
+            application_id=f"q-{i}",
+            national_id=f"1101011991{i:08d}",
+            bureau_score=[700, 650, 600, 550][i % 4],
+            region=["310000", "440300"][i % 2],
+            received_at=T0 + timedelta(seconds=i),
+        )
+        for i in range(40)
+    ]
     a = Router(s, store_factory("redis"), scorers=scorers).decide_batch(apps, pipelined=True)
     b = Router(s, store_factory("memory"), scorers=scorers).decide_batch(apps)
     assert a == b

@@ -1,6 +1,6 @@
 """Property: no sequence of applications ever makes a partner or budget exceed any cap."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -11,24 +11,28 @@ from router.messages import Refer
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
 from router.windows import key_of
 
-T0 = datetime(2026, 11, 2, 14, 0, tzinfo=timezone.utc)  # 22:00 in Shanghai: days roll over
+T0 = datetime(2026, 11, 2, 14, 0, tzinfo=UTC)  # 22:00 in Shanghai: days roll over
 
 app_strategy = st.tuples(
-    st.integers(0, 4 * 3600),                 # seconds after T0
-    st.integers(100_00, 60_000_00),           # amount in fen
-    st.sampled_from([600, 650, 700]),         # PD band via bureau score
-    st.sampled_from(["310000", "440300"]),    # licensed / not
-    st.integers(0, 12),                       # applicant (repeats exercise dedupe)
+    st.integers(0, 4 * 3600),  # seconds after T0
+    st.integers(100_00, 60_000_00),  # amount in fen
+    st.sampled_from([600, 650, 700]),  # PD band via bureau score
+    st.sampled_from(["310000", "440300"]),  # licensed / not
+    st.integers(0, 12),  # applicant (repeats exercise dedupe)
     st.sampled_from(["any", ["bank_a"], ["plat_b"]]),
 )
 
 
 def tight_caps(d: dict) -> dict:
     """Partner caps that bite within a few dozen applications (windows of every kind)."""
-    d["partners"][0]["caps"] = [{"window": "hour", "count": 3},
-                                {"window": "day", "count": 5, "amount": 8_000_000}]
-    d["partners"][1]["caps"] = [{"window": "hour", "count": 2, "amount": 5_000_000},
-                                {"window": "month", "count": 6}]
+    d["partners"][0]["caps"] = [
+        {"window": "hour", "count": 3},
+        {"window": "day", "count": 5, "amount": 8_000_000},
+    ]
+    d["partners"][1]["caps"] = [
+        {"window": "hour", "count": 2, "amount": 5_000_000},
+        {"window": "month", "count": 6},
+    ]
     d["partners"][0]["dedupe_days"] = 1
     return d
 
@@ -43,10 +47,18 @@ def test_caps_never_exceeded(rows):
     s = _strategy()
     router = Router(s, scorers={"main": ScoreLookupScorer({700: 0.02, 650: 0.08, 600: 0.2})})
     rows = sorted(rows, key=lambda r: r[0])
-    apps = [make_application(application_id=f"p{i}", received_at=T0 + timedelta(seconds=sec),
-                             requested_amount=amt, bureau_score=score, region=region,
-                             national_id=f"1101011990010{who:05d}", consent=consent)
-            for i, (sec, amt, score, region, who, consent) in enumerate(rows)]
+    apps = [
+        make_application(
+            application_id=f"p{i}",
+            received_at=T0 + timedelta(seconds=sec),
+            requested_amount=amt,
+            bureau_score=score,
+            region=region,
+            national_id=f"1101011990010{who:05d}",
+            consent=consent,
+        )
+        for i, (sec, amt, score, region, who, consent) in enumerate(rows)
+    ]
     decisions = router.decide_batch(apps)
     ledger = list(router.store.ledger())
     assert len(ledger) == sum(isinstance(d, Refer) for d in decisions)

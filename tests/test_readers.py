@@ -8,20 +8,20 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tests_helpers import MAPPING, lender_rows, strategy_and_scorer
 
 from router.errors import TrafficError
 from router.replay import replay
 from router.replay.reader import read_batches
 from router.testing import ScoreLookupScorer
-from tests_helpers import MAPPING, lender_rows, strategy_and_scorer
 
 # The lender's file uses its own names; the mapping (field -> their column) reads it.
 BAD = {  # row number (1-based) -> (field, what is wrong)
     3: ("age", "abc"),
     5: ("requested_amount", -100),
-    7: ("received_at", "2026-11-02 10:00:00"),          # no zone offset
-    8: ("consent", "bank_a,nobody"),                      # unknown partner
-    10: ("region", "31"),                                 # not six digits
+    7: ("received_at", "2026-11-02 10:00:00"),  # no zone offset
+    8: ("consent", "bank_a,nobody"),  # unknown partner
+    10: ("region", "31"),  # not six digits
 }
 
 
@@ -44,8 +44,12 @@ def _write(tmp_path, fmt):
             w.writerows(rows)
     else:
         # Parquet is typed: bad values of another type go in as text columns.
-        pq.write_table(pa.Table.from_pylist([{k: (str(v) if v is not None else None)
-                                              for k, v in r.items()} for r in rows]), path)
+        pq.write_table(
+            pa.Table.from_pylist(
+                [{k: (str(v) if v is not None else None) for k, v in r.items()} for r in rows]
+            ),
+            path,
+        )
     return path
 
 
@@ -54,8 +58,16 @@ def test_reader_maps_columns_and_rejects_bad_rows(tmp_path, fmt):
     s, scorer = strategy_and_scorer()
     path = _write(tmp_path, fmt)
     rejects = []
-    batches = list(read_batches(path, _hasher(s), partner_ids=[p.id for p in s.partners],
-                                mapping=MAPPING, batch_size=4, on_rejects=rejects.extend))
+    batches = list(
+        read_batches(
+            path,
+            _hasher(s),
+            partner_ids=[p.id for p in s.partners],
+            mapping=MAPPING,
+            batch_size=4,
+            on_rejects=rejects.extend,
+        )
+    )
     rows = [int(r) for b in batches for r in b.rows]
     assert rows == [r for r in range(1, 13) if r not in BAD]
     assert {r.row: r.field for r in rejects} == {k: v[0] for k, v in BAD.items()}
@@ -69,8 +81,9 @@ def test_reader_maps_columns_and_rejects_bad_rows(tmp_path, fmt):
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
 def test_replay_counts_rejects_and_goes_on(tmp_path, fmt):
     s, scorer = strategy_and_scorer()
-    r = replay(s, _write(tmp_path, fmt), tmp_path / "out", mapping=MAPPING,
-               scorers={"main": scorer})
+    r = replay(
+        s, _write(tmp_path, fmt), tmp_path / "out", mapping=MAPPING, scorers={"main": scorer}
+    )
     assert r.summary["traffic"]["rows_rejected"] == len(BAD)
     assert r.summary["applications"] == 12 - len(BAD)
     lines = [json.loads(x) for x in r.rejects_path.read_text().splitlines()]
@@ -84,8 +97,9 @@ def _reference_decisions(tmp_path, s, scorer):
     good = [row for i, row in enumerate(_rows(), 1) if i not in BAD]
     path = tmp_path / "good.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in good))
-    return replay(s, path, tmp_path / "ref", mapping=MAPPING,
-                  scorers={"main": scorer}).summary["decisions"]
+    return replay(s, path, tmp_path / "ref", mapping=MAPPING, scorers={"main": scorer}).summary[
+        "decisions"
+    ]
 
 
 def test_raw_identifiers_never_reach_the_rejects_file(tmp_path):
@@ -112,12 +126,18 @@ def test_a_missing_column_names_the_mapping(tmp_path):
 def test_an_unknown_mapping_field_is_an_error(tmp_path):
     s, scorer = strategy_and_scorer()
     with pytest.raises(TrafficError, match="unknown field 'fico'"):
-        replay(s, _write(tmp_path, "csv"), tmp_path / "o", mapping={"fico": "score"},
-               scorers={"main": scorer})
+        replay(
+            s,
+            _write(tmp_path, "csv"),
+            tmp_path / "o",
+            mapping={"fico": "score"},
+            scorers={"main": scorer},
+        )
 
 
 def _hasher(s):
     from router.identity import Hasher
+
     return Hasher.from_config(s.identity)
 
 
@@ -131,9 +151,9 @@ def test_float_columns_for_integer_fields(tmp_path):
     rows = lender_rows(5)
     for r in rows:
         r["age"] = float(r["age"])
-    rows[1]["age"] = 35.5             # not whole
-    rows[2]["age"] = float("inf")     # not finite
-    rows[3]["age"] = None             # missing
+    rows[1]["age"] = 35.5  # not whole
+    rows[2]["age"] = float("inf")  # not finite
+    rows[3]["age"] = None  # missing
     path = tmp_path / "f.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     r = replay(s, path, tmp_path / "o", mapping=MAPPING, scorers={"main": scorer})

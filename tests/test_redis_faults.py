@@ -6,11 +6,12 @@ from __future__ import annotations
 import signal
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import port_for
 import pytest
 import redis
+from servers import start_node
 
 from router.config import strategy_from_dict
 from router.engine import Router
@@ -18,21 +19,26 @@ from router.messages import Decline, Keep, Refer
 from router.store import GRANTED, Bucket, CapLimit, quota_store_from_url
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
 from router.windows import key_of
-from servers import start_node
 
 TZ = "Asia/Shanghai"
-T0 = datetime(2026, 11, 2, 2, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
 
 
 def _router(url: str, policy: str = "decline") -> Router:
     s = strategy_from_dict(strategy_dict(degraded={"policy": policy}))
-    return Router(s, quota_store_from_url(url),
-                  scorers={"main": ScoreLookupScorer({700: 0.02, 600: 0.2})})
+    return Router(
+        s, quota_store_from_url(url), scorers={"main": ScoreLookupScorer({700: 0.02, 600: 0.2})}
+    )
 
 
 def _app(i: int, score: int = 600, **kw):
-    return make_application(application_id=f"f-{i}", national_id=f"11010119900101{i:04d}",
-                            bureau_score=score, received_at=T0 + timedelta(seconds=i), **kw)
+    return make_application(
+        application_id=f"f-{i}",
+        national_id=f"11010119900101{i:04d}",
+        bureau_score=score,
+        received_at=T0 + timedelta(seconds=i),
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -81,8 +87,7 @@ def test_kill_9_and_restart_loses_no_acknowledged_referral(own_server, tmp_path)
         restarted.stop()
 
 
-def test_reply_lost_after_the_script_ran_is_retried_exactly_once_in_replay(own_server,
-                                                                        monkeypatch):
+def test_reply_lost_after_the_script_ran_is_retried_exactly_once_in_replay(own_server, monkeypatch):
     """Replay's service level retries a call whose reply was lost: exactly once, because
     the resend finds the grant it made. (Live decisions never resend: see
     test_fault_lifecycle.py, where the lost grant is voided instead.)"""

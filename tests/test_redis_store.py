@@ -1,6 +1,6 @@
 """Redis-specific behaviour against real servers: equivalence with replay, TTLs, bad input."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
@@ -17,14 +17,16 @@ TZ = "Asia/Shanghai"
 
 @pytest.fixture(scope="module")
 def traffic_50k(tmp_path_factory):
-    return write_traffic(tmp_path_factory.mktemp("t") / "t.parquet", 50_000, seed=31,
-                         per_day=50_000)
+    return write_traffic(
+        tmp_path_factory.mktemp("t") / "t.parquet", 50_000, seed=31, per_day=50_000
+    )
 
 
 @pytest.mark.parametrize("kind", ["redis", "cluster"])
 def test_replay_through_redis_equals_memory(tmp_path, traffic_50k, store_factory, kind):
     """50k applications: the Redis store gives byte-identical decisions to the memory store."""
     import sys
+
     sys.path.insert(0, "tests")
     from test_replay import _small_caps_strategy  # caps scaled so that they bite
 
@@ -38,21 +40,24 @@ def test_replay_through_redis_equals_memory(tmp_path, traffic_50k, store_factory
 
 
 def _ms(*a):
-    return int(datetime(*a, tzinfo=timezone.utc).timestamp() * 1000)
+    return int(datetime(*a, tzinfo=UTC).timestamp() * 1000)
 
 
 def test_every_counter_has_a_ttl_to_window_end(store_factory):
     store = store_factory("redis")
-    b = Bucket("p1", (CapLimit("hour", 5, None), CapLimit("day", 9, None),
-                      CapLimit("month", None, 10**9)), TZ)
+    b = Bucket(
+        "p1",
+        (CapLimit("hour", 5, None), CapLimit("day", 9, None), CapLimit("month", None, 10**9)),
+        TZ,
+    )
     t = _ms(2026, 11, 2, 15, 30)  # 23:30 Shanghai
     keys = tuple(key_of(t, c.window, TZ) for c in b.caps)
     assert store.try_reserve(b, keys, 100, None, t) == GRANTED
     ttls = store.counter_ttls(b, keys)
     grace = 6 * 3600_000 + 3600_000  # the late-event horizon, and an hour of margin
     assert all(x > 0 for x in ttls)
-    assert abs(ttls[0] - (30 * 60_000 + grace)) < 5_000     # hour ends at 00:00
-    assert abs(ttls[1] - (30 * 60_000 + grace)) < 5_000     # so does the day
+    assert abs(ttls[0] - (30 * 60_000 + grace)) < 5_000  # hour ends at 00:00
+    assert abs(ttls[1] - (30 * 60_000 + grace)) < 5_000  # so does the day
     assert abs(ttls[2] - (28 * 86_400_000 + 30 * 60_000 + grace)) < 5_000  # Nov ends Dec 1
 
 
@@ -81,24 +86,32 @@ def test_the_script_wants_a_token_for_a_pending_grant(store_factory, pending):
     p = store.prefix
     header = struct.pack("<10d", 5, 1, 0, 0, 1, 1000, 0, pending, -1, 0)
     with pytest.raises(redis.ResponseError, match="ROUTER bad (token|pending_ms)"):
-        store._reserve(keys=_keys(p), args=[header, struct.pack("<3d", 10, -1, 1000), "", "a",
-                                            "", "", "short", "", "x"])
+        store._reserve(
+            keys=_keys(p),
+            args=[header, struct.pack("<3d", 10, -1, 1000), "", "a", "", "", "short", "", "x"],
+        )
     assert store.client.keys(f"{p}*") == []
 
 
-@pytest.mark.parametrize("amount", [0.0, -5.0, 2.0 ** 53, 1.5, float("nan"), float("inf"),
-                                    "text header", "short"])
+@pytest.mark.parametrize(
+    "amount", [0.0, -5.0, 2.0**53, 1.5, float("nan"), float("inf"), "text header", "short"]
+)
 def test_the_script_itself_validates_before_writing(store_factory, amount):
     """Defence in depth: even a caller that bypasses Python's checks cannot half-write."""
     import struct
 
     store = store_factory("redis")
     p = store.prefix
-    header = amount.encode() if isinstance(amount, str) else \
-        struct.pack("<10d", amount, 1, 0, 0, 0, 1000, 0, 0, -1, 0)
+    header = (
+        amount.encode()
+        if isinstance(amount, str)
+        else struct.pack("<10d", amount, 1, 0, 0, 0, 1000, 0, 0, -1, 0)
+    )
     with pytest.raises(redis.ResponseError, match="ROUTER bad (amount|header)"):
-        store._reserve(keys=_keys(p), args=[header, struct.pack("<3d", 10, -1, 1000), "", "a",
-                                            "", "", "", "", ""])
+        store._reserve(
+            keys=_keys(p),
+            args=[header, struct.pack("<3d", 10, -1, 1000), "", "a", "", "", "", "", ""],
+        )
     assert store.client.keys(f"{p}*") == []
 
 
@@ -110,8 +123,20 @@ def test_the_script_rejects_malformed_caps(store_factory, caps):
     p = store.prefix
     caps = caps if caps is not None else struct.pack("<3d", 10, -1, 0)  # a zero TTL
     with pytest.raises(redis.ResponseError, match="ROUTER bad (caps|counter ttl|count limit)"):
-        store._reserve(keys=_keys(p), args=[struct.pack("<10d", 5, 1, 0, 0, 0, 1000, 0, 0, -1, 0), caps,
-                                            "", "a", "", "", "", "", ""])
+        store._reserve(
+            keys=_keys(p),
+            args=[
+                struct.pack("<10d", 5, 1, 0, 0, 0, 1000, 0, 0, -1, 0),
+                caps,
+                "",
+                "a",
+                "",
+                "",
+                "",
+                "",
+                "",
+            ],
+        )
     assert store.client.keys(f"{p}*") == []
 
 
@@ -124,7 +149,9 @@ def test_ledger_entries_in_streams_carry_no_raw_identifier(store_factory, make_r
     assert d.partner_id == "plat_b"
     (entry,) = store.ledger()
     assert entry.partner_id == "plat_b" and len(entry.applicant_hash) == 32
-    raw = b"".join(f[b"entry"] for _, f in store.client.xrange(f"{store.prefix}{{p:plat_b}}:ledger"))
+    raw = b"".join(
+        f[b"entry"] for _, f in store.client.xrange(f"{store.prefix}{{p:plat_b}}:ledger")
+    )
     assert b"110101199001015555" not in raw
     assert msgspec.json.decode(raw)["terms"]["rev_share"] == 0.3
 
@@ -156,10 +183,10 @@ def test_prefixes_isolate_strategies_on_one_server(store_factory):
 
 def test_password_in_the_url(tmp_path):
     import port_for
+    from servers import start_node
 
     from router.errors import StoreError
     from router.store import quota_store_from_url
-    from servers import start_node
 
     port = port_for.select_random()
     node = start_node(tmp_path, port, "--requirepass", "s3cret")
@@ -184,11 +211,16 @@ def test_adecide_does_not_block_the_event_loop(store_factory, make_router):
     router = make_router({600: 0.2}, store=store_factory("redis"))
 
     async def main():
-        apps = [make_application(application_id=f"as-{i}", bureau_score=600,
-                                 national_id=f"11010119900109{i:04d}") for i in range(20)]
+        apps = [
+            make_application(
+                application_id=f"as-{i}", bureau_score=600, national_id=f"11010119900109{i:04d}"
+            )
+            for i in range(20)
+        ]
         return await asyncio.gather(*(router.adecide(a) for a in apps))
 
     decisions = asyncio.run(main())
     assert len({d.application_id for d in decisions}) == 20
-    assert len(list(router.store.ledger())) == sum(d.partner_id is not None
-                                                   for d in decisions if hasattr(d, "partner_id"))
+    assert len(list(router.store.ledger())) == sum(
+        d.partner_id is not None for d in decisions if hasattr(d, "partner_id")
+    )

@@ -12,16 +12,28 @@ from router.traffic import write_traffic
 @pytest.fixture(scope="module")
 def traffic(tmp_path_factory):
     d = tmp_path_factory.mktemp("traffic")
-    return (write_traffic(d / "t.parquet", 20_000, seed=21, per_day=20_000),
-            write_traffic(d / "t.jsonl", 3_000, seed=22, per_day=3_000))
+    return (
+        write_traffic(d / "t.parquet", 20_000, seed=21, per_day=20_000),
+        write_traffic(d / "t.jsonl", 3_000, seed=22, per_day=3_000),
+    )
 
 
 def test_summary_and_decisions(tmp_path, traffic):
     s = load_strategy("configs/strategy.toml")
     r = replay(s, traffic[0], tmp_path)
     summary = msgspec.json.decode(r.summary_path.read_bytes())
-    for key in ("applications", "decisions", "partners", "expected_profit", "quota",
-                "strategy_hash", "code_version", "traffic", "reason_counts", "by_hour"):
+    for key in (
+        "applications",
+        "decisions",
+        "partners",
+        "expected_profit",
+        "quota",
+        "strategy_hash",
+        "code_version",
+        "traffic",
+        "reason_counts",
+        "by_hour",
+    ):
         assert key in summary
     assert summary["traffic"]["rows_rejected"] == 0
     assert len(summary["traffic"]["sha256"]) == 64
@@ -29,12 +41,23 @@ def test_summary_and_decisions(tmp_path, traffic):
     assert summary["applications"] == 20_000 == sum(summary["decisions"].values())
     t = pq.read_table(r.decisions_path)
     assert t.num_rows == 20_000
-    assert t.column_names[:5] == ["application_id", "received_at", "channel", "requested_amount",
-                                  "outcome"]
+    assert t.column_names[:5] == [
+        "application_id",
+        "received_at",
+        "channel",
+        "requested_amount",
+        "outcome",
+    ]
     refs = sum(1 for o in t.column("outcome").to_pylist() if o == "refer")
-    assert refs == summary["decisions"]["refer"] == sum(p["referred"] for p in summary["partners"].values())
-    for pid, p in summary["partners"].items():
-        assert p["expected_value"] == pytest.approx(p["expected_fee"] + p["expected_rev_share"], abs=p["referred"] + 2)
+    assert (
+        refs
+        == summary["decisions"]["refer"]
+        == sum(p["referred"] for p in summary["partners"].values())
+    )
+    for p in summary["partners"].values():
+        assert p["expected_value"] == pytest.approx(
+            p["expected_fee"] + p["expected_rev_share"], abs=p["referred"] + 2
+        )
     assert summary["partners"]["trust_lantern"]["referred"] == 0
 
 
@@ -50,7 +73,9 @@ def test_replay_equals_live_one_by_one(tmp_path, traffic):
     s = load_strategy("configs/strategy.toml")
     r = replay(s, traffic[1], tmp_path)
     live = Router(s)
-    decided = [live.decide(decode_application(line)) for line in traffic[1].read_bytes().splitlines()]
+    decided = [
+        live.decide(decode_application(line)) for line in traffic[1].read_bytes().splitlines()
+    ]
     t = pq.read_table(r.decisions_path).to_pylist()
     assert [row["outcome"] for row in t] == [type(d).__struct_config__.tag for d in decided]
     assert [row["partner"] for row in t] == [getattr(d, "partner_id", None) for d in decided]

@@ -18,16 +18,44 @@ SH = timezone(timedelta(hours=8))
 PDS = {720: 0.02, 650: 0.10, 600: 0.20, 550: 0.60}
 
 
-def _row(i, score, *, hour=10, channel="own_app", defaulted=None, accepted=None, funded=None,
-         funded_amount=None, amount=1_000_000, consent="any", max_apr=0.18, region="310000"):
-    return {"application_id": f"h{i}", "received_at": datetime(2026, 11, 2, hour, i, tzinfo=SH),
-            "channel": channel, "national_id": f"11010119900101{i:04d}", "age": 35,
-            "monthly_income": 1_500_000, "bureau_score": score, "inquiries_3m": 1,
-            "open_loans": 1, "dti": 0.3, "worst_dpd_12m": 0, "region": region,
-            "requested_amount": amount, "term_months": 12, "max_apr": max_apr,
-            "consent": consent, "fraud_flag": False, "defaulted": defaulted,
-            "partner_accepted": accepted, "partner_funded": funded,
-            "funded_amount": funded_amount}
+def _row(
+    i,
+    score,
+    *,
+    hour=10,
+    channel="own_app",
+    defaulted=None,
+    accepted=None,
+    funded=None,
+    funded_amount=None,
+    amount=1_000_000,
+    consent="any",
+    max_apr=0.18,
+    region="310000",
+):
+    return {
+        "application_id": f"h{i}",
+        "received_at": datetime(2026, 11, 2, hour, i, tzinfo=SH),
+        "channel": channel,
+        "national_id": f"11010119900101{i:04d}",
+        "age": 35,
+        "monthly_income": 1_500_000,
+        "bureau_score": score,
+        "inquiries_3m": 1,
+        "open_loans": 1,
+        "dti": 0.3,
+        "worst_dpd_12m": 0,
+        "region": region,
+        "requested_amount": amount,
+        "term_months": 12,
+        "max_apr": max_apr,
+        "consent": consent,
+        "fraud_flag": False,
+        "defaulted": defaulted,
+        "partner_accepted": accepted,
+        "partner_funded": funded,
+        "funded_amount": funded_amount,
+    }
 
 
 def _strategy(**over):
@@ -45,21 +73,21 @@ def _write(tmp_path, rows, name="t.parquet"):
 
 def _replay(tmp_path, rows, **kw):
     s = kw.pop("strategy", None) or _strategy()
-    return replay(s, _write(tmp_path, rows), tmp_path / "out",
-                  scorers={"main": ScoreLookupScorer(PDS)}, **kw)
+    return replay(
+        s, _write(tmp_path, rows), tmp_path / "out", scorers={"main": ScoreLookupScorer(PDS)}, **kw
+    )
 
 
 def test_hand_built_day(tmp_path):
     rows = [
-        _row(1, 720, defaulted=False),                       # kept, repaid
-        _row(2, 720, defaulted=True, channel="platform"),    # kept, defaulted
+        _row(1, 720, defaulted=False),  # kept, repaid
+        _row(2, 720, defaulted=True, channel="platform"),  # kept, defaulted
         # plat_b (max_pd .25): referred, accepted, funded 800,000, repaid
-        _row(3, 600, hour=11, accepted=True, funded=True, funded_amount=800_000,
-             defaulted=False),
+        _row(3, 600, hour=11, accepted=True, funded=True, funded_amount=800_000, defaulted=False),
         _row(4, 600, hour=11, accepted=False, funded=False),  # referred, declined by partner
-        _row(5, 600, hour=12),                                # plat_b day cap (2) is full
-        _row(6, 550, hour=12),                                # PD .6: nobody takes it
-        _row(7, 720, consent="none", region="440300"),        # unlicensed, no consent
+        _row(5, 600, hour=12),  # plat_b day cap (2) is full
+        _row(6, 550, hour=12),  # PD .6: nobody takes it
+        _row(7, 720, consent="none", region="440300"),  # unlicensed, no consent
     ]
     r = _replay(tmp_path, rows)
     s = r.summary
@@ -83,9 +111,16 @@ def test_hand_built_day(tmp_path):
     assert s["realised_referral_value"] == b["realised_fee"] + b["realised_rev_share"]
     # Quota: plat_b's day cap of 2 was used up and refused row 5 at 12:05 local time.
     day = s["quota"]["plat_b"]["day"]
-    assert day["by_window"] == [{"window": "2026-11-02", "count": 2, "amount": 2_000_000,
-                                 "count_utilisation": 1.0, "amount_utilisation": None,
-                                 "ran_out_at": "2026-11-02T12:05:00+08:00"}]
+    assert day["by_window"] == [
+        {
+            "window": "2026-11-02",
+            "count": 2,
+            "amount": 2_000_000,
+            "count_utilisation": 1.0,
+            "amount_utilisation": None,
+            "ran_out_at": "2026-11-02T12:05:00+08:00",
+        }
+    ]
     assert day["windows_ran_out"] == 1 and day["max_utilisation"] == 1.0
     assert s["cap_refusals"]["plat_b"] == {"day": 1}
     # Reasons: row 5 quota, row 7 region + no consent, rows 3-6 PD above the keep cut-off.
@@ -116,8 +151,13 @@ def test_psi_against_a_reference(tmp_path):
     same = _replay(tmp_path, ref_rows, reference=ref).summary
     assert same["psi"] == pytest.approx(0.0, abs=1e-9)
     shifted = [_row(i, 550) for i in range(20)]
-    s = replay(_strategy(), _write(tmp_path, shifted, "s.parquet"), tmp_path / "o2",
-               scorers={"main": ScoreLookupScorer(PDS)}, reference=ref).summary
+    s = replay(
+        _strategy(),
+        _write(tmp_path, shifted, "s.parquet"),
+        tmp_path / "o2",
+        scorers={"main": ScoreLookupScorer(PDS)},
+        reference=ref,
+    ).summary
     assert s["psi"] > 1.0  # everything moved into the top bin
     assert s["reference"]["sha256"] and same["reference"]["file"] == "ref.parquet"
 

@@ -16,11 +16,11 @@ import uuid
 import port_for
 import pyarrow.parquet as pq
 import pytest
+from servers import stall_later, start_node
 from typer.testing import CliRunner
 
 from router.cli import app
 from router.traffic import write_traffic
-from servers import stall_later, start_node
 
 
 def _hog(seconds: float) -> None:
@@ -32,13 +32,25 @@ def _hog(seconds: float) -> None:
 @pytest.fixture(scope="module")
 def traffic(tmp_path_factory):
     # Tight caps bite during the day, so every decision depends on the store's state.
-    return write_traffic(tmp_path_factory.mktemp("t") / "t.parquet", 20_000, seed=3,
-                         per_day=8_000)
+    return write_traffic(tmp_path_factory.mktemp("t") / "t.parquet", 20_000, seed=3, per_day=8_000)
 
 
 def _replay(traffic, out, store="memory://", *extra):
-    return CliRunner().invoke(app, ["replay", "-s", "configs/strategy.toml", "-t", str(traffic),
-                                    "-o", str(out), "--store", store, *extra])
+    return CliRunner().invoke(
+        app,
+        [
+            "replay",
+            "-s",
+            "configs/strategy.toml",
+            "-t",
+            str(traffic),
+            "-o",
+            str(out),
+            "--store",
+            store,
+            *extra,
+        ],
+    )
 
 
 def _same(a, b) -> None:

@@ -3,7 +3,7 @@ decision and never moves the rotation, one by one as in a batch, on every store.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -11,14 +11,18 @@ from router.config import strategy_from_dict
 from router.engine import Router
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
 
-T0 = datetime(2026, 11, 2, 2, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
 
 
 def _app(name: str):
     i = ord(name) - ord("A")
     # Unlicensed region: not kept; PD 0.02: eligible at both whitelisted partners.
-    return make_application(application_id=f"rot-{name}", national_id=f"1101011990{i:08d}",
-                            region="440300", received_at=T0 + timedelta(seconds=i))
+    return make_application(
+        application_id=f"rot-{name}",
+        national_id=f"1101011990{i:08d}",
+        region="440300",
+        received_at=T0 + timedelta(seconds=i),
+    )
 
 
 def _router(store):
@@ -37,7 +41,7 @@ def test_retries_do_not_move_the_rotation(store_factory, kind, stream):
     one_by_one = [r1.decide(a).partner_id for a in apps]
     batch = [d.partner_id for d in _router(store_factory(kind)).decide_batch(apps)]
     r3 = _router(store_factory(kind))
-    cuts = [d.partner_id for k in range(0, len(apps), 3) for d in r3.decide_batch(apps[k:k + 3])]
+    cuts = [d.partner_id for k in range(0, len(apps), 3) for d in r3.decide_batch(apps[k : k + 3])]
     assert one_by_one == batch == cuts
     # and the rotation itself is where a stream without the retries leaves it
     distinct = list(dict.fromkeys(apps))
@@ -52,9 +56,15 @@ def test_ledger_is_in_append_order_across_partners(store_factory, kind):
     """The finding (5): appends to two partners within one millisecond came back out of
     order from Redis. Weighted routing alternates partners decision by decision, one by
     one and in batches: the ledger lists them in the order they were handed back."""
-    apps = [make_application(application_id=f"ord-{i}", national_id=f"1101011992{i:08d}",
-                             region="440300", received_at=T0 + timedelta(milliseconds=i))
-            for i in range(120)]
+    apps = [
+        make_application(
+            application_id=f"ord-{i}",
+            national_id=f"1101011992{i:08d}",
+            region="440300",
+            received_at=T0 + timedelta(milliseconds=i),
+        )
+        for i in range(120)
+    ]
     expected = _router(store_factory("memory"))
     want = [d.application_id for d in expected.decide_batch(apps[:60])]
     want += [expected.decide(a).application_id for a in apps[60:]]

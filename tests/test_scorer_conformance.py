@@ -13,8 +13,14 @@ from router.columns import from_arrow
 from router.errors import ModelError
 from router.features import FEATURES, features_batch, features_one
 from router.identity import Hasher
-from router.scoring import (LinearScorer, OnnxTreeScorer, Scorer, SklearnScorer, load_scorer,
-                            scorer_from_estimator)
+from router.scoring import (
+    LinearScorer,
+    OnnxTreeScorer,
+    Scorer,
+    SklearnScorer,
+    load_scorer,
+    scorer_from_estimator,
+)
 from router.testing import FixedPDScorer, ScoreLookupScorer, make_application
 from router.traffic import generate_batches
 
@@ -37,8 +43,15 @@ def _fitted(data):
     return lr, hgb
 
 
-SCORERS = ["linear_json", "linear_compiled", "onnx_trees", "sklearn_shipped_hgb",
-           "sklearn_fallback", "fixed", "lookup"]
+SCORERS = [
+    "linear_json",
+    "linear_compiled",
+    "onnx_trees",
+    "sklearn_shipped_hgb",
+    "sklearn_fallback",
+    "fixed",
+    "lookup",
+]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +90,7 @@ def test_batch_of_one_is_bit_identical_to_the_batch(name, scorers, data):
     scorer, _ = scorers[name]
     X, _ = data
     batch = scorer.pd_batch(X)
-    ones = np.concatenate([scorer.pd_batch(X[i:i + 1]) for i in range(len(X))])
+    ones = np.concatenate([scorer.pd_batch(X[i : i + 1]) for i in range(len(X))])
     assert np.array_equal(batch, ones)
     if getattr(scorer, "exact_one", False):  # the live path then scores with pd_one
         assert np.array_equal(batch, [scorer.pd_one(row) for row in X.tolist()])
@@ -102,9 +115,13 @@ def test_compiled_kinds(scorers):
 
 def test_features_one_equals_batch(data):
     from router.columns import from_applications
-    apps = [make_application(application_id=f"a{i}", channel=ch, bureau_score=600 + i,
-                             worst_dpd_12m=30 * i)
-            for i, ch in enumerate(["own_app", "platform", "api_aggregator", "h5_aggregator"])]
+
+    apps = [
+        make_application(
+            application_id=f"a{i}", channel=ch, bureau_score=600 + i, worst_dpd_12m=30 * i
+        )
+        for i, ch in enumerate(["own_app", "platform", "api_aggregator", "h5_aggregator"])
+    ]
     cols = from_applications(apps, Hasher(b"conformance-key-000000"))
     np.testing.assert_allclose(features_batch(cols), [features_one(a) for a in apps], atol=1e-12)
 
@@ -116,6 +133,7 @@ def test_model_feature_mismatch_is_an_error():
 
 def test_skops_refuses_untrusted(tmp_path):
     import skops.io as sio
+
     from router.scoring import load_skops
 
     class Evil:  # a type outside scikit-learn/numpy

@@ -13,8 +13,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_pd_one_thread_safe():
     scorer = load_scorer("sklearn", "pd_hgb.skops", ROOT / "models")
     rng = np.random.default_rng(3)
-    X = np.column_stack([rng.uniform(20, 60, 400), rng.uniform(7, 11, 400),
-                         rng.uniform(4, 8, 400)] + [rng.uniform(0, 3, 400) for _ in range(10)])
+    X = np.column_stack(
+        [rng.uniform(20, 60, 400), rng.uniform(7, 11, 400), rng.uniform(4, 8, 400)]
+        + [rng.uniform(0, 3, 400) for _ in range(10)]
+    )
     expected = scorer.pd_batch(X)
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda row: scorer.pd_one(row.tolist()), X))

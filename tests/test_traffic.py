@@ -42,12 +42,24 @@ def test_realistic_mix(tmp_path):
     hours = [x.hour for x in t.column("received_at").to_pylist()]
     night = sum(h in (2, 3, 4, 5) for h in hours)
     evening = sum(h in (20, 21) for h in hours)
-    assert evening > 4 * night                           # daily cycle
+    assert evening > 4 * night  # daily cycle
     rate = sum(t.column("defaulted").to_pylist()) / len(ids)
     assert 0.04 < rate < 0.2
-    assert 0.0 < sum(e in ("Ningyuan Bank", "Heshan Consumer Finance", "Qianhai Micro Lending",
-                           "Yunfan Platform Technology", "Dongfang Credit Services")
-                     for e in t.column("employer").to_pylist()) < 0.01 * len(ids)
+    assert (
+        0.0
+        < sum(
+            e
+            in (
+                "Ningyuan Bank",
+                "Heshan Consumer Finance",
+                "Qianhai Micro Lending",
+                "Yunfan Platform Technology",
+                "Dongfang Credit Services",
+            )
+            for e in t.column("employer").to_pylist()
+        )
+        < 0.01 * len(ids)
+    )
 
 
 def test_bad_format(tmp_path):
@@ -69,6 +81,7 @@ def test_cli_generate_and_decide_line(tmp_path):
 
 
 def test_cli_decide_bad_input_names_field():
-    r = CliRunner().invoke(app, ["decide", "--strategy", "configs/strategy.toml",
-                                 '{"application_id": "x"}'])
+    r = CliRunner().invoke(
+        app, ["decide", "--strategy", "configs/strategy.toml", '{"application_id": "x"}']
+    )
     assert r.exit_code == 2 and "received_at" in r.output

@@ -3,38 +3,58 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from router.config import strategy_from_dict
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
 
-T0 = datetime(2026, 11, 2, 15, 30, tzinfo=timezone.utc)  # 23:30 in Shanghai: a day rolls over
+T0 = datetime(2026, 11, 2, 15, 30, tzinfo=UTC)  # 23:30 in Shanghai: a day rolls over
 
 #: Application field -> the lender's column name.
-MAPPING = {"application_id": "app_no", "received_at": "applied_at", "bureau_score": "score",
-           "requested_amount": "loan_amount", "national_id": "id_number",
-           "defaulted": "bad_flag"}
+MAPPING = {
+    "application_id": "app_no",
+    "received_at": "applied_at",
+    "bureau_score": "score",
+    "requested_amount": "loan_amount",
+    "national_id": "id_number",
+    "defaulted": "bad_flag",
+}
 
 
 def lender_rows(n: int) -> list[dict]:
     """``n`` valid rows in the lender's layout (row r: application L00r, minute r)."""
     rows = []
     for r in range(1, n + 1):
-        rows.append({
-            "app_no": f"L{r:03d}", "applied_at": f"2026-11-02T10:{r:02d}:00+08:00",
-            "channel": "own_app", "id_number": f"1101011990010{r:05d}", "age": 30 + r % 20,
-            "monthly_income": 1_200_000, "score": [720, 650, 600][r % 3], "inquiries_3m": 1,
-            "open_loans": 1, "dti": 0.3, "worst_dpd_12m": 0, "region": "310000",
-            "loan_amount": 1_000_000 + 10_000 * r, "term_months": 12, "max_apr": 0.18,
-            "consent": "any", "bad_flag": r % 4 == 0,
-        })
+        rows.append(
+            {
+                "app_no": f"L{r:03d}",
+                "applied_at": f"2026-11-02T10:{r:02d}:00+08:00",
+                "channel": "own_app",
+                "id_number": f"1101011990010{r:05d}",
+                "age": 30 + r % 20,
+                "monthly_income": 1_200_000,
+                "score": [720, 650, 600][r % 3],
+                "inquiries_3m": 1,
+                "open_loans": 1,
+                "dti": 0.3,
+                "worst_dpd_12m": 0,
+                "region": "310000",
+                "loan_amount": 1_000_000 + 10_000 * r,
+                "term_months": 12,
+                "max_apr": 0.18,
+                "consent": "any",
+                "bad_flag": r % 4 == 0,
+            }
+        )
     return rows
 
 
 def strategy_and_scorer():
     """The small test strategy and a scorer keyed on the bureau score."""
-    return (strategy_from_dict(strategy_dict()),
-            ScoreLookupScorer({720: 0.02, 650: 0.08, 600: 0.2}))
+    return (
+        strategy_from_dict(strategy_dict()),
+        ScoreLookupScorer({720: 0.02, 650: 0.08, 600: 0.2}),
+    )
 
 
 def tight_stream(n: int, seed: int, t0: datetime = T0, gap_s: int = 4) -> list:
@@ -43,15 +63,17 @@ def tight_stream(n: int, seed: int, t0: datetime = T0, gap_s: int = 4) -> list:
     rnd = random.Random(seed)
     apps = []
     for i in range(n):
-        kw = dict(application_id=f"a{i}",
-                  received_at=t0 + timedelta(seconds=gap_s * i + rnd.randint(0, 3)),
-                  requested_amount=rnd.choice([100_00, 5_000_00, 20_000_00, 60_000_00]),
-                  bureau_score=rnd.choice([550, 600, 650, 700, 720]),
-                  region=rnd.choice(["310000", "310100", "440300"]),
-                  national_id=f"1101011990010{rnd.randint(0, 40):05d}",
-                  consent=rnd.choice(["any", "any", ["bank_a"], ["plat_b"], "none"]),
-                  age=rnd.choice([17, 30, 45, 61]) if rnd.random() < 0.1 else 35,
-                  max_apr=rnd.choice([0.05, 0.18, 0.24, 0.3]))
+        kw = dict(
+            application_id=f"a{i}",
+            received_at=t0 + timedelta(seconds=gap_s * i + rnd.randint(0, 3)),
+            requested_amount=rnd.choice([100_00, 5_000_00, 20_000_00, 60_000_00]),
+            bureau_score=rnd.choice([550, 600, 650, 700, 720]),
+            region=rnd.choice(["310000", "310100", "440300"]),
+            national_id=f"1101011990010{rnd.randint(0, 40):05d}",
+            consent=rnd.choice(["any", "any", ["bank_a"], ["plat_b"], "none"]),
+            age=rnd.choice([17, 30, 45, 61]) if rnd.random() < 0.1 else 35,
+            max_apr=rnd.choice([0.05, 0.18, 0.24, 0.3]),
+        )
         if rnd.random() < 0.05:
             kw["employer"] = "Bank A Group"
         apps.append(make_application(**kw))
@@ -64,12 +86,14 @@ def tight_stream(n: int, seed: int, t0: datetime = T0, gap_s: int = 4) -> list:
 def tight_strategy(method: str, caps_scale: int = 1):
     """The test strategy with small caps on every bucket and a one-day dedupe."""
     d = strategy_dict(routing={"method": method})
-    d["partners"][0]["caps"] = [{"window": "hour", "count": 4 * caps_scale},
-                                {"window": "day", "count": 9 * caps_scale,
-                                 "amount": 90_000_00 * caps_scale}]
-    d["partners"][1]["caps"] = [{"window": "hour", "count": 3 * caps_scale,
-                                 "amount": 60_000_00 * caps_scale},
-                                {"window": "month", "count": 20 * caps_scale}]
+    d["partners"][0]["caps"] = [
+        {"window": "hour", "count": 4 * caps_scale},
+        {"window": "day", "count": 9 * caps_scale, "amount": 90_000_00 * caps_scale},
+    ]
+    d["partners"][1]["caps"] = [
+        {"window": "hour", "count": 3 * caps_scale, "amount": 60_000_00 * caps_scale},
+        {"window": "month", "count": 20 * caps_scale},
+    ]
     d["partners"][0]["dedupe_days"] = 1
     d["primary"]["caps"] = [{"window": "hour", "count": 3 * caps_scale}]
     if d.get("branch"):

@@ -54,8 +54,10 @@ class _Sums:
 
     def add(self, a, b) -> None:
         """Add two decision tables (or batches) whose rows are the same applications."""
-        if a.num_rows != b.num_rows or not pc.all(pc.equal(a.column("application_id"),
-                                                           b.column("application_id"))).as_py():
+        if (
+            a.num_rows != b.num_rows
+            or not pc.all(pc.equal(a.column("application_id"), b.column("application_id"))).as_py()
+        ):
             raise TrafficError("the two replays did not decide the same applications")
         ka, kb = _codes(a, "outcome"), _codes(b, "outcome")
         cell = ka * 4 + kb
@@ -80,15 +82,20 @@ class _Sums:
         for i, x in enumerate(LABELS):
             for j, y in enumerate(LABELS):
                 cells[f"{x}->{y}"] = {
-                    "count": int(counts[i, j]), "amount": int(amounts[i, j]),
+                    "count": int(counts[i, j]),
+                    "amount": int(amounts[i, j]),
                     "value_champion": int(round(va[i, j])),
                     "value_challenger": int(round(vb[i, j])),
                     "value_change": int(round(vb[i, j] - va[i, j])),
                 }
-        return {"labels": list(LABELS), "counts": counts.tolist(),
-                "amounts": amounts.astype(np.int64).tolist(), "cells": cells,
-                "referrals_moved_partner": self.partner_changed,
-                "swapped": int(counts.sum() - np.trace(counts))}
+        return {
+            "labels": list(LABELS),
+            "counts": counts.tolist(),
+            "amounts": amounts.astype(np.int64).tolist(),
+            "cells": cells,
+            "referrals_moved_partner": self.partner_changed,
+            "swapped": int(counts.sum() - np.trace(counts)),
+        }
 
 
 def swap_matrix(a, b) -> dict[str, Any]:
@@ -98,24 +105,33 @@ def swap_matrix(a, b) -> dict[str, Any]:
     return sums.result()
 
 
-def swap_matrix_files(path_a: str | Path, path_b: str | Path,
-                      batch_size: int = 131_072) -> dict[str, Any]:
+def swap_matrix_files(
+    path_a: str | Path, path_b: str | Path, batch_size: int = 131_072
+) -> dict[str, Any]:
     """:func:`swap_matrix` of two decisions files, read in step batch by batch (memory
     bounded by a batch): two replays of the same traffic write their rows in the same
     order. Files whose rows are not aligned are compared whole, in application-id order."""
     fa, fb = pq.ParquetFile(path_a), pq.ParquetFile(path_b)
     sums = _Sums()
     try:
-        for a, b in zip(fa.iter_batches(batch_size=batch_size),
-                        fb.iter_batches(batch_size=batch_size), strict=True):
+        for a, b in zip(
+            fa.iter_batches(batch_size=batch_size),
+            fb.iter_batches(batch_size=batch_size),
+            strict=True,
+        ):
             sums.add(a, b)
     except (TrafficError, ValueError):
         return swap_matrix(pq.read_table(path_a), pq.read_table(path_b))
     return sums.result()
 
 
-def compare(champion: Strategy, challenger: Strategy, traffic: str | Path, out_dir: str | Path,
-            **replay_options: Any) -> CompareResult:
+def compare(
+    champion: Strategy,
+    challenger: Strategy,
+    traffic: str | Path,
+    out_dir: str | Path,
+    **replay_options: Any,
+) -> CompareResult:
     """Replay both strategies (into ``DIR/champion`` and ``DIR/challenger``), write
     ``DIR/compare.json`` and return the comparison."""
     out = Path(out_dir)
@@ -123,19 +139,27 @@ def compare(champion: Strategy, challenger: Strategy, traffic: str | Path, out_d
     b = replay(challenger, traffic, out / "challenger", **replay_options)
     m = swap_matrix_files(a.decisions_path, b.decisions_path)
     ea, eb = a.summary["expected_profit"], b.summary["expected_profit"]
-    m["champion"] = {"strategy_version": champion.version, "strategy_hash": a.summary["strategy_hash"]}
-    m["challenger"] = {"strategy_version": challenger.version,
-                       "strategy_hash": b.summary["strategy_hash"]}
+    m["champion"] = {
+        "strategy_version": champion.version,
+        "strategy_hash": a.summary["strategy_hash"],
+    }
+    m["challenger"] = {
+        "strategy_version": challenger.version,
+        "strategy_hash": b.summary["strategy_hash"],
+    }
     m["net_change"] = {
         "profit": (eb["keep"] + eb["branch"]) - (ea["keep"] + ea["branch"]),
         "referral_revenue": eb["referral_value"] - ea["referral_value"],
         "total": eb["total"] - ea["total"],
         "keep_rate": b.summary["keep_rate"] - a.summary["keep_rate"],
     }
-    if a.summary.get("realised_referral_value") is not None and \
-            b.summary.get("realised_referral_value") is not None:
-        m["net_change"]["realised_referral_revenue"] = \
+    if (
+        a.summary.get("realised_referral_value") is not None
+        and b.summary.get("realised_referral_value") is not None
+    ):
+        m["net_change"]["realised_referral_revenue"] = (
             b.summary["realised_referral_value"] - a.summary["realised_referral_value"]
+        )
     path = out / "compare.json"
     path.write_bytes(msgspec.json.format(msgspec.json.encode(m)) + b"\n")
     return CompareResult(m, path, a, b)

@@ -46,11 +46,13 @@ def iso(ms: int, tz: str) -> str:
 
 
 def window_label(window: str, key: int) -> str:
-    """Readable window: 2026-11-02T13 (hour; ``b`` marks a repeated DST hour), 2026-11-02, 2026-11."""
+    """Readable window: 2026-11-02T13 (hour; ``b`` marks a repeated DST hour), 2026-11-02,
+    2026-11."""
     if window == "hour":
         fold, k = key % 10, key // 10
-        return f"{k // 1000000:04d}-{k // 10000 % 100:02d}-{k // 100 % 100:02d}T{k % 100:02d}" \
-            + ("b" if fold else "")
+        return f"{k // 1000000:04d}-{k // 10000 % 100:02d}-{k // 100 % 100:02d}T{k % 100:02d}" + (
+            "b" if fold else ""
+        )
     if window == "day":
         return f"{key // 10000:04d}-{key // 100 % 100:02d}-{key % 100:02d}"
     return f"{key // 100:04d}-{key % 100:02d}"
@@ -69,8 +71,14 @@ class _Money:
         self.defaulted = 0
         self.realised_loss = 0.0
 
-    def add(self, idx: np.ndarray, out: Outcomes, cols: AppColumns, loss_rate: float,
-            defaulted: np.ndarray | None) -> None:
+    def add(
+        self,
+        idx: np.ndarray,
+        out: Outcomes,
+        cols: AppColumns,
+        loss_rate: float,
+        defaulted: np.ndarray | None,
+    ) -> None:
         amount = cols.requested_amount[idx].astype(np.float64)
         self.n += len(idx)
         self.amount += int(cols.requested_amount[idx].sum())
@@ -86,7 +94,9 @@ class _Money:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "loans": self.n, "amount": self.amount, "expected_profit": self.value,
+            "loans": self.n,
+            "amount": self.amount,
+            "expected_profit": self.value,
             "expected_bad_rate": self.pd_sum / self.n if self.n else None,
             "expected_loss": int(round(self.expected_loss)),
             "with_outcome": self.known,
@@ -131,8 +141,10 @@ class Metrics:
         self.ran_out: dict[str, dict[str, dict[int, str]]] = {}
         # partner -> local day -> referrals per local hour (cumulative-use chart)
         self.timeline: dict[str, dict[str, np.ndarray]] = {}
-        self.pd_hist = {k: np.zeros(len(PD_BINS) - 1, dtype=np.int64)
-                        for k in ("defaulted", "repaid", "unknown")}
+        self.pd_hist = {
+            k: np.zeros(len(PD_BINS) - 1, dtype=np.int64)
+            for k in ("defaulted", "repaid", "unknown")
+        }
         self.psi_edges: np.ndarray | None = None
         self.psi_expected: np.ndarray | None = None
         if reference_pd is not None and len(reference_pd):
@@ -141,11 +153,11 @@ class Metrics:
             self.psi_edges = edges
             self.psi_expected = np.histogram(reference_pd, edges)[0] / len(reference_pd)
             self.psi_actual = np.zeros(len(edges) - 1, dtype=np.int64)
-        self.caps: dict[str, list[Cap]] = {KEEP_BUCKET: list(strategy.primary.caps),
-                                           BRANCH_BUCKET: list(strategy.branch.caps)
-                                           if strategy.branch else []}
-        self.tz: dict[str, str] = {KEEP_BUCKET: strategy.timezone,
-                                   BRANCH_BUCKET: strategy.timezone}
+        self.caps: dict[str, list[Cap]] = {
+            KEEP_BUCKET: list(strategy.primary.caps),
+            BRANCH_BUCKET: list(strategy.branch.caps) if strategy.branch else [],
+        }
+        self.tz: dict[str, str] = {KEEP_BUCKET: strategy.timezone, BRANCH_BUCKET: strategy.timezone}
         for p in strategy.partners:
             self.caps[p.id], self.tz[p.id] = list(p.caps), p.timezone
 
@@ -154,7 +166,8 @@ class Metrics:
     def on_cap(self, bucket: str, window: str, key: int, event_ms: int) -> None:
         """Router callback: a cap refused for the first time in a window (it ran out)."""
         self.ran_out.setdefault(bucket, {}).setdefault(window, {}).setdefault(
-            key, iso(event_ms, self.tz[bucket]))
+            key, iso(event_ms, self.tz[bucket])
+        )
 
     def add(self, out: Outcomes, cols: AppColumns, outcomes: dict[str, np.ndarray]) -> None:
         """Account one decided batch (``outcomes``: the batch's outcome columns)."""
@@ -188,8 +201,11 @@ class Metrics:
                 self._partner(pid, refer[pids == pid], out, cols, outcomes)
         # PD by outcome (all applications) and the PSI histogram.
         # 0 repaid, 1 defaulted, 2 unknown
-        d = np.where(defaulted < 0, 2, defaulted) if defaulted is not None else \
-            np.full(len(kind), 2)
+        d = (
+            np.where(defaulted < 0, 2, defaulted)
+            if defaulted is not None
+            else np.full(len(kind), 2)
+        )
         for code, name in enumerate(("repaid", "defaulted", "unknown")):
             m = d == code
             if m.any():
@@ -214,8 +230,14 @@ class Metrics:
                 u[0] += c
                 u[1] += int(a)
 
-    def _partner(self, pid: str, idx: np.ndarray, out: Outcomes, cols: AppColumns,
-                 outcomes: dict[str, np.ndarray]) -> None:
+    def _partner(
+        self,
+        pid: str,
+        idx: np.ndarray,
+        out: Outcomes,
+        cols: AppColumns,
+        outcomes: dict[str, np.ndarray],
+    ) -> None:
         p = self.s.partner(pid)
         t = self.partners[pid]
         amount = cols.requested_amount[idx].astype(np.float64)
@@ -232,7 +254,8 @@ class Metrics:
         day, hour = keys["day"], keys["hour"] // 10 % 100
         for d in np.unique(day).tolist():
             slot = self.timeline.setdefault(pid, {}).setdefault(
-                window_label("day", d), np.zeros(24, dtype=np.int64))
+                window_label("day", d), np.zeros(24, dtype=np.int64)
+            )
             slot += np.bincount(hour[day == d], minlength=24)
         acc = outcomes.get("partner_accepted")
         if acc is None:
@@ -265,11 +288,15 @@ class Metrics:
         t.accepted += int(accepted.sum())
         t.funded += int(funded.sum())
         t.funded_amount += int(famount.sum())
-        t.realised_fee += float(len(k) * tr.fee_per_referral + accepted.sum() * tr.fee_per_accepted
-                                + funded.sum() * tr.fee_per_funded)
+        t.realised_fee += float(
+            len(k) * tr.fee_per_referral
+            + accepted.sum() * tr.fee_per_accepted
+            + funded.sum() * tr.fee_per_funded
+        )
         papr = eco.partner_apr(cols.max_apr[idx][k], p)
-        t.realised_rev_share += float(np.sum(
-            tr.rev_share * papr * eco.balance_years(famount, term[k]) * performing))
+        t.realised_rev_share += float(
+            np.sum(tr.rev_share * papr * eco.balance_years(famount, term[k]) * performing)
+        )
 
     # ---- the summary ---------------------------------------------------------------
 
@@ -293,19 +320,26 @@ class Metrics:
         partners = {}
         for pid, t in self.partners.items():
             partners[pid] = {
-                "referred": t.referred, "amount": t.amount,
+                "referred": t.referred,
+                "amount": t.amount,
                 "expected_value": t.expected_value,
                 "expected_fee": int(round(t.expected_fee)),
                 "expected_rev_share": int(round(t.expected_rev_share)),
-                "with_outcome": t.with_outcome, "outcome_unmatched": t.unmatched,
-                "accepted": t.accepted, "funded": t.funded, "funded_amount": t.funded_amount,
+                "with_outcome": t.with_outcome,
+                "outcome_unmatched": t.unmatched,
+                "accepted": t.accepted,
+                "funded": t.funded,
+                "funded_amount": t.funded_amount,
                 "realised_fee": int(round(t.realised_fee)) if t.with_outcome else None,
                 "realised_rev_share": int(round(t.realised_rev_share)) if t.with_outcome else None,
             }
         keep = self.keep.to_dict()
         referral_value = sum(t.expected_value for t in self.partners.values())
-        realised_ref = [p["realised_fee"] + p["realised_rev_share"] for p in partners.values()
-                        if p["realised_fee"] is not None]
+        realised_ref = [
+            p["realised_fee"] + p["realised_rev_share"]
+            for p in partners.values()
+            if p["realised_fee"] is not None
+        ]
         return {
             "applications": n,
             "decisions": split(self.counts),
@@ -319,7 +353,8 @@ class Metrics:
             "expected_bad_rate": keep["expected_bad_rate"],
             "realised_bad_rate": keep["realised_bad_rate"],
             "expected_profit": {
-                "keep": self.keep.value, "branch": self.branch.value,
+                "keep": self.keep.value,
+                "branch": self.branch.value,
                 "referral_value": referral_value,
                 "total": self.keep.value + self.branch.value + referral_value,
             },
@@ -329,13 +364,18 @@ class Metrics:
             "coverage_failures": self.coverage_failures,
             "declined": int(self.counts[DECLINE]),
             "degraded": self.degraded,
-            "reason_counts": {c: int(self.reasons[i]) for i, c in enumerate(CODES)
-                              if self.reasons[i]},
-            "pd_histogram": {"edges": PD_BINS.tolist(),
-                             **{k: v.tolist() for k, v in self.pd_hist.items()}},
+            "reason_counts": {
+                c: int(self.reasons[i]) for i, c in enumerate(CODES) if self.reasons[i]
+            },
+            "pd_histogram": {
+                "edges": PD_BINS.tolist(),
+                **{k: v.tolist() for k, v in self.pd_hist.items()},
+            },
             "psi": self.psi(),
-            "timeline": {pid: {d: v.tolist() for d, v in sorted(days.items())}
-                         for pid, days in sorted(self.timeline.items())},
+            "timeline": {
+                pid: {d: v.tolist() for d, v in sorted(days.items())}
+                for pid, days in sorted(self.timeline.items())
+            },
         }
 
     def _quota(self) -> dict[str, Any]:
@@ -350,15 +390,23 @@ class Metrics:
                 windows = []
                 for key in sorted(set(used) | set(ran)):
                     c, a = used.get(key, [0, 0])
-                    windows.append({
-                        "window": window_label(cap.window, key), "count": c, "amount": a,
-                        "count_utilisation": c / cap.count if cap.count else None,
-                        "amount_utilisation": a / cap.amount if cap.amount else None,
-                        "ran_out_at": ran.get(key)})
-                util = [max(w["count_utilisation"] or 0.0, w["amount_utilisation"] or 0.0)
-                        for w in windows]
+                    windows.append(
+                        {
+                            "window": window_label(cap.window, key),
+                            "count": c,
+                            "amount": a,
+                            "count_utilisation": c / cap.count if cap.count else None,
+                            "amount_utilisation": a / cap.amount if cap.amount else None,
+                            "ran_out_at": ran.get(key),
+                        }
+                    )
+                util = [
+                    max(w["count_utilisation"] or 0.0, w["amount_utilisation"] or 0.0)
+                    for w in windows
+                ]
                 entry[cap.window] = {
-                    "cap_count": cap.count, "cap_amount": cap.amount,
+                    "cap_count": cap.count,
+                    "cap_amount": cap.amount,
                     "windows_used": len(windows),
                     "windows_ran_out": sum(w["ran_out_at"] is not None for w in windows),
                     "max_utilisation": max(util) if util else 0.0,

@@ -10,9 +10,10 @@ good rows come out as :class:`TrafficBatch` with their outcome columns alongside
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterable, Iterator
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
@@ -25,8 +26,15 @@ from router.columns import AppColumns, consent_text, from_applications, from_arr
 from router.errors import TrafficError
 from router.identity import Hasher
 from router.messages import Application
-from router.replay.validate import (OUTCOME_FIELDS, SPEC, Reject, reject_of_error, rename,
-                                   source_types, validate)
+from router.replay.validate import (
+    OUTCOME_FIELDS,
+    SPEC,
+    Reject,
+    reject_of_error,
+    rename,
+    source_types,
+    validate,
+)
 
 FORMATS = (".parquet", ".csv", ".jsonl", ".ndjson")
 
@@ -36,8 +44,8 @@ class TrafficBatch:
     """Validated applications of one batch, their outcome columns and file row numbers."""
 
     cols: AppColumns
-    outcomes: dict[str, np.ndarray]   # OUTCOME_FIELDS present in the file, see outcome_array
-    rows: np.ndarray                  # 1-based row numbers in the file
+    outcomes: dict[str, np.ndarray]  # OUTCOME_FIELDS present in the file, see outcome_array
+    rows: np.ndarray  # 1-based row numbers in the file
 
 
 def count_rows(path: str | Path) -> int | None:
@@ -51,27 +59,39 @@ def count_rows(path: str | Path) -> int | None:
 def outcome_array(name: str, values: pa.Array | list) -> np.ndarray:
     """An outcome column as numpy: flags as int8 (1 yes, 0 no, -1 unknown), the funded
     amount as float64 (NaN unknown), the partner as an object array (None unknown)."""
-    arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else \
-        pa.array(values, OUTCOME_FIELDS[name])
+    arr = (
+        values
+        if isinstance(values, (pa.Array, pa.ChunkedArray))
+        else pa.array(values, OUTCOME_FIELDS[name])
+    )
     if OUTCOME_FIELDS[name] == pa.bool_():
-        return np.asarray(pc.fill_null(pc.cast(arr, pa.int8()), -1).to_numpy(
-            zero_copy_only=False), dtype=np.int8)
+        return np.asarray(
+            pc.fill_null(pc.cast(arr, pa.int8()), -1).to_numpy(zero_copy_only=False), dtype=np.int8
+        )
     if OUTCOME_FIELDS[name] == pa.int64():
-        return np.asarray(pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False),
-                          dtype=np.float64)
+        return np.asarray(
+            pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64
+        )
     return np.array(arr.to_pylist(), dtype=object)
 
 
 def _outcomes(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
-    return {name: outcome_array(name, batch.column(name)) for name in OUTCOME_FIELDS
-            if name in batch.schema.names}
+    return {
+        name: outcome_array(name, batch.column(name))
+        for name in OUTCOME_FIELDS
+        if name in batch.schema.names
+    }
 
 
-def read_batches(path: str | Path | Iterable[pa.RecordBatch], hasher: Hasher, *,
-                 partner_ids: Iterable[str],
-                 mapping: dict[str, str] | None = None, batch_size: int = 131_072,
-                 on_rejects: Callable[[list[Reject]], None] | None = None
-                 ) -> Iterator[TrafficBatch]:
+def read_batches(
+    path: str | Path | Iterable[pa.RecordBatch],
+    hasher: Hasher,
+    *,
+    partner_ids: Iterable[str],
+    mapping: dict[str, str] | None = None,
+    batch_size: int = 131_072,
+    on_rejects: Callable[[list[Reject]], None] | None = None,
+) -> Iterator[TrafficBatch]:
     """Yield validated batches of ``path`` in file order (see the module docstring).
 
     ``path`` may also be an iterable of Arrow record batches (traffic generated on the fly).
@@ -93,22 +113,25 @@ def read_batches(path: str | Path | Iterable[pa.RecordBatch], hasher: Hasher, *,
         pass
     elif suffix == ".parquet":
         pf = pq.ParquetFile(path)
-        wanted = [c for c in pf.schema_arrow.names
-                  if c in set(source_types(mapping)) or c in mapping.values()]
+        wanted = [
+            c
+            for c in pf.schema_arrow.names
+            if c in set(source_types(mapping)) or c in mapping.values()
+        ]
         source = pf.iter_batches(batch_size=batch_size, columns=wanted)
     elif suffix == ".csv":
         source = _csv(path, mapping, batch_size)
     else:
-        raise TrafficError(f"{path}: unsupported traffic format {suffix!r} "
-                           f"({', '.join(FORMATS)})")
+        raise TrafficError(f"{path}: unsupported traffic format {suffix!r} ({', '.join(FORMATS)})")
     offset = 0
     for raw in source:
         good, idx, rejects = validate(rename(raw, mapping), offset, ids)
         if rejects and on_rejects is not None:
             on_rejects(rejects)
         if good.num_rows:
-            yield TrafficBatch(from_arrow(good, hasher, offset, checked=True), _outcomes(good),
-                               offset + idx + 1)
+            yield TrafficBatch(
+                from_arrow(good, hasher, offset, checked=True), _outcomes(good), offset + idx + 1
+            )
         offset += raw.num_rows
 
 
@@ -116,19 +139,25 @@ def _csv(path: Path, mapping: dict[str, str], batch_size: int) -> Iterator[pa.Re
     types = source_types(mapping)
     # The header as Arrow's CSV reader parses it (quoting included); a first small block
     # is all it reads for that.
-    probe = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=1 << 16),
-                          convert_options=pcsv.ConvertOptions(
-                              column_types={c: pa.string() for c in types}))
+    probe = pcsv.open_csv(
+        path,
+        read_options=pcsv.ReadOptions(block_size=1 << 16),
+        convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in types}),
+    )
     include = [c for c in probe.schema.names if c in types]
     probe.close()
     # About 200 bytes a row: blocks of roughly batch_size rows.
     reader = pcsv.open_csv(
-        path, read_options=pcsv.ReadOptions(block_size=max(1 << 20, batch_size * 200)),
+        path,
+        read_options=pcsv.ReadOptions(block_size=max(1 << 20, batch_size * 200)),
         convert_options=pcsv.ConvertOptions(
-            column_types={c: types[c] for c in include}, include_columns=include,
-            strings_can_be_null=True, null_values=[""]))
-    for batch in reader:
-        yield batch
+            column_types={c: types[c] for c in include},
+            include_columns=include,
+            strings_can_be_null=True,
+            null_values=[""],
+        ),
+    )
+    yield from reader
 
 
 class _Outcome(msgspec.Struct, forbid_unknown_fields=True):
@@ -142,9 +171,14 @@ class _Outcome(msgspec.Struct, forbid_unknown_fields=True):
 _APP_FIELDS = set(SPEC)
 
 
-def _jsonl(path: Path, hasher: Hasher, ids: set[str], mapping: dict[str, str],
-           batch_size: int, on_rejects: Callable[[list[Reject]], None] | None
-           ) -> Iterator[TrafficBatch]:
+def _jsonl(
+    path: Path,
+    hasher: Hasher,
+    ids: set[str],
+    mapping: dict[str, str],
+    batch_size: int,
+    on_rejects: Callable[[list[Reject]], None] | None,
+) -> Iterator[TrafficBatch]:
     back = {src: field for field, src in mapping.items()}
     decode = msgspec.json.Decoder().decode
     apps: list[Application] = []
@@ -158,8 +192,11 @@ def _jsonl(path: Path, hasher: Hasher, ids: set[str], mapping: dict[str, str],
             on_rejects(rejects)
         if apps:
             cols = from_applications(apps, hasher)
-            outcomes = {k: outcome_array(k, [o.get(k) for o in outs])
-                        for k in OUTCOME_FIELDS if any(k in o for o in outs)}
+            outcomes = {
+                k: outcome_array(k, [o.get(k) for o in outs])
+                for k in OUTCOME_FIELDS
+                if any(k in o for o in outs)
+            }
             yield TrafficBatch(cols, outcomes, np.array(rows, dtype=np.int64))
         apps, outs, rows, rejects = [], [], [], []
 
@@ -172,23 +209,26 @@ def _jsonl(path: Path, hasher: Hasher, ids: set[str], mapping: dict[str, str],
                 if not isinstance(raw, dict):
                     raise msgspec.ValidationError("expected a JSON object")
                 raw = {back.get(k, k): v for k, v in raw.items()}
-                app = msgspec.convert({k: v for k, v in raw.items() if k in _APP_FIELDS},
-                                      Application)
-                out = msgspec.convert({k: v for k, v in raw.items() if k in OUTCOME_FIELDS},
-                                      _Outcome)
+                app = msgspec.convert(
+                    {k: v for k, v in raw.items() if k in _APP_FIELDS}, Application
+                )
+                out = msgspec.convert(
+                    {k: v for k, v in raw.items() if k in OUTCOME_FIELDS}, _Outcome
+                )
                 consent = consent_text(app.consent)
-                unknown = [p for p in consent.split(",") if consent not in ("none", "any")
-                           and p not in ids]
+                unknown = [
+                    p for p in consent.split(",") if consent not in ("none", "any") and p not in ids
+                ]
                 if unknown:
-                    rejects.append(Reject(lineno, "consent", f"unknown partner {unknown[0]!r}",
-                                          unknown[0]))
+                    rejects.append(
+                        Reject(lineno, "consent", f"unknown partner {unknown[0]!r}", unknown[0])
+                    )
                     continue
             except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
                 rejects.append(reject_of_error(lineno, str(exc)))
                 continue
             apps.append(app)
-            outs.append({k: getattr(out, k) for k in OUTCOME_FIELDS
-                         if k in raw})
+            outs.append({k: getattr(out, k) for k in OUTCOME_FIELDS if k in raw})
             rows.append(lineno)
             if len(apps) == batch_size:
                 yield from flush()

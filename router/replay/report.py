@@ -15,11 +15,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # headless: no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
 
-from router.outcomes import LABELS  # noqa: E402
+from router.outcomes import LABELS
 
 COLORS = {"keep": "#2e7d32", "branch": "#0277bd", "refer": "#f9a825", "decline": "#9e9e9e"}
 
@@ -63,8 +63,13 @@ def chart_quota_use(summary: dict[str, Any], path: Path) -> str | None:
     for k, (pid, days) in enumerate(sorted(timeline.items())):
         counts = np.array(days.get(day, [0] * 24))
         color = cmap(k % 10)
-        ax.step(np.arange(25), np.concatenate([[0], np.cumsum(counts)]), where="post",
-                color=color, label=pid)
+        ax.step(
+            np.arange(25),
+            np.concatenate([[0], np.cumsum(counts)]),
+            where="post",
+            color=color,
+            label=pid,
+        )
         cap = summary["quota"].get(pid, {}).get("day", {}).get("cap_count")
         if cap:
             ax.axhline(cap, color=color, linestyle="--", linewidth=0.9)
@@ -86,8 +91,13 @@ def chart_pd_by_outcome(summary: dict[str, Any], path: Path) -> str:
     for name, color in (("repaid", "#2e7d32"), ("defaulted", "#c62828"), ("unknown", "#9e9e9e")):
         counts = np.array(h[name], dtype=float)
         if counts.sum():
-            ax.step(mids, counts / counts.sum(), where="mid", color=color,
-                    label=f"{name} ({int(counts.sum()):,})")
+            ax.step(
+                mids,
+                counts / counts.sum(),
+                where="mid",
+                color=color,
+                label=f"{name} ({int(counts.sum()):,})",
+            )
     ax.set_xlabel("PD (primary scorer)")
     ax.set_ylabel("share of applications")
     ax.set_title("PD distribution by outcome")
@@ -108,8 +118,15 @@ def chart_swap_heatmap(matrix: dict[str, Any], path: Path) -> str:
     top = counts.max() or 1
     for i in range(4):
         for j in range(4):
-            ax.text(j, i, f"{int(counts[i, j]):,}", ha="center", va="center",
-                    color="white" if counts[i, j] > top / 3 else "black", fontsize=9)
+            ax.text(
+                j,
+                i,
+                f"{int(counts[i, j]):,}",
+                ha="center",
+                va="center",
+                color="white" if counts[i, j] > top / 3 else "black",
+                fontsize=9,
+            )
     ax.set_title("Swap sets (applications)")
     fig.colorbar(im, ax=ax, label="log(1 + count)")
     return _save(fig, path)
@@ -124,12 +141,26 @@ def chart_frontier(candidates: list[dict[str, Any]], path: Path) -> str:
     sc = ax.scatter(x, y, c=keep, cmap="viridis", s=28)
     fx = [c["metrics"]["bad_rate"] for c in candidates if c["frontier"]]
     fy = [c["metrics"]["value"] / 100 for c in candidates if c["frontier"]]
-    ax.scatter(fx, fy, facecolors="none", edgecolors="#c62828", s=90, linewidths=1.4,
-               label="Pareto frontier")
+    ax.scatter(
+        fx,
+        fy,
+        facecolors="none",
+        edgecolors="#c62828",
+        s=90,
+        linewidths=1.4,
+        label="Pareto frontier",
+    )
     best = [c for c in candidates if c.get("best")]
     if best:
-        ax.scatter([best[0]["metrics"]["bad_rate"]], [best[0]["metrics"]["value"] / 100],
-                   marker="*", s=260, color="#f9a825", edgecolors="black", label="chosen")
+        ax.scatter(
+            [best[0]["metrics"]["bad_rate"]],
+            [best[0]["metrics"]["value"] / 100],
+            marker="*",
+            s=260,
+            color="#f9a825",
+            edgecolors="black",
+            label="chosen",
+        )
     ax.set_xlabel("expected bad rate of kept loans")
     ax.set_ylabel("profit + referral revenue (yuan)")
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
@@ -158,55 +189,101 @@ def _pct(x: float | None) -> str:
 
 def _table(head: list[str], rows: list[list[Any]]) -> str:
     h = "".join(f"<th>{html.escape(str(c))}</th>" for c in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
-                   for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows
+    )
     return f"<table><tr>{h}</tr>{body}</table>"
 
 
 def _page(title: str, parts: list[str]) -> str:
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-            f"</title><style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-            + "\n".join(parts) + "</body></html>\n")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+        f"</title><style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+        + "\n".join(parts)
+        + "</body></html>\n"
+    )
 
 
 def replay_sections(summary: dict[str, Any], out: Path, prefix: str = "") -> list[str]:
     """Tables and charts of one replay (charts written under ``out/charts``)."""
     n = summary["applications"]
-    parts = [f"<p class='muted'>strategy {html.escape(summary['strategy_version'])} · "
-             f"{n:,} applications ({summary['traffic']['rows_rejected']:,} rows rejected) · "
-             f"input {(summary['traffic']['sha256'] or 'generated')[:12]} · strategy "
-             f"{summary['strategy_hash'][:12]} · code {html.escape(summary['code_version'])}</p>"]
-    parts.append(_table(["outcome", "applications", "share", "amount (yuan)"], [
-        [k, f"{v:,}", _pct(v / n if n else 0), _yuan(summary["amounts"][k])]
-        for k, v in summary["decisions"].items()]))
+    parts = [
+        f"<p class='muted'>strategy {html.escape(summary['strategy_version'])} · "
+        f"{n:,} applications ({summary['traffic']['rows_rejected']:,} rows rejected) · "
+        f"input {(summary['traffic']['sha256'] or 'generated')[:12]} · strategy "
+        f"{summary['strategy_hash'][:12]} · code {html.escape(summary['code_version'])}</p>"
+    ]
+    parts.append(
+        _table(
+            ["outcome", "applications", "share", "amount (yuan)"],
+            [
+                [k, f"{v:,}", _pct(v / n if n else 0), _yuan(summary["amounts"][k])]
+                for k, v in summary["decisions"].items()
+            ],
+        )
+    )
     e, kept = summary["expected_profit"], summary["kept"]
-    parts.append(_table(["figure", "value"], [
-        ["keep rate", _pct(summary["keep_rate"])],
-        ["expected bad rate (kept)", _pct(summary["expected_bad_rate"])],
-        ["realised bad rate (kept)", _pct(summary["realised_bad_rate"])],
-        ["expected loss / realised loss (kept, yuan)",
-         f"{_yuan(kept['expected_loss'])} / {_yuan(kept['realised_loss'])}"],
-        ["expected profit: keep + branch (yuan)", _yuan(e["keep"] + e["branch"])],
-        ["expected referral revenue (yuan)", _yuan(e["referral_value"])],
-        ["realised referral revenue (yuan)", _yuan(summary["realised_referral_value"])],
-        ["coverage failures (referred: funding cost not covered)",
-         f"{summary['coverage_failures']:,}"],
-        ["PSI of PD vs reference", "–" if summary["psi"] is None else f"{summary['psi']:.4f}"],
-    ]))
+    parts.append(
+        _table(
+            ["figure", "value"],
+            [
+                ["keep rate", _pct(summary["keep_rate"])],
+                ["expected bad rate (kept)", _pct(summary["expected_bad_rate"])],
+                ["realised bad rate (kept)", _pct(summary["realised_bad_rate"])],
+                [
+                    "expected loss / realised loss (kept, yuan)",
+                    f"{_yuan(kept['expected_loss'])} / {_yuan(kept['realised_loss'])}",
+                ],
+                ["expected profit: keep + branch (yuan)", _yuan(e["keep"] + e["branch"])],
+                ["expected referral revenue (yuan)", _yuan(e["referral_value"])],
+                ["realised referral revenue (yuan)", _yuan(summary["realised_referral_value"])],
+                [
+                    "coverage failures (referred: funding cost not covered)",
+                    f"{summary['coverage_failures']:,}",
+                ],
+                [
+                    "PSI of PD vs reference",
+                    "–" if summary["psi"] is None else f"{summary['psi']:.4f}",
+                ],
+            ],
+        )
+    )
     rows = []
     for pid, p in summary["partners"].items():
         day = summary["quota"].get(pid, {}).get("day", {})
-        rows.append([pid, f"{p['referred']:,}", _yuan(p["expected_fee"]),
-                     _yuan(p["expected_rev_share"]), _yuan(p["realised_fee"]),
-                     _yuan(p["realised_rev_share"]),
-                     _pct(day.get("max_utilisation")) if day else "–",
-                     day.get("windows_ran_out", "–") if day else "–"])
-    parts.append(_table(["partner", "referred", "exp. fees", "exp. rev-share", "real. fees",
-                         "real. rev-share", "max day-cap use", "days cap ran out"], rows))
+        rows.append(
+            [
+                pid,
+                f"{p['referred']:,}",
+                _yuan(p["expected_fee"]),
+                _yuan(p["expected_rev_share"]),
+                _yuan(p["realised_fee"]),
+                _yuan(p["realised_rev_share"]),
+                _pct(day.get("max_utilisation")) if day else "–",
+                day.get("windows_ran_out", "–") if day else "–",
+            ]
+        )
+    parts.append(
+        _table(
+            [
+                "partner",
+                "referred",
+                "exp. fees",
+                "exp. rev-share",
+                "real. fees",
+                "real. rev-share",
+                "max day-cap use",
+                "days cap ran out",
+            ],
+            rows,
+        )
+    )
     charts = out / "charts"
-    imgs = [chart_split_by_hour(summary, charts / f"{prefix}split_by_hour.png"),
-            chart_quota_use(summary, charts / f"{prefix}quota_use.png"),
-            chart_pd_by_outcome(summary, charts / f"{prefix}pd_by_outcome.png")]
+    imgs = [
+        chart_split_by_hour(summary, charts / f"{prefix}split_by_hour.png"),
+        chart_quota_use(summary, charts / f"{prefix}quota_use.png"),
+        chart_pd_by_outcome(summary, charts / f"{prefix}pd_by_outcome.png"),
+    ]
     parts += [f"<img src='{src}' alt='{src}'>" for src in imgs if src]
     return parts
 
@@ -217,33 +294,63 @@ def write_replay_report(summary: dict[str, Any], out: Path) -> Path:
     parts = replay_sections(summary, out)
     if summary.get("degraded"):
         n = summary["degraded"]
-        parts.insert(0, f"<p style='color:#b00;font-weight:bold'>{n:,} applications were "
-                        "decided degraded (the quota store was unreachable): these results "
-                        "are not the strategy's.</p>")
+        parts.insert(
+            0,
+            f"<p style='color:#b00;font-weight:bold'>{n:,} applications were "
+            "decided degraded (the quota store was unreachable): these results "
+            "are not the strategy's.</p>",
+        )
     path.write_text(_page(f"Replay — {summary['strategy_version']}", parts))
     return path
 
 
-def write_compare_report(cmp: dict[str, Any], champion: dict[str, Any],
-                         challenger: dict[str, Any], out: Path) -> Path:
+def write_compare_report(
+    cmp: dict[str, Any], champion: dict[str, Any], challenger: dict[str, Any], out: Path
+) -> Path:
     """``out/report.html`` for a champion / challenger comparison."""
     nc = cmp["net_change"]
-    parts = [_table(["net change (challenger − champion)", "value"], [
-        ["expected profit: keep + branch (yuan)", _yuan(nc["profit"])],
-        ["expected referral revenue (yuan)", _yuan(nc["referral_revenue"])],
-        ["total (yuan)", _yuan(nc["total"])],
-        ["keep rate", f"{nc['keep_rate']:+.2%}"],
-        ["applications that change outcome", f"{cmp['swapped']:,}"],
-    ])]
+    parts = [
+        _table(
+            ["net change (challenger − champion)", "value"],
+            [
+                ["expected profit: keep + branch (yuan)", _yuan(nc["profit"])],
+                ["expected referral revenue (yuan)", _yuan(nc["referral_revenue"])],
+                ["total (yuan)", _yuan(nc["total"])],
+                ["keep rate", f"{nc['keep_rate']:+.2%}"],
+                ["applications that change outcome", f"{cmp['swapped']:,}"],
+            ],
+        )
+    ]
     rows = []
     for key, c in cmp["cells"].items():
         if c["count"]:
-            rows.append([key, f"{c['count']:,}", _yuan(c["amount"]), _yuan(c["value_champion"]),
-                         _yuan(c["value_challenger"]), _yuan(c["value_change"])])
-    parts.append(_table(["champion → challenger", "applications", "amount", "value (champion)",
-                         "value (challenger)", "change"], rows))
-    parts.append(f"<img src='{chart_swap_heatmap(cmp, out / 'charts' / 'swap_heatmap.png')}' "
-                 "alt='swap sets'>")
+            rows.append(
+                [
+                    key,
+                    f"{c['count']:,}",
+                    _yuan(c["amount"]),
+                    _yuan(c["value_champion"]),
+                    _yuan(c["value_challenger"]),
+                    _yuan(c["value_change"]),
+                ]
+            )
+    parts.append(
+        _table(
+            [
+                "champion → challenger",
+                "applications",
+                "amount",
+                "value (champion)",
+                "value (challenger)",
+                "change",
+            ],
+            rows,
+        )
+    )
+    parts.append(
+        f"<img src='{chart_swap_heatmap(cmp, out / 'charts' / 'swap_heatmap.png')}' "
+        "alt='swap sets'>"
+    )
     parts.append(f"<h2>Champion: {html.escape(champion['strategy_version'])}</h2>")
     parts += replay_sections(champion, out, "champion_")
     parts.append(f"<h2>Challenger: {html.escape(challenger['strategy_version'])}</h2>")
@@ -253,19 +360,35 @@ def write_compare_report(cmp: dict[str, Any], champion: dict[str, Any],
     return path
 
 
-def write_tune_report(result: dict[str, Any], best_summary: dict[str, Any] | None,
-                      out: Path) -> Path:
+def write_tune_report(
+    result: dict[str, Any], best_summary: dict[str, Any] | None, out: Path
+) -> Path:
     """``out/report.html`` for a tuning run."""
     cands = result["candidates"]
-    parts = [f"<p>{len(cands)} candidates · {sum(c['frontier'] for c in cands)} on the frontier · "
-             f"constraints: {html.escape(str(result['constraints']))}</p>",
-             f"<img src='{chart_frontier(cands, out / 'charts' / 'frontier.png')}' alt='frontier'>"]
-    rows = [[str(c["id"]), html.escape(", ".join(f"{k}={v}" for k, v in c["params"].items())),
-             _yuan(c["metrics"]["value"]), _pct(c["metrics"]["bad_rate"]),
-             _pct(c["metrics"]["keep_rate"]), "yes" if c["frontier"] else "",
-             "★" if c.get("best") else ""] for c in cands if c["frontier"]]
-    parts.append("<h2>Frontier</h2>" + _table(
-        ["#", "parameters", "value (yuan)", "bad rate", "keep rate", "frontier", "chosen"], rows))
+    parts = [
+        f"<p>{len(cands)} candidates · {sum(c['frontier'] for c in cands)} on the frontier · "
+        f"constraints: {html.escape(str(result['constraints']))}</p>",
+        f"<img src='{chart_frontier(cands, out / 'charts' / 'frontier.png')}' alt='frontier'>",
+    ]
+    rows = [
+        [
+            str(c["id"]),
+            html.escape(", ".join(f"{k}={v}" for k, v in c["params"].items())),
+            _yuan(c["metrics"]["value"]),
+            _pct(c["metrics"]["bad_rate"]),
+            _pct(c["metrics"]["keep_rate"]),
+            "yes" if c["frontier"] else "",
+            "★" if c.get("best") else "",
+        ]
+        for c in cands
+        if c["frontier"]
+    ]
+    parts.append(
+        "<h2>Frontier</h2>"
+        + _table(
+            ["#", "parameters", "value (yuan)", "bad rate", "keep rate", "frontier", "chosen"], rows
+        )
+    )
     if best_summary is not None:
         parts.append("<h2>Chosen candidate</h2>")
         parts += replay_sections(best_summary, out, "best_")

@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -40,13 +41,22 @@ from router.replay.validate import OUTCOME_FIELDS, SPEC, Reject
 from router.store import QuotaStore
 from router.store.array import ArrayQuotaStore
 
-DECISIONS_SCHEMA = pa.schema([
-    ("application_id", pa.string()), ("received_at", pa.timestamp("ms", tz="UTC")),
-    ("channel", pa.string()), ("requested_amount", pa.int64()),
-    ("outcome", pa.string()), ("partner", pa.string()), ("pd", pa.float64()),
-    ("apr", pa.float64()), ("expected_value", pa.int64()), ("reasons", pa.string()),
-    ("degraded", pa.bool_()), ("defaulted", pa.bool_()),
-])
+DECISIONS_SCHEMA = pa.schema(
+    [
+        ("application_id", pa.string()),
+        ("received_at", pa.timestamp("ms", tz="UTC")),
+        ("channel", pa.string()),
+        ("requested_amount", pa.int64()),
+        ("outcome", pa.string()),
+        ("partner", pa.string()),
+        ("pd", pa.float64()),
+        ("apr", pa.float64()),
+        ("expected_value", pa.int64()),
+        ("reasons", pa.string()),
+        ("degraded", pa.bool_()),
+        ("defaulted", pa.bool_()),
+    ]
+)
 
 
 @dataclass
@@ -86,8 +96,12 @@ def code_version() -> str:
     root = Path(__file__).resolve().parents[2]
     if (root / ".git").exists():
         try:
-            rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-                                 capture_output=True, text=True, timeout=5).stdout.strip()
+            rev = subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
             if rev:
                 version += f"+g{rev}"
         except (OSError, subprocess.SubprocessError):
@@ -100,19 +114,24 @@ def check_mapping(mapping: dict[str, str]) -> None:
     known = set(SPEC) | set(OUTCOME_FIELDS)
     for field in mapping:
         if field not in known:
-            raise TrafficError(f"column mapping: unknown field {field!r} (fields: "
-                               f"{', '.join(sorted(known))})")
+            raise TrafficError(
+                f"column mapping: unknown field {field!r} (fields: {', '.join(sorted(known))})"
+            )
 
 
-def reference_pds(strategy: Strategy, path: str | Path, router: Router,
-                  mapping: dict[str, str] | None = None) -> np.ndarray:
+def reference_pds(
+    strategy: Strategy, path: str | Path, router: Router, mapping: dict[str, str] | None = None
+) -> np.ndarray:
     """The primary scorer's PD of every valid row of a reference file (for the PSI)."""
     from router.features import features_batch
 
     scorer = router.scorers[strategy.primary.scorer]
-    parts = [scorer.pd_batch(features_batch(b.cols))
-             for b in read_batches(path, router.hasher, partner_ids=[p.id for p in strategy.partners],
-                                   mapping=mapping)]
+    parts = [
+        scorer.pd_batch(features_batch(b.cols))
+        for b in read_batches(
+            path, router.hasher, partner_ids=[p.id for p in strategy.partners], mapping=mapping
+        )
+    ]
     return np.concatenate(parts) if parts else np.empty(0)
 
 
@@ -125,28 +144,47 @@ class CachedTraffic:
     rejects: list[Reject]
 
 
-def read_cached(strategy: Strategy, traffic: str | Path,
-                mapping: dict[str, str] | None = None,
-                batch_size: int = 131_072) -> CachedTraffic:
+def read_cached(
+    strategy: Strategy,
+    traffic: str | Path,
+    mapping: dict[str, str] | None = None,
+    batch_size: int = 131_072,
+) -> CachedTraffic:
     """Read ``traffic`` into memory for repeated replays of strategies that share
     ``strategy``'s identity key and partner book."""
     from router.identity import Hasher
 
     rejects: list[Reject] = []
-    batches = [_in_time_order(b) for b in read_batches(
-        traffic, Hasher.from_config(strategy.identity), partner_ids=[p.id for p in strategy.partners],
-        mapping=mapping, batch_size=batch_size, on_rejects=rejects.extend)]
+    batches = [
+        _in_time_order(b)
+        for b in read_batches(
+            traffic,
+            Hasher.from_config(strategy.identity),
+            partner_ids=[p.id for p in strategy.partners],
+            mapping=mapping,
+            batch_size=batch_size,
+            on_rejects=rejects.extend,
+        )
+    ]
     return CachedTraffic(batches, file_sha256(traffic), rejects)
 
 
-def replay(strategy: Strategy, traffic: str | Path | Iterable[pa.RecordBatch],
-           out_dir: str | Path, *,
-           batch_size: int = 131_072, store: QuotaStore | None = None,
-           mapping: dict[str, str] | None = None, reference: str | Path | None = None,
-           write_decisions: bool = True, report: bool = True,
-           scorers: dict[str, Any] | None = None, cached: CachedTraffic | None = None,
-           progress: Callable[[int], None] | None = None,
-           allow_degraded: bool = False) -> ReplayResult:
+def replay(
+    strategy: Strategy,
+    traffic: str | Path | Iterable[pa.RecordBatch],
+    out_dir: str | Path,
+    *,
+    batch_size: int = 131_072,
+    store: QuotaStore | None = None,
+    mapping: dict[str, str] | None = None,
+    reference: str | Path | None = None,
+    write_decisions: bool = True,
+    report: bool = True,
+    scorers: dict[str, Any] | None = None,
+    cached: CachedTraffic | None = None,
+    progress: Callable[[int], None] | None = None,
+    allow_degraded: bool = False,
+) -> ReplayResult:
     """Replay ``traffic`` with ``strategy``; write the outputs listed above to ``out_dir``.
 
     ``store`` defaults to a fresh in-memory store; any :class:`QuotaStore` gives the same
@@ -170,12 +208,20 @@ def replay(strategy: Strategy, traffic: str | Path | Iterable[pa.RecordBatch],
     check_mapping(mapping)
     log = get_logger("replay").bind(strategy=strategy.version)
     if store is None:
-        store = ArrayQuotaStore(idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000,
-                                retain_ledger=False, validate=False)
+        store = ArrayQuotaStore(
+            idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000,
+            retain_ledger=False,
+            validate=False,
+        )
     store.for_replay()
     metrics_holder: list[Metrics] = []
-    router = Router(strategy, store, scorers=scorers,
-                    on_cap=lambda *a: metrics_holder[0].on_cap(*a), degrade=allow_degraded)
+    router = Router(
+        strategy,
+        store,
+        scorers=scorers,
+        on_cap=lambda *a: metrics_holder[0].on_cap(*a),
+        degrade=allow_degraded,
+    )
     ref = reference_pds(strategy, reference, router, mapping) if reference else None
     metrics = Metrics(strategy, ref)
     metrics_holder.append(metrics)
@@ -187,9 +233,11 @@ def replay(strategy: Strategy, traffic: str | Path | Iterable[pa.RecordBatch],
     t0 = time.perf_counter()
     decisions_path = out / "decisions.parquet" if write_decisions else None
     tmp = out / "decisions.parquet.tmp"
-    writer = pq.ParquetWriter(tmp, DECISIONS_SCHEMA, compression="zstd") \
-        if write_decisions else None
+    writer = (
+        pq.ParquetWriter(tmp, DECISIONS_SCHEMA, compression="zstd") if write_decisions else None
+    )
     with open(rejects_path, "wb") as rej:
+
         def on_rejects(items: list[Reject]) -> None:
             nonlocal n_rejects
             n_rejects += len(items)
@@ -199,10 +247,17 @@ def replay(strategy: Strategy, traffic: str | Path | Iterable[pa.RecordBatch],
             on_rejects(cached.rejects)
             source: Any = cached.batches
         else:
-            source = (_in_time_order(b) for b in read_batches(
-                traffic, router.hasher, mapping=mapping,
-                partner_ids=[p.id for p in strategy.partners], batch_size=batch_size,
-                on_rejects=on_rejects))
+            source = (
+                _in_time_order(b)
+                for b in read_batches(
+                    traffic,
+                    router.hasher,
+                    mapping=mapping,
+                    partner_ids=[p.id for p in strategy.partners],
+                    batch_size=batch_size,
+                    on_rejects=on_rejects,
+                )
+            )
         try:
             for batch in source:
                 cols = batch.cols
@@ -234,13 +289,21 @@ def replay(strategy: Strategy, traffic: str | Path | Iterable[pa.RecordBatch],
         "strategy_version": strategy.version,
         "strategy_hash": strategy_hash(strategy),
         "code_version": code_version(),
-        "traffic": {"file": Path(traffic).name if is_file else "<stream>",
-                    "sha256": cached.sha256 if cached is not None else
-                    file_sha256(traffic) if is_file else None,
-                    "rows_accepted": rows_read, "rows_rejected": n_rejects,
-                    "late_events": late, "column_mapping": mapping},
-        "reference": ({"file": Path(reference).name, "sha256": file_sha256(reference)}
-                      if reference else None),
+        "traffic": {
+            "file": Path(traffic).name if is_file else "<stream>",
+            "sha256": cached.sha256
+            if cached is not None
+            else file_sha256(traffic)
+            if is_file
+            else None,
+            "rows_accepted": rows_read,
+            "rows_rejected": n_rejects,
+            "late_events": late,
+            "column_mapping": mapping,
+        },
+        "reference": (
+            {"file": Path(reference).name, "sha256": file_sha256(reference)} if reference else None
+        ),
         **body,
         "cap_refusals": cap_refusals,
         "money_unit": "minor units (fen)",
@@ -248,15 +311,28 @@ def replay(strategy: Strategy, traffic: str | Path | Iterable[pa.RecordBatch],
     summary_path = out / "summary.json"
     summary_path.write_bytes(msgspec.json.format(msgspec.json.encode(summary)) + b"\n")
     # Run facts that differ between runs of the same input (kept out of the summary).
-    (out / "timing.json").write_bytes(msgspec.json.encode({
-        "elapsed_s": round(elapsed, 3),
-        "applications_per_s": round(rows_read / elapsed, 1) if elapsed > 0 else None,
-        "store": type(store).__name__, "store_prefix": getattr(store, "prefix", None)}) + b"\n")
+    (out / "timing.json").write_bytes(
+        msgspec.json.encode(
+            {
+                "elapsed_s": round(elapsed, 3),
+                "applications_per_s": round(rows_read / elapsed, 1) if elapsed > 0 else None,
+                "store": type(store).__name__,
+                "store_prefix": getattr(store, "prefix", None),
+            }
+        )
+        + b"\n"
+    )
     if report:
         from router.replay.report import write_replay_report
+
         write_replay_report(summary, out)
-    log.info("replay.done", applications=rows_read, rejected=n_rejects,
-             elapsed_s=round(elapsed, 3), **body["decisions"])
+    log.info(
+        "replay.done",
+        applications=rows_read,
+        rejected=n_rejects,
+        elapsed_s=round(elapsed, 3),
+        **body["decisions"],
+    )
     return ReplayResult(summary, summary_path, decisions_path, rejects_path, elapsed)
 
 
@@ -265,26 +341,31 @@ def _in_time_order(batch: TrafficBatch) -> TrafficBatch:
     if not (np.diff(ev) < 0).any():
         return batch
     order = np.argsort(ev, kind="stable")
-    return TrafficBatch(take(batch.cols, order), {k: v[order] for k, v in batch.outcomes.items()},
-                        batch.rows[order])
+    return TrafficBatch(
+        take(batch.cols, order), {k: v[order] for k, v in batch.outcomes.items()}, batch.rows[order]
+    )
 
 
-def _decision_batch(out: Outcomes, cols: AppColumns,
-                    outcomes: dict[str, np.ndarray]) -> pa.RecordBatch:
+def _decision_batch(
+    out: Outcomes, cols: AppColumns, outcomes: dict[str, np.ndarray]
+) -> pa.RecordBatch:
     d = outcomes.get("defaulted")
-    return pa.RecordBatch.from_arrays([
-        pa.array(cols.application_id, pa.string()),
-        pa.array(cols.event_ms, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
-        pa.array(cols.channel, pa.string()),
-        pa.array(cols.requested_amount, pa.int64()),
-        pa.array(np.take(np.array(LABELS), out.kind), pa.string()),
-        pa.array([p or None for p in out.partner], pa.string()),
-        pa.array(out.pd, pa.float64()),
-        pa.array(out.apr, pa.float64(), from_pandas=True),
-        pa.array(np.where(out.kind == 3, 0, out.value), pa.int64(),
-                 mask=out.kind == 3),
-        pa.array(reason_strings(out.bits), pa.string()),
-        pa.array(out.degraded, pa.bool_()),
-        pa.array(d == 1, pa.bool_(), mask=d < 0) if d is not None
-        else pa.nulls(len(cols), pa.bool_()),
-    ], schema=DECISIONS_SCHEMA)
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(cols.application_id, pa.string()),
+            pa.array(cols.event_ms, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+            pa.array(cols.channel, pa.string()),
+            pa.array(cols.requested_amount, pa.int64()),
+            pa.array(np.take(np.array(LABELS), out.kind), pa.string()),
+            pa.array([p or None for p in out.partner], pa.string()),
+            pa.array(out.pd, pa.float64()),
+            pa.array(out.apr, pa.float64(), from_pandas=True),
+            pa.array(np.where(out.kind == 3, 0, out.value), pa.int64(), mask=out.kind == 3),
+            pa.array(reason_strings(out.bits), pa.string()),
+            pa.array(out.degraded, pa.bool_()),
+            pa.array(d == 1, pa.bool_(), mask=d < 0)
+            if d is not None
+            else pa.nulls(len(cols), pa.bool_()),
+        ],
+        schema=DECISIONS_SCHEMA,
+    )

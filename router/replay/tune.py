@@ -27,10 +27,11 @@ import copy
 import itertools
 import multiprocessing as mp
 import os
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -52,8 +53,12 @@ def load_grid(path: str | Path) -> dict[str, list[Any]]:
         raise ConfigError("expected a non-empty [grid] table", source=str(path), path="grid")
     for name, values in grid.items():
         if not isinstance(values, list) or not values:
-            raise ConfigError("expected a non-empty list of values", source=str(path),
-                              path=f"grid.{name}", value=values)
+            raise ConfigError(
+                "expected a non-empty list of values",
+                source=str(path),
+                path=f"grid.{name}",
+                value=values,
+            )
     return grid
 
 
@@ -70,8 +75,11 @@ def _set(raw: dict[str, Any], path: str, value: Any) -> None:
         last = k == len(parts) - 1
         if isinstance(node, list):
             # Lists are addressed by a member's id (partners) or window (caps).
-            match = [x for x in node if isinstance(x, dict)
-                     and (x.get("id") == part or x.get("window") == part)]
+            match = [
+                x
+                for x in node
+                if isinstance(x, dict) and (x.get("id") == part or x.get("window") == part)
+            ]
             if not match:
                 raise ConfigError(f"no list entry {part!r} in parameter {path!r}")
             if last:
@@ -207,11 +215,22 @@ def evaluate(task: Task) -> dict[str, Any]:
     strategy = make_candidate(task.base, task.params, task.cid)
     mapping = dict(task.mapping)
     traffic = cached_traffic(strategy, task.traffic, mapping)
-    r = replay(strategy, task.traffic, Path(task.out_dir) / f"c{task.cid:04d}",
-               write_decisions=False, report=False, mapping=mapping, cached=traffic,
-               scorers=_scorers(strategy))
-    return {"id": task.cid, "params": task.params, "metrics": metrics_of(r.summary),
-            "strategy_hash": r.summary["strategy_hash"]}
+    r = replay(
+        strategy,
+        task.traffic,
+        Path(task.out_dir) / f"c{task.cid:04d}",
+        write_decisions=False,
+        report=False,
+        mapping=mapping,
+        cached=traffic,
+        scorers=_scorers(strategy),
+    )
+    return {
+        "id": task.cid,
+        "params": task.params,
+        "metrics": metrics_of(r.summary),
+        "strategy_hash": r.summary["strategy_hash"],
+    }
 
 
 # ---- frontier and choice -----------------------------------------------------------
@@ -219,22 +238,30 @@ def evaluate(task: Task) -> dict[str, Any]:
 
 def pareto(cands: list[dict[str, Any]]) -> list[bool]:
     """True for candidates no other candidate dominates (value ↑, bad rate ↓, keep rate ↑)."""
-    pts = [(c["metrics"]["value"], -c["metrics"]["bad_rate"], c["metrics"]["keep_rate"])
-           for c in cands]
+    pts = [
+        (c["metrics"]["value"], -c["metrics"]["bad_rate"], c["metrics"]["keep_rate"]) for c in cands
+    ]
     out = []
     for i, p in enumerate(pts):
-        dominated = any(all(q[k] >= p[k] for k in range(3)) and q != p
-                        for j, q in enumerate(pts) if j != i)
+        dominated = any(
+            all(q[k] >= p[k] for k in range(3)) and q != p for j, q in enumerate(pts) if j != i
+        )
         out.append(not dominated)
     return out
 
 
-def choose(cands: list[dict[str, Any]], max_bad_rate: float | None = None,
-           min_keep_rate: float | None = None) -> dict[str, Any] | None:
+def choose(
+    cands: list[dict[str, Any]],
+    max_bad_rate: float | None = None,
+    min_keep_rate: float | None = None,
+) -> dict[str, Any] | None:
     """The feasible candidate of highest value (ties: lower bad rate, then lower id)."""
-    ok = [c for c in cands
-          if (max_bad_rate is None or c["metrics"]["bad_rate"] <= max_bad_rate)
-          and (min_keep_rate is None or c["metrics"]["keep_rate"] >= min_keep_rate)]
+    ok = [
+        c
+        for c in cands
+        if (max_bad_rate is None or c["metrics"]["bad_rate"] <= max_bad_rate)
+        and (min_keep_rate is None or c["metrics"]["keep_rate"] >= min_keep_rate)
+    ]
     if not ok:
         return None
     return min(ok, key=lambda c: (-c["metrics"]["value"], c["metrics"]["bad_rate"], c["id"]))
@@ -268,12 +295,19 @@ class TuneResult:
     best_strategy: Path | None
 
 
-def tune(strategy: Strategy, traffic: str | Path, grid: dict[str, list[Any]],
-         out_dir: str | Path, *, max_bad_rate: float | None = None,
-         min_keep_rate: float | None = None, executor: Executor | None = None,
-         mapping: dict[str, str] | None = None,
-         progress: Callable[[dict[str, Any]], None] | None = None,
-         report: bool = True) -> TuneResult:
+def tune(
+    strategy: Strategy,
+    traffic: str | Path,
+    grid: dict[str, list[Any]],
+    out_dir: str | Path,
+    *,
+    max_bad_rate: float | None = None,
+    min_keep_rate: float | None = None,
+    executor: Executor | None = None,
+    mapping: dict[str, str] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    report: bool = True,
+) -> TuneResult:
     """Replay every grid candidate, mark the frontier, choose and write the best.
 
     Writes ``DIR/tune.json``, ``DIR/best_strategy.toml`` (when a candidate meets the
@@ -291,8 +325,12 @@ def tune(strategy: Strategy, traffic: str | Path, grid: dict[str, list[Any]],
         make_candidate(base, params, cid)
     # Read once here: forked local workers share it.
     cached_traffic(strategy, str(traffic), mapping)
-    tasks = [Task(cid, params, base, str(traffic), tuple(sorted(mapping.items())),
-                  str(out / "candidates")) for cid, params in enumerate(combos)]
+    tasks = [
+        Task(
+            cid, params, base, str(traffic), tuple(sorted(mapping.items())), str(out / "candidates")
+        )
+        for cid, params in enumerate(combos)
+    ]
     results = []
     for r in (executor or LocalExecutor()).map(evaluate, tasks):
         results.append(r)
@@ -311,15 +349,26 @@ def tune(strategy: Strategy, traffic: str | Path, grid: dict[str, list[Any]],
         best_path = write_strategy(raw, out / "best_strategy.toml")
         if report:
             from router.config import load_strategy
-            chosen = replay(load_strategy(best_path), traffic, out / "best", mapping=mapping,
-                            cached=cached_traffic(strategy, str(traffic), mapping),
-                            write_decisions=False, report=False)
+
+            chosen = replay(
+                load_strategy(best_path),
+                traffic,
+                out / "best",
+                mapping=mapping,
+                cached=cached_traffic(strategy, str(traffic), mapping),
+                write_decisions=False,
+                report=False,
+            )
             best_summary = chosen.summary
     result = {
-        "strategy_version": strategy.version, "grid": grid,
+        "strategy_version": strategy.version,
+        "grid": grid,
         "constraints": {"max_bad_rate": max_bad_rate, "min_keep_rate": min_keep_rate},
-        "objectives": {"value": "max (expected profit + referral revenue)",
-                       "bad_rate": "min (expected, kept loans)", "keep_rate": "max"},
+        "objectives": {
+            "value": "max (expected profit + referral revenue)",
+            "bad_rate": "min (expected, kept loans)",
+            "keep_rate": "max",
+        },
         "candidates": results,
         "best": best["id"] if best else None,
     }
@@ -327,5 +376,6 @@ def tune(strategy: Strategy, traffic: str | Path, grid: dict[str, list[Any]],
     path.write_bytes(msgspec.json.format(msgspec.json.encode(result)) + b"\n")
     if report:
         from router.replay.report import write_tune_report
+
         write_tune_report(result, best_summary, out)
     return TuneResult(result, path, best_path)

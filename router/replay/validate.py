@@ -14,8 +14,9 @@ Outcome columns (:data:`OUTCOME_FIELDS`) are optional and checked the same way.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -29,8 +30,11 @@ from router.messages import Application
 #: within its term, and for a referred application the partner's answer and funded amount
 #: (``referred_partner``: which partner those results are from, when known).
 OUTCOME_FIELDS: dict[str, pa.DataType] = {
-    "defaulted": pa.bool_(), "partner_accepted": pa.bool_(), "partner_funded": pa.bool_(),
-    "funded_amount": pa.int64(), "referred_partner": pa.string(),
+    "defaulted": pa.bool_(),
+    "partner_accepted": pa.bool_(),
+    "partner_funded": pa.bool_(),
+    "funded_amount": pa.int64(),
+    "referred_partner": pa.string(),
 }
 
 #: Fields never shown in a rejects file (raw personal identifiers).
@@ -154,13 +158,18 @@ def _coerce(name: str, kind: str, col: pa.Array, chk: _Checker) -> pa.Array:
     if kind == "time":
         if text is not None:
             ok = pc.match_substring_regex(text, _TIME_RE)
-            chk.flag(~_np(ok) & ~_np(pc.is_null(text)), name,
-                     "not an ISO 8601 time with a zone offset", text)
+            chk.flag(
+                ~_np(ok) & ~_np(pc.is_null(text)),
+                name,
+                "not an ISO 8601 time with a zone offset",
+                text,
+            )
             parsed = pc.cast(pc.if_else(ok, text, None), pa.timestamp("ns", tz="UTC"))
             return pc.cast(parsed, pa.timestamp("ms", tz="UTC"), safe=False)
         if not pa.types.is_timestamp(col.type) or col.type.tz is None:
-            raise TrafficError(f"column `{name}`: expected a time-zone-aware timestamp, "
-                               f"got {col.type}")
+            raise TrafficError(
+                f"column `{name}`: expected a time-zone-aware timestamp, got {col.type}"
+            )
         return pc.cast(col, pa.timestamp("ms", tz="UTC"), safe=False)
     if text is None and kind in ("str", "consent"):
         return pc.cast(col, pa.string())
@@ -171,31 +180,38 @@ def _bounds(name: str, t: Any, col: pa.Array, chk: _Checker) -> None:
     if pa.types.is_floating(col.type):
         vals = col.to_numpy(zero_copy_only=False)
         chk.flag(~np.isfinite(vals) & ~_np(pc.is_null(col)), name, "not a finite number", col)
-    for attr, fails, sym in (("ge", pc.less, ">="), ("gt", pc.less_equal, ">"),
-                             ("le", pc.greater, "<="), ("lt", pc.greater_equal, "<")):
+    for attr, fails, sym in (
+        ("ge", pc.less, ">="),
+        ("gt", pc.less_equal, ">"),
+        ("le", pc.greater, "<="),
+        ("lt", pc.greater_equal, "<"),
+    ):
         bound = getattr(t, attr, None)
         if bound is not None:
             chk.flag(_np(fails(col, bound)), name, f"expected {sym} {bound}", col)
     pattern = getattr(t, "pattern", None)
     if pattern and (pa.types.is_string(col.type)):
-        chk.flag(~_np(pc.match_substring_regex(col, pattern)) & ~_np(pc.is_null(col)), name,
-                 f"does not match {pattern}", col)
+        chk.flag(
+            ~_np(pc.match_substring_regex(col, pattern)) & ~_np(pc.is_null(col)),
+            name,
+            f"does not match {pattern}",
+            col,
+        )
     max_len = getattr(t, "max_length", None)
     if max_len is not None and pa.types.is_string(col.type):
-        chk.flag(_np(pc.greater(pc.utf8_length(col), max_len)), name,
-                 f"longer than {max_len}", col)
+        chk.flag(_np(pc.greater(pc.utf8_length(col), max_len)), name, f"longer than {max_len}", col)
     min_len = getattr(t, "min_length", None)
     if min_len is not None and pa.types.is_string(col.type):
-        chk.flag(_np(pc.less(pc.utf8_length(col), min_len)), name,
-                 f"shorter than {min_len}", col)
+        chk.flag(_np(pc.less(pc.utf8_length(col), min_len)), name, f"shorter than {min_len}", col)
 
 
 def _consent(col: pa.Array, partner_ids: set[str], chk: _Checker) -> pa.Array:
     """Canonical consent text; unknown partner ids reject the row. Each distinct value is
     checked once (a file has few of them)."""
     if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
-        col = pa.array([",".join(v) if v is not None else None for v in col.to_pylist()],
-                       pa.string())
+        col = pa.array(
+            [",".join(v) if v is not None else None for v in col.to_pylist()], pa.string()
+        )
     enc = pc.dictionary_encode(pc.cast(col, pa.string()), null_encoding="encode")
     canon: list[str] = []
     for k, v in enumerate(enc.dictionary.to_pylist()):
@@ -207,16 +223,24 @@ def _consent(col: pa.Array, partner_ids: set[str], chk: _Checker) -> pa.Array:
         unknown = [p for p in ids if p not in partner_ids]
         if unknown or not ids:
             codes = enc.indices.to_numpy(zero_copy_only=False)
-            chk.flag(codes == k, "consent",
-                     f"unknown partner {unknown[0]!r}" if unknown else "empty consent list", col)
+            chk.flag(
+                codes == k,
+                "consent",
+                f"unknown partner {unknown[0]!r}" if unknown else "empty consent list",
+                col,
+            )
             canon.append("none")
         else:
             canon.append(",".join(ids))
     return pc.take(pa.array(canon, pa.string()), enc.indices)
 
 
-def validate(batch: pa.RecordBatch, offset: int, partner_ids: Iterable[str],
-             defaults: dict[str, Any] | None = None) -> tuple[pa.RecordBatch, np.ndarray, list[Reject]]:
+def validate(
+    batch: pa.RecordBatch,
+    offset: int,
+    partner_ids: Iterable[str],
+    defaults: dict[str, Any] | None = None,
+) -> tuple[pa.RecordBatch, np.ndarray, list[Reject]]:
     """Check one (renamed) batch: (good rows with canonical types, their indices, rejects).
 
     ``offset`` is the number of data rows before this batch in the file. A missing
@@ -233,8 +257,10 @@ def validate(batch: pa.RecordBatch, offset: int, partner_ids: Iterable[str],
             continue  # checked with the other outcome columns below
         if name not in names:
             if required:
-                raise TrafficError(f"missing column `{name}` (map your column to it with a "
-                                   "[columns] table: {name} = \"your_column\")")
+                raise TrafficError(
+                    f"missing column `{name}` (map your column to it with a "
+                    '[columns] table: {name} = "your_column")'
+                )
             continue
         col = batch.column(name)
         if isinstance(col, pa.ChunkedArray):
@@ -250,8 +276,12 @@ def validate(batch: pa.RecordBatch, offset: int, partner_ids: Iterable[str],
     tok, nid = arrays.get("applicant_token"), arrays.get("national_id")
     has_tok = _np(pc.is_valid(tok)) if tok is not None else np.zeros(n, dtype=bool)
     has_nid = _np(pc.is_valid(nid)) if nid is not None else np.zeros(n, dtype=bool)
-    chk.flag(has_tok == has_nid, "applicant_token",
-             "exactly one of `applicant_token` and `national_id` must be set", None)
+    chk.flag(
+        has_tok == has_nid,
+        "applicant_token",
+        "exactly one of `applicant_token` and `national_id` must be set",
+        None,
+    )
     for name, typ in OUTCOME_FIELDS.items():
         if name in names:
             col = batch.column(name)

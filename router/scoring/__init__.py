@@ -9,8 +9,16 @@ from router.scoring.linear import LinearScorer
 from router.scoring.sklearn_adapter import SklearnScorer, load_skops, scorer_from_estimator
 from router.scoring.trees import OnnxTreeScorer
 
-__all__ = ["Scorer", "LinearScorer", "OnnxTreeScorer", "SklearnScorer", "load_scorer",
-           "scorer_from_estimator", "sigmoid", "sigmoid_v"]
+__all__ = [
+    "Scorer",
+    "LinearScorer",
+    "OnnxTreeScorer",
+    "SklearnScorer",
+    "load_scorer",
+    "scorer_from_estimator",
+    "sigmoid",
+    "sigmoid_v",
+]
 
 
 def load_scorer(kind: str, path: str | Path, base_dir: str | Path = ".") -> Scorer:

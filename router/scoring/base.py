@@ -9,7 +9,8 @@ One conformance test (``tests/test_scorer_conformance.py``) runs over every impl
 from __future__ import annotations
 
 import math
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 

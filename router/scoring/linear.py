@@ -8,8 +8,9 @@ scaling into the coefficients.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -35,8 +36,9 @@ _exp = np.exp
 class LinearScorer:
     """Logistic model over :data:`router.features.FEATURES`."""
 
-    def __init__(self, coef: Sequence[float], intercept: float,
-                 feature_names: Sequence[str] = FEATURES):
+    def __init__(
+        self, coef: Sequence[float], intercept: float, feature_names: Sequence[str] = FEATURES
+    ):
         coef = [float(c) for c in coef]
         if len(coef) != len(feature_names):
             raise ModelError(f"{len(coef)} coefficients for {len(feature_names)} features")
@@ -79,7 +81,7 @@ class LinearScorer:
         return sigmoid_v(z)
 
     @classmethod
-    def from_estimator(cls, est: Any, feature_names: Sequence[str] = FEATURES) -> "LinearScorer":
+    def from_estimator(cls, est: Any, feature_names: Sequence[str] = FEATURES) -> LinearScorer:
         """Compile a fitted linear classifier (or scaler → linear pipeline) into a scorecard."""
         steps = list(getattr(est, "steps", [("model", est)]))
         model = steps[-1][1]
@@ -98,12 +100,16 @@ class LinearScorer:
 
     def to_file(self, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
         """Write the scorecard as JSON."""
-        doc = ScorecardFile(features=list(self.feature_names_), intercept=self.intercept_,
-                            coefficients=self.coef_.tolist(), metadata=metadata or {})
+        doc = ScorecardFile(
+            features=list(self.feature_names_),
+            intercept=self.intercept_,
+            coefficients=self.coef_.tolist(),
+            metadata=metadata or {},
+        )
         Path(path).write_bytes(msgspec.json.format(msgspec.json.encode(doc)) + b"\n")
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "LinearScorer":
+    def from_file(cls, path: str | Path) -> LinearScorer:
         """Load a scorecard JSON file."""
         try:
             doc = msgspec.json.decode(Path(path).read_bytes(), type=ScorecardFile)

@@ -9,8 +9,9 @@ list of trusted types, never from pickle.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,8 +39,9 @@ class SklearnScorer:
         return np.asarray(self.estimator.predict_proba(X)[:, 1], dtype=np.float64)
 
 
-def scorer_from_estimator(est: Any, feature_names: Sequence[str] = FEATURES, *,
-                          compile: bool = True):
+def scorer_from_estimator(
+    est: Any, feature_names: Sequence[str] = FEATURES, *, compile: bool = True
+):
     """The fastest faithful scorer for a fitted scikit-learn classifier."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
@@ -50,8 +52,11 @@ def scorer_from_estimator(est: Any, feature_names: Sequence[str] = FEATURES, *,
         final = est.steps[-1][1] if hasattr(est, "steps") else est
         if isinstance(final, HistGradientBoostingClassifier) and not hasattr(est, "steps"):
             return OnnxTreeScorer.from_estimator(est, feature_names)
-        if hasattr(final, "coef_") and hasattr(final, "intercept_") and \
-                type(final).__name__ == "LogisticRegression":
+        if (
+            hasattr(final, "coef_")
+            and hasattr(final, "intercept_")
+            and type(final).__name__ == "LogisticRegression"
+        ):
             return LinearScorer.from_estimator(est, feature_names)
     return SklearnScorer(est, feature_names)
 

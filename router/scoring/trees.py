@@ -11,7 +11,8 @@ near a threshold) and, at the versions pinned here, fails on scikit-learn ≥ 1.
 from __future__ import annotations
 
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,24 +58,34 @@ def hgb_to_onnx(est: Any, n_features: int) -> tuple[bytes, float]:
             t_leaf[j], t_ids[j] = index[int(nd["left"])]
             f_leaf[j], f_ids[j] = index[int(nd["right"])]
     node = helper.make_node(
-        "TreeEnsemble", ["X"], ["Y"], domain="ai.onnx.ml",
-        n_targets=1, aggregate_function=1, post_transform=0, tree_roots=roots,
+        "TreeEnsemble",
+        ["X"],
+        ["Y"],
+        domain="ai.onnx.ml",
+        n_targets=1,
+        aggregate_function=1,
+        post_transform=0,
+        tree_roots=roots,
         nodes_featureids=feat,
         nodes_splits=numpy_helper.from_array(np.asarray(splits, dtype=np.float64)),
         nodes_modes=numpy_helper.from_array(np.zeros(len(feat), dtype=np.uint8)),
-        nodes_truenodeids=t_ids, nodes_trueleafs=t_leaf,
-        nodes_falsenodeids=f_ids, nodes_falseleafs=f_leaf,
+        nodes_truenodeids=t_ids,
+        nodes_trueleafs=t_leaf,
+        nodes_falsenodeids=f_ids,
+        nodes_falseleafs=f_leaf,
         nodes_missing_value_tracks_true=miss,
         leaf_targetids=[0] * len(leaves),
         leaf_weights=numpy_helper.from_array(np.asarray(leaves, dtype=np.float64)),
     )
     graph = helper.make_graph(
-        [node], "pd_trees",
+        [node],
+        "pd_trees",
         [helper.make_tensor_value_info("X", TensorProto.DOUBLE, [None, n_features])],
         [helper.make_tensor_value_info("Y", TensorProto.DOUBLE, [None, 1])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
-                                                    helper.make_opsetid("ai.onnx.ml", 5)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("ai.onnx.ml", 5)]
+    )
     model.ir_version = 10
     return model.SerializeToString(), float(np.ravel(est._baseline_prediction)[0])
 
@@ -82,8 +93,7 @@ def hgb_to_onnx(est: Any, n_features: int) -> tuple[bytes, float]:
 class OnnxTreeScorer:
     """A tree ensemble evaluated by ONNX Runtime on one thread; PD = sigmoid(base + trees)."""
 
-    def __init__(self, onnx_bytes: bytes, baseline: float,
-                 feature_names: Sequence[str] = FEATURES):
+    def __init__(self, onnx_bytes: bytes, baseline: float, feature_names: Sequence[str] = FEATURES):
         import onnxruntime as ort
 
         if tuple(feature_names) != FEATURES:
@@ -109,7 +119,7 @@ class OnnxTreeScorer:
         self._local = threading.local()
 
     @classmethod
-    def from_estimator(cls, est: Any, feature_names: Sequence[str] = FEATURES) -> "OnnxTreeScorer":
+    def from_estimator(cls, est: Any, feature_names: Sequence[str] = FEATURES) -> OnnxTreeScorer:
         """Compile a fitted ``HistGradientBoostingClassifier``."""
         onnx_bytes, base = hgb_to_onnx(est, len(feature_names))
         return cls(onnx_bytes, base, feature_names)

@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 from router.errors import ConfigError
-from router.store.base import (CAP_HIT, DEDUPED, GRANTED, LATE, Bucket, CapLimit, QuotaStore,
-                               cap_full, cap_index)
+from router.store.base import (
+    CAP_HIT,
+    DEDUPED,
+    GRANTED,
+    LATE,
+    Bucket,
+    CapLimit,
+    QuotaStore,
+    cap_full,
+    cap_index,
+)
 from router.store.memory import MemoryQuotaStore
 
-__all__ = ["Bucket", "CapLimit", "QuotaStore", "MemoryQuotaStore", "GRANTED", "DEDUPED", "LATE",
-           "CAP_HIT", "cap_full", "cap_index", "quota_store_from_url"]
+__all__ = [
+    "Bucket",
+    "CapLimit",
+    "QuotaStore",
+    "MemoryQuotaStore",
+    "GRANTED",
+    "DEDUPED",
+    "LATE",
+    "CAP_HIT",
+    "cap_full",
+    "cap_index",
+    "quota_store_from_url",
+]
 
 
 def quota_store_from_url(url: str, **options) -> QuotaStore:
@@ -27,6 +47,8 @@ def quota_store_from_url(url: str, **options) -> QuotaStore:
         from router.store.redis import RedisQuotaStore
 
         return RedisQuotaStore.from_url(url, **options)
-    raise ConfigError(f"unsupported quota store URL {url.split('@')[-1]!r} "
-                      "(memory://, array://, redis://, rediss://, redis+cluster://)",
-                      path="store")
+    raise ConfigError(
+        f"unsupported quota store URL {url.split('@')[-1]!r} "
+        "(memory://, array://, redis://, rediss://, redis+cluster://)",
+        path="store",
+    )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -61,8 +61,10 @@ def _words_of(applicant: str) -> tuple[int, int]:
     if len(applicant) == 32 and all(c in "0123456789abcdef" for c in applicant):
         return token_words(applicant)
     raw = hashlib.blake2b(applicant.encode(), digest_size=16).digest()
-    return (int.from_bytes(raw[:8], "big", signed=True),
-            int.from_bytes(raw[8:], "big", signed=True))
+    return (
+        int.from_bytes(raw[:8], "big", signed=True),
+        int.from_bytes(raw[8:], "big", signed=True),
+    )
 
 
 class ArrayQuotaStore(InProcessRecords, QuotaStore):
@@ -71,9 +73,14 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
     #: The allocator may hand whole batches to :meth:`allocate`.
     compiled = True
 
-    def __init__(self, *, idempotency_ttl_ms: int = 48 * 3600_000, retain_ledger: bool = True,
-                 on_append: Callable[[ReferralEntry], None] | None = None,
-                 validate: bool = True):
+    def __init__(
+        self,
+        *,
+        idempotency_ttl_ms: int = 48 * 3600_000,
+        retain_ledger: bool = True,
+        on_append: Callable[[ReferralEntry], None] | None = None,
+        validate: bool = True,
+    ):
         self._setup(idempotency_ttl_ms, retain_ledger, on_append, validate)
         # bucket id -> (index, the Bucket last seen); slot -> (window, time zone)
         self._buckets: dict[str, tuple[int, Bucket]] = {}
@@ -92,8 +99,17 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
 
     def state(self) -> tuple:
         """The compiled functions' state arguments, in their order."""
-        return (self.clock, self.sl, self.bk, self.arch, self.aq, self.aq_ptr, self.dd,
-                self.dq, self.dq_ptr)
+        return (
+            self.clock,
+            self.sl,
+            self.bk,
+            self.arch,
+            self.aq,
+            self.aq_ptr,
+            self.dd,
+            self.dq,
+            self.dq_ptr,
+        )
 
     def bucket_index(self, bucket: Bucket) -> int:
         """The bucket's index in the arrays, registering it (or its new limits) first."""
@@ -103,8 +119,11 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
         if got is not None:
             b, known = got
             if len(known.caps) != len(bucket.caps):
-                raise InputError(f"bucket {bucket.id!r} has {len(known.caps)} caps in this "
-                                 f"store (value: {len(bucket.caps)})", field="bucket")
+                raise InputError(
+                    f"bucket {bucket.id!r} has {len(known.caps)} caps in this "
+                    f"store (value: {len(bucket.caps)})",
+                    field="bucket",
+                )
         else:
             b = len(self.bk)
             first = len(self.sl)
@@ -132,7 +151,7 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
             used = int(self.dq_ptr[0]) - lo
             size = max(len(self.dq), 2 * (used + dedupe_rows))
             dq = np.zeros((size, K.DQ_COLS), dtype=np.int64)
-            dq[:used] = self.dq[lo:lo + used]
+            dq[:used] = self.dq[lo : lo + used]
             nxt = dq[:used, K.DQ_NEXT]
             nxt[nxt != K.NONE] -= lo
             for col in (K.DQ_HEAD, K.DQ_TAIL):
@@ -143,7 +162,7 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
             lo, hi = int(self.aq_ptr[0]), int(self.aq_ptr[1])
             size = max(len(self.aq), 2 * (hi - lo + archive_rows))
             aq = np.zeros((size, K.AQ_COLS), dtype=np.int64)
-            aq[:hi - lo] = self.aq[lo:hi]
+            aq[: hi - lo] = self.aq[lo:hi]
             self.aq, self.aq_ptr[0], self.aq_ptr[1] = aq, 0, hi - lo
 
     def expiry_of(self, slot: int, key: int) -> int:
@@ -166,8 +185,17 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
             self._sweep_python(after - K.SWEEP_EVERY_MS)
 
     def _sweep(self, event_ms: int) -> None:
-        K.sweep(event_ms, self.clock, self.sl, self.bk, self.arch, self.aq, self.aq_ptr,
-                self.dd, self.dq)
+        K.sweep(
+            event_ms,
+            self.clock,
+            self.sl,
+            self.bk,
+            self.arch,
+            self.aq,
+            self.aq_ptr,
+            self.dd,
+            self.dq,
+        )
         self._sweep_python(event_ms)
 
     def _sweep_python(self, event_ms: int) -> None:
@@ -181,10 +209,17 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
 
     # ---- QuotaStore ------------------------------------------------------------------
 
-    def try_reserve(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
-                    applicant: str | None, event_ms: int,
-                    entry: ReferralEntry | None = None, *,
-                    application_id: str | None = None) -> int:
+    def try_reserve(
+        self,
+        bucket: Bucket,
+        keys: tuple[int, ...],
+        amount: int,
+        applicant: str | None,
+        event_ms: int,
+        entry: ReferralEntry | None = None,
+        *,
+        application_id: str | None = None,
+    ) -> int:
         if self._validate:
             validate_reservation(bucket, keys, amount, applicant, event_ms, application_id)
         with self._lock:
@@ -200,11 +235,15 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
             self.make_room(1, len(keys))
             first = int(self.bk[b, K.FIRST_SLOT])
             karr = np.array(keys, dtype=np.int64)
-            expires = np.array([self.expiry_of(first + k, key) for k, key in enumerate(keys)],
-                               dtype=np.int64)
+            expires = np.array(
+                [self.expiry_of(first + k, key) for k, key in enumerate(keys)], dtype=np.int64
+            )
             hi, lo = _words_of(applicant) if applicant is not None else (0, 0)
-            r = int(K.reserve(b, karr, expires, amount, applicant is not None, hi, lo, event_ms,
-                              *self.state()))
+            r = int(
+                K.reserve(
+                    b, karr, expires, amount, applicant is not None, hi, lo, event_ms, *self.state()
+                )
+            )
             if r != GRANTED:
                 return r
             if granted is not None:
@@ -215,8 +254,9 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
                 self.append_entry(entry)
             return GRANTED
 
-    def remember_block(self, application_ids: list[str], fingerprints: np.ndarray,
-                       records: np.ndarray, newest: int) -> None:
+    def remember_block(
+        self, application_ids: list[str], fingerprints: np.ndarray, records: np.ndarray, newest: int
+    ) -> None:
         """Store a batch's records at once (distinct ids, none recorded yet)."""
         if not application_ids:
             return
@@ -239,4 +279,3 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
                     c = self.arch.get((s, key))
                     out.append((int(c[0]), int(c[1])) if c is not None else (0, 0))
             return out
-

@@ -46,9 +46,8 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
-
 from zoneinfo import ZoneInfoNotFoundError
 
 from router.errors import InputError
@@ -91,26 +90,36 @@ _ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 def _check_id(name: str, value: object) -> None:
     if type(value) is not str or _ID.fullmatch(value) is None:
-        raise InputError(f"{name} must be 1-128 characters of [A-Za-z0-9_.:-] "
-                         f"(value: {value!r})", field=name)
+        raise InputError(
+            f"{name} must be 1-128 characters of [A-Za-z0-9_.:-] (value: {value!r})", field=name
+        )
 
 
-def validate_reservation(bucket: "Bucket", keys: tuple[int, ...], amount: object,
-                         applicant: object, event_ms: object,
-                         application_id: object) -> None:
+def validate_reservation(
+    bucket: Bucket,
+    keys: tuple[int, ...],
+    amount: object,
+    applicant: object,
+    event_ms: object,
+    application_id: object,
+) -> None:
     """Reject a malformed reservation before any store writes anything."""
     if type(amount) is not int or not 1 <= amount <= MAX_AMOUNT:
-        raise InputError(f"amount must be an integer in minor units from 1 to 2^53-1 "
-                         f"(value: {amount!r})", field="amount")
+        raise InputError(
+            f"amount must be an integer in minor units from 1 to 2^53-1 (value: {amount!r})",
+            field="amount",
+        )
     if type(event_ms) is not int or event_ms < 0:
-        raise InputError(f"event_ms must be a non-negative integer (value: {event_ms!r})",
-                         field="event_ms")
+        raise InputError(
+            f"event_ms must be a non-negative integer (value: {event_ms!r})", field="event_ms"
+        )
     if len(keys) != len(bucket.caps):
         raise InputError(f"keys must be one window key per cap (value: {keys!r})", field="keys")
     for k in keys:
         if type(k) is not int or k < 0:
-            raise InputError(f"window keys must be non-negative integers (value: {keys!r})",
-                             field="keys")
+            raise InputError(
+                f"window keys must be non-negative integers (value: {keys!r})", field="keys"
+            )
     if applicant is not None:
         _check_id("applicant", applicant)
     if application_id is not None:
@@ -121,8 +130,10 @@ def check_fingerprints(fingerprints: Sequence[object]) -> None:
     """Content fingerprints are unsigned 64-bit integers."""
     for fp in fingerprints:
         if type(fp) is not int or not 0 <= fp < 2**64:
-            raise InputError(f"fingerprint must be an integer from 0 to 2^64-1 (value: {fp!r})",
-                             field="fingerprint")
+            raise InputError(
+                f"fingerprint must be an integer from 0 to 2^64-1 (value: {fp!r})",
+                field="fingerprint",
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,13 +146,17 @@ class CapLimit:
 
     def __post_init__(self) -> None:
         if self.window not in WINDOWS:
-            raise InputError(f"cap window must be one of {', '.join(WINDOWS)} "
-                             f"(value: {self.window!r})", field="window")
+            raise InputError(
+                f"cap window must be one of {', '.join(WINDOWS)} (value: {self.window!r})",
+                field="window",
+            )
         for name in ("count", "amount"):
             v = getattr(self, name)
             if v is not None and (type(v) is not int or not 0 <= v <= MAX_AMOUNT):
-                raise InputError(f"cap {name} must be an integer from 0 to 2^53-1 or None "
-                                 f"(value: {v!r})", field=name)
+                raise InputError(
+                    f"cap {name} must be an integer from 0 to 2^53-1 or None (value: {v!r})",
+                    field=name,
+                )
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,21 +173,31 @@ class Bucket:
         try:
             zone(self.timezone)
         except (ZoneInfoNotFoundError, ValueError, TypeError):
-            raise InputError(f"unknown time zone (value: {self.timezone!r})",
-                             field="timezone") from None
+            raise InputError(
+                f"unknown time zone (value: {self.timezone!r})", field="timezone"
+            ) from None
         if type(self.dedupe_ms) is not int or not 0 <= self.dedupe_ms <= MAX_AMOUNT:
-            raise InputError(f"dedupe_ms must be a non-negative integer (value: "
-                             f"{self.dedupe_ms!r})", field="dedupe_ms")
+            raise InputError(
+                f"dedupe_ms must be a non-negative integer (value: {self.dedupe_ms!r})",
+                field="dedupe_ms",
+            )
 
 
 class QuotaStore(ABC):
     """Atomic quota reservations, dedupe, idempotency and the referral ledger."""
 
     @abstractmethod
-    def try_reserve(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
-                    applicant: str | None, event_ms: int,
-                    entry: ReferralEntry | None = None, *,
-                    application_id: str | None = None) -> int:
+    def try_reserve(
+        self,
+        bucket: Bucket,
+        keys: tuple[int, ...],
+        amount: int,
+        applicant: str | None,
+        event_ms: int,
+        entry: ReferralEntry | None = None,
+        *,
+        application_id: str | None = None,
+    ) -> int:
         """Reserve one grant of ``amount`` in every capped window, all or nothing.
 
         ``keys[i]`` is the window key of ``bucket.caps[i]`` at the event time. A cap holds
@@ -198,12 +223,12 @@ class QuotaStore(ABC):
         """The decision record already stored for this id, if any (content must match)."""
 
     @abstractmethod
-    def remember(self, application_id: str, fingerprint: int, record: bytes,
-                 event_ms: int) -> None:
+    def remember(self, application_id: str, fingerprint: int, record: bytes, event_ms: int) -> None:
         """Store the decision record for this id unless one exists (kept for the TTL)."""
 
-    def recall_many(self, application_ids: Sequence[str],
-                    fingerprints: Sequence[int]) -> dict[int, bytes]:
+    def recall_many(
+        self, application_ids: Sequence[str], fingerprints: Sequence[int]
+    ) -> dict[int, bytes]:
         """Records of the ids already decided, by position. Checks every id before
         returning, so a conflict is raised before the caller reserves anything."""
         found: dict[int, bytes] = {}
@@ -213,8 +238,13 @@ class QuotaStore(ABC):
                 found[i] = rec
         return found
 
-    def remember_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
-                      records: Sequence[bytes], event_ms: Sequence[int]) -> None:
+    def remember_many(
+        self,
+        application_ids: Sequence[str],
+        fingerprints: Sequence[int],
+        records: Sequence[bytes],
+        event_ms: Sequence[int],
+    ) -> None:
         """:meth:`remember` for parallel sequences."""
         for a, fp, rec, t in zip(application_ids, fingerprints, records, event_ms):
             self.remember(a, fp, rec, t)
@@ -237,23 +267,34 @@ class QuotaStore(ABC):
     #: claim applications first (an in-process store dies with its process, claims and all).
     needs_claims = False
 
-    def try_reserve_once(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
-                         applicant: str | None, event_ms: int,
-                         entry: ReferralEntry | None = None, *, application_id: str,
-                         fingerprint: int, record: bytes) -> tuple[int, bytes | None]:
+    def try_reserve_once(
+        self,
+        bucket: Bucket,
+        keys: tuple[int, ...],
+        amount: int,
+        applicant: str | None,
+        event_ms: int,
+        entry: ReferralEntry | None = None,
+        *,
+        application_id: str,
+        fingerprint: int,
+        record: bytes,
+    ) -> tuple[int, bytes | None]:
         """Answer from the application's stored record if it has one; otherwise reserve and,
         on a grant, store ``record``. Returns (result, None) or (-2, stored record)."""
         existing = self.recall(application_id, fingerprint)
         if existing is not None:
             return -2, existing
-        r = self.try_reserve(bucket, keys, amount, applicant, event_ms, entry,
-                             application_id=application_id)
+        r = self.try_reserve(
+            bucket, keys, amount, applicant, event_ms, entry, application_id=application_id
+        )
         if r == GRANTED:
             self.remember(application_id, fingerprint, record, event_ms)
         return r, None
 
-    def record_once(self, application_id: str, fingerprint: int, record: bytes,
-                    event_ms: int) -> bytes | None:
+    def record_once(
+        self, application_id: str, fingerprint: int, record: bytes, event_ms: int
+    ) -> bytes | None:
         """Store ``record`` unless the application has one; return the existing one if so."""
         existing = self.recall(application_id, fingerprint)
         if existing is not None:
@@ -263,27 +304,45 @@ class QuotaStore(ABC):
 
     # ---- the cross-slot protocol (stores whose single_trip is False) -------------------
 
-    def claim_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
-                   lease_ms: int) -> list[bool]:
+    def claim_many(
+        self, application_ids: Sequence[str], fingerprints: Sequence[int], lease_ms: int
+    ) -> list[bool]:
         """Claim each application for deciding (True: ours). Default: nothing to claim."""
         return [True] * len(application_ids)
 
-    def recover(self, application_id: str, fingerprint: int, bucket_ids: Sequence[str],
-                lease_ms: int, event_ms: int) -> bytes | None:
+    def recover(
+        self,
+        application_id: str,
+        fingerprint: int,
+        bucket_ids: Sequence[str],
+        lease_ms: int,
+        event_ms: int,
+    ) -> bytes | None:
         """For an application whose claim was taken: the decision made by whoever took it
         (waiting up to ``lease_ms`` for one in flight), or None once the claim is ours."""
         return None
 
-    def try_reserve_recorded(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
-                             applicant: str | None, event_ms: int,
-                             entry: ReferralEntry | None, *, application_id: str,
-                             fingerprint: int, record: bytes) -> int:
+    def try_reserve_recorded(
+        self,
+        bucket: Bucket,
+        keys: tuple[int, ...],
+        amount: int,
+        applicant: str | None,
+        event_ms: int,
+        entry: ReferralEntry | None,
+        *,
+        application_id: str,
+        fingerprint: int,
+        record: bytes,
+    ) -> int:
         """:meth:`try_reserve`, keeping ``record`` with the grant (for crash recovery)."""
-        return self.try_reserve(bucket, keys, amount, applicant, event_ms, entry,
-                                application_id=application_id)
+        return self.try_reserve(
+            bucket, keys, amount, applicant, event_ms, entry, application_id=application_id
+        )
 
-    def try_reserve_many(self, requests: Sequence[tuple], *,
-                         single_trip: bool = False) -> list[tuple[int, bytes | None]]:
+    def try_reserve_many(
+        self, requests: Sequence[tuple], *, single_trip: bool = False
+    ) -> list[tuple[int, bytes | None]]:
         """Several independent reservations, in order; each request is (bucket, keys,
         amount, applicant, event_ms, entry, application_id, fingerprint, record). With
         ``single_trip`` each is :meth:`try_reserve_once`; otherwise a non-empty ``record`` is
@@ -292,23 +351,59 @@ class QuotaStore(ABC):
         out: list[tuple[int, bytes | None]] = []
         for bucket, keys, amount, applicant, t, entry, app_id, fp, record in requests:
             if single_trip:
-                out.append(self.try_reserve_once(bucket, keys, amount, applicant, t, entry,
-                                                 application_id=app_id, fingerprint=fp,
-                                                 record=record))
+                out.append(
+                    self.try_reserve_once(
+                        bucket,
+                        keys,
+                        amount,
+                        applicant,
+                        t,
+                        entry,
+                        application_id=app_id,
+                        fingerprint=fp,
+                        record=record,
+                    )
+                )
             elif record:
-                out.append((self.try_reserve_recorded(
-                    bucket, keys, amount, applicant, t, entry, application_id=app_id,
-                    fingerprint=fp, record=record), None))
+                out.append(
+                    (
+                        self.try_reserve_recorded(
+                            bucket,
+                            keys,
+                            amount,
+                            applicant,
+                            t,
+                            entry,
+                            application_id=app_id,
+                            fingerprint=fp,
+                            record=record,
+                        ),
+                        None,
+                    )
+                )
             else:
-                out.append((self.try_reserve(bucket, keys, amount, applicant, t, entry,
-                                             application_id=app_id), None))
+                out.append(
+                    (
+                        self.try_reserve(
+                            bucket, keys, amount, applicant, t, entry, application_id=app_id
+                        ),
+                        None,
+                    )
+                )
         return out
 
-    def record_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
-                    records: Sequence[bytes], event_ms: Sequence[int]) -> list[bytes | None]:
+    def record_many(
+        self,
+        application_ids: Sequence[str],
+        fingerprints: Sequence[int],
+        records: Sequence[bytes],
+        event_ms: Sequence[int],
+    ) -> list[bytes | None]:
         """:meth:`record_once` for many; network stores pipeline it."""
-        return [self.record_once(a, fp, r, t)
-                for a, fp, r, t in zip(application_ids, fingerprints, records, event_ms)]
+        return [
+            self.record_once(a, fp, r, t)
+            for a, fp, r, t in zip(application_ids, fingerprints, records, event_ms)
+        ]
 
     # ---- the grant lifecycle (two-phase stores) ----------------------------------------
 
@@ -332,8 +427,9 @@ class QuotaStore(ABC):
         """Switch to replay's service level: a long deadline per call, retries with
         backoff, grants pending as long as a batch takes (no-op for in-process stores)."""
 
-    def forget_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
-                    records: Sequence[bytes]) -> None:
+    def forget_many(
+        self, application_ids: Sequence[str], fingerprints: Sequence[int], records: Sequence[bytes]
+    ) -> None:
         """Best effort: drop these decision records if they are still exactly these (their
         grants were voided, so a retry must decide afresh). No-op for in-process stores."""
 

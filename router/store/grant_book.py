@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from router.logs import get_logger
 
@@ -124,8 +124,9 @@ class GrantBook:
         """:meth:`take`, but only once enough is owed or the oldest waited ``max_age_s``:
         settles ride along with reservations in groups (one script call per bucket for
         many decisions, not one per decision)."""
-        if not self._box or (len(self._box) < min_items and
-                             time.monotonic() - self._first_at < max_age_s):
+        if not self._box or (
+            len(self._box) < min_items and time.monotonic() - self._first_at < max_age_s
+        ):
             return []
         return self.take()
 
@@ -155,8 +156,9 @@ class GrantBook:
         if self._thread is None and not self._closed:
             with self._lock:
                 if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="grant-flusher",
-                                                    daemon=True)
+                    self._thread = threading.Thread(
+                        target=self._run, name="grant-flusher", daemon=True
+                    )
                     self._thread.start()
         self._wake.set()
 
@@ -177,8 +179,9 @@ class GrantBook:
                         self._flush(items)
                         backoff = self._delay
                     except Exception as exc:  # the store is away: retry later
-                        self.log.warning("grants.flush_failed", pending=len(self._box),
-                                         error=str(exc))
+                        self.log.warning(
+                            "grants.flush_failed", pending=len(self._box), error=str(exc)
+                        )
                         backoff = min(max(backoff * 2, 0.05), 1.0)
             if self._box:
                 self._wake.set()  # still owed (not due yet, or put back): look again

@@ -119,8 +119,25 @@ def _cell(s, key, expires, sl, arch, aq, aq_ptr):
 
 
 @njit(cache=True)
-def reserve(b, keys, expires, amount, has_applicant, hi, lo, t,
-            clock, sl, bk, arch, aq, aq_ptr, dd, dq, dq_ptr):
+def reserve(
+    b,
+    keys,
+    expires,
+    amount,
+    has_applicant,
+    hi,
+    lo,
+    t,
+    clock,
+    sl,
+    bk,
+    arch,
+    aq,
+    aq_ptr,
+    dd,
+    dq,
+    dq_ptr,
+):
     """One reservation against bucket ``b`` (``keys[k]``/``expires[k]``: the window key of
     its k-th cap and when that window's counter expires). The memory store's
     ``try_reserve`` without the per-application grant memory, which the caller keeps.
@@ -173,9 +190,33 @@ def reserve(b, keys, expires, amount, has_applicant, hi, lo, t,
 
 
 @njit(cache=True)
-def _attempt(b, i, amount, has_applicant, hi, lo, t, keycols, endcols, slot_col, scratch,
-             floor_key, floor_amt, refusals, capev, ncapev,
-             clock, sl, bk, arch, aq, aq_ptr, dd, dq, dq_ptr):
+def _attempt(
+    b,
+    i,
+    amount,
+    has_applicant,
+    hi,
+    lo,
+    t,
+    keycols,
+    endcols,
+    slot_col,
+    scratch,
+    floor_key,
+    floor_amt,
+    refusals,
+    capev,
+    ncapev,
+    clock,
+    sl,
+    bk,
+    arch,
+    aq,
+    aq_ptr,
+    dd,
+    dq,
+    dq_ptr,
+):
     """The allocator's attempt at bucket ``b`` for row ``i``: a known refusal from the
     refused-amount floors, else the store (advancing event time first), learning floors
     from what it refuses."""
@@ -197,8 +238,25 @@ def _attempt(b, i, amount, has_applicant, hi, lo, t, keycols, endcols, slot_col,
     for k in range(n):
         keys[k] = keycols[slot_col[first + k], i]
         expires[k] = endcols[slot_col[first + k], i]
-    r = reserve(b, keys, expires, amount, has_applicant, hi, lo, t,
-                clock, sl, bk, arch, aq, aq_ptr, dd, dq, dq_ptr)
+    r = reserve(
+        b,
+        keys,
+        expires,
+        amount,
+        has_applicant,
+        hi,
+        lo,
+        t,
+        clock,
+        sl,
+        bk,
+        arch,
+        aq,
+        aq_ptr,
+        dd,
+        dq,
+        dq_ptr,
+    )
     if r >= CAP_HIT:
         k = (r - CAP_HIT) >> 1
         s = first + k
@@ -218,11 +276,47 @@ def _attempt(b, i, amount, has_applicant, hi, lo, t, keycols, endcols, slot_col,
 
 
 @njit(cache=True)
-def allocate(rows, keep_ok, branch_ok, masks, amounts, event_ms, hi, lo,
-             keycols, endcols, slot_col, bucket_of, method, rank, ev, weights, current,
-             keep_full, branch_full, dedupe_bit, quota_bit, late_bit,
-             bits, kind, chosen, floor_key, floor_amt, refusals, capev, ncapev,
-             clock, sl, bk, arch, aq, aq_ptr, dd, dq, dq_ptr):
+def allocate(
+    rows,
+    keep_ok,
+    branch_ok,
+    masks,
+    amounts,
+    event_ms,
+    hi,
+    lo,
+    keycols,
+    endcols,
+    slot_col,
+    bucket_of,
+    method,
+    rank,
+    ev,
+    weights,
+    current,
+    keep_full,
+    branch_full,
+    dedupe_bit,
+    quota_bit,
+    late_bit,
+    bits,
+    kind,
+    chosen,
+    floor_key,
+    floor_amt,
+    refusals,
+    capev,
+    ncapev,
+    clock,
+    sl,
+    bk,
+    arch,
+    aq,
+    aq_ptr,
+    dd,
+    dq,
+    dq_ptr,
+):
     """Decide ``rows`` (indices into the batch, in arrival order): keep, branch, then the
     eligible partners in routing order, stopping at the first grant.
 
@@ -242,8 +336,11 @@ def allocate(rows, keep_ok, branch_ok, masks, amounts, event_ms, hi, lo,
     # attempt, one dedupe entry.
     per_row_aq, per_row_ev = sl.shape[0], 2 + P
     for done in range(len(rows)):
-        if aq_ptr[1] + per_row_aq > aq.shape[0] or ncapev[0] + per_row_ev > capev.shape[0] \
-                or dq_ptr[0] + 1 > dq.shape[0]:
+        if (
+            aq_ptr[1] + per_row_aq > aq.shape[0]
+            or ncapev[0] + per_row_ev > capev.shape[0]
+            or dq_ptr[0] + 1 > dq.shape[0]
+        ):
             return done  # the caller makes room and calls again with the rest
         i = rows[done]
         t, amount = event_ms[i], amounts[i]
@@ -252,9 +349,33 @@ def allocate(rows, keep_ok, branch_ok, masks, amounts, event_ms, hi, lo,
         for own in (KEEP, BRANCH):
             if not (keep_ok[i] if own == KEEP else branch_ok[i]):
                 continue
-            r = _attempt(bucket_of[own], i, amount, False, 0, 0, t, keycols, endcols, slot_col,
-                         scratch, floor_key, floor_amt, refusals, capev, ncapev,
-                         clock, sl, bk, arch, aq, aq_ptr, dd, dq, dq_ptr)
+            r = _attempt(
+                bucket_of[own],
+                i,
+                amount,
+                False,
+                0,
+                0,
+                t,
+                keycols,
+                endcols,
+                slot_col,
+                scratch,
+                floor_key,
+                floor_amt,
+                refusals,
+                capev,
+                ncapev,
+                clock,
+                sl,
+                bk,
+                arch,
+                aq,
+                aq_ptr,
+                dd,
+                dq,
+                dq_ptr,
+            )
             if r == GRANTED:
                 kind[i] = own
                 funded = True
@@ -283,8 +404,9 @@ def allocate(rows, keep_ok, branch_ok, masks, amounts, event_ms, hi, lo,
                 if method == BEST_VALUE:
                     before = ev[i, j] > ev[i, o] or (ev[i, j] == ev[i, o] and rank[j] < rank[o])
                 elif method == WEIGHTED:
-                    before = current[j] > current[o] or \
-                        (current[j] == current[o] and rank[j] < rank[o])
+                    before = current[j] > current[o] or (
+                        current[j] == current[o] and rank[j] < rank[o]
+                    )
                 else:
                     before = rank[j] < rank[o]
                 if not before:
@@ -295,9 +417,33 @@ def allocate(rows, keep_ok, branch_ok, masks, amounts, event_ms, hi, lo,
         extra = np.uint64(0)
         for q in range(ne):
             j = order[q]
-            r = _attempt(bucket_of[2 + j], i, amount, True, hi[i], lo[i], t, keycols, endcols,
-                         slot_col, scratch, floor_key, floor_amt, refusals, capev, ncapev,
-                         clock, sl, bk, arch, aq, aq_ptr, dd, dq, dq_ptr)
+            r = _attempt(
+                bucket_of[2 + j],
+                i,
+                amount,
+                True,
+                hi[i],
+                lo[i],
+                t,
+                keycols,
+                endcols,
+                slot_col,
+                scratch,
+                floor_key,
+                floor_amt,
+                refusals,
+                capev,
+                ncapev,
+                clock,
+                sl,
+                bk,
+                arch,
+                aq,
+                aq_ptr,
+                dd,
+                dq,
+                dq_ptr,
+            )
             if r == GRANTED:
                 if method == WEIGHTED:
                     total = 0

@@ -9,11 +9,20 @@ memory follows the traffic inside those windows, not the length of the file.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from router.messages import ReferralEntry
-from router.store.base import (CAP_HIT, COUNTER_GRACE_MS, DEDUPED, GRANTED, LATE, LATE_MS,
-                               Bucket, QuotaStore, validate_reservation)
+from router.store.base import (
+    CAP_HIT,
+    COUNTER_GRACE_MS,
+    DEDUPED,
+    GRANTED,
+    LATE,
+    LATE_MS,
+    Bucket,
+    QuotaStore,
+    validate_reservation,
+)
 from router.store.records import InProcessRecords
 from router.windows import window_end_ms
 
@@ -21,13 +30,19 @@ _SWEEP_EVERY_MS = 3600_000
 
 
 class MemoryQuotaStore(InProcessRecords, QuotaStore):
-    """Dictionaries behind a (re-entrant) lock. ``on_append`` sees every ledger entry as it is appended;
+    """Dictionaries behind a (re-entrant) lock. ``on_append`` sees every ledger entry as it
+    is appended;
     ``retain_ledger=False`` then keeps none in memory (replay aggregates as it goes).
     ``validate=False`` skips argument checks for callers that pass validated values only."""
 
-    def __init__(self, *, idempotency_ttl_ms: int = 48 * 3600_000, retain_ledger: bool = True,
-                 on_append: Callable[[ReferralEntry], None] | None = None,
-                 validate: bool = True):
+    def __init__(
+        self,
+        *,
+        idempotency_ttl_ms: int = 48 * 3600_000,
+        retain_ledger: bool = True,
+        on_append: Callable[[ReferralEntry], None] | None = None,
+        validate: bool = True,
+    ):
         self._setup(idempotency_ttl_ms, retain_ledger, on_append, validate)
         self._cells: dict[str, list[list[int]]] = {}
         self._archive: dict[tuple[str, int, int], list[int]] = {}
@@ -64,10 +79,17 @@ class MemoryQuotaStore(InProcessRecords, QuotaStore):
             return cur
         return self._archive.setdefault((bid, i, key), [key, 0, 0])
 
-    def try_reserve(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
-                    applicant: str | None, event_ms: int,
-                    entry: ReferralEntry | None = None, *,
-                    application_id: str | None = None) -> int:
+    def try_reserve(
+        self,
+        bucket: Bucket,
+        keys: tuple[int, ...],
+        amount: int,
+        applicant: str | None,
+        event_ms: int,
+        entry: ReferralEntry | None = None,
+        *,
+        application_id: str | None = None,
+    ) -> int:
         if self._validate:
             validate_reservation(bucket, keys, amount, applicant, event_ms, application_id)
         with self._lock:
@@ -117,12 +139,18 @@ class MemoryQuotaStore(InProcessRecords, QuotaStore):
             if seen is not None:
                 seen[applicant] = event_ms  # type: ignore[index]
                 # Kept LATE_MS past its window: events inside the horizon may still see it.
-                _expire_later(self._dedupe_expiry, bid, event_ms + bucket.dedupe_ms + LATE_MS,
-                              applicant, event_ms)  # type: ignore[arg-type]
+                _expire_later(
+                    self._dedupe_expiry,
+                    bid,
+                    event_ms + bucket.dedupe_ms + LATE_MS,
+                    applicant,
+                    event_ms,
+                )  # type: ignore[arg-type]
             if granted is not None:
                 granted[application_id] = event_ms  # type: ignore[index]
-                _expire_later(self._grant_expiry, bid, event_ms + self._ttl,
-                              application_id, event_ms)  # type: ignore[arg-type]
+                _expire_later(
+                    self._grant_expiry, bid, event_ms + self._ttl, application_id, event_ms
+                )  # type: ignore[arg-type]
             if entry is not None:
                 self.append_entry(entry)
             return GRANTED
@@ -154,8 +182,10 @@ class MemoryQuotaStore(InProcessRecords, QuotaStore):
             archive.pop(expiry.popleft()[1], None)
         # Dedupe and grant records leave in expiry order; entries overwritten by a later
         # grant are stale and skipped (no full scans, however long the history).
-        for queues, store in ((self._dedupe_expiry, self._last_grant),
-                              (self._grant_expiry, self._grants)):
+        for queues, store in (
+            (self._dedupe_expiry, self._last_grant),
+            (self._grant_expiry, self._grants),
+        ):
             for bid, queue in queues.items():
                 d = store.get(bid)
                 while queue and queue[0][0] <= event_ms:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import deque
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -63,8 +63,9 @@ class DecisionRecords:
             return rec.records[i].tobytes(), int(rec.fingerprints[i])
         return rec, self._fingerprints[application_id]
 
-    def recall_many(self, application_ids: Sequence[str],
-                    fingerprints: Sequence[int]) -> dict[int, bytes]:
+    def recall_many(
+        self, application_ids: Sequence[str], fingerprints: Sequence[int]
+    ) -> dict[int, bytes]:
         """Records of the ids already decided, by position; raises
         :class:`IdempotencyConflict` for an id recorded with a different fingerprint."""
         found: dict[int, bytes] = {}
@@ -79,8 +80,13 @@ class DecisionRecords:
                 found[i] = rec
         return found
 
-    def remember_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
-                      records: Sequence[bytes], newest: int) -> bool:
+    def remember_many(
+        self,
+        application_ids: Sequence[str],
+        fingerprints: Sequence[int],
+        records: Sequence[bytes],
+        newest: int,
+    ) -> bool:
         """Store each id's record unless it has one (the first record wins); True when
         any was stored."""
         recs, fps = self._records, self._fingerprints
@@ -105,8 +111,9 @@ class DecisionRecords:
             self._order.append((newest, added))
         return bool(added)
 
-    def remember_block(self, application_ids: list[str], fingerprints: np.ndarray,
-                       records: np.ndarray, newest: int) -> None:
+    def remember_block(
+        self, application_ids: list[str], fingerprints: np.ndarray, records: np.ndarray, newest: int
+    ) -> None:
         """:meth:`remember_many` for a batch's distinct ids, none of them recorded
         yet (the caller recalled them first); ``records`` has :data:`RECORD_DTYPE`."""
         if not application_ids:
@@ -135,8 +142,13 @@ class InProcessRecords:
     _lock: threading.RLock
     _decisions: DecisionRecords
 
-    def _setup(self, idempotency_ttl_ms: int, retain_ledger: bool,
-               on_append: Callable[[ReferralEntry], None] | None, validate: bool) -> None:
+    def _setup(
+        self,
+        idempotency_ttl_ms: int,
+        retain_ledger: bool,
+        on_append: Callable[[ReferralEntry], None] | None,
+        validate: bool,
+    ) -> None:
         self._lock = threading.RLock()
         self._decisions = DecisionRecords(idempotency_ttl_ms)
         # bucket -> application id -> grant time (retries of a grant are not re-applied),
@@ -178,19 +190,24 @@ class InProcessRecords:
     def recall(self, application_id: str, fingerprint: int) -> bytes | None:
         return self.recall_many([application_id], [fingerprint]).get(0)
 
-    def recall_many(self, application_ids: Sequence[str],
-                    fingerprints: Sequence[int]) -> dict[int, bytes]:
+    def recall_many(
+        self, application_ids: Sequence[str], fingerprints: Sequence[int]
+    ) -> dict[int, bytes]:
         if self._validate:
             check_fingerprints(fingerprints)
         with self._lock:
             return self._decisions.recall_many(application_ids, fingerprints)
 
-    def remember(self, application_id: str, fingerprint: int, record: bytes,
-                 event_ms: int) -> None:
+    def remember(self, application_id: str, fingerprint: int, record: bytes, event_ms: int) -> None:
         self.remember_many([application_id], [fingerprint], [record], [event_ms])
 
-    def remember_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
-                      records: Sequence[bytes], event_ms: Sequence[int]) -> None:
+    def remember_many(
+        self,
+        application_ids: Sequence[str],
+        fingerprints: Sequence[int],
+        records: Sequence[bytes],
+        event_ms: Sequence[int],
+    ) -> None:
         if not application_ids:
             return
         if self._validate:

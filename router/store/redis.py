@@ -58,8 +58,8 @@ written in one send: redis-py's own pipeline checks every argument in Python and
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from importlib import resources
-from typing import Sequence
 from urllib.parse import parse_qs, urlsplit
 
 import redis
@@ -101,12 +101,21 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
     decision waits for its post before the server voids it.
     """
 
-    def __init__(self, client: redis.Redis | RedisCluster, *, prefix: str = "rr:",
-                 idempotency_ttl_ms: int = 48 * 3600_000, timeout_ms: float = 5,
-                 retries: int = 0, backoff_ms: float = 50, pending_ms: int = 15_000):
+    def __init__(
+        self,
+        client: redis.Redis | RedisCluster,
+        *,
+        prefix: str = "rr:",
+        idempotency_ttl_ms: int = 48 * 3600_000,
+        timeout_ms: float = 5,
+        retries: int = 0,
+        backoff_ms: float = 50,
+        pending_ms: int = 15_000,
+    ):
         if "{" in prefix or "}" in prefix:
-            raise ConfigError(f"key prefix must not contain braces (value: {prefix!r})",
-                              path="prefix")
+            raise ConfigError(
+                f"key prefix must not contain braces (value: {prefix!r})", path="prefix"
+            )
         self.client = client
         self.prefix = prefix
         self.record_ttl_ms = idempotency_ttl_ms
@@ -117,15 +126,22 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         self._settle = client.register_script(_SETTLE)
         self._windows: dict[tuple[int, tuple[int, ...]], tuple] = {}
         self._cluster = isinstance(client, RedisCluster)
-        self.link = None if self._cluster else Link(
-            client.connection_pool, timeout_ms / 1000, retries=retries,
-            backoff_s=backoff_ms / 1000)
+        self.link = (
+            None
+            if self._cluster
+            else Link(
+                client.connection_pool,
+                timeout_ms / 1000,
+                retries=retries,
+                backoff_s=backoff_ms / 1000,
+            )
+        )
         self.book = GrantBook(self._flush_items)
         self._horizon_key = f"{prefix}{{h}}"
         self._horizon = ClusterHorizon(self) if self._cluster else None
 
     @classmethod
-    def from_url(cls, url: str, **options) -> "RedisQuotaStore":
+    def from_url(cls, url: str, **options) -> RedisQuotaStore:
         """``redis://[:password@]host:port/db``, ``rediss://`` (TLS) or
         ``redis+cluster://host:port,host:port``; query options ``prefix``, ``timeout_ms``,
         ``ttl_hours``, ``retries``, ``backoff_ms``, ``pending_ms``. Keyword ``options``
@@ -134,19 +150,24 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         for name in list(query) + list(options):
             if name not in _OPTIONS:
-                raise ConfigError(f"unknown store option {name!r} (known: "
-                                  f"{', '.join(sorted(_OPTIONS))})", path=name)
+                raise ConfigError(
+                    f"unknown store option {name!r} (known: {', '.join(sorted(_OPTIONS))})",
+                    path=name,
+                )
         merged = {**query, **options}
         prefix = merged.get("prefix", "rr:")
         timeout_ms = _number(merged, "timeout_ms", 5, 0.1, 600_000)
-        opts = dict(timeout_ms=timeout_ms,
-                    idempotency_ttl_ms=int(_number(merged, "ttl_hours", 48, 1, 24 * 365)) * 3600_000,
-                    retries=int(_number(merged, "retries", 0, 0, 100)),
-                    backoff_ms=_number(merged, "backoff_ms", 50, 0, 60_000),
-                    pending_ms=int(_number(merged, "pending_ms", 15_000, 1, 86_400_000)))
+        opts = dict(
+            timeout_ms=timeout_ms,
+            idempotency_ttl_ms=int(_number(merged, "ttl_hours", 48, 1, 24 * 365)) * 3600_000,
+            retries=int(_number(merged, "retries", 0, 0, 100)),
+            backoff_ms=_number(merged, "backoff_ms", 50, 0, 60_000),
+            pending_ms=int(_number(merged, "pending_ms", 15_000, 1, 86_400_000)),
+        )
         timeout = timeout_ms / 1000
-        common = dict(socket_timeout=timeout, socket_connect_timeout=timeout,
-                      retry=Retry(NoBackoff(), 0))
+        common = dict(
+            socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        )
         try:
             if parts.scheme == "redis+cluster":
                 nodes = []
@@ -158,8 +179,10 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
                 base = parts._replace(query="").geturl()
                 client = redis.Redis.from_url(base, **common)
             else:
-                raise ConfigError(f"unsupported scheme {parts.scheme!r} (redis://, rediss://, "
-                                  "redis+cluster://)", path="store")
+                raise ConfigError(
+                    f"unsupported scheme {parts.scheme!r} (redis://, rediss://, redis+cluster://)",
+                    path="store",
+                )
         except ValueError as exc:
             raise ConfigError(f"bad store URL {_safe(url)!r}: {exc}", path="store") from exc
         except redis.RedisError as exc:
@@ -219,7 +242,8 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
             self.link.backoff_s = r["backoff_ms"] / 1000
             self.link.close()  # new connections take the new timeouts
             self.client.connection_pool.connection_kwargs.update(
-                socket_timeout=self.link.timeout_s, socket_connect_timeout=self.link.timeout_s)
+                socket_timeout=self.link.timeout_s, socket_connect_timeout=self.link.timeout_s
+            )
 
     # ---- QuotaStore ------------------------------------------------------------------
 
@@ -228,41 +252,96 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         """One round trip per decision (check, reserve, record) — not across cluster slots."""
         return not self._cluster
 
-    def try_reserve(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
-                    applicant: str | None, event_ms: int,
-                    entry: ReferralEntry | None = None, *,
-                    application_id: str | None = None) -> int:
+    def try_reserve(
+        self,
+        bucket: Bucket,
+        keys: tuple[int, ...],
+        amount: int,
+        applicant: str | None,
+        event_ms: int,
+        entry: ReferralEntry | None = None,
+        *,
+        application_id: str | None = None,
+    ) -> int:
         return self._run(bucket, keys, amount, applicant, event_ms, entry, application_id)[0]
 
-    def try_reserve_once(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
-                         applicant: str | None, event_ms: int,
-                         entry: ReferralEntry | None = None, *, application_id: str,
-                         fingerprint: int, record: bytes) -> tuple[int, bytes | None]:
+    def try_reserve_once(
+        self,
+        bucket: Bucket,
+        keys: tuple[int, ...],
+        amount: int,
+        applicant: str | None,
+        event_ms: int,
+        entry: ReferralEntry | None = None,
+        *,
+        application_id: str,
+        fingerprint: int,
+        record: bytes,
+    ) -> tuple[int, bytes | None]:
         """Check the application's record, reserve, and store ``record`` on a grant — one
         script. Returns (result, None), or (-2, stored record) if already decided. On a
         cluster the application's key lives in another slot: the steps run one by one."""
         if not self.single_trip:
-            return super().try_reserve_once(bucket, keys, amount, applicant, event_ms, entry,
-                                            application_id=application_id,
-                                            fingerprint=fingerprint, record=record)
-        return self._run(bucket, keys, amount, applicant, event_ms, entry, application_id,
-                         fingerprint, record)
+            return super().try_reserve_once(
+                bucket,
+                keys,
+                amount,
+                applicant,
+                event_ms,
+                entry,
+                application_id=application_id,
+                fingerprint=fingerprint,
+                record=record,
+            )
+        return self._run(
+            bucket, keys, amount, applicant, event_ms, entry, application_id, fingerprint, record
+        )
 
-    def try_reserve_recorded(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
-                             applicant: str | None, event_ms: int,
-                             entry: ReferralEntry | None, *, application_id: str,
-                             fingerprint: int, record: bytes) -> int:
-        return self._run(bucket, keys, amount, applicant, event_ms, entry, application_id,
-                         fingerprint, record, use_app=False)[0]
-    def record_once(self, application_id: str, fingerprint: int, record: bytes,
-                    event_ms: int) -> bytes | None:
+    def try_reserve_recorded(
+        self,
+        bucket: Bucket,
+        keys: tuple[int, ...],
+        amount: int,
+        applicant: str | None,
+        event_ms: int,
+        entry: ReferralEntry | None,
+        *,
+        application_id: str,
+        fingerprint: int,
+        record: bytes,
+    ) -> int:
+        return self._run(
+            bucket,
+            keys,
+            amount,
+            applicant,
+            event_ms,
+            entry,
+            application_id,
+            fingerprint,
+            record,
+            use_app=False,
+        )[0]
+
+    def record_once(
+        self, application_id: str, fingerprint: int, record: bytes, event_ms: int
+    ) -> bytes | None:
         """Store the record unless one exists; return the existing record if one does."""
         return self.record_many([application_id], [fingerprint], [record], [event_ms])[0]
 
-    def _prepare(self, bucket: Bucket, keys: tuple[int, ...], amount: int,
-                 applicant: str | None, event_ms: int, entry: ReferralEntry | None,
-                 application_id: str | None, fingerprint: int | None = None,
-                 record: bytes = b"", use_app: bool | None = None) -> tuple[list, list, bytes]:
+    def _prepare(
+        self,
+        bucket: Bucket,
+        keys: tuple[int, ...],
+        amount: int,
+        applicant: str | None,
+        event_ms: int,
+        entry: ReferralEntry | None,
+        application_id: str | None,
+        fingerprint: int | None = None,
+        record: bytes = b"",
+        use_app: bool | None = None,
+    ) -> tuple[list, list, bytes]:
         """Validated KEYS and ARGV of one reservation script call, and the handle of the
         grant it would leave pending (None: a grant is posted at once — outside a
         decision)."""
@@ -281,16 +360,26 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
             # every reservation in these windows. The bucket itself is kept in the entry so
             # its id cannot be reused by another object while cached.
             cached = self._windows[(id(bucket), keys)] = (
-                bucket, [self._counter(bucket, i, k) for i, k in enumerate(keys)],
-                [(-1 if cap.count is None else cap.count,
-                  -1 if cap.amount is None else cap.amount,
-                  window_end_ms(cap.window, key, bucket.timezone) + COUNTER_GRACE_MS)
-                 for cap, key in zip(bucket.caps, keys)])
+                bucket,
+                [self._counter(bucket, i, k) for i, k in enumerate(keys)],
+                [
+                    (
+                        -1 if cap.count is None else cap.count,
+                        -1 if cap.amount is None else cap.amount,
+                        window_end_ms(cap.window, key, bucket.timezone) + COUNTER_GRACE_MS,
+                    )
+                    for cap, key in zip(bucket.caps, keys)
+                ],
+            )
         _, counters, limits = cached
-        kk = counters + [f"{b}:d:{applicant}" if use_dedupe else f"{b}:d:-", f"{b}:ledger",
-                         f"{b}:g:{application_id}" if use_grant else f"{b}:g:-",
-                         self._app(application_id) if use_app else f"{b}:a:-",  # type: ignore[arg-type]
-                         f"{b}:pendq", f"{b}:h-" if self._cluster else self._horizon_key]
+        kk = counters + [
+            f"{b}:d:{applicant}" if use_dedupe else f"{b}:d:-",
+            f"{b}:ledger",
+            f"{b}:g:{application_id}" if use_grant else f"{b}:g:-",
+            self._app(application_id) if use_app else f"{b}:a:-",  # type: ignore[arg-type]
+            f"{b}:pendq",
+            f"{b}:h-" if self._cluster else self._horizon_key,
+        ]
         caps: list[int] = []
         for count, amount_limit, end in limits:
             # Expiry (garbage collection only): the end of the window plus the late-event
@@ -302,15 +391,35 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
             # The pending grant's queue member: what a void undoes and what a post bills
             # (see lua/grants.lua). Built here, so it can be settled even if the reply is lost.
             member = b"%s\0%s%08x%s%s" % (
-                application_id.encode(), token, len(entry_json), entry_json,  # type: ignore[union-attr]
-                _spec_enc.encode((amount, event_ms, counters, kk[-6] if use_dedupe else "",
-                                  kk[-3] if use_app else "",
-                                  kk[-4] if use_grant and not use_app else "")))
+                application_id.encode(),
+                token,
+                len(entry_json),
+                entry_json,  # type: ignore[union-attr]
+                _spec_enc.encode(
+                    (
+                        amount,
+                        event_ms,
+                        counters,
+                        kk[-6] if use_dedupe else "",
+                        kk[-3] if use_app else "",
+                        kk[-4] if use_grant and not use_app else "",
+                    )
+                ),
+            )
         # Numbers as little-endian doubles (validated above: integers below 2^53, exact).
         args: list = [
-            _HEADER.pack(amount, event_ms, bucket.dedupe_ms, use_dedupe, use_grant,
-                         self.record_ttl_ms, use_app, self.pending_ms if token else 0,
-                         self._horizon.known(event_ms) if self._cluster else -1, LATE_MS),
+            _HEADER.pack(
+                amount,
+                event_ms,
+                bucket.dedupe_ms,
+                use_dedupe,
+                use_grant,
+                self.record_ttl_ms,
+                use_app,
+                self.pending_ms if token else 0,
+                self._horizon.known(event_ms) if self._cluster else -1,
+                LATE_MS,
+            ),
             struct.pack(f"<{len(caps)}d", *caps),
             b"" if token else entry_json,  # a pending grant's entry travels in its member
             application_id or "",
@@ -325,9 +434,12 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
     def try_reserve_many(self, requests, *, single_trip: bool = False):
         if not self.single_trip:  # cluster: keys of many slots; one by one
             return super().try_reserve_many(requests, single_trip=False)
-        prepared = [self._prepare(b, k, amt, appl, t, e, app, fp if rec or single_trip else None,
-                                  rec, single_trip)
-                    for b, k, amt, appl, t, e, app, fp, rec in requests]
+        prepared = [
+            self._prepare(
+                b, k, amt, appl, t, e, app, fp if rec or single_trip else None, rec, single_trip
+            )
+            for b, k, amt, appl, t, e, app, fp, rec in requests
+        ]
         try:
             replies = self._evalsha_many([(kk, args) for kk, args, _ in prepared])
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -351,8 +463,13 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
             out.append((code, reply[1][_FP_BYTES:] if code == -2 else None))
         return out
 
-    def _evalsha_many(self, calls: list[tuple[list, list]], script: str = "reserve",
-                      settle: bool = True, force: bool = False) -> list:
+    def _evalsha_many(
+        self,
+        calls: list[tuple[list, list]],
+        script: str = "reserve",
+        settle: bool = True,
+        force: bool = False,
+    ) -> list:
         """Run a script once per (KEYS, ARGV) call, pipelined on one connection (one server
         only); replies in order, an error reply in place as its exception. Posts and voids
         still owed travel ahead of them in the same write (``settle``). NOSCRIPT means that
@@ -373,32 +490,39 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
                 for i, r in zip(todo, self._send_many([commands[i] for i in todo], force)):
                     out[i] = r
             if pre:
-                self._check_settled(pre, out[:len(pre)])
+                self._check_settled(pre, out[: len(pre)])
         except BaseException:
             if owed:
                 self.book.put_back(owed)  # idempotent: sending them again is safe
             raise
-        return out[len(pre):]
+        return out[len(pre) :]
 
-    def _send_many(self, commands: list[tuple], force: bool = False,
-                   retries: int | None = None) -> list:
+    def _send_many(
+        self, commands: list[tuple], force: bool = False, retries: int | None = None
+    ) -> list:
         """Send commands pipelined on this thread's connection of a single server, packed
         by hiredis in one write, within the decision's deadline (see
         :class:`~router.store.redis_link.Link`); replies in order, an error reply in place
         as its exception. (redis-py's pipeline checks every argument in Python, and with
         scripts asks ``SCRIPT EXISTS`` on every execute: more than the whole decision.)"""
-        return self.link.send(commands, force=force,  # type: ignore[union-attr]
-                              retries=retries)
+        return self.link.send(
+            commands,
+            force=force,  # type: ignore[union-attr]
+            retries=retries,
+        )
+
     def record_many(self, application_ids, fingerprints, records, event_ms):
         try:
             # Stored decisions move the event-time horizon, as in every store.
             newest = max(event_ms) if len(event_ms) else -1
             if self.single_trip:
-                olds = self._send_many([
-                    ("SET", self._app(a), _fp(fp) + rec, "NX", "PX",
-                     self.record_ttl_ms, "GET")
-                    for a, fp, rec in zip(application_ids, fingerprints, records)]
-                    + [("ZADD", self._horizon_key, "GT", newest, "h")])
+                olds = self._send_many(
+                    [
+                        ("SET", self._app(a), _fp(fp) + rec, "NX", "PX", self.record_ttl_ms, "GET")
+                        for a, fp, rec in zip(application_ids, fingerprints, records)
+                    ]
+                    + [("ZADD", self._horizon_key, "GT", newest, "h")]
+                )
                 for r in olds:
                     if isinstance(r, Exception):
                         raise r
@@ -406,8 +530,7 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
             else:
                 pipe = self.client.pipeline(transaction=False)
                 for a, fp, rec in zip(application_ids, fingerprints, records):
-                    pipe.set(self._app(a), _fp(fp) + rec, nx=True,
-                             px=self.record_ttl_ms, get=True)
+                    pipe.set(self._app(a), _fp(fp) + rec, nx=True, px=self.record_ttl_ms, get=True)
                 pipe.zadd(self._horizon_key, {"h": newest}, gt=True)
                 olds = pipe.execute()[:-1]
         except redis.RedisError as exc:
@@ -419,12 +542,31 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
             out.append(None if old is None else old[_FP_BYTES:])
         return out
 
-    def _run(self, bucket: Bucket, keys: tuple[int, ...], amount: int, applicant: str | None,
-             event_ms: int, entry: ReferralEntry | None, application_id: str | None,
-             fingerprint: int | None = None, record: bytes = b"",
-             use_app: bool | None = None) -> tuple[int, bytes | None]:
-        kk, args, grant = self._prepare(bucket, keys, amount, applicant, event_ms, entry,
-                                        application_id, fingerprint, record, use_app)
+    def _run(
+        self,
+        bucket: Bucket,
+        keys: tuple[int, ...],
+        amount: int,
+        applicant: str | None,
+        event_ms: int,
+        entry: ReferralEntry | None,
+        application_id: str | None,
+        fingerprint: int | None = None,
+        record: bytes = b"",
+        use_app: bool | None = None,
+    ) -> tuple[int, bytes | None]:
+        kk, args, grant = self._prepare(
+            bucket,
+            keys,
+            amount,
+            applicant,
+            event_ms,
+            entry,
+            application_id,
+            fingerprint,
+            record,
+            use_app,
+        )
         try:
             if self.single_trip:
                 reply = self._evalsha_many([(kk, args)])[0]
@@ -454,8 +596,9 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
     def recall(self, application_id: str, fingerprint: int) -> bytes | None:
         return self.recall_many([application_id], [fingerprint]).get(0)
 
-    def recall_many(self, application_ids: Sequence[str],
-                    fingerprints: Sequence[int]) -> dict[int, bytes]:
+    def recall_many(
+        self, application_ids: Sequence[str], fingerprints: Sequence[int]
+    ) -> dict[int, bytes]:
         if not application_ids:
             return {}
         keys = [self._app(a) for a in application_ids]
@@ -476,12 +619,16 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
                 found[i] = v[_FP_BYTES:]
         return found
 
-    def remember(self, application_id: str, fingerprint: int, record: bytes,
-                 event_ms: int) -> None:
+    def remember(self, application_id: str, fingerprint: int, record: bytes, event_ms: int) -> None:
         self.remember_many([application_id], [fingerprint], [record], [event_ms])
 
-    def remember_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
-                      records: Sequence[bytes], event_ms: Sequence[int]) -> None:
+    def remember_many(
+        self,
+        application_ids: Sequence[str],
+        fingerprints: Sequence[int],
+        records: Sequence[bytes],
+        event_ms: Sequence[int],
+    ) -> None:
         if not application_ids:
             return
         pipe = self.client.pipeline(transaction=False)
@@ -509,8 +656,9 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         try:
             self.flush()
         except StoreError as exc:
-            self.book.log.warning("grants.unsettled_at_close", pending=len(self.book),
-                                  error=str(exc))
+            self.book.log.warning(
+                "grants.unsettled_at_close", pending=len(self.book), error=str(exc)
+            )
         self.book.close()
         if self.link is not None:
             self.link.close()
@@ -533,8 +681,10 @@ def _number(options: dict, name: str, default: float, lo: float, hi: float) -> f
     except (TypeError, ValueError):
         value = float("nan")
     if not lo <= value <= hi:
-        raise ConfigError(f"store option {name} must be a number from {lo:g} to {hi:g} "
-                          f"(value: {raw!r})", path=name)
+        raise ConfigError(
+            f"store option {name} must be a number from {lo:g} to {hi:g} (value: {raw!r})",
+            path=name,
+        )
     return value
 
 

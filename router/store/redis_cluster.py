@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -23,8 +24,9 @@ class ClusterClaims:
 
     link_backoff = 0.05
 
-    def claim_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
-                   lease_ms: int) -> list[bool]:
+    def claim_many(
+        self, application_ids: Sequence[str], fingerprints: Sequence[int], lease_ms: int
+    ) -> list[bool]:
         """Claim each application for deciding (True: ours). A claim held for the same id
         with other content is an :class:`IdempotencyConflict` at once (our own claims of
         this call are released first)."""
@@ -52,8 +54,14 @@ class ClusterClaims:
         except redis.RedisError:
             pass
 
-    def recover(self, application_id: str, fingerprint: int, bucket_ids: Sequence[str],
-                lease_ms: int, event_ms: int) -> bytes | None:
+    def recover(
+        self,
+        application_id: str,
+        fingerprint: int,
+        bucket_ids: Sequence[str],
+        lease_ms: int,
+        event_ms: int,
+    ) -> bytes | None:
         """For an application whose claim another caller holds: that caller's decision,
         waiting for it no longer than the lease — and no longer than this decision's own
         deadline (``timeout_ms``; then :class:`StoreError`, and the router answers
@@ -71,12 +79,15 @@ class ClusterClaims:
             if self.claim_many([application_id], [fingerprint], lease_ms)[0]:
                 return None  # the claim expired: the decision is ours to make
             if time.monotonic() > deadline:
-                raise StoreError(f"application {application_id!r} is being decided by "
-                                 "another caller (its claim outlived this decision's deadline)")
+                raise StoreError(
+                    f"application {application_id!r} is being decided by "
+                    "another caller (its claim outlived this decision's deadline)"
+                )
             time.sleep(0.001)
 
-    def grant_record(self, application_id: str, fingerprint: int,
-                     bucket_ids: Sequence[str]) -> bytes | None:
+    def grant_record(
+        self, application_id: str, fingerprint: int, bucket_ids: Sequence[str]
+    ) -> bytes | None:
         """The decision record stored with a grant of this application at any bucket."""
         pipe = self.client.pipeline(transaction=False)
         for bid in bucket_ids:
@@ -86,8 +97,7 @@ class ClusterClaims:
         except redis.RedisError as exc:
             raise StoreError(f"grant lookup failed: {exc}") from exc
         for v in values:
-            if v is not None and len(v) > _FP_BYTES and v[:_FP_BYTES] == \
-                    _fp(fingerprint):
+            if v is not None and len(v) > _FP_BYTES and v[:_FP_BYTES] == _fp(fingerprint):
                 return v[_FP_BYTES:]
         return None
 
@@ -100,7 +110,7 @@ class ClusterClaims:
             except (redis.ConnectionError, redis.TimeoutError):
                 if attempt == self.retries:
                     raise
-                time.sleep(self.link_backoff * 2 ** attempt)
+                time.sleep(self.link_backoff * 2**attempt)
         raise AssertionError("unreachable")
 
     def _cluster_get(self, keys: list[str]) -> list[bytes | None]:
@@ -118,7 +128,7 @@ class ClusterHorizon:
     One router deciding in order sees exactly what a single server would; concurrent
     routers see each other's events a decision late."""
 
-    def __init__(self, store: "RedisQuotaStore"):
+    def __init__(self, store: RedisQuotaStore):
         self.store = store
         self._local = threading.local()
 

@@ -20,10 +20,9 @@ import time
 
 import redis
 from hiredis import pack_command
+from redis.utils import SENTINEL as _DEFAULT  # "no timeout given": the socket's own applies
 
 from router.errors import StoreError
-
-from redis.utils import SENTINEL as _DEFAULT  # "no timeout given": the socket's own applies
 
 
 class Unsent(StoreError):
@@ -33,8 +32,14 @@ class Unsent(StoreError):
 class Link:
     """Per-thread connections to one server, with a per-decision deadline and a breaker."""
 
-    def __init__(self, pool: redis.ConnectionPool, timeout_s: float, *, retries: int = 0,
-                 backoff_s: float = 0.05):
+    def __init__(
+        self,
+        pool: redis.ConnectionPool,
+        timeout_s: float,
+        *,
+        retries: int = 0,
+        backoff_s: float = 0.05,
+    ):
         self.pool = pool
         self.timeout_s = timeout_s
         self.retries = retries
@@ -83,8 +88,9 @@ class Link:
 
     # ---- sending ----------------------------------------------------------------------
 
-    def send(self, commands: list[tuple], *, force: bool = False,
-             retries: int | None = None) -> list:
+    def send(
+        self, commands: list[tuple], *, force: bool = False, retries: int | None = None
+    ) -> list:
         """Send commands pipelined on this thread's connection, packed by hiredis in one
         write; replies in order, an error reply in place as its exception. Raises
         :class:`Unsent` when nothing was sent, ``redis.ConnectionError`` /
@@ -98,7 +104,7 @@ class Link:
             except (redis.ConnectionError, redis.TimeoutError, Unsent):
                 if attempt >= retries:
                     raise
-                time.sleep(self.backoff_s * 2 ** attempt)
+                time.sleep(self.backoff_s * 2**attempt)
                 attempt += 1
 
     def _send_once(self, commands: list[tuple], force: bool = False) -> list:
@@ -130,11 +136,13 @@ class Link:
                     timeout = self._budget_or_zero()
             ok = True
             return out
-        except Unsent:
+        except Unsent as exc:
             conn.disconnect()  # never reuse the socket
             if not sent:
                 raise  # nothing reached the server: it did not run
-            raise redis.TimeoutError("the decision's deadline passed while reading replies")
+            raise redis.TimeoutError(
+                "the decision's deadline passed while reading replies"
+            ) from exc
         except BaseException:
             conn.disconnect()  # replies may be left unread: never reuse the socket
             raise

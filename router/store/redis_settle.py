@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import redis
 
@@ -18,7 +18,10 @@ from router.store.redis_codec import fp as _fp
 class GrantSettling:
     """Posts, voids and sweeps of pending grants; the ledger as consumers see it."""
 
-    _FORGET = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+    _FORGET = (
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
+        "return 0"
+    )
 
     def flush(self) -> None:
         """Send every post and void still owed now (raises :class:`StoreError` if the
@@ -96,8 +99,9 @@ class GrantSettling:
                     # Not pending any more: voided at its deadline before its post arrived
                     # (the caller got an answer the ledger does not bill), or posted by an
                     # earlier send whose reply was lost.
-                    self.book.log.error("grants.not_pending_at_post", application_id=app,
-                                        bucket=kk[0])
+                    self.book.log.error(
+                        "grants.not_pending_at_post", application_id=app, bucket=kk[0]
+                    )
 
     def sweep(self) -> int:
         """Void every pending grant past its deadline now, at every bucket (the server
@@ -105,9 +109,10 @@ class GrantSettling:
         total = 0
         try:
             for key in self.client.scan_iter(match=f"{self.prefix}{{p:*}}:pendq", count=1000):
-                base = key.decode()[:-len(":pendq")]
-                total += int(self._settle(keys=[key.decode(), f"{base}:ledger"],
-                                          args=["sweep", 100_000]))
+                base = key.decode()[: -len(":pendq")]
+                total += int(
+                    self._settle(keys=[key.decode(), f"{base}:ledger"], args=["sweep", 100_000])
+                )
         except redis.RedisError as exc:
             raise StoreError(f"sweep failed: {exc}") from exc
         return total
@@ -115,13 +120,16 @@ class GrantSettling:
     def pending_count(self) -> int:
         """Grants waiting for their post or void, over all buckets."""
         try:
-            return sum(int(self.client.zcard(k)) for k in
-                       self.client.scan_iter(match=f"{self.prefix}{{p:*}}:pendq", count=1000))
+            return sum(
+                int(self.client.zcard(k))
+                for k in self.client.scan_iter(match=f"{self.prefix}{{p:*}}:pendq", count=1000)
+            )
         except redis.RedisError as exc:
             raise StoreError(f"pending count failed: {exc}") from exc
 
-    def forget_many(self, application_ids: Sequence[str], fingerprints: Sequence[int],
-                    records: Sequence[bytes]) -> None:
+    def forget_many(
+        self, application_ids: Sequence[str], fingerprints: Sequence[int], records: Sequence[bytes]
+    ) -> None:
         try:
             if self._cluster:  # (a cluster pipeline sends no scripts) each key on its node
                 for a, fp, rec in zip(application_ids, fingerprints, records):
@@ -132,8 +140,9 @@ class GrantSettling:
                     pipe.eval(self._FORGET, 1, self._app(a), _fp(fp) + rec)
                 pipe.execute()
         except redis.RedisError as exc:  # a retry then finds a record whose grant is void
-            self.book.log.error("grants.forget_failed", error=str(exc),
-                                applications=len(application_ids))
+            self.book.log.error(
+                "grants.forget_failed", error=str(exc), applications=len(application_ids)
+            )
 
     def _try_flush(self) -> None:
         try:
@@ -155,8 +164,12 @@ class GrantSettling:
                     if fields.get(b"kind", b"post") != b"post":
                         continue
                     ts, n = sid.split(b"-")
-                    rows.append(((int(fields.get(b"seq") or 0), int(ts), int(n)),
-                                 _entry_dec.decode(fields[b"entry"])))
+                    rows.append(
+                        (
+                            (int(fields.get(b"seq") or 0), int(ts), int(n)),
+                            _entry_dec.decode(fields[b"entry"]),
+                        )
+                    )
         except redis.RedisError as exc:
             raise StoreError(f"ledger read failed: {exc}") from exc
         return [e for _, e in sorted(rows, key=lambda r: r[0])]
@@ -167,7 +180,10 @@ class GrantSettling:
         was never billable)."""
         self._try_flush()
         try:
-            return [(f.get(b"kind", b"post").decode(), s.decode(), f[b"app"].decode())
-                    for s in self._streams() for _, f in self.client.xrange(s)]
+            return [
+                (f.get(b"kind", b"post").decode(), s.decode(), f[b"app"].decode())
+                for s in self._streams()
+                for _, f in self.client.xrange(s)
+            ]
         except redis.RedisError as exc:
             raise StoreError(f"ledger read failed: {exc}") from exc
