@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ROWS ?= 200000
 OUT ?= out/demo
 
-.PHONY: demo test install install-dev bench credit-data clean
+.PHONY: demo test lint install install-dev bench credit-data clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,7 +20,13 @@ install-dev: $(BIN)/python
 demo: install
 	$(BIN)/referral-router demo --rows $(ROWS) --out $(OUT)
 
-test: install-dev
+# Lint, format check and type check first (seconds), then the suite.
+lint: install-dev
+	$(BIN)/ruff check router tests bench examples models
+	$(BIN)/ruff format --check router tests bench examples models
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python tests/run_tests.py $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install-dev

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -178,7 +179,7 @@ class Allocator:
             new = 0 if cap_full(r) else amount
             kf = fl[k]
             first = kf is None or kf[0] != keys[k]
-            if first or new < kf[1]:  # type: ignore[index]
+            if kf is None or first or new < kf[1]:
                 fl[k] = (keys[k], new)
             w = bucket.caps[k].window
             self.refusals[bid, w] = self.refusals.get((bid, w), 0) + 1
@@ -278,7 +279,8 @@ class Allocator:
         # best_value on a big batch: every row's partner order (EV descending, then
         # priority) from one vectorised sort, packed 4 bits a partner; decoded once per
         # distinct (order, eligible set).
-        order_codes, order_cache = None, {}
+        order_codes = None
+        order_cache: dict[Any, Any] = {}
         if s.routing.method == "best_value" and n >= 64 and 1 < P <= 15:
             neg = np.where(a.eligible, -a.ev, np.inf)
             ranks = np.broadcast_to(np.asarray(self.rank), neg.shape)
@@ -345,7 +347,7 @@ class Allocator:
                 try:
                     t, amount = event_ms[i], amounts[i]
                     if keep_ok[i]:
-                        rec = (
+                        make: Callable[[], bytes] | None = (
                             (
                                 lambda i=i: pack_record(
                                     KEEP,
@@ -362,13 +364,13 @@ class Allocator:
                         )
                         r = known(kb, kkeys, i, amount)
                         if r == -1:
-                            r = reserve(kb, kkeys, i, amount, None, t, None, rec)
+                            r = reserve(kb, kkeys, i, amount, None, t, None, make)
                         if r == GRANTED:
                             kind[i] = KEEP
                             continue
                         bits[i] |= _LATE if r == LATE else _KEEP_FULL
                     if branch_ok[i]:
-                        rec = (
+                        make = (
                             (
                                 lambda i=i: pack_record(
                                     BRANCH,
@@ -385,7 +387,7 @@ class Allocator:
                         )
                         r = known(bb, bkeys, i, amount)
                         if r == -1:
-                            r = reserve(bb, bkeys, i, amount, None, t, None, rec)
+                            r = reserve(bb, bkeys, i, amount, None, t, None, make)
                         if r == GRANTED:
                             kind[i] = BRANCH
                             continue
@@ -572,12 +574,12 @@ class Allocator:
                 ]
                 instead = {}
                 for i in granted:
-                    keep = degrade_keep and keep_ok[i]
+                    kept = degrade_keep and keep_ok[i]
                     instead[i] = pack_record(
-                        KEEP if keep else DECLINE,
+                        KEEP if kept else DECLINE,
                         bits[i] | _STORE_DOWN,
-                        a.keep_profit[i] if keep else 0.0,
-                        a.keep_apr[i] if keep else float("nan"),
+                        a.keep_profit[i] if kept else 0.0,
+                        a.keep_apr[i] if kept else float("nan"),
                         a.keep_margin[i],
                         a.pd[i],
                         "",
@@ -709,10 +711,10 @@ class Allocator:
                         return rec, False
                     bits |= _LATE if res == LATE else _BRANCH_FULL
                 if eligible:
-                    rec = self._refer_row(r, a, eligible, bits)
-                    if isinstance(rec, bytes):
-                        return rec, False
-                    bits |= rec
+                    referred = self._refer_row(r, a, eligible, bits)
+                    if isinstance(referred, bytes):
+                        return referred, False
+                    bits |= referred
             except _Decided as done:  # decided before (a retry, or a concurrent caller)
                 if rotation is not None:
                     self.rotation.current[:] = rotation
@@ -815,7 +817,7 @@ class Allocator:
         mask_l: list[int],
         decode: dict,
         ev_flat: list[float],
-        pkeys: list,
+        pkeys: _LazyKeys | list[list[list[int]]],
         kkeys: list,
         bkeys: list,
         claiming: bool,
@@ -985,12 +987,12 @@ class Allocator:
         eligible: list[int],
         evs: list[float],
         base: int,
-        pkeys: list[list[list[int]]],
+        pkeys: _LazyKeys | list[list[list[int]]],
         t: int,
         amount: int,
-        blocked: int = 0,
-        block_cap: list[int] | None = None,
-        a: Assessment | None = None,
+        blocked: int,
+        block_cap: list[int],
+        a: Assessment,
         bits: int = 0,
         order: list[int] | None = None,
     ) -> tuple[int, int]:
@@ -1017,13 +1019,13 @@ class Allocator:
         buckets, known = self.partner_buckets, self.known_refusal
         for j in order:
             if blocked >> j & 1:
-                w = self._refusing_window(j, block_cap[j], pkeys[j], i, amount)  # type: ignore[index]
+                w = self._refusing_window(j, block_cap[j], pkeys[j], i, amount)
                 self.refusals[buckets[j].id, w] += 1
                 extra |= _QUOTA
                 continue
             r = known(buckets[j], pkeys[j], i, amount)
             if r < 0:
-                rec = None
+                rec: Callable[[], bytes] | None = None
                 if self._once or self._recorded:
 
                     def rec(j=j, extra=extra) -> bytes:

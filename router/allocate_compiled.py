@@ -10,7 +10,7 @@ Python path. ``tests/test_array_store.py`` checks that both paths decide alike.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from router.store import kernel as K
 from router.store.array import ArrayQuotaStore, applicant_words
 from router.store.base import COUNTER_GRACE_MS
 from router.windows import window_end_ms
+
+#: The compiled walk (numba's dispatcher type does not carry the kernel's signature).
+_ALLOCATE: Any = K.allocate
 
 if TYPE_CHECKING:
     from router.allocate import Allocator
@@ -95,8 +98,9 @@ def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcome
                 slot_col[first_slot + k] = col_of.setdefault(
                     (bucket.timezone, cap.window), len(col_of)
                 )
-                if fl is not None and fl[k] is not None:
-                    floor_key[first_slot + k], floor_amt[first_slot + k] = fl[k]
+                floor = fl[k] if fl is not None else None
+                if floor is not None:
+                    floor_key[first_slot + k], floor_amt[first_slot + k] = floor
         keycols = np.empty((max(len(col_of), 1), n), dtype=np.int64)
         endcols = np.empty_like(keycols)
         for (tz, window), c in col_of.items():
@@ -124,7 +128,7 @@ def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcome
         pos = 0
         while True:
             store.make_room(len(rows) - pos, S)
-            done = K.allocate(
+            done = _ALLOCATE(
                 rows[pos:],
                 a.keep_ok,
                 a.branch_ok,

@@ -199,8 +199,8 @@ def assess(
             eligible[:, j] &= ~employee
     ev = eco.referral_value(
         amount[:, None], term[:, None], pd[:, None], cols.max_apr[:, None], table.econ
-    )  # type: ignore[arg-type]
-    papr = eco.partner_apr(cols.max_apr[:, None], table.econ)  # type: ignore[arg-type]
+    )
+    papr = eco.partner_apr(cols.max_apr[:, None], table.econ)
     if P == 0:
         ev = ev.reshape(n, 0)
         papr = papr.reshape(n, 0)

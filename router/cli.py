@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -145,7 +146,7 @@ def _run_replay(
     strat = load_strategy(strategy)
     store = None  # replay's own in-memory store (the array store)
     if store_url not in ("memory://", "array://"):
-        options = {}
+        options: dict[str, Any] = {}
         if "prefix=" not in store_url:
             # Never replay into the live router's keys by accident: a run of its own.
             import uuid

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import numpy as np
@@ -239,7 +239,7 @@ def row_fingerprint(r: Row) -> int:
 
 def row_of(cols: AppColumns, i: int = 0) -> Row:
     """Row ``i`` of a batch as scalars (its fingerprint included)."""
-    return Row(
+    fields: list[Any] = [
         cols.application_id[i],
         int(cols.event_ms[i]),
         str(cols.channel[i]),
@@ -252,7 +252,8 @@ def row_of(cols: AppColumns, i: int = 0) -> Row:
         cols.consent.values[cols.consent.codes[i]],
         bool(cols.fraud_flag[i]),
         cols.fingerprint[i] if cols.fingerprint else 0,
-    )
+    ]
+    return Row(*fields)
 
 
 def row_from_application(a: Application, hasher: Hasher, event_ms: int | None = None) -> Row:
@@ -262,7 +263,10 @@ def row_from_application(a: Application, hasher: Hasher, event_ms: int | None = 
         a.application_id,
         int(a.received_at.timestamp() * 1000) if event_ms is None else event_ms,
         a.channel,
-        a.applicant_token if a.applicant_token is not None else hasher.token(a.national_id),  # type: ignore[arg-type]
+        # (a validated application has a token or a national id)
+        a.applicant_token
+        if a.applicant_token is not None
+        else hasher.token(cast(str, a.national_id)),
         a.age,
         a.monthly_income,
         a.bureau_score,
@@ -315,7 +319,7 @@ def _fingerprints(cols: AppColumns) -> list[int]:
         return combine(parts, n).tolist()
 
 
-def _assemble(py: dict[str, list[Any]], coded: dict[str, Coded] | None = None) -> AppColumns:
+def _assemble(py: dict[str, Any], coded: dict[str, Coded] | None = None) -> AppColumns:
     cols = AppColumns(
         application_id=py["application_id"],
         event_ms=np.asarray(py["event_ms"], dtype=np.int64),
@@ -337,13 +341,15 @@ def _assemble(py: dict[str, list[Any]], coded: dict[str, Coded] | None = None) -
 def from_applications(apps: Sequence[Application], hasher: Hasher) -> AppColumns:
     """Columns from validated Application objects (raw identifiers hashed here)."""
     tok = hasher.token
-    py: dict[str, list[Any]] = {
+    py: dict[str, Any] = {
         "application_id": [a.application_id for a in apps],
         "event_ms": [int(a.received_at.timestamp() * 1000) for a in apps],
         "channel": [a.channel for a in apps],
         "applicant": [
-            a.applicant_token if a.applicant_token is not None else tok(a.national_id) for a in apps
-        ],  # type: ignore[arg-type]
+            # (a validated application has a token or a national id)
+            a.applicant_token if a.applicant_token is not None else tok(cast(str, a.national_id))
+            for a in apps
+        ],
         "region": [a.region for a in apps],
         "employer": Coded.encode([a.employer for a in apps]).map(
             lambda e: hasher.cached_token(e, "employer") if e else None
@@ -361,6 +367,7 @@ def from_applications(apps: Sequence[Application], hasher: Hasher) -> AppColumns
 
 def _field_constraints() -> dict[str, Any]:
     info = msgspec.inspect.type_info(Application)
+    assert isinstance(info, msgspec.inspect.StructType)
     out = {}
     for f in info.fields:
         t = f.type
@@ -518,8 +525,8 @@ def from_arrow(
 def take(cols: AppColumns, idx: np.ndarray) -> AppColumns:
     """Rows ``idx`` of a batch, in that order."""
     il = idx.tolist()
-    out = {}
-    for name in AppColumns.__slots__:  # type: ignore[attr-defined]
+    out: dict[str, Any] = {}
+    for name in AppColumns.__slots__:
         v = getattr(cols, name)
         if isinstance(v, Coded):
             out[name] = Coded(v.codes[idx], v.values)

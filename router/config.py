@@ -26,7 +26,7 @@ RegionPrefix = Annotated[str, Meta(pattern=r"^[0-9]{2,6}$")]
 Count = Annotated[int, Meta(ge=0, le=10**12)]
 
 
-class Cap(Base, kw_only=True):
+class Cap(Base, kw_only=True, frozen=True):
     """A cap on one calendar window: a count of grants and/or their summed amount."""
 
     window: Window
@@ -34,7 +34,7 @@ class Cap(Base, kw_only=True):
     amount: Money | None = None
 
 
-class Filters(Base, kw_only=True):
+class Filters(Base, kw_only=True, frozen=True):
     """Eligibility filters shared by the primary policy, the branch and every partner.
 
     Unset bounds do not filter. ``regions`` are administrative-code prefixes.
@@ -57,7 +57,7 @@ class Filters(Base, kw_only=True):
     channels: list[Channel] = []
 
 
-class Economics(Base, kw_only=True):
+class Economics(Base, kw_only=True, frozen=True):
     """The funder's economics; rates are annual fractions (0.045 = 4.5%)."""
 
     funding_cost: Rate
@@ -70,7 +70,7 @@ class Economics(Base, kw_only=True):
     ead_factor: Annotated[float, Meta(gt=0.0, le=1.0)] = 1.0
 
 
-class Rules(Base, kw_only=True):
+class Rules(Base, kw_only=True, frozen=True):
     """Hard rules. Global ones decline outright; funder ones remove `keep` and `branch`."""
 
     min_age: Annotated[int, Meta(ge=0, le=120)] = 18
@@ -83,14 +83,14 @@ class Rules(Base, kw_only=True):
     max_dti: Annotated[float, Meta(ge=0.0)] = 0.7
 
 
-class ScorerRef(Base, kw_only=True):
+class ScorerRef(Base, kw_only=True, frozen=True):
     """Where a scorer's model lives; ``path`` is relative to the strategy file."""
 
     kind: Literal["logistic_json", "sklearn"]
     path: str
 
 
-class Primary(Base, kw_only=True):
+class Primary(Base, kw_only=True, frozen=True):
     """The funder's primary policy (outcome `keep`)."""
 
     scorer: str
@@ -100,7 +100,7 @@ class Primary(Base, kw_only=True):
     caps: list[Cap] = []
 
 
-class BranchPolicy(Base, kw_only=True):
+class BranchPolicy(Base, kw_only=True, frozen=True):
     """The second policy branch: a risk-share co-operation product (outcome `branch`).
 
     The partner deposits ``reserve_rate`` of the amount and absorbs first losses; the
@@ -124,7 +124,7 @@ class BranchPolicy(Base, kw_only=True):
     caps: list[Cap] = []
 
 
-class Partner(Base, kw_only=True):
+class Partner(Base, kw_only=True, frozen=True):
     """One partner lender of the partner book."""
 
     id: PartnerId
@@ -146,21 +146,21 @@ class Partner(Base, kw_only=True):
     employer_names: list[str] = []
 
 
-class ChannelPolicy(Base, kw_only=True):
+class ChannelPolicy(Base, kw_only=True, frozen=True):
     """Per-channel settings: which partners the channel's consent form names."""
 
     consent_partners: list[PartnerId] | None = None
     referral_allowed: bool = True
 
 
-class Routing(Base, kw_only=True):
+class Routing(Base, kw_only=True, frozen=True):
     """How one partner is chosen among the eligible ones with room."""
 
     method: Literal["waterfall", "best_value", "weighted"] = "waterfall"
     min_expected_value: int = 0
 
 
-class DegradedPolicy(Base, kw_only=True):
+class DegradedPolicy(Base, kw_only=True, frozen=True):
     """What to answer when the quota store is unreachable, slow or failing.
 
     Never ``refer`` (a referral that cannot be logged must not happen). ``keep`` books
@@ -171,7 +171,7 @@ class DegradedPolicy(Base, kw_only=True):
     policy: Literal["decline", "keep"] = "decline"
 
 
-class Identity(Base, kw_only=True):
+class Identity(Base, kw_only=True, frozen=True):
     """Where the secret key for applicant and employer hashes comes from (the variable keeps
     its historical name, ROUTER_HMAC_KEY; the hash is keyed BLAKE2b, see router/identity.py)."""
 
@@ -179,7 +179,7 @@ class Identity(Base, kw_only=True):
     dev_key: str | None = None
 
 
-class Strategy(Base, kw_only=True):
+class Strategy(Base, kw_only=True, frozen=True):
     """A whole strategy: economics, rules, policies, routing and the partner book."""
 
     version: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,40}$")]
@@ -290,7 +290,7 @@ def load_strategy(path: str | Path) -> Strategy:
     return strategy_from_dict(raw, source=str(path))
 
 
-class _PartnerBook(Base, kw_only=True):
+class _PartnerBook(Base, kw_only=True, frozen=True):
     partners: list[Partner] = []
 
 
@@ -402,7 +402,7 @@ def _check_semantics(s: Strategy, source: str) -> None:
         _check_tz(p.timezone, f"{where}.timezone", source)
         _check_filters(p.filters, f"{where}.filters", source)
         _check_caps(p.caps, where, source)
-    for ch, pol in s.channels.items():
-        for i, pid in enumerate(pol.consent_partners or []):
+    for ch, channel in s.channels.items():
+        for i, pid in enumerate(channel.consent_partners or []):
             if pid not in ids:
                 _fail(source, f"channels.{ch}.consent_partners[{i}]", pid, "unknown partner")

@@ -14,13 +14,44 @@ balance.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from router.config import BranchPolicy, Economics, Partner
+from router.config import BranchPolicy, Economics
 
 F = TypeVar("F", float, np.ndarray)
+
+
+class Terms(Protocol):
+    """A partner's commercial terms as the value functions read them (floats, or arrays
+    over partners)."""
+
+    @property
+    def fee_per_referral(self) -> Any: ...
+    @property
+    def fee_per_accepted(self) -> Any: ...
+    @property
+    def fee_per_funded(self) -> Any: ...
+    @property
+    def rev_share(self) -> Any: ...
+
+
+class Partner(Protocol):
+    """What the value functions read from a partner: a configured
+    :class:`router.config.Partner`, or :class:`router.partners.PartnerArrays` (every
+    attribute an array over partners, so the functions broadcast)."""
+
+    @property
+    def apr_max(self) -> Any: ...
+    @property
+    def acceptance(self) -> Any: ...
+    @property
+    def acceptance_pd_slope(self) -> Any: ...
+    @property
+    def funded_rate(self) -> Any: ...
+    @property
+    def terms(self) -> Terms: ...
 
 
 # Scalars take Python's min/max (numpy's ufuncs cost about a microsecond a call on a

@@ -47,7 +47,7 @@ class Tokens(Sequence[str]):
     def __len__(self) -> int:
         return len(self.hi)
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i):
         if isinstance(i, slice):
             return Tokens(self.hi[i], self.lo[i])
         return f"{int(self.hi[i]) & _M64:016x}{int(self.lo[i]) & _M64:016x}"
@@ -69,11 +69,11 @@ class Hasher:
             raise ConfigError("the identity key must be at least 16 bytes")
         # BLAKE2b keys are at most 64 bytes; a longer key is hashed down first.
         self._key = key if len(key) <= 64 else hashlib.blake2b(key).digest()
-        self._states: dict[str, hashlib._Hash] = {}
+        self._states: dict[str, hashlib.blake2b] = {}
         self._cache: dict[tuple[str, str], str] = {}
         self._keyed: dict[str, np.ndarray] = {}
 
-    def _state(self, purpose: str) -> hashlib._Hash:
+    def _state(self, purpose: str) -> hashlib.blake2b:
         st = self._states.get(purpose)
         if st is None:
             person = purpose.encode()
@@ -107,7 +107,7 @@ class Hasher:
     def tokens(self, raws: list[str], purpose: str = "applicant") -> list[str]:
         """:meth:`token` for many values (the same hashes, less per-call overhead)."""
         copy = self._state(purpose).copy
-        out = []
+        out: list[str] = []
         append = out.append
         for raw in raws:
             h = copy()

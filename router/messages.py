@@ -34,7 +34,7 @@ Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 AwareDatetime = Annotated[datetime, Meta(tz=True)]
 
 
-class Application(Base, kw_only=True):
+class Application(Base, kw_only=True, frozen=True):
     """One loan application as the funder receives it.
 
     Exactly one of ``applicant_token`` (already a keyed hash made by the caller) and
@@ -76,7 +76,7 @@ class Application(Base, kw_only=True):
             raise ValueError("exactly one of `applicant_token` and `national_id` must be set")
 
 
-class _DecisionBase(Base, tag_field="outcome", kw_only=True):
+class _DecisionBase(Base, tag_field="outcome", kw_only=True, frozen=True):
     decision_id: str
     application_id: str
     strategy_version: str
@@ -87,33 +87,33 @@ class _DecisionBase(Base, tag_field="outcome", kw_only=True):
     degraded: bool = False
 
 
-class Keep(_DecisionBase, tag="keep", kw_only=True):
+class Keep(_DecisionBase, tag="keep", kw_only=True, frozen=True):
     """The funder books the loan under its primary policy."""
 
     expected_profit: int
 
 
-class Branch(_DecisionBase, tag="branch", kw_only=True):
+class Branch(_DecisionBase, tag="branch", kw_only=True, frozen=True):
     """The second policy branch (co-operation product) takes the loan."""
 
     expected_profit: int
 
 
-class Refer(_DecisionBase, tag="refer", kw_only=True):
+class Refer(_DecisionBase, tag="refer", kw_only=True, frozen=True):
     """The application is passed, with consent, to one whitelisted partner."""
 
     partner_id: str
     expected_value: int
 
 
-class Decline(_DecisionBase, tag="decline", kw_only=True):
+class Decline(_DecisionBase, tag="decline", kw_only=True, frozen=True):
     """Nothing fits; ``reasons`` say why."""
 
 
 Decision = Keep | Branch | Refer | Decline
 
 
-class CommercialTerms(Base, kw_only=True):
+class CommercialTerms(Base, kw_only=True, frozen=True):
     """A partner's commercial terms: fees in minor units and a revenue share of interest."""
 
     fee_per_referral: Money = 0
@@ -122,7 +122,7 @@ class CommercialTerms(Base, kw_only=True):
     rev_share: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0
 
 
-class ReferralEntry(Base, kw_only=True):
+class ReferralEntry(Base, kw_only=True, frozen=True):
     """One line of the append-only referral ledger (billing reads these, exactly once)."""
 
     referral_id: str
@@ -154,8 +154,9 @@ def validate_application(app: object) -> Application:
     """Check an application however it was built (msgspec validates when decoding, not in
     ``Application(...)``): returns it, or raises :class:`InputError` naming the field and,
     unless it is a personal identifier, the value."""
-    if _TRUSTED.get(id(app)) is app:  # decoded here: validated already
-        return app  # type: ignore[return-value]
+    trusted = _TRUSTED.get(id(app))
+    if trusted is not None and trusted is app:  # decoded here: validated already
+        return trusted
     if type(app) is not Application:
         raise InputError(
             f"expected an Application (value: {type(app).__name__})", field="application"

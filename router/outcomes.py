@@ -14,6 +14,7 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import SupportsFloat
 
 import numpy as np
 
@@ -44,7 +45,13 @@ assert _RECORD.size == RECORD_DTYPE.itemsize
 
 
 def pack_record(
-    kind: int, bits: int, value: float, apr: float, margin: float, pd: float, partner: str
+    kind: int,
+    bits: int,
+    value: SupportsFloat,
+    apr: SupportsFloat,
+    margin: SupportsFloat,
+    pd: SupportsFloat,
+    partner: str,
 ) -> bytes:
     """One record, byte-identical to a row of :meth:`Outcomes.records` (value rounded half
     to even, as the columns are)."""

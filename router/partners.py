@@ -8,7 +8,7 @@ application to the next.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import SimpleNamespace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -95,6 +95,27 @@ class SmoothWeightedRotation:
         self.current[j] -= sum(self.weights[k] for k in eligible)
 
 
+@dataclass(frozen=True)
+class TermArrays:
+    """Commercial terms over partners (one array element a partner)."""
+
+    fee_per_referral: np.ndarray
+    fee_per_accepted: np.ndarray
+    fee_per_funded: np.ndarray
+    rev_share: np.ndarray
+
+
+@dataclass(frozen=True)
+class PartnerArrays:
+    """What :mod:`router.economics` reads from a partner, as arrays over partners."""
+
+    apr_max: np.ndarray
+    acceptance: np.ndarray
+    acceptance_pd_slope: np.ndarray
+    funded_rate: np.ndarray
+    terms: TermArrays
+
+
 class PartnerTable:
     """The partner book as arrays, so eligibility and value run once for all partners.
 
@@ -110,12 +131,12 @@ class PartnerTable:
         def arr(get) -> np.ndarray:
             return np.array([float(get(p)) for p in partners], dtype=np.float64)
 
-        self.econ = SimpleNamespace(
+        self.econ = PartnerArrays(
             apr_max=arr(lambda p: p.apr_max),
             acceptance=arr(lambda p: p.acceptance),
             acceptance_pd_slope=arr(lambda p: p.acceptance_pd_slope),
             funded_rate=arr(lambda p: p.funded_rate),
-            terms=SimpleNamespace(
+            terms=TermArrays(
                 fee_per_referral=arr(lambda p: p.terms.fee_per_referral),
                 fee_per_accepted=arr(lambda p: p.terms.fee_per_accepted),
                 fee_per_funded=arr(lambda p: p.terms.fee_per_funded),

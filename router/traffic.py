@@ -205,7 +205,8 @@ def _chunk(
         np.take(PARTNER_EMPLOYERS, rng.integers(0, len(PARTNER_EMPLOYERS), n)),
         np.take(_OTHER_EMPLOYERS, rng.integers(0, len(_OTHER_EMPLOYERS), n)),
     )
-    employer = np.where(er > 0.93, None, employer)
+    employer = employer.astype(object)
+    employer[er > 0.93] = None
     logit = -3.25 + 1.15 * z + 0.25 * np.log(amount / income) + 0.015 * term
     true_pd = 1 / (1 + np.exp(-logit))
     defaulted = rng.random(n) < true_pd

@@ -67,3 +67,20 @@ def store_factory(request):
     yield make
     for s in made:
         s.close()
+
+
+#: Store kinds that need a real server (the ``redis`` marker).
+_SERVER_KINDS = {"redis", "cluster"}
+_SERVER_FIXTURES = {"redis_server", "redis_cluster"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that needs a real Redis server ``redis``: it uses a server fixture,
+    is parametrised with a server store kind, or sits in a module marked so (tests that
+    start and kill their own servers). ``pytest -m "not redis"`` then runs without any."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if _SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) or any(
+            isinstance(v, str) and v in _SERVER_KINDS for v in params.values()
+        ):
+            item.add_marker(pytest.mark.redis)

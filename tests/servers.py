@@ -21,8 +21,12 @@ import redis
 from mirakuru import TCPExecutor
 from pytest_redis import factories
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+# (REDIS_SERVER=/nonexistent in the environment proves that `pytest -m "not redis"` needs
+# no server: any test that would start one fails.)
+REDIS_SERVER = (
+    os.environ.get("REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
+)
+REDIS_CLI = os.environ.get("REDIS_CLI") or shutil.which("redis-cli") or "/usr/bin/redis-cli"
 
 redis_server = factories.redis_proc(executable=REDIS_SERVER, port=None)
 

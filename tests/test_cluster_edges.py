@@ -14,6 +14,9 @@ from race_worker import decide_variants
 
 from router.store.redis import counter_value
 
+# Every test here talks to real redis-server processes.
+pytestmark = pytest.mark.redis
+
 WORKERS = 8
 
 

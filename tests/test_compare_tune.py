@@ -228,3 +228,13 @@ def test_any_executor_with_map_plugs_in(tmp_path):
     b = tune(s, traffic, grid, tmp_path / "b", executor=LocalExecutor(1), report=False)
     assert a.result["candidates"] == b.result["candidates"]
     assert a.result["best"] == b.result["best"]
+
+
+def test_a_grid_value_that_is_not_a_list_is_a_config_error(tmp_path):
+    """(Found by the type checker: the error was built with an argument it does not take.)"""
+    from router.replay.tune import load_grid
+
+    p = tmp_path / "grid.toml"
+    p.write_text('[grid]\n"primary.max_pd" = 0.05\n')
+    with pytest.raises(ConfigError, match=r"grid\.primary\.max_pd.*\(value: 0\.05\)"):
+        load_grid(p)

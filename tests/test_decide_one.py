@@ -46,6 +46,7 @@ def test_scalar_path_equals_batch_of_one_on_memory(method, store_factory):
     _same(one, batch, tight_stream(1500, seed=hash(method) % 1000))
 
 
+@pytest.mark.redis
 def test_scalar_path_equals_batch_of_one_on_redis(store_factory):
     one, batch = _pair(tight_strategy("best_value"), lambda: store_factory("redis"))
     _same(one, batch, tight_stream(600, seed=5))

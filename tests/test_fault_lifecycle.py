@@ -28,6 +28,9 @@ from router.store import quota_store_from_url
 from router.store.redis import counter_value
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
 
+# Every test here talks to real redis-server processes.
+pytestmark = pytest.mark.redis
+
 T0 = datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
 
 

@@ -46,6 +46,7 @@ def test_pipelined_batches_keep_caps_and_exactly_once(store_factory, kind):
     assert again == decisions and len(list(store.ledger())) == 100
 
 
+@pytest.mark.redis
 def test_pipelined_equals_ordered_when_nothing_competes(store_factory):
     """With room for everyone the order inside a batch cannot matter: same decisions."""
     d = strategy_dict()

@@ -20,6 +20,9 @@ from router.store import GRANTED, Bucket, CapLimit, quota_store_from_url
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
 from router.windows import key_of
 
+# Every test here talks to real redis-server processes.
+pytestmark = pytest.mark.redis
+
 TZ = "Asia/Shanghai"
 T0 = datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
 

@@ -9,6 +9,9 @@ import uuid
 import pytest
 from race_worker import decide_many
 
+# Every test here talks to real redis-server processes.
+pytestmark = pytest.mark.redis
+
 WORKERS = 8
 
 

@@ -12,6 +12,9 @@ from router.store import GRANTED, Bucket, CapLimit
 from router.traffic import write_traffic
 from router.windows import key_of
 
+# Every test here talks to real redis-server processes.
+pytestmark = pytest.mark.redis
+
 TZ = "Asia/Shanghai"
 
 

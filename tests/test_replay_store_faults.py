@@ -22,6 +22,9 @@ from typer.testing import CliRunner
 from router.cli import app
 from router.traffic import write_traffic
 
+# Every test here talks to real redis-server processes.
+pytestmark = pytest.mark.redis
+
 
 def _hog(seconds: float) -> None:
     end = time.monotonic() + seconds

@@ -137,6 +137,7 @@ def compare(
     out = Path(out_dir)
     a = replay(champion, traffic, out / "champion", **replay_options)
     b = replay(challenger, traffic, out / "challenger", **replay_options)
+    assert a.decisions_path is not None and b.decisions_path is not None  # written above
     m = swap_matrix_files(a.decisions_path, b.decisions_path)
     ea, eb = a.summary["expected_profit"], b.summary["expected_profit"]
     m["champion"] = {

@@ -307,7 +307,7 @@ class Metrics:
         a = self.psi_actual / self.psi_actual.sum()
         e = self.psi_expected
         eps = 1e-6
-        a, e = np.maximum(a, eps), np.maximum(e, eps)  # type: ignore[arg-type]
+        a, e = np.maximum(a, eps), np.maximum(np.asarray(e), eps)
         return float(np.sum((a - e) * np.log(a / e)))
 
     def summary(self) -> dict[str, Any]:
@@ -317,7 +317,7 @@ class Metrics:
         def split(c: np.ndarray) -> dict[str, int]:
             return {LABELS[k]: int(c[k]) for k in range(4)}
 
-        partners = {}
+        partners: dict[str, dict[str, Any]] = {}
         for pid, t in self.partners.items():
             partners[pid] = {
                 "referred": t.referred,
@@ -387,7 +387,7 @@ class Metrics:
             for cap in caps:
                 used = self.usage.get(bucket, {}).get(cap.window, {})
                 ran = self.ran_out.get(bucket, {}).get(cap.window, {})
-                windows = []
+                windows: list[dict[str, Any]] = []
                 for key in sorted(set(used) | set(ran)):
                     c, a = used.get(key, [0, 0])
                     windows.append(

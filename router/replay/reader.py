@@ -98,21 +98,22 @@ def read_batches(
     """
     mapping = dict(mapping or {})
     ids = set(partner_ids)
+    source: Iterator[pa.RecordBatch]
     if not isinstance(path, (str, Path)):
-        source: Iterator[pa.RecordBatch] = iter(path)
-        suffix = "<stream>"
+        source = iter(path)
+        file, suffix = Path("<stream>"), "<stream>"
     else:
-        path = Path(path)
-        if not path.exists():
-            raise TrafficError(f"{path}: no such file")
-        suffix = path.suffix.lower()
+        file = Path(path)
+        if not file.exists():
+            raise TrafficError(f"{file}: no such file")
+        suffix = file.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        yield from _jsonl(path, hasher, ids, mapping, batch_size, on_rejects)  # type: ignore[arg-type]
+        yield from _jsonl(file, hasher, ids, mapping, batch_size, on_rejects)
         return
     if suffix == "<stream>":
         pass
     elif suffix == ".parquet":
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(file)
         wanted = [
             c
             for c in pf.schema_arrow.names
@@ -120,9 +121,9 @@ def read_batches(
         ]
         source = pf.iter_batches(batch_size=batch_size, columns=wanted)
     elif suffix == ".csv":
-        source = _csv(path, mapping, batch_size)
+        source = _csv(file, mapping, batch_size)
     else:
-        raise TrafficError(f"{path}: unsupported traffic format {suffix!r} ({', '.join(FORMATS)})")
+        raise TrafficError(f"{file}: unsupported traffic format {suffix!r} ({', '.join(FORMATS)})")
     offset = 0
     for raw in source:
         good, idx, rejects = validate(rename(raw, mapping), offset, ids)

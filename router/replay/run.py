@@ -201,7 +201,8 @@ def replay(
     :class:`~router.errors.StoreError` — unless ``allow_degraded``: then those rows are
     decided degraded and counted (``summary["degraded"]``).
     """
-    is_file = isinstance(traffic, (str, Path))
+    traffic_file = Path(traffic) if isinstance(traffic, (str, Path)) else None
+    is_file = traffic_file is not None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mapping = dict(strategy.columns if mapping is None else mapping)
@@ -290,11 +291,11 @@ def replay(
         "strategy_hash": strategy_hash(strategy),
         "code_version": code_version(),
         "traffic": {
-            "file": Path(traffic).name if is_file else "<stream>",
+            "file": traffic_file.name if traffic_file is not None else "<stream>",
             "sha256": cached.sha256
             if cached is not None
-            else file_sha256(traffic)
-            if is_file
+            else file_sha256(traffic_file)
+            if traffic_file is not None
             else None,
             "rows_accepted": rows_read,
             "rows_rejected": n_rejects,

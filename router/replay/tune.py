@@ -54,10 +54,9 @@ def load_grid(path: str | Path) -> dict[str, list[Any]]:
     for name, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(
-                "expected a non-empty list of values",
+                f"expected a non-empty list of values (value: {values!r})",
                 source=str(path),
                 path=f"grid.{name}",
-                value=values,
             )
     return grid
 

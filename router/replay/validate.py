@@ -65,7 +65,9 @@ class Reject:
 def _spec() -> dict[str, tuple[str, Any, bool]]:
     """Application field -> (kind, constraint type info, required)."""
     out = {}
-    for f in msgspec.inspect.type_info(Application).fields:
+    info = msgspec.inspect.type_info(Application)
+    assert isinstance(info, msgspec.inspect.StructType)
+    for f in info.fields:
         t = f.type
         if isinstance(t, msgspec.inspect.UnionType):
             t = next((x for x in t.types if not isinstance(x, msgspec.inspect.NoneType)), t)

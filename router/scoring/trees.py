@@ -30,8 +30,15 @@ def hgb_to_onnx(est: Any, n_features: int) -> tuple[bytes, float]:
 
     if getattr(est, "n_trees_per_iteration_", 1) != 1:
         raise ModelError("only binary HistGradientBoostingClassifier is supported")
-    feat, splits, miss, roots, leaves = [], [], [], [], []
-    t_ids, t_leaf, f_ids, f_leaf = [], [], [], []
+    feat: list[Any] = []
+    splits: list[Any] = []
+    miss: list[Any] = []
+    roots: list[Any] = []
+    leaves: list[Any] = []
+    t_ids: list[Any] = []
+    t_leaf: list[Any] = []
+    f_ids: list[Any] = []
+    f_leaf: list[Any] = []
     for (pred,) in est._predictors:
         nodes = pred.nodes
         if nodes["is_categorical"].any():

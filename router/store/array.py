@@ -246,10 +246,10 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
             )
             if r != GRANTED:
                 return r
-            if granted is not None:
-                granted[application_id] = event_ms  # type: ignore[index]
+            if granted is not None and application_id is not None:  # (granted implies an id)
+                granted[application_id] = event_ms
                 q = self._grant_expiry.setdefault(bucket.id, deque())
-                q.append((event_ms + self._ttl, application_id, event_ms))  # type: ignore[arg-type]
+                q.append((event_ms + self._ttl, application_id, event_ms))
             if entry is not None:
                 self.append_entry(entry)
             return GRANTED

@@ -75,7 +75,7 @@ class MemoryQuotaStore(InProcessRecords, QuotaStore):
                 end = window_end_ms(bucket.caps[i].window, cur[0], bucket.timezone)
                 self._archive[(bid, i, cur[0])] = cur
                 self._archive_expiry.append((end + COUNTER_GRACE_MS, (bid, i, cur[0])))
-            cur = cells[i] = self._archive.pop((bid, i, key), None) or [key, 0, 0]
+            cur = cells[i] = self._archive.pop((bid, i, key), [key, 0, 0])
             return cur
         return self._archive.setdefault((bid, i, key), [key, 0, 0])
 
@@ -136,8 +136,8 @@ class MemoryQuotaStore(InProcessRecords, QuotaStore):
             for c in cells:
                 c[1] += 1
                 c[2] += amount
-            if seen is not None:
-                seen[applicant] = event_ms  # type: ignore[index]
+            if seen is not None and applicant is not None:  # (seen implies an applicant)
+                seen[applicant] = event_ms
                 # Kept LATE_MS past its window: events inside the horizon may still see it.
                 _expire_later(
                     self._dedupe_expiry,
@@ -145,12 +145,12 @@ class MemoryQuotaStore(InProcessRecords, QuotaStore):
                     event_ms + bucket.dedupe_ms + LATE_MS,
                     applicant,
                     event_ms,
-                )  # type: ignore[arg-type]
-            if granted is not None:
-                granted[application_id] = event_ms  # type: ignore[index]
+                )
+            if granted is not None and application_id is not None:  # (granted implies an id)
+                granted[application_id] = event_ms
                 _expire_later(
                     self._grant_expiry, bid, event_ms + self._ttl, application_id, event_ms
-                )  # type: ignore[arg-type]
+                )
             if entry is not None:
                 self.append_entry(entry)
             return GRANTED

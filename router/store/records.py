@@ -58,7 +58,7 @@ class DecisionRecords:
         rec = self._records.get(application_id)
         if rec is None:
             return None
-        if type(rec) is Block:
+        if isinstance(rec, Block):
             i = rec.row(application_id)
             return rec.records[i].tobytes(), int(rec.fingerprints[i])
         return rec, self._fingerprints[application_id]
@@ -73,8 +73,9 @@ class DecisionRecords:
         if recs.keys().isdisjoint(application_ids):  # the usual case, at C speed
             return found
         for i, a in enumerate(application_ids):
-            if a in recs:
-                rec, fp = self._get(a)  # type: ignore[misc]
+            got = self._get(a) if a in recs else None
+            if got is not None:
+                rec, fp = got
                 if fp != fingerprints[i]:
                     raise IdempotencyConflict(a)
                 found[i] = rec
@@ -181,10 +182,12 @@ class InProcessRecords:
 
     def try_reserve_once(self, *args, **kwargs) -> tuple[int, bytes | None]:
         with self._lock:  # re-entrant: the base class's steps run as one
+            # (a mixin: the store class it is mixed into has the method)
             return super().try_reserve_once(*args, **kwargs)  # type: ignore[misc]
 
     def record_once(self, *args, **kwargs) -> bytes | None:
         with self._lock:
+            # (a mixin: the store class it is mixed into has the method)
             return super().record_once(*args, **kwargs)  # type: ignore[misc]
 
     def recall(self, application_id: str, fingerprint: int) -> bytes | None:

@@ -60,6 +60,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from importlib import resources
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import redis
@@ -70,7 +71,7 @@ from redis.retry import Retry
 from router.errors import ConfigError, IdempotencyConflict, StoreError
 from router.messages import ReferralEntry
 from router.store.base import COUNTER_GRACE_MS, LATE_MS, Bucket, QuotaStore, validate_reservation
-from router.store.grant_book import GrantBook
+from router.store.grant_book import GrantBook, Handle
 from router.store.redis_cluster import ClusterClaims, ClusterHorizon
 from router.store.redis_codec import FP_BYTES as _FP_BYTES
 from router.store.redis_codec import entry_enc as _entry_enc
@@ -126,15 +127,17 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         self._settle = client.register_script(_SETTLE)
         self._windows: dict[tuple[int, tuple[int, ...]], tuple] = {}
         self._cluster = isinstance(client, RedisCluster)
+        #: One round trip per decision (check, reserve, record): not across cluster slots.
+        self.single_trip = not self._cluster
         self.link = (
-            None
-            if self._cluster
-            else Link(
+            Link(
                 client.connection_pool,
                 timeout_ms / 1000,
                 retries=retries,
                 backoff_s=backoff_ms / 1000,
             )
+            if isinstance(client, redis.Redis)
+            else None
         )
         self.book = GrantBook(self._flush_items)
         self._horizon_key = f"{prefix}{{h}}"
@@ -157,7 +160,7 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         merged = {**query, **options}
         prefix = merged.get("prefix", "rr:")
         timeout_ms = _number(merged, "timeout_ms", 5, 0.1, 600_000)
-        opts = dict(
+        opts: dict[str, Any] = dict(
             timeout_ms=timeout_ms,
             idempotency_ttl_ms=int(_number(merged, "ttl_hours", 48, 1, 24 * 365)) * 3600_000,
             retries=int(_number(merged, "retries", 0, 0, 100)),
@@ -165,9 +168,10 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
             pending_ms=int(_number(merged, "pending_ms", 15_000, 1, 86_400_000)),
         )
         timeout = timeout_ms / 1000
-        common = dict(
+        common: dict[str, Any] = dict(
             socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
         )
+        client: redis.Redis | RedisCluster
         try:
             if parts.scheme == "redis+cluster":
                 nodes = []
@@ -241,16 +245,11 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
             self.link.retries = self.retries
             self.link.backoff_s = r["backoff_ms"] / 1000
             self.link.close()  # new connections take the new timeouts
-            self.client.connection_pool.connection_kwargs.update(
+            self.link.pool.connection_kwargs.update(
                 socket_timeout=self.link.timeout_s, socket_connect_timeout=self.link.timeout_s
             )
 
     # ---- QuotaStore ------------------------------------------------------------------
-
-    @property
-    def single_trip(self) -> bool:
-        """One round trip per decision (check, reserve, record) — not across cluster slots."""
-        return not self._cluster
 
     def try_reserve(
         self,
@@ -341,7 +340,7 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         fingerprint: int | None = None,
         record: bytes = b"",
         use_app: bool | None = None,
-    ) -> tuple[list, list, bytes]:
+    ) -> tuple[list, list, Handle | None]:
         """Validated KEYS and ARGV of one reservation script call, and the handle of the
         grant it would leave pending (None: a grant is posted at once — outside a
         decision)."""
@@ -376,7 +375,7 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
             f"{b}:d:{applicant}" if use_dedupe else f"{b}:d:-",
             f"{b}:ledger",
             f"{b}:g:{application_id}" if use_grant else f"{b}:g:-",
-            self._app(application_id) if use_app else f"{b}:a:-",  # type: ignore[arg-type]
+            self._app(application_id or "") if use_app else f"{b}:a:-",
             f"{b}:pendq",
             f"{b}:h-" if self._cluster else self._horizon_key,
         ]
@@ -391,10 +390,10 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
             # The pending grant's queue member: what a void undoes and what a post bills
             # (see lua/grants.lua). Built here, so it can be settled even if the reply is lost.
             member = b"%s\0%s%08x%s%s" % (
-                application_id.encode(),
+                (application_id or "").encode(),  # (a token is only given with an id)
                 token,
                 len(entry_json),
-                entry_json,  # type: ignore[union-attr]
+                entry_json,
                 _spec_enc.encode(
                     (
                         amount,
@@ -417,7 +416,7 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
                 self.record_ttl_ms,
                 use_app,
                 self.pending_ms if token else 0,
-                self._horizon.known(event_ms) if self._cluster else -1,
+                self._horizon.known(event_ms) if self._horizon is not None else -1,
                 LATE_MS,
             ),
             struct.pack(f"<{len(caps)}d", *caps),
@@ -505,11 +504,8 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         :class:`~router.store.redis_link.Link`); replies in order, an error reply in place
         as its exception. (redis-py's pipeline checks every argument in Python, and with
         scripts asks ``SCRIPT EXISTS`` on every execute: more than the whole decision.)"""
-        return self.link.send(
-            commands,
-            force=force,  # type: ignore[union-attr]
-            retries=retries,
-        )
+        assert self.link is not None  # one server (a cluster has no Link)
+        return self.link.send(commands, force=force, retries=retries)
 
     def record_many(self, application_ids, fingerprints, records, event_ms):
         try:
@@ -582,7 +578,7 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
             # The reply is lost but the script may have run: a grant it made is voided when
             # the decision ends. Never re-sent here: that would double the deadline.
             if grant:
-                self.book.unknown(bucket.id, application_id, grant)  # type: ignore[arg-type]
+                self.book.unknown(bucket.id, application_id or "", grant)
             raise StoreError(f"reserve at {bucket.id!r} failed: {exc}") from exc
         except redis.RedisError as exc:
             raise StoreError(f"reserve at {bucket.id!r} failed: {exc}") from exc
@@ -590,7 +586,7 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         if code == -2:
             return code, reply[1][_FP_BYTES:]
         if code == 0 and grant:
-            self.book.made(bucket.id, application_id, grant)  # type: ignore[arg-type]
+            self.book.made(bucket.id, application_id or "", grant)
         return code, None
 
     def recall(self, application_id: str, fingerprint: int) -> bytes | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -23,6 +23,19 @@ class ClusterClaims:
     """Claims and recovery across slots (see the protocol in :mod:`router.store.redis`)."""
 
     link_backoff = 0.05
+
+    if TYPE_CHECKING:  # provided by RedisQuotaStore, of which this class is a part
+        client: Any
+        timeout_ms: float
+        retries: int
+        _reserve: Any
+
+        def _b(self, bucket_id: str) -> str: ...
+        def _app(self, application_id: str) -> str: ...
+        def recall(self, application_id: str, fingerprint: int) -> bytes | None: ...
+        def record_once(
+            self, application_id: str, fingerprint: int, record: bytes, event_ms: int
+        ) -> bytes | None: ...
 
     def claim_many(
         self, application_ids: Sequence[str], fingerprints: Sequence[int], lease_ms: int

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import cast
 
 import redis
 from hiredis import pack_command
@@ -156,7 +157,8 @@ class Link:
     def _connection(self) -> redis.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = self.pool.make_connection()
+            # (A plain redis.Redis pool makes redis.Connection objects.)
+            conn = self._local.conn = cast(redis.Connection, self.pool.make_connection())
             with self._lock:
                 self._conns.append(conn)
         return conn

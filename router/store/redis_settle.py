@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -14,9 +15,31 @@ from router.store.grant_book import Item
 from router.store.redis_codec import entry_dec as _entry_dec
 from router.store.redis_codec import fp as _fp
 
+if TYPE_CHECKING:
+    from router.store.grant_book import GrantBook
+    from router.store.redis_link import Link
+
 
 class GrantSettling:
     """Posts, voids and sweeps of pending grants; the ledger as consumers see it."""
+
+    if TYPE_CHECKING:  # provided by RedisQuotaStore, of which this class is a part
+        client: Any
+        book: GrantBook
+        prefix: str
+        link: Link | None
+        _cluster: bool
+        _settle: Any
+
+        def _b(self, bucket_id: str) -> str: ...
+        def _app(self, application_id: str) -> str: ...
+        def _evalsha_many(
+            self,
+            calls: list[tuple[list, list]],
+            script: str = ...,
+            settle: bool = ...,
+            force: bool = ...,
+        ) -> list: ...
 
     _FORGET = (
         "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
@@ -82,9 +105,9 @@ class GrantSettling:
                 error = exc
                 continue
             self._check_settled([(kk, args)], [reply])
-        if failed:
+        if error is not None:  # (set with every failed group)
             self.book.put_back(failed)
-            raise error  # type: ignore[misc]
+            raise error
 
     def _check_settled(self, calls: list, replies: list) -> None:
         for (kk, args), reply in zip(calls, replies):
