@@ -114,3 +114,29 @@ def test_vectorised_equals_scalar():
 def test_to_minor_rounds_once_half_even():
     assert eco.to_minor(2.5) == 2 and eco.to_minor(3.5) == 4
     assert eco.to_minor(np.array([1.4, 1.6])).tolist() == [1, 2]
+
+
+def test_referral_value_every_term_counts_by_hand():
+    """Every term of the referral-value formula, each with its own distinct value, so that
+    dropping or scaling any one changes the result (fees per referral, per accepted and per
+    funded; the revenue share; acceptance slope; funded rate; the partner's APR)."""
+    d = strategy_dict()
+    p = d["partners"][0]
+    p.update(apr_max=0.15, acceptance=0.7, acceptance_pd_slope=2.0, funded_rate=0.8)
+    p["terms"] = {
+        "fee_per_referral": 300,
+        "fee_per_accepted": 1_100,
+        "fee_per_funded": 7_000,
+        "rev_share": 0.25,
+    }
+    partner = strategy_from_dict(d).partners[0]
+    # PD 5%: P(accept) = 0.7 − 2·0.05 = 0.6; partner APR min(0.15, 0.18) = 0.15
+    # fees = 300 + 0.6·(1,100 + 0.8·7,000) = 300 + 0.6·6,700 = 4,320
+    # interest = 0.15 · 541,666.67 · 0.95 = 77,187.5; share = 0.6·0.8·0.25·77,187.5 = 9,262.5
+    fees, share = eco.referral_value_parts(A, T, 0.05, 0.18, partner)
+    assert fees == pytest.approx(4_320.0, abs=1e-9)
+    assert share == pytest.approx(9_262.5, abs=1e-6)
+    assert eco.referral_value(A, T, 0.05, 0.18, partner) == pytest.approx(13_582.5, abs=1e-6)
+    # The applicant's maximum APR binds below the partner's: 0.10 · by · 0.95 = 51,458.33
+    _, capped = eco.referral_value_parts(A, T, 0.05, 0.10, partner)
+    assert capped == pytest.approx(0.6 * 0.8 * 0.25 * 51_458.3333, rel=1e-9)

@@ -259,3 +259,41 @@ def test_a_stall_degrades_only_the_decisions_inside_it(server):
         refer_ids([]) + [f"a-{k}" for k, (_, _, g) in enumerate(timeline) if not g],
         port,
     )
+
+
+def test_adecide_keeps_the_event_loop_running_while_the_store_stalls(server):
+    """Ten ``adecide`` calls wait on a Redis stopped for 300 ms; meanwhile a ticker on the
+    same loop keeps ticking (a blocking call would freeze it for the whole stall)."""
+    import asyncio
+
+    port, node = server
+    router = _router(_url(port, 2000))
+    router.decide(_app(10_000))  # connected and scripts loaded before the stall
+
+    async def main():
+        gaps: list[float] = []
+        stop = asyncio.Event()
+
+        async def ticker():
+            last = time.perf_counter()
+            while not stop.is_set():
+                await asyncio.sleep(0.002)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        await asyncio.sleep(0.01)
+        _stop(node)
+        threading.Timer(0.3, _cont, (node,)).start()
+        started = time.perf_counter()
+        decisions = await asyncio.gather(*(router.adecide(_app(i)) for i in range(10)))
+        took = time.perf_counter() - started
+        stop.set()
+        await tick
+        return decisions, took, gaps
+
+    decisions, took, gaps = asyncio.run(main())
+    assert took >= 0.25  # the decisions really waited for the stopped server
+    assert not any(d.degraded for d in decisions)  # and were answered after it came back
+    assert max(gaps) < 0.15  # while the loop kept running

@@ -2,7 +2,6 @@ import pytest
 
 from router.errors import InputError
 from router.messages import Refer, decode_application, decode_decision, encode
-from router.testing import make_application
 
 GOOD = (
     b'{"application_id":"a1","received_at":"2026-11-02T10:00:00+08:00","channel":"own_app",'
@@ -64,7 +63,3 @@ def test_decision_roundtrip_tagged():
     match back:
         case Refer(partner_id=pid):
             assert pid == "p"
-
-
-def test_make_application_valid():
-    assert make_application(age=40).age == 40

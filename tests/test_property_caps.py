@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from router.config import strategy_from_dict
 from router.engine import Router
-from router.messages import Refer
+from router.messages import Branch, Keep, Refer
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
 from router.windows import key_of
 
@@ -37,8 +37,35 @@ def tight_caps(d: dict) -> dict:
     return d
 
 
+def tight_budgets(d: dict) -> dict:
+    """The funder's own budgets (keep and branch) bite too, by count and by amount."""
+    d["primary"]["caps"] = [
+        {"window": "hour", "count": 2},
+        {"window": "day", "amount": 6_000_000},
+    ]
+    d["branch"]["caps"] = [{"window": "hour", "count": 1}, {"window": "day", "count": 3}]
+    return d
+
+
 def _strategy():
-    return strategy_from_dict(tight_caps(strategy_dict(routing={"method": "best_value"})))
+    return strategy_from_dict(
+        tight_budgets(tight_caps(strategy_dict(routing={"method": "best_value"})))
+    )
+
+
+def _check_budget(apps, decisions, kind, policy, timezone) -> None:
+    """No window of a budget cap holds more decisions of ``kind`` than the cap allows."""
+    for cap in policy.caps:
+        used: dict[int, list[int]] = {}
+        for a, d in zip(apps, decisions):
+            if isinstance(d, kind):
+                k = key_of(int(a.received_at.timestamp() * 1000), cap.window, timezone)
+                c = used.setdefault(k, [0, 0])
+                c[0] += 1
+                c[1] += a.requested_amount
+        for count, amount in used.values():
+            assert cap.count is None or count <= cap.count
+            assert cap.amount is None or amount <= cap.amount
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -60,6 +87,8 @@ def test_caps_never_exceeded(rows):
         for i, (sec, amt, score, region, who, consent) in enumerate(rows)
     ]
     decisions = router.decide_batch(apps)
+    _check_budget(apps, decisions, Keep, s.primary, s.timezone)
+    _check_budget(apps, decisions, Branch, s.branch, s.timezone)
     ledger = list(router.store.ledger())
     assert len(ledger) == sum(isinstance(d, Refer) for d in decisions)
     assert len({e.application_id for e in ledger}) == len(ledger)
@@ -81,3 +110,25 @@ def test_caps_never_exceeded(rows):
                 last = seen.get(e.applicant_hash)
                 assert last is None or e.event_time_ms - last >= p.dedupe_days * 86_400_000
                 seen[e.applicant_hash] = e.event_time_ms
+
+
+def test_the_budget_caps_of_the_property_bind():
+    """The property's budgets really refuse: prime applicants in one hour, more than the
+    keep budget's two, spill to the branch (one an hour) and then to partners."""
+    s = _strategy()
+    router = Router(s, scorers={"main": ScoreLookupScorer({700: 0.02, 650: 0.08, 600: 0.2})})
+    apps = [
+        make_application(
+            application_id=f"b{i}",
+            received_at=T0 + timedelta(seconds=i),
+            requested_amount=100_000,
+            bureau_score=700,
+            national_id=f"1101011990020{i:05d}",
+        )
+        for i in range(5)
+    ]
+    decisions = router.decide_batch(apps)
+    assert [type(d).__name__ for d in decisions[:3]] == ["Keep", "Keep", "Branch"]
+    assert "KEEP_BUDGET_EXHAUSTED" in decisions[2].reasons
+    assert "BRANCH_BUDGET_EXHAUSTED" in decisions[3].reasons
+    assert not any(isinstance(d, (Keep, Branch)) for d in decisions[3:])

@@ -13,7 +13,6 @@ from tests_helpers import MAPPING, lender_rows, strategy_and_scorer
 from router.errors import TrafficError
 from router.replay import replay
 from router.replay.reader import read_batches
-from router.testing import ScoreLookupScorer
 
 # The lender's file uses its own names; the mapping (field -> their column) reads it.
 BAD = {  # row number (1-based) -> (field, what is wrong)
@@ -139,10 +138,6 @@ def _hasher(s):
     from router.identity import Hasher
 
     return Hasher.from_config(s.identity)
-
-
-def test_scorer_lookup_is_used():
-    assert isinstance(strategy_and_scorer()[1], ScoreLookupScorer)
 
 
 def test_float_columns_for_integer_fields(tmp_path):

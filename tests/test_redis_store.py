@@ -204,26 +204,3 @@ def test_password_in_the_url(tmp_path):
             bad.try_reserve(bk, k, 5, None, t)
     finally:
         node.stop()
-
-
-def test_adecide_does_not_block_the_event_loop(store_factory, make_router):
-    import asyncio
-
-    from router.testing import make_application
-
-    router = make_router({600: 0.2}, store=store_factory("redis"))
-
-    async def main():
-        apps = [
-            make_application(
-                application_id=f"as-{i}", bureau_score=600, national_id=f"11010119900109{i:04d}"
-            )
-            for i in range(20)
-        ]
-        return await asyncio.gather(*(router.adecide(a) for a in apps))
-
-    decisions = asyncio.run(main())
-    assert len({d.application_id for d in decisions}) == 20
-    assert len(list(router.store.ledger())) == sum(
-        d.partner_id is not None for d in decisions if hasattr(d, "partner_id")
-    )

@@ -83,14 +83,44 @@ def test_replay_equals_live_one_by_one(tmp_path, traffic):
 
 
 def test_daily_cap_exhaustion_reported(tmp_path, traffic):
-    s = load_strategy("configs/strategy.toml")
+    """With every cap divided by 10, 20k applications run several daily caps out: the
+    report says when (the first refused application's time, in the window it names), a cap
+    that ran out is used up to its count, and nothing of that kind is granted after it."""
+    from datetime import datetime
+
+    s = _small_caps_strategy()
     r = replay(s, traffic[0], tmp_path)
-    dongfang = r.summary["partners"]["credit_dongfang"]
-    # 20k applications: the smallest daily caps are not reached, so nothing is claimed
-    for q in r.summary["quota"].values():
-        for w in q.get("day", {}).get("by_window", []):
-            assert w["ran_out_at"] is None or w["ran_out_at"].startswith(w["window"])
-    assert dongfang["referred"] <= 5_000
+    quota = r.summary["quota"]
+    rows = pq.read_table(r.decisions_path).to_pylist()
+    ran_out = 0
+    for name, caps in quota.items():
+        day = caps.get("day")
+        if day is None:
+            continue
+        for w in day["by_window"]:
+            if day["cap_amount"] is None:  # a count-only cap runs out exactly at its count
+                assert (w["ran_out_at"] is not None) == (w["count"] >= day["cap_count"]), w
+            if w["ran_out_at"] is None:
+                continue
+            ran_out += 1
+            at = datetime.fromisoformat(w["ran_out_at"])
+            assert w["ran_out_at"].startswith(w["window"])  # inside the window it names
+            if day["cap_amount"] is None:  # used up: nothing granted after it ran out
+                taken = [
+                    x["received_at"]
+                    for x in rows
+                    if (
+                        x["partner"] == name
+                        if name not in ("keep", "branch")
+                        else x["outcome"] == name
+                    )
+                    and x["received_at"].astimezone(at.tzinfo).date() == at.date()
+                ]
+                assert len(taken) == day["cap_count"] and max(taken) < at, name
+            # the time of a real application (the report gives whole seconds)
+            assert any(abs((x["received_at"] - at).total_seconds()) < 1 for x in rows)
+    assert ran_out >= 5  # the data really runs caps out (branch and four partners)
+    assert quota["keep"]["day"]["windows_ran_out"] == 0
 
 
 @pytest.mark.parametrize("method", ["best_value", "waterfall", "weighted"])
