@@ -24,6 +24,7 @@ from router.messages import ReferralEntry
 from router.outcomes import BRANCH, DECLINE, KEEP, REFER, Outcomes, decision_id, pack_record
 from router.partners import SmoothWeightedRotation, waterfall_order
 from router.reasons import BIT
+from router.routing import routing_method
 from router.store import (
     CAP_HIT,
     DEDUPED,
@@ -81,6 +82,7 @@ class Allocator:
         for r, j in enumerate(self.waterfall):
             self.rank[j] = r
         self.rotation = SmoothWeightedRotation([p.weight for p in s.partners], self.rank)
+        self.routing = routing_method(s.routing.method)
         # bucket -> per cap (window key, smallest amount refused in that window). Counters
         # only grow inside a window, so any amount at least that large is refused too; a
         # full count cap refuses everything (floor 0). Saves store round trips once caps bite.
@@ -190,7 +192,7 @@ class Allocator:
         """Decide every row of the batch against the store (``pipelined``: see _rounds)."""
         with self.lock:
             self._pipelined = pipelined
-            if len(cols) > 1 and not pipelined and getattr(self.store, "compiled", False):
+            if len(cols) > 1 and not pipelined and self.store.compiled:
                 # An in-process array store: the whole walk is one compiled call (numba
                 # is imported only by those who use it).
                 from router.allocate_compiled import allocate_compiled
@@ -221,8 +223,8 @@ class Allocator:
         degraded = [False] * n
         # One decision on a store that can check, reserve and record in one round trip:
         # no separate recall, and a grant's record is written by the reservation itself.
-        shared = getattr(self.store, "needs_claims", False)
-        single = getattr(self.store, "single_trip", False)
+        shared = self.store.needs_claims
+        single = self.store.single_trip
         # Single-trip reservations (check the application's record, reserve, record a grant,
         # all atomic): for one decision on any store that can, and for every batch on a
         # shared store that can (a single Redis server) — no claims needed there.
@@ -275,13 +277,13 @@ class Allocator:
         # refused without a store call or floor lookup until the first row of the next
         # window (rows are in time order).
         skipping = self.skip_full_windows
-        weighted = s.routing.method == "weighted"
+        weighted = self.routing.rotates
         # best_value on a big batch: every row's partner order (EV descending, then
         # priority) from one vectorised sort, packed 4 bits a partner; decoded once per
         # distinct (order, eligible set).
         order_codes = None
         order_cache: dict[Any, Any] = {}
-        if s.routing.method == "best_value" and n >= 64 and 1 < P <= 15:
+        if self.routing.by_value and n >= 64 and 1 < P <= 15:
             neg = np.where(a.eligible, -a.ev, np.inf)
             ranks = np.broadcast_to(np.asarray(self.rank), neg.shape)
             idx = np.lexsort((ranks, neg), axis=-1).astype(np.int64)
@@ -755,17 +757,12 @@ class Allocator:
     def _refer_row(self, r: Row, a: OneAssessment, eligible: list[int], bits: int) -> bytes | int:
         """Try eligible partners in routing order: the granted decision's record, or the
         reason bits of the refusals."""
-        s, rank = self.strategy, self.rank
-        method = s.routing.method
+        s, routing = self.strategy, self.routing
         ev = a.ev
         if len(eligible) == 1:
             order = eligible
-        elif method == "waterfall":
-            order = sorted(eligible, key=rank.__getitem__)
-        elif method == "best_value":
-            order = sorted(eligible, key=lambda j: (-ev[j], rank[j]))
         else:
-            order = self.rotation.order(eligible)
+            order = routing.order(eligible, self.rank, ev.__getitem__, self.rotation)
         extra = 0
         entries = self.store.needs_entries
         for j in order:
@@ -798,8 +795,7 @@ class Allocator:
                 )
                 res = self._reserve_row(bucket, kk, r, r.applicant, entry, rec)
                 if res == GRANTED:
-                    if method == "weighted":
-                        self.rotation.granted(j, eligible)
+                    routing.on_grant(self.rotation, j, eligible)
                     return rec
             extra |= _DEDUPE if res == DEDUPED else _LATE if res == LATE else _QUOTA
         return extra
@@ -830,7 +826,7 @@ class Allocator:
         concurrent, so which of two rows wins a last place may differ from arrival order.
         """
         s, P = self.strategy, len(self.strategy.partners)
-        rank, method, known = self.rank, s.routing.method, self.known_refusal
+        rank, routing, known = self.rank, self.routing, self.known_refusal
         kb, bb = self.keep_bucket, self.branch_bucket
         event_ms, amounts = cols.event_ms.tolist(), cols.requested_amount.tolist()
         keep_ok, branch_ok = a.keep_ok.tolist(), a.branch_ok.tolist()
@@ -845,13 +841,11 @@ class Allocator:
                 eligible = decode.get(m) or decode.setdefault(
                     m, [j for j in range(P) if m >> j & 1]
                 )
-                if len(eligible) == 1 or method == "waterfall":
-                    cands += sorted(eligible, key=rank.__getitem__)
-                elif method == "best_value":
-                    base = i * P
-                    cands += sorted(eligible, key=lambda j: (-ev_flat[base + j], rank[j]))
+                if len(eligible) == 1:
+                    cands += eligible
                 else:
-                    cands += self.rotation.order(eligible)
+                    row_ev = ev_flat[i * P : (i + 1) * P]
+                    cands += routing.order(eligible, rank, row_ev.__getitem__, self.rotation)
             plans[i] = [cands, 0, eligible]
         refused_bit = {-2: _KEEP_FULL, -1: _BRANCH_FULL}
         while plans:
@@ -943,8 +937,7 @@ class Allocator:
                     kind[i] = KEEP if c == -2 else BRANCH if c == -1 else REFER
                     if c >= 0:
                         chosen[i] = c
-                        if method == "weighted":
-                            self.rotation.granted(c, plans[i][2])
+                        routing.on_grant(self.rotation, c, plans[i][2])
                     del plans[i]
                 else:
                     bits[i] |= (
@@ -1001,19 +994,13 @@ class Allocator:
         Partners in ``blocked`` have cap ``block_cap[j]`` full for this row's window:
         refused without asking the store, exactly as the store would refuse them.
         """
-        s = self.strategy
-        method = s.routing.method
-        rank = self.rank
+        s, routing = self.strategy, self.routing
         if order is not None:
             pass  # ranked for the whole batch already
         elif len(eligible) == 1:
             order = eligible
-        elif method == "waterfall":
-            order = sorted(eligible, key=rank.__getitem__)
-        elif method == "best_value":
-            order = sorted(eligible, key=lambda j: (-evs[base + j], rank[j]))
         else:
-            order = self.rotation.order(eligible)
+            order = routing.order(eligible, self.rank, lambda j: evs[base + j], self.rotation)
         applicant = cols.applicant[i]
         extra = 0
         buckets, known = self.partner_buckets, self.known_refusal
@@ -1046,8 +1033,7 @@ class Allocator:
                 )
                 r = self.reserve(buckets[j], pkeys[j], i, amount, applicant, t, entry, rec)
             if r == GRANTED:
-                if method == "weighted":
-                    self.rotation.granted(j, eligible)
+                routing.on_grant(self.rotation, j, eligible)
                 return j, extra
             if r >= CAP_HIT and cap_full(r):
                 self._new_blocks.append((j, cap_index(r)))

@@ -18,6 +18,7 @@ from router.assess import Assessment
 from router.columns import AppColumns
 from router.outcomes import DECLINE, REFER, Outcomes
 from router.reasons import BIT
+from router.routing import routing_method
 from router.store import kernel as K
 from router.store.array import ArrayQuotaStore, applicant_words
 from router.store.base import COUNTER_GRACE_MS
@@ -29,7 +30,7 @@ _ALLOCATE: Any = K.allocate
 if TYPE_CHECKING:
     from router.allocate import Allocator
 
-_METHOD = {"waterfall": K.WATERFALL, "best_value": K.BEST_VALUE, "weighted": K.WEIGHTED}
+
 #: Rows of first-refusal events to start a batch with (grown as needed).
 CAPEV_ROWS = 256
 _BITS = tuple(
@@ -122,7 +123,7 @@ def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcome
         rank = np.array(al.rank, dtype=np.int64)
         weights = np.array(al.rotation.weights, dtype=np.int64)
         ev = np.ascontiguousarray(a.ev, dtype=np.float64)
-        method = _METHOD[s.routing.method]
+        method = routing_method(s.routing.method).code
         amounts, event_ms = cols.requested_amount, cols.event_ms
         before = int(store.clock[K.NEXT_SWEEP])
         pos = 0

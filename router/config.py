@@ -156,7 +156,8 @@ class ChannelPolicy(Base, kw_only=True, frozen=True):
 class Routing(Base, kw_only=True, frozen=True):
     """How one partner is chosen among the eligible ones with room."""
 
-    method: Literal["waterfall", "best_value", "weighted"] = "waterfall"
+    #: A registered routing method (:func:`router.routing.routing_methods`).
+    method: str = "waterfall"
     min_expected_value: int = 0
 
 
@@ -341,6 +342,15 @@ def _check_tz(name: str, where: str, source: str) -> None:
 def _check_semantics(s: Strategy, source: str) -> None:
     e = s.economics
     _check_tz(s.timezone, "timezone", source)
+    from router.routing import routing_methods
+
+    if s.routing.method not in routing_methods():
+        _fail(
+            source,
+            "routing.method",
+            s.routing.method,
+            f"unknown routing method (known: {', '.join(routing_methods())})",
+        )
     if e.own_apr_cap > e.legal_apr_cap:
         _fail(
             source,

@@ -82,7 +82,7 @@ class Router:
         self._allocator.degrade = degrade
         self._table = PartnerTable(strategy.partners)
         self._assess_one = OneAssessor(strategy, self.scorers, self._employers)
-        self._single_trip = bool(getattr(self.store, "single_trip", False))
+        self._single_trip = self.store.single_trip
 
     def cap_refusals(self) -> dict[tuple[str, str], int]:
         """Refusals so far by (bucket id, window)."""
@@ -127,7 +127,7 @@ class Router:
         """Async variant of :meth:`decide` for event-loop callers: with a network store the
         decision runs in a worker thread so the loop is not blocked on the round trip (the
         in-memory stores never wait, so it is decided inline)."""
-        if isinstance(self.store, MemoryQuotaStore) or getattr(self.store, "compiled", False):
+        if self.store.in_process:
             return self.decide(app)
         return await asyncio.to_thread(self.decide, app)
 

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -168,3 +168,107 @@ def strategy_dict(**overrides: Any) -> dict[str, Any]:
     d = copy.deepcopy(_STRATEGY)
     d.update(copy.deepcopy(overrides))
     return d
+
+
+# ---- conformance checks for users' own implementations ----------------------------------
+
+
+def check_quota_store(target: str | Callable[[], Any], *, stop_on_failure: bool = False) -> int:
+    """Run the quota-store contract (:mod:`router.store.contract`) on a backend, each check
+    on a fresh store: ``target`` is a store URL (a shared store gets a key prefix of its
+    own per check, so nothing else on the server is touched) or a factory returning an
+    empty store. Returns the number of checks passed; raises :class:`AssertionError`
+    naming every check that failed and why."""
+    import uuid
+
+    from router.store.contract import CHECKS
+    from router.store.registry import store_kind
+
+    if isinstance(target, str):
+        kind, url = store_kind(target), target
+
+        def make() -> Any:
+            options = {"prefix": f"check-{uuid.uuid4().hex[:10]}:"} if kind.shared else {}
+            return kind.make(url, **options)
+    else:
+        make = target
+    failures: list[str] = []
+    for check in CHECKS:
+        store = make()
+        try:
+            check(store)
+        except Exception as exc:  # every failure is reported, not only the first
+            failures.append(f"{check.__name__}: {type(exc).__name__}: {exc}")
+            if stop_on_failure:
+                break
+        finally:
+            if isinstance(target, str):  # (a store built here: leave nothing behind)
+                store.flush()
+                store.discard()
+            store.close()
+    if failures:
+        raise AssertionError(
+            f"{len(failures)} of {len(CHECKS)} quota-store checks failed:\n  "
+            + "\n  ".join(failures)
+        )
+    return len(CHECKS)
+
+
+def check_scorer(scorer: Any, X: np.ndarray | None = None, *, reference: Any = None) -> None:
+    """Check a scorer against the scorer contract (:class:`router.scoring.Scorer`): it has
+    ``pd_one``, ``pd_batch`` and ``feature_names_`` (the router's features, in order);
+    batch PDs are float64 in [0, 1], one per row, an empty batch gives an empty result;
+    ``pd_one`` agrees with ``pd_batch`` to 1e-9; and, given ``reference`` (the fitted
+    scikit-learn estimator it was compiled from), ``predict_proba`` agrees to 1e-9. ``X``
+    defaults to the features of 3,000 generated applications. Raises
+    :class:`AssertionError` naming what failed."""
+    from router.scoring import Scorer
+
+    if not isinstance(scorer, Scorer):
+        raise AssertionError(
+            f"{type(scorer).__name__} is not a scorer: it needs pd_one, pd_batch and feature_names_"
+        )
+    if tuple(scorer.feature_names_) != FEATURES:
+        raise AssertionError(
+            f"feature_names_ {tuple(scorer.feature_names_)} are not the router's {FEATURES}"
+        )
+    if X is None:
+        X = _sample_features()
+    batch = scorer.pd_batch(X)
+    if not (isinstance(batch, np.ndarray) and batch.shape == (len(X),)):
+        raise AssertionError(
+            f"pd_batch gave {getattr(batch, 'shape', type(batch))} for {len(X)} rows"
+        )
+    if batch.dtype != np.float64:
+        raise AssertionError(f"pd_batch gave dtype {batch.dtype}, not float64")
+    bad = np.flatnonzero(~((batch >= 0) & (batch <= 1)))
+    if len(bad):
+        raise AssertionError(f"pd_batch gave {batch[bad[0]]!r} (row {bad[0]}): not in [0, 1]")
+    single = np.array([scorer.pd_one(row) for row in X.tolist()], dtype=np.float64)
+    worst = int(np.argmax(np.abs(single - batch))) if len(X) else 0
+    if len(X) and abs(single[worst] - batch[worst]) > 1e-9:
+        raise AssertionError(
+            f"pd_one and pd_batch disagree at row {worst}: {single[worst]!r} vs {batch[worst]!r}"
+        )
+    empty = scorer.pd_batch(X[:0])
+    if getattr(empty, "shape", None) != (0,):
+        raise AssertionError(f"pd_batch of no rows gave {empty!r}")
+    if reference is not None:
+        expected = reference.predict_proba(X)[:, 1]
+        worst = int(np.argmax(np.abs(expected - batch)))
+        if abs(expected[worst] - batch[worst]) > 1e-9:
+            raise AssertionError(
+                f"differs from the reference's predict_proba at row {worst}: "
+                f"{batch[worst]!r} vs {expected[worst]!r}"
+            )
+
+
+def _sample_features(n: int = 3000, seed: int = 11) -> np.ndarray:
+    from router.columns import from_arrow
+    from router.features import features_batch
+    from router.identity import Hasher
+    from router.traffic import generate_batches
+
+    return features_batch(
+        from_arrow(next(generate_batches(n, seed=seed)), Hasher(b"check-scorer-key-0000"))
+    )

@@ -24,43 +24,37 @@ def make_router():
     return build
 
 
+#: How the suite reaches a server for each shared backend: kind -> (fixture, URL maker).
+_SERVERS = {
+    "redis": ("redis_server", lambda proc: f"redis://{proc.host}:{proc.port}/0"),
+    "cluster": (
+        "redis_cluster",
+        lambda nodes: "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in nodes),
+    ),
+}
+
+
 @pytest.fixture
 def store_factory(request):
-    """Make quota stores of a kind: "memory", "array" (the in-memory store in arrays),
-    "redis" (real server) or "cluster" (3 masters).
-
-    Each Redis store gets its own key prefix, so tests never see each other's keys.
-    """
+    """Make quota stores of a registered kind (:func:`router.store.store_kinds`): the
+    in-process ones as they are, shared ones on the suite's own throwaway servers, each
+    with a key prefix of its own (tests never see each other's keys)."""
     import uuid
 
-    from router.store import MemoryQuotaStore, quota_store_from_url
+    from router.store import store_kinds
 
+    kinds = {k.name: k for k in store_kinds()}
     made = []
 
     def make(kind: str, **options):
-        if kind == "memory":
-            store = MemoryQuotaStore(**options)
-        elif kind == "array":
-            from router.store.array import ArrayQuotaStore
-
-            store = ArrayQuotaStore(**options)
-        elif kind == "redis":
-            proc = request.getfixturevalue("redis_server")
-            store = quota_store_from_url(
-                f"redis://{proc.host}:{proc.port}/0",
-                prefix=f"t{uuid.uuid4().hex[:8]}:",
-                timeout_ms=5000,
-                **options,
-            )
+        k = kinds[kind]
+        if not k.shared:
+            store = k.make(k.example, **options)
         else:
-            nodes = request.getfixturevalue("redis_cluster")
-            hosts = ",".join(f"{h}:{p}" for h, p in nodes)
-            store = quota_store_from_url(
-                f"redis+cluster://{hosts}",
-                prefix=f"t{uuid.uuid4().hex[:8]}:",
-                timeout_ms=5000,
-                **options,
-            )
+            fixture, url_of = _SERVERS[kind]
+            url = url_of(request.getfixturevalue(fixture))
+            options = {"prefix": f"t{uuid.uuid4().hex[:8]}:", "timeout_ms": 5000, **options}
+            store = k.make(url, **options)
         made.append(store)
         return store
 
@@ -70,7 +64,7 @@ def store_factory(request):
 
 
 #: Store kinds that need a real server (the ``redis`` marker).
-_SERVER_KINDS = {"redis", "cluster"}
+_SERVER_KINDS = set(_SERVERS)
 _SERVER_FIXTURES = {"redis_server", "redis_cluster"}
 
 

@@ -27,6 +27,7 @@ from router.config import load_strategy, strategy_from_dict
 from router.engine import Router
 from router.replay import replay
 from router.replay.tune import strategy_data
+from router.routing import routing_methods
 from router.store import MemoryQuotaStore
 from router.store import kernel as K
 from router.store.array import ArrayQuotaStore, _words_of, applicant_words
@@ -134,7 +135,7 @@ def _same_state(mem: MemoryQuotaStore, arr: ArrayQuotaStore):
     assert mem._horizon == arr.clock[K.HORIZON] and mem._next_sweep == arr.clock[K.NEXT_SWEEP]
 
 
-@pytest.mark.parametrize("method", ["waterfall", "best_value", "weighted"])
+@pytest.mark.parametrize("method", routing_methods())
 def test_compiled_walk_equals_python_walk(method):
     rnd = random.Random(method)
     mem, arr, events = _routers(tight_strategy(method), idempotency_ttl_ms=2 * 3600_000)
@@ -238,7 +239,7 @@ _app = st.tuples(
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    method=st.sampled_from(["waterfall", "best_value", "weighted"]),
+    method=st.sampled_from(routing_methods()),
     caps=st.lists(_caps, min_size=4, max_size=4),
     dedupe=st.tuples(st.integers(0, 2), st.integers(0, 2)),
     weights=st.tuples(st.integers(1, 5), st.integers(1, 5)),

@@ -12,6 +12,7 @@ from collections import defaultdict
 import pytest
 from race_worker import decide_variants
 
+from router.routing import routing_methods
 from router.store.redis import counter_value
 
 # Every test here talks to real redis-server processes.
@@ -101,7 +102,7 @@ def test_a_stalled_master_leaves_no_phantom_and_no_unrecorded_referral(redis_clu
     assert store.pending_count() == 0
 
 
-@pytest.mark.parametrize("method", ["weighted", "waterfall", "best_value"])
+@pytest.mark.parametrize("method", routing_methods())
 def test_a_master_killed_for_3_s(tmp_path, method):
     """SIGKILL of the master holding some applications' and one partner's slots, restarted
     3 s later from its files (grants wait pending longer than that: ``pending_ms`` 4 s):

@@ -17,6 +17,7 @@ from router.config import load_strategy, strategy_from_dict
 from router.engine import Router
 from router.errors import IdempotencyConflict
 from router.messages import Keep, Refer, decode_application
+from router.routing import routing_methods
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
 from router.traffic import write_traffic
 
@@ -42,7 +43,7 @@ def _same(one, batch, apps):
     assert one.cap_refusals() == batch.cap_refusals()
 
 
-@pytest.mark.parametrize("method", ["waterfall", "best_value", "weighted"])
+@pytest.mark.parametrize("method", routing_methods())
 def test_scalar_path_equals_batch_of_one_on_memory(method, store_factory):
     one, batch = _pair(tight_strategy(method), lambda: store_factory("memory"))
     # A seed of its own per method, the same in every run (str hashes change per process).

@@ -6,6 +6,7 @@ from router.config import load_strategy
 from router.engine import Router
 from router.messages import decode_application
 from router.replay import replay
+from router.routing import routing_methods
 from router.traffic import write_traffic
 
 
@@ -123,7 +124,7 @@ def test_daily_cap_exhaustion_reported(tmp_path, traffic):
     assert quota["keep"]["day"]["windows_ran_out"] == 0
 
 
-@pytest.mark.parametrize("method", ["best_value", "waterfall", "weighted"])
+@pytest.mark.parametrize("method", routing_methods())
 def test_known_refusal_shortcut_changes_nothing(tmp_path, traffic, monkeypatch, method):
     """Skipping the store for caps known to refuse gives exactly the store's answers."""
     from router.allocate import Allocator

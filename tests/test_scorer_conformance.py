@@ -16,12 +16,11 @@ from router.identity import Hasher
 from router.scoring import (
     LinearScorer,
     OnnxTreeScorer,
-    Scorer,
     SklearnScorer,
     load_scorer,
     scorer_from_estimator,
 )
-from router.testing import FixedPDScorer, ScoreLookupScorer, make_application
+from router.testing import FixedPDScorer, ScoreLookupScorer, check_scorer, make_application
 from router.traffic import generate_batches
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,18 +69,34 @@ def scorers(data):
 
 @pytest.mark.parametrize("name", SCORERS)
 def test_conformance(name, scorers, data):
+    """Every scorer passes the shipped check (:func:`router.testing.check_scorer`); the
+    compiled ones reproduce the scikit-learn estimator they came from."""
     scorer, source = scorers[name]
     X, _ = data
-    assert isinstance(scorer, Scorer)
-    assert tuple(scorer.feature_names_) == FEATURES
-    batch = scorer.pd_batch(X)
-    assert batch.shape == (len(X),) and batch.dtype == np.float64
-    assert np.all((batch >= 0) & (batch <= 1))
-    single = np.array([scorer.pd_one(row.tolist()) for row in X])
-    np.testing.assert_allclose(single, batch, rtol=0, atol=1e-9)
-    assert scorer.pd_batch(X[:0]).shape == (0,)
-    if source is not None:  # compiled paths reproduce scikit-learn
-        np.testing.assert_allclose(batch, source.predict_proba(X)[:, 1], rtol=0, atol=1e-9)
+    check_scorer(scorer, X, reference=source)
+
+
+class _OffByOne:
+    feature_names_ = FEATURES
+
+    def pd_one(self, x):
+        return 0.5
+
+    def pd_batch(self, X):
+        return np.full(len(X), 0.5 + 1e-6)
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (object(), "is not a scorer"),
+        (_OffByOne(), "pd_one and pd_batch disagree at row 0"),
+        (FixedPDScorer(1.5), r"not in \[0, 1\]"),
+    ],
+)
+def test_check_scorer_names_what_is_wrong(bad, message, data):
+    with pytest.raises(AssertionError, match=message):
+        check_scorer(bad, data[0])
 
 
 @pytest.mark.parametrize("name", ["linear_json", "linear_compiled", "onnx_trees"])

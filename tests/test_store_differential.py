@@ -18,6 +18,7 @@ from test_property_caps import tight_caps
 
 from router.config import strategy_from_dict
 from router.engine import Router
+from router.routing import routing_methods
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
 
 T0 = datetime(2026, 11, 2, 14, 0, tzinfo=UTC)  # 22:00 in Shanghai: days roll over
@@ -83,7 +84,7 @@ def _run(store, method, apps, cuts):
     )
 
 
-@pytest.mark.parametrize("method", ["waterfall", "best_value", "weighted"])
+@pytest.mark.parametrize("method", routing_methods())
 @pytest.mark.parametrize("kind,examples", [("array", 60), ("redis", 60), ("cluster", 15)])
 def test_every_store_decides_alike(store_factory, method, kind, examples):
     @settings(

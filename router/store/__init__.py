@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from router.errors import ConfigError
 from router.store.base import (
     CAP_HIT,
     DEDUPED,
@@ -15,6 +14,13 @@ from router.store.base import (
     cap_index,
 )
 from router.store.memory import MemoryQuotaStore
+from router.store.registry import (
+    StoreKind,
+    quota_store_from_url,
+    register_store,
+    store_kind,
+    store_kinds,
+)
 
 __all__ = [
     "Bucket",
@@ -28,27 +34,8 @@ __all__ = [
     "cap_full",
     "cap_index",
     "quota_store_from_url",
+    "StoreKind",
+    "register_store",
+    "store_kind",
+    "store_kinds",
 ]
-
-
-def quota_store_from_url(url: str, **options) -> QuotaStore:
-    """Build a store from a URL: ``memory://``, ``array://`` (the in-memory store in
-    arrays, whose batches are walked by compiled code), ``redis://host:port/db`` (``rediss://`` for
-    TLS, password in the URL) or ``redis+cluster://host:port,host:port``; Redis URLs take
-    ``?prefix=…&timeout_ms=…&ttl_hours=…``."""
-    scheme = url.split("://", 1)[0]
-    if scheme == "memory":
-        return MemoryQuotaStore(**options)
-    if scheme == "array":
-        from router.store.array import ArrayQuotaStore
-
-        return ArrayQuotaStore(**options)
-    if scheme in ("redis", "rediss", "redis+cluster"):
-        from router.store.redis import RedisQuotaStore
-
-        return RedisQuotaStore.from_url(url, **options)
-    raise ConfigError(
-        f"unsupported quota store URL {url.split('@')[-1]!r} "
-        "(memory://, array://, redis://, rediss://, redis+cluster://)",
-        path="store",
-    )

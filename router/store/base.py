@@ -266,6 +266,26 @@ class QuotaStore(ABC):
     #: True for stores shared between processes: decisions that are not a single trip then
     #: claim applications first (an in-process store dies with its process, claims and all).
     needs_claims = False
+    #: True when the store lives in this process and never waits on a network (an
+    #: event-loop caller then decides inline: :meth:`router.engine.Router.adecide`).
+    in_process = False
+    #: True when the store's state is arrays a compiled walk decides a whole batch over
+    #: (:mod:`router.allocate_compiled`; only :class:`~router.store.array.ArrayQuotaStore`).
+    compiled = False
+
+    def capabilities(self) -> dict[str, bool]:
+        """The declared capabilities above, by name (for messages, tests and checks)."""
+        return {
+            name: bool(getattr(self, name))
+            for name in (
+                "single_trip",
+                "needs_entries",
+                "needs_claims",
+                "in_process",
+                "compiled",
+                "two_phase",
+            )
+        }
 
     def try_reserve_once(
         self,
@@ -435,3 +455,7 @@ class QuotaStore(ABC):
 
     def close(self) -> None:
         """Release connections (no-op by default)."""
+
+    def discard(self) -> None:
+        """Delete everything this store holds — on a shared server only the keys under its
+        own prefix (for checks and tests; an in-process store is simply dropped)."""

@@ -29,6 +29,8 @@ import numpy as np
 from numba import njit, types
 from numba.typed import Dict
 
+from router.routing import BEST_VALUE, WEIGHTED
+
 # sl columns
 CAP_COUNT, CAP_AMOUNT, CUR_KEY, CUR_CNT, CUR_AMT, CUR_EXPIRES, SLOT_BUCKET = range(7)
 SL_COLS = 7
@@ -47,7 +49,7 @@ SWEEP_EVERY_MS = 3600_000
 GRANTED, DEDUPED, CAP_HIT, LATE = 0, 1, 2, -3
 LATE_MS = 6 * 3600_000  # router.store.base.LATE_MS (checked equal in tests)
 KEEP, BRANCH, REFER, DECLINE = 0, 1, 2, 3
-WATERFALL, BEST_VALUE, WEIGHTED = 0, 1, 2
+# (WATERFALL, BEST_VALUE, WEIGHTED: the routing methods' codes, defined in router.routing.)
 NONE = -1  # "no limit", "no key", "no entry"
 
 _PAIR = types.UniTuple(types.int64, 2)

@@ -142,6 +142,9 @@ class InProcessRecords:
 
     _lock: threading.RLock
     _decisions: DecisionRecords
+    #: Each call is atomic under the lock; the store dies with its process, never waits.
+    single_trip = True
+    in_process = True
 
     def _setup(
         self,
@@ -164,7 +167,6 @@ class InProcessRecords:
         # itself skips re-checking them (~1 µs a reservation, on the replay hot path).
         self._validate = validate
         self.needs_entries = retain_ledger or on_append is not None
-        self.single_trip = True
 
     def append_entry(self, entry: ReferralEntry) -> None:
         """Add a ledger entry (the caller holds the lock and made the grant)."""

@@ -647,6 +647,21 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         """Remaining lifetime (ms) of each counter; for tests and operations."""
         return [self.client.pttl(self._counter(bucket, i, k)) for i, k in enumerate(keys)]
 
+    def discard(self) -> None:
+        """Delete every key under this store's prefix (nothing else on the server)."""
+        nodes = self.client.get_primaries() if self._cluster else [None]
+        try:
+            for node in nodes:
+                scan = (
+                    self.client.scan_iter(match=f"{self.prefix}*", count=1000, target_nodes=node)
+                    if node is not None
+                    else self.client.scan_iter(match=f"{self.prefix}*", count=1000)
+                )
+                for key in scan:
+                    self.client.unlink(key)
+        except redis.RedisError as exc:
+            raise StoreError(f"discard failed: {exc}") from exc
+
     def close(self) -> None:
         """Send what is still owed (best effort), then release connections."""
         try:
