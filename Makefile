@@ -28,6 +28,8 @@ lint: install-dev
 
 test: lint
 	$(BIN)/python tests/run_tests.py $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	# The compiled walk as plain Python (numba off) against the reference decider too.
+	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_reference.py -k array
 
 bench: install-dev
 	$(BIN)/python bench/bench_decide.py

@@ -21,7 +21,17 @@ from router.config import Cap, Strategy
 from router.errors import IdempotencyConflict, StoreError
 from router.logs import get_logger
 from router.messages import ReferralEntry
-from router.outcomes import BRANCH, DECLINE, KEEP, REFER, Outcomes, decision_id, pack_record
+from router.outcomes import (
+    BRANCH,
+    BRANCH_BUCKET,
+    DECLINE,
+    KEEP,
+    KEEP_BUCKET,
+    REFER,
+    Outcomes,
+    decision_id,
+    pack_record,
+)
 from router.partners import SmoothWeightedRotation, waterfall_order
 from router.reasons import BIT
 from router.routing import routing_method
@@ -38,8 +48,6 @@ from router.store import (
 )
 from router.windows import WINDOWS
 
-KEEP_BUCKET = "__keep__"
-BRANCH_BUCKET = "__branch__"
 _KEEP_FULL, _BRANCH_FULL = BIT["KEEP_BUDGET_EXHAUSTED"], BIT["BRANCH_BUDGET_EXHAUSTED"]
 _DEDUPE, _QUOTA = BIT["PARTNER_DEDUPE"], BIT["PARTNER_QUOTA_EXHAUSTED"]
 _STORE_DOWN, _LATE = BIT["STORE_UNAVAILABLE"], BIT["LATE_EVENT"]

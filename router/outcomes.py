@@ -41,6 +41,24 @@ RECORD_DTYPE = np.dtype(
 
 
 _RECORD = struct.Struct("<bQqddd32sB")
+
+#: The funder's own budgets as store buckets (partners' buckets are their ids).
+KEEP_BUCKET = "__keep__"
+BRANCH_BUCKET = "__branch__"
+
+
+def record_bucket(record: bytes) -> str | None:
+    """The store bucket whose grant a decision record stands for (None: a decline)."""
+    kind = record[0]
+    if kind == KEEP:
+        return KEEP_BUCKET
+    if kind == BRANCH:
+        return BRANCH_BUCKET
+    if kind == REFER:
+        return record[41:73].rstrip(b"\0").decode()
+    return None
+
+
 assert _RECORD.size == RECORD_DTYPE.itemsize
 
 

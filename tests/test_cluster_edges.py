@@ -209,3 +209,74 @@ def test_waiting_on_another_callers_claim_is_bounded_by_the_deadline(redis_clust
     elapsed = time.perf_counter() - t
     assert d.degraded and elapsed < 0.5, elapsed
     assert list(store.ledger()) == []
+
+
+def test_a_record_left_behind_by_a_voided_grant_does_not_answer_a_retry(store_factory):
+    """On a cluster a decision record and its grant live in different slots. Records that
+    were written although their reply was lost, with the node then away when the router
+    deletes them again after voiding the batch's grants: a retry must not be answered
+    Refer from such a record (its grant is void: the referral would never be billed) — it
+    decides afresh, and the referral it hands back is billed once."""
+    from router.config import strategy_from_dict
+    from router.engine import Router
+    from router.errors import StoreError
+    from router.messages import Refer
+    from router.testing import ScoreLookupScorer, make_application, strategy_dict
+
+    d = strategy_dict(branch=None)
+    d["primary"]["max_pd"] = 0.0001  # nobody is kept
+    store = store_factory("cluster")
+    router = Router(
+        strategy_from_dict(d), store, scorers={"main": ScoreLookupScorer({}, default=0.02)}
+    )
+    app = make_application(application_id="lost-1", national_id="110101199001017777")
+    real_record, real_forget = store.record_many, store.forget_many
+
+    def record_then_lose_the_reply(*args, **kwargs):
+        real_record(*args, **kwargs)
+        raise StoreError("record failed: connection reset (the write went through)")
+
+    store.record_many = record_then_lose_the_reply
+    store.forget_many = lambda *a, **k: None  # the node is away: the records stay
+    first = router.decide_batch([app])[0]
+    assert first.degraded
+    store.record_many, store.forget_many = real_record, real_forget
+    again = router.decide(app)
+    assert isinstance(again, Refer) and not again.degraded
+    store.flush()
+    assert [e.application_id for e in store.ledger()] == ["lost-1"]
+
+
+def test_a_retry_right_after_a_lost_reply_is_decided_afresh_and_billed(store_factory):
+    """One server: a reservation whose reply is lost (the script ran: grant and record
+    written) is voided when the decision ends. A retry at once must not be answered from
+    the record the void is about to delete — owed voids go out ahead of its reservation —
+    so the referral it hands back is a new, billed one."""
+    import redis as redis_lib
+
+    from router.config import strategy_from_dict
+    from router.engine import Router
+    from router.messages import Refer
+    from router.testing import ScoreLookupScorer, make_application, strategy_dict
+
+    d = strategy_dict(branch=None)
+    d["primary"]["max_pd"] = 0.0001  # nobody is kept
+    store = store_factory("redis")
+    router = Router(
+        strategy_from_dict(d), store, scorers={"main": ScoreLookupScorer({}, default=0.02)}
+    )
+    app = make_application(application_id="lost-2", national_id="110101199001018888")
+    real = store._send_many
+
+    def run_then_lose_the_reply(commands, *args, **kwargs):
+        real(commands, *args, **kwargs)
+        raise redis_lib.TimeoutError("reply lost")
+
+    store._send_many = run_then_lose_the_reply
+    assert router.decide(app).degraded
+    store._send_many = real
+    again = router.decide(app)
+    assert isinstance(again, Refer) and not again.degraded
+    store.flush()
+    assert [e.application_id for e in store.ledger()] == ["lost-2"]
+    assert store.pending_count() == 0

@@ -51,6 +51,9 @@ class GrantBook:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._first_at = 0.0
+        #: Voids waiting in the outbox: they go out with the very next command (a retry
+        #: must never read what a void is about to undo).
+        self._voids = 0
         self._pid = os.getpid()
         self.log = get_logger("grants")
 
@@ -103,6 +106,7 @@ class GrantBook:
                 self._first_at = time.monotonic()
             for op, b, a, tok, _ in items:
                 self._box.append((op, b, a, tok, self._stamp() if op == "post" else 0))
+                self._voids += op == "void"
         if not self._wake.is_set():
             self._kick()
 
@@ -125,10 +129,17 @@ class GrantBook:
         settles ride along with reservations in groups (one script call per bucket for
         many decisions, not one per decision)."""
         if not self._box or (
-            len(self._box) < min_items and time.monotonic() - self._first_at < max_age_s
+            not self._voids
+            and len(self._box) < min_items
+            and time.monotonic() - self._first_at < max_age_s
         ):
             return []
         return self.take()
+
+    def owes_voids(self) -> bool:
+        """True while voids wait in the outbox: they go out ahead of the very next
+        command, since a retry must never read what a void is about to undo."""
+        return self._voids > 0
 
     def take(self) -> list[Item]:
         """Everything owed, oldest first (the caller sends it or puts it back)."""
@@ -137,6 +148,7 @@ class GrantBook:
         with self._lock:
             items = list(self._box)
             self._box.clear()
+            self._voids = 0
         return items
 
     def put_back(self, items: Sequence[Item]) -> None:
@@ -145,6 +157,7 @@ class GrantBook:
             if not self._box:
                 self._first_at = time.monotonic()
             self._box.extendleft(reversed(items))
+            self._voids += sum(1 for item in items if item[0] == "void")
         self._kick()
 
     def __len__(self) -> int:

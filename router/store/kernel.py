@@ -447,7 +447,7 @@ def allocate(
                 dq_ptr,
             )
             if r == GRANTED:
-                if method == WEIGHTED:
+                if method == WEIGHTED and ne > 1:  # (as the rotation: a sole one is not charged)
                     total = 0
                     for q2 in range(ne):
                         total += weights[eligible[q2]]

@@ -70,6 +70,7 @@ from redis.retry import Retry
 
 from router.errors import ConfigError, IdempotencyConflict, StoreError
 from router.messages import ReferralEntry
+from router.outcomes import record_bucket
 from router.store.base import COUNTER_GRACE_MS, LATE_MS, Bucket, QuotaStore, validate_reservation
 from router.store.grant_book import GrantBook, Handle
 from router.store.redis_cluster import ClusterClaims, ClusterHorizon
@@ -600,6 +601,10 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         keys = [self._app(a) for a in application_ids]
         try:
             if self._cluster:
+                if self.book.owes_voids():
+                    # (On one server owed voids ride ahead of the next command; here the
+                    # records live on other nodes than the grants: send them first.)
+                    self.flush()
                 values = self._cluster_get(keys)
             else:
                 values = self._send_many([("MGET", *keys)])[0]
@@ -613,7 +618,40 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
                 if int.from_bytes(v[:_FP_BYTES], "big") != fingerprints[i]:
                     raise IdempotencyConflict(application_ids[i])
                 found[i] = v[_FP_BYTES:]
+        if self._cluster and found:
+            self._drop_voided(application_ids, fingerprints, found)
         return found
+
+    def _drop_voided(
+        self, application_ids: Sequence[str], fingerprints: Sequence[int], found: dict[int, bytes]
+    ) -> None:
+        """On a cluster a decision record lives in another slot than its grant. When a
+        batch's grants were voided after its records were written (their reply was lost)
+        and the records could not be deleted again (the node was away), such a record
+        would answer a retry with a grant that no longer exists — a referral never billed.
+        A granting record whose grant key is gone is deleted here (only if unchanged) and
+        the application is decided afresh."""
+        checks = []
+        for i, rec in found.items():
+            bucket = record_bucket(rec)
+            if bucket is not None:
+                checks.append((i, f"{self._b(bucket)}:g:{application_ids[i]}"))
+        if not checks:
+            return
+        try:
+            alive = self._cluster_get([k for _, k in checks])
+        except redis.RedisError as exc:
+            raise StoreError(f"recall failed: {exc}") from exc
+        stale = [i for (i, _), v in zip(checks, alive) if v is None]
+        if stale:
+            self.book.log.warning("records.voided_grant", applications=len(stale))
+            self.forget_many(
+                [application_ids[i] for i in stale],
+                [fingerprints[i] for i in stale],
+                [found[i] for i in stale],
+            )
+            for i in stale:
+                del found[i]
 
     def remember(self, application_id: str, fingerprint: int, record: bytes, event_ms: int) -> None:
         self.remember_many([application_id], [fingerprint], [record], [event_ms])

@@ -1,0 +1,322 @@
+"""The reference decider: slow, plain Python, written to be read — what a decision *is*.
+
+Every fast path of the router (the scalar live path, numpy batches, pipelined batches, the
+compiled walk) over every store must give exactly the decisions this module gives for the
+same applications in the same arrival order (``tests/test_reference.py``). It shares no
+decision logic with them: rules, filters, consent, eligibility, routing order, caps,
+dedupe, idempotency and reason codes are written out here again, one application at a
+time, over plain dictionaries. It reuses only the primitives that are tested on their own:
+the economics formulas (checked by hand in ``tests/test_economics.py``), the feature vector,
+the scorers, calendar window keys and keyed hashing.
+
+Out of its scope: faults and degraded answers, claims across processes, and late events
+(it keeps no event-time horizon: feed it events within ``LATE_MS`` of each other).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from router import economics as eco
+from router.config import Filters, Strategy
+from router.errors import IdempotencyConflict
+from router.features import features_one
+from router.identity import Hasher
+from router.messages import Application, Branch, Decision, Decline, Keep, Refer
+from router.outcomes import decision_id
+from router.reasons import CODES
+from router.windows import key_of
+
+
+class ReferenceDecider:
+    """Decides applications one at a time, in the order given, over its own state."""
+
+    def __init__(self, strategy: Strategy, scorers: dict[str, Any], hasher: Hasher):
+        self.s, self.scorers, self.hasher = strategy, scorers, hasher
+        # (bucket, cap number, window key) -> [count, amount]
+        self.used: dict[tuple[str, int, int], list[int]] = {}
+        # (bucket, applicant) -> event time of the last grant there
+        self.last_grant: dict[tuple[str, str], int] = {}
+        # application id -> (its content, its decision)
+        self.decided: dict[str, tuple[bytes, Decision]] = {}
+        #: (application id, partner id) of every referral, in order
+        self.referrals: list[tuple[str, str]] = []
+        partners = strategy.partners
+        # Priority rank: lower priority first, ties in book order.
+        by_priority = sorted(range(len(partners)), key=lambda j: (partners[j].priority, j))
+        self.rank = {j: r for r, j in enumerate(by_priority)}
+        # Smooth weighted round robin state (nginx): one score per partner.
+        self.score = [0] * len(partners)
+        self.employer_tokens = [
+            {hasher.token(name, "employer") for name in p.employer_names} for p in partners
+        ]
+
+    # ---- one decision ------------------------------------------------------------------
+
+    def decide(self, app: Application) -> Decision:
+        """The decision for ``app``; a repeat of an id answers the first decision."""
+        content = msgspec.json.encode(app)
+        if app.application_id in self.decided:
+            first, decision = self.decided[app.application_id]
+            if first != content:
+                raise IdempotencyConflict(app.application_id)
+            return decision
+        decision = self._decide(app)
+        self.decided[app.application_id] = (content, decision)
+        return decision
+
+    def _decide(self, app: Application) -> Decision:
+        s, e = self.s, self.s.economics
+        reasons: set[str] = set()
+        t = int(app.received_at.timestamp() * 1000)
+        amount, term, max_apr = app.requested_amount, app.term_months, app.max_apr
+        x = features_one(app)
+        pd = self._pd(s.primary.scorer, x)
+        applicant = app.applicant_token or self.hasher.token(app.national_id or "")
+
+        # Global rules end the decision; funder rules remove keep and branch.
+        dead = False
+        if app.fraud_flag and s.rules.decline_fraud:
+            reasons.add("FRAUD_FLAG")
+            dead = True
+        if not s.rules.min_age <= app.age <= s.rules.max_age:
+            reasons.add("AGE_OUT_OF_RANGE")
+            dead = True
+        funder_ok = not dead
+        if not dead:
+            for code, broken in (
+                ("REGION_UNLICENSED", not _in_regions(app.region, s.rules.licensed_regions)),
+                ("SEVERE_DELINQUENCY", app.worst_dpd_12m > s.rules.max_worst_dpd),
+                (
+                    "MULTI_LENDING",
+                    app.inquiries_3m > s.rules.max_inquiries_3m
+                    or app.open_loans > s.rules.max_open_loans,
+                ),
+                ("HIGH_DEBT_BURDEN", app.dti > s.rules.max_dti),
+            ):
+                if broken:
+                    reasons.add(code)
+                    funder_ok = False
+
+        # Keep: the primary policy.
+        required = eco.required_apr(pd, float(term), e)
+        achievable = eco.achievable_apr(max_apr, e)
+        keep_apr = eco.offered_apr(required, achievable, e)
+        keep_margin = achievable - required
+        keep_profit = eco.keep_profit(float(amount), float(term), pd, keep_apr, e)
+        keep_ok = False
+        if funder_ok:
+            why = set()
+            if not _passes(s.primary.filters, app, pd):
+                why.add("KEEP_FILTER")
+            if not pd <= s.primary.max_pd:
+                why.add("KEEP_PD_ABOVE_CUTOFF")
+            if not keep_margin >= 0:
+                why.add("KEEP_NOT_COVERED")
+            if not keep_profit >= s.primary.min_expected_profit:
+                why.add("KEEP_LOW_PROFIT")
+            reasons |= why
+            keep_ok = not why
+
+        # Branch: the second policy (its reasons explain only a row keep refused).
+        b = s.branch
+        branch_ok, bpd, bapr, bmargin, bprofit = False, 0.0, 0.0, 0.0, 0.0
+        if b is not None:
+            bpd = pd if b.scorer == s.primary.scorer else self._pd(b.scorer, x)
+            bapr = eco.branch_apr(max_apr, b, e)
+            bprofit = eco.branch_profit(float(amount), float(term), bpd, bapr, b, e)
+            bmargin = eco.branch_margin(float(amount), float(term), bprofit, b)
+            if funder_ok:
+                why = set()
+                if not _passes(b.filters, app, bpd):
+                    why.add("BRANCH_FILTER")
+                if not bpd <= b.max_pd:
+                    why.add("BRANCH_PD_ABOVE_CUTOFF")
+                if not bmargin >= 0:
+                    why.add("BRANCH_NOT_COVERED")
+                if not bprofit >= b.min_expected_profit:
+                    why.add("BRANCH_LOW_PROFIT")
+                if not keep_ok:
+                    reasons |= why
+                branch_ok = not why
+
+        # Partners: consent, the channel, whitelist, filters, APR floor, employer.
+        partners = s.partners
+        allowed = self._consent(app)
+        no_consent = app.consent == "none" or app.consent == []
+        if not dead and no_consent:
+            reasons.add("NO_CONSENT")
+        if not dead and not no_consent and not any(allowed):
+            reasons.add("CHANNEL_NO_REFERRAL")
+        employer = self.hasher.token(app.employer, "employer") if app.employer else None
+        eligible: list[int] = []
+        for j, p in enumerate(partners):
+            if not (
+                not dead
+                and allowed[j]
+                and p.whitelisted
+                and _passes(p.filters, app, pd)
+                and max_apr >= p.apr_min
+            ):
+                continue
+            if employer is not None and employer in self.employer_tokens[j]:
+                reasons.add("PARTNER_EMPLOYEE")
+                continue
+            eligible.append(j)
+        if not dead and any(allowed) and not eligible:
+            reasons.add("NO_ELIGIBLE_PARTNER")
+        value = {
+            j: eco.referral_value(float(amount), float(term), pd, max_apr, partners[j])
+            for j in eligible
+        }
+        worth = [j for j in eligible if value[j] >= s.routing.min_expected_value]
+        if eligible and not worth:
+            reasons.add("LOW_REFERRAL_VALUE")
+
+        def record(kind: type, **fields: Any) -> Decision:
+            common = dict(
+                decision_id=decision_id(s.version, app.application_id),
+                application_id=app.application_id,
+                strategy_version=s.version,
+                pd=fields.pop("pd", pd),
+                apr=fields.pop("apr", None),
+                coverage_margin=fields.pop("margin", keep_margin),
+                reasons=tuple(c for c in CODES if c in reasons),
+                degraded=False,
+            )
+            return kind(**common, **fields)
+
+        # The walk: keep's budget, the branch's budget, then partners in routing order.
+        if keep_ok:
+            if self._reserve("__keep__", s.primary.caps, s.timezone, 0, t, amount, None) is None:
+                return record(Keep, apr=keep_apr, expected_profit=_money(keep_profit))
+            reasons.add("KEEP_BUDGET_EXHAUSTED")
+        if branch_ok and b is not None:
+            if self._reserve("__branch__", b.caps, s.timezone, 0, t, amount, None) is None:
+                return record(
+                    Branch, pd=bpd, apr=bapr, margin=bmargin, expected_profit=_money(bprofit)
+                )
+            reasons.add("BRANCH_BUDGET_EXHAUSTED")
+        for j in self._order(worth, value):
+            p = partners[j]
+            answer = self._reserve(
+                p.id, p.caps, p.timezone, p.dedupe_days * 86_400_000, t, amount, applicant
+            )
+            if answer is None:
+                if s.routing.method == "weighted":
+                    self.score[j] -= sum(partners[k].weight for k in worth)
+                self.referrals.append((app.application_id, p.id))
+                return record(
+                    Refer,
+                    apr=eco.partner_apr(max_apr, p),
+                    partner_id=p.id,
+                    expected_value=_money(value[j]),
+                )
+            reasons.add(answer)
+        return record(Decline, apr=None)
+
+    # ---- pieces ------------------------------------------------------------------------
+
+    def _pd(self, scorer: str, x: list[float]) -> float:
+        return float(self.scorers[scorer].pd_batch(np.array([x], dtype=np.float64))[0])
+
+    def _consent(self, app: Application) -> list[bool]:
+        """Which partners the applicant's consent and the channel allow."""
+        ids = [p.id for p in self.s.partners]
+        policy = self.s.channels.get(app.channel)
+        if policy is not None and not policy.referral_allowed:
+            return [False] * len(ids)
+        consent = app.consent
+        if consent == "none" or consent == []:
+            return [False] * len(ids)
+        named: list[str]
+        if consent == "any":
+            named = ids
+            if policy is not None and policy.consent_partners is not None:
+                named = policy.consent_partners
+        else:
+            named = list(consent)
+        return [pid in named for pid in ids]
+
+    def _order(self, worth: list[int], value: dict[int, float]) -> list[int]:
+        """The partners to try, in the strategy's routing order (ties by priority)."""
+        method = self.s.routing.method
+        if method == "waterfall":
+            return sorted(worth, key=lambda j: self.rank[j])
+        if method == "best_value":
+            return sorted(worth, key=lambda j: (-value[j], self.rank[j]))
+        if method == "weighted":
+            # Smooth weighted round robin among the eligible: each call raises their scores
+            # by their weights and tries the highest first; the winner pays the total.
+            for j in worth:
+                self.score[j] += self.s.partners[j].weight
+            return sorted(worth, key=lambda j: (-self.score[j], self.rank[j]))
+        raise ValueError(f"the reference decider has no routing method {method!r}")
+
+    def _reserve(
+        self,
+        bucket: str,
+        caps: list,
+        tz: str,
+        dedupe_ms: int,
+        t: int,
+        amount: int,
+        applicant: str | None,
+    ) -> str | None:
+        """Grant (None) when every cap has room and the applicant was not granted here
+        within ``dedupe_ms``; else the reason refused (caps are checked first)."""
+        cells = []
+        for i, cap in enumerate(caps):
+            cell = self.used.setdefault((bucket, i, key_of(t, cap.window, tz)), [0, 0])
+            if cap.count is not None and cell[0] + 1 > cap.count:
+                return "PARTNER_QUOTA_EXHAUSTED"
+            if cap.amount is not None and cell[1] + amount > cap.amount:
+                return "PARTNER_QUOTA_EXHAUSTED"
+            cells.append(cell)
+        if applicant is not None and dedupe_ms > 0:
+            last = self.last_grant.get((bucket, applicant))
+            if last is not None and t - last < dedupe_ms:
+                return "PARTNER_DEDUPE"
+            self.last_grant[(bucket, applicant)] = t
+        for cell in cells:
+            cell[0] += 1
+            cell[1] += amount
+        return None
+
+
+def _passes(f: Filters, app: Application, pd: float) -> bool:
+    """Whether the application passes a set of eligibility filters."""
+    bounds = [
+        (f.min_age, app.age, ">="),
+        (f.max_age, app.age, "<="),
+        (f.max_pd, pd, "<="),
+        (f.min_score, app.bureau_score, ">="),
+        (f.max_score, app.bureau_score, "<="),
+        (f.min_amount, app.requested_amount, ">="),
+        (f.max_amount, app.requested_amount, "<="),
+        (f.min_term, app.term_months, ">="),
+        (f.max_term, app.term_months, "<="),
+        (f.max_inquiries_3m, app.inquiries_3m, "<="),
+        (f.max_open_loans, app.open_loans, "<="),
+        (f.max_dti, app.dti, "<="),
+        (f.max_worst_dpd, app.worst_dpd_12m, "<="),
+    ]
+    for bound, v, op in bounds:
+        if bound is not None and not (v >= bound if op == ">=" else v <= bound):
+            return False
+    if f.regions and not _in_regions(app.region, f.regions):
+        return False
+    return not f.channels or app.channel in f.channels
+
+
+def _in_regions(region: str, prefixes: list[str]) -> bool:
+    return not prefixes or any(region.startswith(p) for p in prefixes)
+
+
+def _money(x: float) -> int:
+    """Minor units, rounded half to even (as every decision stores money)."""
+    return int(round(x)) if math.isfinite(x) else 0
