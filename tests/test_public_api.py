@@ -1,0 +1,37 @@
+"""The package top is the supported API: every name there resolves, is the object its
+module defines, and ``import router`` alone loads none of the heavy modules."""
+
+import subprocess
+import sys
+
+import router
+
+
+def test_every_public_name_resolves_to_its_module_object():
+    import importlib
+
+    assert sorted(router.__all__) == sorted(router._EXPORTS)
+    for name in router.__all__:
+        module = importlib.import_module(router._EXPORTS[name])
+        assert getattr(router, name) is getattr(module, name), name
+
+
+def test_the_readme_example_imports_work():
+    from router import Router, decode_application, load_strategy, quota_store_from_url
+
+    assert callable(Router) and callable(load_strategy)
+    assert callable(decode_application) and callable(quota_store_from_url)
+
+
+def test_import_router_is_cheap():
+    heavy = "('numpy', 'numba', 'redis', 'pyarrow')"
+    code = f"import sys, router; print(sorted(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_an_unknown_name_is_an_attribute_error():
+    import pytest
+
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        router.nope  # noqa: B018
