@@ -18,6 +18,7 @@ from router.errors import InputError
 from router.features import features_batch
 from router.partners import PartnerTable, filter_mask, isin_small, region_match
 from router.reasons import BIT
+from router.rules import FUNDER_RULES, GLOBAL_RULES
 from router.windows import window_keys
 
 
@@ -118,22 +119,19 @@ def assess(
     term = cols.term_months.astype(np.float64)
 
     # Global rules decline outright.
-    fraud = cols.fraud_flag & r.decline_fraud
-    age_bad = (cols.age < r.min_age) | (cols.age > r.max_age)
-    _set(bits, fraud, "FRAUD_FLAG")
-    _set(bits, age_bad, "AGE_OUT_OF_RANGE")
-    dead = fraud | age_bad
+    dead = cols.fraud_flag & r.decline_fraud
+    _set(bits, dead, "FRAUD_FLAG")
+    for rule in GLOBAL_RULES:
+        bad = rule.broken(getattr(cols, rule.field), r)
+        _set(bits, bad, rule.code)
+        dead = dead | bad
 
-    # Funder rules remove keep and branch only.
+    # Funder rules remove keep and branch only (see router.rules).
     funder_ok = ~dead
+    region_bad = ~region_match(coded_column(cols, "region"), r.licensed_regions)
     for code, bad in (
-        ("REGION_UNLICENSED", ~region_match(coded_column(cols, "region"), r.licensed_regions)),
-        ("SEVERE_DELINQUENCY", cols.worst_dpd_12m > r.max_worst_dpd),
-        (
-            "MULTI_LENDING",
-            (cols.inquiries_3m > r.max_inquiries_3m) | (cols.open_loans > r.max_open_loans),
-        ),
-        ("HIGH_DEBT_BURDEN", cols.dti > r.max_dti),
+        ("REGION_UNLICENSED", region_bad),
+        *((rule.code, rule.broken(getattr(cols, rule.field), r)) for rule in FUNDER_RULES),
     ):
         _set(bits, bad & ~dead, code)
         funder_ok &= ~bad

@@ -22,17 +22,17 @@ from router.assess import Assessment, _consent_row
 from router.columns import AppColumns, Row, row_of
 from router.config import Filters, Strategy
 from router.features import features_row
-from router.partners import _BOUNDS
 from router.reasons import BIT
+from router.rules import FILTER_BOUNDS, FUNDER_RULES, GLOBAL_RULES
 from router.windows import _Q_MS, WINDOWS, _bucket_keys
 
 _OPS = {np.greater_equal: operator.ge, np.less_equal: operator.le}
-_FRAUD, _AGE = BIT["FRAUD_FLAG"], BIT["AGE_OUT_OF_RANGE"]
+_OPS_PY = {">": operator.gt, "<": operator.lt}
+_FRAUD = BIT["FRAUD_FLAG"]
 _NO_CONSENT, _CHANNEL_NO_REF = BIT["NO_CONSENT"], BIT["CHANNEL_NO_REFERRAL"]
 _EMPLOYEE, _NO_ELIGIBLE = BIT["PARTNER_EMPLOYEE"], BIT["NO_ELIGIBLE_PARTNER"]
 _LOW_VALUE = BIT["LOW_REFERRAL_VALUE"]
-_REGION, _DPD = BIT["REGION_UNLICENSED"], BIT["SEVERE_DELINQUENCY"]
-_MULTI, _DEBT = BIT["MULTI_LENDING"], BIT["HIGH_DEBT_BURDEN"]
+_REGION = BIT["REGION_UNLICENSED"]
 _KEEP_CHECKS = tuple(
     BIT[c] for c in ("KEEP_FILTER", "KEEP_PD_ABOVE_CUTOFF", "KEEP_NOT_COVERED", "KEEP_LOW_PROFIT")
 )
@@ -70,7 +70,7 @@ class _Filter:
     def __init__(self, f: Filters):
         self.bounds = [
             (column, _OPS[passes], getattr(f, attr))
-            for attr, column, passes in _BOUNDS
+            for attr, column, passes in FILTER_BOUNDS
             if getattr(f, attr) is not None
         ]
         self.regions = _regions(f.regions)
@@ -108,6 +108,11 @@ class OneAssessor:
         s = strategy
         self.strategy, self.scorers, self.employer_tokens = s, scorers, employer_tokens
         self.licensed = _regions(s.rules.licensed_regions)
+        # The rule tables (router.rules) with their bounds read from the strategy once.
+        self.global_rules, self.funder_rules = (
+            [(BIT[x.code], x.field, _OPS_PY[x.op], getattr(s.rules, x.bound)) for x in table]
+            for table in (GLOBAL_RULES, FUNDER_RULES)
+        )
         self.keep_filter = _Filter(s.primary.filters)
         self.branch_filter = _Filter(s.branch.filters) if s.branch else None
         self._partners = [
@@ -146,11 +151,12 @@ class OneAssessor:
         max_apr = r.max_apr
         bits = 0
 
-        fraud = r.fraud_flag and rules.decline_fraud
-        age_bad = r.age < rules.min_age or r.age > rules.max_age
-        bits |= _FRAUD if fraud else 0
-        bits |= _AGE if age_bad else 0
-        dead = fraud or age_bad
+        dead = bool(r.fraud_flag and rules.decline_fraud)
+        bits |= _FRAUD if dead else 0
+        for bit, field, broken, bound in self.global_rules:
+            if broken(getattr(r, field), bound):
+                bits |= bit
+                dead = True
         # Rule bits are set on live rows only, so a dead row skips the rules (and the
         # policies below, whose bits and verdicts need a funder-eligible row).
         funder_ok = not dead
@@ -158,15 +164,10 @@ class OneAssessor:
             if not _in_regions(region_code, self.licensed):
                 bits |= _REGION
                 funder_ok = False
-            if r.worst_dpd_12m > rules.max_worst_dpd:
-                bits |= _DPD
-                funder_ok = False
-            if r.inquiries_3m > rules.max_inquiries_3m or r.open_loans > rules.max_open_loans:
-                bits |= _MULTI
-                funder_ok = False
-            if r.dti > rules.max_dti:
-                bits |= _DEBT
-                funder_ok = False
+            for bit, field, broken, bound in self.funder_rules:
+                if broken(getattr(r, field), bound):
+                    bits |= bit
+                    funder_ok = False
 
         p = s.primary
         req = eco.required_apr(pd, term, e)

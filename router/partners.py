@@ -14,23 +14,9 @@ import numpy as np
 
 from router.columns import AppColumns, Coded, coded_column
 from router.config import Filters, Partner
+from router.rules import FILTER_BOUNDS
 
 # (filter attribute, application column or "pd", passes-if comparison)
-_BOUNDS = (
-    ("min_age", "age", np.greater_equal),
-    ("max_age", "age", np.less_equal),
-    ("max_pd", "pd", np.less_equal),
-    ("min_score", "bureau_score", np.greater_equal),
-    ("max_score", "bureau_score", np.less_equal),
-    ("min_amount", "requested_amount", np.greater_equal),
-    ("max_amount", "requested_amount", np.less_equal),
-    ("min_term", "term_months", np.greater_equal),
-    ("max_term", "term_months", np.less_equal),
-    ("max_inquiries_3m", "inquiries_3m", np.less_equal),
-    ("max_open_loans", "open_loans", np.less_equal),
-    ("max_dti", "dti", np.less_equal),
-    ("max_worst_dpd", "worst_dpd_12m", np.less_equal),
-)
 
 
 def isin_small(values: np.ndarray, options: Sequence[int]) -> np.ndarray:
@@ -53,7 +39,7 @@ def region_match(region: Coded, prefixes: Sequence[str]) -> np.ndarray:
 def filter_mask(f: Filters, cols: AppColumns, pd: np.ndarray) -> np.ndarray:
     """Rows that pass every set bound of ``f``."""
     ok = np.ones(len(cols), dtype=bool)
-    for attr, column, passes in _BOUNDS:
+    for attr, column, passes in FILTER_BOUNDS:
         bound = getattr(f, attr)
         if bound is not None:
             ok &= passes(pd if column == "pd" else getattr(cols, column), bound)
@@ -144,7 +130,7 @@ class PartnerTable:
             ),
         )
         self.bounds = []
-        for attr, column, passes in _BOUNDS:
+        for attr, column, passes in FILTER_BOUNDS:
             values = [getattr(p.filters, attr) for p in partners]
             if any(v is not None for v in values):
                 neutral = -np.inf if passes is np.greater_equal else np.inf
