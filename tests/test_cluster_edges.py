@@ -211,24 +211,31 @@ def test_waiting_on_another_callers_claim_is_bounded_by_the_deadline(redis_clust
     assert list(store.ledger()) == []
 
 
+def _referring_router(store):
+    """A router over ``store`` that keeps nobody: every application goes to a partner."""
+    from router.config import strategy_from_dict
+    from router.engine import Router
+    from router.testing import ScoreLookupScorer, strategy_dict
+
+    d = strategy_dict(branch=None)
+    d["primary"]["max_pd"] = 0.0001
+    return Router(
+        strategy_from_dict(d), store, scorers={"main": ScoreLookupScorer({}, default=0.02)}
+    )
+
+
 def test_a_record_left_behind_by_a_voided_grant_does_not_answer_a_retry(store_factory):
     """On a cluster a decision record and its grant live in different slots. Records that
     were written although their reply was lost, with the node then away when the router
     deletes them again after voiding the batch's grants: a retry must not be answered
     Refer from such a record (its grant is void: the referral would never be billed) — it
     decides afresh, and the referral it hands back is billed once."""
-    from router.config import strategy_from_dict
-    from router.engine import Router
     from router.errors import StoreError
     from router.messages import Refer
-    from router.testing import ScoreLookupScorer, make_application, strategy_dict
+    from router.testing import make_application
 
-    d = strategy_dict(branch=None)
-    d["primary"]["max_pd"] = 0.0001  # nobody is kept
     store = store_factory("cluster")
-    router = Router(
-        strategy_from_dict(d), store, scorers={"main": ScoreLookupScorer({}, default=0.02)}
-    )
+    router = _referring_router(store)
     app = make_application(application_id="lost-1", national_id="110101199001017777")
     real_record, real_forget = store.record_many, store.forget_many
 
@@ -254,17 +261,11 @@ def test_a_retry_right_after_a_lost_reply_is_decided_afresh_and_billed(store_fac
     so the referral it hands back is a new, billed one."""
     import redis as redis_lib
 
-    from router.config import strategy_from_dict
-    from router.engine import Router
     from router.messages import Refer
-    from router.testing import ScoreLookupScorer, make_application, strategy_dict
+    from router.testing import make_application
 
-    d = strategy_dict(branch=None)
-    d["primary"]["max_pd"] = 0.0001  # nobody is kept
     store = store_factory("redis")
-    router = Router(
-        strategy_from_dict(d), store, scorers={"main": ScoreLookupScorer({}, default=0.02)}
-    )
+    router = _referring_router(store)
     app = make_application(application_id="lost-2", national_id="110101199001018888")
     real = store._send_many
 

@@ -140,3 +140,45 @@ def test_referral_value_every_term_counts_by_hand():
     # The applicant's maximum APR binds below the partner's: 0.10 · by · 0.95 = 51,458.33
     _, capped = eco.referral_value_parts(A, T, 0.05, 0.10, partner)
     assert capped == pytest.approx(0.6 * 0.8 * 0.25 * 51_458.3333, rel=1e-9)
+
+
+def _with(**economics):
+    d = strategy_dict()
+    d["economics"].update(economics)
+    return strategy_from_dict(d)
+
+
+def test_exposure_at_default_below_the_amount_by_hand():
+    """ead_factor 0.8: the loss on default is 0.8 of the amount (everywhere it appears)."""
+    s = _with(ead_factor=0.8)
+    e = s.economics
+    # required: (0.08·13/24 + 0.05·0.6·0.8) / (13/24·0.95) = 0.0673333 / 0.5145833
+    assert eco.required_apr(0.05, T, e) == pytest.approx(0.0673333333 / 0.5145833333, rel=1e-9)
+    # keep: interest 92,625 − cost 32,500 − loss 0.05·0.6·0.8·A = 24,000
+    assert eco.keep_profit(A, T, 0.05, 0.18, e) == pytest.approx(36_125.0, abs=1e-6)
+    # branch: loss 0.1·0.6·0.8·A = 48,000, over the 30,000 reserve: 18,000 · 0.3 = 5,400
+    assert eco.branch_profit(A, T, 0.10, 0.2, s.branch, e) == pytest.approx(18_975.0, abs=1e-6)
+
+
+def test_a_branch_with_its_own_funding_cost_by_hand():
+    d = strategy_dict()
+    d["branch"]["funding_cost"] = 0.06
+    s = strategy_from_dict(d)
+    # funding + opex (0.06 + 0.005)·by = 35,208.33; loss over the reserve 9,000 · 0.3
+    expected = 48_750 - 0.065 * 541_666.6667 - 9_000
+    assert eco.branch_profit(A, T, 0.10, 0.2, s.branch, E) == pytest.approx(expected, abs=1e-3)
+
+
+def test_required_apr_at_certain_default_is_finite():
+    # PD is capped just below 1: (0.0433333 + 0.6) / (13/24 · 1e-6)
+    r = eco.required_apr(1.0, T, E)
+    assert r == pytest.approx(0.6433333333 / (0.5416666667 * 1e-6), rel=1e-6)
+
+
+def test_to_minor_gives_python_ints_for_scalars_and_int64_for_arrays():
+    assert eco.to_minor(2.5) == 2 and type(eco.to_minor(2.5)) is int  # half to even
+    assert eco.to_minor(np.float64(3.5)) == 4 and type(eco.to_minor(np.float64(3.5))) is int
+    zero_d = eco.to_minor(np.array(5.5))  # a 0-d array (a numpy reduction's result)
+    assert zero_d == 6 and type(zero_d) is int
+    arr = eco.to_minor(np.array([0.5, 1.5, -2.5]))
+    assert arr.dtype == np.int64 and arr.tolist() == [0, 2, -2]
