@@ -485,7 +485,7 @@ class Allocator:
                 if not degraded[i]:
                     degraded[i] = True
                     bits[i] |= _STORE_DOWN
-        out = _fill(
+        out = fill_outcomes(
             a,
             np.array(kind, dtype=np.int8),
             chosen,
@@ -1109,7 +1109,7 @@ def make_entry(
     )
 
 
-def _fill(
+def fill_outcomes(
     a: Assessment,
     kind: np.ndarray,
     chosen: list[int],
@@ -1154,7 +1154,7 @@ def _fill(
 def _fill_one(
     a: Assessment, kind: int, j: int, bits: np.ndarray, partner_ids: list[str], degraded: np.ndarray
 ) -> Outcomes:
-    """:func:`_fill` for one row, on scalars (same values)."""
+    """:func:`fill_outcomes` for one row, on scalars (same values)."""
     pd, margin, apr, value = float(a.pd[0]), float(a.keep_margin[0]), float("nan"), 0.0
     if kind == KEEP:
         apr, value = float(a.keep_apr[0]), float(a.keep_profit[0])

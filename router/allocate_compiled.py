@@ -65,7 +65,11 @@ def expiries(keys: np.ndarray, window: str, tz: str) -> np.ndarray:
 def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcomes:
     """Decide a batch (more than one row) on ``al.store``, an ArrayQuotaStore; the caller
     holds ``al.lock``."""
-    from router.allocate import _fill, find_repeats, make_entry  # that module imports this one
+    from router.allocate import (  # that module imports this one
+        fill_outcomes,
+        find_repeats,
+        make_entry,
+    )
 
     s, store = al.strategy, al.store
     assert isinstance(store, ArrayQuotaStore)
@@ -199,7 +203,9 @@ def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcome
                         float(a.ev[i, j]),
                     )
                 )
-    out = _fill(a, kind, chosen.tolist(), bits, [p.id for p in s.partners], np.zeros(n, dtype=bool))
+    out = fill_outcomes(
+        a, kind, chosen.tolist(), bits, [p.id for p in s.partners], np.zeros(n, dtype=bool)
+    )
     for i, rec in recalled.items():
         out.set_record(i, rec)
     records = out.record_array()

@@ -49,7 +49,9 @@ def _set(bits: np.ndarray, mask: np.ndarray, code: str) -> None:
     bits[mask] |= np.uint64(BIT[code])
 
 
-def _consent_row(consent: str, channel: str, strategy: Strategy, row: int) -> np.ndarray:
+def consent_row(consent: str, channel: str, strategy: Strategy, row: int) -> np.ndarray:
+    """Which partners (a bool per partner) a consent text and a channel allow; an unknown
+    partner in the consent is an :class:`InputError` naming ``row``."""
     ids = [p.id for p in strategy.partners]
     index = {pid: j for j, pid in enumerate(ids)}
     out = np.zeros(len(ids), dtype=bool)
@@ -78,7 +80,7 @@ def consent_matrix(
         key = (cols.consent.values[cols.consent.codes[0]], str(cols.channel[0]))
         row = cache.get(key)
         if row is None:
-            row = _consent_row(*key, strategy, 0)
+            row = consent_row(*key, strategy, 0)
             if len(cache) < 10_000:
                 cache[key] = row
         return row[None, :]
@@ -91,7 +93,7 @@ def consent_matrix(
         key = (cols.consent.values[code // len(ch.values)], ch.values[code % len(ch.values)])
         row = cache.get(key)
         if row is None:
-            row = _consent_row(*key, strategy, int(np.flatnonzero(inv == u)[0]))
+            row = consent_row(*key, strategy, int(np.flatnonzero(inv == u)[0]))
             if len(cache) < 10_000:
                 cache[key] = row
         table[u] = row

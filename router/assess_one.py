@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 
 from router import economics as eco
-from router.assess import Assessment, _consent_row
+from router.assess import Assessment, consent_row
 from router.columns import AppColumns, Row, row_of
 from router.config import Filters, Strategy
 from router.features import features_row
 from router.reasons import BIT
 from router.rules import FILTER_BOUNDS, FUNDER_RULES, GLOBAL_RULES
-from router.windows import _Q_MS, WINDOWS, _bucket_keys
+from router.windows import QUARTER_MS, WINDOWS, quarter_keys
 
 _OPS = {np.greater_equal: operator.ge, np.less_equal: operator.le}
 _OPS_PY = {">": operator.gt, "<": operator.lt}
@@ -126,7 +126,7 @@ class OneAssessor:
         key = (consent, channel)
         row = self._consent.get(key)
         if row is None:
-            row = tuple(_consent_row(consent, channel, self.strategy, 0).tolist())
+            row = tuple(consent_row(consent, channel, self.strategy, 0).tolist())
             if len(self._consent) < 10_000:
                 self._consent[key] = row
         return row
@@ -257,8 +257,8 @@ class OneAssessor:
         else:
             valuable = eligible
 
-        q = r.event_ms // _Q_MS
-        keys = {z: _bucket_keys(q, z) for z in self.zones}
+        q = r.event_ms // QUARTER_MS
+        keys = {z: quarter_keys(q, z) for z in self.zones}
         return OneAssessment(
             bits,
             dead,

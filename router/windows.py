@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 WINDOWS = ("hour", "day", "month")
-_Q_MS = 15 * 60 * 1000
+QUARTER_MS = 15 * 60 * 1000
 
 
 @lru_cache(maxsize=64)
@@ -34,19 +34,19 @@ def _keys_of(ms: int, tz: ZoneInfo) -> tuple[int, int, int]:
 
 def window_keys(event_ms: np.ndarray, tz_name: str) -> dict[str, np.ndarray]:
     """Local hour/day/month keys (int64 arrays) for every event time (epoch ms)."""
-    q = np.floor_divide(event_ms, _Q_MS)
+    q = np.floor_divide(event_ms, QUARTER_MS)
     if len(q) == 1:  # one live decision: skip np.unique
-        k = _bucket_keys(int(q[0]), tz_name)
+        k = quarter_keys(int(q[0]), tz_name)
         return {w: np.array([k[i]], dtype=np.int64) for i, w in enumerate(WINDOWS)}
     uq, inv = np.unique(q, return_inverse=True)
-    table = np.array([_bucket_keys(int(b), tz_name) for b in uq], dtype=np.int64).reshape(-1, 3)
+    table = np.array([quarter_keys(int(b), tz_name) for b in uq], dtype=np.int64).reshape(-1, 3)
     return {w: table[inv, i] for i, w in enumerate(WINDOWS)}
 
 
 @lru_cache(maxsize=4096)
-def _bucket_keys(bucket: int, tz_name: str) -> tuple[int, int, int]:
+def quarter_keys(bucket: int, tz_name: str) -> tuple[int, int, int]:
     """Keys of a 15-minute UTC bucket (cached: live traffic revisits the same buckets)."""
-    return _keys_of(bucket * _Q_MS, zone(tz_name))
+    return _keys_of(bucket * QUARTER_MS, zone(tz_name))
 
 
 def key_of(event_ms: int, window: str, tz_name: str) -> int:

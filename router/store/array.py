@@ -25,7 +25,16 @@ from router.errors import InputError
 from router.identity import Tokens, token_words
 from router.messages import ReferralEntry
 from router.store import kernel as K
-from router.store.base import COUNTER_GRACE_MS, GRANTED, Bucket, QuotaStore, validate_reservation
+from router.store.base import (
+    COUNTER_GRACE_MS,
+    GRANTED,
+    LATE,
+    LATE_MS,
+    SWEEP_EVERY_MS,
+    Bucket,
+    QuotaStore,
+    validate_reservation,
+)
 from router.store.records import InProcessRecords
 from router.windows import window_end_ms
 
@@ -182,7 +191,7 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
         before it): sweep the records and grants kept in Python to the same time."""
         after = int(self.clock[K.NEXT_SWEEP])
         if after != before:
-            self._sweep_python(after - K.SWEEP_EVERY_MS)
+            self._sweep_python(after - SWEEP_EVERY_MS)
 
     def _sweep(self, event_ms: int) -> None:
         K.sweep(
@@ -224,8 +233,8 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
             validate_reservation(bucket, keys, amount, applicant, event_ms, application_id)
         with self._lock:
             b = self.bucket_index(bucket)
-            if event_ms < self.clock[K.HORIZON] - K.LATE_MS:
-                return K.LATE
+            if event_ms < self.clock[K.HORIZON] - LATE_MS:
+                return LATE
             self._advance(event_ms)
             granted = None
             if application_id is not None:

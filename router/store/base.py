@@ -72,6 +72,9 @@ COUNTER_GRACE_MS = 6 * 3600_000
 #: inside the horizon, so within it every store answers from the same state — and beyond
 #: it every store answers ``LATE``. Redis TTLs are set longer still: garbage collection only.
 LATE_MS = COUNTER_GRACE_MS
+#: In-process stores sweep expired counters, dedupe marks and grants once per this much
+#: event time (memory and array alike).
+SWEEP_EVERY_MS = 3600_000
 
 
 def cap_index(result: int) -> int:

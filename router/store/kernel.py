@@ -29,7 +29,9 @@ import numpy as np
 from numba import njit, types
 from numba.typed import Dict
 
+from router.outcomes import BRANCH, KEEP, REFER
 from router.routing import BEST_VALUE, WEIGHTED
+from router.store.base import CAP_HIT, DEDUPED, GRANTED, LATE, LATE_MS, SWEEP_EVERY_MS
 
 # sl columns
 CAP_COUNT, CAP_AMOUNT, CUR_KEY, CUR_CNT, CUR_AMT, CUR_EXPIRES, SLOT_BUCKET = range(7)
@@ -45,10 +47,8 @@ AQ_COLS = 3
 # clock
 HORIZON, NEXT_SWEEP = 0, 1
 
-SWEEP_EVERY_MS = 3600_000
-GRANTED, DEDUPED, CAP_HIT, LATE = 0, 1, 2, -3
-LATE_MS = 6 * 3600_000  # router.store.base.LATE_MS (checked equal in tests)
-KEEP, BRANCH, REFER, DECLINE = 0, 1, 2, 3
+# (SWEEP_EVERY_MS, GRANTED, DEDUPED, CAP_HIT, LATE, LATE_MS: router.store.base; KEEP,
+# BRANCH, REFER, DECLINE: router.outcomes — numba reads them as compile-time constants.)
 # (WATERFALL, BEST_VALUE, WEIGHTED: the routing methods' codes, defined in router.routing.)
 NONE = -1  # "no limit", "no key", "no entry"
 
