@@ -86,7 +86,8 @@ class Rules(Base, kw_only=True, frozen=True):
 class ScorerRef(Base, kw_only=True, frozen=True):
     """Where a scorer's model lives; ``path`` is relative to the strategy file."""
 
-    kind: Literal["logistic_json", "sklearn"]
+    #: A registered scorer kind (:func:`router.scoring.scorer_kinds`).
+    kind: str
     path: str
 
 
@@ -343,6 +344,16 @@ def _check_semantics(s: Strategy, source: str) -> None:
     e = s.economics
     _check_tz(s.timezone, "timezone", source)
     from router.routing import routing_methods
+    from router.scoring import scorer_kinds
+
+    for name, ref in s.scorers.items():
+        if ref.kind not in scorer_kinds():
+            _fail(
+                source,
+                f"scorers.{name}.kind",
+                ref.kind,
+                f"unknown scorer kind (known: {', '.join(scorer_kinds())})",
+            )
 
     if s.routing.method not in routing_methods():
         _fail(

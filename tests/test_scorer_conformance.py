@@ -157,3 +157,29 @@ def test_skops_refuses_untrusted(tmp_path):
     sio.dump({"model": Evil()}, tmp_path / "evil.skops")
     with pytest.raises(ModelError, match="untrusted"):
         load_skops(tmp_path / "evil.skops")
+
+
+def test_a_registered_scorer_kind_loads_from_a_strategy(tmp_path):
+    """A user's scorer kind: registered once, named in a strategy, checked by check_scorer;
+    an unregistered kind is a config error naming the known ones."""
+    import json
+
+    from router.config import strategy_from_dict
+    from router.engine import Router
+    from router.errors import ConfigError
+    from router.scoring import register_scorer
+    from router.testing import strategy_dict
+
+    def load_fixed(path):
+        return FixedPDScorer(json.loads(path.read_text())["pd"])
+
+    register_scorer("fixed_json", load_fixed)
+    (tmp_path / "m.json").write_text('{"pd": 0.01}')
+    d = strategy_dict(scorers={"main": {"kind": "fixed_json", "path": "m.json"}})
+    d["base_dir"] = str(tmp_path)
+    router = Router(strategy_from_dict(d))
+    check_scorer(router.scorers["main"])
+    assert router.decide(make_application()).pd == 0.01
+    d["scorers"]["main"]["kind"] = "xgboost"
+    with pytest.raises(ConfigError, match=r"scorers\.main\.kind: unknown scorer kind .*fixed_json"):
+        strategy_from_dict(d)
