@@ -767,7 +767,7 @@ class Allocator:
         reason bits of the refusals."""
         s, routing = self.strategy, self.routing
         ev = a.ev
-        if len(eligible) == 1:
+        if len(eligible) == 1 and not routing.rotates:
             order = eligible
         else:
             order = routing.order(eligible, self.rank, ev.__getitem__, self.rotation)
@@ -849,7 +849,7 @@ class Allocator:
                 eligible = decode.get(m) or decode.setdefault(
                     m, [j for j in range(P) if m >> j & 1]
                 )
-                if len(eligible) == 1:
+                if len(eligible) == 1 and not routing.rotates:
                     cands += eligible
                 else:
                     row_ev = ev_flat[i * P : (i + 1) * P]
@@ -1005,7 +1005,7 @@ class Allocator:
         s, routing = self.strategy, self.routing
         if order is not None:
             pass  # ranked for the whole batch already
-        elif len(eligible) == 1:
+        elif len(eligible) == 1 and not routing.rotates:
             order = eligible
         else:
             order = routing.order(eligible, self.rank, lambda j: evs[base + j], self.rotation)

@@ -80,11 +80,7 @@ class Weighted(RoutingMethod):
         return rotation.order(eligible)
 
     def on_grant(self, rotation, j, eligible):
-        # A sole eligible partner is tried without a rotation call (which would add its
-        # weight): its grant must not charge it either, or the partner that is often the
-        # only choice loses its share of the traffic it competes for.
-        if len(eligible) > 1:
-            rotation.granted(j, eligible)
+        rotation.granted(j, eligible)
 
 
 _METHODS: dict[str, RoutingMethod] = {}

@@ -393,7 +393,7 @@ def allocate(
             if (m >> j) & 1:
                 eligible[ne] = j
                 ne += 1
-        if method == WEIGHTED and ne > 1:  # one eligible partner is tried without ranking
+        if method == WEIGHTED:  # every call raises the eligible partners, a sole one too
             for q in range(ne):
                 current[eligible[q]] += weights[eligible[q]]
         # Routing order: insertion sort of the eligible partners by the method's key,
@@ -447,7 +447,7 @@ def allocate(
                 dq_ptr,
             )
             if r == GRANTED:
-                if method == WEIGHTED and ne > 1:  # (as the rotation: a sole one is not charged)
+                if method == WEIGHTED:
                     total = 0
                     for q2 in range(ne):
                         total += weights[eligible[q2]]
