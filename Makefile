@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ROWS ?= 200000
 OUT ?= out/demo
 
-.PHONY: demo test lint install install-dev bench credit-data clean
+.PHONY: demo test lint mutation install install-dev bench credit-data clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: lint
 	$(BIN)/python tests/run_tests.py $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	# The compiled walk as plain Python (numba off) against the reference decider too.
 	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_reference.py -k array
+
+# Mutation testing of the economics formulas (a few minutes; writes mutants/).
+mutation: install-dev
+	$(BIN)/mutmut run "router.economics.*"
+	$(BIN)/mutmut results
 
 bench: install-dev
 	$(BIN)/python bench/bench_decide.py
