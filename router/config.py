@@ -110,6 +110,8 @@ class BranchPolicy(Base, kw_only=True, frozen=True):
     """
 
     scorer: str
+    #: The co-operation partner that runs the branch (its billing account id).
+    partner_id: PartnerId = "branch_partner"
     max_pd: Probability
     apr_cap: Annotated[float, Meta(gt=0.0, le=1.0)]
     reserve_rate: Annotated[float, Meta(ge=0.0, le=0.5)]
@@ -123,6 +125,23 @@ class BranchPolicy(Base, kw_only=True, frozen=True):
     min_expected_profit: int = 0
     filters: Filters = Filters()
     caps: list[Cap] = []
+
+
+class ReturnsPolicy(Base, kw_only=True, frozen=True):
+    """What lead returns a partner may make (billing): within ``window_days`` of the
+    referral, for one of ``reasons``, at most ``max_rate`` of the period's referrals;
+    approved at once (``auto_approve``) or held for review. An approved return gives back
+    the per-lead fees charged on that referral."""
+
+    window_days: Annotated[int, Meta(ge=0, le=365)] = 7
+    max_rate: Rate = 0.05
+    reasons: tuple[Annotated[str, Meta(pattern=r"^[a-z0-9_]{1,32}$")], ...] = (
+        "duplicate",
+        "invalid_contact",
+        "fraud",
+        "outside_criteria",
+    )
+    auto_approve: bool = True
 
 
 class Partner(Base, kw_only=True, frozen=True):
@@ -142,6 +161,7 @@ class Partner(Base, kw_only=True, frozen=True):
     acceptance_pd_slope: Annotated[float, Meta(ge=0.0)] = 0.0
     funded_rate: Probability = 1.0
     terms: CommercialTerms
+    returns: ReturnsPolicy = ReturnsPolicy()
     filters: Filters = Filters()
     caps: list[Cap] = []
     employer_names: list[str] = []
@@ -181,6 +201,13 @@ class Identity(Base, kw_only=True, frozen=True):
     dev_key: str | None = None
 
 
+class BillingPolicy(Base, kw_only=True, frozen=True):
+    """Statement periods (calendar months in each partner's time zone) close
+    ``grace_days`` after they end; a later event lands on the next open statement."""
+
+    grace_days: Annotated[int, Meta(ge=0, le=90)] = 5
+
+
 class Strategy(Base, kw_only=True, frozen=True):
     """A whole strategy: economics, rules, policies, routing and the partner book."""
 
@@ -196,6 +223,7 @@ class Strategy(Base, kw_only=True, frozen=True):
     partners: list[Partner] = []
     identity: Identity = Identity()
     degraded: DegradedPolicy = DegradedPolicy()
+    billing: BillingPolicy = BillingPolicy()
     idempotency_ttl_hours: Annotated[int, Meta(ge=1, le=24 * 90)] = 48
     #: Column mapping for historical traffic: application field -> the file's column name.
     columns: dict[str, str] = {}
@@ -361,6 +389,13 @@ def _check_semantics(s: Strategy, source: str) -> None:
             "routing.method",
             s.routing.method,
             f"unknown routing method (known: {', '.join(routing_methods())})",
+        )
+    if s.branch is not None and s.branch.partner_id in {p.id for p in s.partners}:
+        _fail(
+            source,
+            "branch.partner_id",
+            s.branch.partner_id,
+            "is also a referral partner's id (their billing accounts would mix)",
         )
     if e.own_apr_cap > e.legal_apr_cap:
         _fail(

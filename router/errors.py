@@ -9,7 +9,9 @@ embedding caller can catch one type::
     ├── ModelError             a scorer file that cannot be loaded or compiled
     ├── StoreError             the quota store failed (backend errors are wrapped once)
     │   └── IdempotencyConflict  same application id, different content
-    └── TrafficError           a traffic file that cannot be read or written
+    ├── TrafficError           a traffic file that cannot be read or written
+    └── BillingError           the billing database or a billing input (postback, period)
+        └── PostbackConflict   the same postback event id with different content
 """
 
 from __future__ import annotations
@@ -60,3 +62,16 @@ class IdempotencyConflict(StoreError):
 
 class TrafficError(RouterError):
     """A traffic file could not be read or written."""
+
+
+class BillingError(RouterError):
+    """Billing failed: a database that cannot be opened or migrated, an unbalanced journal
+    entry, a period that cannot be closed, a postback file that cannot be read."""
+
+
+class PostbackConflict(BillingError):
+    """A postback event id was seen before with different content (never applied)."""
+
+    def __init__(self, event_id: str):
+        self.event_id = event_id
+        super().__init__(f"postback event {event_id!r} was already ingested with other content")

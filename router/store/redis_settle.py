@@ -173,8 +173,13 @@ class GrantSettling:
         except StoreError as exc:
             self.book.log.warning("grants.unsettled", pending=len(self.book), error=str(exc))
 
-    def _streams(self) -> list[bytes]:
-        return sorted(self.client.scan_iter(match=f"{self.prefix}{{p:*}}:ledger", count=1000))
+    def ledger_streams(self) -> list[str]:
+        """The names of the ledger streams under this store's prefix (one per bucket that
+        has appended to its ledger), sorted: what a billing consumer reads."""
+        return sorted(
+            k.decode()
+            for k in self.client.scan_iter(match=f"{self.prefix}{{p:*}}:ledger", count=1000)
+        )
 
     def ledger(self) -> Iterable[ReferralEntry]:
         """The posted (billable) referrals, in the order their decisions were handed back
@@ -182,7 +187,7 @@ class GrantSettling:
         self._try_flush()
         try:
             rows = []
-            for s in self._streams():
+            for s in self.ledger_streams():
                 for sid, fields in self.client.xrange(s):
                     if fields.get(b"kind", b"post") != b"post":
                         continue
@@ -204,8 +209,8 @@ class GrantSettling:
         self._try_flush()
         try:
             return [
-                (f.get(b"kind", b"post").decode(), s.decode(), f[b"app"].decode())
-                for s in self._streams()
+                (f.get(b"kind", b"post").decode(), s, f[b"app"].decode())
+                for s in self.ledger_streams()
                 for _, f in self.client.xrange(s)
             ]
         except redis.RedisError as exc:
