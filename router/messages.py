@@ -136,6 +136,9 @@ class ReferralEntry(Base, kw_only=True, frozen=True):
     terms: CommercialTerms
     expected_value: int
     strategy_version: str
+    #: ``refer`` (a partner referral) or ``branch`` (a loan of the risk-share branch,
+    #: billed to the branch partner's reserve and return accounts).
+    outcome: Literal["refer", "branch"] = "refer"
 
 
 _app_decoder = msgspec.json.Decoder(Application)

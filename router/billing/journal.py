@@ -13,11 +13,13 @@ receivable          what the partner owes the funder (debit balance)
 fee_revenue         per-lead fees earned (referral, accepted, funded)
 revshare_revenue    the funder's share of interest the partner collected
 returns             fees given back for approved returns (contra-revenue)
-reserve             a branch partner's first-loss reserve held (credit balance)
-absorbed_losses     branch losses the partner's reserve absorbed
+reserve             a branch partner's first-loss reserve deposits (credit balance)
+absorbed_losses     branch losses the reserve absorbed (the reserve's contra account:
+                    reserve held = -(reserve + absorbed_losses))
 fixed_return        the branch's fixed return or profit share earned
 funder_losses       the funder's own share of branch losses beyond the reserve
-branch_loans        principal the funder lent in the second branch
+branch_loans        principal the funder lent in the second branch (against
+                    ``funder_cash``, the funder's own money)
 ==================  ==========================================================
 
 Each entry lands on a statement **period** (``YYYY-MM`` in the partner's time zone): its
@@ -36,6 +38,9 @@ import sqlalchemy as sa
 
 from router.billing.schema import journal_entries, periods, postings
 from router.errors import BillingError
+
+#: The advisory lock (PostgreSQL) journal writers share and a period close takes alone.
+CLOSE_LOCK = 0x52524250
 
 RECEIVABLE = "receivable"
 FEE_REVENUE = "fee_revenue"
@@ -130,6 +135,12 @@ class Journal:
         """The partner's closed periods."""
         got = self._closed.get(partner_id)
         if got is None:
+            if not self._closed and self.conn.dialect.name == "postgresql":
+                # Shared with other writers, exclusive for a period close: no entry lands
+                # on a period while it is being closed (SQLite's write lock does this).
+                self.conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": CLOSE_LOCK}
+                )
             rows = self.conn.execute(
                 sa.select(periods.c.period).where(periods.c.partner_id == partner_id)
             )

@@ -88,7 +88,7 @@ def apply_entries(
             billed_before.add(ref.referral_id)
             outcome = "billed"
             rows.append(_referral_row(ref, e, journal, now_ms))
-            if ref.terms.fee_per_referral:
+            if ref.terms.fee_per_referral and ref.outcome == "refer":
                 fees.append(referral_fee(ref))
         counts[outcome] += 1
         events.append(
@@ -133,7 +133,7 @@ def _referral_row(ref: ReferralEntry, e: StreamEntry, journal: Journal, now_ms: 
         "decision_id": ref.decision_id,
         "application_id": ref.application_id,
         "partner_id": ref.partner_id,
-        "kind": "refer",
+        "kind": ref.outcome,
         "effective_at_ms": ref.event_time_ms,
         "recorded_at_ms": now_ms,
         "period": period,
