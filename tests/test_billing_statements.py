@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from billing_helpers import billing, billing_url, consume, ingest, pb, ref_entry  # noqa: F401
+from billing_helpers import consume, ingest, pb, ref_entry
 
 from router.billing.book import BillingBook
 from router.billing.journal import trial_balance
