@@ -441,6 +441,18 @@ def _print_summary(s: dict) -> None:
         out.print(f"[yellow]{rej:,} rows rejected[/yellow] (see rejects.jsonl)")
 
 
+def _mount_billing() -> None:
+    from router.billing.commands import bill, ledger_app, postbacks_app, reconcile
+
+    app.add_typer(ledger_app, name="ledger")
+    app.add_typer(postbacks_app, name="postbacks")
+    app.command()(bill)
+    app.command()(reconcile)
+
+
+_mount_billing()
+
+
 def main() -> None:
     """Entry point for ``python -m router``."""
     app()
