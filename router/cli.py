@@ -73,15 +73,16 @@ def decide(
     from router.store import quota_store_from_url
 
     try:
-        router = Router(load_strategy(strategy), quota_store_from_url(store))
         if application == "-":
             lines = [ln for ln in sys.stdin.buffer.read().splitlines() if ln.strip()]
         elif application.lstrip().startswith("{"):
             lines = [application.encode()]
         else:
             lines = [ln for ln in Path(application).read_bytes().splitlines() if ln.strip()]
-        for line in lines:
-            sys.stdout.buffer.write(encode(router.decide(decode_application(line))) + b"\n")
+        # (Closing sends the posts still owed: every referral printed is billable.)
+        with Router(load_strategy(strategy), quota_store_from_url(store)) as router:
+            for line in lines:
+                sys.stdout.buffer.write(encode(router.decide(decode_application(line))) + b"\n")
     except (RouterError, OSError) as exc:
         _fail(exc)
 

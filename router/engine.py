@@ -84,6 +84,19 @@ class Router:
         self._assess_one = OneAssessor(strategy, self.scorers, self._employers)
         self._single_trip = self.store.single_trip
 
+    def close(self) -> None:
+        """Send the posts still owed for decisions already handed back, then release the
+        store's connections. Call it (or use the router as a context manager) before the
+        process exits: a grant whose post is never sent is voided by the store when its
+        pending time runs out, and the referral the caller received is not billed."""
+        self.store.close()
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def cap_refusals(self) -> dict[tuple[str, str], int]:
         """Refusals so far by (bucket id, window)."""
         return dict(self._allocator.refusals)

@@ -16,13 +16,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from router.billing import consumer as consumer_mod  # noqa: E402
-from router.billing.book import BillingBook  # noqa: E402
-from router.billing.consumer import ConsumerSettings, LedgerConsumer  # noqa: E402
-from router.billing.db import open_billing  # noqa: E402
-from router.config import strategy_from_dict  # noqa: E402
-from router.store.redis import RedisQuotaStore  # noqa: E402
-from router.testing import strategy_dict  # noqa: E402
+from router.billing import consumer as consumer_mod
+from router.billing.book import BillingBook
+from router.billing.consumer import ConsumerSettings, LedgerConsumer
+from router.billing.db import open_billing
+from router.config import strategy_from_dict
+from router.store.redis import RedisQuotaStore
+from router.testing import strategy_dict
 
 
 def main() -> None:
@@ -36,8 +36,12 @@ def main() -> None:
         open_billing(db),
         book,
         ConsumerSettings(
-            name=name, batch=50, min_idle_ms=min_idle, max_deliveries=max_deliveries,
-            block_ms=200, rescan_s=0.5,
+            name=name,
+            batch=50,
+            min_idle_ms=min_idle,
+            max_deliveries=max_deliveries,
+            block_ms=200,
+            rescan_s=0.5,
         ),
     )
     if mode == "die_after_commit":

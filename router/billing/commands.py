@@ -8,6 +8,7 @@ import signal
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -97,7 +98,8 @@ def ingest(
     try:
         book = _book(strategy)
         engine = open_billing(db)
-        good, bad = [], []
+        good: list[tuple[int, Any]] = []
+        bad: list[tuple[int, Any]] = []
         for line, ev in read_postbacks(path):
             (bad if isinstance(ev, InputError) else good).append((line, ev))
         with writing(engine) as conn:

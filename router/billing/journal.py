@@ -168,7 +168,8 @@ class Journal:
         new = [e for e in entries if e.key not in have]
         if not new:
             return []
-        rows, lines = [], []
+        rows: list[dict] = []
+        lines: list[dict] = []
         for e in new:
             period, late = self.landing(e.partner_id, e.effective_at_ms)
             rows.append(

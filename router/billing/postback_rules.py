@@ -487,10 +487,10 @@ def decide_return(
                 "approved on review",
                 reversals(conn, ev.referral_id, ev),
             )
-    period = _apply(journal, ev, status, entries)
+    landed = _apply(journal, ev, status, entries)
     conn.execute(
         postbacks.update()
         .where(postbacks.c.event_id == event_id)
-        .values(status=status, reason=reason, period=period)
+        .values(status=status, reason=reason, period=landed)
     )
     return Verdict(event_id, status, reason)

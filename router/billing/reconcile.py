@@ -75,7 +75,7 @@ def read_theirs(path: str | Path) -> dict[str, tuple[str, int]]:
                 f"(value: {status!r})"
             )
         try:
-            out[str(rid)] = (str(status), int(amount))
+            out[str(rid)] = (str(status), int(amount))  # type: ignore[arg-type]
         except (TypeError, ValueError):
             raise BillingError(
                 f"{p}: line {n}: amount: not an integer (value: {amount!r})"
@@ -107,8 +107,9 @@ def ours(
         )
     )
     for rid, t in rows:
-        if rid in status and _ORDER.index(_STATUS_OF[t]) > _ORDER.index(status[rid]):
-            status[rid] = _STATUS_OF[t]
+        new = _STATUS_OF.get(t)  # (a repayment does not change the status)
+        if rid in status and new and _ORDER.index(new) > _ORDER.index(status[rid]):
+            status[rid] = new
     return {rid: (status[rid], amounts.get(rid, 0)) for rid in ids}
 
 
