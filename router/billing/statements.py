@@ -303,6 +303,7 @@ def statement(
     """(statement, closed?) — for a closed period, checked against the hash taken at close
     (a mismatch is a :class:`BillingError`: the journal was changed behind our back)."""
     with engine.connect() as conn:
+        _fresh_statistics(conn)
         st = build_statement(conn, partner_id, period, book)
         stored = closed_digest(conn, partner_id, period)
     if stored is not None and stored != digest(st):
@@ -311,6 +312,15 @@ def statement(
             f"(sha256 {stored[:12]}…); the journal was altered"
         )
     return st, stored is not None
+
+
+def _fresh_statistics(conn: sa.Connection) -> None:
+    # PostgreSQL plans from table statistics; right after a month is loaded they say the
+    # tables are small, and the statement's join becomes a nested loop (minutes for 1M
+    # lines). ANALYZE samples a fixed number of rows: a second or two at any size.
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ANALYZE journal_entries, postings, referrals, postbacks")
+        conn.commit()
 
 
 def close_period(
@@ -332,6 +342,8 @@ def close_period(
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLOSE_LOCK})
         if closed_digest(conn, partner_id, period) is not None:
             raise BillingError(f"period {period} of {partner_id} is already closed")
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("ANALYZE journal_entries, postings, referrals, postbacks")
         st = build_statement(conn, partner_id, period, book)
         conn.execute(
             periods.insert(),
