@@ -27,7 +27,7 @@ lint: install-dev
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/python tests/run_tests.py $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	REQUIRE_POSTGRES=1 $(BIN)/python tests/run_tests.py $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	# The compiled walk as plain Python (numba off) against the reference decider too.
 	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_reference.py -k array
 

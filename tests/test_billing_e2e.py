@@ -30,10 +30,19 @@ def cli(*args: str, stdin: bytes | None = None, ok=(0,)) -> subprocess.Completed
     return p
 
 
-def test_traffic_to_statements_equal_an_independent_computation(
-    redis_server, billing_url, tmp_path
-):
-    url = f"redis://{redis_server.host}:{redis_server.port}/0?prefix=e{uuid.uuid4().hex[:6]}:"
+@pytest.fixture
+def url(redis_server):
+    """A key prefix of the test's own on the suite's server (its keys deleted after)."""
+    from router.store import quota_store_from_url
+
+    u = f"redis://{redis_server.host}:{redis_server.port}/0?prefix=e{uuid.uuid4().hex[:6]}:"
+    yield u
+    store = quota_store_from_url(u, timeout_ms=5000)
+    store.discard()
+    store.close()
+
+
+def test_traffic_to_statements_equal_an_independent_computation(url, billing_url, tmp_path):
     traffic = tmp_path / "traffic.jsonl"
     cli("generate", "--rows", "4000", "--out", str(traffic), "--per-day", "4000")
     decided = cli(

@@ -19,7 +19,7 @@ from router.errors import RouterError
 ledger_app = typer.Typer(no_args_is_help=True, help="The referral ledger (Redis streams).")
 postbacks_app = typer.Typer(no_args_is_help=True, help="Partner postbacks (outcome events).")
 out = Console(width=120) if not Console().is_terminal else Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 _DB_HELP = "billing database: a file path (SQLite) or postgresql+psycopg://user@host:port/db"
 _STRATEGY = typer.Option(..., "--strategy", "-s", help="strategy TOML (partner book, branch)")
