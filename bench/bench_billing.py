@@ -4,9 +4,10 @@ Prints medians over ``--repeat`` runs of:
   (1) ledger entries consumed per second: the real consumer reading a real redis-server's
       ledger stream (started here on a free port) into the billing database — dedupe
       keys, referral rows, fee postings in one transaction per batch, then XACK;
-  (2) the baseline: a raw bulk insert of the same referral rows into a bare table
-      (``executemany`` on SQLite, ``COPY`` on PostgreSQL) — no dedupe, no journal;
-      the ratio (1)/(2);
+  (2) the baseline: a raw bulk insert of the very rows the consumer writes for those
+      entries (ledger events, referrals, journal entries, postings) into bare tables
+      (``executemany`` on SQLite, ``COPY`` on PostgreSQL) — no keys, no indexes, no Redis,
+      no logic; the ratio (1)/(2);
   (3) the statement time (JSON and CSV rendered) for a partner-month of
       ``--statement-rows`` referrals (default 1,000,000).
 
@@ -36,8 +37,8 @@ import sqlalchemy as sa  # noqa: E402
 
 from router.billing.book import BillingBook  # noqa: E402
 from router.billing.consumer import ConsumerSettings, LedgerConsumer  # noqa: E402
-from router.billing.db import open_billing, writing  # noqa: E402
-from router.billing.ledger_ingest import StreamEntry, apply_entries, parse  # noqa: E402
+from router.billing.db import bulk_insert, open_billing, writing  # noqa: E402
+from router.billing.ledger_ingest import StreamEntry, apply_entries  # noqa: E402
 from router.billing.statements import render_csv, render_json, statement  # noqa: E402
 from router.messages import CommercialTerms, ReferralEntry, encode  # noqa: E402
 from router.store.redis import RedisQuotaStore  # noqa: E402
@@ -79,7 +80,7 @@ def consume_rate(db_url: str, redis_url: str, n: int) -> float:
         pipe.xadd(stream, f)
     pipe.execute()
     engine = open_billing(db_url)
-    c = LedgerConsumer(store, engine, BOOK, ConsumerSettings(batch=2000))
+    c = LedgerConsumer(store, engine, BOOK, ConsumerSettings())
     t = time.perf_counter()
     stats = c.run(once=True)
     dt = time.perf_counter() - t
@@ -90,43 +91,52 @@ def consume_rate(db_url: str, redis_url: str, n: int) -> float:
     return n / dt
 
 
-def raw_rate(db_url: str, n: int) -> float:
-    """Rows per second of a raw bulk insert of the same referral rows into a bare table."""
+def consumer_rows(n: int) -> dict[str, list[dict]]:
+    """The rows the consumer writes for ``n`` entries (every table), made by running it
+    once into a scratch SQLite file and reading them back."""
+    from router.billing import schema
+
+    path = Path(tempfile.mkdtemp()) / "rows.db"
+    engine = open_billing(path)
+    batch = [StreamEntry("s", f"{i}-0", f) for i, f in enumerate(entries(n, "raw"))]
+    with writing(engine) as c:
+        apply_entries(c, batch, BOOK, T0, optimistic=True)
+    out = {}
+    with engine.connect() as c:
+        for t in (schema.ledger_events, schema.referrals, schema.journal_entries, schema.postings):
+            out[t.name] = [dict(r._mapping) for r in c.execute(sa.select(t))]
+    engine.dispose()
+    out["postings"] = [{k: v for k, v in r.items() if k != "id"} for r in out["postings"]]
+    return out
+
+
+def raw_rate(db_url: str, rows: dict[str, list[dict]], n: int) -> float:
+    """Entries per second of a raw bulk insert of the very rows the consumer writes for
+    them (all four tables) into bare tables — no keys, no indexes, no logic: ``COPY`` on
+    PostgreSQL, ``executemany`` on SQLite."""
+    from router.billing import schema
+
     engine = open_billing(db_url)
-    rows = []
-    for i, f in enumerate(entries(n, uuid.uuid4().hex[:4])):
-        ref = parse(StreamEntry("s", f"{i}-0", f))[2]
-        assert ref is not None
-        rows.append(
-            (
-                ref.referral_id,
-                ref.partner_id,
-                ref.event_time_ms,
-                ref.amount,
-                ref.terms.fee_per_referral,
-                f"{i}-0",
-            )
+    md, tag = sa.MetaData(), uuid.uuid4().hex[:6]
+    bare = {
+        name: sa.Table(
+            f"raw_{name}_{tag}",
+            md,
+            *[
+                sa.Column(c.name, c.type)
+                for c in schema.metadata.tables[name].columns
+                if c.name != "id"
+            ],
         )
-    table = f"raw_{uuid.uuid4().hex[:6]}"
-    with engine.begin() as c:
-        c.exec_driver_sql(
-            f"CREATE TABLE {table} (referral_id VARCHAR(80), partner_id VARCHAR(32), "
-            "effective_at_ms BIGINT, amount BIGINT, fee BIGINT, entry_id VARCHAR(40))"
-        )
+        for name in rows
+    }
+    md.create_all(engine)
     t = time.perf_counter()
-    if engine.dialect.name == "postgresql":
-        raw = engine.raw_connection()
-        with raw.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN") as cp:
-            for r in rows:
-                cp.write_row(r)
-        raw.commit()
-        raw.close()
-    else:
-        with engine.begin() as c:
-            c.exec_driver_sql(f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?, ?)", rows)
-    dt = time.perf_counter() - t
     with engine.begin() as c:
-        c.exec_driver_sql(f"DROP TABLE {table}")
+        for name, table in bare.items():
+            bulk_insert(c, table, rows[name])
+    dt = time.perf_counter() - t
+    md.drop_all(engine)
     engine.dispose()
     return n / dt
 
@@ -142,7 +152,7 @@ def statement_seconds(db_url: str, n: int) -> tuple[float, float]:
             for i, f in enumerate(entries(min(5000, n - start), f"{tag}{start:08x}", "stmt_p"))
         ]
         with writing(engine) as c:
-            apply_entries(c, batch, BOOK, T0)
+            apply_entries(c, batch, BOOK, T0, optimistic=True)
     load = time.perf_counter() - t
     t = time.perf_counter()
     st = statement(engine, "stmt_p", "2026-11", BOOK)[0]
@@ -177,11 +187,12 @@ def main() -> None:
         c.exec_driver_sql(f'CREATE DATABASE "{pg_name}"')
     pg_url = sa.make_url(args.pg).set(database=pg_name).render_as_string(hide_password=False)
     results: dict[str, float] = {}
+    rows = consumer_rows(args.entries)
     try:
         for name, url in (("sqlite", str(tmp / "billing.db")), ("postgresql", pg_url)):
             cons, raw = [], []
             for _ in range(args.repeat):  # alternate: both see the same machine
-                raw.append(raw_rate(url, args.entries))
+                raw.append(raw_rate(url, rows, args.entries))
                 cons.append(consume_rate(url, f"redis://127.0.0.1:{port}/0", args.entries))
             results[f"{name}_consumed_per_s"] = statistics.median(cons)
             results[f"{name}_raw_insert_per_s"] = statistics.median(raw)

@@ -56,7 +56,7 @@ class BillingBook:
 
 def ppm(rate: float) -> int:
     """A rate as whole parts per million (billing multiplies integers only)."""
-    return int(round(rate * 1_000_000))
+    return int(rate * 1_000_000 + 0.5)  # (rates are >= 0: half up)
 
 
 def share(amount: int, parts_per_million: int) -> int:

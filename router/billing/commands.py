@@ -44,7 +44,7 @@ def consume(
     strategy: Path = _STRATEGY,
     group: str = typer.Option("billing", "--group", help="consumer group"),
     name: str | None = typer.Option(None, "--name", help="consumer name (default host-pid)"),
-    batch: int = typer.Option(2000, "--batch", min=1, max=100_000),
+    batch: int = typer.Option(5000, "--batch", min=1, max=100_000),
     min_idle_ms: int = typer.Option(
         60_000, "--min-idle-ms", min=100, help="claim another consumer's entry idle this long"
     ),

@@ -84,7 +84,7 @@ class ConsumerSettings:
 
     group: str = "billing"
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    batch: int = 2000
+    batch: int = 5000
     min_idle_ms: int = 60_000
     max_deliveries: int = 5
     block_ms: int = 1000
@@ -234,18 +234,22 @@ class LedgerConsumer:
         self._ack(stream, [e.entry_id for e in batch])
 
     def _commit(self, batch: list[StreamEntry]) -> None:
+        optimistic = True
         for attempt in range(8):
             try:
                 with writing(self.engine) as conn:
-                    counts = apply_entries(conn, batch, self.book, int(self.clock() * 1000))
+                    counts = apply_entries(
+                        conn, batch, self.book, int(self.clock() * 1000), optimistic=optimistic
+                    )
                 self.stats.add(counts)
                 self.stats.batches += 1
                 return
             except EntryError:
                 raise
             except sa.exc.IntegrityError:
-                # Another consumer committed some of these first (a claim race): read
-                # again, they are then skipped as already committed.
+                # Some were committed before (a redelivery after a crash, or another
+                # consumer's claim race): again, looking them up, so they are skipped.
+                optimistic = False
                 continue
             except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
                 log.warning("billing.db_unavailable", error=str(exc).splitlines()[0])

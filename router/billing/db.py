@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from operator import itemgetter
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -89,7 +90,10 @@ def open_billing(target: str | Path, *, migrate: bool = True) -> Engine:
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         sa.event.listen(engine, "begin", _sqlite_begin)
     else:
-        engine = sa.create_engine(url, pool_pre_ping=True)
+        # No server-side prepared statements: psycopg prepares a query after five runs,
+        # and a plan made while the tables were empty (a sequential scan) would then be
+        # kept for the dedupe lookups at any size.
+        engine = sa.create_engine(url, pool_pre_ping=True, connect_args={"prepare_threshold": None})
     try:
         if migrate:
             _migrate(engine)
@@ -143,6 +147,43 @@ def _migrate(engine: Engine) -> None:
             if attempt == 4:
                 raise
             time.sleep(0.2 * (attempt + 1))
+
+
+def bulk_insert(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
+    """Insert ``rows`` (dicts with the same keys) inside the caller's transaction: ``COPY``
+    on PostgreSQL (an order of magnitude faster than row inserts), ``executemany`` on
+    SQLite. Constraints hold either way: a duplicate key fails the transaction."""
+    if not rows:
+        return
+    cols = list(rows[0])
+    if conn.dialect.name != "postgresql":
+        # The driver's own executemany with tuples: SQLAlchemy's per-row parameter
+        # processing would cost more than SQLite's insert itself.
+        marks = ", ".join("?" * len(cols))
+        conn.exec_driver_sql(
+            f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({marks})",
+            list(map(itemgetter(*cols), rows)) if len(cols) > 1 else [(r[cols[0]],) for r in rows],
+        )
+        return
+    import psycopg
+
+    sql = f"COPY {table.name} ({', '.join(cols)}) FROM STDIN"
+    raw = conn.connection.dbapi_connection
+    assert isinstance(raw, psycopg.Connection)
+    get = itemgetter(*cols)
+    try:
+        with raw.cursor() as cur, cur.copy(sql) as cp:
+            for r in rows:
+                cp.write_row(get(r) if len(cols) > 1 else (get(r),))
+    except psycopg.Error as exc:  # the same exceptions SQLAlchemy raises for execute()
+        kind = (
+            sa.exc.IntegrityError
+            if isinstance(exc, psycopg.IntegrityError)
+            else sa.exc.OperationalError
+            if isinstance(exc, psycopg.OperationalError)
+            else sa.exc.DBAPIError
+        )
+        raise kind(sql, None, exc) from exc
 
 
 def _first_line(exc: BaseException) -> str:

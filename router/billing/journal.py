@@ -32,10 +32,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from router.billing.db import bulk_insert
 from router.billing.schema import journal_entries, periods, postings
 from router.errors import BillingError
 
@@ -58,8 +60,7 @@ def account(kind: str, partner_id: str) -> str:
     return f"{kind}:{partner_id}"
 
 
-@dataclass(frozen=True)
-class Line:
+class Line(NamedTuple):
     """One posting: ``amount`` minor units to ``account`` (debit > 0, credit < 0)."""
 
     account: str
@@ -130,6 +131,7 @@ class Journal:
     now_ms: int
     tz_of: Callable[[str], str]
     _closed: dict[str, set[str]] = field(default_factory=dict)
+    _landing: dict[tuple[str, int], tuple[str, bool]] = field(default_factory=dict)
 
     def closed(self, partner_id: str) -> set[str]:
         """The partner's closed periods."""
@@ -149,22 +151,28 @@ class Journal:
 
     def landing(self, partner_id: str, effective_ms: int) -> tuple[str, bool]:
         """The period an entry of this business time lands on, and whether it is late."""
-        own = period_of(effective_ms, self.tz_of(partner_id))
-        closed, p = self.closed(partner_id), own
-        while p in closed:
-            p = next_period(p)
-        return p, p != own
+        # (Every time zone's months start on a whole minute: one answer per minute.)
+        key = (partner_id, effective_ms // 60_000)
+        got = self._landing.get(key)
+        if got is None:
+            own = period_of(effective_ms, self.tz_of(partner_id))
+            closed, p = self.closed(partner_id), own
+            while p in closed:
+                p = next_period(p)
+            got = self._landing[key] = (p, p != own)
+        return got
 
-    def post_many(self, entries: Sequence[Entry]) -> list[str]:
+    def post_many(self, entries: Sequence[Entry], *, fresh: bool = False) -> list[str]:
         """Write the entries whose keys are new (in one round trip each for the entries and
         their postings); returns the keys written. Unbalanced entries raise before anything
-        is written."""
+        is written. ``fresh``: the caller knows the keys are new (an old one then fails the
+        transaction on the primary key instead of being skipped)."""
         for e in entries:
             e.check()
         keys = [e.key for e in entries]
         if len(set(keys)) != len(keys):
             raise BillingError("journal: the same entry key twice in one write")
-        have = self.existing(keys)
+        have = set() if fresh else self.existing(keys)
         new = [e for e in entries if e.key not in have]
         if not new:
             return []
@@ -186,11 +194,10 @@ class Journal:
                     "memo": e.memo,
                 }
             )
-            lines.extend(
-                {"entry_key": e.key, "account": ln.account, "amount": ln.amount} for ln in e.lines
-            )
-        self.conn.execute(journal_entries.insert(), rows)
-        self.conn.execute(postings.insert(), lines)
+            for ln in e.lines:
+                lines.append({"entry_key": e.key, "account": ln.account, "amount": ln.amount})
+        bulk_insert(self.conn, journal_entries, rows)
+        bulk_insert(self.conn, postings, lines)
         return [e.key for e in new]
 
     def post(self, entry: Entry) -> bool:
