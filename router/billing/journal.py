@@ -67,8 +67,7 @@ class Line(NamedTuple):
     amount: int
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """A journal entry to write: balanced lines, a business time and its cause's key."""
 
     key: str
