@@ -20,7 +20,7 @@ from router.columns import AppColumns, Row
 from router.config import Cap, Strategy
 from router.errors import IdempotencyConflict, StoreError
 from router.logs import get_logger
-from router.messages import ReferralEntry
+from router.messages import CommercialTerms, ReferralEntry
 from router.outcomes import (
     BRANCH,
     BRANCH_BUCKET,
@@ -397,7 +397,12 @@ class Allocator:
                         )
                         r = known(bb, bkeys, i, amount)
                         if r == -1:
-                            r = reserve(bb, bkeys, i, amount, None, t, None, make)
+                            entry = (
+                                _branch_entry(s, cols, i, t, amount, a.branch_profit[i])
+                                if self.store.needs_entries
+                                else None
+                            )
+                            r = reserve(bb, bkeys, i, amount, None, t, entry, make)
                         if r == GRANTED:
                             kind[i] = BRANCH
                             continue
@@ -716,7 +721,20 @@ class Allocator:
                     bk = _row_keys(bb, a)
                     res = self._known_row(bb, bk, r.requested_amount)
                     if res == -1:
-                        res = self._reserve_row(bb, bk, r, None, None, rec)
+                        entry = (
+                            make_branch_entry(
+                                self.strategy,
+                                r.application_id,
+                                r.event_ms,
+                                r.requested_amount,
+                                r.term_months,
+                                r.applicant,
+                                a.branch_profit,
+                            )
+                            if self.store.needs_entries
+                            else None
+                        )
+                        res = self._reserve_row(bb, bk, r, None, entry, rec)
                     if res == GRANTED:
                         return rec, False
                     bits |= _LATE if res == LATE else _BRANCH_FULL
@@ -908,7 +926,12 @@ class Allocator:
                         "",
                     )
                 else:
-                    entry, applicant = None, None
+                    applicant = None
+                    entry = (
+                        _branch_entry(s, cols, i, t, amount, a.branch_profit[i])
+                        if self.store.needs_entries
+                        else None
+                    )
                     record = pack_record(
                         BRANCH,
                         bits[i],
@@ -1078,6 +1101,40 @@ def _make_entry(
     """The ledger entry for referring row ``i`` to partner ``j``."""
     return make_entry(
         s, cols.application_id[i], j, t, amount, int(cols.term_months[i]), cols.applicant[i], ev
+    )
+
+
+def make_branch_entry(
+    s: Strategy, app_id: str, t: int, amount: int, term_months: int, applicant: str, profit: float
+) -> ReferralEntry:
+    """The ledger entry of a loan the second branch takes (billed to the branch partner's
+    reserve and return accounts; no per-lead fees)."""
+    assert s.branch is not None
+    did = decision_id(s.version, app_id)
+    return ReferralEntry(
+        referral_id="r_" + did[2:],
+        decision_id=did,
+        application_id=app_id,
+        partner_id=s.branch.partner_id,
+        event_time_ms=t,
+        amount=amount,
+        term_months=term_months,
+        applicant_hash=applicant,
+        terms=_NO_FEES,
+        expected_value=int(round(profit)),
+        strategy_version=s.version,
+        outcome="branch",
+    )
+
+
+_NO_FEES = CommercialTerms()
+
+
+def _branch_entry(
+    s: Strategy, cols: AppColumns, i: int, t: int, amount: int, profit: float
+) -> ReferralEntry:
+    return make_branch_entry(
+        s, cols.application_id[i], t, amount, int(cols.term_months[i]), cols.applicant[i], profit
     )
 
 

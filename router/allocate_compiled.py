@@ -16,7 +16,7 @@ import numpy as np
 
 from router.assess import Assessment
 from router.columns import AppColumns
-from router.outcomes import DECLINE, REFER, Outcomes
+from router.outcomes import BRANCH, DECLINE, REFER, Outcomes
 from router.reasons import BIT
 from router.routing import routing_method
 from router.store import kernel as K
@@ -68,6 +68,7 @@ def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcome
     from router.allocate import (  # that module imports this one
         fill_outcomes,
         find_repeats,
+        make_branch_entry,
         make_entry,
     )
 
@@ -189,19 +190,19 @@ def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcome
             for slot, key, t in capev[: ncapev[0]].tolist():
                 al.on_cap(*owner[slot], key, t)
         if store.needs_entries:
-            for i in np.flatnonzero(kind == REFER).tolist():
+            # In arrival order, as the walk made the grants (referrals and branch loans).
+            for i in np.flatnonzero((kind == REFER) | (kind == BRANCH)).tolist():
+                t, amount, term = int(event_ms[i]), int(amounts[i]), int(cols.term_months[i])
+                if kind[i] == BRANCH:
+                    store.append_entry(
+                        make_branch_entry(
+                            s, ids[i], t, amount, term, cols.applicant[i], float(a.branch_profit[i])
+                        )
+                    )
+                    continue
                 j = int(chosen[i])
                 store.append_entry(
-                    make_entry(
-                        s,
-                        ids[i],
-                        j,
-                        int(event_ms[i]),
-                        int(amounts[i]),
-                        int(cols.term_months[i]),
-                        cols.applicant[i],
-                        float(a.ev[i, j]),
-                    )
+                    make_entry(s, ids[i], j, t, amount, term, cols.applicant[i], float(a.ev[i, j]))
                 )
     out = fill_outcomes(
         a, kind, chosen.tolist(), bits, [p.id for p in s.partners], np.zeros(n, dtype=bool)

@@ -138,6 +138,7 @@ def _run_replay(
     mapping: Path | None = None,
     reference: Path | None = None,
     allow_degraded: bool = False,
+    billing_db: str | None = None,
 ):
     from router.config import load_strategy
     from router.replay import replay
@@ -180,6 +181,7 @@ def _run_replay(
                 reference=reference,
                 progress=lambda k: bar.advance(task, k),
                 allow_degraded=allow_degraded,
+                billing_db=billing_db,
             )
         finally:
             if store is not None:
@@ -212,16 +214,37 @@ def replay(
         help="on a network store that stays unreachable, decide the rows degraded and go on "
         "(counted, and the exit code is 3) instead of stopping",
     ),
+    billing_db: str | None = typer.Option(
+        None,
+        "--billing-db",
+        help="also write the run's referrals into this billing database (a path or "
+        "postgresql+psycopg://…) for what-if statements",
+    ),
 ) -> None:
     """Replay a traffic file: summary.json, decisions.parquet, rejects.jsonl, report.html."""
     try:
         result = _run_replay(
-            strategy, traffic, out_dir, batch_size, store, mapping, reference, allow_degraded
+            strategy,
+            traffic,
+            out_dir,
+            batch_size,
+            store,
+            mapping,
+            reference,
+            allow_degraded,
+            billing_db,
         )
     except RouterError as exc:
         _fail(exc)
     _print_summary(result.summary)
     out.print(f"report: {out_dir / 'report.html'}\nsummary: {result.summary_path}")
+    if "billing" in result.summary:
+        b = result.summary["billing"]
+        out.print(
+            f"billing: {b['billed']:,} referrals and branch loans written to {billing_db} "
+            f"({b['already_billed']:,} were there already); statements: referral-router bill",
+            markup=False,
+        )
     degraded = result.summary.get("degraded", 0)
     if degraded:
         err.print(

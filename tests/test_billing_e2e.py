@@ -51,12 +51,13 @@ def test_traffic_to_statements_equal_an_independent_computation(url, billing_url
     decisions = [json.loads(x) for x in decided.stdout.splitlines()]
     apps = {a["application_id"]: a for a in map(json.loads, traffic.read_text().splitlines())}
     refers = [d for d in decisions if d["outcome"] == "refer"]
-    assert len(refers) > 100
+    branches = [d for d in decisions if d["outcome"] == "branch"]
+    assert len(refers) > 100 and len(branches) > 10
 
     consumed = cli(
         "ledger", "consume", "--redis", url, "--db", billing_url, "-s", STRATEGY, "--once"
     )
-    assert json.loads(consumed.stdout)["billed"] == len(refers)
+    assert json.loads(consumed.stdout)["billed"] == len(refers) + len(branches)
 
     # Postbacks from the traffic's outcome columns: accepted, funded, one month's interest.
     events: list[dict] = []
@@ -107,6 +108,23 @@ def test_traffic_to_statements_equal_an_independent_computation(url, billing_url
                     "occurred_at": "2026-11-28T12:00:00+08:00",
                 }
             )
+    strategy = load_strategy(STRATEGY)
+    assert strategy.branch is not None
+    coop = strategy.branch.partner_id
+    for d in branches:  # the branch's loans are paid out as asked
+        a = apps[d["application_id"]]
+        events.append(
+            {
+                "partner_id": coop,
+                "referral_id": "r_" + d["decision_id"][2:],
+                "type": "funded",
+                "event_id": f"{d['decision_id']}-bf",
+                "amount": a["requested_amount"],
+                "apr": d["apr"],
+                "term_months": a["term_months"],
+                "occurred_at": a["received_at"],
+            }
+        )
     pb_file = tmp_path / "postbacks.jsonl"
     pb_file.write_text("\n".join(json.dumps(e) for e in events) + "\n")
     first = cli("postbacks", "ingest", str(pb_file), "--db", billing_url, "-s", STRATEGY)
@@ -114,10 +132,13 @@ def test_traffic_to_statements_equal_an_independent_computation(url, billing_url
     again = cli("postbacks", "ingest", str(pb_file), "--db", billing_url, "-s", STRATEGY)
     assert f"duplicate │ {len(events):,}" in again.stdout.decode()
 
-    # The independent computation: fees at the partner's terms, rev-share half up.
-    strategy = load_strategy(STRATEGY)
-    expect: dict[str, int] = {}
+    # The independent computation: fees at the partner's terms, rev-share half up; the
+    # branch partner owes its reserve deposit on every loan paid out.
+    expect: dict[str, int] = {coop: 0}
     for e in events:
+        if e["partner_id"] == coop:
+            expect[coop] += int(e["amount"] * strategy.branch.reserve_rate + 0.5)
+            continue
         t = strategy.partner(e["partner_id"]).terms
         fee = {"accepted": t.fee_per_accepted, "funded": t.fee_per_funded}.get(e["type"], 0)
         if e["type"] == "repayment":
@@ -142,7 +163,9 @@ def test_traffic_to_statements_equal_an_independent_computation(url, billing_url
         )
         st = json.loads((tmp_path / "st" / f"statement_{pid}_2026-11.json").read_text())
         assert st["total_due"] == total, pid
-        assert st["referrals"] == sum(d["partner_id"] == pid for d in refers)
+        assert st["referrals"] == (
+            len(branches) if pid == coop else sum(d["partner_id"] == pid for d in refers)
+        )
         # Reconciling with a partner file built from our own statement: no difference.
         theirs = tmp_path / f"theirs_{pid}.jsonl"
         ours = json.loads((tmp_path / "st" / f"statement_{pid}_2026-11.json").read_text())
@@ -163,8 +186,8 @@ def test_traffic_to_statements_equal_an_independent_computation(url, billing_url
                 "amount": amounts.get("r_" + d["decision_id"][2:], 0),
                 "status": status.get("r_" + d["decision_id"][2:], "referred"),
             }
-            for d in refers
-            if d["partner_id"] == pid
+            for d in refers + branches
+            if d.get("partner_id", coop) == pid
         ]
         theirs.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
         rec = cli(

@@ -21,6 +21,7 @@ from test_property_caps import tight_budgets, tight_caps
 from router.config import strategy_from_dict
 from router.engine import Router
 from router.identity import Hasher
+from router.messages import Branch
 from router.reference import ReferenceDecider
 from router.routing import routing_methods
 from router.store import store_kinds
@@ -116,6 +117,19 @@ def _compare(
         assert have == want, f"{a.application_id}: {have!r} != reference {want!r}"
     ledger = [(e.application_id, e.partner_id) for e in router.store.ledger()]
     assert sorted(ledger) == sorted(reference.referrals)
+    # The branch's loans are on the ledger too, billed to the branch partner.
+    branch = [
+        (e.application_id, e.partner_id)
+        for e in router.store.ledger(branch=True)
+        if e.outcome == "branch"
+    ]
+    assert s.branch is not None
+    want = [
+        (a.application_id, s.branch.partner_id)
+        for a, d in zip(apps, expected)
+        if isinstance(d, Branch)
+    ]
+    assert sorted(branch) == sorted(set(want))  # (a retry answers again, is booked once)
 
 
 KINDS = [k.name for k in store_kinds()]

@@ -78,7 +78,7 @@ def _run(store, method, apps, cuts):
         i, c = i + size, c + 1
     return (
         out,
-        list(store.ledger()),
+        list(store.ledger(branch=True)),  # referrals and branch loans, in one order
         list(router._allocator.rotation.current),
         router.cap_refusals(),
     )

@@ -141,26 +141,33 @@ def differences(
 def counter_differences(
     engine: Engine, store, strategy, partner_id: str, period: str
 ) -> list[Difference]:
-    """Posted referrals per day of the period against the partner's day counter in the
-    quota store (when the partner has a day cap). A counter also holds grants still
-    pending at the moment it is read, and a day whose counter expired reads 0."""
+    """Posted referrals (or, for the branch partner, branch loans) per day of the period
+    against the day counter in the quota store (when there is a day cap). A counter also
+    holds grants still pending at the moment it is read, and a day whose counter expired
+    reads 0."""
     from router.allocate import make_bucket
+    from router.outcomes import BRANCH_BUCKET
     from router.windows import key_of
 
-    p = strategy.partner(partner_id)
-    caps = [c for c in p.caps if c.window == "day"]
-    if not caps:
+    if strategy.branch is not None and partner_id == strategy.branch.partner_id:
+        kind, caps, tz = "branch", strategy.branch.caps, strategy.timezone
+        bucket = make_bucket(BRANCH_BUCKET, caps, tz)
+    else:
+        p = strategy.partner(partner_id)
+        kind, caps, tz = "refer", p.caps, p.timezone
+        bucket = make_bucket(p.id, caps, tz, p.dedupe_days)
+    windows = [c.window for c in caps]
+    if "day" not in windows:
         return []
-    bucket = make_bucket(p.id, p.caps, p.timezone, p.dedupe_days)
-    day = next(i for i, c in enumerate(p.caps) if c.window == "day")
-    start, end = period_bounds(period, p.timezone)
-    zone = ZoneInfo(p.timezone)
+    day = windows.index("day")
+    start, end = period_bounds(period, tz)
+    zone = ZoneInfo(tz)
     billed: dict[str, int] = {}
     with engine.connect() as conn:
         for (t,) in conn.execute(
             sa.select(referrals.c.effective_at_ms).where(
                 referrals.c.partner_id == partner_id,
-                referrals.c.kind == "refer",
+                referrals.c.kind == kind,
                 referrals.c.effective_at_ms >= start,
                 referrals.c.effective_at_ms < end,
             )
@@ -171,7 +178,7 @@ def counter_differences(
     d0 = datetime.fromtimestamp(start / 1000, zone)
     while int(d0.timestamp() * 1000) < end:
         t = int(d0.timestamp() * 1000)
-        keys = tuple(key_of(t, c.window, p.timezone) for c in p.caps)
+        keys = tuple(key_of(t, w, tz) for w in windows)
         counted = store.usage(bucket, keys)[day][0]
         name = d0.date().isoformat()
         if counted != billed.get(name, 0):

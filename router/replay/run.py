@@ -184,6 +184,7 @@ def replay(
     cached: CachedTraffic | None = None,
     progress: Callable[[int], None] | None = None,
     allow_degraded: bool = False,
+    billing_db: str | Path | None = None,
 ) -> ReplayResult:
     """Replay ``traffic`` with ``strategy``; write the outputs listed above to ``out_dir``.
 
@@ -200,6 +201,10 @@ def replay(
     long deadlines, retries with backoff). If it still fails, the replay stops with
     :class:`~router.errors.StoreError` — unless ``allow_degraded``: then those rows are
     decided degraded and counted (``summary["degraded"]``).
+
+    ``billing_db`` (a path or database URL) also writes the run's referrals and branch
+    loans into that billing database (:mod:`router.billing.what_if`), for what-if
+    statements; ``summary["billing"]`` says how many.
     """
     traffic_file = Path(traffic) if isinstance(traffic, (str, Path)) else None
     is_file = traffic_file is not None
@@ -208,10 +213,16 @@ def replay(
     mapping = dict(strategy.columns if mapping is None else mapping)
     check_mapping(mapping)
     log = get_logger("replay").bind(strategy=strategy.version)
+    sink, own_store = None, store is None
+    if billing_db is not None:
+        from router.billing.what_if import BillingSink
+
+        sink = BillingSink(billing_db, strategy)
     if store is None:
         store = ArrayQuotaStore(
             idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000,
             retain_ledger=False,
+            on_append=sink,
             validate=False,
         )
     store.for_replay()
@@ -269,6 +280,8 @@ def replay(
                 if writer is not None:
                     writer.write_batch(_decision_batch(outcomes, cols, batch.outcomes))
                 rows_read += len(cols)
+                if sink is not None:
+                    sink.flush()
                 if progress:
                     progress(len(cols))
         except BaseException:
@@ -279,6 +292,11 @@ def replay(
         if writer is not None:
             writer.close()
     store.flush()  # the last batch's grants are posted before the run reports done
+    billing = None
+    if sink is not None:
+        if not own_store:  # the caller's store kept its ledger (a Redis one, its streams)
+            sink.extend(store.ledger(branch=True))
+        billing = sink.close()
     if decisions_path is not None:
         tmp.replace(decisions_path)
     elapsed = time.perf_counter() - t0
@@ -309,6 +327,8 @@ def replay(
         "cap_refusals": cap_refusals,
         "money_unit": "minor units (fen)",
     }
+    if billing is not None:
+        summary["billing"] = billing
     summary_path = out / "summary.json"
     summary_path.write_bytes(msgspec.json.format(msgspec.json.encode(summary)) + b"\n")
     # Run facts that differ between runs of the same input (kept out of the summary).

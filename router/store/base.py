@@ -257,8 +257,9 @@ class QuotaStore(ABC):
         """(count, amount) used in each of the bucket's windows at these keys."""
 
     @abstractmethod
-    def ledger(self) -> Iterable[ReferralEntry]:
-        """Every ledger entry, in append order."""
+    def ledger(self, *, branch: bool = False) -> Iterable[ReferralEntry]:
+        """The posted referrals, in append order; with ``branch``, the second branch's
+        loans too (entries with ``outcome == "branch"``, billed to the branch partner)."""
 
     #: True when :meth:`try_reserve_once` and :meth:`record_once` are atomic per call, so a
     #: single decision needs no separate recall and remember round trips.

@@ -175,9 +175,11 @@ class InProcessRecords:
         if self._on_append is not None:
             self._on_append(entry)
 
-    def ledger(self) -> Iterable[ReferralEntry]:
+    def ledger(self, *, branch: bool = False) -> Iterable[ReferralEntry]:
         with self._lock:
-            return list(self._ledger)
+            if branch:
+                return list(self._ledger)
+            return [e for e in self._ledger if e.outcome == "refer"]
 
     def _advance(self, event_ms: int) -> None:
         raise NotImplementedError

@@ -181,9 +181,10 @@ class GrantSettling:
             for k in self.client.scan_iter(match=f"{self.prefix}{{p:*}}:ledger", count=1000)
         )
 
-    def ledger(self) -> Iterable[ReferralEntry]:
-        """The posted (billable) referrals, in the order their decisions were handed back
-        (what this process still owes is sent first)."""
+    def ledger(self, *, branch: bool = False) -> Iterable[ReferralEntry]:
+        """The posted (billable) referrals — with ``branch`` the branch's loans too — in the
+        order their decisions were handed back (what this process still owes is sent
+        first)."""
         self._try_flush()
         try:
             rows = []
@@ -200,7 +201,8 @@ class GrantSettling:
                     )
         except redis.RedisError as exc:
             raise StoreError(f"ledger read failed: {exc}") from exc
-        return [e for _, e in sorted(rows, key=lambda r: r[0])]
+        ordered = [e for _, e in sorted(rows, key=lambda r: r[0])]
+        return ordered if branch else [e for e in ordered if e.outcome == "refer"]
 
     def ledger_events(self) -> list[tuple[str, str, str]]:
         """Every ledger event as (kind "post" | "void", bucket stream, application id), each
