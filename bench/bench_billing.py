@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -106,6 +107,7 @@ def consumer_rows(n: int) -> dict[str, list[dict]]:
         for t in (schema.ledger_events, schema.referrals, schema.journal_entries, schema.postings):
             out[t.name] = [dict(r._mapping) for r in c.execute(sa.select(t))]
     engine.dispose()
+    shutil.rmtree(path.parent)
     out["postings"] = [{k: v for k, v in r.items() if k != "id"} for r in out["postings"]]
     return out
 
@@ -205,6 +207,7 @@ def main() -> None:
             results[f"{name}_statement_s"] = took
     finally:
         redis.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
         with admin.connect() as c:
             c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
     for k, v in results.items():
