@@ -41,6 +41,7 @@ bench: install-dev
 	$(BIN)/python bench/bench_replay.py
 	$(BIN)/python bench/bench_redis.py
 	$(BIN)/python bench/bench_tune.py
+	$(BIN)/python bench/bench_billing.py
 
 credit-data: install-dev
 	$(BIN)/python examples/credit_data.py out/credit_data
