@@ -106,3 +106,19 @@ def test_bill_refuses_to_close_inside_grace_and_rejects_a_bad_period(tmp_path):
     )
     assert ok.returncode == 0, ok.stderr
     assert "(closed)" in ok.stdout
+
+
+def test_consume_with_redis_down_stops_with_one_clear_line(tmp_path):
+    p = run(
+        "ledger",
+        "consume",
+        "--redis",
+        "redis://127.0.0.1:1",
+        "--db",
+        str(tmp_path / "b.db"),
+        "-s",
+        STRATEGY,
+        "--once",
+    )
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("error: redis unavailable")

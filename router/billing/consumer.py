@@ -112,6 +112,7 @@ class LedgerConsumer:
         self.stats = ConsumerStats()
         self.streams: list[str] = []
         self._stopping = False
+        self._patience = 60
         self._scanned = 0.0
 
     def stop(self) -> None:
@@ -122,7 +123,10 @@ class LedgerConsumer:
 
     def run(self, *, once: bool = False) -> ConsumerStats:
         """Consume until :meth:`stop` (or, with ``once``, until nothing is left: new
-        entries drained and every pending one acknowledged or dead-lettered)."""
+        entries drained and every pending one acknowledged or dead-lettered). Redis
+        unreachable for about two minutes (``once``: a few seconds) ends the run with
+        :class:`StoreError`; what was committed stays committed."""
+        self._patience = 8 if once else 60
         self._discover(force=True)
         self._read_own_pending()
         self._claim_idle()
@@ -336,7 +340,7 @@ class LedgerConsumer:
     def _redis(self, call: Callable):
         """Run a Redis call, riding out a restart: NOGROUP (the stream or group was lost)
         recreates the groups, a connection error waits and retries."""
-        for attempt in range(60):
+        for attempt in range(self._patience):
             try:
                 return call()
             except redis.ResponseError as exc:
@@ -349,7 +353,7 @@ class LedgerConsumer:
                     raise StoreError(f"redis unavailable: {exc}") from exc
                 log.warning("billing.redis_unavailable", error=str(exc))
                 time.sleep(min(0.05 * 2**attempt, 2.0))
-        raise StoreError("redis stayed unavailable for the ledger consumer")
+        raise StoreError(f"redis unavailable for the ledger consumer ({self._patience} tries)")
 
 
 def _id(x) -> str:
