@@ -54,6 +54,18 @@ def make_pg_database() -> tuple[str, callable]:
     return url, drop
 
 
+@pytest.fixture
+def redis_url(redis_server):
+    """A key prefix of the test's own on the suite's Redis server (its keys deleted after)."""
+    from router.store import quota_store_from_url
+
+    url = f"redis://{redis_server.host}:{redis_server.port}/0?prefix=b{uuid.uuid4().hex[:6]}:"
+    yield url
+    store = quota_store_from_url(url, timeout_ms=5000)
+    store.discard()
+    store.close()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def billing_url(request, tmp_path):
     """The URL of an empty billing database on each backend."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from billing_helpers import billing, billing_url  # noqa: F401  (fixtures)
+from billing_helpers import billing, billing_url, redis_url  # noqa: F401  (fixtures)
 from servers import redis_cluster, redis_server  # noqa: F401  (fixtures)
 
 from router.config import strategy_from_dict

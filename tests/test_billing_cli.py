@@ -44,66 +44,17 @@ def test_postbacks_with_bad_lines_apply_the_good_ones_and_exit_2(tmp_path):
 
 
 def test_bill_refuses_to_close_inside_grace_and_rejects_a_bad_period(tmp_path):
-    db = str(tmp_path / "b.db")
-    p = run(
-        "bill",
-        "--db",
-        db,
-        "-p",
-        "platform_yunfan",
-        "--period",
-        "2026-11",
-        "-s",
-        STRATEGY,
-        "-o",
-        str(tmp_path),
-        "--close",
-        "--now",
-        "2026-12-03T00:00:00+08:00",
-    )
+    def bill(period: str, *extra: str, db: str = str(tmp_path / "b.db")):
+        return run("bill", "--db", db, "-p", "platform_yunfan", "--period", period, "-s",
+                   STRATEGY, "-o", str(tmp_path), *extra)  # fmt: skip
+
+    p = bill("2026-11", "--close", "--now", "2026-12-03T00:00:00+08:00")
     assert p.returncode == 2 and "grace" in p.stderr and "Traceback" not in p.stderr
-    p = run(
-        "bill",
-        "--db",
-        db,
-        "-p",
-        "platform_yunfan",
-        "--period",
-        "2026-13",
-        "-s",
-        STRATEGY,
-        "-o",
-        str(tmp_path),
-    )
+    p = bill("2026-13")
     assert p.returncode == 2 and "YYYY-MM" in p.stderr
-    p = run(
-        "bill",
-        "--db",
-        "postgresql+psycopg://nobody@127.0.0.1:1/x",
-        "-p",
-        "x",
-        "--period",
-        "2026-11",
-        "-s",
-        STRATEGY,
-    )
+    p = bill("2026-11", db="postgresql+psycopg://nobody@127.0.0.1:1/x")
     assert p.returncode == 2 and p.stderr.startswith("error: billing database")
-    ok = run(
-        "bill",
-        "--db",
-        db,
-        "-p",
-        "platform_yunfan",
-        "--period",
-        "2026-11",
-        "-s",
-        STRATEGY,
-        "-o",
-        str(tmp_path),
-        "--close",
-        "--now",
-        "2026-12-07T00:00:00+08:00",
-    )
+    ok = bill("2026-11", "--close", "--now", "2026-12-07T00:00:00+08:00")
     assert ok.returncode == 0, ok.stderr
     assert "(closed)" in ok.stdout
 

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -90,16 +89,6 @@ def assert_billed_once(db: str, url: str, group: str = "billing") -> int:
         assert store.client.xpending(s, group)["pending"] == 0
     store.close()
     return len(posted)
-
-
-@pytest.fixture
-def redis_url(redis_server):
-    """A key prefix of the test's own on the suite's server (its keys deleted after)."""
-    url = f"redis://{redis_server.host}:{redis_server.port}/0?prefix=b{uuid.uuid4().hex[:6]}:"
-    yield url
-    store = quota_store_from_url(url, timeout_ms=5000)
-    store.discard()
-    store.close()
 
 
 def test_killed_between_commit_and_xack_bills_once_after_restart(redis_url, billing_url):

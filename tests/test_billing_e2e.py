@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -30,19 +29,8 @@ def cli(*args: str, stdin: bytes | None = None, ok=(0,)) -> subprocess.Completed
     return p
 
 
-@pytest.fixture
-def url(redis_server):
-    """A key prefix of the test's own on the suite's server (its keys deleted after)."""
-    from router.store import quota_store_from_url
-
-    u = f"redis://{redis_server.host}:{redis_server.port}/0?prefix=e{uuid.uuid4().hex[:6]}:"
-    yield u
-    store = quota_store_from_url(u, timeout_ms=5000)
-    store.discard()
-    store.close()
-
-
-def test_traffic_to_statements_equal_an_independent_computation(url, billing_url, tmp_path):
+def test_traffic_to_statements_equal_an_independent_computation(redis_url, billing_url, tmp_path):
+    url = redis_url
     traffic = tmp_path / "traffic.jsonl"
     cli("generate", "--rows", "4000", "--out", str(traffic), "--per-day", "4000")
     decided = cli(
@@ -148,19 +136,8 @@ def test_traffic_to_statements_equal_an_independent_computation(url, billing_url
         t = strategy.partner(d["partner_id"]).terms
         expect[d["partner_id"]] = expect.get(d["partner_id"], 0) + t.fee_per_referral
     for pid, total in expect.items():
-        cli(
-            "bill",
-            "--db",
-            billing_url,
-            "-p",
-            pid,
-            "--period",
-            "2026-11",
-            "-s",
-            STRATEGY,
-            "-o",
-            str(tmp_path / "st"),
-        )
+        common = ("--db", billing_url, "-p", pid, "--period", "2026-11", "-s", STRATEGY)
+        cli("bill", *common, "-o", str(tmp_path / "st"))
         st = json.loads((tmp_path / "st" / f"statement_{pid}_2026-11.json").read_text())
         assert st["total_due"] == total, pid
         assert st["referrals"] == (
@@ -190,20 +167,5 @@ def test_traffic_to_statements_equal_an_independent_computation(url, billing_url
             if d.get("partner_id", coop) == pid
         ]
         theirs.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-        rec = cli(
-            "reconcile",
-            "--db",
-            billing_url,
-            "-p",
-            pid,
-            "--period",
-            "2026-11",
-            "-s",
-            STRATEGY,
-            "--theirs",
-            str(theirs),
-            "--redis",
-            url,
-            ok=(0, 1),
-        )
+        rec = cli("reconcile", *common, "--theirs", str(theirs), "--redis", url, ok=(0, 1))
         assert rec.returncode == 0 and "0 differences" in rec.stdout.decode(), rec.stdout.decode()
