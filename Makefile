@@ -33,7 +33,7 @@ test: lint
 
 # Mutation testing of the economics formulas (a few minutes; writes mutants/).
 mutation: install-dev
-	$(BIN)/mutmut run "router.economics.*"
+	$(BIN)/mutmut run "router.core.economics.*"
 	$(BIN)/mutmut results | grep -v "not checked" || true
 
 bench: install-dev

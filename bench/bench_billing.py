@@ -41,7 +41,7 @@ from router.billing.consumer import ConsumerSettings, LedgerConsumer  # noqa: E4
 from router.billing.db import bulk_insert, open_billing, writing  # noqa: E402
 from router.billing.ledger_ingest import StreamEntry, apply_entries  # noqa: E402
 from router.billing.statements import render_csv, render_json, statement  # noqa: E402
-from router.messages import CommercialTerms, ReferralEntry, encode  # noqa: E402
+from router.core.messages import CommercialTerms, ReferralEntry, encode  # noqa: E402
 from router.store.redis import RedisQuotaStore  # noqa: E402
 
 T0 = 1_793_500_000_000  # 2026-11-02 in Asia/Shanghai

@@ -49,12 +49,12 @@ def sequential_latencies(
     the store call is timed. The two run in alternating blocks of ``block`` calls: this
     machine's speed drifts over seconds, and interleaving gives both the same conditions.
     """
-    from router.allocate import make_entry
-    from router.config import load_strategy
-    from router.engine import Router
-    from router.outcomes import REFER, pack_record
+    from router.core.config import load_strategy
+    from router.core.windows import key_of
+    from router.decide.allocate import make_entry
+    from router.decide.engine import Router
+    from router.decide.outcomes import REFER, pack_record
     from router.store import Bucket, CapLimit, quota_store_from_url
-    from router.windows import key_of
 
     strategy = load_strategy(ROOT / "configs" / "strategy.toml")
     store = quota_store_from_url(url, prefix="bench-bare:")
@@ -108,7 +108,7 @@ def sequential_latencies(
 
 
 def _apps(n: int, seed: int):
-    from router.messages import decode_application
+    from router.core.messages import decode_application
     from router.traffic import write_traffic
 
     p = write_traffic(Path(tempfile.mkdtemp()) / "t.jsonl", n, seed=seed)
@@ -116,8 +116,8 @@ def _apps(n: int, seed: int):
 
 
 def _worker(url: str, prefix: str, seed: int, n: int, batch: int) -> tuple[int, float, int]:
-    from router.config import load_strategy
-    from router.engine import Router
+    from router.core.config import load_strategy
+    from router.decide.engine import Router
     from router.store import quota_store_from_url
 
     apps = _apps(n, seed)

@@ -42,7 +42,7 @@ def _timed(fn) -> tuple[float, float, object]:
 
 
 def child(rows: int) -> None:
-    from router.config import load_strategy
+    from router.core.config import load_strategy
     from router.replay import replay
     from router.store import MemoryQuotaStore
     from router.traffic import write_traffic
@@ -108,9 +108,9 @@ def child(rows: int) -> None:
 
 
 def baseline() -> float:
-    from router.config import load_strategy
-    from router.engine import Router
-    from router.messages import decode_application
+    from router.core.config import load_strategy
+    from router.core.messages import decode_application
+    from router.decide.engine import Router
     from router.traffic import write_traffic
 
     p = write_traffic(ROOT / "out" / "bench" / "baseline.jsonl", 5000, seed=5)

@@ -28,7 +28,7 @@ GRID = {
 
 
 def main(rows: int) -> dict:
-    from router.config import load_strategy
+    from router.core.config import load_strategy
     from router.replay import replay
     from router.replay.tune import LocalExecutor, candidates, tune
     from router.traffic import write_traffic

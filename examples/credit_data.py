@@ -112,7 +112,7 @@ def train_scorecard(train_path: Path, strategy, model_path: Path) -> dict:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from router.features import features_batch
+    from router.decide.features import features_batch
     from router.replay.run import read_cached
     from router.scoring import LinearScorer
 
@@ -142,7 +142,7 @@ def main(out: Path = ROOT / "out" / "credit_data", grid: dict | None = None) -> 
     """Run the whole example; returns the held-out replay's summary."""
     import msgspec
 
-    from router.config import load_strategy, strategy_from_dict
+    from router.core.config import load_strategy, strategy_from_dict
     from router.replay import replay
     from router.replay.tune import LocalExecutor, strategy_data, tune, write_strategy
 

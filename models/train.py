@@ -1,7 +1,7 @@
 """Train the default PD models shipped in ``models/`` and write their model card.
 
 Data recipe: ``referral-router generate``'s generator, seed 20261101, 300,000 rows
-(1.5 days), features from :mod:`router.features`, target ``defaulted``. The first 70% of
+(1.5 days), features from :mod:`router.decide.features`, target ``defaulted``. The first 70% of
 rows in arrival order train, the last 30% are held out (an out-of-time split).
 
     python models/train.py            # rewrites pd_logit.json, pd_hgb.skops, MODEL_CARD.md
@@ -24,9 +24,9 @@ from sklearn.preprocessing import StandardScaler
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from router.columns import from_arrow  # noqa: E402
-from router.features import FEATURES, features_batch  # noqa: E402
-from router.identity import Hasher  # noqa: E402
+from router.core.columns import from_arrow  # noqa: E402
+from router.core.identity import Hasher  # noqa: E402
+from router.decide.features import FEATURES, features_batch  # noqa: E402
 from router.scoring import LinearScorer, scorer_from_estimator  # noqa: E402
 from router.traffic import generate_batches  # noqa: E402
 

@@ -5,9 +5,12 @@ The supported public API is what this package exports (see the README, "Embedded
     from router import Router, load_strategy, decode_application, quota_store_from_url
 
 Names load on first use, so ``import router`` stays cheap (the command line imports only
-what a command needs). The modules they come from (``router.engine``, ``router.config``,
-``router.messages``, ``router.store``, ``router.errors``, ``router.testing``) remain
-importable as before.
+what a command needs). The packages show the architecture: ``router.core`` (messages,
+config, errors, economics, rules, routing), ``router.decide`` (assessment, allocation,
+outcomes, the Router), ``router.store``, ``router.scoring``, ``router.ingest``,
+``router.replay``, ``router.billing``. Modules that moved there keep their old import paths
+(``router.engine``, ``router.config``, ``router.messages``, …) with a DeprecationWarning
+(:mod:`router._moved`).
 """
 
 from __future__ import annotations
@@ -15,23 +18,27 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from router import _moved
+
+_moved.install()
+
 #: Public name -> the module that defines it.
 _EXPORTS: dict[str, str] = {
     # deciding
-    "Router": "router.engine",
-    "load_strategy": "router.config",
-    "strategy_from_dict": "router.config",
-    "Strategy": "router.config",
+    "Router": "router.decide.engine",
+    "load_strategy": "router.core.config",
+    "strategy_from_dict": "router.core.config",
+    "Strategy": "router.core.config",
     # messages
-    "Application": "router.messages",
-    "Decision": "router.messages",
-    "Keep": "router.messages",
-    "Branch": "router.messages",
-    "Refer": "router.messages",
-    "Decline": "router.messages",
-    "ReferralEntry": "router.messages",
-    "decode_application": "router.messages",
-    "decode_decision": "router.messages",
+    "Application": "router.core.messages",
+    "Decision": "router.core.messages",
+    "Keep": "router.core.messages",
+    "Branch": "router.core.messages",
+    "Refer": "router.core.messages",
+    "Decline": "router.core.messages",
+    "ReferralEntry": "router.core.messages",
+    "decode_application": "router.core.messages",
+    "decode_decision": "router.core.messages",
     # stores
     "QuotaStore": "router.store",
     "quota_store_from_url": "router.store",
@@ -40,21 +47,21 @@ _EXPORTS: dict[str, str] = {
     "Bucket": "router.store",
     "CapLimit": "router.store",
     # routing
-    "RoutingMethod": "router.routing",
-    "register_routing": "router.routing",
+    "RoutingMethod": "router.core.routing",
+    "register_routing": "router.core.routing",
     # scoring
     "Scorer": "router.scoring",
     "load_scorer": "router.scoring",
     "scorer_from_estimator": "router.scoring",
     # (replay: ``from router.replay import replay`` — the subpackage has that name)
     # errors
-    "RouterError": "router.errors",
-    "ConfigError": "router.errors",
-    "InputError": "router.errors",
-    "ModelError": "router.errors",
-    "StoreError": "router.errors",
-    "IdempotencyConflict": "router.errors",
-    "TrafficError": "router.errors",
+    "RouterError": "router.core.errors",
+    "ConfigError": "router.core.errors",
+    "InputError": "router.core.errors",
+    "ModelError": "router.core.errors",
+    "StoreError": "router.core.errors",
+    "IdempotencyConflict": "router.core.errors",
+    "TrafficError": "router.core.errors",
 }
 
 __all__ = [
@@ -106,9 +113,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from router.config import Strategy, load_strategy, strategy_from_dict
-    from router.engine import Router
-    from router.errors import (
+    from router.core.config import Strategy, load_strategy, strategy_from_dict
+    from router.core.errors import (
         ConfigError,
         IdempotencyConflict,
         InputError,
@@ -117,7 +123,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         StoreError,
         TrafficError,
     )
-    from router.messages import (
+    from router.core.messages import (
         Application,
         Branch,
         Decision,
@@ -128,7 +134,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         decode_application,
         decode_decision,
     )
-    from router.routing import RoutingMethod, register_routing
+    from router.core.routing import RoutingMethod, register_routing
+    from router.decide.engine import Router
     from router.scoring import Scorer, load_scorer, scorer_from_estimator
     from router.store import (
         Bucket,

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from router.errors import RouterError
+from router.core.errors import RouterError
 
 app = typer.Typer(
     add_completion=False,
@@ -28,7 +28,7 @@ def _main(
     log_format: str = typer.Option("console", "--log-format", help="console or json"),
 ) -> None:
     """Rejected-traffic referral router: keep / branch / refer / decline."""
-    from router.logs import configure
+    from router.core.logs import configure
 
     configure(log_level, log_format)
 
@@ -67,9 +67,9 @@ def decide(
     ),
 ) -> None:
     """Decide applications and print each decision as one JSON line."""
-    from router.config import load_strategy
-    from router.engine import Router
-    from router.messages import decode_application, encode
+    from router.core.config import load_strategy
+    from router.core.messages import decode_application, encode
+    from router.decide.engine import Router
     from router.store import quota_store_from_url
 
     try:
@@ -115,7 +115,7 @@ def _mapping(path: Path | None) -> dict[str, str] | None:
         return None
     import msgspec
 
-    from router.errors import ConfigError
+    from router.core.errors import ConfigError
 
     try:
         raw = msgspec.toml.decode(path.read_bytes())
@@ -140,9 +140,9 @@ def _run_replay(
     allow_degraded: bool = False,
     billing_db: str | None = None,
 ):
-    from router.config import load_strategy
+    from router.core.config import load_strategy
+    from router.ingest.reader import count_rows
     from router.replay import replay
-    from router.replay.reader import count_rows
     from router.store import quota_store_from_url
 
     strat = load_strategy(strategy)
@@ -264,7 +264,7 @@ def compare(
     mapping: Path | None = typer.Option(None, "--mapping", help=_MAPPING_HELP),
 ) -> None:
     """Champion vs challenger on the same traffic: the 4×4 swap sets and the net change."""
-    from router.config import load_strategy
+    from router.core.config import load_strategy
     from router.replay.compare import compare as run_compare
     from router.replay.report import write_compare_report
 
@@ -313,7 +313,7 @@ def tune(
     mapping: Path | None = typer.Option(None, "--mapping", help=_MAPPING_HELP),
 ) -> None:
     """Replay every grid candidate, report the Pareto frontier, write the best strategy."""
-    from router.config import load_strategy
+    from router.core.config import load_strategy
     from router.replay.tune import LocalExecutor, candidates, load_grid
     from router.replay.tune import tune as run_tune
 

@@ -21,15 +21,15 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from router import economics as eco
-from router.config import Filters, Strategy
-from router.errors import IdempotencyConflict
-from router.features import features_one
-from router.identity import Hasher
-from router.messages import Application, Branch, Decision, Decline, Keep, Refer
-from router.outcomes import decision_id
-from router.reasons import CODES
-from router.windows import key_of
+from router.core import economics as eco
+from router.core.config import Filters, Strategy
+from router.core.errors import IdempotencyConflict
+from router.core.identity import Hasher
+from router.core.messages import Application, Branch, Decision, Decline, Keep, Refer
+from router.core.reasons import CODES
+from router.core.windows import key_of
+from router.decide.features import features_one
+from router.decide.outcomes import decision_id
 
 
 class ReferenceDecider:

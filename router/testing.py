@@ -4,7 +4,7 @@
   so a test can put an application exactly where a rule or cut-off bites.
 * :func:`make_application` — a valid application with overrides.
 * :func:`strategy_dict` — a small valid strategy as plain data, to tweak and validate
-  with :func:`router.config.strategy_from_dict`.
+  with :func:`router.core.config.strategy_from_dict`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from router.features import FEATURES
-from router.messages import Application, convert_application
+from router.core.messages import Application, convert_application
+from router.decide.features import FEATURES
 
 
 class FixedPDScorer:
@@ -264,9 +264,9 @@ def check_scorer(scorer: Any, X: np.ndarray | None = None, *, reference: Any = N
 
 
 def _sample_features(n: int = 3000, seed: int = 11) -> np.ndarray:
-    from router.columns import from_arrow
-    from router.features import features_batch
-    from router.identity import Hasher
+    from router.core.columns import from_arrow
+    from router.core.identity import Hasher
+    from router.decide.features import features_batch
     from router.traffic import generate_batches
 
     return features_batch(

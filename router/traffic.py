@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from router.errors import TrafficError
+from router.core.errors import TrafficError
 
 CHANNELS = ("own_app", "platform", "api_aggregator", "h5_aggregator")
 _CH_P = (0.35, 0.30, 0.20, 0.15)

@@ -17,7 +17,7 @@ from router.billing.db import open_billing, writing
 from router.billing.ledger_ingest import StreamEntry, apply_entries
 from router.billing.postback_rules import ingest_events
 from router.billing.postbacks import Postback
-from router.messages import CommercialTerms, ReferralEntry, encode
+from router.core.messages import CommercialTerms, ReferralEntry, encode
 
 #: The PostgreSQL server the tests create their databases on (trust auth on this machine).
 PG_ADMIN = os.environ.get("BILLING_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")

@@ -6,8 +6,8 @@ import pytest
 from billing_helpers import billing, billing_url, redis_url  # noqa: F401  (fixtures)
 from servers import redis_cluster, redis_server  # noqa: F401  (fixtures)
 
-from router.config import strategy_from_dict
-from router.engine import Router
+from router.core.config import strategy_from_dict
+from router.decide.engine import Router
 from router.testing import ScoreLookupScorer, strategy_dict
 
 ROOT = Path(__file__).resolve().parent.parent

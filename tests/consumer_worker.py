@@ -20,7 +20,7 @@ from router.billing import consumer as consumer_mod
 from router.billing.book import BillingBook
 from router.billing.consumer import ConsumerSettings, LedgerConsumer
 from router.billing.db import open_billing
-from router.config import strategy_from_dict
+from router.core.config import strategy_from_dict
 from router.store.redis import RedisQuotaStore
 from router.testing import strategy_dict
 

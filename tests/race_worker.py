@@ -22,8 +22,8 @@ def decide_many(
     url: str, app_specs: list[tuple[str, int, int]]
 ) -> list[tuple[str, str, str | None]]:
     """Decide (application id, applicant number, amount) specs; return (id, outcome, partner)."""
-    from router.config import strategy_from_dict
-    from router.engine import Router
+    from router.core.config import strategy_from_dict
+    from router.decide.engine import Router
     from router.store import quota_store_from_url
     from router.testing import ScoreLookupScorer, make_application
 
@@ -53,9 +53,9 @@ def decide_variants(url: str, specs: list[tuple[str, int, int]], seed: int) -> l
     Returns (id, amount, outcome, partner, reasons)."""
     import random
 
-    from router.config import strategy_from_dict
-    from router.engine import Router
-    from router.errors import IdempotencyConflict, StoreError
+    from router.core.config import strategy_from_dict
+    from router.core.errors import IdempotencyConflict, StoreError
+    from router.decide.engine import Router
     from router.store import quota_store_from_url
     from router.testing import ScoreLookupScorer, make_application
 

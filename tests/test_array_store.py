@@ -22,12 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests_helpers import T0, tight_strategy, tight_stream
 
-from router import allocate_compiled
-from router.config import load_strategy, strategy_from_dict
-from router.engine import Router
+from router.core.config import load_strategy, strategy_from_dict
+from router.core.routing import routing_methods
+from router.decide import allocate_compiled
+from router.decide.engine import Router
 from router.replay import replay
 from router.replay.tune import strategy_data
-from router.routing import routing_methods
 from router.store import MemoryQuotaStore
 from router.store import kernel as K
 from router.store.array import ArrayQuotaStore, _words_of, applicant_words

@@ -5,18 +5,18 @@ from dataclasses import fields
 import numpy as np
 import pytest
 
-from router.assess import assess
-from router.assess_one import assess_one
-from router.columns import from_arrow
-from router.config import strategy_from_dict
-from router.engine import Router
+from router.core.columns import from_arrow
+from router.core.config import strategy_from_dict
+from router.decide.assess import assess
+from router.decide.assess_one import assess_one
+from router.decide.engine import Router
 from router.testing import ScoreLookupScorer, strategy_dict
 from router.traffic import generate_batches
 
 
 def _compare(router, cols):
     for i in range(len(cols)):
-        from router.columns import take
+        from router.core.columns import take
 
         one = take(cols, np.array([i]))
         a = assess(one, router.strategy, router.scorers, router._employers, router._table)
@@ -49,7 +49,7 @@ def test_example_strategy_on_generated_traffic(scorer):
 
 
 def test_test_strategy_edge_cases():
-    from router.columns import from_applications
+    from router.core.columns import from_applications
     from router.testing import make_application
 
     router = Router(
@@ -86,7 +86,7 @@ def test_test_strategy_edge_cases():
 
 @pytest.mark.parametrize("method", ["waterfall", "weighted"])
 def test_other_books(method):
-    from router.columns import from_applications
+    from router.core.columns import from_applications
     from router.testing import make_application
 
     for partners in ([], None):

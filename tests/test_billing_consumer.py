@@ -21,9 +21,9 @@ from servers import start_node
 from router.billing.db import open_billing
 from router.billing.journal import trial_balance
 from router.billing.schema import dead_letters, journal_entries, referrals
-from router.config import strategy_from_dict
-from router.engine import Router
-from router.messages import Refer
+from router.core.config import strategy_from_dict
+from router.core.messages import Refer
+from router.decide.engine import Router
 from router.store import quota_store_from_url
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from router.config import load_strategy
+from router.core.config import load_strategy
 
 pytestmark = pytest.mark.redis
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,8 +15,8 @@ from billing_helpers import consume, ingest, pb, ref_entry
 from router.billing.book import BillingBook
 from router.billing.journal import trial_balance
 from router.billing.statements import close_period, render_csv, render_json, statement
-from router.config import ReturnsPolicy
-from router.errors import BillingError
+from router.core.config import ReturnsPolicy
+from router.core.errors import BillingError
 
 SH = ZoneInfo("Asia/Shanghai")
 NOW = datetime(2026, 12, 20, tzinfo=SH)

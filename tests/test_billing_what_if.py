@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from router.billing.book import BillingBook
 from router.billing.db import open_billing
 from router.billing.statements import statement
-from router.config import load_strategy
+from router.core.config import load_strategy
 from router.replay import replay
 from router.traffic import write_traffic
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
-from router.errors import InputError, RouterError
+from router.core.errors import InputError, RouterError
 from router.store import Bucket, CapLimit, quota_store_from_url
 from router.testing import make_application
 
@@ -62,7 +62,7 @@ def test_invalid_application_raises_naming_field_and_writes_nothing(
 
 def test_raw_identifier_is_never_echoed():
     app = _built("national_id", "12")  # too short
-    from router.messages import validate_application
+    from router.core.messages import validate_application
 
     with pytest.raises(InputError) as err:
         validate_application(app)

@@ -40,7 +40,7 @@ def test_replay_into_redis_gets_its_own_prefix(tmp_path, redis_server):
 
 def test_compare_and_tune_commands(tmp_path):
     traffic = write_traffic(tmp_path / "t.parquet", 4000, seed=9, per_day=4000)
-    from router.config import load_strategy
+    from router.core.config import load_strategy
     from router.replay.tune import strategy_data, with_params, write_strategy
 
     raw = with_params(

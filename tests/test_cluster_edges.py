@@ -12,7 +12,7 @@ from collections import defaultdict
 import pytest
 from race_worker import decide_variants
 
-from router.routing import routing_methods
+from router.core.routing import routing_methods
 from router.store.redis import counter_value
 
 # Every test here talks to real redis-server processes.
@@ -68,7 +68,7 @@ def test_a_stalled_master_leaves_no_phantom_and_no_unrecorded_referral(redis_clu
     from servers import stall_later
     from test_fault_lifecycle import _app, _router
 
-    from router.messages import Refer
+    from router.core.messages import Refer
 
     hosts = ",".join(f"{h}:{p}" for h, p in redis_cluster)
     url = f"redis+cluster://{hosts}?timeout_ms=50&pending_ms=600&prefix=cs{uuid.uuid4().hex[:6]}:"
@@ -116,9 +116,9 @@ def test_a_master_killed_for_3_s(tmp_path, method):
     from servers import cluster_node, start_cluster, wait_cluster_ok
     from test_rotation_retries import T0
 
-    from router.config import strategy_from_dict
-    from router.engine import Router
-    from router.messages import Refer
+    from router.core.config import strategy_from_dict
+    from router.core.messages import Refer
+    from router.decide.engine import Router
     from router.store import quota_store_from_url
     from router.testing import ScoreLookupScorer, make_application, strategy_dict
 
@@ -200,7 +200,7 @@ def test_waiting_on_another_callers_claim_is_bounded_by_the_deadline(redis_clust
     router = _router(f"redis+cluster://{hosts}?timeout_ms=50&prefix=cw{uuid.uuid4().hex[:6]}:")
     app = _app(7)
     store = router.store
-    from router.columns import row_from_application
+    from router.core.columns import row_from_application
 
     fp = row_from_application(app, router.hasher).fingerprint
     assert store.claim_many([app.application_id], [fp], 5000) == [True]  # the other caller
@@ -213,8 +213,8 @@ def test_waiting_on_another_callers_claim_is_bounded_by_the_deadline(redis_clust
 
 def _referring_router(store):
     """A router over ``store`` that keeps nobody: every application goes to a partner."""
-    from router.config import strategy_from_dict
-    from router.engine import Router
+    from router.core.config import strategy_from_dict
+    from router.decide.engine import Router
     from router.testing import ScoreLookupScorer, strategy_dict
 
     d = strategy_dict(branch=None)
@@ -230,8 +230,8 @@ def test_a_record_left_behind_by_a_voided_grant_does_not_answer_a_retry(store_fa
     deletes them again after voiding the batch's grants: a retry must not be answered
     Refer from such a record (its grant is void: the referral would never be billed) — it
     decides afresh, and the referral it hands back is billed once."""
-    from router.errors import StoreError
-    from router.messages import Refer
+    from router.core.errors import StoreError
+    from router.core.messages import Refer
     from router.testing import make_application
 
     store = store_factory("cluster")
@@ -261,7 +261,7 @@ def test_a_retry_right_after_a_lost_reply_is_decided_afresh_and_billed(store_fac
     so the referral it hands back is a new, billed one."""
     import redis as redis_lib
 
-    from router.messages import Refer
+    from router.core.messages import Refer
     from router.testing import make_application
 
     store = store_factory("redis")

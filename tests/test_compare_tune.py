@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from test_replay_metrics import PDS, _row, _write
 
-from router.config import load_strategy, strategy_from_dict
-from router.errors import ConfigError
+from router.core.config import load_strategy, strategy_from_dict
+from router.core.errors import ConfigError
 from router.replay.compare import compare, swap_matrix
 from router.replay.tune import LocalExecutor, candidates, choose, pareto, tune, with_params
 from router.testing import ScoreLookupScorer, strategy_dict

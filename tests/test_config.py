@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from router.config import load_strategy, strategy_from_dict
-from router.errors import ConfigError
+from router.core.config import load_strategy, strategy_from_dict
+from router.core.errors import ConfigError
 from router.testing import strategy_dict
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,11 +13,11 @@ import zlib
 import pytest
 from tests_helpers import tight_strategy, tight_stream
 
-from router.config import load_strategy, strategy_from_dict
-from router.engine import Router
-from router.errors import IdempotencyConflict
-from router.messages import Keep, Refer, decode_application
-from router.routing import routing_methods
+from router.core.config import load_strategy, strategy_from_dict
+from router.core.errors import IdempotencyConflict
+from router.core.messages import Keep, Refer, decode_application
+from router.core.routing import routing_methods
+from router.decide.engine import Router
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
 from router.traffic import write_traffic
 

@@ -1,4 +1,4 @@
-"""Economics against numbers computed by hand (see the formulas in router/economics.py).
+"""Economics against numbers computed by hand (see the formulas in router/core/economics.py).
 
 Loan: A = 1,000,000 fen (10,000 yuan), T = 12 months -> balance-years = A·13/24 = 541,666.67.
 """
@@ -6,8 +6,8 @@ Loan: A = 1,000,000 fen (10,000 yuan), T = 12 months -> balance-years = A·13/24
 import numpy as np
 import pytest
 
-from router import economics as eco
-from router.config import strategy_from_dict
+from router.core import economics as eco
+from router.core.config import strategy_from_dict
 from router.testing import strategy_dict
 
 S = strategy_from_dict(strategy_dict())  # funding 4%, LGD 0.6, opex 2%, margin 2%, caps 24%/20%

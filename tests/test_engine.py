@@ -10,8 +10,8 @@ from datetime import timedelta
 
 import pytest
 
-from router.errors import IdempotencyConflict, InputError
-from router.messages import Branch, Decline, Keep, Refer
+from router.core.errors import IdempotencyConflict, InputError
+from router.core.messages import Branch, Decline, Keep, Refer
 from router.testing import make_application
 
 PDS = {700: 0.02, 650: 0.08, 600: 0.20, 550: 0.40}
@@ -215,7 +215,7 @@ def test_ledger_entry_has_no_raw_identifier(router):
     a = app(bureau_score=SUB, national_id="110101199001017777", employer="Secret Employer")
     router.decide(a)
     (entry,) = router.store.ledger()
-    from router.messages import encode
+    from router.core.messages import encode
 
     raw = encode(entry)
     assert b"110101199001017777" not in raw and b"Secret" not in raw

@@ -21,9 +21,9 @@ import pytest
 import redis
 from servers import start_node
 
-from router.config import strategy_from_dict
-from router.engine import Router
-from router.messages import Decline, Refer
+from router.core.config import strategy_from_dict
+from router.core.messages import Decline, Refer
+from router.decide.engine import Router
 from router.store import quota_store_from_url
 from router.store.redis import counter_value
 from router.testing import ScoreLookupScorer, make_application, strategy_dict

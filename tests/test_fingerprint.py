@@ -4,9 +4,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.columns import _fingerprints, _fingerprints_py, from_applications
-from router.fingerprint import combine, combine_py, hash_string_py, hash_strings
-from router.identity import Hasher
+from router.core.columns import _fingerprints, _fingerprints_py, from_applications
+from router.core.fingerprint import combine, combine_py, hash_string_py, hash_strings
+from router.core.identity import Hasher
 from router.testing import make_application
 
 
@@ -58,7 +58,7 @@ def test_row_fingerprints_agree_and_see_every_field():
 def test_one_record_packs_like_the_columns():
     import numpy as np
 
-    from router.outcomes import Outcomes
+    from router.decide.outcomes import Outcomes
 
     cols = Outcomes(
         kind=np.array([2, 3], dtype=np.int8),

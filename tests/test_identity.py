@@ -2,9 +2,9 @@ import hashlib
 
 import pytest
 
-from router.config import Identity
-from router.errors import ConfigError
-from router.identity import Hasher
+from router.core.config import Identity
+from router.core.errors import ConfigError
+from router.core.identity import Hasher
 
 
 @pytest.mark.parametrize("key", [b"k" * 16, b"another-secret-key-0123", b"x" * 100])

@@ -12,13 +12,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from router.config import strategy_from_dict
-from router.engine import Router
-from router.messages import Decline, Refer
+from router.core.config import strategy_from_dict
+from router.core.messages import Decline, Refer
+from router.core.windows import key_of
+from router.decide.engine import Router
 from router.store import LATE, Bucket, CapLimit
 from router.store.base import LATE_MS
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
-from router.windows import key_of
 
 KINDS = ["memory", "array", "redis", "cluster"]
 TZ = "Asia/Shanghai"

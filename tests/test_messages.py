@@ -1,7 +1,7 @@
 import pytest
 
-from router.errors import InputError
-from router.messages import Refer, decode_application, decode_decision, encode
+from router.core.errors import InputError
+from router.core.messages import Refer, decode_application, decode_decision, encode
 
 GOOD = (
     b'{"application_id":"a1","received_at":"2026-11-02T10:00:00+08:00","channel":"own_app",'

@@ -5,9 +5,9 @@ from datetime import timedelta
 import pytest
 from race_worker import T0, race_strategy
 
-from router.config import strategy_from_dict
-from router.engine import Router
-from router.messages import Refer
+from router.core.config import strategy_from_dict
+from router.core.messages import Refer
+from router.decide.engine import Router
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
 
 

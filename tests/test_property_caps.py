@@ -5,11 +5,11 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.config import strategy_from_dict
-from router.engine import Router
-from router.messages import Branch, Keep, Refer
+from router.core.config import strategy_from_dict
+from router.core.messages import Branch, Keep, Refer
+from router.core.windows import key_of
+from router.decide.engine import Router
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
-from router.windows import key_of
 
 T0 = datetime(2026, 11, 2, 14, 0, tzinfo=UTC)  # 22:00 in Shanghai: days roll over
 

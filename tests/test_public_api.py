@@ -4,7 +4,10 @@ module defines, and ``import router`` alone loads none of the heavy modules."""
 import subprocess
 import sys
 
+import pytest
+
 import router
+from router._moved import MOVED
 
 
 def test_every_public_name_resolves_to_its_module_object():
@@ -35,3 +38,16 @@ def test_an_unknown_name_is_an_attribute_error():
 
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         router.nope  # noqa: B018
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_moved_modules_keep_their_old_import_path_with_a_warning(old):
+    """A user's ``import router.engine`` keeps working: the same module object as the new
+    path (so a monkeypatch through either is seen by both), with a DeprecationWarning."""
+    import importlib
+
+    new = importlib.import_module(MOVED[old])
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=MOVED[old]):
+        got = importlib.import_module(old)
+    assert got is new

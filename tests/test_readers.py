@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from tests_helpers import MAPPING, lender_rows, strategy_and_scorer
 
-from router.errors import TrafficError
+from router.core.errors import TrafficError
+from router.ingest.reader import read_batches
 from router.replay import replay
-from router.replay.reader import read_batches
 
 # The lender's file uses its own names; the mapping (field -> their column) reads it.
 BAD = {  # row number (1-based) -> (field, what is wrong)
@@ -135,7 +135,7 @@ def test_an_unknown_mapping_field_is_an_error(tmp_path):
 
 
 def _hasher(s):
-    from router.identity import Hasher
+    from router.core.identity import Hasher
 
     return Hasher.from_config(s.identity)
 

@@ -13,12 +13,12 @@ import pytest
 import redis
 from servers import start_node
 
-from router.config import strategy_from_dict
-from router.engine import Router
-from router.messages import Decline, Keep, Refer
+from router.core.config import strategy_from_dict
+from router.core.messages import Decline, Keep, Refer
+from router.core.windows import key_of
+from router.decide.engine import Router
 from router.store import GRANTED, Bucket, CapLimit, quota_store_from_url
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
-from router.windows import key_of
 
 # Every test here talks to real redis-server processes.
 pytestmark = pytest.mark.redis

@@ -6,11 +6,11 @@ import msgspec
 import pytest
 import redis
 
-from router.config import load_strategy
+from router.core.config import load_strategy
+from router.core.windows import key_of
 from router.replay import replay
 from router.store import GRANTED, Bucket, CapLimit
 from router.traffic import write_traffic
-from router.windows import key_of
 
 # Every test here talks to real redis-server processes.
 pytestmark = pytest.mark.redis
@@ -188,7 +188,7 @@ def test_password_in_the_url(tmp_path):
     import port_for
     from servers import start_node
 
-    from router.errors import StoreError
+    from router.core.errors import StoreError
     from router.store import quota_store_from_url
 
     port = port_for.select_random()

@@ -18,12 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_property_caps import tight_budgets, tight_caps
 
-from router.config import strategy_from_dict
-from router.engine import Router
-from router.identity import Hasher
-from router.messages import Branch
+from router.core.config import strategy_from_dict
+from router.core.identity import Hasher
+from router.core.messages import Branch
+from router.core.routing import routing_methods
+from router.decide.engine import Router
 from router.reference import ReferenceDecider
-from router.routing import routing_methods
 from router.store import store_kinds
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
 

@@ -2,11 +2,11 @@ import msgspec
 import pyarrow.parquet as pq
 import pytest
 
-from router.config import load_strategy
-from router.engine import Router
-from router.messages import decode_application
+from router.core.config import load_strategy
+from router.core.messages import decode_application
+from router.core.routing import routing_methods
+from router.decide.engine import Router
 from router.replay import replay
-from router.routing import routing_methods
 from router.traffic import write_traffic
 
 
@@ -127,7 +127,7 @@ def test_daily_cap_exhaustion_reported(tmp_path, traffic):
 @pytest.mark.parametrize("method", routing_methods())
 def test_known_refusal_shortcut_changes_nothing(tmp_path, traffic, monkeypatch, method):
     """Skipping the store for caps known to refuse gives exactly the store's answers."""
-    from router.allocate import Allocator
+    from router.decide.allocate import Allocator
 
     s = _small_caps_strategy(method)
     fast = replay(s, traffic[0], tmp_path / "fast")
@@ -144,7 +144,7 @@ def _small_caps_strategy(method="best_value"):
     """The example strategy with every cap divided by 10 (20k rows then hit them)."""
     import msgspec
 
-    from router.config import strategy_from_dict
+    from router.core.config import strategy_from_dict
 
     raw = msgspec.toml.decode(open("configs/strategy.toml", "rb").read())
     raw["partners"] = msgspec.toml.decode(open("configs/partners.toml", "rb").read())["partners"]

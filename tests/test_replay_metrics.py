@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from router.config import strategy_from_dict
+from router.core.config import strategy_from_dict
 from router.replay import replay
 from router.testing import ScoreLookupScorer, strategy_dict
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from router.config import strategy_from_dict
-from router.engine import Router
+from router.core.config import strategy_from_dict
+from router.decide.engine import Router
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
 
 T0 = datetime(2026, 11, 2, 2, 0, tzinfo=UTC)

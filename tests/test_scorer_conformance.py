@@ -9,10 +9,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from router.columns import from_arrow
-from router.errors import ModelError
-from router.features import FEATURES, features_batch, features_one
-from router.identity import Hasher
+from router.core.columns import from_arrow
+from router.core.errors import ModelError
+from router.core.identity import Hasher
+from router.decide.features import FEATURES, features_batch, features_one
 from router.scoring import (
     LinearScorer,
     OnnxTreeScorer,
@@ -113,8 +113,8 @@ def test_batch_of_one_is_bit_identical_to_the_batch(name, scorers, data):
 
 def test_features_row_is_bit_identical_to_the_batch():
     """The live path's features (one row of scalars) equal the batch's, bit for bit."""
-    from router.columns import from_arrow, row_of
-    from router.features import features_row
+    from router.core.columns import from_arrow, row_of
+    from router.decide.features import features_row
     from router.traffic import generate_batches
 
     cols = from_arrow(next(generate_batches(3000, seed=8)), Hasher(b"conformance-key-000000"))
@@ -129,7 +129,7 @@ def test_compiled_kinds(scorers):
 
 
 def test_features_one_equals_batch(data):
-    from router.columns import from_applications
+    from router.core.columns import from_applications
 
     apps = [
         make_application(
@@ -164,9 +164,9 @@ def test_a_registered_scorer_kind_loads_from_a_strategy(tmp_path):
     an unregistered kind is a config error naming the known ones."""
     import json
 
-    from router.config import strategy_from_dict
-    from router.engine import Router
-    from router.errors import ConfigError
+    from router.core.config import strategy_from_dict
+    from router.core.errors import ConfigError
+    from router.decide.engine import Router
     from router.scoring import register_scorer
     from router.testing import strategy_dict
 

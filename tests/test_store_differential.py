@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_property_caps import tight_caps
 
-from router.config import strategy_from_dict
-from router.engine import Router
-from router.routing import routing_methods
+from router.core.config import strategy_from_dict
+from router.core.routing import routing_methods
+from router.decide.engine import Router
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
 
 T0 = datetime(2026, 11, 2, 14, 0, tzinfo=UTC)  # 22:00 in Shanghai: days roll over

@@ -6,8 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from router.cli import app
-from router.errors import TrafficError
-from router.messages import Application
+from router.core.errors import TrafficError
+from router.core.messages import Application
 from router.traffic import write_traffic
 
 

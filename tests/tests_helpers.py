@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from router.config import strategy_from_dict
+from router.core.config import strategy_from_dict
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
 
 T0 = datetime(2026, 11, 2, 15, 30, tzinfo=UTC)  # 23:30 in Shanghai: a day rolls over

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from router.config import BillingPolicy, ReturnsPolicy, Strategy
+from router.core.config import BillingPolicy, ReturnsPolicy, Strategy
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from router.errors import RouterError
+from router.core.errors import RouterError
 
 ledger_app = typer.Typer(no_args_is_help=True, help="The referral ledger (Redis streams).")
 postbacks_app = typer.Typer(no_args_is_help=True, help="Partner postbacks (outcome events).")
@@ -32,7 +32,7 @@ def _fail(exc: Exception, code: int = 2) -> None:
 
 def _book(strategy: Path):
     from router.billing.book import BillingBook
-    from router.config import load_strategy
+    from router.core.config import load_strategy
 
     return BillingBook.from_strategy(load_strategy(strategy))
 
@@ -93,7 +93,7 @@ def ingest(
     from router.billing.db import open_billing, writing
     from router.billing.postback_rules import ingest_events
     from router.billing.postbacks import read_postbacks
-    from router.errors import InputError
+    from router.core.errors import InputError
 
     try:
         book = _book(strategy)
@@ -234,7 +234,7 @@ def reconcile(
         engine = open_billing(db)
         diffs = differences(engine, partner, period, read_theirs(theirs), book)
         if redis_url:
-            from router.config import load_strategy
+            from router.core.config import load_strategy
             from router.store.redis import RedisQuotaStore
 
             store = RedisQuotaStore.from_url(redis_url, timeout_ms=10_000)

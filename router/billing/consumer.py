@@ -34,7 +34,7 @@ from router.billing.book import BillingBook
 from router.billing.db import writing
 from router.billing.ledger_ingest import EntryError, StreamEntry, apply_entries
 from router.billing.schema import dead_letters
-from router.errors import BillingError, StoreError
+from router.core.errors import BillingError, StoreError
 
 log = structlog.get_logger("router.billing.consumer")
 

@@ -22,7 +22,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
-from router.errors import BillingError
+from router.core.errors import BillingError
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 #: An arbitrary constant: the PostgreSQL advisory lock that serialises migrations.

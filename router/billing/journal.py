@@ -39,7 +39,7 @@ import sqlalchemy as sa
 
 from router.billing.db import bulk_insert
 from router.billing.schema import journal_entries, periods, postings
-from router.errors import BillingError
+from router.core.errors import BillingError
 
 #: The advisory lock (PostgreSQL) journal writers share and a period close takes alone.
 CLOSE_LOCK = 0x52524250

@@ -20,8 +20,8 @@ from router.billing.book import BillingBook, ppm
 from router.billing.db import bulk_insert
 from router.billing.journal import FEE_REVENUE, RECEIVABLE, Entry, Journal, account, transfer
 from router.billing.schema import ledger_events, referrals
-from router.errors import BillingError
-from router.messages import ReferralEntry
+from router.core.errors import BillingError
+from router.core.messages import ReferralEntry
 
 _entry_dec = msgspec.json.Decoder(ReferralEntry)
 #: Column widths the database enforces, checked before writing so a bad entry is refused

@@ -18,8 +18,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from router.errors import BillingError, InputError
-from router.messages import AwareDatetime, Base, Money, PartnerId, Rate
+from router.core.errors import BillingError, InputError
+from router.core.messages import AwareDatetime, Base, Money, PartnerId, Rate
 
 EventId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 ReferralId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,80}$")]

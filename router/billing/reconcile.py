@@ -24,7 +24,7 @@ from router.billing.book import BillingBook
 from router.billing.journal import period_bounds
 from router.billing.schema import postbacks, referrals
 from router.billing.statements import build_statement
-from router.errors import BillingError
+from router.core.errors import BillingError
 
 #: The status a referral's applied events add up to, strongest last.
 _ORDER = ("referred", "accepted", "rejected", "funded", "charged_off", "returned")
@@ -145,9 +145,9 @@ def counter_differences(
     against the day counter in the quota store (when there is a day cap). A counter also
     holds grants still pending at the moment it is read, and a day whose counter expired
     reads 0."""
-    from router.allocate import make_bucket
-    from router.outcomes import BRANCH_BUCKET
-    from router.windows import key_of
+    from router.core.windows import key_of
+    from router.decide.allocate import make_bucket
+    from router.decide.outcomes import BRANCH_BUCKET
 
     if strategy.branch is not None and partner_id == strategy.branch.partner_id:
         kind, caps, tz = "branch", strategy.branch.caps, strategy.timezone

@@ -35,7 +35,7 @@ from router.billing.journal import (
     period_bounds,
 )
 from router.billing.schema import journal_entries, periods, postbacks, postings, referrals
-from router.errors import BillingError
+from router.core.errors import BillingError
 
 DAY_MS = 86_400_000
 

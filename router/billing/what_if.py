@@ -14,8 +14,8 @@ from pathlib import Path
 from router.billing.book import BillingBook
 from router.billing.db import open_billing, writing
 from router.billing.ledger_ingest import StreamEntry, apply_entries
-from router.config import Strategy
-from router.messages import ReferralEntry, encode
+from router.core.config import Strategy
+from router.core.messages import ReferralEntry, encode
 
 
 class BillingSink:

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from router.config import Strategy
-from router.errors import TrafficError
-from router.outcomes import LABELS
+from router.core.config import Strategy
+from router.core.errors import TrafficError
+from router.decide.outcomes import LABELS
 from router.replay.run import ReplayResult, replay
 
 

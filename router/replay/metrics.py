@@ -6,7 +6,7 @@ is a few passes over each batch whatever its size. Definitions (money in minor u
 * expected bad rate of kept loans: mean PD; realised: share of kept loans with a known
   outcome that defaulted. Expected loss: Σ PD·LGD·EAD·amount; realised: Σ over defaulted.
 * referral value per partner, expected: the fee / rev-share split of
-  :func:`router.economics.referral_value_parts`. Realised (rows carrying the partner's
+  :func:`router.core.economics.referral_value_parts`. Realised (rows carrying the partner's
   result): fee per referral + fee per accepted if accepted + fee per funded if funded, and
   rev-share = rev_share · partner APR · balance-years of the funded amount, for a funded
   loan that did not default (or weighted by 1 − PD when its default is unknown).
@@ -28,13 +28,13 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from router import economics as eco
-from router.allocate import BRANCH_BUCKET, KEEP_BUCKET
-from router.columns import AppColumns
-from router.config import Cap, Strategy
-from router.outcomes import BRANCH, DECLINE, KEEP, LABELS, REFER, Outcomes
-from router.reasons import BIT, CODES
-from router.windows import WINDOWS, window_keys
+from router.core import economics as eco
+from router.core.columns import AppColumns
+from router.core.config import Cap, Strategy
+from router.core.reasons import BIT, CODES
+from router.core.windows import WINDOWS, window_keys
+from router.decide.allocate import BRANCH_BUCKET, KEEP_BUCKET
+from router.decide.outcomes import BRANCH, DECLINE, KEEP, LABELS, REFER, Outcomes
 
 _NOT_COVERED = np.uint64(BIT["KEEP_NOT_COVERED"])
 PD_BINS = np.linspace(0.0, 1.0, 41)

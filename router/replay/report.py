@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 
-from router.outcomes import LABELS
+from router.decide.outcomes import LABELS
 
 COLORS = {"keep": "#2e7d32", "branch": "#0277bd", "refer": "#f9a825", "decline": "#9e9e9e"}
 

@@ -29,15 +29,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from router.columns import AppColumns, take
-from router.config import Strategy
-from router.engine import Router
-from router.errors import TrafficError
-from router.logs import get_logger
-from router.outcomes import LABELS, Outcomes, reason_strings
+from router.core.columns import AppColumns, take
+from router.core.config import Strategy
+from router.core.errors import TrafficError
+from router.core.logs import get_logger
+from router.decide.engine import Router
+from router.decide.outcomes import LABELS, Outcomes, reason_strings
+from router.ingest.reader import TrafficBatch, read_batches
+from router.ingest.validate import OUTCOME_FIELDS, SPEC, Reject
 from router.replay.metrics import Metrics
-from router.replay.reader import TrafficBatch, read_batches
-from router.replay.validate import OUTCOME_FIELDS, SPEC, Reject
 from router.store import QuotaStore
 from router.store.array import ArrayQuotaStore
 
@@ -123,7 +123,7 @@ def reference_pds(
     strategy: Strategy, path: str | Path, router: Router, mapping: dict[str, str] | None = None
 ) -> np.ndarray:
     """The primary scorer's PD of every valid row of a reference file (for the PSI)."""
-    from router.features import features_batch
+    from router.decide.features import features_batch
 
     scorer = router.scorers[strategy.primary.scorer]
     parts = [
@@ -152,7 +152,7 @@ def read_cached(
 ) -> CachedTraffic:
     """Read ``traffic`` into memory for repeated replays of strategies that share
     ``strategy``'s identity key and partner book."""
-    from router.identity import Hasher
+    from router.core.identity import Hasher
 
     rejects: list[Reject] = []
     batches = [
@@ -199,7 +199,7 @@ def replay(
 
     A network store is switched to replay's service level (:meth:`QuotaStore.for_replay`:
     long deadlines, retries with backoff). If it still fails, the replay stops with
-    :class:`~router.errors.StoreError` — unless ``allow_degraded``: then those rows are
+    :class:`~router.core.errors.StoreError` — unless ``allow_degraded``: then those rows are
     decided degraded and counted (``summary["degraded"]``).
 
     ``billing_db`` (a path or database URL) also writes the run's referrals and branch

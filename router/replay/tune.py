@@ -35,8 +35,8 @@ from typing import Any, Protocol
 
 import msgspec
 
-from router.config import Strategy, strategy_from_dict
-from router.errors import ConfigError
+from router.core.config import Strategy, strategy_from_dict
+from router.core.errors import ConfigError
 
 # ---- the grid --------------------------------------------------------------------
 
@@ -347,7 +347,7 @@ def tune(
         raw["version"] = f"{base['version']}-tuned"[:40]
         best_path = write_strategy(raw, out / "best_strategy.toml")
         if report:
-            from router.config import load_strategy
+            from router.core.config import load_strategy
 
             chosen = replay(
                 load_strategy(best_path),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from router.errors import ModelError
+from router.core.errors import ModelError
 from router.scoring.base import Scorer, sigmoid, sigmoid_v
 from router.scoring.linear import LinearScorer
 from router.scoring.sklearn_adapter import SklearnScorer, load_skops, scorer_from_estimator

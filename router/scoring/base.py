@@ -1,6 +1,6 @@
 """The scorer contract.
 
-A scorer turns features (see :mod:`router.features`) into a probability of default.
+A scorer turns features (see :mod:`router.decide.features`) into a probability of default.
 Like scikit-learn estimators the contract is duck-typed: anything with ``pd_one`` and
 ``pd_batch`` and a ``feature_names_`` tuple is a scorer. Learned state ends in ``_``.
 One conformance test (``tests/test_scorer_conformance.py``) runs over every implementation.

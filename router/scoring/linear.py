@@ -15,8 +15,8 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from router.errors import ModelError
-from router.features import FEATURES
+from router.core.errors import ModelError
+from router.decide.features import FEATURES
 from router.scoring.base import sigmoid_v
 
 
@@ -34,7 +34,7 @@ _exp = np.exp
 
 
 class LinearScorer:
-    """Logistic model over :data:`router.features.FEATURES`."""
+    """Logistic model over :data:`router.decide.features.FEATURES`."""
 
     def __init__(
         self, coef: Sequence[float], intercept: float, feature_names: Sequence[str] = FEATURES

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from router.errors import ModelError
-from router.features import FEATURES
+from router.core.errors import ModelError
+from router.decide.features import FEATURES
 
 
 class SklearnScorer:

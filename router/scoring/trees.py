@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from router.errors import ModelError
-from router.features import FEATURES
+from router.core.errors import ModelError
+from router.decide.features import FEATURES
 from router.scoring.base import sigmoid, sigmoid_v
 
 

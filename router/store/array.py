@@ -5,7 +5,7 @@ tests run against both — but counters, the archive of past windows and the app
 dedupe live in numpy arrays and numba dictionaries (:mod:`router.store.kernel`). Besides
 the :class:`QuotaStore` methods it offers :meth:`ArrayQuotaStore.allocate`, which decides
 a whole batch in one compiled call (the allocator hands batches to it; see
-:mod:`router.allocate_compiled`).
+:mod:`router.decide.allocate_compiled`).
 
 Application grants (the per-bucket memory that makes a retried reservation a no-op) are
 kept for :meth:`try_reserve` calls only. A batch decided by :meth:`allocate` stores every
@@ -21,9 +21,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from router.errors import InputError
-from router.identity import Tokens, token_words
-from router.messages import ReferralEntry
+from router.core.errors import InputError
+from router.core.identity import Tokens, token_words
+from router.core.messages import ReferralEntry
+from router.core.windows import window_end_ms
 from router.store import kernel as K
 from router.store.base import (
     COUNTER_GRACE_MS,
@@ -36,7 +37,6 @@ from router.store.base import (
     validate_reservation,
 )
 from router.store.records import InProcessRecords
-from router.windows import window_end_ms
 
 _HEX = np.full(256, 255, dtype=np.uint8)
 for _i, _c in enumerate(b"0123456789abcdef"):

@@ -10,9 +10,9 @@ A store keeps, per *bucket* (a partner id, or the funder's own ``__keep__`` /
   reservation it bills for);
 
 and, per application id, the first decision (idempotency) as opaque record bytes (see
-:data:`router.outcomes.RECORD_DTYPE`) with a 64-bit content fingerprint: :meth:`recall`
+:data:`router.decide.outcomes.RECORD_DTYPE`) with a 64-bit content fingerprint: :meth:`recall`
 returns the record for a repeated id with the same fingerprint and raises
-:class:`~router.errors.IdempotencyConflict` for different content.
+:class:`~router.core.errors.IdempotencyConflict` for different content.
 
 Time is the event time passed in, never the wall clock, so replay is exact.
 
@@ -32,10 +32,10 @@ tests/test_store_differential.py and tests/test_boundary.py hold them to it):
   answers degraded (never ``refer``), nothing is resent behind the caller's back, and a
   breaker fails calls at once for one deadline after a failure, then probes.
 * **Replay never degrades** (:meth:`QuotaStore.for_replay`: long deadlines, retries with
-  backoff; the router raises :class:`~router.errors.StoreError` rather than degrade).
+  backoff; the router raises :class:`~router.core.errors.StoreError` rather than degrade).
 * **Ledger order** is the order decisions were handed back in, on every store.
 * **The boundary validates**: every argument is checked before anything is written, and a
-  bad one is an :class:`~router.errors.InputError` naming the field and value.
+  bad one is an :class:`~router.core.errors.InputError` naming the field and value.
 * **One late-event rule.** A reservation more than ``LATE_MS`` older than the store's
   horizon (the newest event time it has seen) is refused ``LATE`` on every store; inside
   the horizon every store answers from the same state (event time; Redis TTLs are only
@@ -50,9 +50,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfoNotFoundError
 
-from router.errors import InputError
-from router.messages import ReferralEntry
-from router.windows import WINDOWS, zone
+from router.core.errors import InputError
+from router.core.messages import ReferralEntry
+from router.core.windows import WINDOWS, zone
 
 #: :meth:`QuotaStore.try_reserve` results. Values ≥ ``CAP_HIT`` name the cap that refused:
 #: ``CAP_HIT + 2·i + full`` for ``bucket.caps[i]``, where ``full`` is 1 when that cap's
@@ -213,7 +213,7 @@ class QuotaStore(ABC):
         ``event_ms`` is more than ``LATE_MS`` older than the newest event time the store
         has seen (reservations and stored decisions advance it).
 
-        A malformed argument raises :class:`~router.errors.InputError` before anything is
+        A malformed argument raises :class:`~router.core.errors.InputError` before anything is
         written (:func:`validate_reservation`).
 
         With ``application_id``, a grant is remembered per bucket for the idempotency TTL: the
@@ -271,10 +271,10 @@ class QuotaStore(ABC):
     #: claim applications first (an in-process store dies with its process, claims and all).
     needs_claims = False
     #: True when the store lives in this process and never waits on a network (an
-    #: event-loop caller then decides inline: :meth:`router.engine.Router.adecide`).
+    #: event-loop caller then decides inline: :meth:`router.decide.engine.Router.adecide`).
     in_process = False
     #: True when the store's state is arrays a compiled walk decides a whole batch over
-    #: (:mod:`router.allocate_compiled`; only :class:`~router.store.array.ArrayQuotaStore`).
+    #: (:mod:`router.decide.allocate_compiled`; only :class:`~router.store.array.ArrayQuotaStore`).
     compiled = False
 
     def capabilities(self) -> dict[str, bool]:

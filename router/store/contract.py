@@ -15,12 +15,12 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from router.errors import IdempotencyConflict, InputError
-from router.messages import CommercialTerms, ReferralEntry
+from router.core.errors import IdempotencyConflict, InputError
+from router.core.messages import CommercialTerms, ReferralEntry
+from router.core.windows import key_of
 from router.store.base import CAP_HIT, DEDUPED, GRANTED, Bucket, CapLimit, QuotaStore
 from router.store.base import cap_full as _cap_full
 from router.store.base import cap_index as _cap_index
-from router.windows import key_of
 
 TZ = "Asia/Shanghai"
 Check = Callable[[QuotaStore], None]

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
-from router.logs import get_logger
+from router.core.logs import get_logger
 
 #: How a store names one pending grant (opaque here; Redis: its queue member and entry).
 Handle = tuple[bytes, bytes]

@@ -5,7 +5,7 @@ keep, branch, then partners in routing order, each a reservation against the sto
 the store's state in arrays and the walk compiled, that loop runs at machine speed. These
 functions implement exactly the semantics of :class:`router.store.memory.MemoryQuotaStore`
 (counters per window with an archive for late events, applicant dedupe, event-time
-sweeps) and of :class:`router.allocate.Allocator` (refused-amount floors, refusal counts,
+sweeps) and of :class:`router.decide.allocate.Allocator` (refused-amount floors, refusal counts,
 the three routing methods): ``tests/test_array_store.py`` checks decision for decision,
 and state for state, that both give the same result.
 
@@ -29,8 +29,8 @@ import numpy as np
 from numba import njit, types
 from numba.typed import Dict
 
-from router.outcomes import BRANCH, KEEP, REFER
-from router.routing import BEST_VALUE, WEIGHTED
+from router.core.routing import BEST_VALUE, WEIGHTED
+from router.decide.outcomes import BRANCH, KEEP, REFER
 from router.store.base import CAP_HIT, DEDUPED, GRANTED, LATE, LATE_MS, SWEEP_EVERY_MS
 
 # sl columns
@@ -48,8 +48,8 @@ AQ_COLS = 3
 HORIZON, NEXT_SWEEP = 0, 1
 
 # (SWEEP_EVERY_MS, GRANTED, DEDUPED, CAP_HIT, LATE, LATE_MS: router.store.base; KEEP,
-# BRANCH, REFER, DECLINE: router.outcomes — numba reads them as compile-time constants.)
-# (WATERFALL, BEST_VALUE, WEIGHTED: the routing methods' codes, defined in router.routing.)
+# BRANCH, REFER, DECLINE: router.decide.outcomes — numba reads them as compile-time constants.)
+# (WATERFALL, BEST_VALUE, WEIGHTED: the routing methods' codes, defined in router.core.routing.)
 NONE = -1  # "no limit", "no key", "no entry"
 
 _PAIR = types.UniTuple(types.int64, 2)

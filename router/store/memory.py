@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from router.messages import ReferralEntry
+from router.core.messages import ReferralEntry
+from router.core.windows import window_end_ms
 from router.store.base import (
     CAP_HIT,
     COUNTER_GRACE_MS,
@@ -24,7 +25,6 @@ from router.store.base import (
     validate_reservation,
 )
 from router.store.records import InProcessRecords
-from router.windows import window_end_ms
 
 _SWEEP_EVERY_MS = 3600_000
 

@@ -1,7 +1,7 @@
 """Decision records of the in-process stores: idempotency by application id, by event time.
 
 Each application id maps to the first decision recorded for it (record bytes, see
-:data:`router.outcomes.RECORD_DTYPE`) and the content fingerprint it was decided with.
+:data:`router.decide.outcomes.RECORD_DTYPE`) and the content fingerprint it was decided with.
 Records live at least ``ttl_ms`` of event time after the newest event of the call that
 stored them, then leave in one sweep.
 
@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from router.errors import IdempotencyConflict
-from router.messages import ReferralEntry
+from router.core.errors import IdempotencyConflict
+from router.core.messages import ReferralEntry
 from router.store.base import check_fingerprints
 
 

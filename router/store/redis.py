@@ -37,7 +37,7 @@ deadline and retries it with backoff — safe, because a resend finds the grant 
 
 Protocol across slots (a cluster; :mod:`router.store.redis_cluster`): a decision reads the
 horizon, *claims* its applications (``SET P{a:id}:claim NX GET PX lease``: a claim held
-with other content is an :class:`~router.errors.IdempotencyConflict`), reserves bucket by
+with other content is an :class:`~router.core.errors.IdempotencyConflict`), reserves bucket by
 bucket (each grant keeps the decision record in its grant key), and records its decisions
 with ``SET NX GET`` (the first record wins; other content is a conflict). A caller that
 finds the claim taken does not decide: it reads ``P{a:id}``, then the grant keys of every
@@ -48,7 +48,7 @@ retry never finds a grant without its decision nor refers to a second partner.
 On a single server every reservation — of one decision or of a batch — is one script that
 answers from ``P{a:id}`` if present, else reserves and, on a grant, writes ``P{a:id}`` in
 the same atomic step; declines are stored with ``SET NX GET``. redis-py errors are wrapped
-once into :class:`~router.errors.StoreError`. Scripts are sent with EVALSHA; after ``SCRIPT
+once into :class:`~router.core.errors.StoreError`. Scripts are sent with EVALSHA; after ``SCRIPT
 FLUSH`` or a restart the store reloads on NOSCRIPT and re-sends only the calls that got
 NOSCRIPT (they did not run). On one server the script calls are packed by hiredis and
 written in one send: redis-py's own pipeline checks every argument in Python and asks
@@ -68,9 +68,10 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
-from router.errors import ConfigError, IdempotencyConflict, StoreError
-from router.messages import ReferralEntry
-from router.outcomes import record_bucket
+from router.core.errors import ConfigError, IdempotencyConflict, StoreError
+from router.core.messages import ReferralEntry
+from router.core.windows import window_end_ms
+from router.decide.outcomes import record_bucket
 from router.store.base import COUNTER_GRACE_MS, LATE_MS, Bucket, QuotaStore, validate_reservation
 from router.store.grant_book import GrantBook, Handle
 from router.store.redis_cluster import ClusterClaims, ClusterHorizon
@@ -80,7 +81,6 @@ from router.store.redis_codec import fp as _fp
 from router.store.redis_codec import spec_enc as _spec_enc
 from router.store.redis_link import Link
 from router.store.redis_settle import GrantSettling
-from router.windows import window_end_ms
 
 
 def _lua(name: str) -> str:

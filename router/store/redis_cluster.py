@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from router.errors import IdempotencyConflict, StoreError
+from router.core.errors import IdempotencyConflict, StoreError
 from router.store.redis_codec import FP_BYTES as _FP_BYTES
 from router.store.redis_codec import fp as _fp
 

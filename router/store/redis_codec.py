@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from router.messages import ReferralEntry
+from router.core.messages import ReferralEntry
 from router.store.base import check_fingerprints
 
 FP_BYTES = 8

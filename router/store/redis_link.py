@@ -23,7 +23,7 @@ import redis
 from hiredis import pack_command
 from redis.utils import SENTINEL as _DEFAULT  # "no timeout given": the socket's own applies
 
-from router.errors import StoreError
+from router.core.errors import StoreError
 
 
 class Unsent(StoreError):

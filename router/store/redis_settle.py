@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from router.errors import StoreError
-from router.messages import ReferralEntry
+from router.core.errors import StoreError
+from router.core.messages import ReferralEntry
 from router.store.grant_book import Item
 from router.store.redis_codec import entry_dec as _entry_dec
 from router.store.redis_codec import fp as _fp

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from router.errors import ConfigError
+from router.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from router.store.base import QuotaStore

@@ -14,14 +14,17 @@ from typing import Any
 
 import numpy as np
 
-from router.assess import Assessment
-from router.assess_one import OneAssessment
-from router.columns import AppColumns, Row
-from router.config import Cap, Strategy
-from router.errors import IdempotencyConflict, StoreError
-from router.logs import get_logger
-from router.messages import CommercialTerms, ReferralEntry
-from router.outcomes import (
+from router.core.columns import AppColumns, Row
+from router.core.config import Cap, Strategy
+from router.core.errors import IdempotencyConflict, StoreError
+from router.core.logs import get_logger
+from router.core.messages import CommercialTerms, ReferralEntry
+from router.core.reasons import BIT
+from router.core.routing import routing_method
+from router.core.windows import WINDOWS
+from router.decide.assess import Assessment
+from router.decide.assess_one import OneAssessment
+from router.decide.outcomes import (
     BRANCH,
     BRANCH_BUCKET,
     DECLINE,
@@ -32,9 +35,7 @@ from router.outcomes import (
     decision_id,
     pack_record,
 )
-from router.partners import SmoothWeightedRotation, waterfall_order
-from router.reasons import BIT
-from router.routing import routing_method
+from router.decide.partners import SmoothWeightedRotation, waterfall_order
 from router.store import (
     CAP_HIT,
     DEDUPED,
@@ -46,7 +47,6 @@ from router.store import (
     cap_full,
     cap_index,
 )
-from router.windows import WINDOWS
 
 _KEEP_FULL, _BRANCH_FULL = BIT["KEEP_BUDGET_EXHAUSTED"], BIT["BRANCH_BUDGET_EXHAUSTED"]
 _DEDUPE, _QUOTA = BIT["PARTNER_DEDUPE"], BIT["PARTNER_QUOTA_EXHAUSTED"]
@@ -203,7 +203,7 @@ class Allocator:
             if len(cols) > 1 and not pipelined and self.store.compiled:
                 # An in-process array store: the whole walk is one compiled call (numba
                 # is imported only by those who use it).
-                from router.allocate_compiled import allocate_compiled
+                from router.decide.allocate_compiled import allocate_compiled
 
                 return allocate_compiled(self, cols, a)
             if not self.store.two_phase:

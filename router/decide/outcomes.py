@@ -2,7 +2,7 @@
 
 The allocation step fills :class:`Outcomes` (one array per field); replay writes and
 aggregates those columns directly, the embedded API turns rows into
-:class:`~router.messages.Decision` objects with :func:`to_decisions`. A decision is
+:class:`~router.core.messages.Decision` objects with :func:`to_decisions`. A decision is
 remembered for idempotency as a compact :data:`Record` tuple, from which the same
 Decision is rebuilt.
 """
@@ -18,8 +18,8 @@ from typing import SupportsFloat
 
 import numpy as np
 
-from router import reasons
-from router.messages import Branch, Decision, Decline, Keep, Refer
+from router.core import reasons
+from router.core.messages import Branch, Decision, Decline, Keep, Refer
 
 KEEP, BRANCH, REFER, DECLINE = 0, 1, 2, 3
 LABELS = ("keep", "branch", "refer", "decline")

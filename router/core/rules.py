@@ -1,8 +1,8 @@
 """The decision's rules as data: one row per rule, read by both evaluators.
 
-The batch path (:mod:`router.assess`, numpy over columns) and the one-application path
-(:mod:`router.assess_one`, Python scalars) evaluate the same tables, so a rule is written
-once. A new bound rule is one row here (and its reason code in :mod:`router.reasons`);
+The batch path (:mod:`router.decide.assess`, numpy over columns) and the one-application path
+(:mod:`router.decide.assess_one`, Python scalars) evaluate the same tables, so a rule is written
+once. A new bound rule is one row here (and its reason code in :mod:`router.core.reasons`);
 the reference decider (:mod:`router.reference`) states every rule again independently, and
 ``tests/test_reference.py`` holds all three to the same answers.
 
@@ -25,7 +25,7 @@ class BoundRule:
     """An application field compared with a bound from the strategy's ``[rules]``: the rule
     is *broken* when ``field <op> bound`` holds (``op`` is ``">"`` or ``"<"``)."""
 
-    code: str  # the reason code it sets (router.reasons)
+    code: str  # the reason code it sets (router.core.reasons)
     field: str  # an application field (a column of a batch, an attribute of a row)
     op: str
     bound: str  # the name of the bound in the strategy's rules

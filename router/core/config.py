@@ -4,7 +4,7 @@ A strategy is one TOML file, optionally with the partner book in a second file n
 ``partner_book``. Validation runs in two passes: msgspec checks every type and range
 declared on the Structs below, then :func:`_check_semantics` checks what one field cannot
 know alone (partner APR above the legal cap, an unknown partner in a consent list, ...).
-Either way a failure is a :class:`~router.errors.ConfigError` naming the file, the field
+Either way a failure is a :class:`~router.core.errors.ConfigError` naming the file, the field
 path and the offending value, and nothing is half-loaded.
 """
 
@@ -18,8 +18,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from router.errors import ConfigError
-from router.messages import Base, Channel, CommercialTerms, Money, PartnerId, Probability, Rate
+from router.core.errors import ConfigError
+from router.core.messages import Base, Channel, CommercialTerms, Money, PartnerId, Probability, Rate
 
 Window = Literal["hour", "day", "month"]
 RegionPrefix = Annotated[str, Meta(pattern=r"^[0-9]{2,6}$")]
@@ -177,7 +177,7 @@ class ChannelPolicy(Base, kw_only=True, frozen=True):
 class Routing(Base, kw_only=True, frozen=True):
     """How one partner is chosen among the eligible ones with room."""
 
-    #: A registered routing method (:func:`router.routing.routing_methods`).
+    #: A registered routing method (:func:`router.core.routing.routing_methods`).
     method: str = "waterfall"
     min_expected_value: int = 0
 
@@ -195,7 +195,8 @@ class DegradedPolicy(Base, kw_only=True, frozen=True):
 
 class Identity(Base, kw_only=True, frozen=True):
     """Where the secret key for applicant and employer hashes comes from (the variable keeps
-    its historical name, ROUTER_HMAC_KEY; the hash is keyed BLAKE2b, see router/identity.py)."""
+    its historical name, ROUTER_HMAC_KEY; the hash is keyed BLAKE2b, see
+    router/core/identity.py)."""
 
     key_env: str = "ROUTER_HMAC_KEY"
     dev_key: str | None = None
@@ -371,7 +372,7 @@ def _check_tz(name: str, where: str, source: str) -> None:
 def _check_semantics(s: Strategy, source: str) -> None:
     e = s.economics
     _check_tz(s.timezone, "timezone", source)
-    from router.routing import routing_methods
+    from router.core.routing import routing_methods
     from router.scoring import scorer_kinds
 
     for name, ref in s.scorers.items():

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from router.columns import AppColumns, Coded, coded_column
-from router.config import Filters, Partner
-from router.rules import FILTER_BOUNDS
+from router.core.columns import AppColumns, Coded, coded_column
+from router.core.config import Filters, Partner
+from router.core.rules import FILTER_BOUNDS
 
 # (filter attribute, application column or "pd", passes-if comparison)
 
@@ -93,7 +93,7 @@ class TermArrays:
 
 @dataclass(frozen=True)
 class PartnerArrays:
-    """What :mod:`router.economics` reads from a partner, as arrays over partners."""
+    """What :mod:`router.core.economics` reads from a partner, as arrays over partners."""
 
     apr_max: np.ndarray
     acceptance: np.ndarray
@@ -105,7 +105,7 @@ class PartnerArrays:
 class PartnerTable:
     """The partner book as arrays, so eligibility and value run once for all partners.
 
-    ``econ`` has the attributes :mod:`router.economics` reads from a partner, each an
+    ``econ`` has the attributes :mod:`router.core.economics` reads from a partner, each an
     array over partners: the economics functions broadcast (applications × partners).
     """
 

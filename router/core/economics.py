@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from router.config import BranchPolicy, Economics
+from router.core.config import BranchPolicy, Economics
 
 F = TypeVar("F", float, np.ndarray)
 
@@ -39,7 +39,7 @@ class Terms(Protocol):
 
 class Partner(Protocol):
     """What the value functions read from a partner: a configured
-    :class:`router.config.Partner`, or :class:`router.partners.PartnerArrays` (every
+    :class:`router.core.config.Partner`, or :class:`router.decide.partners.PartnerArrays` (every
     attribute an array over partners, so the functions broadcast)."""
 
     @property

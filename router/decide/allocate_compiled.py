@@ -1,6 +1,6 @@
 """The allocation step for a batch on an :class:`~router.store.array.ArrayQuotaStore`.
 
-The same steps as :meth:`router.allocate.Allocator.allocate` — idempotency settled for the
+The same steps as :meth:`router.decide.allocate.Allocator.allocate` — idempotency settled for the
 whole batch first, then every row walked in arrival order — with the walk itself one
 compiled call (:func:`router.store.kernel.allocate`) instead of a store call per attempt.
 The allocator's own state (refused-amount floors, refusal counts, the weighted rotation)
@@ -14,21 +14,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from router.assess import Assessment
-from router.columns import AppColumns
-from router.outcomes import BRANCH, DECLINE, REFER, Outcomes
-from router.reasons import BIT
-from router.routing import routing_method
+from router.core.columns import AppColumns
+from router.core.reasons import BIT
+from router.core.routing import routing_method
+from router.core.windows import window_end_ms
+from router.decide.assess import Assessment
+from router.decide.outcomes import BRANCH, DECLINE, REFER, Outcomes
 from router.store import kernel as K
 from router.store.array import ArrayQuotaStore, applicant_words
 from router.store.base import COUNTER_GRACE_MS
-from router.windows import window_end_ms
 
 #: The compiled walk (numba's dispatcher type does not carry the kernel's signature).
 _ALLOCATE: Any = K.allocate
 
 if TYPE_CHECKING:
-    from router.allocate import Allocator
+    from router.decide.allocate import Allocator
 
 
 #: Rows of first-refusal events to start a batch with (grown as needed).
@@ -65,7 +65,7 @@ def expiries(keys: np.ndarray, window: str, tz: str) -> np.ndarray:
 def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcomes:
     """Decide a batch (more than one row) on ``al.store``, an ArrayQuotaStore; the caller
     holds ``al.lock``."""
-    from router.allocate import (  # that module imports this one
+    from router.decide.allocate import (  # that module imports this one
         fill_outcomes,
         find_repeats,
         make_branch_entry,

@@ -2,7 +2,7 @@
 
 Replay hashes the raw identifier of every application in a history file; in Python that
 is a hash object, a copy and a hex string per row. This computes the same digests
-(:meth:`router.identity.Hasher.token`: keyed BLAKE2b, 16-byte digest, the purpose as
+(:meth:`router.core.identity.Hasher.token`: keyed BLAKE2b, 16-byte digest, the purpose as
 personalisation, over ``value.strip().upper()`` in UTF-8) straight from the column's
 buffers: RFC 7693's compression function, with the state after the key block computed
 once. Values are at most 64 bytes, so each one is a single block.

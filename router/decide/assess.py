@@ -1,7 +1,7 @@
 """The vectorised half of the decision: rules, scores, economics, partner eligibility.
 
 :func:`assess` turns a column batch into per-application arrays. It never touches the
-quota store; :mod:`router.engine` then walks the batch in arrival order and reserves.
+quota store; :mod:`router.decide.engine` then walks the batch in arrival order and reserves.
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from router import economics as eco
-from router.columns import AppColumns, coded_column
-from router.config import Strategy
-from router.errors import InputError
-from router.features import features_batch
-from router.partners import PartnerTable, filter_mask, isin_small, region_match
-from router.reasons import BIT
-from router.rules import FUNDER_RULES, GLOBAL_RULES
-from router.windows import window_keys
+from router.core import economics as eco
+from router.core.columns import AppColumns, coded_column
+from router.core.config import Strategy
+from router.core.errors import InputError
+from router.core.reasons import BIT
+from router.core.rules import FUNDER_RULES, GLOBAL_RULES
+from router.core.windows import window_keys
+from router.decide.features import features_batch
+from router.decide.partners import PartnerTable, filter_mask, isin_small, region_match
 
 
 @dataclass(slots=True)
@@ -110,7 +110,7 @@ def assess(
     """Score and evaluate a batch; see :class:`Assessment`.
 
     ``table`` is the strategy's partner book as arrays (built here if not given; a
-    :class:`~router.engine.Router` builds it once).
+    :class:`~router.decide.engine.Router` builds it once).
     """
     n = len(cols)
     s, r, e = strategy, strategy.rules, strategy.economics
@@ -128,7 +128,7 @@ def assess(
         _set(bits, bad, rule.code)
         dead = dead | bad
 
-    # Funder rules remove keep and branch only (see router.rules).
+    # Funder rules remove keep and branch only (see router.core.rules).
     funder_ok = ~dead
     region_bad = ~region_match(coded_column(cols, "region"), r.licensed_regions)
     for code, bad in (

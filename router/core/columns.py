@@ -1,7 +1,7 @@
 """Columnar application batches: the form the decision core works on.
 
 :class:`AppColumns` holds one array per field. It is built from validated
-:class:`~router.messages.Application` objects (live path) or straight from an Arrow
+:class:`~router.core.messages.Application` objects (live path) or straight from an Arrow
 record batch (replay path). The Arrow path validates with the constraints declared on
 ``Application`` itself — read through ``msgspec.inspect`` — so both paths accept and
 reject exactly the same values without a second schema to keep in sync.
@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from router.errors import InputError
-from router.fingerprint import (
+from router.core.errors import InputError
+from router.core.fingerprint import (
     _MASK,
     _SEED_INT,
     _W,
@@ -30,8 +30,8 @@ from router.fingerprint import (
     hash_strings,
     mix_py,
 )
-from router.identity import Hasher, Tokens
-from router.messages import Application
+from router.core.identity import Hasher, Tokens
+from router.core.messages import Application
 
 INT_FIELDS = (
     "age",
@@ -213,7 +213,7 @@ def _text_part(channel: str, region: str, employer: str | None, consent: str) ->
 
 def row_fingerprint(r: Row) -> int:
     """The content hash of one row, bit-identical to :func:`_fingerprints` (same fields,
-    same weighted sum: :func:`~router.fingerprint.combine` in plain Python)."""
+    same weighted sum: :func:`~router.core.fingerprint.combine` in plain Python)."""
     small = (
         r.age
         | r.bureau_score << 7
@@ -453,7 +453,7 @@ def from_arrow(
 
     ``offset`` is the batch's first row number in the file (for error messages).
     ``checked=True`` skips the value checks for a batch that
-    :func:`router.replay.validate.validate` has already passed (the same constraints).
+    :func:`router.ingest.validate.validate` has already passed (the same constraints).
     """
     py: dict[str, Any] = {}
     coded: dict[str, Coded] = {}

@@ -1,9 +1,9 @@
 """Row-level validation of historical traffic: bad rows become rejects, the run goes on.
 
 A source batch (Arrow, from Parquet or CSV) is renamed by the column mapping, then every
-field of :class:`~router.messages.Application` is coerced to its type and checked against
+field of :class:`~router.core.messages.Application` is coerced to its type and checked against
 the constraints declared on the type itself (read through ``msgspec.inspect``, as
-:mod:`router.columns` does): text columns are parsed (a CSV is read as text, so one bad
+:mod:`router.core.columns` does): text columns are parsed (a CSV is read as text, so one bad
 cell rejects its row instead of failing the file), numbers are range-checked, identifiers
 pattern-checked, consent checked against the partner book. Each bad row is reported once,
 with its first problem; the good rows go on to the decision core.
@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from router.errors import TrafficError
-from router.messages import Application
+from router.core.errors import TrafficError
+from router.core.messages import Application
 
 #: Outcome columns a historical file may carry (all optional): whether the loan defaulted
 #: within its term, and for a referred application the partner's answer and funded amount
@@ -246,7 +246,7 @@ def validate(
     """Check one (renamed) batch: (good rows with canonical types, their indices, rejects).
 
     ``offset`` is the number of data rows before this batch in the file. A missing
-    required column is a :class:`~router.errors.TrafficError` (the mapping is wrong, not a
+    required column is a :class:`~router.core.errors.TrafficError` (the mapping is wrong, not a
     row); ``defaults`` fills optional fields a file does not have.
     """
     n = batch.num_rows

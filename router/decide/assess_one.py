@@ -1,7 +1,7 @@
 """The assessment of a single application, on Python scalars.
 
 numpy's per-call overhead dominates a batch of one, so a live decision would spend most of
-its time there. :class:`OneAssessor` computes exactly what :func:`router.assess.assess`
+its time there. :class:`OneAssessor` computes exactly what :func:`router.decide.assess.assess`
 computes for one row — the same rules in the same order and the same economics functions,
 called on floats instead of arrays (IEEE arithmetic gives the same bits) — into a
 :class:`OneAssessment`. ``tests/test_assess_one.py`` checks every field for bit equality
@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from router import economics as eco
-from router.assess import Assessment, consent_row
-from router.columns import AppColumns, Row, row_of
-from router.config import Filters, Strategy
-from router.features import features_row
-from router.reasons import BIT
-from router.rules import FILTER_BOUNDS, FUNDER_RULES, GLOBAL_RULES
-from router.windows import QUARTER_MS, WINDOWS, quarter_keys
+from router.core import economics as eco
+from router.core.columns import AppColumns, Row, row_of
+from router.core.config import Filters, Strategy
+from router.core.reasons import BIT
+from router.core.rules import FILTER_BOUNDS, FUNDER_RULES, GLOBAL_RULES
+from router.core.windows import QUARTER_MS, WINDOWS, quarter_keys
+from router.decide.assess import Assessment, consent_row
+from router.decide.features import features_row
 
 _OPS = {np.greater_equal: operator.ge, np.less_equal: operator.le}
 _OPS_PY = {">": operator.gt, "<": operator.lt}
@@ -44,7 +44,7 @@ _BRANCH_CHECKS = tuple(
 
 @dataclass(slots=True)
 class OneAssessment:
-    """:class:`~router.assess.Assessment` of one application, as Python scalars."""
+    """:class:`~router.decide.assess.Assessment` of one application, as Python scalars."""
 
     bits: int
     dead: bool
@@ -108,7 +108,7 @@ class OneAssessor:
         s = strategy
         self.strategy, self.scorers, self.employer_tokens = s, scorers, employer_tokens
         self.licensed = _regions(s.rules.licensed_regions)
-        # The rule tables (router.rules) with their bounds read from the strategy once.
+        # The rule tables (router.core.rules) with their bounds read from the strategy once.
         self.global_rules, self.funder_rules = (
             [(BIT[x.code], x.field, _OPS_PY[x.op], getattr(s.rules, x.bound)) for x in table]
             for table in (GLOBAL_RULES, FUNDER_RULES)
@@ -138,7 +138,7 @@ class OneAssessor:
         return float(scorer.pd_batch(np.array([x]))[0])
 
     def __call__(self, r: Row, full: bool = True) -> OneAssessment:
-        """Assess one row (see :func:`router.assess.assess` for the rules).
+        """Assess one row (see :func:`router.decide.assess.assess` for the rules).
 
         ``full=False`` (a live decision) skips the expected value and APR of partners the
         application is not eligible for: no decision reads them.
@@ -287,7 +287,7 @@ def assess_one(
     table: Any = None,
     assessor: OneAssessor | None = None,
 ) -> Assessment:
-    """:func:`router.assess.assess` for a batch of exactly one application."""
+    """:func:`router.decide.assess.assess` for a batch of exactly one application."""
     a = (assessor or OneAssessor(strategy, scorers, employer_tokens))(row_of(cols))
     P = len(strategy.partners)
 

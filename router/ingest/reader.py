@@ -22,11 +22,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from router.columns import AppColumns, consent_text, from_applications, from_arrow
-from router.errors import TrafficError
-from router.identity import Hasher
-from router.messages import Application
-from router.replay.validate import (
+from router.core.columns import AppColumns, consent_text, from_applications, from_arrow
+from router.core.errors import TrafficError
+from router.core.identity import Hasher
+from router.core.messages import Application
+from router.ingest.validate import (
     OUTCOME_FIELDS,
     SPEC,
     Reject,

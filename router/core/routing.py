@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from router.partners import SmoothWeightedRotation
+    from router.decide.partners import SmoothWeightedRotation
 
 #: The integer codes the compiled walk (``router/store/kernel.py``) runs: its insertion
 #: sort has one key per code. A method with another code cannot be registered.

@@ -19,8 +19,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from router.config import Identity
-from router.errors import ConfigError
+from router.core.config import Identity
+from router.core.errors import ConfigError
 
 _M64 = (1 << 64) - 1
 
@@ -117,8 +117,8 @@ class Hasher:
 
     def column_tokens(self, raws: pa.Array, purpose: str = "applicant") -> Tokens:
         """:meth:`tokens` for a whole Arrow string column without nulls, hashed by compiled
-        code (:mod:`router.keyed_hash`; the same digests)."""
-        from router.keyed_hash import hash_column, keyed_state
+        code (:mod:`router.core.keyed_hash`; the same digests)."""
+        from router.core.keyed_hash import hash_column, keyed_state
 
         keyed = self._keyed.get(purpose)
         if keyed is None:

@@ -3,7 +3,7 @@
 The types are the schema. Constraints live in the annotations (``Meta``) and are enforced
 by msgspec when decoding JSON/MessagePack or converting Python objects; the columnar
 replay path enforces the very same constraints by reading them from these types
-(see :mod:`router.columns`).
+(see :mod:`router.core.columns`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from router.errors import InputError
+from router.core.errors import InputError
 
 
 class Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

@@ -1,7 +1,7 @@
 """The decision pipeline: :class:`Router`.
 
-Every entry point runs the same two steps: :func:`router.assess.assess` (vectorised:
-rules, scores, economics, partner eligibility) and :class:`router.allocate.Allocator`
+Every entry point runs the same two steps: :func:`router.decide.assess.assess` (vectorised:
+rules, scores, economics, partner eligibility) and :class:`router.decide.allocate.Allocator`
 (sequential, in arrival order: idempotency, the funder's budgets, partner ranking, atomic
 quota reservation with the ledger entry). The core reads no clock and imports no Redis:
 the store and, optionally, a clock are passed in.
@@ -14,15 +14,15 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from router.allocate import BRANCH_BUCKET, KEEP_BUCKET, Allocator
-from router.assess import assess
-from router.assess_one import OneAssessor, assess_one
-from router.columns import AppColumns, from_applications, row_from_application
-from router.config import Strategy
-from router.identity import Hasher
-from router.messages import Application, Decision, validate_application
-from router.outcomes import Outcomes, decision_from_record, to_decisions
-from router.partners import PartnerTable
+from router.core.columns import AppColumns, from_applications, row_from_application
+from router.core.config import Strategy
+from router.core.identity import Hasher
+from router.core.messages import Application, Decision, validate_application
+from router.decide.allocate import BRANCH_BUCKET, KEEP_BUCKET, Allocator
+from router.decide.assess import assess
+from router.decide.assess_one import OneAssessor, assess_one
+from router.decide.outcomes import Outcomes, decision_from_record, to_decisions
+from router.decide.partners import PartnerTable
 from router.scoring import Scorer, load_scorer
 from router.store import MemoryQuotaStore, QuotaStore
 
@@ -40,7 +40,7 @@ class Router:
     ``on_cap`` is called as ``on_cap(bucket_id, window, window_key, event_ms)`` the first
     time a cap refuses a reservation in a window (when it ran out);
     :meth:`cap_refusals` counts every refusal.
-    ``degrade=False`` makes a store failure raise :class:`~router.errors.StoreError`
+    ``degrade=False`` makes a store failure raise :class:`~router.core.errors.StoreError`
     instead of answering in degraded mode (replay: results must equal the store's).
     """
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from router.columns import AppColumns
-    from router.messages import Application
+    from router.core.columns import AppColumns
+    from router.core.messages import Application
 
 #: Feature order every model file must declare (checked at load).
 FEATURES: tuple[str, ...] = (
@@ -62,7 +62,7 @@ def features_one(app: Application) -> list[float]:
 
 
 def features_row(r: Any) -> list[float]:
-    """:func:`features_batch` for one row of scalars (a :class:`~router.columns.Row`),
+    """:func:`features_batch` for one row of scalars (a :class:`~router.core.columns.Row`),
     bit-identical to it: arithmetic on Python floats is the same IEEE arithmetic, and the
     logarithms go through numpy's own ``log1p`` (``math.log1p`` may differ in the last bit,
     which could move a PD across a cut-off between live and replay)."""
