@@ -51,8 +51,8 @@ def sequential_latencies(
     """
     from router.core.config import load_strategy
     from router.core.windows import key_of
-    from router.decide.allocate import make_entry
     from router.decide.engine import Router
+    from router.decide.entries import make_entry
     from router.decide.outcomes import REFER, pack_record
     from router.store import Bucket, CapLimit, quota_store_from_url
 

@@ -15,6 +15,8 @@ from operator import mul
 
 import numpy as np
 
+from router.core.errors import IdempotencyConflict
+
 _P = np.uint64(0x100000001B3)  # FNV-1a 64-bit prime
 _SEED = np.uint64(0xCBF29CE484222325)  # FNV offset basis
 
@@ -134,3 +136,19 @@ def combine_py(values: list[int]) -> int:
 def float_bits(x: float) -> int:
     """IEEE-754 bits of a float, as :func:`as_u64` gives them."""
     return int.from_bytes(_F64.pack(x), "little")
+
+
+def find_repeats(ids: Sequence[str], fps: Sequence[int]) -> dict[int, int]:
+    """Rows whose application id appeared earlier in the batch -> that earlier row;
+    raises :class:`IdempotencyConflict` when a repeat's content differs."""
+    dups: dict[int, int] = {}
+    if len(set(ids)) == len(ids):  # the usual case, at C speed
+        return dups
+    first: dict[str, int] = {}
+    for i, app_id in enumerate(ids):
+        j = first.setdefault(app_id, i)
+        if j != i:
+            if fps[i] != fps[j]:
+                raise IdempotencyConflict(app_id)
+            dups[i] = j
+    return dups

@@ -8,7 +8,7 @@ walk cannot run fails at import, not silently at decision time.
 
 A new method: subclass :class:`RoutingMethod`, implement :meth:`~RoutingMethod.order`
 (and :meth:`~RoutingMethod.on_grant` if it keeps state), give it a ``code`` the kernel
-knows (``router/store/kernel.py``: the walk's insertion-sort key), then
+knows (``router/decide/walk_compiled.py``: the walk's insertion-sort key), then
 ``register_routing(MyMethod())``.
 """
 
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from router.decide.partners import SmoothWeightedRotation
 
-#: The integer codes the compiled walk (``router/store/kernel.py``) runs: its insertion
-#: sort has one key per code. A method with another code cannot be registered.
+#: The integer codes the compiled walk (``router/decide/walk_compiled.py``) runs: its
+#: insertion sort has one key per code. A method with another code cannot be registered.
 WATERFALL, BEST_VALUE, WEIGHTED = 0, 1, 2
 COMPILED_CODES = (WATERFALL, BEST_VALUE, WEIGHTED)
 
@@ -31,7 +31,7 @@ class RoutingMethod:
 
     #: The name a strategy uses (``[routing] method = "…"``).
     name: str = ""
-    #: The compiled walk's integer code for this method (``router/store/kernel.py``).
+    #: The compiled walk's integer code for this method (``router/decide/walk_compiled.py``).
     code: int = -1
     #: Orders by expected value: the batch walk may rank a whole batch in one sort.
     by_value = False

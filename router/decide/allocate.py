@@ -17,13 +17,20 @@ import numpy as np
 from router.core.columns import AppColumns, Row
 from router.core.config import Cap, Strategy
 from router.core.errors import IdempotencyConflict, StoreError
+from router.core.fingerprint import find_repeats
 from router.core.logs import get_logger
-from router.core.messages import CommercialTerms, ReferralEntry
+from router.core.messages import ReferralEntry
 from router.core.reasons import BIT
 from router.core.routing import routing_method
 from router.core.windows import WINDOWS
 from router.decide.assess import Assessment
 from router.decide.assess_one import OneAssessment
+from router.decide.entries import (
+    make_branch_entry,
+    make_entry,
+    row_branch_entry,
+    row_referral_entry,
+)
 from router.decide.outcomes import (
     BRANCH,
     BRANCH_BUCKET,
@@ -32,7 +39,7 @@ from router.decide.outcomes import (
     KEEP_BUCKET,
     REFER,
     Outcomes,
-    decision_id,
+    fill_outcomes,
     pack_record,
 )
 from router.decide.partners import SmoothWeightedRotation, waterfall_order
@@ -398,7 +405,7 @@ class Allocator:
                         r = known(bb, bkeys, i, amount)
                         if r == -1:
                             entry = (
-                                _branch_entry(s, cols, i, t, amount, a.branch_profit[i])
+                                row_branch_entry(s, cols, i, t, amount, a.branch_profit[i])
                                 if self.store.needs_entries
                                 else None
                             )
@@ -900,7 +907,7 @@ class Allocator:
                 if c >= 0:
                     ev = ev_flat[i * P + c]
                     entry = (
-                        _make_entry(s, cols, i, c, t, amount, ev)
+                        row_referral_entry(s, cols, i, c, t, amount, ev)
                         if self.store.needs_entries
                         else None
                     )
@@ -928,7 +935,7 @@ class Allocator:
                 else:
                     applicant = None
                     entry = (
-                        _branch_entry(s, cols, i, t, amount, a.branch_profit[i])
+                        row_branch_entry(s, cols, i, t, amount, a.branch_profit[i])
                         if self.store.needs_entries
                         else None
                     )
@@ -1058,7 +1065,7 @@ class Allocator:
                         )
 
                 entry = (
-                    _make_entry(s, cols, i, j, t, amount, evs[base + j])
+                    row_referral_entry(s, cols, i, j, t, amount, evs[base + j])
                     if self.store.needs_entries
                     else None
                 )
@@ -1072,164 +1079,11 @@ class Allocator:
         return -1, extra
 
 
-def find_repeats(ids: Sequence[str], fps: Sequence[int]) -> dict[int, int]:
-    """Rows whose application id appeared earlier in the batch -> that earlier row;
-    raises :class:`IdempotencyConflict` when a repeat's content differs."""
-    dups: dict[int, int] = {}
-    if len(set(ids)) == len(ids):  # the usual case, at C speed
-        return dups
-    first: dict[str, int] = {}
-    for i, app_id in enumerate(ids):
-        j = first.setdefault(app_id, i)
-        if j != i:
-            if fps[i] != fps[j]:
-                raise IdempotencyConflict(app_id)
-            dups[i] = j
-    return dups
-
-
 class _Decided(Exception):
     """The store already holds a decision for this application (single-trip mode)."""
 
     def __init__(self, record: bytes):
         self.record = record
-
-
-def _make_entry(
-    s: Strategy, cols: AppColumns, i: int, j: int, t: int, amount: int, ev: float
-) -> ReferralEntry:
-    """The ledger entry for referring row ``i`` to partner ``j``."""
-    return make_entry(
-        s, cols.application_id[i], j, t, amount, int(cols.term_months[i]), cols.applicant[i], ev
-    )
-
-
-def make_branch_entry(
-    s: Strategy, app_id: str, t: int, amount: int, term_months: int, applicant: str, profit: float
-) -> ReferralEntry:
-    """The ledger entry of a loan the second branch takes (billed to the branch partner's
-    reserve and return accounts; no per-lead fees)."""
-    assert s.branch is not None
-    did = decision_id(s.version, app_id)
-    return ReferralEntry(
-        referral_id="r_" + did[2:],
-        decision_id=did,
-        application_id=app_id,
-        partner_id=s.branch.partner_id,
-        event_time_ms=t,
-        amount=amount,
-        term_months=term_months,
-        applicant_hash=applicant,
-        terms=_NO_FEES,
-        expected_value=int(round(profit)),
-        strategy_version=s.version,
-        outcome="branch",
-    )
-
-
-_NO_FEES = CommercialTerms()
-
-
-def _branch_entry(
-    s: Strategy, cols: AppColumns, i: int, t: int, amount: int, profit: float
-) -> ReferralEntry:
-    return make_branch_entry(
-        s, cols.application_id[i], t, amount, int(cols.term_months[i]), cols.applicant[i], profit
-    )
-
-
-def make_entry(
-    s: Strategy,
-    app_id: str,
-    j: int,
-    t: int,
-    amount: int,
-    term_months: int,
-    applicant: str,
-    ev: float,
-) -> ReferralEntry:
-    """The ledger entry for referring application ``app_id`` to partner ``j``."""
-    p = s.partners[j]
-    did = decision_id(s.version, app_id)
-    return ReferralEntry(
-        referral_id="r_" + did[2:],
-        decision_id=did,
-        application_id=app_id,
-        partner_id=p.id,
-        event_time_ms=t,
-        amount=amount,
-        term_months=term_months,
-        applicant_hash=applicant,
-        terms=p.terms,
-        expected_value=int(round(ev)),
-        strategy_version=s.version,
-    )
-
-
-def fill_outcomes(
-    a: Assessment,
-    kind: np.ndarray,
-    chosen: list[int],
-    bits: np.ndarray,
-    partner_ids: list[str],
-    degraded: np.ndarray,
-) -> Outcomes:
-    """Vectorised outcome columns from the chosen paths."""
-    n = len(kind)
-    if n == 1:
-        return _fill_one(a, int(kind[0]), chosen[0], bits, partner_ids, degraded)
-    is_keep, is_branch, is_refer = kind == KEEP, kind == BRANCH, kind == REFER
-    rows = np.arange(n)
-    ch = np.asarray(chosen, dtype=np.int64)
-    ref_j = np.where(is_refer, ch, 0)
-    apr = np.full(n, np.nan)
-    value = np.zeros(n)
-    pd = a.pd.copy()
-    margin = a.keep_margin.copy()
-    apr[is_keep] = a.keep_apr[is_keep]
-    value[is_keep] = a.keep_profit[is_keep]
-    apr[is_branch] = a.branch_apr[is_branch]
-    value[is_branch] = a.branch_profit[is_branch]
-    pd[is_branch] = a.branch_pd[is_branch]
-    margin[is_branch] = a.branch_margin[is_branch]
-    if a.ev.shape[1]:
-        apr[is_refer] = a.partner_apr[rows, ref_j][is_refer]
-        value[is_refer] = a.ev[rows, ref_j][is_refer]
-    partner = [partner_ids[j] if j >= 0 else "" for j in chosen]
-    return Outcomes(
-        kind=kind,
-        partner=partner,
-        bits=bits,
-        value=np.rint(value).astype(np.int64),
-        apr=apr,
-        margin=margin,
-        pd=pd,
-        degraded=degraded,
-    )
-
-
-def _fill_one(
-    a: Assessment, kind: int, j: int, bits: np.ndarray, partner_ids: list[str], degraded: np.ndarray
-) -> Outcomes:
-    """:func:`fill_outcomes` for one row, on scalars (same values)."""
-    pd, margin, apr, value = float(a.pd[0]), float(a.keep_margin[0]), float("nan"), 0.0
-    if kind == KEEP:
-        apr, value = float(a.keep_apr[0]), float(a.keep_profit[0])
-    elif kind == BRANCH:
-        apr, value = float(a.branch_apr[0]), float(a.branch_profit[0])
-        pd, margin = float(a.branch_pd[0]), float(a.branch_margin[0])
-    elif kind == REFER:
-        apr, value = float(a.partner_apr[0, j]), float(a.ev[0, j])
-    return Outcomes(
-        kind=np.array([kind], dtype=np.int8),
-        partner=[partner_ids[j] if kind == REFER else ""],
-        bits=bits,
-        value=np.rint(np.array([value])).astype(np.int64),
-        apr=np.array([apr]),
-        margin=np.array([margin]),
-        pd=np.array([pd]),
-        degraded=degraded,
-    )
 
 
 class _LazyKeys:

@@ -2,7 +2,9 @@
 
 The same steps as :meth:`router.decide.allocate.Allocator.allocate` — idempotency settled for the
 whole batch first, then every row walked in arrival order — with the walk itself one
-compiled call (:func:`router.store.kernel.allocate`) instead of a store call per attempt.
+compiled call (:func:`router.decide.walk_compiled.allocate`) instead of a store call per
+attempt. It reads the array store only through its accessors (``lock``, ``first_slot``,
+``state()``…).
 The allocator's own state (refused-amount floors, refusal counts, the weighted rotation)
 goes in as arrays and comes back, so batches may alternate with single decisions on the
 Python path. ``tests/test_array_store.py`` checks that both paths decide alike.
@@ -15,17 +17,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from router.core.columns import AppColumns
+from router.core.fingerprint import find_repeats
 from router.core.reasons import BIT
 from router.core.routing import routing_method
 from router.core.windows import window_end_ms
+from router.decide import walk_compiled
 from router.decide.assess import Assessment
-from router.decide.outcomes import BRANCH, DECLINE, REFER, Outcomes
-from router.store import kernel as K
+from router.decide.entries import make_branch_entry, make_entry
+from router.decide.outcomes import BRANCH, DECLINE, REFER, Outcomes, fill_outcomes
 from router.store.array import ArrayQuotaStore, applicant_words
 from router.store.base import COUNTER_GRACE_MS
+from router.store.kernel import NONE
 
 #: The compiled walk (numba's dispatcher type does not carry the kernel's signature).
-_ALLOCATE: Any = K.allocate
+_ALLOCATE: Any = walk_compiled.allocate
 
 if TYPE_CHECKING:
     from router.decide.allocate import Allocator
@@ -65,13 +70,6 @@ def expiries(keys: np.ndarray, window: str, tz: str) -> np.ndarray:
 def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcomes:
     """Decide a batch (more than one row) on ``al.store``, an ArrayQuotaStore; the caller
     holds ``al.lock``."""
-    from router.decide.allocate import (  # that module imports this one
-        fill_outcomes,
-        find_repeats,
-        make_branch_entry,
-        make_entry,
-    )
-
     s, store = al.strategy, al.store
     assert isinstance(store, ArrayQuotaStore)
     n, P = len(cols), len(s.partners)
@@ -89,16 +87,16 @@ def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcome
     rows = np.flatnonzero(todo)
 
     buckets = [al.keep_bucket, al.branch_bucket, *al.partner_buckets]
-    with store._lock:
+    with store.lock:
         bucket_of = np.array([store.bucket_index(b) for b in buckets], dtype=np.int64)
-        S = len(store.sl)
+        S = store.n_slots
         # One key column (and expiry column) per (time zone, window) the buckets use.
         col_of: dict[tuple[str, str], int] = {}
         slot_col = np.full(S, -1, dtype=np.int64)
-        floor_key = np.full(S, K.NONE, dtype=np.int64)
+        floor_key = np.full(S, NONE, dtype=np.int64)
         floor_amt = np.zeros(S, dtype=np.int64)
         for b, bucket in zip(bucket_of.tolist(), buckets):
-            first_slot = int(store.bk[b, K.FIRST_SLOT])
+            first_slot = store.first_slot(b)
             fl = al.floors.get(bucket.id)
             for k, cap in enumerate(bucket.caps):
                 slot_col[first_slot + k] = col_of.setdefault(
@@ -112,7 +110,7 @@ def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcome
         for (tz, window), c in col_of.items():
             keycols[c] = a.keys[tz][window]
             endcols[c] = expiries(keycols[c], window, tz)
-        dedupe = P and bool((store.bk[bucket_of[2:], K.DEDUPE_MS] > 0).any())
+        dedupe = P and store.dedupes(bucket_of[2:])
         hi, lo = (
             applicant_words(cols.applicant)
             if dedupe
@@ -130,7 +128,7 @@ def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcome
         ev = np.ascontiguousarray(a.ev, dtype=np.float64)
         method = routing_method(s.routing.method).code
         amounts, event_ms = cols.requested_amount, cols.event_ms
-        before = int(store.clock[K.NEXT_SWEEP])
+        before = store.next_sweep
         pos = 0
         while True:
             store.make_room(len(rows) - pos, S)
@@ -172,10 +170,10 @@ def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcome
         # Hand the allocator's state back.
         al.rotation.current = current.tolist()
         for b, bucket in zip(bucket_of.tolist(), buckets):
-            first_slot = int(store.bk[b, K.FIRST_SLOT])
+            first_slot = store.first_slot(b)
             for k, cap in enumerate(bucket.caps):
                 sl = first_slot + k
-                if floor_key[sl] != K.NONE:
+                if floor_key[sl] != NONE:
                     fl = al.floors.setdefault(bucket.id, [None] * len(bucket.caps))
                     fl[k] = (int(floor_key[sl]), int(floor_amt[sl]))
                 if refusals[sl]:
@@ -184,7 +182,7 @@ def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcome
         if al.on_cap is not None:
             owner = {}
             for b, bucket in zip(bucket_of.tolist(), buckets):
-                first_slot = int(store.bk[b, K.FIRST_SLOT])
+                first_slot = store.first_slot(b)
                 for k, cap in enumerate(bucket.caps):
                     owner[first_slot + k] = (bucket.id, cap.window)
             for slot, key, t in capev[: ncapev[0]].tolist():

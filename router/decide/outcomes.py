@@ -14,12 +14,15 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import SupportsFloat
+from typing import TYPE_CHECKING, SupportsFloat
 
 import numpy as np
 
 from router.core import reasons
 from router.core.messages import Branch, Decision, Decline, Keep, Refer
+
+if TYPE_CHECKING:
+    from router.decide.assess import Assessment
 
 KEEP, BRANCH, REFER, DECLINE = 0, 1, 2, 3
 LABELS = ("keep", "branch", "refer", "decline")
@@ -231,3 +234,69 @@ def reason_strings(bits: np.ndarray, sep: str = "|") -> list[str]:
     uniq, inv = np.unique(bits, return_inverse=True)
     table = [sep.join(reasons.names(int(b))) for b in uniq.tolist()]
     return [table[k] for k in inv.tolist()]
+
+
+def fill_outcomes(
+    a: Assessment,
+    kind: np.ndarray,
+    chosen: list[int],
+    bits: np.ndarray,
+    partner_ids: list[str],
+    degraded: np.ndarray,
+) -> Outcomes:
+    """Vectorised outcome columns from the chosen paths."""
+    n = len(kind)
+    if n == 1:
+        return _fill_one(a, int(kind[0]), chosen[0], bits, partner_ids, degraded)
+    is_keep, is_branch, is_refer = kind == KEEP, kind == BRANCH, kind == REFER
+    rows = np.arange(n)
+    ch = np.asarray(chosen, dtype=np.int64)
+    ref_j = np.where(is_refer, ch, 0)
+    apr = np.full(n, np.nan)
+    value = np.zeros(n)
+    pd = a.pd.copy()
+    margin = a.keep_margin.copy()
+    apr[is_keep] = a.keep_apr[is_keep]
+    value[is_keep] = a.keep_profit[is_keep]
+    apr[is_branch] = a.branch_apr[is_branch]
+    value[is_branch] = a.branch_profit[is_branch]
+    pd[is_branch] = a.branch_pd[is_branch]
+    margin[is_branch] = a.branch_margin[is_branch]
+    if a.ev.shape[1]:
+        apr[is_refer] = a.partner_apr[rows, ref_j][is_refer]
+        value[is_refer] = a.ev[rows, ref_j][is_refer]
+    partner = [partner_ids[j] if j >= 0 else "" for j in chosen]
+    return Outcomes(
+        kind=kind,
+        partner=partner,
+        bits=bits,
+        value=np.rint(value).astype(np.int64),
+        apr=apr,
+        margin=margin,
+        pd=pd,
+        degraded=degraded,
+    )
+
+
+def _fill_one(
+    a: Assessment, kind: int, j: int, bits: np.ndarray, partner_ids: list[str], degraded: np.ndarray
+) -> Outcomes:
+    """:func:`fill_outcomes` for one row, on scalars (same values)."""
+    pd, margin, apr, value = float(a.pd[0]), float(a.keep_margin[0]), float("nan"), 0.0
+    if kind == KEEP:
+        apr, value = float(a.keep_apr[0]), float(a.keep_profit[0])
+    elif kind == BRANCH:
+        apr, value = float(a.branch_apr[0]), float(a.branch_profit[0])
+        pd, margin = float(a.branch_pd[0]), float(a.branch_margin[0])
+    elif kind == REFER:
+        apr, value = float(a.partner_apr[0, j]), float(a.ev[0, j])
+    return Outcomes(
+        kind=np.array([kind], dtype=np.int8),
+        partner=[partner_ids[j] if kind == REFER else ""],
+        bits=bits,
+        value=np.rint(np.array([value])).astype(np.int64),
+        apr=np.array([apr]),
+        margin=np.array([margin]),
+        pd=np.array([pd]),
+        degraded=degraded,
+    )

@@ -120,6 +120,32 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
             self.dq_ptr,
         )
 
+    # The accessors the compiled walk's driver uses (router.decide.allocate_compiled): it
+    # reads the layout through these, never the arrays' columns.
+
+    @property
+    def lock(self):
+        """The store's lock: hold it for a whole compiled walk."""
+        return self._lock
+
+    @property
+    def n_slots(self) -> int:
+        """How many cap slots the registered buckets use."""
+        return len(self.sl)
+
+    def first_slot(self, bucket_index: int) -> int:
+        """The slot of the bucket's first cap (its caps are consecutive)."""
+        return int(self.bk[bucket_index, K.FIRST_SLOT])
+
+    def dedupes(self, bucket_indexes: np.ndarray) -> bool:
+        """Whether any of these buckets has a dedupe window."""
+        return bool((self.bk[bucket_indexes, K.DEDUPE_MS] > 0).any())
+
+    @property
+    def next_sweep(self) -> int:
+        """The event time of the next sweep."""
+        return int(self.clock[K.NEXT_SWEEP])
+
     def bucket_index(self, bucket: Bucket) -> int:
         """The bucket's index in the arrays, registering it (or its new limits) first."""
         got = self._buckets.get(bucket.id)
