@@ -246,13 +246,14 @@ def test_a_stall_degrades_only_the_decisions_inside_it(server):
     degraded = [(s, e) for s, e, g in timeline if g]
     assert degraded, "the stall degraded nothing"
     # A probe sent just before the stall ends may still time out and reopen the breaker
-    # for one more deadline: two deadlines and scheduling slack either side.
-    margin = 2 * deadline_s + 0.02
+    # for one more deadline: two deadlines and scheduling slack (2 shared cores, a busy CI
+    # run) either side — still well inside the 1.5 s stream.
+    margin = 2 * deadline_s + 0.06
     assert all(stall["start"] - margin <= s <= stall["end"] + margin for s, _ in degraded)
     after = [g for s, _, g in timeline if s > stall["end"] + margin]
     assert after and not any(after)
     # Inside the stall the breaker answers at once: no decision waits past its deadline.
-    assert max(e - s for s, e, g in timeline if g) < deadline_s + 0.05
+    assert max(e - s for s, e, g in timeline if g) < deadline_s + 0.08
     settle(router.store, 2.1)
     check_truth(
         router.store,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,44 @@ def make_bucket(bid: str, caps: Sequence[Cap], tz: str, dedupe_days: int = 0) ->
         timezone=tz,
         dedupe_ms=dedupe_days * 86_400_000,
     )
+
+
+@dataclass(eq=False)
+class _Batch:
+    """One batch on its way through the allocator: what :meth:`Allocator._plan` settled,
+    the outcome columns the walk fills, and what :meth:`Allocator._finish` needs."""
+
+    cols: AppColumns
+    a: Assessment
+    n: int
+    ids: Sequence[str]
+    fps: Sequence[int]
+    once: bool
+    claiming: bool
+    shared: bool
+    recalled: dict[int, bytes]
+    dups: dict[int, int]
+    down: bool
+    recall_failed: bool
+    todo: list[int]
+    mask_l: list[int]
+    keep_ok: list[bool]
+    branch_ok: list[bool]
+    kind: list[int]
+    chosen: list[int]
+    bits: list[int]
+    degraded: list[bool]
+    event_ms: list[int]
+    amounts: list[int]
+    ev_flat: list[float]
+    decode: dict[int, list[int]]
+    kkeys: Any
+    bkeys: Any
+    pkeys: Any
+    order_codes: list[int] | None
+    degrade_keep: bool
+    rotation: list[int] | None = None
+    counted: dict | None = None
 
 
 class Allocator:
@@ -232,6 +271,15 @@ class Allocator:
             store.end_decision(ok and not self._void, self._answered if ok else ())
 
     def _allocate(self, cols: AppColumns, a: Assessment) -> Outcomes:
+        b = self._plan(cols, a)
+        if self._pipelined and not b.down and b.n > 1:
+            self._pipelined_rounds(b)
+        self._walk(b)
+        return self._finish(b)
+
+    def _plan(self, cols: AppColumns, a: Assessment) -> _Batch:
+        """Settle what the store already knows before walking: recalled decisions,
+        repeats inside the batch, claims (shared stores), and what each row may try."""
         s, n = self.strategy, len(cols)
         ids, fps = cols.application_id, cols.fingerprint
         self._ids, self._fps = ids, fps
@@ -278,7 +326,6 @@ class Allocator:
         event_ms, amounts = cols.event_ms.tolist(), cols.requested_amount.tolist()
         ev_flat = a.ev.ravel().tolist()  # flat: far cheaper than a nested tolist
         decode: dict[int, list[int]] = {}
-        reserve, refer, known = self.reserve, self._refer, self.known_refusal
         kb, bb = self.keep_bucket, self.branch_bucket
         kkeys, bkeys = keys.get(kb), keys.get(bb)
         # Small batches (live) build partner key columns on demand; big ones all at once,
@@ -288,25 +335,15 @@ class Allocator:
             if n < 64
             else [keys.get(pb) for pb in self.partner_buckets]
         )
-        # Partners whose count cap is full for the window the current rows are in are
-        # refused without a store call or floor lookup until the first row of the next
-        # window (rows are in time order).
-        skipping = self.skip_full_windows
-        weighted = self.routing.rotates
         # best_value on a big batch: every row's partner order (EV descending, then
         # priority) from one vectorised sort, packed 4 bits a partner; decoded once per
         # distinct (order, eligible set).
         order_codes = None
-        order_cache: dict[Any, Any] = {}
         if self.routing.by_value and n >= 64 and 1 < P <= 15:
             neg = np.where(a.eligible, -a.ev, np.inf)
             ranks = np.broadcast_to(np.asarray(self.rank), neg.shape)
             idx = np.lexsort((ranks, neg), axis=-1).astype(np.int64)
             order_codes = (idx << (4 * np.arange(P, dtype=np.int64))).sum(axis=1).tolist()
-        refusals, pids = self.refusals, [p.id for p in s.partners]
-        self._new_blocks = []
-        blocked, next_unblock = 0, n
-        until, block_cap = [n] * P, [0] * P
         degrade_keep = s.degraded.policy == "keep"
         if claiming and not down:
             try:
@@ -327,31 +364,94 @@ class Allocator:
             except StoreError as exc:
                 self._store_down(exc, "claim")
                 down = True
-        if self._pipelined and not down and n > 1:
-            try:
-                self._rounds(
-                    cols,
-                    a,
-                    todo,
-                    recalled,
-                    dups,
-                    kind,
-                    chosen,
-                    bits,
-                    mask_l,
-                    decode,
-                    ev_flat,
-                    pkeys,
-                    kkeys,
-                    bkeys,
-                    claiming,
-                )
-            except IdempotencyConflict:
-                raise
-            except StoreError as exc:
-                self._store_down(exc, "reserve")
-                down = True
-            todo = [i for i in todo if down and kind[i] == DECLINE] if down else []
+        return _Batch(
+            cols=cols,
+            a=a,
+            n=n,
+            ids=ids,
+            fps=fps,
+            once=once,
+            claiming=claiming,
+            shared=shared,
+            recalled=recalled,
+            dups=dups,
+            down=down,
+            recall_failed=recall_failed,
+            todo=todo,
+            mask_l=mask_l,
+            keep_ok=keep_ok,
+            branch_ok=branch_ok,
+            kind=kind,
+            chosen=chosen,
+            bits=bits,
+            degraded=degraded,
+            event_ms=event_ms,
+            amounts=amounts,
+            ev_flat=ev_flat,
+            decode=decode,
+            kkeys=kkeys,
+            bkeys=bkeys,
+            pkeys=pkeys,
+            order_codes=order_codes,
+            degrade_keep=degrade_keep,
+        )
+
+    def _pipelined_rounds(self, b: _Batch) -> None:
+        """A pipelined batch's rounds (see :meth:`_rounds`); rows they leave undecided
+        because the store failed are walked degraded."""
+        cols, a, todo, recalled, dups = b.cols, b.a, b.todo, b.recalled, b.dups
+        kind, chosen, bits, mask_l, decode = b.kind, b.chosen, b.bits, b.mask_l, b.decode
+        ev_flat, pkeys, kkeys, bkeys, claiming = b.ev_flat, b.pkeys, b.kkeys, b.bkeys, b.claiming
+        down = False
+        try:
+            self._rounds(
+                cols,
+                a,
+                todo,
+                recalled,
+                dups,
+                kind,
+                chosen,
+                bits,
+                mask_l,
+                decode,
+                ev_flat,
+                pkeys,
+                kkeys,
+                bkeys,
+                claiming,
+            )
+        except IdempotencyConflict:
+            raise
+        except StoreError as exc:
+            self._store_down(exc, "reserve")
+            down = True
+        todo = [i for i in todo if down and kind[i] == DECLINE] if down else []
+        b.down, b.todo = down, todo
+
+    def _walk(self, b: _Batch) -> None:
+        """Walk the batch's rows in arrival order: keep, branch, then the eligible partners
+        in routing order, stopping at the first grant (or answer degraded while the store
+        is down)."""
+        s, n, a, cols = self.strategy, b.n, b.a, b.cols
+        P = len(s.partners)
+        todo, recalled, dups, down, once = b.todo, b.recalled, b.dups, b.down, b.once
+        keep_ok, branch_ok, mask_l = b.keep_ok, b.branch_ok, b.mask_l
+        kind, chosen, bits, degraded = b.kind, b.chosen, b.bits, b.degraded
+        event_ms, amounts, ev_flat, decode = b.event_ms, b.amounts, b.ev_flat, b.decode
+        pkeys, order_codes = b.pkeys, b.order_codes
+        degrade_keep, recall_failed = b.degrade_keep, b.recall_failed
+        refer = self._refer
+        # Partners whose count cap is full for the window the current rows are in are
+        # refused without a store call or floor lookup until the first row of the next
+        # window (rows are in time order).
+        skipping = self.skip_full_windows
+        weighted = self.routing.rotates
+        order_cache: dict[Any, Any] = {}
+        refusals, pids = self.refusals, [p.id for p in s.partners]
+        self._new_blocks = []
+        blocked, next_unblock = 0, n
+        until, block_cap = [n] * P, [0] * P
         rotation = counted = None
         for i in todo:
             if i in recalled or i in dups:
@@ -363,57 +463,8 @@ class Allocator:
                 counted = dict(self.refusals) if once else None
                 try:
                     t, amount = event_ms[i], amounts[i]
-                    if keep_ok[i]:
-                        make: Callable[[], bytes] | None = (
-                            (
-                                lambda i=i: pack_record(
-                                    KEEP,
-                                    bits[i],
-                                    a.keep_profit[i],
-                                    a.keep_apr[i],
-                                    a.keep_margin[i],
-                                    a.pd[i],
-                                    "",
-                                )
-                            )
-                            if once or claiming
-                            else None
-                        )
-                        r = known(kb, kkeys, i, amount)
-                        if r == -1:
-                            r = reserve(kb, kkeys, i, amount, None, t, None, make)
-                        if r == GRANTED:
-                            kind[i] = KEEP
-                            continue
-                        bits[i] |= _LATE if r == LATE else _KEEP_FULL
-                    if branch_ok[i]:
-                        make = (
-                            (
-                                lambda i=i: pack_record(
-                                    BRANCH,
-                                    bits[i],
-                                    a.branch_profit[i],
-                                    a.branch_apr[i],
-                                    a.branch_margin[i],
-                                    a.branch_pd[i],
-                                    "",
-                                )
-                            )
-                            if once or claiming
-                            else None
-                        )
-                        r = known(bb, bkeys, i, amount)
-                        if r == -1:
-                            entry = (
-                                row_branch_entry(s, cols, i, t, amount, a.branch_profit[i])
-                                if self.store.needs_entries
-                                else None
-                            )
-                            r = reserve(bb, bkeys, i, amount, None, t, entry, make)
-                        if r == GRANTED:
-                            kind[i] = BRANCH
-                            continue
-                        bits[i] |= _LATE if r == LATE else _BRANCH_FULL
+                    if (keep_ok[i] or branch_ok[i]) and self._own_budgets(b, i, t, amount):
+                        continue
                     m = mask_l[i]
                     if blocked and i >= next_unblock:
                         for j in range(P):
@@ -497,6 +548,73 @@ class Allocator:
                 if not degraded[i]:
                     degraded[i] = True
                     bits[i] |= _STORE_DOWN
+        b.down, b.rotation, b.counted = down, rotation, counted
+
+    def _own_budgets(self, b: _Batch, i: int, t: int, amount: int) -> bool:
+        """Row ``i``'s attempts at the funder's own budgets: keep, then the branch. True
+        when one granted (``b.kind`` says which); else the refusals are in ``b.bits``."""
+        a, bits, records = b.a, b.bits, b.once or b.claiming
+        if b.keep_ok[i]:
+            make: Callable[[], bytes] | None = (
+                (
+                    lambda: pack_record(
+                        KEEP,
+                        bits[i],
+                        a.keep_profit[i],
+                        a.keep_apr[i],
+                        a.keep_margin[i],
+                        a.pd[i],
+                        "",
+                    )
+                )
+                if records
+                else None
+            )
+            r = self.known_refusal(self.keep_bucket, b.kkeys, i, amount)
+            if r == -1:
+                r = self.reserve(self.keep_bucket, b.kkeys, i, amount, None, t, None, make)
+            if r == GRANTED:
+                b.kind[i] = KEEP
+                return True
+            bits[i] |= _LATE if r == LATE else _KEEP_FULL
+        if b.branch_ok[i]:
+            make = (
+                (
+                    lambda: pack_record(
+                        BRANCH,
+                        bits[i],
+                        a.branch_profit[i],
+                        a.branch_apr[i],
+                        a.branch_margin[i],
+                        a.branch_pd[i],
+                        "",
+                    )
+                )
+                if records
+                else None
+            )
+            r = self.known_refusal(self.branch_bucket, b.bkeys, i, amount)
+            if r == -1:
+                entry = (
+                    row_branch_entry(self.strategy, b.cols, i, t, amount, a.branch_profit[i])
+                    if self.store.needs_entries
+                    else None
+                )
+                r = self.reserve(self.branch_bucket, b.bkeys, i, amount, None, t, entry, make)
+            if r == GRANTED:
+                b.kind[i] = BRANCH
+                return True
+            bits[i] |= _LATE if r == LATE else _BRANCH_FULL
+        return False
+
+    def _finish(self, b: _Batch) -> Outcomes:
+        """The batch's outcomes and decision records: found decisions handed back as they
+        were, new ones stored (declines too), a failed store answered degraded."""
+        s, n, a = self.strategy, b.n, b.a
+        ids, fps, once, shared, recalled, dups = b.ids, b.fps, b.once, b.shared, b.recalled, b.dups
+        kind, chosen, bits, degraded = b.kind, b.chosen, b.bits, b.degraded
+        event_ms, keep_ok, degrade_keep, down = b.event_ms, b.keep_ok, b.degrade_keep, b.down
+        rotation, counted = b.rotation, b.counted
         out = fill_outcomes(
             a,
             np.array(kind, dtype=np.int8),
