@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,14 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Rejected-traffic referral router: keep / branch / refer / decline.",
+    # Every failure is one plain line from main(), never a framed traceback; help texts
+    # are plain text (markup would swallow "[columns]").
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
+
+_LEVELS = ("debug", "info", "warning", "error")
+_FORMATS = ("console", "json")
 
 
 @app.callback()
@@ -27,10 +35,22 @@ def _main(
     ),
     log_format: str = typer.Option("console", "--log-format", help="console or json"),
 ) -> None:
-    """Rejected-traffic referral router: keep / branch / refer / decline."""
+    """Rejected-traffic referral router: keep / branch / refer / decline.
+
+    Add --debug anywhere to see a Python traceback when something fails.
+    """
     from router.core.logs import configure
 
-    configure(log_level, log_format)
+    if log_level.lower() not in _LEVELS:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(_LEVELS)} (value: {log_level!r})", param_hint="--log-level"
+        )
+    if log_format.lower() not in _FORMATS:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(_FORMATS)} (value: {log_format!r})",
+            param_hint="--log-format",
+        )
+    configure(log_level.lower(), log_format.lower())
 
 
 err = Console(stderr=True)
@@ -40,8 +60,24 @@ if not out.is_terminal:  # piped or captured (make demo in CI): don't squeeze to
 
 
 def _fail(exc: Exception) -> None:
-    err.print(f"[red]error:[/red] {exc}", highlight=False)
+    # Plain text: a message may hold square brackets (partners[bank_a].terms) that Rich
+    # markup would eat.
+    print(f"error: {scrub(str(exc))}", file=sys.stderr)
     raise typer.Exit(2)
+
+
+#: Runs of digits long enough to be a national id, phone or card number.
+_LONG_DIGITS = re.compile(r"\d{9,}")
+
+
+def scrub(text: str) -> str:
+    """An error message fit to print: one line, long digit runs (identifiers) masked,
+    a CSV parser's echo of the raw row cut off."""
+    text = " ".join(text.split())
+    m = re.search(r"(CSV parse error: [^:]*)", text)
+    if m:  # pyarrow appends the offending row, identifiers and all
+        text = text[: m.end()].rstrip()
+    return _LONG_DIGITS.sub("<digits>", text)
 
 
 def _progress(total: int | None, label: str) -> Progress:
@@ -478,5 +514,39 @@ _mount_billing()
 
 
 def main() -> None:
-    """Entry point for ``python -m router``."""
-    app()
+    """Entry point of ``referral-router`` and ``python -m router``: every failure ends as
+    one line ``error: …`` on stderr — exit 2 for bad input (a file, a value, a config), 1 for
+    an internal error — and a traceback only with ``--debug``."""
+    debug = "--debug" in sys.argv[1:]
+    if debug:
+        sys.argv = [a for a in sys.argv if a != "--debug"]
+    try:
+        app(standalone_mode=True)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        code, what = _classify(exc)
+        hint = "" if code == 2 else " (run again with --debug for the traceback)"
+        print(f"error: {what}{scrub(str(exc))}{hint}", file=sys.stderr)
+        sys.exit(code)
+
+
+def _classify(exc: BaseException) -> tuple[int, str]:
+    """(exit code, prefix) of an exception that reached main()."""
+    if isinstance(exc, RouterError):
+        return 2, ""
+    if isinstance(exc, OSError):  # the user's file or directory
+        return 2, ""
+    try:
+        import pyarrow as pa
+
+        if isinstance(exc, pa.ArrowInvalid):
+            return 2, "cannot read the input: "
+    except ImportError:  # pragma: no cover
+        pass
+    return 1, f"internal error: {type(exc).__name__}: "

@@ -1,0 +1,84 @@
+"""Every bad input gets one clear line: ``error: …`` (or click's usage error), exit 2, no
+traceback, no raw identifier from the input — through the real entry point
+(``python -m router``), as a user runs it. (Issue 12; the matrix grows with it.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STRATEGY = str(ROOT / "configs" / "strategy.toml")
+SECRET = "110101199003074258"  # a national id that must never be echoed
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "router", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+def _files(tmp: Path) -> dict[str, str]:
+    (tmp / "empty.csv").write_text("")
+    (tmp / "empty.parquet").write_bytes(b"")
+    header = (
+        "application_id,received_at,channel,national_id,age,monthly_income,bureau_score,"
+        "inquiries_3m,open_loans,dti,worst_dpd_12m,region,requested_amount,term_months,max_apr"
+    )
+    (tmp / "extra.csv").write_text(
+        header + "\n"
+        "A1,2026-11-02T10:00:00+08:00,own_app," + SECRET + ",30,500000,700,1,1,0.2,0,"
+        "310000,3000000,12,0.2,EXTRA,MORE\n"
+    )
+    (tmp / "bad.toml").write_text("version = [unclosed\n")
+    names = ("empty.csv", "empty.parquet", "extra.csv", "bad.toml")
+    return {k.replace(".", "_"): str(tmp / k) for k in names}
+
+
+CASES = [
+    # (id, args, words expected in stderr)
+    ("missing traffic", ["replay", "-s", STRATEGY, "-t", "{tmp}/nope.parquet", "-o", "{tmp}/o"],
+     ["error:", "nope.parquet"]),
+    ("empty csv", ["replay", "-s", STRATEGY, "-t", "{empty_csv}", "-o", "{tmp}/o"],
+     ["error:", "Empty CSV"]),
+    ("empty parquet", ["replay", "-s", STRATEGY, "-t", "{empty_parquet}", "-o", "{tmp}/o"],
+     ["error:"]),
+    ("csv extra columns", ["replay", "-s", STRATEGY, "-t", "{extra_csv}", "-o", "{tmp}/o"],
+     ["error:"]),
+    ("bad log level", ["--log-level", "verbose", "demo", "--rows", "5", "--out", "{tmp}/o"],
+     ["--log-level", "verbose"]),
+    ("bad log format", ["--log-format", "xml", "demo", "--rows", "5", "--out", "{tmp}/o"],
+     ["--log-format", "xml"]),
+    ("postgres store url", ["decide", "-s", STRATEGY, "--store", "postgres://x", "{{}}"],
+     ["error:", "postgres://x"]),
+    ("strategy not toml", ["decide", "-s", "{bad_toml}", "{{}}"], ["error:", "bad.toml"]),
+    ("missing strategy", ["decide", "-s", "{tmp}/none.toml", "{{}}"], ["error:", "none.toml"]),
+    ("bill bad period", ["bill", "--db", "{tmp}/b.db", "-p", "x", "--period", "2026-13", "-s",
+                         STRATEGY], ["error:", "YYYY-MM"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gets_one_clear_line(case, tmp_path):
+    _, args, words = case
+    files = _files(tmp_path)
+    argv = [a.format(tmp=tmp_path, **files) for a in args]
+    p = run(*argv, cwd=tmp_path)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr and "Traceback" not in p.stdout
+    for w in words:
+        assert w in p.stderr, (w, p.stderr)
+    assert SECRET not in p.stderr + p.stdout
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    p = run("--debug", "replay", "-s", STRATEGY, "-t", str(tmp_path / "nope.parquet"), "-o",
+            str(tmp_path / "o"))  # fmt: skip
+    assert p.returncode == 1 and "Traceback" in p.stderr
