@@ -92,6 +92,12 @@ def _progress(total: int | None, label: str) -> Progress:
     )
 
 
+_DEMO_KEY_HELP = (
+    "run a shared (network) store even though ROUTER_HMAC_KEY is unset and applicant "
+    "identifiers would be hashed with the strategy's public identity.dev_key"
+)
+
+
 @app.command()
 def decide(
     application: str = typer.Argument(
@@ -101,26 +107,99 @@ def decide(
     store: str = typer.Option(
         "memory://", "--store", help="quota store URL: memory://, redis://…, redis+cluster://…"
     ),
+    allow_demo_key: bool = typer.Option(False, "--allow-demo-key", help=_DEMO_KEY_HELP),
 ) -> None:
-    """Decide applications and print each decision as one JSON line."""
+    """Decide applications and print each decision as one JSON line.
+
+    A bad or conflicting application is reported on stderr with its line (or array item)
+    number and the others are still decided; the exit code is then 2.
+    """
     from router.core.config import load_strategy
-    from router.core.messages import decode_application, encode
+    from router.core.messages import encode
+
+    try:
+        source, items = _decide_inputs(application)
+        if not items:
+            raise RouterError(f"no applications in {source}")
+        strat = load_strategy(strategy)
+        _check_key(strat, store, allow_demo_key)
+        # (Closing sends the posts still owed: every referral printed is billable.)
+        with _router_for(strat, store) as router:
+            failed = 0
+            for label, item in items:
+                try:
+                    decision = router.decide(_application_of(item))
+                except (RouterError, ValueError) as exc:
+                    failed += 1
+                    print(f"error: {source}: {label}: {scrub(str(exc))}", file=sys.stderr)
+                    continue
+                sys.stdout.buffer.write(encode(decision) + b"\n")
+                sys.stdout.buffer.flush()
+    except (RouterError, OSError) as exc:
+        _fail(exc)
+    if failed:
+        print(f"error: {failed:,} of {len(items):,} applications not decided", file=sys.stderr)
+        raise typer.Exit(2)
+
+
+def _check_key(strategy, store_url: str, allow: bool) -> None:
+    """Refuse a network store while identifiers would be hashed with the strategy's
+    public dev key (its hashes would sit in a shared Redis); with ``allow``, warn."""
+    import os
+
+    from router.core.errors import ConfigError
+
+    from router.store import store_kind
+
+    ident = strategy.identity
+    if not store_kind(store_url).shared or os.environ.get(ident.key_env):  # (checks the URL)
+        return
+    what = (
+        f"{ident.key_env} is not set, so applicant identifiers would be hashed with the "
+        "strategy's public identity.dev_key on a shared store"
+    )
+    if not allow:
+        raise ConfigError(f"{what}; set {ident.key_env} (or pass --allow-demo-key)")
+    print(f"warning: {what} (--allow-demo-key)", file=sys.stderr)
+
+
+def _router_for(strategy, store_url: str):
     from router.decide.engine import Router
     from router.store import quota_store_from_url
 
-    try:
-        if application == "-":
-            lines = [ln for ln in sys.stdin.buffer.read().splitlines() if ln.strip()]
-        elif application.lstrip().startswith("{"):
-            lines = [application.encode()]
-        else:
-            lines = [ln for ln in Path(application).read_bytes().splitlines() if ln.strip()]
-        # (Closing sends the posts still owed: every referral printed is billable.)
-        with Router(load_strategy(strategy), quota_store_from_url(store)) as router:
-            for line in lines:
-                sys.stdout.buffer.write(encode(router.decide(decode_application(line))) + b"\n")
-    except (RouterError, OSError) as exc:
-        _fail(exc)
+    return Router(strategy, quota_store_from_url(store_url))
+
+
+def _decide_inputs(application: str) -> tuple[str, list[tuple[str, object]]]:
+    """(where they came from, [(line or item label, JSON bytes or a decoded object)]):
+    stdin or a file of JSON Lines, a file or argument holding one object or an array."""
+    import msgspec
+
+    text = application.lstrip()
+    if application == "-":
+        source, data = "stdin", sys.stdin.buffer.read()
+    elif text.startswith(("{", "[")):
+        source, data = "the argument", application.encode()
+    else:
+        source, data = application, Path(application).read_bytes()
+    if data.lstrip().startswith(b"["):
+        try:
+            arr = msgspec.json.decode(data)
+        except msgspec.DecodeError as exc:
+            raise RouterError(f"{source}: not a JSON array ({exc})") from None
+        if not isinstance(arr, list):
+            raise RouterError(f"{source}: not a JSON array")
+        return source, [(f"item {k}", obj) for k, obj in enumerate(arr, 1)]
+    lines = data.splitlines()
+    return source, [(f"line {k}", ln) for k, ln in enumerate(lines, 1) if ln.strip()]
+
+
+def _application_of(item: object):
+    from router.core.messages import convert_application, decode_application
+
+    if isinstance(item, bytes):
+        return decode_application(item)
+    return convert_application(item)
 
 
 @app.command()
@@ -256,9 +335,13 @@ def replay(
         help="also write the run's referrals into this billing database (a path or "
         "postgresql+psycopg://…) for what-if statements",
     ),
+    allow_demo_key: bool = typer.Option(False, "--allow-demo-key", help=_DEMO_KEY_HELP),
 ) -> None:
     """Replay a traffic file: summary.json, decisions.parquet, rejects.jsonl, report.html."""
     try:
+        from router.core.config import load_strategy
+
+        _check_key(load_strategy(strategy), store, allow_demo_key)
         result = _run_replay(
             strategy,
             traffic,

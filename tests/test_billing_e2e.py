@@ -34,7 +34,13 @@ def test_traffic_to_statements_equal_an_independent_computation(redis_url, billi
     traffic = tmp_path / "traffic.jsonl"
     cli("generate", "--rows", "4000", "--out", str(traffic), "--per-day", "4000")
     decided = cli(
-        "decide", "-s", STRATEGY, "--store", url + "&timeout_ms=2000", stdin=traffic.read_bytes()
+        "decide",
+        "-s",
+        STRATEGY,
+        "--store",
+        url + "&timeout_ms=2000",
+        "--allow-demo-key",
+        stdin=traffic.read_bytes(),
     )
     decisions = [json.loads(x) for x in decided.stdout.splitlines()]
     apps = {a["application_id"]: a for a in map(json.loads, traffic.read_text().splitlines())}

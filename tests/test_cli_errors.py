@@ -18,6 +18,7 @@ SECRET = "110101199003074258"  # a national id that must never be echoed
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "router", *args],
+        input="",
         capture_output=True,
         text=True,
         timeout=120,
@@ -38,7 +39,8 @@ def _files(tmp: Path) -> dict[str, str]:
         "310000,3000000,12,0.2,EXTRA,MORE\n"
     )
     (tmp / "bad.toml").write_text("version = [unclosed\n")
-    names = ("empty.csv", "empty.parquet", "extra.csv", "bad.toml")
+    (tmp / "ab.csv").write_text("a,b\n1,2\n")
+    names = ("empty.csv", "empty.parquet", "extra.csv", "bad.toml", "ab.csv")
     return {k.replace(".", "_"): str(tmp / k) for k in names}
 
 
@@ -60,6 +62,16 @@ CASES = [
      ["error:", "postgres://x"]),
     ("strategy not toml", ["decide", "-s", "{bad_toml}", "{{}}"], ["error:", "bad.toml"]),
     ("missing strategy", ["decide", "-s", "{tmp}/none.toml", "{{}}"], ["error:", "none.toml"]),
+    ("demo key on a shared store", ["decide", "-s", STRATEGY, "--store",
+                                    "redis://127.0.0.1:1/0", "{{}}"],
+     ["error:", "ROUTER_HMAC_KEY", "--allow-demo-key"]),
+    ("cluster down", ["decide", "-s", STRATEGY, "--store", "redis+cluster://127.0.0.1:1",
+                      "--allow-demo-key", "{{}}"], ["error:", "cannot connect"]),
+    ("empty stdin", ["decide", "-s", STRATEGY], ["error:", "no applications"]),
+    ("bad application line", ["decide", "-s", STRATEGY, '{{"application_id": "x"}}'],
+     ["error:", "line 1", "received_at"]),
+    ("missing column", ["replay", "-s", STRATEGY, "-t", "{ab_csv}", "-o", "{tmp}/o"],
+     ["error:", "missing column", "the file has: a, b"]),
     ("bill bad period", ["bill", "--db", "{tmp}/b.db", "-p", "x", "--period", "2026-13", "-s",
                          STRATEGY], ["error:", "YYYY-MM"]),
 ]  # fmt: skip

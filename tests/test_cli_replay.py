@@ -25,6 +25,7 @@ def test_replay_into_redis_gets_its_own_prefix(tmp_path, redis_server):
             str(tmp_path / "out"),
             "--store",
             url,
+            "--allow-demo-key",
         ],
     )
     assert r.exit_code == 0, r.output

@@ -51,6 +51,7 @@ def _replay(traffic, out, store="memory://", *extra):
             str(out),
             "--store",
             store,
+            "--allow-demo-key",
             *extra,
         ],
     )

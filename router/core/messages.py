@@ -225,13 +225,18 @@ def _trust(app: Application) -> Application:
 
 
 def decode_application(data: bytes | str) -> Application:
-    """Decode one JSON application, raising :class:`InputError` naming the bad field."""
+    """Decode one JSON application, raising :class:`InputError` naming the bad field and
+    its value (personal identifiers withheld)."""
     try:
         return _trust(_app_decoder.decode(data))
     except msgspec.ValidationError as exc:
-        raise InputError(f"invalid application: {exc}") from exc
+        try:
+            raw = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            raw = None
+        raise _invalid(exc, raw) from None
     except msgspec.DecodeError as exc:
-        raise InputError(f"malformed application JSON: {exc}") from exc
+        raise InputError(f"malformed application JSON: {exc}") from None
 
 
 def convert_application(obj: object) -> Application:
@@ -239,7 +244,18 @@ def convert_application(obj: object) -> Application:
     try:
         return _trust(msgspec.convert(obj, Application))
     except msgspec.ValidationError as exc:
-        raise InputError(f"invalid application: {exc}") from exc
+        raise _invalid(exc, obj) from None
+
+
+def _invalid(exc: msgspec.ValidationError, raw: object) -> InputError:
+    """The validation error with the offending value appended (never a secret field's)."""
+    text = str(exc)
+    m = _FIELD.search(text)
+    name = m.group(1) if m else None
+    if name is None or not isinstance(raw, dict) or name not in raw:
+        return InputError(f"invalid application: {text}", field=name)
+    value = "<withheld: personal identifier>" if name in _SECRET else _short(repr(raw[name]))
+    return InputError(f"invalid application: {text} (value: {value})", field=name)
 
 
 def decode_decision(data: bytes | str) -> Decision:

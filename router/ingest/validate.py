@@ -260,8 +260,8 @@ def validate(
         if name not in names:
             if required:
                 raise TrafficError(
-                    f"missing column `{name}` (map your column to it with a "
-                    '[columns] table: {name} = "your_column")'
+                    f"missing column `{name}` (the file has: {_listing(sorted(names))}; map "
+                    f'one of them to it with a [columns] table: {name} = "your_column")'
                 )
             continue
         col = batch.column(name)
@@ -310,3 +310,9 @@ def reject_of_error(row: int, message: str) -> Reject:
     m = _FIELD_AT.search(message)
     field = m.group("field") if m and m.group("field") else "row"
     return Reject(row, field, message)
+
+
+def _listing(names: list[str], most: int = 12) -> str:
+    """Column names for a message (the first ``most`` of them)."""
+    shown = ", ".join(names[:most])
+    return shown + (f", … ({len(names)} in all)" if len(names) > most else "") if names else "none"

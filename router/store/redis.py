@@ -66,6 +66,7 @@ from urllib.parse import parse_qs, urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from router.core.errors import ConfigError, IdempotencyConflict, StoreError
@@ -190,8 +191,9 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
                 )
         except ValueError as exc:
             raise ConfigError(f"bad store URL {_safe(url)!r}: {exc}", path="store") from exc
-        except redis.RedisError as exc:
-            raise StoreError(f"cannot connect to {parts.hostname}:{parts.port}: {exc}") from exc
+        except (redis.RedisError, RedisClusterException) as exc:  # (the latter is not a RedisError)
+            where = parts.netloc.rsplit("@", 1)[-1]
+            raise StoreError(f"cannot connect to {where}: {exc}") from exc
         return cls(client, prefix=prefix, **opts)
 
     # ---- keys ------------------------------------------------------------------------
