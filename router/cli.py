@@ -148,7 +148,6 @@ def _check_key(strategy, store_url: str, allow: bool) -> None:
     import os
 
     from router.core.errors import ConfigError
-
     from router.store import store_kind
 
     ident = strategy.identity
