@@ -51,3 +51,26 @@ def test_moved_modules_keep_their_old_import_path_with_a_warning(old):
     with pytest.warns(DeprecationWarning, match=MOVED[old]):
         got = importlib.import_module(old)
     assert got is new
+
+
+def test_the_library_leaves_the_hosts_logging_configuration_alone():
+    """Importing and using the router never configures structlog; the host's own
+    configuration, once made, receives the router's events."""
+    code = (
+        "import structlog\n"
+        "from router import Router, strategy_from_dict\n"
+        "from router.testing import strategy_dict, ScoreLookupScorer, make_application\n"
+        "import router.replay.run, router.billing.consumer\n"
+        "r = Router(strategy_from_dict(strategy_dict()),\n"
+        "           scorers={'main': ScoreLookupScorer({700: 0.02})})\n"
+        "r.decide(make_application())\n"
+        "assert not structlog.is_configured()\n"
+        "seen = []\n"
+        "structlog.configure(processors=[lambda l, m, e: seen.append(e) or ''],\n"
+        "                    logger_factory=structlog.ReturnLoggerFactory())\n"
+        "from router.core.logs import get_logger\n"
+        "get_logger('x').warning('hello')\n"
+        "assert seen and seen[0]['event'] == 'hello' and seen[0]['logger'] == 'x', seen\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr

@@ -48,11 +48,40 @@ def configure(level: str = "info", fmt: str = "console") -> None:
 
 
 def get_logger(name: str):
-    """A bound logger carrying ``logger=name``.
+    """A logger carrying ``logger=name``.
 
-    If the embedding application has not configured structlog, warnings and errors go to
-    standard error (structlog's own default would print everything to standard output).
+    The package never configures structlog on its own (the command line does, when asked
+    with ``--log-level``/``--log-format``): while the embedding application has not
+    configured it, these loggers write warnings and errors to standard error through a
+    private pipeline (structlog's own default would print everything to standard output,
+    which carries results); once it has, they follow its configuration.
     """
-    if not structlog.is_configured():
-        configure("warning")
-    return structlog.get_logger().bind(logger=name)
+    return _LibraryLogger(name)
+
+
+class _LibraryLogger:
+    """Resolves, at each call, to the host's structlog or to a private stderr logger."""
+
+    __slots__ = ("_name", "_own")
+
+    def __init__(self, name: str):
+        self._name = name
+        self._own = None
+
+    def _target(self):
+        if structlog.is_configured():
+            return structlog.get_logger().bind(logger=self._name)
+        if self._own is None:
+            self._own = structlog.wrap_logger(
+                structlog.PrintLogger(cast(TextIO, _CurrentStderr())),
+                processors=[
+                    structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    structlog.dev.ConsoleRenderer(colors=False),
+                ],
+                wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+            ).bind(logger=self._name)
+        return self._own
+
+    def __getattr__(self, attr: str):
+        return getattr(self._target(), attr)
