@@ -11,11 +11,21 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-install: $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+# Installed once per change of pyproject.toml (stamp files), not on every run; pip's
+# output is shown without setuptools' editable-install banner.
+FILTER_PIP = grep -v "BuildBackendWarning\\|Editable install\\|^  *[!*]\\|careful with folders\\|name as your package\\|precedence during\\|wheel_obj:\\|^ *$$" $(VENV)/pip.log || true
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
 
-install-dev: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@$(BIN)/pip install --quiet -e . > $(VENV)/pip.log 2>&1; status=$$?; \
+	  $(FILTER_PIP); exit $$status
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	@$(BIN)/pip install --quiet -e '.[dev]' > $(VENV)/pip.log 2>&1; status=$$?; \
+	  $(FILTER_PIP); exit $$status
+	touch $@ $(VENV)/.installed
 
 demo: install
 	$(BIN)/referral-router demo --rows $(ROWS) --out $(OUT)

@@ -146,6 +146,9 @@ def main(out: Path = ROOT / "out" / "credit_data", grid: dict | None = None) -> 
     from router.replay import replay
     from router.replay.tune import LocalExecutor, strategy_data, tune, write_strategy
 
+    # Absolute: the strategy written below names the model by this path, and a strategy's
+    # relative paths are read from its own directory.
+    out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     table = to_traffic(load_frame())
     cut = int(0.7 * table.num_rows)
