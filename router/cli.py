@@ -92,6 +92,21 @@ def _progress(total: int | None, label: str) -> Progress:
     )
 
 
+def _lazy_log():
+    from router.core.logs import get_logger
+
+    return get_logger("decide")
+
+
+class _DecideLog:
+    """The decide command's logger, imported on first use (the CLI starts fast)."""
+
+    def __getattr__(self, name: str):
+        return getattr(_lazy_log(), name)
+
+
+_decide_log = _DecideLog()
+
 _DEMO_KEY_HELP = (
     "run a shared (network) store even though ROUTER_HMAC_KEY is unset and applicant "
     "identifiers would be hashed with the strategy's public identity.dev_key"
@@ -135,6 +150,14 @@ def decide(
                     continue
                 sys.stdout.buffer.write(encode(decision) + b"\n")
                 sys.stdout.buffer.flush()
+                _decide_log.debug(
+                    "decision",
+                    application_id=decision.application_id,
+                    outcome=type(decision).__name__.lower(),
+                    partner=getattr(decision, "partner_id", None),
+                    degraded=decision.degraded,
+                    reasons=list(decision.reasons),
+                )
     except (RouterError, OSError) as exc:
         _fail(exc)
     if failed:
@@ -602,6 +625,7 @@ def main() -> None:
     debug = "--debug" in sys.argv[1:]
     if debug:
         sys.argv = [a for a in sys.argv if a != "--debug"]
+    sys.argv = _global_options_first(sys.argv)
     try:
         app(standalone_mode=True)
     except SystemExit:
@@ -616,6 +640,24 @@ def main() -> None:
         hint = "" if code == 2 else " (run again with --debug for the traceback)"
         print(f"error: {what}{scrub(str(exc))}{hint}", file=sys.stderr)
         sys.exit(code)
+
+
+def _global_options_first(argv: list[str]) -> list[str]:
+    """``--log-level`` and ``--log-format`` are accepted after the command too
+    (``decide --log-level debug``): moved in front of it, where the parser wants them."""
+    moved, rest, i = [], [argv[0]], 1
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--log-level", "--log-format") and i + 1 < len(argv):
+            moved += [a, argv[i + 1]]
+            i += 2
+            continue
+        if a.startswith(("--log-level=", "--log-format=")):
+            moved.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    return [rest[0], *moved, *rest[1:]]
 
 
 def _classify(exc: BaseException) -> tuple[int, str]:

@@ -94,3 +94,30 @@ def test_debug_shows_the_traceback(tmp_path):
     p = run("--debug", "replay", "-s", STRATEGY, "-t", str(tmp_path / "nope.parquet"), "-o",
             str(tmp_path / "o"))  # fmt: skip
     assert p.returncode == 1 and "Traceback" in p.stderr
+
+
+def test_info_logging_reports_each_cap_running_out(tmp_path):
+    """The README's promise: ``--log-level info`` shows a ``quota.exhausted`` event when a
+    cap first refuses in a window (on stderr; stdout keeps the results)."""
+    traffic = tmp_path / "t.parquet"
+    assert (
+        run("generate", "--rows", "60000", "--per-day", "60000", "--out", str(traffic)).returncode
+        == 0
+    )
+    p = run("--log-level", "info", "replay", "-s", STRATEGY, "-t", str(traffic), "-o",
+            str(tmp_path / "o"))  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "quota.exhausted" in p.stderr and "window=day" in p.stderr
+    assert "quota.exhausted" not in p.stdout
+
+
+def test_log_options_after_the_command_and_debug_lines_for_decide(tmp_path):
+    traffic = tmp_path / "t.jsonl"
+    assert run("generate", "--rows", "3", "--out", str(traffic)).returncode == 0
+    p = subprocess.run(
+        [sys.executable, "-m", "router", "decide", "-s", STRATEGY, "--log-level", "debug"],
+        input=traffic.read_text(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.count(" decision ") == 3 and len(p.stdout.splitlines()) == 3
+    assert "national_id" not in p.stderr

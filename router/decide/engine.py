@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 import numpy as np
 
 from router.core.columns import AppColumns, from_applications, row_from_application
 from router.core.config import Strategy
 from router.core.identity import Hasher
+from router.core.logs import get_logger
 from router.core.messages import Application, Decision, validate_application
 from router.decide.allocate import BRANCH_BUCKET, KEEP_BUCKET, Allocator
 from router.decide.assess import assess
@@ -78,7 +80,7 @@ class Router:
             frozenset(self.hasher.token(name, "employer") for name in p.employer_names)
             for p in strategy.partners
         ]
-        self._allocator = Allocator(strategy, self.store, on_cap)
+        self._allocator = Allocator(strategy, self.store, _logging_on_cap(on_cap))
         self._allocator.degrade = degrade
         self._table = PartnerTable(strategy.partners)
         self._assess_one = OneAssessor(strategy, self.scorers, self._employers)
@@ -156,3 +158,26 @@ class Router:
         else:
             a = assess(cols, self.strategy, self.scorers, self._employers, self._table)
         return self._allocator.allocate(cols, a, pipelined)
+
+
+_cap_log = get_logger("quota")
+
+
+def _logging_on_cap(
+    on_cap: Callable[[str, str, int, int], None] | None,
+) -> Callable[[str, str, int, int], None]:
+    """``on_cap`` that also logs ``quota.exhausted`` (info) when a cap first refuses in a
+    window: bucket, window, window key and the event time that ran it out."""
+
+    def note(bucket: str, window: str, key: int, event_ms: int) -> None:
+        _cap_log.info(
+            "quota.exhausted",
+            bucket=bucket.strip("_"),
+            window=window,
+            window_key=key,
+            at=datetime.fromtimestamp(event_ms / 1000, UTC).isoformat(),
+        )
+        if on_cap is not None:
+            on_cap(bucket, window, key, event_ms)
+
+    return note
