@@ -40,7 +40,10 @@ OUTCOME_FIELDS: dict[str, pa.DataType] = {
 #: Fields never shown in a rejects file (raw personal identifiers).
 _SECRET = {"national_id"}
 
-_INT_RE = r"^\s*[+-]?\d+\s*$"
+#: A whole number, also written with a zero fraction (``316667.0``, as spreadsheets and data
+#: frames write integer columns that once held a null): the same value a Parquet float
+#: column with whole values is accepted with.
+_INT_RE = r"^\s*[+-]?\d+(\.0*)?\s*$"
 _FLOAT_RE = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
 _TIME_RE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})$"
 _TRUE = {"true", "1", "yes", "t", "y"}
@@ -55,11 +58,31 @@ class Reject:
     field: str
     reason: str
     value: Any = None
+    #: The row's other problems, (field, reason, value) each: a row is reported once, with
+    #: everything wrong with it.
+    more: tuple[tuple[str, str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (raw identifiers are never included)."""
-        value = "<redacted>" if self.field in _SECRET else self.value
-        return {"row": self.row, "field": self.field, "reason": self.reason, "value": value}
+        out = {
+            "row": self.row,
+            "field": self.field,
+            "reason": self.reason,
+            "value": _shown(self.field, self.value),
+        }
+        if self.more:
+            out["problems"] = [
+                {
+                    "field": self.field,
+                    "reason": self.reason,
+                    "value": _shown(self.field, self.value),
+                }
+            ] + [{"field": f, "reason": r, "value": _shown(f, v)} for f, r, v in self.more]
+        return out
+
+
+def _shown(field: str, value: Any) -> Any:
+    return "<redacted>" if field in _SECRET else value
 
 
 def _spec() -> dict[str, tuple[str, Any, bool]]:
@@ -106,17 +129,29 @@ def source_types(mapping: dict[str, str]) -> dict[str, pa.DataType]:
 
 
 class _Checker:
+    """Collects every problem of every row of a batch (a row is rejected once, with all of
+    them)."""
+
     def __init__(self, n: int, offset: int):
         self.n, self.offset = n, offset
         self.bad = np.zeros(n, dtype=bool)
-        self.rejects: list[Reject] = []
+        self._problems: dict[int, list[tuple[str, str, Any]]] = {}
 
     def flag(self, mask: np.ndarray, field: str, reason: str, values: pa.Array | None) -> None:
-        new = mask & ~self.bad
-        for i in np.flatnonzero(new).tolist():
-            v = values[i].as_py() if values is not None else None
-            self.rejects.append(Reject(self.offset + i + 1, field, reason, v))
+        for i in np.flatnonzero(mask).tolist():
+            probs = self._problems.setdefault(i, [])
+            if any(f == field for f, _, _ in probs):
+                continue  # (a value that did not convert is not also "empty")
+            probs.append((field, reason, values[i].as_py() if values is not None else None))
         self.bad |= mask
+
+    @property
+    def rejects(self) -> list[Reject]:
+        """One Reject per bad row, in row order."""
+        return [
+            Reject(self.offset + i + 1, *probs[0], more=tuple(probs[1:]))
+            for i, probs in sorted(self._problems.items())
+        ]
 
 
 def _np(mask: pa.Array) -> np.ndarray:
@@ -134,7 +169,8 @@ def _coerce(name: str, kind: str, col: pa.Array, chk: _Checker) -> pa.Array:
         if text is not None:
             ok = pc.match_substring_regex(text, _INT_RE)
             chk.flag(~_np(ok) & ~_np(pc.is_null(text)), name, "not an integer", text)
-            return pc.cast(pc.if_else(ok, pc.utf8_trim_whitespace(text), None), pa.int64())
+            whole = pc.replace_substring_regex(pc.utf8_trim_whitespace(text), r"\.0*$", "")
+            return pc.cast(pc.if_else(ok, whole, None), pa.int64())
         if pa.types.is_floating(col.type):
             # A float column (e.g. a Parquet file written from a data frame): whole,
             # finite values only; nulls stay null for the required-field check.
@@ -294,7 +330,6 @@ def validate(
     for name, value in (defaults or {}).items():
         if name not in arrays:
             arrays[name] = pa.array([value] * n)
-    chk.rejects.sort(key=lambda r: r.row)
     good = np.flatnonzero(~chk.bad)
     out = pa.RecordBatch.from_arrays(list(arrays.values()), names=list(arrays))
     if len(good) < n:
