@@ -379,6 +379,14 @@ def replay(
         _fail(exc)
     _print_summary(result.summary)
     out.print(f"report: {out_dir / 'report.html'}\nsummary: {result.summary_path}")
+    rejected = result.summary["traffic"]["rows_rejected"]
+    if rejected and not result.summary["applications"]:
+        print(
+            f"error: every row of {traffic} was rejected ({rejected:,}; see "
+            f"{result.rejects_path}): check the file and the column mapping",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2)
     if "billing" in result.summary:
         b = result.summary["billing"]
         out.print(

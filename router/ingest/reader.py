@@ -11,7 +11,7 @@ good rows come out as :class:`TrafficBatch` with their outcome columns alongside
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -99,6 +99,8 @@ def read_batches(
     mapping = dict(mapping or {})
     ids = set(partner_ids)
     source: Iterator[pa.RecordBatch]
+    #: CSV rows with the wrong number of fields: (row number, their reject), as parsed.
+    misshapen: list[tuple[int, Reject]] = []
     if not isinstance(path, (str, Path)):
         source = iter(path)
         file, suffix = Path("<stream>"), "<stream>"
@@ -121,36 +123,72 @@ def read_batches(
         ]
         source = pf.iter_batches(batch_size=batch_size, columns=wanted)
     elif suffix == ".csv":
-        source = _csv(file, mapping, batch_size)
+        source = _csv(file, mapping, batch_size, misshapen)
     else:
         raise TrafficError(f"{file}: unsupported traffic format {suffix!r} ({', '.join(FORMATS)})")
-    offset = 0
+    offset = reported = 0
     for raw in source:
         good, idx, rejects = validate(rename(raw, mapping), offset, ids)
+        rows = offset + idx + 1
+        if misshapen:  # rows the CSV parser skipped: number the others as in the file
+            at = _file_rows([r for r, _ in misshapen])
+            rejects = [replace(r, row=int(at(np.array([r.row]))[0])) for r in rejects]
+            rows = at(rows)
+            rejects = sorted(rejects + [m for _, m in misshapen[reported:]], key=lambda r: r.row)
+            reported = len(misshapen)
         if rejects and on_rejects is not None:
             on_rejects(rejects)
         if good.num_rows:
             yield TrafficBatch(
-                from_arrow(good, hasher, offset, checked=True), _outcomes(good), offset + idx + 1
+                from_arrow(good, hasher, offset, checked=True), _outcomes(good), rows
             )
         offset += raw.num_rows
+    if misshapen[reported:] and on_rejects is not None:  # (after the last parsed row)
+        on_rejects([m for _, m in misshapen[reported:]])
 
 
-def _csv(path: Path, mapping: dict[str, str], batch_size: int) -> Iterator[pa.RecordBatch]:
+def _file_rows(skipped: list[int]):
+    """Parsed-row numbers -> row numbers in the file, given the (file) numbers of the rows
+    the parser skipped."""
+    s = np.sort(np.asarray(skipped, dtype=np.int64))
+    before = s - np.arange(len(s))  # a skipped row comes after this many parsed rows
+
+    def at(parsed: np.ndarray) -> np.ndarray:
+        return parsed + np.searchsorted(before, parsed, side="right")
+
+    return at
+
+
+def _csv(
+    path: Path, mapping: dict[str, str], batch_size: int, misshapen: list[tuple[int, Reject]]
+) -> Iterator[pa.RecordBatch]:
+    """Blocks of the CSV file as Arrow batches; a row with too many or too few fields is
+    skipped and noted in ``misshapen`` (its text, identifiers and all, is never kept)."""
+
+    def skip(row) -> str:
+        n = (row.number or 0) - 1  # (the parser counts lines from 1, the header included)
+        why = f"expected {row.expected_columns} fields, got {row.actual_columns}"
+        misshapen.append((n, Reject(n, "row", why)))
+        return "skip"
+
+    parse = pcsv.ParseOptions(invalid_row_handler=skip)
     types = source_types(mapping)
     # The header as Arrow's CSV reader parses it (quoting included); a first small block
     # is all it reads for that.
     probe = pcsv.open_csv(
         path,
+        parse_options=pcsv.ParseOptions(invalid_row_handler=lambda row: "skip"),
         read_options=pcsv.ReadOptions(block_size=1 << 16),
         convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in types}),
     )
     include = [c for c in probe.schema.names if c in types]
     probe.close()
     # About 200 bytes a row: blocks of roughly batch_size rows.
+    # (One thread: the parser then knows each skipped row's line number.)
     reader = pcsv.open_csv(
         path,
-        read_options=pcsv.ReadOptions(block_size=max(1 << 20, batch_size * 200)),
+        parse_options=parse,
+        read_options=pcsv.ReadOptions(block_size=max(1 << 20, batch_size * 200), use_threads=False),
         convert_options=pcsv.ConvertOptions(
             column_types={c: types[c] for c in include},
             include_columns=include,
