@@ -325,6 +325,23 @@ def _run_replay(
                 store.close()
 
 
+def _writable_dir(value: Path | None) -> Path | None:
+    """An ``--out`` directory that exists (made if missing) and can be written to."""
+    import os
+
+    if value is None:
+        return value
+    if value.exists() and not value.is_dir():
+        raise typer.BadParameter(f"{str(value)!r} is a file, not a directory")
+    try:
+        value.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot create {str(value)!r} ({exc.strerror})") from None
+    if not os.access(value, os.W_OK):
+        raise typer.BadParameter(f"{str(value)!r} is not writable")
+    return value
+
+
 _MAPPING_HELP = 'TOML file with a [columns] table: application field = "your column"'
 
 
@@ -334,7 +351,9 @@ def replay(
     traffic: Path = typer.Option(
         ..., "--traffic", "-t", help="traffic file (.parquet / .csv / .jsonl)"
     ),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="output directory"),
+    out_dir: Path = typer.Option(
+        ..., "--out", "-o", help="output directory", callback=_writable_dir
+    ),
     batch_size: int = typer.Option(131_072, "--batch-size", min=1),
     store: str = typer.Option(
         "memory://",
@@ -409,7 +428,9 @@ def compare(
     champion: Path = typer.Option(..., "--champion", "-a", help="champion strategy TOML"),
     challenger: Path = typer.Option(..., "--challenger", "-b", help="challenger strategy TOML"),
     traffic: Path = typer.Option(..., "--traffic", "-t", help="traffic file"),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="output directory"),
+    out_dir: Path = typer.Option(
+        ..., "--out", "-o", help="output directory", callback=_writable_dir
+    ),
     mapping: Path | None = typer.Option(None, "--mapping", help=_MAPPING_HELP),
 ) -> None:
     """Champion vs challenger on the same traffic: the 4×4 swap sets and the net change."""
@@ -438,7 +459,8 @@ def compare(
     nc = m["net_change"]
     out.print(
         f"net change: profit {_yuan(nc['profit'])} yuan, referral revenue "
-        f"{_yuan(nc['referral_revenue'])} yuan, keep rate {nc['keep_rate']:+.2%}"
+        f"{_yuan(nc['referral_revenue'])} yuan, keep rate "
+        f"{nc['keep_rate'] * 100:+.2f} percentage points"
     )
     report = write_compare_report(m, r.champion.summary, r.challenger.summary, out_dir)
     out.print(f"report: {report}\ncomparison: {r.path}")
@@ -449,7 +471,9 @@ def tune(
     strategy: Path = typer.Option(..., "--strategy", "-s", help="base strategy TOML"),
     traffic: Path = typer.Option(..., "--traffic", "-t", help="traffic file"),
     grid: Path = typer.Option(..., "--grid", "-g", help="TOML file with a [grid] table"),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="output directory"),
+    out_dir: Path = typer.Option(
+        ..., "--out", "-o", help="output directory", callback=_writable_dir
+    ),
     max_bad_rate: float | None = typer.Option(
         None, "--max-bad-rate", help="constraint: expected bad rate of kept loans"
     ),
@@ -510,7 +534,7 @@ def tune(
 @app.command()
 def demo(
     rows: int = typer.Option(200_000, "--rows", help="applications in the demo day"),
-    out_dir: Path = typer.Option(Path("out/demo"), "--out"),
+    out_dir: Path = typer.Option(Path("out/demo"), "--out", callback=_writable_dir),
     strategy: Path | None = typer.Option(None, "--strategy", help="default: configs/strategy.toml"),
     seed: int = typer.Option(7, "--seed"),
 ) -> None:

@@ -72,6 +72,10 @@ CASES = [
      ["error:", "line 1", "received_at"]),
     ("missing column", ["replay", "-s", STRATEGY, "-t", "{ab_csv}", "-o", "{tmp}/o"],
      ["error:", "missing column", "the file has: a, b"]),
+    ("out is a file", ["replay", "-s", STRATEGY, "-t", "{empty_csv}", "-o", "{bad_toml}"],
+     ["--out", "is a file, not a directory"]),
+    ("unknown traffic format", ["replay", "-s", STRATEGY, "-t", "{bad_toml}", "-o", "{tmp}/o"],
+     ["error:", "unsupported traffic format"]),
     ("bill bad period", ["bill", "--db", "{tmp}/b.db", "-p", "x", "--period", "2026-13", "-s",
                          STRATEGY], ["error:", "YYYY-MM"]),
 ]  # fmt: skip

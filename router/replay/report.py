@@ -101,7 +101,8 @@ def chart_pd_by_outcome(summary: dict[str, Any], path: Path) -> str:
     ax.set_xlabel("PD (primary scorer)")
     ax.set_ylabel("share of applications")
     ax.set_title("PD distribution by outcome")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # (no applications: nothing to label)
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 
@@ -316,7 +317,7 @@ def write_compare_report(
                 ["expected profit: keep + branch (yuan)", _yuan(nc["profit"])],
                 ["expected referral revenue (yuan)", _yuan(nc["referral_revenue"])],
                 ["total (yuan)", _yuan(nc["total"])],
-                ["keep rate", f"{nc['keep_rate']:+.2%}"],
+                ["keep rate (percentage points)", f"{nc['keep_rate'] * 100:+.2f}"],
                 ["applications that change outcome", f"{cmp['swapped']:,}"],
             ],
         )
@@ -367,7 +368,7 @@ def write_tune_report(
     cands = result["candidates"]
     parts = [
         f"<p>{len(cands)} candidates · {sum(c['frontier'] for c in cands)} on the frontier · "
-        f"constraints: {html.escape(str(result['constraints']))}</p>",
+        f"constraints: {html.escape(_constraints(result['constraints']))}</p>",
         f"<img src='{chart_frontier(cands, out / 'charts' / 'frontier.png')}' alt='frontier'>",
     ]
     rows = [
@@ -395,3 +396,13 @@ def write_tune_report(
     path = out / "report.html"
     path.write_text(_page("Strategy tuning", parts))
     return path
+
+
+def _constraints(c: dict[str, Any]) -> str:
+    """The tune constraints in words (not a Python dict)."""
+    parts = []
+    if c.get("max_bad_rate") is not None:
+        parts.append(f"kept loans' expected bad rate at most {c['max_bad_rate']:.2%}")
+    if c.get("min_keep_rate") is not None:
+        parts.append(f"keep rate at least {c['min_keep_rate']:.2%}")
+    return "; ".join(parts) or "none"
