@@ -638,6 +638,18 @@ def _print_summary(s: dict) -> None:
         out.print(f"[yellow]{rej:,} rows rejected[/yellow] (see rejects.jsonl)")
 
 
+@app.command()
+def schema(
+    what: str = typer.Argument("strategy", help="strategy (JSON Schema) or reference (Markdown)"),
+) -> None:
+    """Print the strategy's JSON Schema (for editors) or its field reference."""
+    from router.core.strategy_docs import reference_text, schema_text
+
+    if what not in ("strategy", "reference"):
+        raise typer.BadParameter(f"strategy or reference (value: {what!r})", param_hint="WHAT")
+    sys.stdout.write(schema_text() if what == "strategy" else reference_text())
+
+
 def _mount_billing() -> None:
     from router.billing.commands import bill, ledger_app, postbacks_app, reconcile
 
