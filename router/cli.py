@@ -526,9 +526,25 @@ def tune(
     out.print(t)
     if r.best_strategy:
         out.print(f"best under the constraints: candidate {r.result['best']} -> {r.best_strategy}")
-    else:
-        out.print("[yellow]no candidate meets the constraints[/yellow]")
     out.print(f"report: {out_dir / 'report.html'}\nall candidates: {r.path}")
+    if not r.best_strategy:
+        # Say how close the candidates came, so the user knows which bound to move.
+        low_bad = min(c["metrics"]["bad_rate"] for c in cands) if cands else None
+        high_keep = max(c["metrics"]["keep_rate"] for c in cands) if cands else None
+        given = ", ".join(
+            f"{name} {v:g}"
+            for name, v in (("--max-bad-rate", max_bad_rate), ("--min-keep-rate", min_keep_rate))
+            if v is not None
+        )
+        print(
+            f"error: no candidate meets the constraints ({given}); the lowest bad rate seen "
+            f"was {low_bad:.2%} and the highest keep rate {high_keep:.2%} — no "
+            "best_strategy.toml written"
+            if cands
+            else "error: no candidates were run",
+            file=sys.stderr,
+        )
+        raise typer.Exit(3)
 
 
 @app.command()

@@ -137,3 +137,19 @@ def test_a_csv_row_with_extra_fields_is_rejected_and_the_run_goes_on(tmp_path):
     assert '"row":1' in rejects and "fields" in rejects and '"row":2' not in rejects
     everything = p.stdout + p.stderr + rejects
     assert SECRET not in everything
+
+
+def test_tune_with_constraints_no_candidate_meets_says_how_close_and_exits_3(tmp_path):
+    traffic = tmp_path / "t.parquet"
+    assert (
+        run("generate", "--rows", "20000", "--per-day", "20000", "--out", str(traffic)).returncode
+        == 0
+    )
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[grid]\n"primary.max_pd" = [0.04, 0.06]\n')
+    p = run("tune", "-s", STRATEGY, "-t", str(traffic), "--grid", str(grid), "--out",
+            str(tmp_path / "tune"), "--min-keep-rate", "0.99", "--workers", "1")  # fmt: skip
+    assert p.returncode == 3, p.stderr
+    assert "no candidate meets the constraints (--min-keep-rate 0.99)" in p.stderr
+    assert "highest keep rate" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "tune" / "best_strategy.toml").exists()
