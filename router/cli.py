@@ -577,13 +577,9 @@ def _yuan(minor: int) -> str:
     return f"{minor / 100:,.0f}"
 
 
-def _ran_out(quota: dict, name: str) -> list[str]:
-    """Local times a bucket's day cap ran out, one per day."""
-    day = quota.get(name, {}).get("day", {})
-    return [w["ran_out_at"] for w in day.get("by_window", []) if w["ran_out_at"]]
-
-
 def _print_summary(s: dict) -> None:
+    from router.replay.report import ran_out_text
+
     n = s["applications"]
     t = Table(title=f"{n:,} applications, strategy {s['strategy_version']}")
     t.add_column("outcome")
@@ -604,34 +600,22 @@ def _print_summary(s: dict) -> None:
             c, justify="left" if c in ("partner", "day cap out") else "right", no_wrap=True
         )
     for pid, v in s["partners"].items():
-        days = _ran_out(s["quota"], pid)
-        ran = ", ".join(t.split("T")[1][:5] for t in days)
-        if len(days) > 1:  # several days: first and last only, with dates
-            ran = (
-                f"{days[0][:16].replace('T', ' ')} … {days[-1][:16].replace('T', ' ')} "
-                f"({len(days)} days)"
-            )
         p.add_row(
             pid,
             f"{v['referred']:,}",
             _yuan(v["amount"]),
             _yuan(v["expected_fee"]),
             _yuan(v["expected_rev_share"]),
-            ran or "-",
+            ran_out_text(s["quota"], pid),
         )
     out.print(p)
-    budgets = []
-    for name in ("keep", "branch"):
-        days = _ran_out(s["quota"], name)
-        budgets.append(
-            f"{name} "
-            + (
-                ", ".join(t.split("T")[1][:5] for t in days[:3]) + (" …" if len(days) > 3 else "")
-                if days
-                else "not exhausted"
-            )
-        )
-    out.print("funder's daily budgets ran out: " + "; ".join(budgets))
+    budgets = [
+        f"{name} {ran_out_text(s['quota'], name)}"
+        for name in ("keep", "branch")
+        if "day" in s["quota"].get(name, {})
+    ]
+    if budgets:
+        out.print("funder's daily budgets ran out: " + "; ".join(budgets))
     b = s["expected_profit"]
     line = (
         f"expected profit {_yuan(b['total'])} yuan = keep {_yuan(b['keep'])} + "

@@ -1,6 +1,7 @@
 import msgspec
 import pyarrow.parquet as pq
 import pytest
+from tests_helpers import small_caps_strategy
 
 from router.core.config import load_strategy
 from router.core.messages import decode_application
@@ -89,7 +90,7 @@ def test_daily_cap_exhaustion_reported(tmp_path, traffic):
     that ran out is used up to its count, and nothing of that kind is granted after it."""
     from datetime import datetime
 
-    s = _small_caps_strategy()
+    s = small_caps_strategy()
     r = replay(s, traffic[0], tmp_path)
     quota = r.summary["quota"]
     rows = pq.read_table(r.decisions_path).to_pylist()
@@ -129,7 +130,7 @@ def test_known_refusal_shortcut_changes_nothing(tmp_path, traffic, monkeypatch, 
     """Skipping the store for caps known to refuse gives exactly the store's answers."""
     from router.decide.allocate import Allocator
 
-    s = _small_caps_strategy(method)
+    s = small_caps_strategy(method)
     fast = replay(s, traffic[0], tmp_path / "fast")
     refused = sum(sum(p.values()) for p in fast.summary["cap_refusals"].values())
     assert refused > 1000  # the shortcut really was exercised
@@ -138,22 +139,3 @@ def test_known_refusal_shortcut_changes_nothing(tmp_path, traffic, monkeypatch, 
     slow = replay(s, traffic[0], tmp_path / "slow")
     assert fast.decisions_path.read_bytes() == slow.decisions_path.read_bytes()
     assert fast.summary_path.read_bytes() == slow.summary_path.read_bytes()
-
-
-def _small_caps_strategy(method="best_value"):
-    """The example strategy with every cap divided by 10 (20k rows then hit them)."""
-    import msgspec
-
-    from router.core.config import strategy_from_dict
-
-    raw = msgspec.toml.decode(open("configs/strategy.toml", "rb").read())
-    raw["partners"] = msgspec.toml.decode(open("configs/partners.toml", "rb").read())["partners"]
-    raw.pop("partner_book")
-    raw["base_dir"] = "configs"
-    raw["routing"]["method"] = method
-    for holder in [raw["primary"], raw["branch"], *raw["partners"]]:
-        for cap in holder.get("caps", []):
-            for k in ("count", "amount"):
-                if k in cap:
-                    cap[k] //= 10
-    return strategy_from_dict(raw)

@@ -99,3 +99,20 @@ def tight_strategy(method: str, caps_scale: int = 1):
     if d.get("branch"):
         d["branch"]["caps"] = [{"window": "day", "count": 5 * caps_scale}]
     return strategy_from_dict(d)
+
+
+def small_caps_strategy(method="best_value"):
+    """The example strategy with every cap divided by 10 (20k rows then hit them)."""
+    import msgspec
+
+    raw = msgspec.toml.decode(open("configs/strategy.toml", "rb").read())
+    raw["partners"] = msgspec.toml.decode(open("configs/partners.toml", "rb").read())["partners"]
+    raw.pop("partner_book")
+    raw["base_dir"] = "configs"
+    raw["routing"]["method"] = method
+    for holder in [raw["primary"], raw["branch"], *raw["partners"]]:
+        for cap in holder.get("caps", []):
+            for k in ("count", "amount"):
+                if k in cap:
+                    cap[k] //= 10
+    return strategy_from_dict(raw)

@@ -4,33 +4,35 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-CODES: tuple[str, ...] = (
-    "FRAUD_FLAG",  # global: declined outright
-    "AGE_OUT_OF_RANGE",  # global: outside the legal / policy age range
-    "REGION_UNLICENSED",  # funder rule: no keep / branch
-    "SEVERE_DELINQUENCY",  # funder rule
-    "MULTI_LENDING",  # funder rule: too many inquiries or open loans
-    "HIGH_DEBT_BURDEN",  # funder rule
-    "KEEP_FILTER",  # primary policy's eligibility filters
-    "KEEP_PD_ABOVE_CUTOFF",
-    "KEEP_NOT_COVERED",  # achievable APR cannot pay costs + loss + margin
-    "KEEP_LOW_PROFIT",
-    "KEEP_BUDGET_EXHAUSTED",
-    "BRANCH_FILTER",
-    "BRANCH_PD_ABOVE_CUTOFF",
-    "BRANCH_NOT_COVERED",
-    "BRANCH_LOW_PROFIT",
-    "BRANCH_BUDGET_EXHAUSTED",
-    "NO_CONSENT",
-    "CHANNEL_NO_REFERRAL",
-    "PARTNER_EMPLOYEE",  # excluded from the partner that employs the applicant
-    "NO_ELIGIBLE_PARTNER",
-    "LOW_REFERRAL_VALUE",
-    "PARTNER_DEDUPE",  # the eligible partners saw this applicant recently
-    "PARTNER_QUOTA_EXHAUSTED",
-    "STORE_UNAVAILABLE",  # degraded: the quota store failed or missed its deadline
-    "LATE_EVENT",  # older than the store's newest event by more than LATE_MS
-)
+#: Every reason code, in bit order, with one sentence a strategist reads in the report.
+MEANING: dict[str, str] = {
+    "FRAUD_FLAG": "flagged for fraud: declined outright",
+    "AGE_OUT_OF_RANGE": "outside the legal or policy age range",
+    "REGION_UNLICENSED": "region where the funder holds no licence: no keep or branch",
+    "SEVERE_DELINQUENCY": "severe delinquency on record (funder rule)",
+    "MULTI_LENDING": "too many recent inquiries or open loans (funder rule)",
+    "HIGH_DEBT_BURDEN": "debt burden too high (funder rule)",
+    "KEEP_FILTER": "fails the primary policy's eligibility filters",
+    "KEEP_PD_ABOVE_CUTOFF": "PD above the primary policy's cutoff",
+    "KEEP_NOT_COVERED": "the achievable APR cannot pay funding cost, loss and margin (keep)",
+    "KEEP_LOW_PROFIT": "expected profit below the primary policy's minimum",
+    "KEEP_BUDGET_EXHAUSTED": "the funder's keep budget had run out",
+    "BRANCH_FILTER": "fails the branch policy's eligibility filters",
+    "BRANCH_PD_ABOVE_CUTOFF": "PD above the branch policy's cutoff",
+    "BRANCH_NOT_COVERED": "the achievable APR cannot pay funding cost, loss and margin (branch)",
+    "BRANCH_LOW_PROFIT": "expected profit below the branch policy's minimum",
+    "BRANCH_BUDGET_EXHAUSTED": "the funder's branch budget had run out",
+    "NO_CONSENT": "no consent to share the application with a partner",
+    "CHANNEL_NO_REFERRAL": "consent given, but the channel's consent covers no partner",
+    "PARTNER_EMPLOYEE": "excluded from the partner that employs the applicant",
+    "NO_ELIGIBLE_PARTNER": "no partner's criteria admit the application",
+    "LOW_REFERRAL_VALUE": "the best referral is worth less than the strategy's minimum",
+    "PARTNER_DEDUPE": "the eligible partners saw this applicant recently",
+    "PARTNER_QUOTA_EXHAUSTED": "every eligible partner's quota had run out",
+    "STORE_UNAVAILABLE": "degraded: the quota store failed or missed its deadline",
+    "LATE_EVENT": "older than the store's newest event by more than the late limit",
+}
+CODES: tuple[str, ...] = tuple(MEANING)
 BIT: dict[str, int] = {c: 1 << i for i, c in enumerate(CODES)}
 
 

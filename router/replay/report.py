@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 
+from router.core.reasons import MEANING
 from router.decide.outcomes import LABELS
 
 COLORS = {"keep": "#2e7d32", "branch": "#0277bd", "refer": "#f9a825", "decline": "#9e9e9e"}
@@ -60,26 +61,54 @@ def chart_quota_use(summary: dict[str, Any], path: Path) -> str | None:
     day = max(sorted(totals), key=lambda d: totals[d])
     fig, ax = plt.subplots(figsize=(9, 4))
     cmap = plt.get_cmap("tab10")
-    for k, (pid, days) in enumerate(sorted(timeline.items())):
+    colors: dict[str, Any] = {pid: cmap(k % 10) for k, pid in enumerate(sorted(timeline))}
+    for pid, days in sorted(timeline.items()):
         counts = np.array(days.get(day, [0] * 24))
-        color = cmap(k % 10)
-        ax.step(
-            np.arange(25),
-            np.concatenate([[0], np.cumsum(counts)]),
-            where="post",
-            color=color,
-            label=pid,
+        # Referrals before each hour boundary, joined by straight lines (hourly counts
+        # only: within an hour the line is an interpolation).
+        ax.plot(
+            np.arange(25), np.concatenate([[0], np.cumsum(counts)]), color=colors[pid], label=pid
         )
-        cap = summary["quota"].get(pid, {}).get("day", {}).get("cap_count")
-        if cap:
-            ax.axhline(cap, color=color, linestyle="--", linewidth=0.9)
+        # Where the day cap ran out, by count or by amount (an amount cap stops a partner
+        # below its dashed count line).
+        for w in summary["quota"].get(pid, {}).get("day", {}).get("by_window", []):
+            if w["window"] == day and w["ran_out_at"]:
+                hh, mm = (int(x) for x in w["ran_out_at"].split("T")[1][:5].split(":"))
+                at = counts[:hh].sum() + counts[hh] * mm / 60
+                ax.plot(hh + mm / 60, at, "x", color=colors[pid], ms=8, mew=2)
+    for cap, pids in cap_labels(summary, sorted(timeline)):
+        # Equal caps share one line and one label naming every partner (one line drawn
+        # over another used to hide a partner's cap); a single cap takes its partner's colour.
+        color = colors[pids[0]] if len(pids) == 1 else "#555555"
+        ax.axhline(cap, color=color, linestyle="--", linewidth=0.9)
+        ax.annotate(
+            f"{', '.join(pids)}: {cap:,}",
+            (24, cap),
+            xytext=(-4, 2),
+            textcoords="offset points",
+            ha="right",
+            va="bottom",
+            fontsize=7,
+            color=color,
+        )
     ax.set_xlim(0, 24)
     ax.set_xticks(range(0, 25, 2))
     ax.set_xlabel(f"hour of {day} (partner's time zone)")
     ax.set_ylabel("referrals so far")
-    ax.set_title("Cumulative quota use per partner (dashed: day cap)")
+    ax.set_title("Cumulative quota use per partner (dashed: day count cap; ×: day cap ran out)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
+
+
+def cap_labels(summary: dict[str, Any], pids: list[str]) -> list[tuple[int, list[str]]]:
+    """The day-cap lines to draw: each distinct count cap once, with every partner that has
+    it, lowest first."""
+    by_cap: dict[int, list[str]] = {}
+    for pid in pids:
+        cap = summary["quota"].get(pid, {}).get("day", {}).get("cap_count")
+        if cap:
+            by_cap.setdefault(cap, []).append(pid)
+    return sorted((cap, sorted(names)) for cap, names in by_cap.items())
 
 
 def chart_pd_by_outcome(summary: dict[str, Any], path: Path) -> str:
@@ -176,7 +205,7 @@ def chart_frontier(candidates: list[dict[str, Any]], path: Path) -> str:
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;
-text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}td.l{text-align:left}
+text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}td.l,th.l{text-align:left}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}h1{font-size:1.5em}.muted{color:#777}"""
 
 
@@ -188,10 +217,13 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{x:.2%}"
 
 
-def _table(head: list[str], rows: list[list[Any]]) -> str:
-    h = "".join(f"<th>{html.escape(str(c))}</th>" for c in head)
+def _table(head: list[str], rows: list[list[Any]], text: tuple[str, ...] = ()) -> str:
+    """An HTML table; columns named in ``text`` are words (left-aligned), the rest figures."""
+    h = "".join(f"<th{' class=l' if c in text else ''}>{html.escape(str(c))}</th>" for c in head)
+    cls = ["<td class=l>" if c in text else "<td>" for c in head]
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows
+        "<tr>" + "".join(f"{cls[i]}{html.escape(str(c))}</td>" for i, c in enumerate(r)) + "</tr>"
+        for r in rows
     )
     return f"<table><tr>{h}</tr>{body}</table>"
 
@@ -249,36 +281,10 @@ def replay_sections(summary: dict[str, Any], out: Path, prefix: str = "") -> lis
             ],
         )
     )
-    rows = []
-    for pid, p in summary["partners"].items():
-        day = summary["quota"].get(pid, {}).get("day", {})
-        rows.append(
-            [
-                pid,
-                f"{p['referred']:,}",
-                _yuan(p["expected_fee"]),
-                _yuan(p["expected_rev_share"]),
-                _yuan(p["realised_fee"]),
-                _yuan(p["realised_rev_share"]),
-                _pct(day.get("max_utilisation")) if day else "–",
-                day.get("windows_ran_out", "–") if day else "–",
-            ]
-        )
-    parts.append(
-        _table(
-            [
-                "partner",
-                "referred",
-                "exp. fees",
-                "exp. rev-share",
-                "real. fees",
-                "real. rev-share",
-                "max day-cap use",
-                "days cap ran out",
-            ],
-            rows,
-        )
-    )
+    parts.append("<h2>Partners</h2>" + _partner_table(summary))
+    parts.append("<h2>Funder's budgets</h2>" + _budget_table(summary))
+    parts.append("<h2>By channel</h2>" + _channel_table(summary))
+    parts.append("<h2>Reason codes</h2>" + _reason_table(summary))
     charts = out / "charts"
     imgs = [
         chart_split_by_hour(summary, charts / f"{prefix}split_by_hour.png"),
@@ -287,6 +293,143 @@ def replay_sections(summary: dict[str, Any], out: Path, prefix: str = "") -> lis
     ]
     parts += [f"<img src='{src}' alt='{src}'>" for src in imgs if src]
     return parts
+
+
+def ran_out_text(quota: dict[str, Any], name: str, window: str = "day") -> str:
+    """When a bucket's cap of one window kind ran out, in the window's local time: the
+    clock time for a single day, else the first and last with dates; "not reached" when
+    it never ran out and "–" when there is no such cap."""
+    cap = quota.get(name, {}).get(window)
+    if not cap:
+        return "–"
+    times = [w["ran_out_at"] for w in cap.get("by_window", []) if w["ran_out_at"]]
+    if not times:
+        return "not reached"
+    if window == "day" and len(times) == 1:
+        return times[0].split("T")[1][:5]
+    first, last = (t[:16].replace("T", " ") for t in (times[0], times[-1]))
+    return first if len(times) == 1 else f"{first} … {last} ({len(times)} {window}s)"
+
+
+def _cap_text(cap: dict[str, Any] | None) -> str:
+    if not cap:
+        return "–"
+    parts = []
+    if cap.get("cap_count"):
+        parts.append(f"{cap['cap_count']:,}")
+    if cap.get("cap_amount"):
+        parts.append(f"{_yuan(cap['cap_amount'])} yuan")
+    return " and ".join(parts) or "–"
+
+
+def _partner_table(summary: dict[str, Any]) -> str:
+    money, caps_rows = [], []
+    for pid, p in summary["partners"].items():
+        caps = summary["quota"].get(pid, {})
+        day, hour = caps.get("day"), caps.get("hour")
+        refused = summary.get("cap_refusals", {}).get(pid, {})
+        money.append(
+            [
+                pid,
+                f"{p['referred']:,}",
+                _yuan(p["amount"]),
+                _yuan(p["expected_fee"]),
+                _yuan(p["expected_rev_share"]),
+                _yuan(p["realised_fee"]),
+                _yuan(p["realised_rev_share"]),
+            ]
+        )
+        caps_rows.append(
+            [
+                pid,
+                _cap_text(day),
+                _pct(day["max_utilisation"]) if day else "–",
+                ran_out_text(summary["quota"], pid, "day"),
+                _cap_text(hour),
+                f"{hour['windows_ran_out']} of {hour['windows_used']}" if hour else "–",
+                _cap_text(caps.get("month")),
+                f"{sum(refused.values()):,}",
+            ]
+        )
+    head = ["partner", "referred", "amount", "exp. fees", "exp. rev-share"]
+    return (
+        _table([*head, "real. fees", "real. rev-share"], money)
+        + "<p class='muted'>Amounts, fees and revenue share in yuan; expected from the "
+        "strategy's terms, realised from the partners' results in the traffic.</p>"
+        + _table(
+            [
+                "partner",
+                "day cap",
+                "max day-cap use",
+                "day cap ran out",
+                "hour cap",
+                "hours ran out",
+                "month cap",
+                "refused at a cap",
+            ],
+            caps_rows,
+        )
+        + "<p class='muted'>Caps are referral counts and amounts in yuan; times are the "
+        "partner's local time. “refused at a cap” counts applications this partner would "
+        "have taken but for a full cap (each may have gone to another partner).</p>"
+    )
+
+
+def _budget_table(summary: dict[str, Any]) -> str:
+    rows = []
+    for name in ("keep", "branch"):
+        for window, cap in summary["quota"].get(name, {}).items():
+            refused = summary.get("cap_refusals", {}).get(name, {}).get(window, 0)
+            rows.append(
+                [
+                    name,
+                    window,
+                    f"{cap['cap_count']:,}" if cap["cap_count"] else "–",
+                    _yuan(cap["cap_amount"]) if cap["cap_amount"] else "–",
+                    _pct(cap["max_utilisation"]),
+                    ran_out_text(summary["quota"], name, window),
+                    f"{refused:,}",
+                ]
+            )
+    if not rows:
+        return "<p class='muted'>The strategy sets no budgets for the funder.</p>"
+    return _table(
+        [
+            "funder's budget",
+            "window",
+            "cap (count)",
+            "cap (yuan)",
+            "max use",
+            "ran out",
+            "refused at the cap",
+        ],
+        rows,
+        ("window",),
+    )
+
+
+def _channel_table(summary: dict[str, Any]) -> str:
+    rows = []
+    for ch, counts in sorted(summary["by_channel"].items()):
+        n = sum(counts.values())
+        rows.append(
+            [ch, f"{n:,}", *(f"{counts.get(k, 0):,}" for k in LABELS)]
+            + [_pct(counts.get("keep", 0) / n if n else None)]
+        )
+    return _table(["channel", "applications", *LABELS, "keep rate"], rows)
+
+
+def _reason_table(summary: dict[str, Any]) -> str:
+    n = summary["applications"]
+    rows = [
+        [code, f"{count:,}", _pct(count / n if n else None), MEANING.get(code, "")]
+        for code, count in summary["reason_counts"].items()
+        if count
+    ]
+    return _table(["reason code", "applications", "share", "meaning"], rows, ("meaning",)) + (
+        "<p class='muted'>An application carries every reason that removed an option, so "
+        "the counts add up to more than the applications.</p>"
+    )
 
 
 def write_replay_report(summary: dict[str, Any], out: Path) -> Path:

@@ -41,22 +41,36 @@ from router.replay.metrics import Metrics
 from router.store import QuotaStore
 from router.store.array import ArrayQuotaStore
 
-DECISIONS_SCHEMA = pa.schema(
-    [
-        ("application_id", pa.string()),
-        ("received_at", pa.timestamp("ms", tz="UTC")),
-        ("channel", pa.string()),
-        ("requested_amount", pa.int64()),
-        ("outcome", pa.string()),
-        ("partner", pa.string()),
-        ("pd", pa.float64()),
-        ("apr", pa.float64()),
-        ("expected_value", pa.int64()),
-        ("reasons", pa.string()),
-        ("degraded", pa.bool_()),
-        ("defaulted", pa.bool_()),
+
+def decisions_schema(timezone: str = "UTC") -> pa.Schema:
+    """The columns of ``decisions.parquet``; ``received_at`` is shown in ``timezone`` (the
+    strategy's, in which its day and hour windows are counted)."""
+    fields = [
+        pa.field(
+            "received_at",
+            pa.timestamp("ms", tz=timezone),
+            metadata={
+                "description": f"when the application arrived, shown in the strategy's time "
+                f"zone {timezone}; the input's own UTC offset is not kept"
+            },
+        )
     ]
-)
+    return pa.schema(
+        [
+            ("application_id", pa.string()),
+            *fields,
+            ("channel", pa.string()),
+            ("requested_amount", pa.int64()),
+            ("outcome", pa.string()),
+            ("partner", pa.string()),
+            ("pd", pa.float64()),
+            ("apr", pa.float64()),
+            ("expected_value", pa.int64()),
+            ("reasons", pa.string()),
+            ("degraded", pa.bool_()),
+            ("defaulted", pa.bool_()),
+        ]
+    )
 
 
 @dataclass
@@ -245,9 +259,8 @@ def replay(
     t0 = time.perf_counter()
     decisions_path = out / "decisions.parquet" if write_decisions else None
     tmp = out / "decisions.parquet.tmp"
-    writer = (
-        pq.ParquetWriter(tmp, DECISIONS_SCHEMA, compression="zstd") if write_decisions else None
-    )
+    schema = decisions_schema(strategy.timezone)
+    writer = pq.ParquetWriter(tmp, schema, compression="zstd") if write_decisions else None
     with open(rejects_path, "wb") as rej:
 
         def on_rejects(items: list[Reject]) -> None:
@@ -278,7 +291,7 @@ def replay(
                 outcomes = router.decide_columns(cols)
                 metrics.add(outcomes, cols, batch.outcomes)
                 if writer is not None:
-                    writer.write_batch(_decision_batch(outcomes, cols, batch.outcomes))
+                    writer.write_batch(_decision_batch(outcomes, cols, batch.outcomes, schema))
                 rows_read += len(cols)
                 if sink is not None:
                     sink.flush()
@@ -368,13 +381,13 @@ def _in_time_order(batch: TrafficBatch) -> TrafficBatch:
 
 
 def _decision_batch(
-    out: Outcomes, cols: AppColumns, outcomes: dict[str, np.ndarray]
+    out: Outcomes, cols: AppColumns, outcomes: dict[str, np.ndarray], schema: pa.Schema
 ) -> pa.RecordBatch:
     d = outcomes.get("defaulted")
     return pa.RecordBatch.from_arrays(
         [
             pa.array(cols.application_id, pa.string()),
-            pa.array(cols.event_ms, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+            pa.array(cols.event_ms, pa.int64()).cast(schema.field("received_at").type),
             pa.array(cols.channel, pa.string()),
             pa.array(cols.requested_amount, pa.int64()),
             pa.array(np.take(np.array(LABELS), out.kind), pa.string()),
@@ -388,5 +401,5 @@ def _decision_batch(
             if d is not None
             else pa.nulls(len(cols), pa.bool_()),
         ],
-        schema=DECISIONS_SCHEMA,
+        schema=schema,
     )
