@@ -212,8 +212,16 @@ def _decide_inputs(application: str) -> tuple[str, list[tuple[str, object]]]:
         if not isinstance(arr, list):
             raise RouterError(f"{source}: not a JSON array")
         return source, [(f"item {k}", obj) for k, obj in enumerate(arr, 1)]
-    lines = data.splitlines()
-    return source, [(f"line {k}", ln) for k, ln in enumerate(lines, 1) if ln.strip()]
+    lines = [(k, ln) for k, ln in enumerate(data.splitlines(), 1) if ln.strip()]
+    if len(lines) > 1 and data.lstrip().startswith(b"{"):
+        # One object written over several lines (indented by hand) rather than JSON Lines.
+        try:
+            obj = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            pass  # not one value: JSON Lines, each line judged on its own below
+        else:
+            return source, [(f"the object at line {lines[0][0]}", obj)]
+    return source, [(f"line {k}", ln) for k, ln in lines]
 
 
 def _application_of(item: object):
@@ -413,13 +421,11 @@ def replay(
             f"({b['already_billed']:,} were there already); statements: referral-router bill",
             markup=False,
         )
-    degraded = result.summary.get("degraded", 0)
-    if degraded:
-        err.print(
-            f"warning: {degraded:,} applications were decided degraded (the quota store "
-            "was unreachable): these results are not the strategy's",
-            markup=False,
-        )
+    from router.replay.report import warnings
+
+    for w in warnings(result.summary):
+        err.print(f"warning: {w}", markup=False)
+    if result.summary.get("degraded", 0):
         raise typer.Exit(3)
 
 

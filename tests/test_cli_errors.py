@@ -153,3 +153,16 @@ def test_tune_with_constraints_no_candidate_meets_says_how_close_and_exits_3(tmp
     assert "no candidate meets the constraints (--min-keep-rate 0.99)" in p.stderr
     assert "highest keep rate" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "tune" / "best_strategy.toml").exists()
+
+
+def test_decide_takes_a_pretty_printed_json_object(tmp_path):
+    """A file holding one indented JSON object (as a user writes one by hand, and as
+    examples/application.json is) is one application, not twenty broken lines."""
+    p = run("decide", "-s", STRATEGY, str(ROOT / "examples" / "application.json"))
+    assert p.returncode == 0, p.stderr
+    assert len(p.stdout.splitlines()) == 1 and '"outcome":"refer"' in p.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text('{\n  "application_id": "x",\n  "age": "old"\n}\n')
+    p = run("decide", "-s", STRATEGY, str(bad))
+    assert p.returncode == 2 and p.stderr.count("error:") == 2, p.stderr
+    assert "received_at" in p.stderr or "age" in p.stderr

@@ -108,3 +108,31 @@ def test_compare_and_tune_commands(tmp_path):
         ],
     )
     assert bad.exit_code == 2 and "primary.no_such" in bad.output
+
+
+def test_replay_behind_the_stores_newest_event_says_so(tmp_path, redis_server):
+    """Replaying October into a prefix that already holds November: every row is older than
+    the store's newest event by more than the late limit and is declined LATE_EVENT. The run
+    must say so loudly (console and report), not print a quiet 100 % decline."""
+    import uuid
+
+    url = f"redis://{redis_server.host}:{redis_server.port}/0?prefix=t{uuid.uuid4().hex[:6]}:"
+    nov = write_traffic(tmp_path / "nov.parquet", 500, seed=9, per_day=500)
+    oct_ = write_traffic(tmp_path / "oct.parquet", 500, seed=10, per_day=500, start="2026-10-01")
+    runner = CliRunner()
+    for name, traffic in (("nov", nov), ("oct", oct_)):
+        r = runner.invoke(
+            app,
+            ["replay", "-s", "configs/strategy.toml", "-t", str(traffic), "-o",
+             str(tmp_path / name), "--store", url, "--allow-demo-key"],
+        )  # fmt: skip
+        assert r.exit_code == 0, r.output
+    assert "late" not in json.dumps(json.loads((tmp_path / "nov" / "summary.json").read_text())[
+        "reason_counts"]).lower()  # fmt: skip
+    late = json.loads((tmp_path / "oct" / "summary.json").read_text())["reason_counts"][
+        "LATE_EVENT"
+    ]
+    assert late > 400  # (the rest declined before the store was asked)
+    said = f"{late:,} applications were declined as late events"
+    assert said in " ".join(r.output.split())
+    assert said in (tmp_path / "oct" / "report.html").read_text()

@@ -241,6 +241,9 @@ def replay_sections(summary: dict[str, Any], out: Path, prefix: str = "") -> lis
     """Tables and charts of one replay (charts written under ``out/charts``)."""
     n = summary["applications"]
     parts = [
+        f"<p style='color:#b00;font-weight:bold'>{html.escape(w)}.</p>" for w in warnings(summary)
+    ]
+    parts += [
         f"<p class='muted'>strategy {html.escape(summary['strategy_version'])} · "
         f"{n:,} applications ({summary['traffic']['rows_rejected']:,} rows rejected) · "
         f"input {(summary['traffic']['sha256'] or 'generated')[:12]} · strategy "
@@ -432,18 +435,31 @@ def _reason_table(summary: dict[str, Any]) -> str:
     )
 
 
+def warnings(summary: dict[str, Any]) -> list[str]:
+    """What makes a run's results not the strategy's own: applications decided degraded,
+    or declined as late because the store already held much newer events."""
+    out = []
+    if summary.get("degraded"):
+        out.append(
+            f"{summary['degraded']:,} applications were decided degraded (the quota store "
+            "was unreachable): these results are not the strategy's"
+        )
+    late = summary.get("reason_counts", {}).get("LATE_EVENT", 0)
+    if late:
+        from router.store.base import LATE_MS
+
+        out.append(
+            f"{late:,} applications were declined as late events: the quota store already "
+            f"held events more than {LATE_MS / 3_600_000:g} h newer than theirs (replay "
+            "into a fresh prefix, or one whose history ends before this traffic begins)"
+        )
+    return out
+
+
 def write_replay_report(summary: dict[str, Any], out: Path) -> Path:
     """``out/report.html`` for one replay."""
     path = out / "report.html"
     parts = replay_sections(summary, out)
-    if summary.get("degraded"):
-        n = summary["degraded"]
-        parts.insert(
-            0,
-            f"<p style='color:#b00;font-weight:bold'>{n:,} applications were "
-            "decided degraded (the quota store was unreachable): these results "
-            "are not the strategy's.</p>",
-        )
     path.write_text(_page(f"Replay — {summary['strategy_version']}", parts))
     return path
 
