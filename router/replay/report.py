@@ -486,7 +486,7 @@ def write_compare_report(
         if c["count"]:
             rows.append(
                 [
-                    key,
+                    key.replace("->", " → "),
                     f"{c['count']:,}",
                     _yuan(c["amount"]),
                     _yuan(c["value_champion"]),
@@ -530,24 +530,30 @@ def write_tune_report(
         f"constraints: {html.escape(_constraints(result['constraints']))}</p>",
         f"<img src='{chart_frontier(cands, out / 'charts' / 'frontier.png')}' alt='frontier'>",
     ]
+    front = [c for c in cands if c["frontier"]]
+    names = list(dict.fromkeys(k for c in front for k in c["params"]))
     rows = [
         [
             str(c["id"]),
-            html.escape(", ".join(f"{k}={v}" for k, v in c["params"].items())),
+            *(str(c["params"].get(k, "–")) for k in names),
             _yuan(c["metrics"]["value"]),
             _pct(c["metrics"]["bad_rate"]),
             _pct(c["metrics"]["keep_rate"]),
-            "yes" if c["frontier"] else "",
             "★" if c.get("best") else "",
         ]
-        for c in cands
-        if c["frontier"]
+        for c in front
     ]
     parts.append(
         "<h2>Frontier</h2>"
         + _table(
-            ["#", "parameters", "value (yuan)", "bad rate", "keep rate", "frontier", "chosen"], rows
+            # (a zero-width space after each dot lets a long parameter path wrap there)
+            ["#", *(k.replace(".", ".\u200b") for k in names), "value (yuan)", "bad rate"]
+            + ["keep rate", "chosen"],
+            rows,
+            ("routing.\u200bmethod",),
         )
+        + "<p class='muted'>One column per grid parameter; value is expected profit plus "
+        "referral revenue, bad rate the kept loans' expected bad rate.</p>"
     )
     if best_summary is not None:
         parts.append("<h2>Chosen candidate</h2>")
