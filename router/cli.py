@@ -232,13 +232,25 @@ def _application_of(item: object):
     return convert_application(item)
 
 
+def _iso_date(value: str) -> str:
+    from datetime import date
+
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"expected a date YYYY-MM-DD (value: {value!r})") from None
+    return value
+
+
 @app.command()
 def generate(
     rows: int = typer.Option(..., "--rows", "-n", min=0, help="applications to write"),
     out_path: Path = typer.Option(..., "--out", "-o", help="output file: .parquet or .jsonl"),
     seed: int = typer.Option(7, "--seed", help="random seed (same seed, same bytes)"),
     per_day: int = typer.Option(200_000, "--per-day", min=1, help="applications per day"),
-    start: str = typer.Option("2026-11-02", "--start", help="first day (Asia/Shanghai)"),
+    start: str = typer.Option(
+        "2026-11-02", "--start", help="first day YYYY-MM-DD (Asia/Shanghai)", callback=_iso_date
+    ),
 ) -> None:
     """Write synthetic application traffic (see router/traffic.py for the assumptions)."""
     from router.traffic import write_traffic
@@ -410,7 +422,8 @@ def replay(
     if rejected and not result.summary["applications"]:
         print(
             f"error: every row of {traffic} was rejected ({rejected:,}; see "
-            f"{result.rejects_path}): check the file and the column mapping",
+            f"{result.rejects_path}): {_commonest_problem(result.rejects_path)}; check the "
+            "file and the column mapping",
             file=sys.stderr,
         )
         raise typer.Exit(2)
@@ -481,10 +494,10 @@ def tune(
         ..., "--out", "-o", help="output directory", callback=_writable_dir
     ),
     max_bad_rate: float | None = typer.Option(
-        None, "--max-bad-rate", help="constraint: expected bad rate of kept loans"
+        None, "--max-bad-rate", min=0.0, max=1.0, help="constraint: expected bad rate of kept loans"
     ),
     min_keep_rate: float | None = typer.Option(
-        None, "--min-keep-rate", help="constraint: share of applications kept"
+        None, "--min-keep-rate", min=0.0, max=1.0, help="constraint: share of applications kept"
     ),
     workers: int | None = typer.Option(
         None, "--workers", min=1, help="local processes (default: CPU count)"
@@ -583,6 +596,26 @@ def _yuan(minor: int) -> str:
     return f"{minor / 100:,.0f}"
 
 
+def _commonest_problem(rejects: Path, sample: int = 100_000) -> str:
+    """The problem most rows of ``rejects.jsonl`` share (of the first ``sample`` rows), in
+    words with one example value (already masked as the rejects file shows it)."""
+    import msgspec
+
+    counts: dict[tuple[str, str], list] = {}
+    with open(rejects, "rb") as f:
+        for k, line in enumerate(f):
+            if k >= sample:
+                break
+            r = msgspec.json.decode(line)
+            for p in r.get("problems") or [r]:
+                seen = counts.setdefault((p["field"], p["reason"]), [0, p.get("value")])
+                seen[0] += 1
+    if not counts:
+        return "no problem recorded"
+    (field, reason), (n, value) = max(counts.items(), key=lambda kv: kv[1][0])
+    return f"most often {field}: {reason} (in {n:,} rows; e.g. value {value!r})"
+
+
 def _print_summary(s: dict) -> None:
     from router.replay.report import ran_out_text
 
@@ -676,11 +709,20 @@ def main() -> None:
     if debug:
         sys.argv = [a for a in sys.argv if a != "--debug"]
     sys.argv = _global_options_first(sys.argv)
+    from typer.exceptions import Abort, TyperException
+
     try:
-        app(standalone_mode=True)
+        code = app(standalone_mode=False)
     except SystemExit:
         raise
-    except KeyboardInterrupt:
+    except TyperException as exc:  # click's usage errors (typer carries its own click)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # a group run bare: its help, as click would
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)
+        print(f"error: {scrub(_usage_line(exc, sys.argv))}", file=sys.stderr)
+        sys.exit(2)
+    except (KeyboardInterrupt, Abort):
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
@@ -690,6 +732,30 @@ def main() -> None:
         hint = "" if code == 2 else " (run again with --debug for the traceback)"
         print(f"error: {what}{scrub(str(exc))}{hint}", file=sys.stderr)
         sys.exit(code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_line(exc, argv: list[str]) -> str:
+    """click's usage error as one line, with the value given (click leaves it out) and
+    where to look: ``Invalid value for '--rows': … (value: '-1'); see generate --help``."""
+    msg = " ".join(exc.format_message().split()).rstrip(".")
+    param = getattr(exc, "param", None)
+    for opt in getattr(param, "opts", ()) if param is not None else ():
+        if not opt.startswith("-"):
+            continue
+        for i, token in enumerate(argv):
+            if token == opt and i + 1 < len(argv):
+                msg += f" (value: {argv[i + 1]!r})"
+                break
+            if token.startswith(opt + "="):
+                msg += f" (value: {token[len(opt) + 1 :]!r})"
+                break
+        else:
+            continue
+        break
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "referral-router"
+    return f"{msg}; see {where} --help"
 
 
 def _global_options_first(argv: list[str]) -> list[str]:

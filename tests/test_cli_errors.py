@@ -1,4 +1,4 @@
-"""Every bad input gets one clear line: ``error: …`` (or click's usage error), exit 2, no
+"""Every bad input gets one clear line, ``error: …`` (usage errors too), exit 2, no
 traceback, no raw identifier from the input — through the real entry point
 (``python -m router``), as a user runs it. (Issue 12; the matrix grows with it.)"""
 
@@ -26,6 +26,21 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     )
 
 
+def _app(app_id: str, age: int) -> str:
+    """One valid application as JSON (national id: the secret), with ``age`` varied."""
+    import json
+
+    return json.dumps(
+        {
+            "application_id": app_id, "received_at": "2026-11-02T10:00:00+08:00",
+            "channel": "own_app", "national_id": SECRET, "age": age, "monthly_income": 500000,
+            "bureau_score": 700, "inquiries_3m": 1, "open_loans": 1, "dti": 0.2,
+            "worst_dpd_12m": 0, "region": "310000", "requested_amount": 3000000,
+            "term_months": 12, "max_apr": 0.2, "consent": "any", "fraud_flag": False,
+        }
+    )  # fmt: skip
+
+
 def _files(tmp: Path) -> dict[str, str]:
     (tmp / "empty.csv").write_text("")
     (tmp / "empty.parquet").write_bytes(b"")
@@ -42,7 +57,56 @@ def _files(tmp: Path) -> dict[str, str]:
     )
     (tmp / "bad.toml").write_text("version = [unclosed\n")
     (tmp / "ab.csv").write_text("a,b\n1,2\n")
-    names = ("empty.csv", "empty.parquet", "extra.csv", "bad.toml", "ab.csv")
+    good = (
+        "A3,2026-11-02T10:00:00+08:00,own_app," + SECRET + ",30,500000,700,1,1,0.2,0,"
+        "310000,3000000,12,0.2"
+    )
+    (tmp / "all_bad.csv").write_text(
+        header
+        + "\n"
+        + good.replace(",30,", ",thirty,")
+        + "\n"
+        + good.replace("A3", "A4").replace(",30,", ",-5,")
+        + "\n"
+    )
+    (tmp / "target.csv").write_text(
+        header + ",bad_flag\n" + good + ",good\n" + good.replace("A3", "A5") + ",bad\n"
+    )
+    (tmp / "target_map.toml").write_text('[columns]\ndefaulted = "bad_flag"\n')
+    (tmp / "unknown_map.toml").write_text('[columns]\nshoe_size = "x"\n')
+    (tmp / "garbage.bin").write_bytes(bytes(range(256)) * 4)
+    (tmp / "garbage.jsonl").write_text("{not json at all\n")
+    (tmp / "all_bad.jsonl").write_text(
+        '{"application_id": "J1", "national_id": "' + SECRET + '", "age": "old"}\n'
+    )
+    (tmp / "grid_unknown.toml").write_text('[grid]\n"primary.no_such" = [1, 2]\n')
+    (tmp / "grid_type.toml").write_text('[grid]\n"primary.max_pd" = ["high"]\n')
+    (tmp / "grid_empty.toml").write_text("[grid]\n")
+    (tmp / "secret_age.json").write_text(
+        '{"application_id": "S1", "received_at": "2026-11-02T10:00:00+08:00", '
+        '"age": ' + SECRET + "}"
+    )
+    (tmp / "conflict.jsonl").write_text(_app("C1", 30) + "\n" + _app("C1", 31) + "\n")
+    (tmp / "naive.json").write_text(
+        _app("N1", 30).replace("2026-11-02T10:00:00+08:00", "2026-11-02T10:00:00")
+    )
+    (tmp / "strategy_rev.toml").write_text(
+        (ROOT / "configs" / "strategy.toml")
+        .read_text()
+        .replace('partner_book = "partners.toml"', f'partner_book = "{tmp / "partners.toml"}"')
+    )
+    (tmp / "partners.toml").write_text(
+        (ROOT / "configs" / "partners.toml")
+        .read_text()
+        .replace("rev_share = 0.30", "rev_share = 3.0")
+    )
+    (tmp / "pb_bad.jsonl").write_text('{"type": "teleported", "event_id": "e1"}\n')
+    names = (
+        "empty.csv", "empty.parquet", "extra.csv", "bad.toml", "ab.csv", "all_bad.csv",
+        "target.csv", "target_map.toml", "unknown_map.toml", "garbage.bin", "garbage.jsonl",
+        "all_bad.jsonl", "grid_unknown.toml", "grid_type.toml", "grid_empty.toml",
+        "secret_age.json", "conflict.jsonl", "naive.json", "strategy_rev.toml", "pb_bad.jsonl",
+    )  # fmt: skip
     return {k.replace(".", "_"): str(tmp / k) for k in names}
 
 
@@ -78,7 +142,80 @@ CASES = [
      ["error:", "unsupported traffic format"]),
     ("bill bad period", ["bill", "--db", "{tmp}/b.db", "-p", "x", "--period", "2026-13", "-s",
                          STRATEGY], ["error:", "YYYY-MM"]),
+    # -- beyond the issue's list --------------------------------------------------------
+    ("out not creatable", ["replay", "-s", STRATEGY, "-t", "{empty_csv}", "-o", "/proc/nope/o"],
+     ["--out", "/proc/nope/o"]),
+    ("store bad port", ["decide", "-s", STRATEGY, "--store", "redis://127.0.0.1:notaport/0",
+                        "--allow-demo-key", "{{}}"], ["error:", "notaport"]),
+    ("store port out of range", ["decide", "-s", STRATEGY, "--store", "redis://127.0.0.1:99999/0",
+                                 "--allow-demo-key", "{{}}"], ["error:", "99999"]),
+    ("store unreachable", ["replay", "-s", STRATEGY, "-t", "{extra_csv}", "-o", "{tmp}/o",
+                           "--store", "redis://127.0.0.1:1/0?timeout_ms=200", "--allow-demo-key"],
+     ["error:", "127.0.0.1:1"]),
+    ("json array argument", ["decide", "-s", STRATEGY, '[{{"application_id": "x"}}]'],
+     ["error:", "item 1", "received_at"]),
+    ("conflicting lines", ["decide", "-s", STRATEGY, "{conflict_jsonl}"],
+     ["error:", "line 2", "C1", "different content"]),
+    ("garbage bytes to decide", ["decide", "-s", STRATEGY, "{garbage_bin}"], ["error:", "line"]),
+    ("not json to decide", ["decide", "-s", STRATEGY, "{garbage_jsonl}"],
+     ["error:", "line 1", "malformed"]),
+    ("secret in a number field", ["decide", "-s", STRATEGY, "{secret_age_json}"],
+     ["error:", "age"]),
+    ("naive received_at", ["decide", "-s", STRATEGY, "{naive_json}"],
+     ["error:", "received_at"]),
+    ("every csv row rejected", ["replay", "-s", STRATEGY, "-t", "{all_bad_csv}", "-o", "{tmp}/o"],
+     ["error:", "every row", "rejects.jsonl"]),
+    ("every jsonl row rejected", ["replay", "-s", STRATEGY, "-t", "{all_bad_jsonl}", "-o",
+                                  "{tmp}/o"], ["error:", "every row", "rejects.jsonl"]),
+    ("good/bad target mapped to defaulted", ["replay", "-s", STRATEGY, "-t", "{target_csv}", "-o",
+                                             "{tmp}/o", "--mapping", "{target_map_toml}"],
+     ["error:", "defaulted", "'good'"]),
+    ("mapping names an unknown field", ["replay", "-s", STRATEGY, "-t", "{target_csv}", "-o",
+                                        "{tmp}/o", "--mapping", "{unknown_map_toml}"],
+     ["error:", "shoe_size"]),
+    ("mapping not toml", ["replay", "-s", STRATEGY, "-t", "{target_csv}", "-o", "{tmp}/o",
+                          "--mapping", "{garbage_jsonl}"], ["error:", "garbage.jsonl"]),
+    ("reference missing", ["replay", "-s", STRATEGY, "-t", "{extra_csv}", "-o", "{tmp}/o",
+                           "--reference", "{tmp}/ref.parquet"], ["error:", "ref.parquet"]),
+    ("grid unknown parameter", ["tune", "-s", STRATEGY, "-t", "{extra_csv}", "-g",
+                                "{grid_unknown_toml}", "-o", "{tmp}/t"],
+     ["error:", "primary.no_such"]),
+    ("grid wrong type", ["tune", "-s", STRATEGY, "-t", "{extra_csv}", "-g", "{grid_type_toml}",
+                         "-o", "{tmp}/t"], ["error:", "primary.max_pd", "high"]),
+    ("grid empty", ["tune", "-s", STRATEGY, "-t", "{extra_csv}", "-g", "{grid_empty_toml}", "-o",
+                    "{tmp}/t"], ["error:", "grid"]),
+    ("tune constraint out of range", ["tune", "-s", STRATEGY, "-t", "{extra_csv}", "-g",
+                                      "{grid_empty_toml}", "-o", "{tmp}/t", "--max-bad-rate",
+                                      "1.5"], ["--max-bad-rate", "1.5"]),
+    ("compare missing challenger", ["compare", "-a", STRATEGY, "-b", "{tmp}/nope.toml", "-t",
+                                    "{extra_csv}", "-o", "{tmp}/c"], ["error:", "nope.toml"]),
+    ("partner term out of range", ["decide", "-s", "{strategy_rev_toml}", "{{}}"],
+     ["error:", "partners[platform_yunfan].terms.rev_share", "3.0"]),
+    ("generate negative rows", ["generate", "--rows", "-1", "--out", "{tmp}/t.parquet"],
+     ["--rows", "-1"]),
+    ("generate unknown format", ["generate", "--rows", "5", "--out", "{tmp}/t.xlsx"],
+     ["error:", ".xlsx"]),
+    ("generate bad start", ["generate", "--rows", "5", "--out", "{tmp}/t.parquet", "--start",
+                            "yesterday"], ["--start", "yesterday"]),
+    ("unknown schema", ["schema", "partners"], ["partners"]),
+    ("postbacks file missing", ["postbacks", "ingest", "{tmp}/pb.jsonl", "--db", "{tmp}/b.db",
+                                "-s", STRATEGY], ["error:", "pb.jsonl"]),
+    ("postback of an unknown type", ["postbacks", "ingest", "{pb_bad_jsonl}", "--db",
+                                     "{tmp}/b.db", "-s", STRATEGY], ["error:", "line 1"]),
+    ("bill unknown partner", ["bill", "--db", "{tmp}/b.db", "-p", "nobody", "--period",
+                              "2026-11", "-s", STRATEGY], ["error:", "nobody"]),
+    ("reconcile theirs missing", ["reconcile", "--db", "{tmp}/b.db", "-p", "platform_yunfan",
+                                  "--period", "2026-11", "-s", STRATEGY, "--theirs",
+                                  "{tmp}/theirs.csv"], ["error:", "theirs.csv"]),
+    ("billing db not creatable", ["bill", "--db", "/proc/nope/b.db", "-p", "platform_yunfan",
+                                  "--period", "2026-11", "-s", STRATEGY],
+     ["error:", "/proc/nope/b.db"]),
+    ("demo rows not a number", ["demo", "--rows", "many", "--out", "{tmp}/o"], ["--rows", "many"]),
 ]  # fmt: skip
+
+
+def test_the_matrix_is_large_enough():
+    assert len(CASES) >= 40, len(CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from router.core.errors import RouterError
+from router.core.errors import InputError, RouterError
 
 ledger_app = typer.Typer(no_args_is_help=True, help="The referral ledger (Redis streams).")
 postbacks_app = typer.Typer(no_args_is_help=True, help="Partner postbacks (outcome events).")
@@ -35,6 +35,30 @@ def _book(strategy: Path):
     from router.core.config import load_strategy
 
     return BillingBook.from_strategy(load_strategy(strategy))
+
+
+def _known_partner(engine, book, partner: str, period: str) -> None:
+    """The period is a month, and the partner to bill is in the partner book or was
+    referred to before it left it; anything else is a typo, refused (not an empty
+    statement)."""
+    import sqlalchemy as sa
+
+    from router.billing.schema import referrals
+    from router.billing.statements import check_period
+
+    check_period(period)
+    if partner in book.zones:
+        return
+    with engine.connect() as conn:
+        seen = conn.execute(
+            sa.select(referrals.c.referral_id).where(referrals.c.partner_id == partner).limit(1)
+        ).first()
+    if seen is None:
+        known = ", ".join(sorted(book.zones))
+        raise InputError(
+            f"unknown partner {partner!r}: not in the strategy's partner book and never "
+            f"referred to in this database (partners: {known})"
+        )
 
 
 @ledger_app.command("consume")
@@ -93,7 +117,6 @@ def ingest(
     from router.billing.db import open_billing, writing
     from router.billing.postback_rules import ingest_events
     from router.billing.postbacks import read_postbacks
-    from router.core.errors import InputError
 
     try:
         book = _book(strategy)
@@ -117,7 +140,7 @@ def ingest(
         if v.status in ("refused", "conflict"):
             err.print(f"line {line}: {v.event_id}: {v.status}: {v.reason}", markup=False)
     for line, problem in bad:
-        err.print(f"{path}: line {line}: {problem}", markup=False, highlight=False)
+        err.print(f"error: {path}: line {line}: {problem}", markup=False, highlight=False)
     if bad:
         raise typer.Exit(2)
 
@@ -161,6 +184,7 @@ def bill(
     try:
         book = _book(strategy)
         engine = open_billing(db)
+        _known_partner(engine, book, partner, period)
         if close:
             at = _parse_now(now)
             st, closed = close_period(engine, partner, period, book, at), True
@@ -232,6 +256,7 @@ def reconcile(
     try:
         book = _book(strategy)
         engine = open_billing(db)
+        _known_partner(engine, book, partner, period)
         diffs = differences(engine, partner, period, read_theirs(theirs), book)
         if redis_url:
             from router.core.config import load_strategy

@@ -35,7 +35,7 @@ def database_url(target: str | Path) -> sa.URL:
     if "://" not in text:
         path = Path(text).expanduser()
         if not path.parent.is_dir():
-            raise BillingError(f"billing database: no such directory {str(path.parent)!r}")
+            raise BillingError(f"billing database {text!r}: no such directory {str(path.parent)!r}")
         return sa.make_url(f"sqlite:///{path.resolve()}")
     try:
         url = sa.make_url(text)

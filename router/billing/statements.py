@@ -93,7 +93,7 @@ def build_statement(
     conn: sa.Connection, partner_id: str, period: str, book: BillingBook
 ) -> Statement:
     """The statement of ``partner_id`` for ``period`` as the journal holds it now."""
-    _check_period(period)
+    check_period(period)
     tz = book.tz_of(partner_id)
     query = (
         sa.select(
@@ -353,7 +353,7 @@ def close_period(
 ) -> Statement:
     """Close a partner's period (after its grace days): later events for it land on the
     next open period. Refused with the reason while the grace period runs."""
-    _check_period(period)
+    check_period(period)
     _, end = period_bounds(period, book.tz_of(partner_id))
     due = end + book.policy.grace_days * DAY_MS
     if now_ms < due:
@@ -382,7 +382,8 @@ def close_period(
     return st
 
 
-def _check_period(period: str) -> None:
+def check_period(period: str) -> None:
+    """A statement period is ``YYYY-MM`` (a month 01–12)."""
     ok = len(period) == 7 and period[4] == "-" and period[:4].isdigit() and period[5:].isdigit()
     if not ok or not 1 <= int(period[5:]) <= 12:
         raise BillingError(f"period must be YYYY-MM (value: {period!r})")
