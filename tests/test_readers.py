@@ -110,7 +110,7 @@ def test_raw_identifiers_never_reach_the_rejects_file(tmp_path):
     r = replay(s, path, tmp_path / "o", mapping=MAPPING, scorers={"main": scorer})
     text = r.rejects_path.read_text()
     assert r.summary["traffic"]["rows_rejected"] == 1
-    assert "national_id" in text and '"12"' not in text and "redacted" in text
+    assert "national_id" in text and '"12"' not in text and "withheld" in text
 
 
 def test_a_missing_column_names_the_mapping(tmp_path):

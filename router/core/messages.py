@@ -16,6 +16,7 @@ import msgspec
 from msgspec import Meta
 
 from router.core.errors import InputError
+from router.core.redact import mask, shown, shown_repr
 
 
 class Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -144,8 +145,6 @@ class ReferralEntry(Base, kw_only=True, frozen=True):
 _app_decoder = msgspec.json.Decoder(Application)
 _check_enc = msgspec.msgpack.Encoder()
 _check_dec = msgspec.msgpack.Decoder(Application)
-#: Fields whose values never go into an error message (raw personal identifiers).
-_SECRET = frozenset({"national_id", "employer", "applicant_token"})
 _FIELD = re.compile(r"at `\$\.(\w+)")
 #: Event times the stores accept: from 2000 to 2100 (a 1969 or a year-3000 timestamp is
 #: a bug upstream, not an application).
@@ -191,20 +190,12 @@ def validate_application(app: object) -> Application:
 
 
 def _problem(app: Application, name: str | None, why: str) -> str:
-    who = app.application_id if type(app.application_id) is str else "?"
-    where = f"application {who[:64]!r}" + (" (id truncated)" if len(str(who)) > 64 else "")
+    who = shown("application_id", app.application_id) if type(app.application_id) is str else "?"
+    where = f"application {who[:64]!r}" + (" (id truncated)" if len(who) > 64 else "")
     if name is None:
         return f"invalid {where}: {why}"
-    value = (
-        "<withheld: personal identifier>"
-        if name in _SECRET
-        else _short(repr(getattr(app, name, None)))
-    )
+    value = shown_repr(name, getattr(app, name, None))
     return f"invalid {where}: {name}: {why.split(' - at ')[0]} (value: {value})"
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 _decision_decoder = msgspec.json.Decoder(Decision)
@@ -236,7 +227,7 @@ def decode_application(data: bytes | str) -> Application:
             raw = None
         raise _invalid(exc, raw) from None
     except msgspec.DecodeError as exc:
-        raise InputError(f"malformed application JSON: {exc}") from None
+        raise InputError(f"malformed application JSON: {mask(str(exc))}") from None
 
 
 def convert_application(obj: object) -> Application:
@@ -249,12 +240,12 @@ def convert_application(obj: object) -> Application:
 
 def _invalid(exc: msgspec.ValidationError, raw: object) -> InputError:
     """The validation error with the offending value appended (never a secret field's)."""
-    text = str(exc)
+    text = mask(str(exc))  # (msgspec may quote the refused value)
     m = _FIELD.search(text)
     name = m.group(1) if m else None
     if name is None or not isinstance(raw, dict) or name not in raw:
         return InputError(f"invalid application: {text}", field=name)
-    value = "<withheld: personal identifier>" if name in _SECRET else _short(repr(raw[name]))
+    value = shown_repr(name, raw[name])
     return InputError(f"invalid application: {text} (value: {value})", field=name)
 
 

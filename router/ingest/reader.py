@@ -26,6 +26,7 @@ from router.core.columns import AppColumns, consent_text, from_applications, fro
 from router.core.errors import TrafficError
 from router.core.identity import Hasher
 from router.core.messages import Application
+from router.core.redact import plain
 from router.ingest.validate import (
     OUTCOME_FIELDS,
     SPEC,
@@ -95,7 +96,24 @@ def read_batches(
     """Yield validated batches of ``path`` in file order (see the module docstring).
 
     ``path`` may also be an iterable of Arrow record batches (traffic generated on the fly).
+    A file that cannot be read as its format (empty, truncated, not that format at all)
+    raises :class:`TrafficError` naming it; a bad row is a reject and the file goes on.
     """
+    name = str(path) if isinstance(path, (str, Path)) else "<stream>"
+    try:
+        yield from _read_batches(path, hasher, partner_ids, mapping, batch_size, on_rejects)
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+        raise TrafficError(f"{name}: cannot read the traffic: {plain(str(exc))}") from None
+
+
+def _read_batches(
+    path: str | Path | Iterable[pa.RecordBatch],
+    hasher: Hasher,
+    partner_ids: Iterable[str],
+    mapping: dict[str, str] | None,
+    batch_size: int,
+    on_rejects: Callable[[list[Reject]], None] | None,
+) -> Iterator[TrafficBatch]:
     mapping = dict(mapping or {})
     ids = set(partner_ids)
     source: Iterator[pa.RecordBatch]

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from router.core.errors import TrafficError
 from router.core.messages import Application
+from router.core.redact import mask, shown
 
 #: Outcome columns a historical file may carry (all optional): whether the loan defaulted
 #: within its term, and for a referred application the partner's answer and funded amount
@@ -36,9 +37,6 @@ OUTCOME_FIELDS: dict[str, pa.DataType] = {
     "funded_amount": pa.int64(),
     "referred_partner": pa.string(),
 }
-
-#: Fields never shown in a rejects file (raw personal identifiers).
-_SECRET = {"national_id"}
 
 #: A whole number, also written with a zero fraction (``316667.0``, as spreadsheets and data
 #: frames write integer columns that once held a null): the same value a Parquet float
@@ -67,22 +65,22 @@ class Reject:
         out = {
             "row": self.row,
             "field": self.field,
-            "reason": self.reason,
+            "reason": mask(self.reason),  # (a reason may quote the value, e.g. a partner id)
             "value": _shown(self.field, self.value),
         }
         if self.more:
             out["problems"] = [
                 {
                     "field": self.field,
-                    "reason": self.reason,
+                    "reason": mask(self.reason),
                     "value": _shown(self.field, self.value),
                 }
-            ] + [{"field": f, "reason": r, "value": _shown(f, v)} for f, r, v in self.more]
+            ] + [{"field": f, "reason": mask(r), "value": _shown(f, v)} for f, r, v in self.more]
         return out
 
 
 def _shown(field: str, value: Any) -> Any:
-    return "<redacted>" if field in _SECRET else value
+    return shown(field, value)
 
 
 def _spec() -> dict[str, tuple[str, Any, bool]]:
@@ -248,7 +246,9 @@ def _consent(col: pa.Array, partner_ids: set[str], chk: _Checker) -> pa.Array:
     checked once (a file has few of them)."""
     if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
         col = pa.array(
-            [",".join(v) if v is not None else None for v in col.to_pylist()], pa.string()
+            # (elements as text: a list of numbers is a list of unknown partner ids)
+            [",".join(map(str, v)) if v is not None else None for v in col.to_pylist()],
+            pa.string(),
         )
     enc = pc.dictionary_encode(pc.cast(col, pa.string()), null_encoding="encode")
     canon: list[str] = []
@@ -344,7 +344,7 @@ def reject_of_error(row: int, message: str) -> Reject:
     """A Reject from a msgspec validation message (it names the field as ``$.field``)."""
     m = _FIELD_AT.search(message)
     field = m.group("field") if m and m.group("field") else "row"
-    return Reject(row, field, message)
+    return Reject(row, field, mask(message))
 
 
 def _listing(names: list[str], most: int = 12) -> str:
