@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "Decline": "router.core.messages",
     "ReferralEntry": "router.core.messages",
     "decode_application": "router.core.messages",
+    "convert_application": "router.core.messages",
     "decode_decision": "router.core.messages",
     # stores
     "QuotaStore": "router.store",
@@ -87,6 +88,7 @@ __all__ = [
     "StoreKind",
     "Strategy",
     "TrafficError",
+    "convert_application",
     "decode_application",
     "decode_decision",
     "load_scorer",
