@@ -28,12 +28,9 @@ def traffic_50k(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["redis", "cluster"])
 def test_replay_through_redis_equals_memory(tmp_path, traffic_50k, store_factory, kind):
     """50k applications: the Redis store gives byte-identical decisions to the memory store."""
-    import sys
+    from tests_helpers import small_caps_strategy  # caps scaled so that they bite
 
-    sys.path.insert(0, "tests")
-    from test_replay import _small_caps_strategy  # caps scaled so that they bite
-
-    s = _small_caps_strategy("best_value")
+    s = small_caps_strategy("best_value")
     mem = replay(s, traffic_50k, tmp_path / "mem")
     red = replay(s, traffic_50k, tmp_path / "red", store=store_factory(kind))
     assert mem.decisions_path.read_bytes() == red.decisions_path.read_bytes()
