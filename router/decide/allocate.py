@@ -59,6 +59,8 @@ from router.store import (
 _KEEP_FULL, _BRANCH_FULL = BIT["KEEP_BUDGET_EXHAUSTED"], BIT["BRANCH_BUDGET_EXHAUSTED"]
 _DEDUPE, _QUOTA = BIT["PARTNER_DEDUPE"], BIT["PARTNER_QUOTA_EXHAUSTED"]
 _STORE_DOWN, _LATE = BIT["STORE_UNAVAILABLE"], BIT["LATE_EVENT"]
+#: The reason a refusal sets for keep (-2) and branch (-1); a partner's is _QUOTA/_DEDUPE.
+_REFUSED_BIT = {-2: _KEEP_FULL, -1: _BRANCH_FULL}
 
 
 def make_bucket(bid: str, caps: Sequence[Cap], tz: str, dedupe_days: int = 0) -> Bucket:
@@ -399,137 +401,48 @@ class Allocator:
     def _pipelined_rounds(self, b: _Batch) -> None:
         """A pipelined batch's rounds (see :meth:`_rounds`); rows they leave undecided
         because the store failed are walked degraded."""
-        cols, a, todo, recalled, dups = b.cols, b.a, b.todo, b.recalled, b.dups
-        kind, chosen, bits, mask_l, decode = b.kind, b.chosen, b.bits, b.mask_l, b.decode
-        ev_flat, pkeys, kkeys, bkeys, claiming = b.ev_flat, b.pkeys, b.kkeys, b.bkeys, b.claiming
         down = False
         try:
-            self._rounds(
-                cols,
-                a,
-                todo,
-                recalled,
-                dups,
-                kind,
-                chosen,
-                bits,
-                mask_l,
-                decode,
-                ev_flat,
-                pkeys,
-                kkeys,
-                bkeys,
-                claiming,
-            )
+            self._rounds(b)
         except IdempotencyConflict:
             raise
         except StoreError as exc:
             self._store_down(exc, "reserve")
             down = True
-        todo = [i for i in todo if down and kind[i] == DECLINE] if down else []
-        b.down, b.todo = down, todo
+        b.down = down
+        b.todo = [i for i in b.todo if b.kind[i] == DECLINE] if down else []
 
     def _walk(self, b: _Batch) -> None:
         """Walk the batch's rows in arrival order: keep, branch, then the eligible partners
         in routing order, stopping at the first grant (or answer degraded while the store
         is down)."""
-        s, n, a, cols = self.strategy, b.n, b.a, b.cols
-        P = len(s.partners)
-        todo, recalled, dups, down, once = b.todo, b.recalled, b.dups, b.down, b.once
-        keep_ok, branch_ok, mask_l = b.keep_ok, b.branch_ok, b.mask_l
-        kind, chosen, bits, degraded = b.kind, b.chosen, b.bits, b.degraded
-        event_ms, amounts, ev_flat, decode = b.event_ms, b.amounts, b.ev_flat, b.decode
-        pkeys, order_codes = b.pkeys, b.order_codes
-        degrade_keep, recall_failed = b.degrade_keep, b.recall_failed
-        refer = self._refer
-        # Partners whose count cap is full for the window the current rows are in are
-        # refused without a store call or floor lookup until the first row of the next
-        # window (rows are in time order).
-        skipping = self.skip_full_windows
-        weighted = self.routing.rotates
-        order_cache: dict[Any, Any] = {}
-        refusals, pids = self.refusals, [p.id for p in s.partners]
+        once, weighted = b.once, self.routing.rotates
+        blocks = _Blocks(b.n, len(self.strategy.partners))
+        order_cache: dict[Any, list[int]] = {}
         self._new_blocks = []
-        blocked, next_unblock = 0, n
-        until, block_cap = [n] * P, [0] * P
         rotation = counted = None
-        for i in todo:
-            if i in recalled or i in dups:
+        for i in b.todo:
+            if i in b.recalled or i in b.dups:
                 continue
-            if not down:
+            if not b.down:
                 # On a single-trip store a retry shows only when the store answers with its
                 # decision: keep the rotation to put it back then.
                 rotation = list(self.rotation.current) if once and weighted else None
                 counted = dict(self.refusals) if once else None
                 try:
-                    t, amount = event_ms[i], amounts[i]
-                    if (keep_ok[i] or branch_ok[i]) and self._own_budgets(b, i, t, amount):
+                    t, amount = b.event_ms[i], b.amounts[i]
+                    if (b.keep_ok[i] or b.branch_ok[i]) and self._own_budgets(b, i, t, amount):
                         continue
-                    m = mask_l[i]
-                    if blocked and i >= next_unblock:
-                        for j in range(P):
-                            if blocked >> j & 1 and until[j] <= i:
-                                blocked &= ~(1 << j)
-                        next_unblock = min(
-                            [until[j] for j in range(P) if blocked >> j & 1], default=n
-                        )
-                    if m:
-                        eligible = decode.get(m)
-                        if eligible is None:
-                            eligible = decode[m] = [j for j in range(P) if m >> j & 1]
-                        if not m & ~blocked and not weighted:
-                            # Every eligible partner is full for this window: refused in any
-                            # order, so skip ranking (weighted routing must still rotate).
-                            for j in eligible:
-                                refusals[
-                                    pids[j],
-                                    self._refusing_window(j, block_cap[j], pkeys[j], i, amount),
-                                ] += 1
-                            bits[i] |= _QUOTA
-                            continue
-                        order = None
-                        if order_codes is not None and len(eligible) > 1:
-                            key = (order_codes[i], m)
-                            order = order_cache.get(key)
-                            if order is None:
-                                code = key[0]
-                                full = [(code >> (4 * k)) & 15 for k in range(P)]
-                                order = order_cache[key] = [j for j in full if m >> j & 1]
-                        j, extra = refer(
-                            cols,
-                            i,
-                            eligible,
-                            ev_flat,
-                            i * P,
-                            pkeys,
-                            t,
-                            amount,
-                            blocked & m,
-                            block_cap,
-                            a,
-                            bits[i],
-                            order,
-                        )
-                        bits[i] |= extra
-                        if j >= 0:
-                            kind[i], chosen[i] = REFER, j
-                        if self._new_blocks:
-                            if skipping:
-                                for jb, k in self._new_blocks:
-                                    end = self._window_end_row(a, jb, k, i)
-                                    if end > i + 1:
-                                        blocked |= 1 << jb
-                                        until[jb] = end
-                                        block_cap[jb] = k
-                                        next_unblock = min(next_unblock, end)
-                            self._new_blocks = []
+                    blocks.release(i)
+                    if b.mask_l[i]:
+                        self._walk_partners(b, i, blocks, order_cache)
                     continue
                 except _Decided as done:  # decided before (a retry, or a concurrent caller)
                     if rotation is not None:
                         self.rotation.current[:] = rotation
                     if counted is not None:
                         self._restore_counts(counted)
-                    recalled[i] = done.record
+                    b.recalled[i] = done.record
                     continue
                 except IdempotencyConflict:
                     raise
@@ -537,18 +450,53 @@ class Allocator:
                     # From here on this batch is decided without the store (a breaker: no
                     # row waits for another deadline); the next batch tries again.
                     self._store_down(exc, "reserve")
-                    down = True
+                    b.down = True
                     self._new_blocks = []
             # Degraded: never refer; keep only if the strategy's degraded policy says so.
-            degraded[i] = True
-            bits[i] |= _STORE_DOWN
-            kind[i], chosen[i] = (KEEP if degrade_keep and keep_ok[i] else DECLINE), -1
-        if recall_failed:  # unknown whether any row was decided before: all are degraded
-            for i in range(n):
-                if not degraded[i]:
-                    degraded[i] = True
-                    bits[i] |= _STORE_DOWN
-        b.down, b.rotation, b.counted = down, rotation, counted
+            b.degraded[i] = True
+            b.bits[i] |= _STORE_DOWN
+            b.kind[i] = KEEP if b.degrade_keep and b.keep_ok[i] else DECLINE
+            b.chosen[i] = -1
+        if b.recall_failed:  # unknown whether any row was decided before: all are degraded
+            for i in range(b.n):
+                if not b.degraded[i]:
+                    b.degraded[i] = True
+                    b.bits[i] |= _STORE_DOWN
+        b.rotation, b.counted = rotation, counted
+
+    def _walk_partners(
+        self, b: _Batch, i: int, blocks: _Blocks, order_cache: dict[Any, list[int]]
+    ) -> None:
+        """Row ``i``'s referral: its eligible partners in routing order (those whose cap
+        is known full for this window refused without a store call)."""
+        P, m = len(self.strategy.partners), b.mask_l[i]
+        eligible = b.decode.get(m)
+        if eligible is None:
+            eligible = b.decode[m] = [j for j in range(P) if m >> j & 1]
+        if not m & ~blocks.mask and not self.routing.rotates:
+            # Every eligible partner is full for this window: refused in any order, so
+            # skip ranking (weighted routing must still rotate).
+            for j in eligible:
+                w = self._refusing_window(j, blocks.cap[j], b.pkeys[j], i, b.amounts[i])
+                self.refusals[self.strategy.partners[j].id, w] += 1
+            b.bits[i] |= _QUOTA
+            return
+        order = None
+        if b.order_codes is not None and len(eligible) > 1:
+            key = (b.order_codes[i], m)
+            order = order_cache.get(key)
+            if order is None:
+                full = [(key[0] >> (4 * k)) & 15 for k in range(P)]
+                order = order_cache[key] = [j for j in full if m >> j & 1]
+        j, extra = self._refer(b, i, eligible, blocks.mask & m, blocks.cap, order)
+        b.bits[i] |= extra
+        if j >= 0:
+            b.kind[i], b.chosen[i] = REFER, j
+        if self._new_blocks:
+            if self.skip_full_windows:
+                for jb, k in self._new_blocks:
+                    blocks.add(jb, k, self._window_end_row(b.a, jb, k, i), i)
+            self._new_blocks = []
 
     def _own_budgets(self, b: _Batch, i: int, t: int, amount: int) -> bool:
         """Row ``i``'s attempts at the funder's own budgets: keep, then the branch. True
@@ -951,24 +899,7 @@ class Allocator:
             extra |= _DEDUPE if res == DEDUPED else _LATE if res == LATE else _QUOTA
         return extra
 
-    def _rounds(
-        self,
-        cols: AppColumns,
-        a: Assessment,
-        todo: list[int],
-        recalled: dict,
-        dups: dict,
-        kind: list[int],
-        chosen: list[int],
-        bits: list[int],
-        mask_l: list[int],
-        decode: dict,
-        ev_flat: list[float],
-        pkeys: _LazyKeys | list[list[list[int]]],
-        kkeys: list,
-        bkeys: list,
-        claiming: bool,
-    ) -> None:
+    def _rounds(self, b: _Batch) -> None:
         """Pipelined allocation: every row's next candidate goes to the store in one
         pipeline per round, so a batch costs a few round trips instead of one per attempt.
 
@@ -976,18 +907,26 @@ class Allocator:
         never overrun (each reservation is atomic); but rows of the batch are treated as
         concurrent, so which of two rows wins a last place may differ from arrival order.
         """
-        s, P = self.strategy, len(self.strategy.partners)
-        rank, routing, known = self.rank, self.routing, self.known_refusal
-        kb, bb = self.keep_bucket, self.branch_bucket
-        event_ms, amounts = cols.event_ms.tolist(), cols.requested_amount.tolist()
-        keep_ok, branch_ok = a.keep_ok.tolist(), a.branch_ok.tolist()
+        plans = self._round_plans(b)
+        while plans:
+            requests, owners = self._round_requests(b, plans)
+            if not requests:
+                break
+            results = self.store.try_reserve_many(requests, single_trip=self._once)
+            self._settle_round(b, plans, owners, results)
+
+    def _round_plans(self, b: _Batch) -> dict[int, list]:
+        """Row -> [candidates in order (-2 keep, -1 branch, partner index), position,
+        eligible partners] for every row the rounds must decide."""
+        P = len(self.strategy.partners)
+        rank, routing, decode = self.rank, self.routing, b.decode
         plans: dict[int, list] = {}
-        for i in todo:
-            if i in recalled or i in dups:
+        for i in b.todo:
+            if i in b.recalled or i in b.dups:
                 continue
-            cands: list[int] = ([-2] if keep_ok[i] else []) + ([-1] if branch_ok[i] else [])
+            cands: list[int] = ([-2] if b.keep_ok[i] else []) + ([-1] if b.branch_ok[i] else [])
             eligible: list[int] = []
-            m = mask_l[i]
+            m = b.mask_l[i]
             if m:
                 eligible = decode.get(m) or decode.setdefault(
                     m, [j for j in range(P) if m >> j & 1]
@@ -995,113 +934,93 @@ class Allocator:
                 if len(eligible) == 1 and not routing.rotates:
                     cands += eligible
                 else:
-                    row_ev = ev_flat[i * P : (i + 1) * P]
+                    row_ev = b.ev_flat[i * P : (i + 1) * P]
                     cands += routing.order(eligible, rank, row_ev.__getitem__, self.rotation)
             plans[i] = [cands, 0, eligible]
-        refused_bit = {-2: _KEEP_FULL, -1: _BRANCH_FULL}
-        while plans:
-            requests, owners = [], []
-            for i, plan in list(plans.items()):
-                cands, pos, _ = plan
-                amount, t = amounts[i], event_ms[i]
-                while pos < len(cands):
-                    c = cands[pos]
-                    bucket, kc = (
-                        (kb, kkeys)
-                        if c == -2
-                        else (bb, bkeys)
-                        if c == -1
-                        else (self.partner_buckets[c], pkeys[c])
-                    )
-                    if known(bucket, kc, i, amount) < 0:
-                        break
-                    bits[i] |= refused_bit.get(c, _QUOTA)
-                    pos += 1
-                plan[1] = pos
-                if pos == len(cands):
-                    del plans[i]
-                    continue
-                keys = tuple([col[i] for col in kc])
+        return plans
+
+    def _candidate(self, b: _Batch, c: int) -> tuple[Bucket, Any]:
+        """The bucket and window-key columns of candidate ``c`` (-2 keep, -1 branch, else
+        a partner)."""
+        if c == -2:
+            return self.keep_bucket, b.kkeys
+        if c == -1:
+            return self.branch_bucket, b.bkeys
+        return self.partner_buckets[c], b.pkeys[c]
+
+    def _round_requests(self, b: _Batch, plans: dict[int, list]) -> tuple[list, list]:
+        """This round's reservation requests: each row's next candidate the floors do not
+        already refuse (rows with none left are done and leave ``plans``)."""
+        known, requests, owners = self.known_refusal, [], []
+        for i, plan in list(plans.items()):
+            cands, pos, _ = plan
+            amount = b.amounts[i]
+            while pos < len(cands):
+                c = cands[pos]
+                bucket, kc = self._candidate(b, c)
+                if known(bucket, kc, i, amount) < 0:
+                    break
+                b.bits[i] |= _REFUSED_BIT.get(c, _QUOTA)
+                pos += 1
+            plan[1] = pos
+            if pos == len(cands):
+                del plans[i]
+                continue
+            keys = tuple([col[i] for col in kc])
+            entry, applicant, record = self._request_parts(b, i, c)
+            requests.append(
+                (bucket, keys, amount, applicant, b.event_ms[i], entry, self._ids[i],
+                 self._fps[i], record if b.claiming or self._once else b"")
+            )  # fmt: skip
+            owners.append((i, c, bucket, keys))
+        return requests, owners
+
+    def _request_parts(self, b: _Batch, i: int, c: int) -> tuple[Any, Any, bytes]:
+        """(ledger entry, applicant hash, stored decision record) of row ``i`` taking
+        candidate ``c``."""
+        s, a, cols = self.strategy, b.a, b.cols
+        t, amount, entries = b.event_ms[i], b.amounts[i], self.store.needs_entries
+        if c >= 0:
+            ev = b.ev_flat[i * len(s.partners) + c]
+            entry = row_referral_entry(s, cols, i, c, t, amount, ev) if entries else None
+            return entry, cols.applicant[i], pack_record(
+                REFER, b.bits[i], ev, a.partner_apr[i, c], a.keep_margin[i], a.pd[i],
+                s.partners[c].id,
+            )  # fmt: skip
+        if c == -2:
+            return (
+                None,
+                None,
+                pack_record(
+                    KEEP, b.bits[i], a.keep_profit[i], a.keep_apr[i], a.keep_margin[i], a.pd[i], ""
+                ),
+            )
+        entry = row_branch_entry(s, cols, i, t, amount, a.branch_profit[i]) if entries else None
+        return entry, None, pack_record(
+            BRANCH, b.bits[i], a.branch_profit[i], a.branch_apr[i], a.branch_margin[i],
+            a.branch_pd[i], "",
+        )  # fmt: skip
+
+    def _settle_round(self, b: _Batch, plans: dict[int, list], owners: list, results) -> None:
+        """Apply a round's answers: a grant decides the row, a refusal moves it to its next
+        candidate, a stored decision (a retry) is recalled as it was."""
+        for (i, c, bucket, keys), (r, stored) in zip(owners, results):
+            if stored is not None:  # decided before (a retry, or a concurrent caller)
+                b.recalled[i] = stored
+                del plans[i]
+                continue
+            self.note(bucket, keys, b.amounts[i], r, b.event_ms[i])
+            if r == GRANTED:
+                b.kind[i] = KEEP if c == -2 else BRANCH if c == -1 else REFER
                 if c >= 0:
-                    ev = ev_flat[i * P + c]
-                    entry = (
-                        row_referral_entry(s, cols, i, c, t, amount, ev)
-                        if self.store.needs_entries
-                        else None
-                    )
-                    record = pack_record(
-                        REFER,
-                        bits[i],
-                        ev,
-                        a.partner_apr[i, c],
-                        a.keep_margin[i],
-                        a.pd[i],
-                        s.partners[c].id,
-                    )
-                    applicant = cols.applicant[i]
-                elif c == -2:
-                    entry, applicant = None, None
-                    record = pack_record(
-                        KEEP,
-                        bits[i],
-                        a.keep_profit[i],
-                        a.keep_apr[i],
-                        a.keep_margin[i],
-                        a.pd[i],
-                        "",
-                    )
-                else:
-                    applicant = None
-                    entry = (
-                        row_branch_entry(s, cols, i, t, amount, a.branch_profit[i])
-                        if self.store.needs_entries
-                        else None
-                    )
-                    record = pack_record(
-                        BRANCH,
-                        bits[i],
-                        a.branch_profit[i],
-                        a.branch_apr[i],
-                        a.branch_margin[i],
-                        a.branch_pd[i],
-                        "",
-                    )
-                requests.append(
-                    (
-                        bucket,
-                        keys,
-                        amount,
-                        applicant,
-                        t,
-                        entry,
-                        self._ids[i],
-                        self._fps[i],
-                        record if claiming or self._once else b"",
-                    )
+                    b.chosen[i] = c
+                    self.routing.on_grant(self.rotation, c, plans[i][2])
+                del plans[i]
+            else:
+                b.bits[i] |= (
+                    _LATE if r == LATE else _REFUSED_BIT.get(c, _DEDUPE if r == DEDUPED else _QUOTA)
                 )
-                owners.append((i, c, bucket, keys))
-            if not requests:
-                break
-            results = self.store.try_reserve_many(requests, single_trip=self._once)
-            for (i, c, bucket, keys), (r, stored) in zip(owners, results):
-                if stored is not None:  # decided before (a retry, or a concurrent caller)
-                    recalled[i] = stored
-                    del plans[i]
-                    continue
-                self.note(bucket, keys, amounts[i], r, event_ms[i])
-                if r == GRANTED:
-                    kind[i] = KEEP if c == -2 else BRANCH if c == -1 else REFER
-                    if c >= 0:
-                        chosen[i] = c
-                        routing.on_grant(self.rotation, c, plans[i][2])
-                    del plans[i]
-                else:
-                    bits[i] |= (
-                        _LATE
-                        if r == LATE
-                        else refused_bit.get(c, _DEDUPE if r == DEDUPED else _QUOTA)
-                    )
-                    plans[i][1] += 1
+                plans[i][1] += 1
 
     def _refusing_window(self, j: int, k: int, kcols: list[list[int]], i: int, amount: int) -> str:
         """The window :meth:`known_refusal` would name: the first cap before ``k`` with a
@@ -1131,33 +1050,28 @@ class Allocator:
 
     def _refer(
         self,
-        cols: AppColumns,
+        b: _Batch,
         i: int,
         eligible: list[int],
-        evs: list[float],
-        base: int,
-        pkeys: _LazyKeys | list[list[list[int]]],
-        t: int,
-        amount: int,
         blocked: int,
         block_cap: list[int],
-        a: Assessment,
-        bits: int = 0,
         order: list[int] | None = None,
     ) -> tuple[int, int]:
-        """Try eligible partners in routing order; (chosen index or -1, reason bits).
+        """Try row ``i``'s eligible partners in routing order (``order`` when the batch
+        ranked them already); (chosen index or -1, reason bits).
 
         Partners in ``blocked`` have cap ``block_cap[j]`` full for this row's window:
         refused without asking the store, exactly as the store would refuse them.
         """
-        s, routing = self.strategy, self.routing
-        if order is not None:
-            pass  # ranked for the whole batch already
-        elif len(eligible) == 1 and not routing.rotates:
-            order = eligible
-        else:
-            order = routing.order(eligible, self.rank, lambda j: evs[base + j], self.rotation)
-        applicant = cols.applicant[i]
+        routing, P = self.routing, len(self.strategy.partners)
+        if order is None:
+            if len(eligible) == 1 and not routing.rotates:
+                order = eligible
+            else:
+                evs, base = b.ev_flat, i * P
+                order = routing.order(eligible, self.rank, lambda j: evs[base + j], self.rotation)
+        t, amount, pkeys = b.event_ms[i], b.amounts[i], b.pkeys
+        applicant = b.cols.applicant[i]
         extra = 0
         buckets, known = self.partner_buckets, self.known_refusal
         for j in order:
@@ -1171,19 +1085,11 @@ class Allocator:
                 rec: Callable[[], bytes] | None = None
                 if self._once or self._recorded:
 
-                    def rec(j=j, extra=extra) -> bytes:
-                        return pack_record(
-                            REFER,
-                            bits | extra,
-                            evs[base + j],
-                            a.partner_apr[i, j],
-                            a.keep_margin[i],
-                            a.pd[i],
-                            s.partners[j].id,
-                        )
+                    def rec(j=j, bits=b.bits[i] | extra) -> bytes:
+                        return self._refer_record(b, i, j, bits)
 
                 entry = (
-                    row_referral_entry(s, cols, i, j, t, amount, evs[base + j])
+                    row_referral_entry(self.strategy, b.cols, i, j, t, amount, b.ev_flat[i * P + j])
                     if self.store.needs_entries
                     else None
                 )
@@ -1195,6 +1101,52 @@ class Allocator:
                 self._new_blocks.append((j, cap_index(r)))
             extra |= _DEDUPE if r == DEDUPED else _LATE if r == LATE else _QUOTA
         return -1, extra
+
+    def _refer_record(self, b: _Batch, i: int, j: int, bits: int) -> bytes:
+        """The stored decision of row ``i`` referred to partner ``j`` with reason ``bits``."""
+        a, P = b.a, len(self.strategy.partners)
+        return pack_record(
+            REFER,
+            bits,
+            b.ev_flat[i * P + j],
+            a.partner_apr[i, j],
+            a.keep_margin[i],
+            a.pd[i],
+            self.strategy.partners[j].id,
+        )
+
+
+class _Blocks:
+    """Partners whose count cap is full for the window the current rows are in: refused
+    without a store call or floor lookup until the first row of the next window (rows
+    are in time order)."""
+
+    def __init__(self, n: int, partners: int):
+        self.mask = 0  # bit j: partner j is blocked
+        self.until = [n] * partners  # first row partner j's block no longer covers
+        self.cap = [0] * partners  # the cap index that is full
+        self.n = n
+        self.next_release = n
+
+    def release(self, i: int) -> None:
+        """Unblock the partners whose window ended before row ``i``."""
+        if self.mask and i >= self.next_release:
+            for j in range(len(self.until)):
+                if self.mask >> j & 1 and self.until[j] <= i:
+                    self.mask &= ~(1 << j)
+            self.next_release = min(
+                [self.until[j] for j in range(len(self.until)) if self.mask >> j & 1],
+                default=self.n,
+            )
+
+    def add(self, j: int, k: int, end: int, i: int) -> None:
+        """Partner ``j``'s cap ``k`` is full until row ``end`` (a block only pays past
+        the next row)."""
+        if end > i + 1:
+            self.mask |= 1 << j
+            self.until[j] = end
+            self.cap[j] = k
+            self.next_release = min(self.next_release, end)
 
 
 class _Decided(Exception):
