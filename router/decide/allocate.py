@@ -282,10 +282,9 @@ class Allocator:
     def _plan(self, cols: AppColumns, a: Assessment) -> _Batch:
         """Settle what the store already knows before walking: recalled decisions,
         repeats inside the batch, claims (shared stores), and what each row may try."""
-        s, n = self.strategy, len(cols)
+        n = len(cols)
         ids, fps = cols.application_id, cols.fingerprint
         self._ids, self._fps = ids, fps
-        degraded = [False] * n
         # One decision on a store that can check, reserve and record in one round trip:
         # no separate recall, and a grant's record is written by the reservation itself.
         shared = self.store.needs_claims
@@ -298,75 +297,10 @@ class Allocator:
         # a cluster), claim each application first and keep the decision record with every
         # grant, so a crash can never lead to a second grant (see router/store/redis.py).
         claiming = self._recorded = shared and not single
-        try:
-            recalled = {} if once and n == 1 else self.store.recall_many(ids, fps)
-            down = recall_failed = False
-        except IdempotencyConflict:
-            raise
-        except StoreError as exc:
-            self._store_down(exc, "recall")
-            recalled, down, recall_failed = {}, True, True
-        dups = find_repeats(ids, fps)
-
-        P = len(s.partners)
-        keep_ok, branch_ok = a.keep_ok.tolist(), a.branch_ok.tolist()
-        if n == 1:  # one live decision: plain Python beats numpy here
-            m0 = sum(1 << j for j, e in enumerate(a.eligible[0].tolist()) if e)
-            mask_l = [m0]
-            todo = [0] if keep_ok[0] or branch_ok[0] or m0 else []
-        else:
-            if P:
-                masks = (a.eligible.astype(np.int64) << np.arange(P)).sum(axis=1)
-            else:
-                masks = np.zeros(n, dtype=np.int64)
-            todo = np.flatnonzero(a.keep_ok | a.branch_ok | (masks != 0)).tolist()
-            mask_l = masks.tolist()
-        kind = [DECLINE] * n
-        chosen = [-1] * n
-        bits = a.bits.tolist()
+        recalled, down = self._recall(ids, fps, skip=once and n == 1)
+        todo, mask_l = self._candidates(a, n)
         keys = _KeyRows(a)
-        event_ms, amounts = cols.event_ms.tolist(), cols.requested_amount.tolist()
-        ev_flat = a.ev.ravel().tolist()  # flat: far cheaper than a nested tolist
-        decode: dict[int, list[int]] = {}
-        kb, bb = self.keep_bucket, self.branch_bucket
-        kkeys, bkeys = keys.get(kb), keys.get(bb)
-        # Small batches (live) build partner key columns on demand; big ones all at once,
-        # which is cheaper than a lookup per attempt.
-        pkeys = (
-            _LazyKeys(keys, self.partner_buckets)
-            if n < 64
-            else [keys.get(pb) for pb in self.partner_buckets]
-        )
-        # best_value on a big batch: every row's partner order (EV descending, then
-        # priority) from one vectorised sort, packed 4 bits a partner; decoded once per
-        # distinct (order, eligible set).
-        order_codes = None
-        if self.routing.by_value and n >= 64 and 1 < P <= 15:
-            neg = np.where(a.eligible, -a.ev, np.inf)
-            ranks = np.broadcast_to(np.asarray(self.rank), neg.shape)
-            idx = np.lexsort((ranks, neg), axis=-1).astype(np.int64)
-            order_codes = (idx << (4 * np.arange(P, dtype=np.int64))).sum(axis=1).tolist()
-        degrade_keep = s.degraded.policy == "keep"
-        if claiming and not down:
-            try:
-                want = [i for i in todo if i not in recalled and i not in dups]
-                claims = self.store.claim_many(
-                    [ids[i] for i in want], [fps[i] for i in want], self.claim_lease_ms
-                )
-                bucket_ids = [kb.id, bb.id] + [pb.id for pb in self.partner_buckets]
-                for i, ok in zip(want, claims):
-                    if not ok:
-                        rec = self.store.recover(
-                            ids[i], fps[i], bucket_ids, self.claim_lease_ms, event_ms[i]
-                        )
-                        if rec is not None:
-                            recalled[i] = rec
-            except IdempotencyConflict:
-                raise
-            except StoreError as exc:
-                self._store_down(exc, "claim")
-                down = True
-        return _Batch(
+        b = _Batch(
             cols=cols,
             a=a,
             n=n,
@@ -376,27 +310,100 @@ class Allocator:
             claiming=claiming,
             shared=shared,
             recalled=recalled,
-            dups=dups,
+            dups=find_repeats(ids, fps),
             down=down,
-            recall_failed=recall_failed,
+            recall_failed=down,
             todo=todo,
             mask_l=mask_l,
-            keep_ok=keep_ok,
-            branch_ok=branch_ok,
-            kind=kind,
-            chosen=chosen,
-            bits=bits,
-            degraded=degraded,
-            event_ms=event_ms,
-            amounts=amounts,
-            ev_flat=ev_flat,
-            decode=decode,
-            kkeys=kkeys,
-            bkeys=bkeys,
-            pkeys=pkeys,
-            order_codes=order_codes,
-            degrade_keep=degrade_keep,
+            keep_ok=a.keep_ok.tolist(),
+            branch_ok=a.branch_ok.tolist(),
+            kind=[DECLINE] * n,
+            chosen=[-1] * n,
+            bits=a.bits.tolist(),
+            degraded=[False] * n,
+            event_ms=cols.event_ms.tolist(),
+            amounts=cols.requested_amount.tolist(),
+            ev_flat=a.ev.ravel().tolist(),  # flat: far cheaper than a nested tolist
+            decode={},
+            kkeys=keys.get(self.keep_bucket),
+            bkeys=keys.get(self.branch_bucket),
+            # Small batches (live) build partner key columns on demand; big ones all at
+            # once, which is cheaper than a lookup per attempt.
+            pkeys=(
+                _LazyKeys(keys, self.partner_buckets)
+                if n < 64
+                else [keys.get(pb) for pb in self.partner_buckets]
+            ),
+            order_codes=self._order_codes(a, n),
+            degrade_keep=self.strategy.degraded.policy == "keep",
         )
+        if claiming and not down:
+            self._claim(b)
+        return b
+
+    def _recall(self, ids, fps, skip: bool) -> tuple[dict[int, bytes], bool]:
+        """(decisions the store already holds for these applications, whether the store
+        failed); ``skip`` when the reservation itself will check (one single-trip call)."""
+        if skip:
+            return {}, False
+        try:
+            return self.store.recall_many(ids, fps), False
+        except IdempotencyConflict:
+            raise
+        except StoreError as exc:
+            self._store_down(exc, "recall")
+            return {}, True
+
+    def _candidates(self, a: Assessment, n: int) -> tuple[list[int], list[int]]:
+        """(rows with an option left — keep, branch or an eligible partner —, each row's
+        eligible partners as a bit mask)."""
+        P = len(self.strategy.partners)
+        if n == 1:  # one live decision: plain Python beats numpy here
+            m0 = sum(1 << j for j, e in enumerate(a.eligible[0].tolist()) if e)
+            return ([0] if bool(a.keep_ok[0]) or bool(a.branch_ok[0]) or m0 else []), [m0]
+        if P:
+            masks = (a.eligible.astype(np.int64) << np.arange(P)).sum(axis=1)
+        else:
+            masks = np.zeros(n, dtype=np.int64)
+        todo = np.flatnonzero(a.keep_ok | a.branch_ok | (masks != 0)).tolist()
+        return todo, masks.tolist()
+
+    def _order_codes(self, a: Assessment, n: int) -> list[int] | None:
+        """best_value on a big batch: every row's partner order (EV descending, then
+        priority) from one vectorised sort, packed 4 bits a partner; decoded once per
+        distinct (order, eligible set)."""
+        P = len(self.strategy.partners)
+        if not (self.routing.by_value and n >= 64 and 1 < P <= 15):
+            return None
+        neg = np.where(a.eligible, -a.ev, np.inf)
+        ranks = np.broadcast_to(np.asarray(self.rank), neg.shape)
+        idx = np.lexsort((ranks, neg), axis=-1).astype(np.int64)
+        return (idx << (4 * np.arange(P, dtype=np.int64))).sum(axis=1).tolist()
+
+    def _claim(self, b: _Batch) -> None:
+        """Claim every application the batch will try (shared stores that are not single
+        trip); an application another caller holds is recovered as its decision."""
+        ids, fps = b.ids, b.fps
+        try:
+            want = [i for i in b.todo if i not in b.recalled and i not in b.dups]
+            claims = self.store.claim_many(
+                [ids[i] for i in want], [fps[i] for i in want], self.claim_lease_ms
+            )
+            bucket_ids = [self.keep_bucket.id, self.branch_bucket.id] + [
+                pb.id for pb in self.partner_buckets
+            ]
+            for i, ok in zip(want, claims):
+                if not ok:
+                    rec = self.store.recover(
+                        ids[i], fps[i], bucket_ids, self.claim_lease_ms, b.event_ms[i]
+                    )
+                    if rec is not None:
+                        b.recalled[i] = rec
+        except IdempotencyConflict:
+            raise
+        except StoreError as exc:
+            self._store_down(exc, "claim")
+            b.down = True
 
     def _pipelined_rounds(self, b: _Batch) -> None:
         """A pipelined batch's rounds (see :meth:`_rounds`); rows they leave undecided
@@ -558,130 +565,130 @@ class Allocator:
     def _finish(self, b: _Batch) -> Outcomes:
         """The batch's outcomes and decision records: found decisions handed back as they
         were, new ones stored (declines too), a failed store answered degraded."""
-        s, n, a = self.strategy, b.n, b.a
-        ids, fps, once, shared, recalled, dups = b.ids, b.fps, b.once, b.shared, b.recalled, b.dups
-        kind, chosen, bits, degraded = b.kind, b.chosen, b.bits, b.degraded
-        event_ms, keep_ok, degrade_keep, down = b.event_ms, b.keep_ok, b.degrade_keep, b.down
-        rotation, counted = b.rotation, b.counted
         out = fill_outcomes(
-            a,
-            np.array(kind, dtype=np.int8),
-            chosen,
-            np.array(bits, dtype=np.uint64),
-            [p.id for p in s.partners],
-            np.array(degraded, dtype=bool),
+            b.a,
+            np.array(b.kind, dtype=np.int8),
+            b.chosen,
+            np.array(b.bits, dtype=np.uint64),
+            [p.id for p in self.strategy.partners],
+            np.array(b.degraded, dtype=bool),
         )
-        for i, rec in recalled.items():
+        for i, rec in b.recalled.items():
             out.set_record(i, rec)
-            self._note_answered(ids[i], rec)
+            self._note_answered(b.ids[i], rec)
         records = out.records()
-        for i, j in dups.items():
+        for i, j in b.dups.items():
             out.set_record(i, records[j])
-        if once:
-            # Grants were recorded by their reservations; store the declines unless a
-            # concurrent caller decided first (then its decision is the answer).
-            rows = [
-                i
-                for i in range(n)
-                if i not in recalled
-                and i not in dups
-                and not degraded[i]
-                and out.kind[i] == DECLINE
-            ]
-            try:
-                if rows:
-                    found = self.store.record_many(
-                        [ids[i] for i in rows],
-                        [fps[i] for i in rows],
-                        [records[i] for i in rows],
-                        [event_ms[i] for i in rows],
-                    )
-                    for i, existing in zip(rows, found):
-                        if existing is not None:
-                            out.set_record(i, existing)
-                            self._note_answered(ids[i], existing)
-                            if n == 1 and counted is not None:  # a retry after all
-                                self._restore_counts(counted)
-                                if rotation is not None:
-                                    self.rotation.current[:] = rotation
-            except IdempotencyConflict:
-                raise
-            except StoreError as exc:
-                self._store_down(exc, "remember")
-            return out
+        if b.once:
+            self._record_declines(b, out, records)
+        else:
+            self._remember(b, out, records)
+        return out
+
+    def _new_rows(self, b: _Batch, out: Outcomes, granted: bool | None = None) -> list[int]:
+        """Rows this batch decided itself (not recalled, not repeats, not degraded); only
+        its grants (``granted``) or only its declines (``not granted``) when given."""
+        return [
+            i
+            for i in range(b.n)
+            if i not in b.recalled
+            and i not in b.dups
+            and not b.degraded[i]
+            and (granted is None or (out.kind[i] != DECLINE) == granted)
+        ]
+
+    def _store_records(self, b: _Batch, rows: list[int], records: list[bytes], shared: bool):
+        """Store the records of ``rows`` (``record_many``: what another caller stored first
+        comes back; else ``remember_many``)."""
+        args = (
+            [b.ids[i] for i in rows],
+            [b.fps[i] for i in rows],
+            [records[i] for i in rows],
+            [b.event_ms[i] for i in rows],
+        )
+        if shared:
+            return self.store.record_many(*args)
+        self.store.remember_many(*args)
+        return None
+
+    def _record_declines(self, b: _Batch, out: Outcomes, records: list[bytes]) -> None:
+        """Single trip: grants were recorded by their reservations; store the declines
+        unless a concurrent caller decided first (then its decision is the answer)."""
+        rows = self._new_rows(b, out, granted=False)
         try:
-            if recalled or dups or down:
-                # Degraded answers are not remembered: a retry once the store is back gets a
-                # real decision.
-                keep = [
-                    i for i in range(n) if i not in recalled and i not in dups and not degraded[i]
-                ]
+            if not rows:
+                return
+            found = self._store_records(b, rows, records, shared=True)
+            for i, existing in zip(rows, found):
+                if existing is not None:
+                    out.set_record(i, existing)
+                    self._note_answered(b.ids[i], existing)
+                    if b.n == 1 and b.counted is not None:  # a retry after all
+                        self._restore_counts(b.counted)
+                        if b.rotation is not None:
+                            self.rotation.current[:] = b.rotation
+        except IdempotencyConflict:
+            raise
+        except StoreError as exc:
+            self._store_down(exc, "remember")
+
+    def _remember(self, b: _Batch, out: Outcomes, records: list[bytes]) -> None:
+        """Store every new decision record. Degraded answers are not remembered: a retry
+        once the store is back gets a real decision."""
+        try:
+            if b.recalled or b.dups or b.down:
+                rows = self._new_rows(b, out)
             else:
-                keep = list(range(n))
-            if keep and shared:
+                rows = list(range(b.n))
+            if not rows:
+                return
+            found = self._store_records(b, rows, records, shared=b.shared)
+            if found is not None:
                 # Another process may have decided an unclaimed row (a decline) first: its
                 # record is the answer, and other content is a conflict.
-                found = self.store.record_many(
-                    [ids[i] for i in keep],
-                    [fps[i] for i in keep],
-                    [records[i] for i in keep],
-                    [event_ms[i] for i in keep],
-                )
                 changed = {}
-                for i, existing in zip(keep, found):
+                for i, existing in zip(rows, found):
                     if existing is not None and existing != records[i]:
                         out.set_record(i, existing)
-                        self._note_answered(ids[i], existing)
+                        self._note_answered(b.ids[i], existing)
                         changed[i] = existing
-                for i, j in dups.items():
+                for i, j in b.dups.items():
                     if j in changed:
                         out.set_record(i, changed[j])
-            elif keep:
-                self.store.remember_many(
-                    [ids[i] for i in keep],
-                    [fps[i] for i in keep],
-                    [records[i] for i in keep],
-                    [event_ms[i] for i in keep],
-                )
         except IdempotencyConflict:
             raise
         except StoreError as exc:
             self._store_down(exc, "remember")
             if self.store.two_phase:
-                # A grant whose decision record may be missing must not be handed back (a
-                # retry could not find it and would decide again): void this batch's grants
-                # and answer their rows degraded.
-                self._void = True
-                granted = [
-                    i
-                    for i in range(n)
-                    if i not in recalled
-                    and i not in dups
-                    and not degraded[i]
-                    and out.kind[i] != DECLINE
-                ]
-                instead = {}
-                for i in granted:
-                    kept = degrade_keep and keep_ok[i]
-                    instead[i] = pack_record(
-                        KEEP if kept else DECLINE,
-                        bits[i] | _STORE_DOWN,
-                        a.keep_profit[i] if kept else 0.0,
-                        a.keep_apr[i] if kept else float("nan"),
-                        a.keep_margin[i],
-                        a.pd[i],
-                        "",
-                    )
-                for i, j in [(i, i) for i in granted] + list(dups.items()):
-                    if j in instead:
-                        out.set_record(i, instead[j])
-                        out.degraded[i] = True
-                self.store.forget_many(
-                    [ids[i] for i in granted],
-                    [fps[i] for i in granted],
-                    [records[i] for i in granted],
-                )
-        return out
+                self._void_grants(b, out, records)
+
+    def _void_grants(self, b: _Batch, out: Outcomes, records: list[bytes]) -> None:
+        """A grant whose decision record may be missing must not be handed back (a retry
+        could not find it and would decide again): void this batch's grants and answer
+        their rows degraded."""
+        self._void = True
+        a, granted = b.a, self._new_rows(b, out, granted=True)
+        instead = {}
+        for i in granted:
+            kept = b.degrade_keep and b.keep_ok[i]
+            instead[i] = pack_record(
+                KEEP if kept else DECLINE,
+                b.bits[i] | _STORE_DOWN,
+                a.keep_profit[i] if kept else 0.0,
+                a.keep_apr[i] if kept else float("nan"),
+                a.keep_margin[i],
+                a.pd[i],
+                "",
+            )
+        for i, j in [(i, i) for i in granted] + list(b.dups.items()):
+            if j in instead:
+                out.set_record(i, instead[j])
+                out.degraded[i] = True
+        self.store.forget_many(
+            [b.ids[i] for i in granted],
+            [b.fps[i] for i in granted],
+            [records[i] for i in granted],
+        )
 
     def _store_down(self, exc: StoreError, during: str) -> None:
         """A store call failed: answer degraded (live), or stop the run (``degrade`` off:
