@@ -766,58 +766,19 @@ class Allocator:
         return res
 
     def _allocate_row(self, r: Row, a: OneAssessment) -> tuple[bytes, bool]:
-        s = self.strategy
         bits = a.bits
         eligible = [j for j, ok in enumerate(a.eligible) if ok]
+        rotation = counted = None
         if a.keep_ok or a.branch_ok or eligible:
             # A retry is only known as one when the store answers with its decision: the
             # rotation, advanced while ranking, is then put back (retries never move it).
             rotation = list(self.rotation.current) if len(eligible) > 1 else None
             counted = dict(self.refusals)  # nor its refusal counts
             try:
-                if a.keep_ok:
-                    kb = self.keep_bucket
-                    rec = pack_record(
-                        KEEP, bits, a.keep_profit, a.keep_apr, a.keep_margin, a.pd, ""
-                    )
-                    kk = _row_keys(kb, a)
-                    res = self._known_row(kb, kk, r.requested_amount)
-                    if res == -1:
-                        res = self._reserve_row(kb, kk, r, None, None, rec)
-                    if res == GRANTED:
-                        return rec, False
-                    bits |= _LATE if res == LATE else _KEEP_FULL
-                if a.branch_ok:
-                    bb = self.branch_bucket
-                    rec = pack_record(
-                        BRANCH,
-                        bits,
-                        a.branch_profit,
-                        a.branch_apr,
-                        a.branch_margin,
-                        a.branch_pd,
-                        "",
-                    )
-                    bk = _row_keys(bb, a)
-                    res = self._known_row(bb, bk, r.requested_amount)
-                    if res == -1:
-                        entry = (
-                            make_branch_entry(
-                                self.strategy,
-                                r.application_id,
-                                r.event_ms,
-                                r.requested_amount,
-                                r.term_months,
-                                r.applicant,
-                                a.branch_profit,
-                            )
-                            if self.store.needs_entries
-                            else None
-                        )
-                        res = self._reserve_row(bb, bk, r, None, entry, rec)
-                    if res == GRANTED:
-                        return rec, False
-                    bits |= _LATE if res == LATE else _BRANCH_FULL
+                got = self._own_budgets_row(r, a, bits)
+                if isinstance(got, bytes):
+                    return got, False
+                bits = got
                 if eligible:
                     referred = self._refer_row(r, a, eligible, bits)
                     if isinstance(referred, bytes):
@@ -835,30 +796,75 @@ class Allocator:
                 # Degraded: never refer; keep only if the strategy's degraded policy says so.
                 self._store_down(exc, "reserve")
                 bits |= _STORE_DOWN
-                if s.degraded.policy == "keep" and a.keep_ok:
+                if self.strategy.degraded.policy == "keep" and a.keep_ok:
                     return pack_record(
                         KEEP, bits, a.keep_profit, a.keep_apr, a.keep_margin, a.pd, ""
                     ), True
                 return pack_record(DECLINE, bits, 0.0, float("nan"), a.keep_margin, a.pd, ""), True
+        return self._decline_row(r, a, bits, rotation, counted), False
+
+    def _own_budgets_row(self, r: Row, a: OneAssessment, bits: int) -> bytes | int:
+        """One row's attempts at the funder's own budgets, keep then branch: the granted
+        decision's record, or the reason bits with the refusals added."""
+        if a.keep_ok:
+            kb = self.keep_bucket
+            rec = pack_record(KEEP, bits, a.keep_profit, a.keep_apr, a.keep_margin, a.pd, "")
+            kk = _row_keys(kb, a)
+            res = self._known_row(kb, kk, r.requested_amount)
+            if res == -1:
+                res = self._reserve_row(kb, kk, r, None, None, rec)
+            if res == GRANTED:
+                return rec
+            bits |= _LATE if res == LATE else _KEEP_FULL
+        if a.branch_ok:
+            bb = self.branch_bucket
+            rec = pack_record(
+                BRANCH, bits, a.branch_profit, a.branch_apr, a.branch_margin, a.branch_pd, ""
+            )
+            bk = _row_keys(bb, a)
+            res = self._known_row(bb, bk, r.requested_amount)
+            if res == -1:
+                entry = (
+                    make_branch_entry(
+                        self.strategy,
+                        r.application_id,
+                        r.event_ms,
+                        r.requested_amount,
+                        r.term_months,
+                        r.applicant,
+                        a.branch_profit,
+                    )  # fmt: skip
+                    if self.store.needs_entries
+                    else None
+                )
+                res = self._reserve_row(bb, bk, r, None, entry, rec)
+            if res == GRANTED:
+                return rec
+            bits |= _LATE if res == LATE else _BRANCH_FULL
+        return bits
+
+    def _decline_row(
+        self, r: Row, a: OneAssessment, bits: int, rotation: list | None, counted: dict | None
+    ) -> bytes:
+        """Store a row's decline unless a concurrent caller decided first (then its
+        decision is the answer, and this attempt changes no count)."""
         rec = pack_record(DECLINE, bits, 0.0, float("nan"), a.keep_margin, a.pd, "")
         try:
-            # Store the decline unless a concurrent caller decided first (then its decision
-            # is the answer).
             existing = self.store.record_many(
                 [r.application_id], [r.fingerprint], [rec], [r.event_ms]
             )[0]
-            if existing is not None:  # a retry after all: it changes no count
-                if eligible or a.keep_ok or a.branch_ok:
+            if existing is not None:  # a retry after all
+                if counted is not None:
                     if rotation is not None:
                         self.rotation.current[:] = rotation
                     self._restore_counts(counted)
                 self._note_answered(r.application_id, existing)
-                return existing, False
+                return existing
         except IdempotencyConflict:
             raise
         except StoreError as exc:
             self._store_down(exc, "remember")
-        return rec, False
+        return rec
 
     def _refer_row(self, r: Row, a: OneAssessment, eligible: list[int], bits: int) -> bytes | int:
         """Try eligible partners in routing order: the granted decision's record, or the
