@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from router.core.config import load_strategy  # noqa: E402
 from router.core.messages import decode_application  # noqa: E402
 from router.decide.engine import Router  # noqa: E402
-from router.decide.features import features_one  # noqa: E402
+from router.reference import features_one  # noqa: E402
 from router.scoring import LinearScorer, load_skops, scorer_from_estimator  # noqa: E402
 from router.traffic import write_traffic  # noqa: E402
 

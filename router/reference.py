@@ -28,7 +28,6 @@ from router.core.identity import Hasher
 from router.core.messages import Application, Branch, Decision, Decline, Keep, Refer
 from router.core.reasons import CODES
 from router.core.windows import key_of
-from router.decide.features import features_one
 from router.decide.outcomes import decision_id
 
 
@@ -320,3 +319,33 @@ def _in_regions(region: str, prefixes: list[str]) -> bool:
 def _money(x: float) -> int:
     """Minor units, rounded half to even (as every decision stores money)."""
     return int(round(x)) if math.isfinite(x) else 0
+
+
+_CHANNELS = ("platform", "api_aggregator", "h5_aggregator")
+
+
+def _dpd_months(dpd: int) -> float:
+    return min(dpd, 180) / 30.0
+
+
+def features_one(app: Application) -> list[float]:
+    """The feature vector of one application in ``FEATURES`` order, written out again on
+    its own (``math`` on the message fields; the fast paths use numpy)."""
+    income = app.monthly_income / 100.0
+    amount = app.requested_amount / 100.0
+    ch = app.channel
+    return [
+        float(app.age),
+        math.log1p(income),
+        app.bureau_score / 100.0,
+        float(app.inquiries_3m),
+        float(app.open_loans),
+        float(app.dti),
+        _dpd_months(app.worst_dpd_12m),
+        math.log1p(amount),
+        app.term_months / 12.0,
+        amount / (income + 100.0),
+        1.0 if ch == _CHANNELS[0] else 0.0,
+        1.0 if ch == _CHANNELS[1] else 0.0,
+        1.0 if ch == _CHANNELS[2] else 0.0,
+    ]

@@ -12,7 +12,8 @@ from sklearn.preprocessing import StandardScaler
 from router.core.columns import from_arrow
 from router.core.errors import ModelError
 from router.core.identity import Hasher
-from router.decide.features import FEATURES, features_batch, features_one
+from router.decide.features import FEATURES, features_batch
+from router.reference import features_one
 from router.scoring import (
     LinearScorer,
     OnnxTreeScorer,

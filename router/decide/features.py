@@ -1,19 +1,18 @@
 """Model features derived from an application, for one row and for a batch.
 
-Both paths compute the same numbers with the same operations (``math`` for one row,
-numpy for a batch), so a scorer sees identical inputs live and in replay.
+Both paths compute the same numbers with the same operations, bit for bit, so a scorer
+sees identical inputs live and in replay. (The reference decider, :mod:`router.reference`,
+states them once more on its own, as it does every rule.)
 """
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     from router.core.columns import AppColumns
-    from router.core.messages import Application
 
 #: Feature order every model file must declare (checked at load).
 FEATURES: tuple[str, ...] = (
@@ -33,32 +32,6 @@ FEATURES: tuple[str, ...] = (
 )
 
 _CHANNEL_FLAGS = ("platform", "api_aggregator", "h5_aggregator")
-
-
-def _dpd_months(dpd: int) -> float:
-    return min(dpd, 180) / 30.0
-
-
-def features_one(app: Application) -> list[float]:
-    """The feature vector of one application, as a list of floats in :data:`FEATURES` order."""
-    income = app.monthly_income / 100.0
-    amount = app.requested_amount / 100.0
-    ch = app.channel
-    return [
-        float(app.age),
-        math.log1p(income),
-        app.bureau_score / 100.0,
-        float(app.inquiries_3m),
-        float(app.open_loans),
-        float(app.dti),
-        _dpd_months(app.worst_dpd_12m),
-        math.log1p(amount),
-        app.term_months / 12.0,
-        amount / (income + 100.0),
-        1.0 if ch == _CHANNEL_FLAGS[0] else 0.0,
-        1.0 if ch == _CHANNEL_FLAGS[1] else 0.0,
-        1.0 if ch == _CHANNEL_FLAGS[2] else 0.0,
-    ]
 
 
 def features_row(r: Any) -> list[float]:
@@ -108,3 +81,20 @@ def features_batch(cols: AppColumns) -> np.ndarray:
     for j, name in enumerate(_CHANNEL_FLAGS):
         out[:, 10 + j] = cols.channel == name
     return out
+
+
+def __getattr__(name: str) -> Any:
+    # ``features_one`` moved to the reference decider (which restates the features on its
+    # own); old imports keep working with a warning.
+    if name == "features_one":
+        import warnings
+
+        from router.reference import features_one
+
+        warnings.warn(
+            "router.decide.features.features_one moved to router.reference.features_one",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return features_one
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
