@@ -107,7 +107,8 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
     # ---- state management ----------------------------------------------------------
 
     def state(self) -> tuple:
-        """The compiled functions' state arguments, in their order."""
+        """The compiled functions' state argument: the store's arrays, in the order the
+        kernel unpacks them."""
         return (
             self.clock,
             self.sl,
@@ -220,17 +221,7 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
             self._sweep_python(after - SWEEP_EVERY_MS)
 
     def _sweep(self, event_ms: int) -> None:
-        K.sweep(
-            event_ms,
-            self.clock,
-            self.sl,
-            self.bk,
-            self.arch,
-            self.aq,
-            self.aq_ptr,
-            self.dd,
-            self.dq,
-        )
+        K.sweep(event_ms, self.state())
         self._sweep_python(event_ms)
 
     def _sweep_python(self, event_ms: int) -> None:
@@ -274,11 +265,8 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
                 [self.expiry_of(first + k, key) for k, key in enumerate(keys)], dtype=np.int64
             )
             hi, lo = _words_of(applicant) if applicant is not None else (0, 0)
-            r = int(
-                K.reserve(
-                    b, karr, expires, amount, applicant is not None, hi, lo, event_ms, *self.state()
-                )
-            )
+            who = (applicant is not None, hi, lo)
+            r = int(K.reserve(b, karr, expires, amount, who, event_ms, self.state()))
             if r != GRANTED:
                 return r
             if granted is not None and application_id is not None:  # (granted implies an id)

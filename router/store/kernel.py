@@ -61,8 +61,10 @@ def new_dedupe() -> Dict:
 
 
 @njit(cache=True)
-def sweep(t, clock, sl, bk, arch, aq, aq_ptr, dd, dq):
-    """Drop archived counters and dedupe entries that expired by event time ``t``."""
+def sweep(t, state):
+    """Drop archived counters and dedupe entries that expired by event time ``t``
+    (``state``: the store's arrays, :meth:`ArrayQuotaStore.state`)."""
+    clock, sl, bk, arch, aq, aq_ptr, dd, dq, dq_ptr = state
     clock[NEXT_SWEEP] = t + SWEEP_EVERY_MS
     h = aq_ptr[0]
     while h < aq_ptr[1] and aq[h, 0] < t:
@@ -115,29 +117,14 @@ def _cell(s, key, expires, sl, arch, aq, aq_ptr):
 
 
 @njit(cache=True)
-def reserve(
-    b,
-    keys,
-    expires,
-    amount,
-    has_applicant,
-    hi,
-    lo,
-    t,
-    clock,
-    sl,
-    bk,
-    arch,
-    aq,
-    aq_ptr,
-    dd,
-    dq,
-    dq_ptr,
-):
+def reserve(b, keys, expires, amount, applicant, t, state):
     """One reservation against bucket ``b`` (``keys[k]``/``expires[k]``: the window key of
-    its k-th cap and when that window's counter expires). The memory store's
+    its k-th cap and when that window's counter expires; ``applicant``: (has one, hash
+    high word, low word); ``state``: the store's arrays). The memory store's
     ``try_reserve`` without the per-application grant memory, which the caller keeps.
     Returns GRANTED, DEDUPED or ``CAP_HIT + 2·k + full``."""
+    has_applicant, hi, lo = applicant
+    clock, sl, bk, arch, aq, aq_ptr, dd, dq, dq_ptr = state
     first, end = bk[b, FIRST_SLOT], bk[b, END_SLOT]
     n = end - first
     for k in range(n):
