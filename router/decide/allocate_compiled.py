@@ -12,6 +12,7 @@ Python path. ``tests/test_array_store.py`` checks that both paths decide alike.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from router.decide.assess import Assessment
 from router.decide.entries import make_branch_entry, make_entry
 from router.decide.outcomes import BRANCH, DECLINE, REFER, Outcomes, fill_outcomes
 from router.store.array import ArrayQuotaStore, applicant_words
-from router.store.base import COUNTER_GRACE_MS
+from router.store.base import COUNTER_GRACE_MS, Bucket
 from router.store.kernel import NONE
 
 #: The compiled walk (numba's dispatcher type does not carry the kernel's signature).
@@ -67,6 +68,19 @@ def expiries(keys: np.ndarray, window: str, tz: str) -> np.ndarray:
     return np.repeat(ends + COUNTER_GRACE_MS, np.diff(np.r_[starts, n]))
 
 
+@dataclass
+class _Slots:
+    """The store's cap slots as the walk sees them: each bucket's store index, each slot's
+    key column and its refused-amount floor (from the allocator's memory)."""
+
+    buckets: list[Bucket]
+    bucket_of: np.ndarray
+    slot_col: np.ndarray
+    floor_key: np.ndarray
+    floor_amt: np.ndarray
+    col_of: dict[tuple[str, str], int]
+
+
 def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcomes:
     """Decide a batch (more than one row) on ``al.store``, an ArrayQuotaStore; the caller
     holds ``al.lock``."""
@@ -84,115 +98,131 @@ def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcome
     todo = a.keep_ok | a.branch_ok | (masks != 0)
     if recalled or dups:
         todo[list(recalled) + list(dups)] = False
-    rows = np.flatnonzero(todo)
-
-    buckets = [al.keep_bucket, al.branch_bucket, *al.partner_buckets]
     with store.lock:
-        bucket_of = np.array([store.bucket_index(b) for b in buckets], dtype=np.int64)
-        S = store.n_slots
-        # One key column (and expiry column) per (time zone, window) the buckets use.
-        col_of: dict[tuple[str, str], int] = {}
-        slot_col = np.full(S, -1, dtype=np.int64)
-        floor_key = np.full(S, NONE, dtype=np.int64)
-        floor_amt = np.zeros(S, dtype=np.int64)
-        for b, bucket in zip(bucket_of.tolist(), buckets):
-            first_slot = store.first_slot(b)
-            fl = al.floors.get(bucket.id)
-            for k, cap in enumerate(bucket.caps):
-                slot_col[first_slot + k] = col_of.setdefault(
-                    (bucket.timezone, cap.window), len(col_of)
-                )
-                floor = fl[k] if fl is not None else None
-                if floor is not None:
-                    floor_key[first_slot + k], floor_amt[first_slot + k] = floor
-        keycols = np.empty((max(len(col_of), 1), n), dtype=np.int64)
-        endcols = np.empty_like(keycols)
-        for (tz, window), c in col_of.items():
-            keycols[c] = a.keys[tz][window]
-            endcols[c] = expiries(keycols[c], window, tz)
-        dedupe = P and store.dedupes(bucket_of[2:])
-        hi, lo = (
-            applicant_words(cols.applicant)
-            if dedupe
-            else (np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
-        )
+        slots = _slots(al, store)
         kind = np.full(n, DECLINE, dtype=np.int8)
         chosen = np.full(n, -1, dtype=np.int64)
         bits = a.bits.copy()
-        refusals = np.zeros(S, dtype=np.int64)
-        capev = np.zeros((CAPEV_ROWS, 3), dtype=np.int64)
-        ncapev = np.zeros(1, dtype=np.int64)
-        current = np.array(al.rotation.current, dtype=np.int64)
-        rank = np.array(al.rank, dtype=np.int64)
-        weights = np.array(al.rotation.weights, dtype=np.int64)
-        ev = np.ascontiguousarray(a.ev, dtype=np.float64)
-        method = routing_method(s.routing.method).code
-        amounts, event_ms = cols.requested_amount, cols.event_ms
-        before = store.next_sweep
-        pos = 0
-        while True:
-            store.make_room(len(rows) - pos, S)
-            done = _ALLOCATE(
-                rows[pos:],
-                (a.keep_ok, a.branch_ok, masks, amounts, event_ms, hi, lo),
-                (keycols, endcols, slot_col, bucket_of),
-                (method, rank, ev, weights, current),
-                _BITS,
-                (bits, kind, chosen),
-                (floor_key, floor_amt, refusals, capev, ncapev),
-                store.state(),
-            )
-            pos += int(done)
-            if pos >= len(rows):
-                break
-            if ncapev[0] + 2 + P > len(capev):
-                capev = np.vstack([capev, np.zeros_like(capev)])
-        store.swept_in_call(before)
-        # Hand the allocator's state back.
-        al.rotation.current = current.tolist()
-        for b, bucket in zip(bucket_of.tolist(), buckets):
-            first_slot = store.first_slot(b)
-            for k, cap in enumerate(bucket.caps):
-                sl = first_slot + k
-                if floor_key[sl] != NONE:
-                    fl = al.floors.setdefault(bucket.id, [None] * len(bucket.caps))
-                    fl[k] = (int(floor_key[sl]), int(floor_amt[sl]))
-                if refusals[sl]:
-                    w = (bucket.id, cap.window)
-                    al.refusals[w] = al.refusals.get(w, 0) + int(refusals[sl])
-        if al.on_cap is not None:
-            owner = {}
-            for b, bucket in zip(bucket_of.tolist(), buckets):
-                first_slot = store.first_slot(b)
-                for k, cap in enumerate(bucket.caps):
-                    owner[first_slot + k] = (bucket.id, cap.window)
-            for slot, key, t in capev[: ncapev[0]].tolist():
-                al.on_cap(*owner[slot], key, t)
+        refusals, capev = _walk(al, store, cols, a, masks, np.flatnonzero(todo), slots,
+                                (bits, kind, chosen))  # fmt: skip
+        _hand_back(al, store, slots, refusals, capev)
         if store.needs_entries:
-            # In arrival order, as the walk made the grants (referrals and branch loans).
-            for i in np.flatnonzero((kind == REFER) | (kind == BRANCH)).tolist():
-                t, amount, term = int(event_ms[i]), int(amounts[i]), int(cols.term_months[i])
-                if kind[i] == BRANCH:
-                    store.append_entry(
-                        make_branch_entry(
-                            s, ids[i], t, amount, term, cols.applicant[i], float(a.branch_profit[i])
-                        )
-                    )
-                    continue
-                j = int(chosen[i])
-                store.append_entry(
-                    make_entry(s, ids[i], j, t, amount, term, cols.applicant[i], float(a.ev[i, j]))
-                )
+            _append_entries(al, store, cols, a, kind, chosen)
     out = fill_outcomes(
         a, kind, chosen.tolist(), bits, [p.id for p in s.partners], np.zeros(n, dtype=bool)
     )
+    _records(store, cols, out, recalled, dups)
+    return out
+
+
+def _slots(al: Allocator, store: ArrayQuotaStore) -> _Slots:
+    """Keep, branch and the partners' buckets as the store holds them, one key column per
+    (time zone, window) they use, and the floors the allocator remembers."""
+    buckets = [al.keep_bucket, al.branch_bucket, *al.partner_buckets]
+    bucket_of = np.array([store.bucket_index(b) for b in buckets], dtype=np.int64)
+    S = store.n_slots
+    col_of: dict[tuple[str, str], int] = {}
+    slot_col = np.full(S, -1, dtype=np.int64)
+    floor_key = np.full(S, NONE, dtype=np.int64)
+    floor_amt = np.zeros(S, dtype=np.int64)
+    for b, bucket in zip(bucket_of.tolist(), buckets):
+        first_slot = store.first_slot(b)
+        fl = al.floors.get(bucket.id)
+        for k, cap in enumerate(bucket.caps):
+            slot_col[first_slot + k] = col_of.setdefault((bucket.timezone, cap.window), len(col_of))
+            floor = fl[k] if fl is not None else None
+            if floor is not None:
+                floor_key[first_slot + k], floor_amt[first_slot + k] = floor
+    return _Slots(buckets, bucket_of, slot_col, floor_key, floor_amt, col_of)
+
+
+def _walk(al, store, cols, a, masks, rows, slots: _Slots, out: tuple) -> tuple:
+    """The compiled walk over ``rows``, called again after making room whenever it stops
+    short; (refusal counts per slot, first-refusal events)."""
+    n, P, S = len(cols), len(al.strategy.partners), store.n_slots
+    keycols = np.empty((max(len(slots.col_of), 1), n), dtype=np.int64)
+    endcols = np.empty_like(keycols)
+    for (tz, window), c in slots.col_of.items():
+        keycols[c] = a.keys[tz][window]
+        endcols[c] = expiries(keycols[c], window, tz)
+    if P and store.dedupes(slots.bucket_of[2:]):
+        hi, lo = applicant_words(cols.applicant)
+    else:
+        hi, lo = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    refusals = np.zeros(S, dtype=np.int64)
+    capev = np.zeros((CAPEV_ROWS, 3), dtype=np.int64)
+    ncapev = np.zeros(1, dtype=np.int64)
+    current = np.array(al.rotation.current, dtype=np.int64)
+    routing = (
+        routing_method(al.strategy.routing.method).code,
+        np.array(al.rank, dtype=np.int64),
+        np.ascontiguousarray(a.ev, dtype=np.float64),
+        np.array(al.rotation.weights, dtype=np.int64),
+        current,
+    )
+    batch = (a.keep_ok, a.branch_ok, masks, cols.requested_amount, cols.event_ms, hi, lo)
+    keys = (keycols, endcols, slots.slot_col, slots.bucket_of)
+    before, pos = store.next_sweep, 0
+    while True:
+        store.make_room(len(rows) - pos, S)
+        memo = (slots.floor_key, slots.floor_amt, refusals, capev, ncapev)
+        pos += int(_ALLOCATE(rows[pos:], batch, keys, routing, _BITS, out, memo, store.state()))
+        if pos >= len(rows):
+            break
+        if ncapev[0] + 2 + P > len(capev):
+            capev = np.vstack([capev, np.zeros_like(capev)])
+    store.swept_in_call(before)
+    al.rotation.current = current.tolist()
+    return refusals, capev[: ncapev[0]]
+
+
+def _hand_back(al: Allocator, store, slots: _Slots, refusals, capev) -> None:
+    """The allocator's memory back from the walk: floors, refusal counts, and each cap's
+    first refusal to ``on_cap``."""
+    owner = {}
+    for b, bucket in zip(slots.bucket_of.tolist(), slots.buckets):
+        first_slot = store.first_slot(b)
+        for k, cap in enumerate(bucket.caps):
+            sl = first_slot + k
+            owner[sl] = (bucket.id, cap.window)
+            if slots.floor_key[sl] != NONE:
+                fl = al.floors.setdefault(bucket.id, [None] * len(bucket.caps))
+                fl[k] = (int(slots.floor_key[sl]), int(slots.floor_amt[sl]))
+            if refusals[sl]:
+                w = (bucket.id, cap.window)
+                al.refusals[w] = al.refusals.get(w, 0) + int(refusals[sl])
+    if al.on_cap is not None:
+        for slot, key, t in capev.tolist():
+            al.on_cap(*owner[slot], key, t)
+
+
+def _append_entries(al: Allocator, store, cols: AppColumns, a: Assessment, kind, chosen) -> None:
+    """The ledger entries of the walk's grants (referrals and branch loans), in arrival
+    order, as the walk made them."""
+    s, ids = al.strategy, cols.application_id
+    for i in np.flatnonzero((kind == REFER) | (kind == BRANCH)).tolist():
+        t, amount = int(cols.event_ms[i]), int(cols.requested_amount[i])
+        term, applicant = int(cols.term_months[i]), cols.applicant[i]
+        if kind[i] == BRANCH:
+            entry = make_branch_entry(
+                s, ids[i], t, amount, term, applicant, float(a.branch_profit[i])
+            )
+        else:
+            j = int(chosen[i])
+            entry = make_entry(s, ids[i], j, t, amount, term, applicant, float(a.ev[i, j]))
+        store.append_entry(entry)
+
+
+def _records(store, cols: AppColumns, out: Outcomes, recalled: dict, dups: dict) -> None:
+    """Hand back recalled decisions and repeats as they were; store every new record."""
+    ids, fps, event_ms = cols.application_id, cols.fingerprint, cols.event_ms
     for i, rec in recalled.items():
         out.set_record(i, rec)
     records = out.record_array()
     for i, j in dups.items():
         out.set_record(i, records[j].tobytes())
     if recalled or dups:
-        keep = np.ones(n, dtype=bool)
+        keep = np.ones(len(cols), dtype=bool)
         keep[list(recalled) + list(dups)] = False
         rows_kept = np.flatnonzero(keep)
         store.remember_block(
@@ -205,4 +235,3 @@ def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcome
         store.remember_block(
             list(ids), np.asarray(fps, dtype=np.uint64), records, int(event_ms.max())
         )
-    return out
