@@ -18,7 +18,16 @@ from typing import Any
 from router.core.errors import IdempotencyConflict, InputError
 from router.core.messages import CommercialTerms, ReferralEntry
 from router.core.windows import key_of
-from router.store.base import CAP_HIT, DEDUPED, GRANTED, Bucket, CapLimit, QuotaStore
+from router.store.base import (
+    CAP_HIT,
+    DEDUPED,
+    GRANTED,
+    LATE,
+    LATE_MS,
+    Bucket,
+    CapLimit,
+    QuotaStore,
+)
 from router.store.base import cap_full as _cap_full
 from router.store.base import cap_index as _cap_index
 
@@ -224,6 +233,57 @@ def check_bad_ids_are_errors_and_write_nothing(store: QuotaStore) -> None:
             partial(_reserve, store, b, t, 5, kw["applicant"], application_id=kw["application_id"]),
         )
     assert store.usage(b, keys(b, t)) == [(0, 0)]
+
+
+def check_a_later_caps_refusal_names_that_cap(store: QuotaStore) -> None:
+    b, t = bucket(("day", 5, None), ("month", 3, 250)), ms(2026, 11, 2, 4)
+    assert _reserve(store, b, t) == GRANTED and _reserve(store, b, t) == GRANTED
+    r = _reserve(store, b, t, 100)  # the month's amount: 300 > 250
+    assert r == CAP_HIT + 2 * 1, r
+    assert _reserve(store, b, t, 50) == GRANTED  # exactly 250, the third of three
+    r = _reserve(store, b, t, 1)  # the month's count is full
+    assert r == CAP_HIT + 2 * 1 + 1, r
+
+
+# ---- event time ------------------------------------------------------------------------
+
+
+def check_the_late_limit_is_exact(store: QuotaStore) -> None:
+    b, t = bucket(("day", 10, None)), ms(2026, 11, 2, 12)
+    assert _reserve(store, b, t) == GRANTED
+    assert _reserve(store, b, t - LATE_MS) == GRANTED  # exactly at the limit: still on time
+    assert _reserve(store, b, t - LATE_MS - 1) == LATE
+    assert store.usage(b, keys(b, t)) == [(2, 200)]
+
+
+def check_a_late_event_counts_in_its_own_window(store: QuotaStore) -> None:
+    b = bucket(("day", 1, None))
+    day1 = ms(2026, 11, 2, 15)  # 23:00 local
+    assert _reserve(store, b, day1) == GRANTED
+    day2 = day1 + 2 * 3600_000  # 01:00 of the next local day: the window rolls
+    assert _reserve(store, b, day2) == GRANTED
+    late = day1 + 1800_000  # 23:30 of the first day, inside the late limit
+    r = _reserve(store, b, late)
+    assert _refused(r) and _cap_full(r), r  # the first day's cap is still full
+    assert store.usage(b, keys(b, late)) == [(1, 100)]
+    assert store.usage(b, keys(b, day2)) == [(1, 100)]
+
+
+def check_grants_and_dedupe_outlive_the_sweeps(store: QuotaStore) -> None:
+    """Records expire by event time, not sooner: 20 hours of other traffic later (the
+    stores sweep about hourly), a retry of a grant is still the same grant and the
+    applicant is still inside a one-day dedupe window."""
+    b, t = bucket(("day", 10, None), dedupe_days=1), ms(2026, 11, 2, 1)
+    assert _reserve(store, b, t, 100, "h1", application_id="a1") == GRANTED
+    other = bucket(("day", 1000, None), bid="other")
+    for k in range(1, 41):
+        assert _reserve(store, other, t + k * 1800_000) == GRANTED
+    t2 = t + 20 * 3600_000
+    assert _reserve(store, b, t2, 100, "h1", application_id="a1") == GRANTED
+    assert store.usage(b, keys(b, t)) == [(1, 100)]  # the retry applied nothing
+    assert _reserve(store, b, t2, 100, "h1", application_id="a2") == DEDUPED
+    t3 = t + 86_400_000 + 1  # the dedupe window has passed
+    assert _reserve(store, b, t3, 100, "h1", application_id="a3") == GRANTED
 
 
 # ---- retries ---------------------------------------------------------------------------
