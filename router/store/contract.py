@@ -170,6 +170,17 @@ def check_dedupe_refusal_counts_nothing(store: QuotaStore) -> None:
     assert store.usage(b, keys(b, t)) == [(1, 100)]
 
 
+def check_dedupe_needs_an_applicant_and_a_window(store: QuotaStore) -> None:
+    t = ms(2026, 11, 2, 4)
+    plain = bucket(("day", 10, None), bid="plain")  # no dedupe window
+    assert _reserve(store, plain, t, 100, "h1") == GRANTED
+    assert _reserve(store, plain, t, 100, "h1") == GRANTED
+    deduped = bucket(("day", 10, None), dedupe_days=1, bid="deduped")
+    assert _reserve(store, deduped, t) == GRANTED  # no applicant: nothing to dedupe on
+    assert _reserve(store, deduped, t) == GRANTED
+    assert store.usage(plain, keys(plain, t)) == [(2, 200)]
+
+
 def check_dedupe_is_per_bucket(store: QuotaStore) -> None:
     a = bucket(("day", 9, None), dedupe_days=7, bid="a")
     b = bucket(("day", 9, None), dedupe_days=7, bid="b")
@@ -257,16 +268,27 @@ def check_the_late_limit_is_exact(store: QuotaStore) -> None:
 
 
 def check_a_late_event_counts_in_its_own_window(store: QuotaStore) -> None:
-    b = bucket(("day", 1, None))
+    b, other = bucket(("day", 1, None)), bucket(("day", 100, None), bid="other")
     day1 = ms(2026, 11, 2, 15)  # 23:00 local
     assert _reserve(store, b, day1) == GRANTED
     day2 = day1 + 2 * 3600_000  # 01:00 of the next local day: the window rolls
-    assert _reserve(store, b, day2) == GRANTED
+    assert _reserve(store, b, day2, 300) == GRANTED
+    assert _reserve(store, other, day2 + 3600_000) == GRANTED  # time moves on (a sweep)
     late = day1 + 1800_000  # 23:30 of the first day, inside the late limit
     r = _reserve(store, b, late)
     assert _refused(r) and _cap_full(r), r  # the first day's cap is still full
     assert store.usage(b, keys(b, late)) == [(1, 100)]
-    assert store.usage(b, keys(b, day2)) == [(1, 100)]
+    assert store.usage(b, keys(b, day2)) == [(1, 300)]
+
+
+def check_a_late_event_in_a_window_never_seen_starts_from_zero(store: QuotaStore) -> None:
+    b = bucket(("day", 1, None))
+    day2 = ms(2026, 11, 2, 17)  # 01:00 local on 3 November
+    assert _reserve(store, b, day2) == GRANTED
+    late = day2 - 2 * 3600_000  # 23:00 on 2 November: no counter for that day yet
+    assert _reserve(store, b, late, 250) == GRANTED
+    assert store.usage(b, keys(b, late)) == [(1, 250)]
+    assert _refused(_reserve(store, b, late))
 
 
 def check_grants_and_dedupe_outlive_the_sweeps(store: QuotaStore) -> None:
@@ -284,6 +306,9 @@ def check_grants_and_dedupe_outlive_the_sweeps(store: QuotaStore) -> None:
     assert _reserve(store, b, t2, 100, "h1", application_id="a2") == DEDUPED
     t3 = t + 86_400_000 + 1  # the dedupe window has passed
     assert _reserve(store, b, t3, 100, "h1", application_id="a3") == GRANTED
+    for k in range(1, 17):  # past every record's end: the sweeps drop them
+        assert _reserve(store, other, t3 + k * 1800_000) == GRANTED
+    assert _reserve(store, b, t3 + 8 * 3600_000, 100, "h1", application_id="a4") == DEDUPED
 
 
 # ---- retries ---------------------------------------------------------------------------
