@@ -13,6 +13,10 @@ from router.traffic import write_traffic
 def test_replay_into_redis_gets_its_own_prefix(tmp_path, redis_server):
     traffic = write_traffic(tmp_path / "t.parquet", 3000, seed=9, per_day=3000)
     url = f"redis://{redis_server.host}:{redis_server.port}/0"
+    import redis
+
+    client = redis.Redis(host=redis_server.host, port=redis_server.port)
+    before = set(client.keys("*"))  # (the suite's server: other tests' keys may be there)
     r = CliRunner().invoke(
         app,
         [
@@ -33,10 +37,10 @@ def test_replay_into_redis_gets_its_own_prefix(tmp_path, redis_server):
     assert timing["store"] == "RedisQuotaStore"
     prefix = timing["store_prefix"]
     assert prefix.startswith("replay-") and prefix != "rr:"
-    import redis
-
-    keys = redis.Redis(host=redis_server.host, port=redis_server.port).keys("*")
+    keys = set(client.keys("*")) - before
     assert keys and all(k.decode().startswith(prefix) for k in keys)
+    for k in keys:
+        client.delete(k)
 
 
 def test_compare_and_tune_commands(tmp_path):
@@ -136,3 +140,8 @@ def test_replay_behind_the_stores_newest_event_says_so(tmp_path, redis_server):
     said = f"{late:,} applications were declined as late events"
     assert said in " ".join(r.output.split())
     assert said in (tmp_path / "oct" / "report.html").read_text()
+    import redis
+
+    client = redis.Redis(host=redis_server.host, port=redis_server.port)
+    for k in client.scan_iter(url.rsplit("prefix=", 1)[1] + "*"):
+        client.delete(k)

@@ -221,17 +221,17 @@ def replay(
     statements; ``summary["billing"]`` says how many.
     """
     traffic_file = Path(traffic) if isinstance(traffic, (str, Path)) else None
-    is_file = traffic_file is not None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mapping = dict(strategy.columns if mapping is None else mapping)
     check_mapping(mapping)
     log = get_logger("replay").bind(strategy=strategy.version)
-    sink, own_store = None, store is None
+    sink = None
     if billing_db is not None:
         from router.billing.what_if import BillingSink
 
         sink = BillingSink(billing_db, strategy)
+    own_store = store is None
     if store is None:
         store = ArrayQuotaStore(
             idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000,
@@ -251,25 +251,13 @@ def replay(
     ref = reference_pds(strategy, reference, router, mapping) if reference else None
     metrics = Metrics(strategy, ref)
     metrics_holder.append(metrics)
-    rejects_path = out / "rejects.jsonl"
-    n_rejects = 0
-    rows_read = late = 0
-    newest = -(2**62)
-    log.info("replay.start", traffic=str(traffic) if is_file else "<stream>", out=str(out))
+    log.info("replay.start", traffic=str(traffic) if traffic_file else "<stream>", out=str(out))
+    run = _Run(out, strategy, router, metrics, sink)
     t0 = time.perf_counter()
-    decisions_path = out / "decisions.parquet" if write_decisions else None
-    tmp = out / "decisions.parquet.tmp"
-    schema = decisions_schema(strategy.timezone)
-    writer = pq.ParquetWriter(tmp, schema, compression="zstd") if write_decisions else None
-    with open(rejects_path, "wb") as rej:
-
-        def on_rejects(items: list[Reject]) -> None:
-            nonlocal n_rejects
-            n_rejects += len(items)
-            rej.write(b"".join(msgspec.json.encode(r.to_dict()) + b"\n" for r in items))
-
+    with open(out / "rejects.jsonl", "wb") as rej:
+        run.rejects_file = rej
         if cached is not None:
-            on_rejects(cached.rejects)
+            run.on_rejects(cached.rejects)
             source: Any = cached.batches
         else:
             source = (
@@ -280,43 +268,19 @@ def replay(
                     mapping=mapping,
                     partner_ids=[p.id for p in strategy.partners],
                     batch_size=batch_size,
-                    on_rejects=on_rejects,
+                    on_rejects=run.on_rejects,
                 )
             )
-        try:
-            for batch in source:
-                cols = batch.cols
-                late += int((cols.event_ms < newest).sum())
-                newest = max(newest, int(cols.event_ms.max()))
-                outcomes = router.decide_columns(cols)
-                metrics.add(outcomes, cols, batch.outcomes)
-                if writer is not None:
-                    writer.write_batch(_decision_batch(outcomes, cols, batch.outcomes, schema))
-                rows_read += len(cols)
-                if sink is not None:
-                    sink.flush()
-                if progress:
-                    progress(len(cols))
-        except BaseException:
-            if writer is not None:
-                writer.close()
-                tmp.unlink(missing_ok=True)  # no half-written decisions file is left
-            raise
-        if writer is not None:
-            writer.close()
+        run.decide_all(source, write_decisions, progress)
     store.flush()  # the last batch's grants are posted before the run reports done
     billing = None
     if sink is not None:
         if not own_store:  # the caller's store kept its ledger (a Redis one, its streams)
             sink.extend(store.ledger(branch=True))
         billing = sink.close()
-    if decisions_path is not None:
-        tmp.replace(decisions_path)
+    decisions_path = run.finish_decisions()
     elapsed = time.perf_counter() - t0
     body = metrics.summary()
-    cap_refusals: dict[str, dict[str, int]] = {}
-    for (bucket, window), count in sorted(router.cap_refusals().items()):
-        cap_refusals.setdefault(bucket.strip("_"), {})[window] = count
     summary = {
         "strategy_version": strategy.version,
         "strategy_hash": strategy_hash(strategy),
@@ -328,46 +292,111 @@ def replay(
             else file_sha256(traffic_file)
             if traffic_file is not None
             else None,
-            "rows_accepted": rows_read,
-            "rows_rejected": n_rejects,
-            "late_events": late,
+            "rows_accepted": run.rows_read,
+            "rows_rejected": run.n_rejects,
+            "late_events": run.late,
             "column_mapping": mapping,
         },
         "reference": (
             {"file": Path(reference).name, "sha256": file_sha256(reference)} if reference else None
         ),
         **body,
-        "cap_refusals": cap_refusals,
+        "cap_refusals": _cap_refusals(router),
         "money_unit": "minor units (fen)",
     }
     if billing is not None:
         summary["billing"] = billing
-    summary_path = out / "summary.json"
-    summary_path.write_bytes(msgspec.json.format(msgspec.json.encode(summary)) + b"\n")
-    # Run facts that differ between runs of the same input (kept out of the summary).
-    (out / "timing.json").write_bytes(
-        msgspec.json.encode(
-            {
-                "elapsed_s": round(elapsed, 3),
-                "applications_per_s": round(rows_read / elapsed, 1) if elapsed > 0 else None,
-                "store": type(store).__name__,
-                "store_prefix": getattr(store, "prefix", None),
-            }
-        )
-        + b"\n"
-    )
+    summary_path = _write_summary(out, summary, store, run.rows_read, elapsed)
     if report:
         from router.replay.report import write_replay_report
 
         write_replay_report(summary, out)
     log.info(
         "replay.done",
-        applications=rows_read,
-        rejected=n_rejects,
+        applications=run.rows_read,
+        rejected=run.n_rejects,
         elapsed_s=round(elapsed, 3),
         **body["decisions"],
     )
-    return ReplayResult(summary, summary_path, decisions_path, rejects_path, elapsed)
+    return ReplayResult(summary, summary_path, decisions_path, out / "rejects.jsonl", elapsed)
+
+
+class _Run:
+    """One replay's loop state: counts, the rejects file, the decisions file being
+    written (as ``.tmp`` until the run completes: never a half-written one)."""
+
+    def __init__(self, out: Path, strategy: Strategy, router: Router, metrics: Metrics, sink):
+        self.out, self.router, self.metrics, self.sink = out, router, metrics, sink
+        self.schema = decisions_schema(strategy.timezone)
+        self.tmp = out / "decisions.parquet.tmp"
+        self.rejects_file: Any = None
+        self.n_rejects = self.rows_read = self.late = 0
+        self.newest = -(2**62)
+        self.wrote = False
+
+    def on_rejects(self, items: list[Reject]) -> None:
+        self.n_rejects += len(items)
+        self.rejects_file.write(b"".join(msgspec.json.encode(r.to_dict()) + b"\n" for r in items))
+
+    def decide_all(self, source: Iterable[TrafficBatch], write: bool, progress) -> None:
+        """Decide every batch in order, into the metrics and the decisions file."""
+        writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd") if write else None
+        try:
+            for batch in source:
+                cols = batch.cols
+                self.late += int((cols.event_ms < self.newest).sum())
+                self.newest = max(self.newest, int(cols.event_ms.max()))
+                outcomes = self.router.decide_columns(cols)
+                self.metrics.add(outcomes, cols, batch.outcomes)
+                if writer is not None:
+                    writer.write_batch(_decision_batch(outcomes, cols, batch.outcomes, self.schema))
+                self.rows_read += len(cols)
+                if self.sink is not None:
+                    self.sink.flush()
+                if progress:
+                    progress(len(cols))
+        except BaseException:
+            if writer is not None:
+                writer.close()
+                self.tmp.unlink(missing_ok=True)  # no half-written decisions file is left
+            raise
+        if writer is not None:
+            writer.close()
+            self.wrote = True
+
+    def finish_decisions(self) -> Path | None:
+        """``decisions.parquet`` in place (None when not written)."""
+        if not self.wrote:
+            return None
+        path = self.out / "decisions.parquet"
+        self.tmp.replace(path)
+        return path
+
+
+def _cap_refusals(router: Router) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (bucket, window), count in sorted(router.cap_refusals().items()):
+        out.setdefault(bucket.strip("_"), {})[window] = count
+    return out
+
+
+def _write_summary(out: Path, summary: dict, store, rows: int, elapsed: float) -> Path:
+    """``summary.json`` (byte-identical for the same input and strategy) and
+    ``timing.json`` (the run facts that differ between runs)."""
+    summary_path = out / "summary.json"
+    summary_path.write_bytes(msgspec.json.format(msgspec.json.encode(summary)) + b"\n")
+    (out / "timing.json").write_bytes(
+        msgspec.json.encode(
+            {
+                "elapsed_s": round(elapsed, 3),
+                "applications_per_s": round(rows / elapsed, 1) if elapsed > 0 else None,
+                "store": type(store).__name__,
+                "store_prefix": getattr(store, "prefix", None),
+            }
+        )
+        + b"\n"
+    )
+    return summary_path
 
 
 def _in_time_order(batch: TrafficBatch) -> TrafficBatch:
