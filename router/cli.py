@@ -543,8 +543,20 @@ def tune(
                 "chosen" if c.get("best") else "",
             )
     out.print(t)
+    base = r.result["baseline"]
+    out.print(
+        f"starting strategy: value {_yuan(base['value'])} yuan, bad rate {base['bad_rate']:.2%},"
+        f" keep rate {base['keep_rate']:.2%}",
+        markup=False,
+    )
     if r.best_strategy:
-        out.print(f"best under the constraints: candidate {r.result['best']} -> {r.best_strategy}")
+        best = next(c for c in cands if c["id"] == r.result["best"])
+        gain = best["metrics"]["value"] - base["value"]
+        out.print(
+            f"best under the constraints: candidate {r.result['best']} -> {r.best_strategy} "
+            f"({'+' if gain >= 0 else '−'}{_yuan(abs(gain))} yuan against the starting strategy)",
+            markup=False,
+        )
     out.print(f"report: {out_dir / 'report.html'}\nall candidates: {r.path}")
     if not r.best_strategy:
         # Say how close the candidates came, so the user knows which bound to move.

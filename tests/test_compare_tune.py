@@ -238,3 +238,22 @@ def test_a_grid_value_that_is_not_a_list_is_a_config_error(tmp_path):
     p.write_text('[grid]\n"primary.max_pd" = 0.05\n')
     with pytest.raises(ConfigError, match=r"grid\.primary\.max_pd.*\(value: 0\.05\)"):
         load_grid(p)
+
+
+def test_tune_shows_the_starting_strategy_next_to_the_candidates(tmp_path):
+    """The strategy tuning starts from is replayed too and shown as a point of its own, so a
+    user sees whether the chosen candidate beats what they run today (the demo's own
+    strategy beats every candidate of the README's grid at --min-keep-rate 0.06)."""
+    from router.replay.tune import metrics_of
+    from router.traffic import write_traffic
+
+    traffic = write_traffic(tmp_path / "t.parquet", 6000, seed=3, per_day=6000)
+    s = load_strategy("configs/strategy.toml")
+    r = tune(s, traffic, {"primary.max_pd": [0.03, 0.05]}, tmp_path / "tune", max_bad_rate=0.05)
+    from router.replay import replay
+
+    plain = replay(s, traffic, tmp_path / "plain", report=False)
+    assert r.result["baseline"] == metrics_of(plain.summary)
+    assert [c["id"] for c in r.result["candidates"]] == [0, 1]  # not a candidate itself
+    page = (tmp_path / "tune" / "report.html").read_text()
+    assert "starting strategy" in page and s.version in page

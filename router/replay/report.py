@@ -162,8 +162,11 @@ def chart_swap_heatmap(matrix: dict[str, Any], path: Path) -> str:
     return _save(fig, path)
 
 
-def chart_frontier(candidates: list[dict[str, Any]], path: Path) -> str:
-    """Every candidate: value against bad rate, colour = keep rate; frontier ringed."""
+def chart_frontier(
+    candidates: list[dict[str, Any]], path: Path, baseline: dict[str, Any] | None = None
+) -> str:
+    """Every candidate: value against bad rate, colour = keep rate; frontier ringed; the
+    starting strategy (``baseline``'s metrics) as a black diamond."""
     fig, ax = plt.subplots(figsize=(8, 4.8))
     x = [c["metrics"]["bad_rate"] for c in candidates]
     y = [c["metrics"]["value"] / 100 for c in candidates]
@@ -190,6 +193,15 @@ def chart_frontier(candidates: list[dict[str, Any]], path: Path) -> str:
             color="#f9a825",
             edgecolors="black",
             label="chosen",
+        )
+    if baseline is not None:
+        ax.scatter(
+            [baseline["bad_rate"]],
+            [baseline["value"] / 100],
+            marker="D",
+            s=70,
+            color="black",
+            label="starting strategy",
         )
     ax.set_xlabel("expected bad rate of kept loans")
     ax.set_ylabel("profit + referral revenue (yuan)")
@@ -524,12 +536,28 @@ def write_tune_report(
     result: dict[str, Any], best_summary: dict[str, Any] | None, out: Path
 ) -> Path:
     """``out/report.html`` for a tuning run."""
-    cands = result["candidates"]
+    cands, base = result["candidates"], result.get("baseline")
+    chart = chart_frontier(cands, out / "charts" / "frontier.png", base)
     parts = [
         f"<p>{len(cands)} candidates · {sum(c['frontier'] for c in cands)} on the frontier · "
         f"constraints: {html.escape(_constraints(result['constraints']))}</p>",
-        f"<img src='{chart_frontier(cands, out / 'charts' / 'frontier.png')}' alt='frontier'>",
     ]
+    if base is not None:
+        chosen = next((c for c in cands if c.get("best")), None)
+        versus = (
+            f" The chosen candidate changes the value by "
+            f"{_yuan(chosen['metrics']['value'] - base['value'])} yuan."
+            if chosen
+            else ""
+        )
+        parts.append(
+            f"<p>The starting strategy ({html.escape(result['strategy_version'])}): value "
+            f"{_yuan(base['value'])} yuan, bad rate {_pct(base['bad_rate'])}, keep rate "
+            f"{_pct(base['keep_rate'])} — "
+            f"{'it meets' if _meets(base, result['constraints']) else 'it does not meet'} "
+            f"the constraints.{versus}</p>"
+        )
+    parts.append(f"<img src='{chart}' alt='frontier'>")
     front = [c for c in cands if c["frontier"]]
     names = list(dict.fromkeys(k for c in front for k in c["params"]))
     rows = [
@@ -561,6 +589,12 @@ def write_tune_report(
     path = out / "report.html"
     path.write_text(_page("Strategy tuning", parts))
     return path
+
+
+def _meets(metrics: dict[str, Any], c: dict[str, Any]) -> bool:
+    return (c.get("max_bad_rate") is None or metrics["bad_rate"] <= c["max_bad_rate"]) and (
+        c.get("min_keep_rate") is None or metrics["keep_rate"] >= c["min_keep_rate"]
+    )
 
 
 def _constraints(c: dict[str, Any]) -> str:

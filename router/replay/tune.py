@@ -309,8 +309,9 @@ def tune(
 ) -> TuneResult:
     """Replay every grid candidate, mark the frontier, choose and write the best.
 
-    Writes ``DIR/tune.json``, ``DIR/best_strategy.toml`` (when a candidate meets the
-    constraints) and ``DIR/report.html``.
+    Writes ``DIR/tune.json`` (with ``baseline``: the figures of ``strategy`` itself, the
+    point to beat), ``DIR/best_strategy.toml`` (when a candidate meets the constraints)
+    and ``DIR/report.html``.
     """
     from router.replay.run import check_mapping, replay
 
@@ -336,6 +337,17 @@ def tune(
         if progress:
             progress(r)
     results.sort(key=lambda r: r["id"])
+    # The strategy tuning starts from, on the same traffic: the point to beat.
+    start = replay(
+        strategy,
+        traffic,
+        out / "baseline",
+        mapping=mapping,
+        cached=cached_traffic(strategy, str(traffic), mapping),
+        scorers=_scorers(strategy),
+        write_decisions=False,
+        report=False,
+    )
     for r, front in zip(results, pareto(results)):
         r["frontier"] = front
     best = choose(results, max_bad_rate, min_keep_rate)
@@ -368,6 +380,7 @@ def tune(
             "bad_rate": "min (expected, kept loans)",
             "keep_rate": "max",
         },
+        "baseline": metrics_of(start.summary),
         "candidates": results,
         "best": best["id"] if best else None,
     }
