@@ -7,7 +7,7 @@ quota store; :mod:`router.decide.engine` then walks the batch in arrival order a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -100,6 +100,17 @@ def consent_matrix(
     return table[inv]
 
 
+class _Inputs(NamedTuple):
+    """What every step of :func:`assess` reads; ``bits`` is filled in place."""
+
+    cols: AppColumns
+    strategy: Strategy
+    pd: np.ndarray
+    amount: np.ndarray  # float64
+    term: np.ndarray  # float64
+    bits: np.ndarray  # uint64 reason bits
+
+
 def assess(
     cols: AppColumns,
     strategy: Strategy,
@@ -112,23 +123,58 @@ def assess(
     ``table`` is the strategy's partner book as arrays (built here if not given; a
     :class:`~router.decide.engine.Router` builds it once).
     """
-    n = len(cols)
-    s, r, e = strategy, strategy.rules, strategy.economics
-    bits = np.zeros(n, dtype=np.uint64)
+    n, s = len(cols), strategy
     X = features_batch(cols)
-    pd = scorers[s.primary.scorer].pd_batch(X)
-    amount = cols.requested_amount.astype(np.float64)
-    term = cols.term_months.astype(np.float64)
+    inp = _Inputs(
+        cols,
+        s,
+        scorers[s.primary.scorer].pd_batch(X),
+        cols.requested_amount.astype(np.float64),
+        cols.term_months.astype(np.float64),
+        np.zeros(n, dtype=np.uint64),
+    )
+    dead, funder_ok = _rules(inp)
+    keep_ok, keep_apr, keep_margin, keep_profit = _primary(inp, funder_ok)
+    if s.branch is not None:
+        b = s.branch
+        bpd = inp.pd if b.scorer == s.primary.scorer else scorers[b.scorer].pd_batch(X)
+        branch_ok, bapr, bmargin, bprofit = _branch(inp, bpd, funder_ok, keep_ok)
+    else:
+        bpd = bapr = bprofit = bmargin = np.zeros(n)
+        branch_ok = np.zeros(n, dtype=bool)
+    table = table if table is not None else PartnerTable(s.partners)
+    valuable, ev, papr = _partners(inp, dead, table, employer_tokens)
+    zones = {s.timezone, *(pt.timezone for pt in s.partners)}
+    return Assessment(
+        bits=inp.bits,
+        dead=dead,
+        pd=inp.pd,
+        keep_ok=keep_ok,
+        keep_apr=keep_apr,
+        keep_margin=keep_margin,
+        keep_profit=keep_profit,
+        branch_ok=branch_ok,
+        branch_pd=np.asarray(bpd),
+        branch_apr=np.asarray(bapr),
+        branch_margin=np.asarray(bmargin),
+        branch_profit=np.asarray(bprofit),
+        eligible=valuable,
+        ev=ev,
+        partner_apr=papr,
+        keys={z: window_keys(cols.event_ms, z) for z in zones},
+    )
 
-    # Global rules decline outright.
+
+def _rules(inp: _Inputs) -> tuple[np.ndarray, np.ndarray]:
+    """(declined outright, the funder may lend): fraud and the global rules decline; the
+    funder rules (and licensed regions) remove keep and branch only (router.core.rules)."""
+    cols, r, bits = inp.cols, inp.strategy.rules, inp.bits
     dead = cols.fraud_flag & r.decline_fraud
     _set(bits, dead, "FRAUD_FLAG")
     for rule in GLOBAL_RULES:
         bad = rule.broken(getattr(cols, rule.field), r)
         _set(bits, bad, rule.code)
         dead = dead | bad
-
-    # Funder rules remove keep and branch only (see router.core.rules).
     funder_ok = ~dead
     region_bad = ~region_match(coded_column(cols, "region"), r.licensed_regions)
     for code, bad in (
@@ -137,14 +183,17 @@ def assess(
     ):
         _set(bits, bad & ~dead, code)
         funder_ok &= ~bad
+    return dead, funder_ok
 
-    # Primary policy.
-    p = s.primary
-    req = eco.required_apr(pd, term, e)
+
+def _primary(inp: _Inputs, funder_ok: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The primary policy: (keep allowed, offered APR, coverage margin, expected profit)."""
+    cols, pd, e, p = inp.cols, inp.pd, inp.strategy.economics, inp.strategy.primary
+    req = eco.required_apr(pd, inp.term, e)
     ach = eco.achievable_apr(cols.max_apr, e)
     keep_apr = eco.offered_apr(req, ach, e)
     keep_margin = ach - req
-    keep_profit = eco.keep_profit(amount, term, pd, keep_apr, e)
+    keep_profit = eco.keep_profit(inp.amount, inp.term, pd, keep_apr, e)
     checks = (
         ("KEEP_FILTER", filter_mask(p.filters, cols, pd)),
         ("KEEP_PD_ABOVE_CUTOFF", pd <= p.max_pd),
@@ -153,33 +202,41 @@ def assess(
     )
     keep_ok = funder_ok.copy()
     for code, ok in checks:
-        _set(bits, funder_ok & ~ok, code)
+        _set(inp.bits, funder_ok & ~ok, code)
         keep_ok &= ok
+    return keep_ok, keep_apr, keep_margin, keep_profit
 
-    # Second branch.
-    b = s.branch
-    if b is not None:
-        bpd = pd if b.scorer == p.scorer else scorers[b.scorer].pd_batch(X)
-        bapr = eco.branch_apr(cols.max_apr, b, e)
-        bprofit = eco.branch_profit(amount, term, bpd, bapr, b, e)
-        bmargin = eco.branch_margin(amount, term, bprofit, b)
-        checks = (
-            ("BRANCH_FILTER", filter_mask(b.filters, cols, bpd)),
-            ("BRANCH_PD_ABOVE_CUTOFF", bpd <= b.max_pd),
-            ("BRANCH_NOT_COVERED", bmargin >= 0),
-            ("BRANCH_LOW_PROFIT", bprofit >= b.min_expected_profit),
-        )
-        branch_ok = funder_ok.copy()
-        for code, ok in checks:
-            _set(bits, funder_ok & ~keep_ok & ~ok, code)
-            branch_ok &= ok
-    else:
-        bpd = bapr = bprofit = bmargin = np.zeros(n)
-        branch_ok = np.zeros(n, dtype=bool)
 
-    # Partners.
-    P = len(s.partners)
-    table = table if table is not None else PartnerTable(s.partners)
+def _branch(
+    inp: _Inputs, bpd: np.ndarray, funder_ok: np.ndarray, keep_ok: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """The second branch (its reasons explain rows the primary refused): (branch allowed,
+    APR, margin, expected profit)."""
+    b, e = inp.strategy.branch, inp.strategy.economics
+    assert b is not None
+    bapr = eco.branch_apr(inp.cols.max_apr, b, e)
+    bprofit = eco.branch_profit(inp.amount, inp.term, bpd, bapr, b, e)
+    bmargin = eco.branch_margin(inp.amount, inp.term, bprofit, b)
+    checks = (
+        ("BRANCH_FILTER", filter_mask(b.filters, inp.cols, bpd)),
+        ("BRANCH_PD_ABOVE_CUTOFF", bpd <= b.max_pd),
+        ("BRANCH_NOT_COVERED", bmargin >= 0),
+        ("BRANCH_LOW_PROFIT", bprofit >= b.min_expected_profit),
+    )
+    branch_ok = funder_ok.copy()
+    for code, ok in checks:
+        _set(inp.bits, funder_ok & ~keep_ok & ~ok, code)
+        branch_ok &= ok
+    return branch_ok, bapr, bmargin, bprofit
+
+
+def _partners(
+    inp: _Inputs, dead: np.ndarray, table: PartnerTable, employer_tokens: list[frozenset[str]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Consent, eligibility and value of every partner: (eligible and valuable enough,
+    expected value, partner APR), each (n × partners)."""
+    cols, s, pd, bits = inp.cols, inp.strategy, inp.pd, inp.bits
+    n, P = len(cols), len(s.partners)
     consent = consent_matrix(cols, s, table.consent_rows) if P else np.zeros((n, 0), dtype=bool)
     none_codes = [k for k, v in enumerate(cols.consent.values) if v == "none"]
     no_consent = isin_small(cols.consent.codes, none_codes)
@@ -198,7 +255,7 @@ def assess(
             employee_any |= employee & eligible[:, j]
             eligible[:, j] &= ~employee
     ev = eco.referral_value(
-        amount[:, None], term[:, None], pd[:, None], cols.max_apr[:, None], table.econ
+        inp.amount[:, None], inp.term[:, None], pd[:, None], cols.max_apr[:, None], table.econ
     )
     papr = eco.partner_apr(cols.max_apr[:, None], table.econ)
     if P == 0:
@@ -209,24 +266,4 @@ def assess(
     _set(bits, consented & ~eligible.any(axis=1), "NO_ELIGIBLE_PARTNER")
     valuable = eligible & (ev >= s.routing.min_expected_value)
     _set(bits, eligible.any(axis=1) & ~valuable.any(axis=1), "LOW_REFERRAL_VALUE")
-
-    zones = {s.timezone, *(pt.timezone for pt in s.partners)}
-    keys = {z: window_keys(cols.event_ms, z) for z in zones}
-    return Assessment(
-        bits=bits,
-        dead=dead,
-        pd=pd,
-        keep_ok=keep_ok,
-        keep_apr=keep_apr,
-        keep_margin=keep_margin,
-        keep_profit=keep_profit,
-        branch_ok=branch_ok,
-        branch_pd=np.asarray(bpd),
-        branch_apr=np.asarray(bapr),
-        branch_margin=np.asarray(bmargin),
-        branch_profit=np.asarray(bprofit),
-        eligible=valuable,
-        ev=ev,
-        partner_apr=papr,
-        keys=keys,
-    )
+    return valuable, ev, papr
