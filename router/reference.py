@@ -69,112 +69,18 @@ class ReferenceDecider:
         return decision
 
     def _decide(self, app: Application) -> Decision:
-        s, e = self.s, self.s.economics
+        s = self.s
         reasons: set[str] = set()
         t = int(app.received_at.timestamp() * 1000)
-        amount, term, max_apr = app.requested_amount, app.term_months, app.max_apr
         x = features_one(app)
         pd = self._pd(s.primary.scorer, x)
         applicant = app.applicant_token or self.hasher.token(app.national_id or "")
-
-        # Global rules end the decision; funder rules remove keep and branch.
-        dead = False
-        if app.fraud_flag and s.rules.decline_fraud:
-            reasons.add("FRAUD_FLAG")
-            dead = True
-        if not s.rules.min_age <= app.age <= s.rules.max_age:
-            reasons.add("AGE_OUT_OF_RANGE")
-            dead = True
-        funder_ok = not dead
-        if not dead:
-            for code, broken in (
-                ("REGION_UNLICENSED", not _in_regions(app.region, s.rules.licensed_regions)),
-                ("SEVERE_DELINQUENCY", app.worst_dpd_12m > s.rules.max_worst_dpd),
-                (
-                    "MULTI_LENDING",
-                    app.inquiries_3m > s.rules.max_inquiries_3m
-                    or app.open_loans > s.rules.max_open_loans,
-                ),
-                ("HIGH_DEBT_BURDEN", app.dti > s.rules.max_dti),
-            ):
-                if broken:
-                    reasons.add(code)
-                    funder_ok = False
-
-        # Keep: the primary policy.
-        required = eco.required_apr(pd, float(term), e)
-        achievable = eco.achievable_apr(max_apr, e)
-        keep_apr = eco.offered_apr(required, achievable, e)
-        keep_margin = achievable - required
-        keep_profit = eco.keep_profit(float(amount), float(term), pd, keep_apr, e)
-        keep_ok = False
-        if funder_ok:
-            why = set()
-            if not _passes(s.primary.filters, app, pd):
-                why.add("KEEP_FILTER")
-            if not pd <= s.primary.max_pd:
-                why.add("KEEP_PD_ABOVE_CUTOFF")
-            if not keep_margin >= 0:
-                why.add("KEEP_NOT_COVERED")
-            if not keep_profit >= s.primary.min_expected_profit:
-                why.add("KEEP_LOW_PROFIT")
-            reasons |= why
-            keep_ok = not why
-
-        # Branch: the second policy (its reasons explain only a row keep refused).
-        b = s.branch
-        branch_ok, bpd, bapr, bmargin, bprofit = False, 0.0, 0.0, 0.0, 0.0
-        if b is not None:
-            bpd = pd if b.scorer == s.primary.scorer else self._pd(b.scorer, x)
-            bapr = eco.branch_apr(max_apr, b, e)
-            bprofit = eco.branch_profit(float(amount), float(term), bpd, bapr, b, e)
-            bmargin = eco.branch_margin(float(amount), float(term), bprofit, b)
-            if funder_ok:
-                why = set()
-                if not _passes(b.filters, app, bpd):
-                    why.add("BRANCH_FILTER")
-                if not bpd <= b.max_pd:
-                    why.add("BRANCH_PD_ABOVE_CUTOFF")
-                if not bmargin >= 0:
-                    why.add("BRANCH_NOT_COVERED")
-                if not bprofit >= b.min_expected_profit:
-                    why.add("BRANCH_LOW_PROFIT")
-                if not keep_ok:
-                    reasons |= why
-                branch_ok = not why
-
-        # Partners: consent, the channel, whitelist, filters, APR floor, employer.
-        partners = s.partners
-        allowed = self._consent(app)
-        no_consent = app.consent == "none" or app.consent == []
-        if not dead and no_consent:
-            reasons.add("NO_CONSENT")
-        if not dead and not no_consent and not any(allowed):
-            reasons.add("CHANNEL_NO_REFERRAL")
-        employer = self.hasher.token(app.employer, "employer") if app.employer else None
-        eligible: list[int] = []
-        for j, p in enumerate(partners):
-            if not (
-                not dead
-                and allowed[j]
-                and p.whitelisted
-                and _passes(p.filters, app, pd)
-                and max_apr >= p.apr_min
-            ):
-                continue
-            if employer is not None and employer in self.employer_tokens[j]:
-                reasons.add("PARTNER_EMPLOYEE")
-                continue
-            eligible.append(j)
-        if not dead and any(allowed) and not eligible:
-            reasons.add("NO_ELIGIBLE_PARTNER")
-        value = {
-            j: eco.referral_value(float(amount), float(term), pd, max_apr, partners[j])
-            for j in eligible
-        }
-        worth = [j for j in eligible if value[j] >= s.routing.min_expected_value]
-        if eligible and not worth:
-            reasons.add("LOW_REFERRAL_VALUE")
+        dead, funder_ok = self._rules(app, reasons)
+        keep_ok, keep_apr, keep_margin, keep_profit = self._keep(app, pd, funder_ok, reasons)
+        branch_ok, bpd, bapr, bmargin, bprofit = self._branch(
+            app, pd, x, funder_ok, keep_ok, reasons
+        )
+        worth, value = self._partners(app, pd, dead, reasons)
 
         def record(kind: type, **fields: Any) -> Decision:
             common = dict(
@@ -190,6 +96,7 @@ class ReferenceDecider:
             return kind(**common, **fields)
 
         # The walk: keep's budget, the branch's budget, then partners in routing order.
+        amount, b, partners = app.requested_amount, s.branch, s.partners
         if keep_ok:
             if self._reserve("__keep__", s.primary.caps, s.timezone, 0, t, amount, None) is None:
                 return record(Keep, apr=keep_apr, expected_profit=_money(keep_profit))
@@ -211,12 +118,131 @@ class ReferenceDecider:
                 self.referrals.append((app.application_id, p.id))
                 return record(
                     Refer,
-                    apr=eco.partner_apr(max_apr, p),
+                    apr=eco.partner_apr(app.max_apr, p),
                     partner_id=p.id,
                     expected_value=_money(value[j]),
                 )
             reasons.add(answer)
         return record(Decline, apr=None)
+
+    def _rules(self, app: Application, reasons: set[str]) -> tuple[bool, bool]:
+        """(declined outright, the funder may lend): global rules end the decision; funder
+        rules remove keep and branch."""
+        r = self.s.rules
+        dead = False
+        if app.fraud_flag and r.decline_fraud:
+            reasons.add("FRAUD_FLAG")
+            dead = True
+        if not r.min_age <= app.age <= r.max_age:
+            reasons.add("AGE_OUT_OF_RANGE")
+            dead = True
+        funder_ok = not dead
+        if not dead:
+            for code, broken in (
+                ("REGION_UNLICENSED", not _in_regions(app.region, r.licensed_regions)),
+                ("SEVERE_DELINQUENCY", app.worst_dpd_12m > r.max_worst_dpd),
+                (
+                    "MULTI_LENDING",
+                    app.inquiries_3m > r.max_inquiries_3m or app.open_loans > r.max_open_loans,
+                ),
+                ("HIGH_DEBT_BURDEN", app.dti > r.max_dti),
+            ):
+                if broken:
+                    reasons.add(code)
+                    funder_ok = False
+        return dead, funder_ok
+
+    def _keep(
+        self, app: Application, pd: float, funder_ok: bool, reasons: set[str]
+    ) -> tuple[bool, float, float, float]:
+        """The primary policy: (keep allowed, offered APR, coverage margin, profit)."""
+        s, e = self.s, self.s.economics
+        amount, term = float(app.requested_amount), float(app.term_months)
+        required = eco.required_apr(pd, term, e)
+        achievable = eco.achievable_apr(app.max_apr, e)
+        keep_apr = eco.offered_apr(required, achievable, e)
+        keep_margin = achievable - required
+        keep_profit = eco.keep_profit(amount, term, pd, keep_apr, e)
+        if not funder_ok:
+            return False, keep_apr, keep_margin, keep_profit
+        why = set()
+        if not _passes(s.primary.filters, app, pd):
+            why.add("KEEP_FILTER")
+        if not pd <= s.primary.max_pd:
+            why.add("KEEP_PD_ABOVE_CUTOFF")
+        if not keep_margin >= 0:
+            why.add("KEEP_NOT_COVERED")
+        if not keep_profit >= s.primary.min_expected_profit:
+            why.add("KEEP_LOW_PROFIT")
+        reasons |= why
+        return not why, keep_apr, keep_margin, keep_profit
+
+    def _branch(
+        self, app: Application, pd: float, x: list[float], funder_ok: bool, keep_ok: bool,
+        reasons: set[str],
+    ) -> tuple[bool, float, float, float, float]:  # fmt: skip
+        """The second policy (its reasons explain only a row keep refused): (allowed, PD,
+        APR, margin, profit)."""
+        s, e, b = self.s, self.s.economics, self.s.branch
+        if b is None:
+            return False, 0.0, 0.0, 0.0, 0.0
+        amount, term = float(app.requested_amount), float(app.term_months)
+        bpd = pd if b.scorer == s.primary.scorer else self._pd(b.scorer, x)
+        bapr = eco.branch_apr(app.max_apr, b, e)
+        bprofit = eco.branch_profit(amount, term, bpd, bapr, b, e)
+        bmargin = eco.branch_margin(amount, term, bprofit, b)
+        if not funder_ok:
+            return False, bpd, bapr, bmargin, bprofit
+        why = set()
+        if not _passes(b.filters, app, bpd):
+            why.add("BRANCH_FILTER")
+        if not bpd <= b.max_pd:
+            why.add("BRANCH_PD_ABOVE_CUTOFF")
+        if not bmargin >= 0:
+            why.add("BRANCH_NOT_COVERED")
+        if not bprofit >= b.min_expected_profit:
+            why.add("BRANCH_LOW_PROFIT")
+        if not keep_ok:
+            reasons |= why
+        return not why, bpd, bapr, bmargin, bprofit
+
+    def _partners(
+        self, app: Application, pd: float, dead: bool, reasons: set[str]
+    ) -> tuple[list[int], dict[int, float]]:
+        """Partners: consent, the channel, whitelist, filters, APR floor, employer; then
+        value. (The partners worth referring to, every eligible partner's value.)"""
+        s, partners = self.s, self.s.partners
+        allowed = self._consent(app)
+        no_consent = app.consent == "none" or app.consent == []
+        if not dead and no_consent:
+            reasons.add("NO_CONSENT")
+        if not dead and not no_consent and not any(allowed):
+            reasons.add("CHANNEL_NO_REFERRAL")
+        employer = self.hasher.token(app.employer, "employer") if app.employer else None
+        eligible: list[int] = []
+        for j, p in enumerate(partners):
+            if not (
+                not dead
+                and allowed[j]
+                and p.whitelisted
+                and _passes(p.filters, app, pd)
+                and app.max_apr >= p.apr_min
+            ):
+                continue
+            if employer is not None and employer in self.employer_tokens[j]:
+                reasons.add("PARTNER_EMPLOYEE")
+                continue
+            eligible.append(j)
+        if not dead and any(allowed) and not eligible:
+            reasons.add("NO_ELIGIBLE_PARTNER")
+        amount, term = float(app.requested_amount), float(app.term_months)
+        value = {
+            j: eco.referral_value(amount, term, pd, app.max_apr, partners[j]) for j in eligible
+        }
+        worth = [j for j in eligible if value[j] >= s.routing.min_expected_value]
+        if eligible and not worth:
+            reasons.add("LOW_REFERRAL_VALUE")
+        return worth, value
 
     # ---- pieces ------------------------------------------------------------------------
 
