@@ -5,10 +5,10 @@ mistakes changed no decision in the contract, only what the store kept forever."
 
 from __future__ import annotations
 
-from router.core.messages import CommercialTerms, ReferralEntry
+from router.core.messages import ReferralEntry
 from router.store import GRANTED, MemoryQuotaStore
 from router.store.base import LATE_MS
-from router.store.contract import bucket, keys, ms
+from router.store.contract import bucket, keys, ms, sample_entry
 
 STEP = 300_000  # a reservation every five minutes
 SWEEP = 3600_000  # the store sweeps about once an hour of event time
@@ -39,18 +39,6 @@ def test_on_append_sees_every_entry():
     seen: list[ReferralEntry] = []
     store = MemoryQuotaStore(on_append=seen.append)
     b, t = bucket(("day", 5, None)), ms(2026, 11, 2, 4)
-    entry = ReferralEntry(
-        referral_id="r1",
-        decision_id="d1",
-        application_id="a1",
-        partner_id="p1",
-        event_time_ms=t,
-        amount=100,
-        term_months=12,
-        applicant_hash="h",
-        terms=CommercialTerms(rev_share=0.2),
-        expected_value=10,
-        strategy_version="v",
-    )
+    entry = sample_entry(1, t)
     assert store.try_reserve(b, keys(b, t), 100, None, t, entry) == GRANTED
     assert [e.referral_id for e in seen] == ["r1"]

@@ -360,26 +360,27 @@ def check_a_refusal_stores_nothing_and_record_once_keeps_the_first(store: QuotaS
 # ---- ledger ----------------------------------------------------------------------------
 
 
+def sample_entry(i: int, t: int) -> ReferralEntry:
+    """A ledger entry for the checks: referral ``r{i}`` of application ``a{i}`` at ``t``."""
+    return ReferralEntry(
+        referral_id=f"r{i}",
+        decision_id=f"d{i}",
+        application_id=f"a{i}",
+        partner_id="p1",
+        event_time_ms=t,
+        amount=100,
+        term_months=12,
+        applicant_hash="h",
+        terms=CommercialTerms(rev_share=0.2),
+        expected_value=10,
+        strategy_version="v",
+    )
+
+
 def check_an_entry_is_appended_only_when_granted(store: QuotaStore) -> None:
     b, t = bucket(("day", 1, None)), ms(2026, 11, 2, 4)
-
-    def entry(i: int) -> ReferralEntry:
-        return ReferralEntry(
-            referral_id=f"r{i}",
-            decision_id=f"d{i}",
-            application_id=f"a{i}",
-            partner_id="p1",
-            event_time_ms=t,
-            amount=100,
-            term_months=12,
-            applicant_hash="h",
-            terms=CommercialTerms(rev_share=0.2),
-            expected_value=10,
-            strategy_version="v",
-        )
-
-    assert store.try_reserve(b, keys(b, t), 100, None, t, entry(1)) == GRANTED
-    assert _refused(store.try_reserve(b, keys(b, t), 100, None, t, entry(2)))
+    assert store.try_reserve(b, keys(b, t), 100, None, t, sample_entry(1, t)) == GRANTED
+    assert _refused(store.try_reserve(b, keys(b, t), 100, None, t, sample_entry(2, t)))
     assert [e.referral_id for e in store.ledger()] == ["r1"]
 
 
