@@ -27,11 +27,28 @@ TZ = "Asia/Shanghai"
 T0 = datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
 
 
+#: Routers this module made; closed at each test's end so no grant flusher outlives its
+#: test retrying a server the test killed (it logs a warning every second).
+_OPEN: list[Router] = []
+
+
 def _router(url: str, policy: str = "decline") -> Router:
     s = strategy_from_dict(strategy_dict(degraded={"policy": policy}))
-    return Router(
+    router = Router(
         s, quota_store_from_url(url), scorers={"main": ScoreLookupScorer({700: 0.02, 600: 0.2})}
     )
+    _OPEN.append(router)
+    return router
+
+
+@pytest.fixture(autouse=True)
+def _close_routers():
+    yield
+    while _OPEN:
+        try:
+            _OPEN.pop().close()
+        except Exception:  # the server is gone: nothing left to flush to
+            pass
 
 
 def _app(i: int, score: int = 600, **kw):
