@@ -157,18 +157,23 @@ def test_float_columns_for_integer_fields(tmp_path):
     assert r.summary["applications"] == 2
 
 
+def _replay_csv(tmp_path, rows: list[dict], s, scorer):
+    """Replay ``rows`` written as a CSV file (the lender's column names, MAPPING)."""
+    path = tmp_path / "f.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return replay(s, path, tmp_path / "o", mapping=MAPPING, scorers={"main": scorer})
+
+
 def test_csv_whole_numbers_with_a_zero_fraction_are_integers(tmp_path):
     """``316667.0`` in a CSV integer column is the whole number a Parquet float column with
     the same value is; ``35.5`` is still not an integer."""
     s, scorer = strategy_and_scorer()
     rows = lender_rows(4)
     rows[0]["age"], rows[1]["age"], rows[2]["age"] = "31.0", " 42.00 ", "35.5"
-    path = tmp_path / "f.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    r = replay(s, path, tmp_path / "o", mapping=MAPPING, scorers={"main": scorer})
+    r = _replay_csv(tmp_path, rows, s, scorer)
     lines = [json.loads(x) for x in r.rejects_path.read_text().splitlines()]
     assert [(x["row"], x["field"], x["reason"]) for x in lines] == [(3, "age", "not an integer")]
     assert r.summary["applications"] == 3
@@ -180,12 +185,7 @@ def test_a_rejected_row_lists_all_its_problems(tmp_path):
     rows[1]["age"] = "abc"
     rows[1][MAPPING.get("requested_amount", "requested_amount")] = -100
     rows[1][MAPPING.get("region", "region")] = "31"
-    path = tmp_path / "f.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    r = replay(s, path, tmp_path / "o", mapping=MAPPING, scorers={"main": scorer})
+    r = _replay_csv(tmp_path, rows, s, scorer)
     (line,) = [json.loads(x) for x in r.rejects_path.read_text().splitlines()]
     assert line["row"] == 2
     assert {p["field"] for p in line["problems"]} == {"age", "requested_amount", "region"}
