@@ -113,7 +113,7 @@ def _same_state(mem: MemoryQuotaStore, arr: ArrayQuotaStore):
         for s in range(len(arr.sl))
         if arr.sl[s, K.CUR_KEY] >= 0
     }
-    counters_a.update({(*slot[s], key): v for (s, key), v in arr.arch.items()})
+    counters_a.update({(*slot[s], key): v for (s, key), v in arr.archive_items().items()})
     assert counters_m == counters_a
     assert list(mem._archive_expiry) == [
         (int(at), (*slot[int(s)], int(key)))
@@ -123,7 +123,7 @@ def _same_state(mem: MemoryQuotaStore, arr: ArrayQuotaStore):
     dedupe_m = {
         (bid, _words_of(a)): t for bid, seen in mem._last_grant.items() for a, t in seen.items()
     }
-    dedupe_a = {(by_index[b], (hi, lo)): t for (b, hi, lo), t in arr.dd.items()}
+    dedupe_a = {(by_index[b], (hi, lo)): t for (b, hi, lo), t in arr.dedupe_items().items()}
     assert dedupe_m == dedupe_a
     for b, bid in by_index.items():
         queue, idx = [], int(arr.bk[b, K.DQ_HEAD])

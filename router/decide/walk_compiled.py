@@ -139,19 +139,29 @@ def allocate(rows, batch, keys, routing, reason_bits, out, memo, state):
     keep_full, branch_full, dedupe_bit, quota_bit, late_bit = reason_bits
     bits, kind, chosen = out
     capev, ncapev = memo[3], memo[4]
-    sl, aq, aq_ptr, dq, dq_ptr = state[1], state[4], state[5], state[7], state[8]
+    sl, arch, aq, aq_ptr, dd, dq, dq_ptr = (
+        state[1],
+        state[3],
+        state[4],
+        state[5],
+        state[6],
+        state[7],
+        state[8],
+    )
     P = len(routing[1])
     order = np.empty(P, dtype=np.int64)
     eligible = np.empty(P, dtype=np.int64)
     wkeys = (keycols, endcols, slot_col, np.empty((2, max(1, sl.shape[0])), dtype=np.int64))
     # Room one row may need at most: an archived window per slot, a first refusal per
-    # attempt, one dedupe entry.
+    # attempt, one dedupe entry (the tables are kept at most half full).
     per_row_aq, per_row_ev = sl.shape[0], 2 + P
     for done in range(len(rows)):
         if (
             aq_ptr[1] + per_row_aq > aq.shape[0]
             or ncapev[0] + per_row_ev > capev.shape[0]
             or dq_ptr[0] + 1 > dq.shape[0]
+            or 2 * (arch[3][0] + per_row_aq) > arch[2].shape[0]
+            or 2 * (dd[3][0] + 1) > dd[2].shape[0]
         ):
             return done  # the caller makes room and calls again with the rest
         i = rows[done]

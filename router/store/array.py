@@ -2,7 +2,8 @@
 
 The same semantics as :class:`router.store.memory.MemoryQuotaStore` — the store contract
 tests run against both — but counters, the archive of past windows and the applicant
-dedupe live in numpy arrays and numba dictionaries (:mod:`router.store.kernel`). Besides
+dedupe live in numpy arrays and array hash tables (:mod:`router.store.kernel`,
+:mod:`router.store.int_table`). Besides
 the :class:`QuotaStore` methods it offers :meth:`ArrayQuotaStore.allocate`, which decides
 a whole batch in one compiled call (the allocator hands batches to it; see
 :mod:`router.decide.allocate_compiled`).
@@ -25,6 +26,7 @@ from router.core.errors import InputError
 from router.core.identity import Tokens, token_words
 from router.core.messages import ReferralEntry
 from router.core.windows import window_end_ms
+from router.store import int_table
 from router.store import kernel as K
 from router.store.base import (
     COUNTER_GRACE_MS,
@@ -179,7 +181,11 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
         return b
 
     def make_room(self, dedupe_rows: int, archive_rows: int) -> None:
-        """Make sure the expiry queues can take this many more entries."""
+        """Make sure the expiry queues and tables can take this many more entries (the
+        tables grow by at most 64k entries a call: the compiled walk checks their room
+        before each row and comes back for more)."""
+        self.arch = int_table.grown(self.arch, archive_rows)
+        self.dd = int_table.grown(self.dd, min(dedupe_rows, 1 << 16))
         if self.dq_ptr[0] + dedupe_rows > len(self.dq):
             heads = self.bk[:, K.DQ_HEAD]
             live = heads[heads != K.NONE]
@@ -200,6 +206,14 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
             aq = np.zeros((size, K.AQ_COLS), dtype=np.int64)
             aq[: hi - lo] = self.aq[lo:hi]
             self.aq, self.aq_ptr[0], self.aq_ptr[1] = aq, 0, hi - lo
+
+    def archive_items(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """The archive as a dict (slot, key) -> (count, amount); for tests."""
+        return {(s, key): v for (s, key, _), v in int_table.items(self.arch).items()}
+
+    def dedupe_items(self) -> dict[tuple[int, int, int], int]:
+        """The dedupe map as a dict (bucket, hash high, low word) -> last grant; for tests."""
+        return {k: v[0] for k, v in int_table.items(self.dd).items()}
 
     def expiry_of(self, slot: int, key: int) -> int:
         """When the counter of ``slot``'s window ``key`` expires (window end + grace)."""
@@ -299,6 +313,7 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
                 if self.sl[s, K.CUR_KEY] == key:
                     out.append((int(self.sl[s, K.CUR_CNT]), int(self.sl[s, K.CUR_AMT])))
                 else:
-                    c = self.arch.get((s, key))
-                    out.append((int(c[0]), int(c[1])) if c is not None else (0, 0))
+                    i = int_table.find(self.arch, s, key, 0)
+                    c = self.arch[1][i] if i >= 0 else (0, 0)
+                    out.append((int(c[0]), int(c[1])))
             return out

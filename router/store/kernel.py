@@ -14,19 +14,20 @@ State layout (all int64; see :class:`router.store.array.ArrayQuotaStore`):
 * ``sl[s]`` per cap *slot* (a bucket's cap): limits, the current window's key, count and
   amount, and when the current window's counter expires once archived;
 * ``bk[b]`` per bucket: its slot range, dedupe window and dedupe-queue head and tail;
-* ``arch``: (slot, key) -> (count, amount) of windows no longer current (late events);
-  ``aq``/``aq_ptr``: the archive's expiry queue (FIFO, as the memory store's deque);
-* ``dd``: (bucket, applicant hi, applicant lo) -> last grant time; ``dq``/``dq_ptr``: the
-  dedupe expiry entries, one linked FIFO per bucket inside one array;
+* ``arch``: (slot, key, 0) -> (count, amount) of windows no longer current (late events),
+  a :mod:`router.store.int_table`; ``aq``/``aq_ptr``: the archive's expiry queue (FIFO, as
+  the memory store's deque);
+* ``dd``: (bucket, applicant hi, applicant lo) -> (last grant time, 0), a table too;
+  ``dq``/``dq_ptr``: the dedupe expiry entries, one linked FIFO per bucket inside one array;
 * ``clock``: the event-time horizon and the time of the next sweep.
 """
 
 from __future__ import annotations
 
-from numba import njit, types
-from numba.typed import Dict
+from numba import njit
 
 from router.store.base import CAP_HIT, DEDUPED, GRANTED, LATE_MS, SWEEP_EVERY_MS
+from router.store.int_table import find, new_table, put, remove_at
 
 # sl columns
 CAP_COUNT, CAP_AMOUNT, CUR_KEY, CUR_CNT, CUR_AMT, CUR_EXPIRES, SLOT_BUCKET = range(7)
@@ -46,18 +47,15 @@ HORIZON, NEXT_SWEEP = 0, 1
 # compile-time constants.)
 NONE = -1  # "no limit", "no key", "no entry"
 
-_PAIR = types.UniTuple(types.int64, 2)
-_TRIPLE = types.UniTuple(types.int64, 3)
+
+def new_archive() -> tuple:
+    """An empty archive: (slot, key, 0) -> (count, amount)."""
+    return new_table()
 
 
-def new_archive() -> Dict:
-    """An empty archive: (slot, key) -> (count, amount)."""
-    return Dict.empty(key_type=_PAIR, value_type=_PAIR)
-
-
-def new_dedupe() -> Dict:
-    """An empty dedupe map: (bucket, applicant hi, applicant lo) -> last grant time."""
-    return Dict.empty(key_type=_TRIPLE, value_type=types.int64)
+def new_dedupe() -> tuple:
+    """An empty dedupe map: (bucket, applicant hi, applicant lo) -> (last grant time, 0)."""
+    return new_table()
 
 
 @njit(cache=True)
@@ -68,17 +66,17 @@ def sweep(t, state):
     clock[NEXT_SWEEP] = t + SWEEP_EVERY_MS
     h = aq_ptr[0]
     while h < aq_ptr[1] and aq[h, 0] < t:
-        k = (aq[h, 1], aq[h, 2])
-        if k in arch:
-            del arch[k]
+        i = find(arch, aq[h, 1], aq[h, 2], 0)
+        if i >= 0:
+            remove_at(arch, i)
         h += 1
     aq_ptr[0] = h
     for b in range(bk.shape[0]):
         idx = bk[b, DQ_HEAD]
         while idx != NONE and dq[idx, DQ_AT] <= t:
-            k3 = (b, dq[idx, DQ_HI], dq[idx, DQ_LO])
-            if dd.get(k3, NONE) == dq[idx, DQ_SET]:  # not overwritten by a later grant
-                del dd[k3]
+            i = find(dd, b, dq[idx, DQ_HI], dq[idx, DQ_LO])
+            if i >= 0 and dd[1][i, 0] == dq[idx, DQ_SET]:  # not overwritten by a later grant
+                remove_at(dd, i)
             idx = dq[idx, DQ_NEXT]
         bk[b, DQ_HEAD] = idx
         if idx == NONE:
@@ -94,25 +92,24 @@ def _cell(s, key, expires, sl, arch, aq, aq_ptr):
         return True
     if key > cur:
         if cur >= 0:
-            arch[(s, cur)] = (sl[s, CUR_CNT], sl[s, CUR_AMT])
+            put(arch, s, cur, 0, sl[s, CUR_CNT], sl[s, CUR_AMT])
             t = aq_ptr[1]
             aq[t, 0] = sl[s, CUR_EXPIRES]
             aq[t, 1] = s
             aq[t, 2] = cur
             aq_ptr[1] = t + 1
-        k = (s, key)
         cnt, amt = 0, 0
-        if k in arch:
-            cnt, amt = arch[k]
-            del arch[k]
+        i = find(arch, s, key, 0)
+        if i >= 0:
+            cnt, amt = arch[1][i, 0], arch[1][i, 1]
+            remove_at(arch, i)
         sl[s, CUR_KEY] = key
         sl[s, CUR_CNT] = cnt
         sl[s, CUR_AMT] = amt
         sl[s, CUR_EXPIRES] = expires
         return True
-    k = (s, key)
-    if k not in arch:
-        arch[k] = (0, 0)
+    if find(arch, s, key, 0) < 0:
+        put(arch, s, key, 0, 0, 0)
     return False
 
 
@@ -136,14 +133,16 @@ def reserve(b, keys, expires, amount, applicant, t, state):
         if sl[s, CUR_KEY] == keys[k]:
             cnt, amt = sl[s, CUR_CNT], sl[s, CUR_AMT]
         else:
-            cnt, amt = arch[(s, keys[k])]
+            a = find(arch, s, keys[k], 0)
+            cnt, amt = arch[1][a, 0], arch[1][a, 1]
         if sl[s, CAP_COUNT] != NONE and cnt >= sl[s, CAP_COUNT]:
             return CAP_HIT + 2 * k + 1
         if sl[s, CAP_AMOUNT] != NONE and amt + amount > sl[s, CAP_AMOUNT]:
             return CAP_HIT + 2 * k
     dedupe = has_applicant and bk[b, DEDUPE_MS] > 0
     if dedupe:
-        last = dd.get((b, hi, lo), NONE)
+        d = find(dd, b, hi, lo)
+        last = dd[1][d, 0] if d >= 0 else NONE
         if last != NONE and t - last < bk[b, DEDUPE_MS]:
             return DEDUPED
     for k in range(n):
@@ -152,10 +151,11 @@ def reserve(b, keys, expires, amount, applicant, t, state):
             sl[s, CUR_CNT] += 1
             sl[s, CUR_AMT] += amount
         else:
-            cnt, amt = arch[(s, keys[k])]
-            arch[(s, keys[k])] = (cnt + 1, amt + amount)
+            a = find(arch, s, keys[k], 0)
+            arch[1][a, 0] += 1
+            arch[1][a, 1] += amount
     if dedupe:
-        dd[(b, hi, lo)] = t
+        put(dd, b, hi, lo, t, 0)
         i = dq_ptr[0]
         dq[i, DQ_AT] = t + bk[b, DEDUPE_MS] + LATE_MS  # events inside the horizon see it
         dq[i, DQ_BUCKET] = b
