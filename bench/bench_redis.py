@@ -4,12 +4,15 @@ Prints medians and p99 of:
   (1) the bare round trip of the reservation script, called exactly as the router calls it
       for a referral (same store method, keys and arguments), no router (baseline);
   (2) one ``Router.decide`` end to end, sequential, and the ratio (2)/(1);
-  (3) throughput with concurrency: several processes, each deciding sequentially, and each
-      deciding coalesced batches (``decide_batch(..., pipelined=True)`` of concurrent
-      requests: a few pipelined round trips per batch) — decisions answered at full
-      service per second, and how many were degraded (a batch has one deadline,
-      ``timeout_ms`` = 50 here, for all its round trips);
-  (4) ``redis-benchmark`` of a plain INCR on the same server, for scale.
+  (3) a PING on the very connection path the router uses (the store's link): the floor
+      no decision can beat, and decide minus PING (the goal is <= 40 us);
+  (4) the server's CPU for the scripts (``INFO commandstats``) per script call and per
+      decision, over a run of decisions on a fresh prefix;
+  (5) throughput with 1, 2, 4 and 8 processes, each deciding sequentially and each
+      deciding coalesced batches of 64 (``decide_batch(..., pipelined=True)``), at the
+      store's default deadline (``timeout_ms`` = 5): decisions answered at full service
+      per second, and how many came back degraded;
+  (6) ``redis-benchmark`` of a plain INCR on the same server, for scale.
 
     python bench/bench_redis.py
 """
@@ -40,14 +43,15 @@ def pct(xs, q):
 
 def sequential_latencies(
     url: str, n: int = 4000, block: int = 200
-) -> tuple[list[float], list[float]]:
-    """Latencies (µs) of (1) the bare reservation and (2) ``Router.decide``, sequential.
+) -> tuple[list[float], list[float], list[float]]:
+    """Latencies (µs) of (1) the bare reservation, (2) ``Router.decide`` and (3) a PING on
+    the router's own connection path, sequential.
 
     (1) is the reservation exactly as the router sends it for a referral — the same store
     method, script, keys and arguments (bank_ningyuan's windows, dedupe, ledger entry,
     decision record) — with everything the router computes prepared beforehand, so only
-    the store call is timed. The two run in alternating blocks of ``block`` calls: this
-    machine's speed drifts over seconds, and interleaving gives both the same conditions.
+    the store call is timed. The three run in alternating blocks of ``block`` calls: this
+    machine's speed drifts over seconds, and interleaving gives all the same conditions.
     """
     from router.core.config import load_strategy
     from router.core.windows import key_of
@@ -80,11 +84,14 @@ def sequential_latencies(
                 pack_record(REFER, 0, 1234.0, 0.18, 0.01, 0.03, b.id),
             )
         )
-    router = Router(strategy, quota_store_from_url(url, prefix="bench-seq:"))
+    seq_store = quota_store_from_url(url, prefix="bench-seq:")
+    router = Router(strategy, seq_store)
     apps = _apps(n, seed=101)
     bare: list[float] = []
     dec: list[float] = []
+    ping: list[float] = []
     clock = time.perf_counter
+    link = seq_store.link  # the router's connection path: same pool, socket and parser
     for k in range(0, n, block):
         for app_id, applicant, fp, entry, record in calls[k : k + block]:
             s = clock()
@@ -104,7 +111,36 @@ def sequential_latencies(
             s = clock()
             router.decide(a)
             dec.append((clock() - s) * 1e6)
-    return bare, dec
+        for _ in range(block):
+            s = clock()
+            link.send([("PING",)], force=True)
+            ping.append((clock() - s) * 1e6)
+    router.close()
+    return bare, dec, ping
+
+
+def server_cost(url: str, n: int = 3000) -> dict[str, float]:
+    """Redis CPU (``INFO commandstats``) over ``n`` decisions on a fresh prefix: µs per
+    script call (reservations and settles; a script's own commands are inside its time)
+    and per decision, and script calls per decision."""
+    from router.core.config import load_strategy
+    from router.decide.engine import Router
+    from router.store import quota_store_from_url
+
+    store = quota_store_from_url(url, prefix="bench-cpu:")
+    router = Router(load_strategy(ROOT / "configs" / "strategy.toml"), store)
+    apps = _apps(n, seed=202)
+    store.client.config_resetstat()
+    for a in apps:
+        router.decide(a)
+    router.close()
+    stats = store.client.info("commandstats")
+    ev = stats.get("cmdstat_evalsha", {"calls": 0, "usec": 0})
+    return {
+        "server_us_per_script_call": ev["usec"] / max(ev["calls"], 1),
+        "script_calls_per_decision": ev["calls"] / n,
+        "server_script_us_per_decision": ev["usec"] / n,
+    }
 
 
 def _apps(n: int, seed: int):
@@ -188,22 +224,24 @@ def main() -> dict:
     ).start()
     try:
         url = f"redis://127.0.0.1:{port}/0?timeout_ms=50"
-        bare, dec = sequential_latencies(url)
+        bare, dec, ping = sequential_latencies(url)
         res = {
             "bare_round_trip_us_median": statistics.median(bare),
             "bare_round_trip_us_p99": pct(bare, 0.99),
             "decide_us_median": statistics.median(dec),
             "decide_us_p99": pct(dec, 0.99),
+            "ping_us_median": statistics.median(ping),
         }
         res["ratio_decide_vs_bare"] = res["decide_us_median"] / res["bare_round_trip_us_median"]
-        for name, procs, n, batch in (
-            ("4proc_sequential", 4, 3000, 1),
-            ("4proc_pipelined_batch64", 4, 20000, 64),
-            ("2proc_pipelined_batch256", 2, 40000, 256),
-        ):
-            rate, degraded = throughput(url, procs, n, batch)
-            res[f"throughput_{name}_per_s"] = rate
-            res[f"degraded_{name}"] = degraded
+        res["decide_minus_ping_us"] = res["decide_us_median"] - res["ping_us_median"]
+        res.update(server_cost(url))
+        # The store's default deadline (no timeout_ms in the URL): what a live caller gets.
+        default_url = url.split("?")[0]
+        for procs in (1, 2, 4, 8):
+            for kind, n, batch in (("sequential", 3000, 1), ("pipelined_batch64", 12000, 64)):
+                rate, degraded = throughput(default_url, procs, n, batch)
+                res[f"throughput_{procs}proc_{kind}_per_s"] = rate
+                res[f"degraded_{procs}proc_{kind}"] = degraded
         res["redis_benchmark_incr_per_s"] = redis_benchmark(port)
         return res
     finally:
@@ -218,4 +256,8 @@ if __name__ == "__main__":
         if v is None:
             print(f"{k:40s} n/a")
         else:
-            print(f"{k:40s} {v:12,.2f}" if k.startswith("ratio") else f"{k:40s} {v:12,.1f}")
+            print(
+                f"{k:40s} {v:12,.2f}"
+                if k.startswith(("ratio", "script_calls"))
+                else f"{k:40s} {v:12,.1f}"
+            )

@@ -318,7 +318,7 @@ def _run_replay(
             )
         from router.store.redis import RedisQuotaStore
 
-        # Replay's service level: long deadlines and retries, never the live 5 ms default
+        # Replay's service level: long deadlines and retries, never the live 50 ms default
         # (a value given in the URL is kept).
         for name, value in RedisQuotaStore.REPLAY.items():
             if f"{name}=" not in store_url:

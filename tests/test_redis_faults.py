@@ -200,3 +200,60 @@ def test_crash_between_grant_and_record_never_grants_twice(store_factory, kind, 
     assert store.pending_count() == 0
     fresh = retry.decide(_app(3, score=700, region="440300"))
     assert fresh.partner_id == "plat_b"  # the new strategy does apply to new applications
+
+
+def test_router_loads_its_scripts_when_built(own_server):
+    """A first decision must not spend its deadline on a connect and a NOSCRIPT round trip:
+    the router connects and loads both scripts when it is built."""
+    port, _, _ = own_server
+    server = redis.Redis(port=port)
+    server.script_flush()
+    router = _router(f"redis://127.0.0.1:{port}/0?prefix={uuid.uuid4().hex[:6]}:")
+    store = router.store
+    assert server.script_exists(store._reserve.sha, store._settle.sha) == [True, True]
+    server.config_resetstat()
+    assert isinstance(router.decide(_app(1)), Refer)
+    stats = server.info("commandstats")
+    assert "cmdstat_script|load" not in stats and "cmdstat_hello" not in stats
+
+
+def test_router_built_with_redis_down_still_answers_degraded():
+    router = _router(f"redis://127.0.0.1:{port_for.select_random()}/0?timeout_ms=20")
+    d = router.decide(_app(1))
+    assert isinstance(d, Decline) and d.degraded
+
+
+def test_the_deadline_runs_from_the_first_send(own_server, monkeypatch):
+    """Work before a decision's first round trip (here: a process descheduled for longer
+    than the whole budget) does not count against the store's deadline; a second round
+    trip after the budget is spent is still refused."""
+    port, _, _ = own_server
+    router = _router(f"redis://127.0.0.1:{port}/0?timeout_ms=20&prefix={uuid.uuid4().hex[:6]}:")
+    link = router.store.link
+    link.begin()
+    time.sleep(0.05)  # 2.5 budgets before the first send
+    assert link.send([("PING",)]) == [b"PONG"]
+    time.sleep(0.05)
+    with pytest.raises(Exception, match="deadline passed"):
+        link.send([("PING",)])
+    link.end()
+    # The router's own decisions, with the same pause before their first store call.
+    from router.decide import allocate
+
+    slow = allocate.Allocator._own_budgets_row
+
+    def late(self, *a):
+        time.sleep(0.05)
+        return slow(self, *a)
+
+    monkeypatch.setattr(allocate.Allocator, "_own_budgets_row", late)
+    d = router.decide(_app(2))
+    assert isinstance(d, Refer) and not d.degraded
+
+
+def test_default_live_deadline_is_50_ms():
+    store = quota_store_from_url("redis://127.0.0.1:6379/0")
+    try:
+        assert store.timeout_ms == 50 and store.link.timeout_s == 0.05
+    finally:
+        store.client.close()

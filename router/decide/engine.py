@@ -85,6 +85,7 @@ class Router:
         self._table = PartnerTable(strategy.partners)
         self._assess_one = OneAssessor(strategy, self.scorers, self._employers)
         self._single_trip = self.store.single_trip
+        self.store.warm_up()  # a first decision must not spend its deadline connecting
 
     def close(self) -> None:
         """Send the posts still owed for decisions already handed back, then release the

@@ -447,6 +447,10 @@ class QuotaStore(ABC):
     def flush(self) -> None:
         """Send every post and void still owed (no-op for in-process stores)."""
 
+    def warm_up(self) -> None:
+        """Best effort, before the first decision: connect and load what a first call
+        would otherwise set up inside its deadline (no-op for in-process stores)."""
+
     def for_replay(self) -> None:
         """Switch to replay's service level: a long deadline per call, retries with
         backoff, grants pending as long as a batch takes (no-op for in-process stores)."""
