@@ -180,9 +180,10 @@ def throughput(url: str, procs: int, n: int, batch: int) -> tuple[float, int]:
     """Decisions per second (not degraded) over all processes, and how many degraded."""
     ctx = mp.get_context("spawn")
     with ctx.Pool(procs) as pool:
-        # Same key prefix: the processes share (and contend for) the same quotas.
+        # One key prefix per run: its processes share (and contend for) the same quotas,
+        # and no run meets an earlier run's decisions.
         res = pool.starmap(
-            _worker, [(url, f"bench-tp{batch}:", 1000 + w, n, batch) for w in range(procs)]
+            _worker, [(url, f"bench-tp{procs}x{batch}:", 1000 + w, n, batch) for w in range(procs)]
         )
     return sum(r[0] for r in res) / max(r[1] for r in res), sum(r[2] for r in res)
 

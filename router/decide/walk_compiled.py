@@ -160,8 +160,8 @@ def allocate(rows, batch, keys, routing, reason_bits, out, memo, state):
             aq_ptr[1] + per_row_aq > aq.shape[0]
             or ncapev[0] + per_row_ev > capev.shape[0]
             or dq_ptr[0] + 1 > dq.shape[0]
-            or 2 * (arch[3][0] + per_row_aq) > arch[2].shape[0]
-            or 2 * (dd[3][0] + 1) > dd[2].shape[0]
+            or 2 * (arch[1][0] + per_row_aq) > arch[0].shape[0]
+            or 2 * (dd[1][0] + 1) > dd[0].shape[0]
         ):
             return done  # the caller makes room and calls again with the rest
         i = rows[done]

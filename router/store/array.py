@@ -314,6 +314,8 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
                     out.append((int(self.sl[s, K.CUR_CNT]), int(self.sl[s, K.CUR_AMT])))
                 else:
                     i = int_table.find(self.arch, s, key, 0)
-                    c = self.arch[1][i] if i >= 0 else (0, 0)
-                    out.append((int(c[0]), int(c[1])))
+                    c = self.arch[0][i] if i >= 0 else None
+                    out.append(
+                        (0, 0) if c is None else (int(c[int_table.V0]), int(c[int_table.V1]))
+                    )
             return out

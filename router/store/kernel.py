@@ -27,7 +27,7 @@ from __future__ import annotations
 from numba import njit
 
 from router.store.base import CAP_HIT, DEDUPED, GRANTED, LATE_MS, SWEEP_EVERY_MS
-from router.store.int_table import find, new_table, put, remove_at
+from router.store.int_table import V0, V1, find, new_table, put, remove_at
 
 # sl columns
 CAP_COUNT, CAP_AMOUNT, CUR_KEY, CUR_CNT, CUR_AMT, CUR_EXPIRES, SLOT_BUCKET = range(7)
@@ -75,7 +75,7 @@ def sweep(t, state):
         idx = bk[b, DQ_HEAD]
         while idx != NONE and dq[idx, DQ_AT] <= t:
             i = find(dd, b, dq[idx, DQ_HI], dq[idx, DQ_LO])
-            if i >= 0 and dd[1][i, 0] == dq[idx, DQ_SET]:  # not overwritten by a later grant
+            if i >= 0 and dd[0][i, V0] == dq[idx, DQ_SET]:  # not overwritten by a later grant
                 remove_at(dd, i)
             idx = dq[idx, DQ_NEXT]
         bk[b, DQ_HEAD] = idx
@@ -101,7 +101,7 @@ def _cell(s, key, expires, sl, arch, aq, aq_ptr):
         cnt, amt = 0, 0
         i = find(arch, s, key, 0)
         if i >= 0:
-            cnt, amt = arch[1][i, 0], arch[1][i, 1]
+            cnt, amt = arch[0][i, V0], arch[0][i, V1]
             remove_at(arch, i)
         sl[s, CUR_KEY] = key
         sl[s, CUR_CNT] = cnt
@@ -134,7 +134,7 @@ def reserve(b, keys, expires, amount, applicant, t, state):
             cnt, amt = sl[s, CUR_CNT], sl[s, CUR_AMT]
         else:
             a = find(arch, s, keys[k], 0)
-            cnt, amt = arch[1][a, 0], arch[1][a, 1]
+            cnt, amt = arch[0][a, V0], arch[0][a, V1]
         if sl[s, CAP_COUNT] != NONE and cnt >= sl[s, CAP_COUNT]:
             return CAP_HIT + 2 * k + 1
         if sl[s, CAP_AMOUNT] != NONE and amt + amount > sl[s, CAP_AMOUNT]:
@@ -142,7 +142,7 @@ def reserve(b, keys, expires, amount, applicant, t, state):
     dedupe = has_applicant and bk[b, DEDUPE_MS] > 0
     if dedupe:
         d = find(dd, b, hi, lo)
-        last = dd[1][d, 0] if d >= 0 else NONE
+        last = dd[0][d, V0] if d >= 0 else NONE
         if last != NONE and t - last < bk[b, DEDUPE_MS]:
             return DEDUPED
     for k in range(n):
@@ -152,8 +152,8 @@ def reserve(b, keys, expires, amount, applicant, t, state):
             sl[s, CUR_AMT] += amount
         else:
             a = find(arch, s, keys[k], 0)
-            arch[1][a, 0] += 1
-            arch[1][a, 1] += amount
+            arch[0][a, V0] += 1
+            arch[0][a, V1] += amount
     if dedupe:
         put(dd, b, hi, lo, t, 0)
         i = dq_ptr[0]
