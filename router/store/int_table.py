@@ -19,7 +19,7 @@ allocate.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import config, njit
 
 MIN_CAPACITY = 1024
 # cells columns
@@ -62,15 +62,31 @@ def items(table: tuple) -> dict[tuple[int, int, int], tuple[int, int]]:
     return {(c[K0], c[K1], c[K2]): (c[V0], c[V1]) for c in live}
 
 
-@njit(cache=True)
-def _home(size, k0, k1, k2):
-    # A multiply-xorshift mix (the keys are small integers or already random words);
-    # int64 arithmetic wraps in compiled code, and the mask keeps the index in range.
-    h = k0 * -7046029254386353131 + k1
-    h = (h ^ (h >> 31)) * -4658895280553007687 + k2
-    h = (h ^ (h >> 29)) * -7723592293110705685
-    h ^= h >> 32
-    return h & (size - 1)
+if config.DISABLE_JIT:  # type: ignore[attr-defined]  # (set from the environment at import)
+    # (Coverage runs with numba off: the same mix on Python ints, wrapped to 64 bits as
+    # compiled code wraps — numpy scalars and Python ints would each overflow their way.)
+    def _wrap(x: int) -> int:
+        x &= (1 << 64) - 1
+        return x - (1 << 64) if x >> 63 else x
+
+    def _home(size, k0, k1, k2):
+        h = _wrap(int(k0) * -7046029254386353131 + int(k1))
+        h = _wrap((h ^ (h >> 31)) * -4658895280553007687 + int(k2))
+        h = _wrap((h ^ (h >> 29)) * -7723592293110705685)
+        h ^= h >> 32
+        return h & (int(size) - 1)
+
+else:
+
+    @njit(cache=True)
+    def _home(size, k0, k1, k2):
+        # A multiply-xorshift mix (the keys are small integers or already random words);
+        # int64 arithmetic wraps in compiled code, and the mask keeps the index in range.
+        h = k0 * -7046029254386353131 + k1
+        h = (h ^ (h >> 31)) * -4658895280553007687 + k2
+        h = (h ^ (h >> 29)) * -7723592293110705685
+        h ^= h >> 32
+        return h & (size - 1)
 
 
 @njit(cache=True)

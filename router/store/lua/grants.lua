@@ -55,7 +55,7 @@ local function void_member(ledger, member, why)
     local v = redis.call('GET', c)
     if v then
       local n, a = counter(v)
-      redis.call('SET', c, string.format('%.0f %.0f', n - 1, a - amount), 'KEEPTTL')
+      redis.call('SET', c, string.format('%d %d', n - 1, a - amount), 'KEEPTTL')
     end
   end
   if s[4] ~= '' and tonumber(redis.call('GET', s[4])) == s[2] then redis.call('DEL', s[4]) end

@@ -30,30 +30,34 @@
 
 local MAX = 9007199254740991  -- 2^53 - 1: every amount and counter stays exact in Lua
 
-local function int(v, name, lo)
-  local x = tonumber(v)
-  if x == nil or x ~= x or x ~= math.floor(x) or x < lo or x > MAX then
-    error('ROUTER bad ' .. name .. ': ' .. tostring(v))
-  end
-  return x
-end
+-- The numbers arrive as doubles (struct.unpack): each must be an integer in [lo, MAX].
+-- (NaN fails every comparison; checked inline, as a function call per number costs more
+-- than the check.)
+local function bad(name, v) error('ROUTER bad ' .. name .. ': ' .. tostring(v)) end
 
 if #ARGV ~= 9 or #KEYS < 6 then
   error('ROUTER bad arity: ' .. #KEYS .. ' keys, ' .. #ARGV .. ' args')
 end
 local n = #KEYS - 6
 if #ARGV[1] ~= 80 then error('ROUTER bad header: ' .. #ARGV[1] .. ' bytes') end
-local h = {struct.unpack('<dddddddddd', ARGV[1])}
-local amount = int(h[1], 'amount', 1)
-local now = int(h[2], 'event_ms', 0)
-local dedupe_ms = int(h[3], 'dedupe_ms', 0)
-local use_dedupe = h[4] == 1
-local use_grant = h[5] == 1
-local grant_ttl = int(h[6], 'grant_ttl_ms', 1)
-local use_app = h[7] == 1
-local pending_ms = int(h[8], 'pending_ms', 0)
-local known_horizon = int(h[9], 'known_horizon', -1)
-local late_ms = int(h[10], 'late_ms', 0)
+local amount, now, dedupe_ms, use_dedupe, use_grant, grant_ttl, use_app, pending_ms,
+      known_horizon, late_ms = struct.unpack('<dddddddddd', ARGV[1])
+if not (amount >= 1 and amount <= MAX and amount % 1 == 0) then bad('amount', amount) end
+if not (now >= 0 and now <= MAX and now % 1 == 0) then bad('event_ms', now) end
+if not (dedupe_ms >= 0 and dedupe_ms <= MAX and dedupe_ms % 1 == 0) then
+  bad('dedupe_ms', dedupe_ms)
+end
+if not (grant_ttl >= 1 and grant_ttl <= MAX and grant_ttl % 1 == 0) then
+  bad('grant_ttl_ms', grant_ttl)
+end
+if not (pending_ms >= 0 and pending_ms <= MAX and pending_ms % 1 == 0) then
+  bad('pending_ms', pending_ms)
+end
+if not (known_horizon >= -1 and known_horizon <= MAX and known_horizon % 1 == 0) then
+  bad('known_horizon', known_horizon)
+end
+if not (late_ms >= 0 and late_ms <= MAX and late_ms % 1 == 0) then bad('late_ms', late_ms) end
+use_dedupe, use_grant, use_app = use_dedupe == 1, use_grant == 1, use_app == 1
 local token = ARGV[7]
 if pending_ms > 0 and (#token ~= 8 or #ARGV[9] < 10) then error('ROUTER bad token') end
 local pendq, ledger = KEYS[n + 5], KEYS[n + 2]
@@ -66,8 +70,10 @@ end
 local limits = {}
 for i = 1, n do
   local cl, al, ttl = struct.unpack('<ddd', ARGV[2], 24 * (i - 1) + 1)
-  limits[i] = {int(cl, 'count limit', -1), int(al, 'amount limit', -1),
-               int(ttl, 'counter ttl', 1)}
+  if not (cl >= -1 and cl <= MAX and cl % 1 == 0) then bad('count limit', cl) end
+  if not (al >= -1 and al <= MAX and al % 1 == 0) then bad('amount limit', al) end
+  if not (ttl >= 1 and ttl <= MAX and ttl % 1 == 0) then bad('counter ttl', ttl) end
+  limits[i] = {cl, al, ttl}
 end
 
 -- Every value this decision reads, in one MGET: the counters (a string "count amount"
@@ -136,7 +142,7 @@ for i = 1, n do
   -- Written whole from the values read above (the script is atomic). A string SET drops
   -- the key's expiry unless told to keep it; a new window's counter gets its expiry (end
   -- of window + grace; garbage collection only).
-  local value = string.format('%.0f %.0f', counts[i] + 1, amounts[i] + amount)
+  local value = string.format('%d %d', counts[i] + 1, amounts[i] + amount)  -- (exact: < 2^53)
   if fresh[i] then
     redis.call('SET', KEYS[i], value, 'PX', limits[i][3])
   else
