@@ -298,3 +298,56 @@ def test_adecide_keeps_the_event_loop_running_while_the_store_stalls(server):
     assert took >= 0.25  # the decisions really waited for the stopped server
     assert not any(d.degraded for d in decisions)  # and were answered after it came back
     assert max(gaps) < 0.15  # while the loop kept running
+
+
+class _Log:
+    """A stand-in for the grant book's logger: records (level, event)."""
+
+    def __init__(self):
+        self.seen: list[tuple[str, str]] = []
+
+    def error(self, event, **kw):
+        self.seen.append(("error", event))
+
+    def info(self, event, **kw):
+        self.seen.append(("info", event))
+
+    def warning(self, event, **kw):
+        self.seen.append(("warning", event))
+
+
+def _pending_post(store, router, i: int):
+    """Decide one referral and return (KEYS, ARGV) of the post its decision owes."""
+    assert isinstance(router.decide(_app(i)), Refer)
+    pendq = f"{store.prefix}{{p:plat_b}}:pendq"
+    (member,) = store.client.zrange(pendq, 0, -1)
+    keys = [pendq, f"{store.prefix}{{p:plat_b}}:ledger"]
+    return keys, ["settle", "post", 1, f"a-{i}", member, "1"]
+
+
+def test_a_resent_post_is_told_from_a_post_after_a_void(server):
+    """A post whose grant is no longer pending was either posted already (a resend after a
+    lost reply: billed once, benign) or voided at its deadline (the caller got an answer
+    the ledger does not bill): the settle script says which, and only the second is
+    logged as an error."""
+    port, _ = server
+    router = _router(_url(port, 5000, pending_ms=300))
+    store = router.store
+    store.book.log = log = _Log()
+    store.book.end = lambda *a, **k: None  # hold the posts back: this test sends them
+
+    keys, args = _pending_post(store, router, 1)
+    assert store._settle(keys=keys, args=args) == [1]  # posted
+    again = store._settle(keys=keys, args=args)
+    assert again == [2]  # a resend: posted before
+    store._check_settled([(keys, args)], [again])
+    assert log.seen == [("info", "grants.posted_before")]
+
+    keys, args = _pending_post(store, router, 2)
+    time.sleep(0.4)
+    store.sweep()  # voided at its deadline
+    late = store._settle(keys=keys, args=args)
+    assert late == [0]
+    store._check_settled([(keys, args)], [late])
+    assert log.seen[-1] == ("error", "grants.not_pending_at_post")
+    assert [e.application_id for e in store.ledger()] == ["a-1"]

@@ -117,14 +117,17 @@ class GrantSettling:
                 self.book.log.error("grants.settle_failed", error=str(reply))
                 continue
             for op, app, member, r in zip(args[1::5], args[3::5], args[4::5], reply):
-                # (A post of a found decision's grant: 0 = posted before.)
+                # (A post of a found decision's grant, no member: 0 = posted before.)
                 if op == "post" and r == 0 and member:
-                    # Not pending any more: voided at its deadline before its post arrived
-                    # (the caller got an answer the ledger does not bill), or posted by an
-                    # earlier send whose reply was lost.
+                    # Voided (at its deadline) before its post arrived: the caller got an
+                    # answer the ledger does not bill.
                     self.book.log.error(
                         "grants.not_pending_at_post", application_id=app, bucket=kk[0]
                     )
+                elif op == "post" and r == 2:
+                    # Posted by an earlier send whose reply was lost (a deadline under
+                    # load): billed once, nothing wrong.
+                    self.book.log.info("grants.posted_before", application_id=app, bucket=kk[0])
 
     def sweep(self) -> int:
         """Void every pending grant past its deadline now, at every bucket (the server

@@ -20,6 +20,9 @@
 --                    posts).
 --   <b>:ledger STREAM kind=post (a billable referral: app, entry, seq) or kind=void (app,
 --                    why); ``seq`` is the order the router handed decisions back in
+--   <b>:v:<token> STRING why a grant was voided (a day): a post that finds its grant gone
+--                    tells "voided before its post" (the caller got an answer the ledger
+--                    does not bill) from "posted by an earlier send" (a resent post)
 
 -- A counter's value: "count amount" (two integers; a missing key is 0 0). One string per
 -- cap, so a reservation reads all of them in one MGET.
@@ -46,7 +49,14 @@ end
 -- Undo a pending grant (its member already removed from the queue): release its counters
 -- and dedupe mark, drop the application's record and grant key (a retry then decides
 -- afresh), and note the void on the ledger.
+-- The void mark of a member's grant (the bucket's key base, from its ledger key).
+local function void_mark(ledger, member)
+  local nul = string.find(member, '\0', 1, true)
+  return string.sub(ledger, 1, -8) .. ':v:' .. string.sub(member, nul + 1, nul + 8)
+end
+
 local function void_member(ledger, member, why)
+  redis.call('SET', void_mark(ledger, member), why, 'PX', 86400000)
   local app, entry, at = parts(member)
   local s = cmsgpack.unpack(string.sub(member, at))
   local amount = s[1]

@@ -8,8 +8,10 @@
 --       that application is pending there (a retry answering a decision it found, not one
 --       it made)
 --       sweep: 2 the most grants to void per bucket
--- Returns, per quintuple: 1 settled now, 0 not pending (already settled, voided at its
--- deadline, or never granted); for sweep, how many were voided. Posting and voiding are
+-- Returns, per quintuple: 1 settled now; for a post of a member no longer pending, 0 when
+-- it was voided (at its deadline: its caller was answered, the ledger will not bill it)
+-- and 2 when it was not (posted by an earlier send whose reply was lost); otherwise 0
+-- (not pending: settled before, or never granted); for sweep, how many were voided. Posting and voiding are
 -- idempotent, so a settle whose reply was lost can be re-sent.
 -- On a cluster every call names buckets of one hash slot only.
 
@@ -55,6 +57,8 @@ for i = 2, #ARGV, 5 do
       void_member(ledger, member, 'caller')
     end
     out[#out + 1] = 1
+  elseif op == 'post' and member ~= '' and redis.call('EXISTS', void_mark(ledger, member)) == 0 then
+    out[#out + 1] = 2
   else
     out[#out + 1] = 0
   end
