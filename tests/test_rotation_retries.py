@@ -76,3 +76,24 @@ def test_ledger_is_in_append_order_across_partners(store_factory, kind):
     assert [a for a, _ in got] == want
     assert len({p for _, p in got}) == 2
     assert got == [(e.application_id, e.partner_id) for e in expected.store.ledger()]
+
+
+@pytest.mark.parametrize("kind", ["memory", "array", "redis"])
+def test_a_retry_with_one_eligible_partner_does_not_move_the_rotation(store_factory, kind):
+    """Weighted routing ranks (raises the score of) even a sole eligible partner; a retry
+    of such an application, answered from its stored decision, must put that back. (Found
+    when the one-call walk and the step-by-step walk disagreed: the latter kept the
+    rotation only when more than one partner was eligible.)"""
+    app = make_application(
+        application_id="rot-solo",
+        national_id="110101199000000042",
+        region="440300",
+        consent=["plat_b"],  # one eligible partner
+        received_at=T0,
+    )
+    router = _router(store_factory(kind))
+    first = router.decide(app)
+    after_first = list(router._allocator.rotation.current)
+    again = router.decide(app)
+    assert again == first
+    assert router._allocator.rotation.current == after_first

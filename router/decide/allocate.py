@@ -24,6 +24,7 @@ from router.core.messages import ReferralEntry
 from router.core.reasons import BIT
 from router.core.routing import routing_method
 from router.core.windows import WINDOWS
+from router.decide import walk_one_call as one_call
 from router.decide.assess import Assessment
 from router.decide.assess_one import OneAssessment
 from router.decide.entries import (
@@ -766,13 +767,15 @@ class Allocator:
         return res
 
     def _allocate_row(self, r: Row, a: OneAssessment) -> tuple[bytes, bool]:
+        if self.store.walks:
+            return self._walk_row(r, a)
         bits = a.bits
         eligible = [j for j, ok in enumerate(a.eligible) if ok]
         rotation = counted = None
         if a.keep_ok or a.branch_ok or eligible:
             # A retry is only known as one when the store answers with its decision: the
             # rotation, advanced while ranking, is then put back (retries never move it).
-            rotation = list(self.rotation.current) if len(eligible) > 1 else None
+            rotation = list(self.rotation.current) if eligible else None
             counted = dict(self.refusals)  # nor its refusal counts
             try:
                 got = self._own_budgets_row(r, a, bits)
@@ -802,6 +805,116 @@ class Allocator:
                     ), True
                 return pack_record(DECLINE, bits, 0.0, float("nan"), a.keep_margin, a.pd, ""), True
         return self._decline_row(r, a, bits, rotation, counted), False
+
+    def _walk_row(self, r: Row, a: OneAssessment) -> tuple[bytes, bool]:
+        """:meth:`_allocate_row` as one store call (a store that walks a decision: see
+        :mod:`router.decide.walk_one_call`)."""
+        eligible = [j for j, ok in enumerate(a.eligible) if ok]
+        # The order is ranked before the call; the step-by-step walk ranks (and so moves a
+        # weighted rotation) only when it reaches the partners: put it back otherwise.
+        rotation = list(self.rotation.current) if eligible and self.routing.rotates else None
+        order = eligible
+        if eligible and (len(eligible) > 1 or self.routing.rotates):
+            order = self.routing.order(eligible, self.rank, a.ev.__getitem__, self.rotation)
+        decline = pack_record(DECLINE, a.bits, 0.0, float("nan"), a.keep_margin, a.pd, "")
+        steps, walk = one_call.plan(
+            self,
+            r.application_id,
+            r.fingerprint,
+            r.event_ms,
+            r.requested_amount,
+            self._row_candidates(r, a, order),
+            decline,
+        )
+        try:
+            ((granted, codes, stored),) = self.store.walk_many([walk])
+        except IdempotencyConflict:
+            raise
+        except StoreError as exc:
+            if not walk.attempts:
+                # Nothing to reserve (no option, or every cap known full): only storing
+                # the decline failed, and the decline stands.
+                self._store_down(exc, "remember")
+                _, bits = one_call.settle(self, steps, -1, [], r.event_ms, r.requested_amount)
+                return pack_record(
+                    DECLINE, a.bits | bits, 0.0, float("nan"), a.keep_margin, a.pd, ""
+                ), False
+            if rotation is not None:
+                self.rotation.current[:] = rotation
+            # Degraded: never refer; keep only if the strategy's degraded policy says so.
+            self._store_down(exc, "reserve")
+            bits = a.bits | _STORE_DOWN
+            if self.strategy.degraded.policy == "keep" and a.keep_ok:
+                return pack_record(
+                    KEEP, bits, a.keep_profit, a.keep_apr, a.keep_margin, a.pd, ""
+                ), True
+            return pack_record(DECLINE, bits, 0.0, float("nan"), a.keep_margin, a.pd, ""), True
+        if stored is not None:  # decided before (a retry, or a concurrent caller)
+            if rotation is not None:
+                self.rotation.current[:] = rotation
+            self._note_answered(r.application_id, stored)
+            return stored, False
+        s, bits = one_call.settle(self, steps, granted, codes, r.event_ms, r.requested_amount)
+        if s < 0:
+            return pack_record(
+                DECLINE, a.bits | bits, 0.0, float("nan"), a.keep_margin, a.pd, ""
+            ), False
+        step = steps[s]
+        if step.kind == REFER:
+            self.routing.on_grant(self.rotation, step.partner, eligible)
+        elif rotation is not None:  # kept or branched: the partners were never reached
+            self.rotation.current[:] = rotation
+        return _with_bits(walk.attempts[granted].record, bits), False
+
+    def _row_candidates(self, r: Row, a: OneAssessment, order: list[int]) -> list:
+        """One row's candidates in walk order: keep, branch, partners in ``order``."""
+        s, out = self.strategy, []
+        entries = self.store.needs_entries
+        if a.keep_ok:
+            kb = self.keep_bucket
+            rec = pack_record(KEEP, a.bits, a.keep_profit, a.keep_apr, a.keep_margin, a.pd, "")
+            out.append(one_call.Candidate(KEEP, -1, kb, _row_keys(kb, a), None, rec, None))
+        if a.branch_ok:
+            bb = self.branch_bucket
+            rec = pack_record(
+                BRANCH, a.bits, a.branch_profit, a.branch_apr, a.branch_margin, a.branch_pd, ""
+            )
+            entry = (
+                make_branch_entry(
+                    s,
+                    r.application_id,
+                    r.event_ms,
+                    r.requested_amount,
+                    r.term_months,
+                    r.applicant,
+                    a.branch_profit,
+                )
+                if entries
+                else None
+            )
+            out.append(one_call.Candidate(BRANCH, -1, bb, _row_keys(bb, a), None, rec, entry))
+        ev = a.ev
+        for j in order:
+            pb = self.partner_buckets[j]
+            rec = pack_record(
+                REFER, a.bits, ev[j], a.partner_apr[j], a.keep_margin, a.pd, s.partners[j].id
+            )
+            entry = (
+                make_entry(
+                    s,
+                    r.application_id,
+                    j,
+                    r.event_ms,
+                    r.requested_amount,
+                    r.term_months,
+                    r.applicant,
+                    ev[j],
+                )
+                if entries
+                else None
+            )
+            out.append(one_call.Candidate(REFER, j, pb, _row_keys(pb, a), r.applicant, rec, entry))
+        return out
 
     def _own_budgets_row(self, r: Row, a: OneAssessment, bits: int) -> bytes | int:
         """One row's attempts at the funder's own budgets, keep then branch: the granted
@@ -1196,6 +1309,14 @@ class _KeyRows:
             zk = self._zones[bucket.timezone]
             cols = self._cols[bucket.id] = [zk[c.window].tolist() for c in bucket.caps]
         return cols
+
+
+def _with_bits(record: bytes, bits: int) -> bytes:
+    """A decision record with more reason bits ORed in (as lua/decide.lua stores it)."""
+    if not bits:
+        return record
+    low = int.from_bytes(record[1:5], "little") | bits
+    return record[:1] + low.to_bytes(4, "little") + record[5:]
 
 
 def _row_keys(bucket: Bucket, a: OneAssessment) -> tuple[int, ...]:

@@ -48,6 +48,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 from zoneinfo import ZoneInfoNotFoundError
 
 from router.core.errors import InputError
@@ -186,6 +187,40 @@ class Bucket:
             )
 
 
+class Attempt(NamedTuple):
+    """One candidate of a decision a store walks in one call (:meth:`QuotaStore.walk_many`):
+    the bucket and the row's window key of each of its caps, the applicant (for dedupe;
+    None for the funder's budgets), the ledger entry of a grant, the decision record it
+    stores when granted, the reason bits of its cap and dedupe refusals, and the bits of
+    the refusals the router already knew of before it (skipped candidates)."""
+
+    bucket: Bucket
+    keys: tuple[int, ...]
+    applicant: str | None
+    entry: ReferralEntry | None
+    record: bytes
+    cap_bit: int
+    dedupe_bit: int
+    pre_bits: int
+
+
+class Walk(NamedTuple):
+    """A decision's candidates in the router's order, for one store call: the first that
+    passes its caps and dedupe is reserved and its record stored; when none does, the
+    ``decline`` record (with ``after_bits``: refusals known after the last candidate).
+    A record's reason bits get the refusals before it ORed in (``late_bit`` for a late
+    event), as the router's walk does."""
+
+    application_id: str
+    fingerprint: int
+    event_ms: int
+    amount: int
+    attempts: list[Attempt]
+    decline: bytes
+    after_bits: int
+    late_bit: int
+
+
 class QuotaStore(ABC):
     """Atomic quota reservations, dedupe, idempotency and the referral ledger."""
 
@@ -276,6 +311,9 @@ class QuotaStore(ABC):
     #: True when the store's state is arrays a compiled walk decides a whole batch over
     #: (:mod:`router.decide.allocate_compiled`; only :class:`~router.store.array.ArrayQuotaStore`).
     compiled = False
+    #: True when the store walks a whole decision's candidates in one call
+    #: (:meth:`walk_many`; one Redis server: ``lua/decide.lua``).
+    walks = False
 
     def capabilities(self) -> dict[str, bool]:
         """The declared capabilities above, by name (for messages, tests and checks)."""
@@ -288,8 +326,16 @@ class QuotaStore(ABC):
                 "in_process",
                 "compiled",
                 "two_phase",
+                "walks",
             )
         }
+
+    def walk_many(self, walks: Sequence[Walk]) -> list[tuple[int, list[int], bytes | None]]:
+        """Decide each walk in order, one store call each (pipelined): per walk (the index
+        of the attempt granted, -1 for none; each tried attempt's result; the record stored
+        before, when the application was decided already — then nothing was tried).
+        Only stores that declare :attr:`walks`."""
+        raise NotImplementedError(f"{type(self).__name__} does not walk decisions")
 
     def try_reserve_once(
         self,

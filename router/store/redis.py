@@ -73,7 +73,14 @@ from router.core.errors import ConfigError, IdempotencyConflict, StoreError
 from router.core.messages import ReferralEntry
 from router.core.windows import window_end_ms
 from router.decide.outcomes import record_bucket
-from router.store.base import COUNTER_GRACE_MS, LATE_MS, Bucket, QuotaStore, validate_reservation
+from router.store.base import (
+    COUNTER_GRACE_MS,
+    LATE_MS,
+    Bucket,
+    QuotaStore,
+    Walk,
+    validate_reservation,
+)
 from router.store.grant_book import GrantBook, Handle
 from router.store.redis_cluster import ClusterClaims, ClusterHorizon
 from router.store.redis_codec import FP_BYTES as _FP_BYTES
@@ -91,7 +98,12 @@ def _lua(name: str) -> str:
 # The grant lifecycle's functions are shared by both scripts (Redis has no includes).
 _RESERVE = _lua("grants.lua") + "\n" + _lua("reserve.lua")
 _SETTLE = _lua("grants.lua") + "\n" + _lua("settle.lua")
+_DECIDE = _lua("grants.lua") + "\n" + _lua("decide.lua")
 _HEADER = struct.Struct("<10d")
+_WALK_HEADER = struct.Struct("<6d")
+_SPEC_HEAD = struct.Struct("<6d")
+_DOUBLE = struct.Struct("<d")
+_SCRIPTS = (_RESERVE, _SETTLE, _DECIDE)
 #: A live decision's default budget for its round trips (ms). Measured with
 #: ``bench/bench_redis.py``: 8 processes deciding on 2 cores beside their Redis answered
 #: 0 of 24,000 sequential and 0 of 96,000 pipelined (batches of 64) decisions degraded at
@@ -132,10 +144,14 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         self.pending_ms = pending_ms
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
+        self._decide = client.register_script(_DECIDE)
         self._windows: dict[tuple[int, tuple[int, ...]], tuple] = {}
         self._cluster = isinstance(client, RedisCluster)
         #: One round trip per decision (check, reserve, record): not across cluster slots.
         self.single_trip = not self._cluster
+        #: A decision's whole walk in one script (lua/decide.lua): the application's record
+        #: and every candidate's keys must share a server, so not on a cluster.
+        self.walks = not self._cluster
         self.link = (
             Link(
                 client.connection_pool,
@@ -244,9 +260,7 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         if self.link is None:  # a cluster client connects and loads per node on first use
             return
         try:
-            replies = self._send_many(
-                [("SCRIPT", "LOAD", _RESERVE), ("SCRIPT", "LOAD", _SETTLE)], force=True
-            )
+            replies = self._send_many([("SCRIPT", "LOAD", src) for src in _SCRIPTS], force=True)
             for r in replies:
                 if isinstance(r, Exception):
                     raise r
@@ -376,6 +390,57 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         if use_app is None:
             use_app = fingerprint is not None
         token = self.book.token() if use_grant and self.book.active() else b""
+        counters, caps = self._caps(bucket, keys, event_ms)
+        kk = counters + [
+            f"{b}:d:{applicant}" if use_dedupe else f"{b}:d:-",
+            f"{b}:ledger",
+            f"{b}:g:{application_id}" if use_grant else f"{b}:g:-",
+            self._app(application_id or "") if use_app else f"{b}:a:-",
+            f"{b}:pendq",
+            f"{b}:h-" if self._cluster else self._horizon_key,
+        ]
+        entry_json = _entry_enc.encode(entry) if entry is not None else b""
+        member = b""
+        if token:
+            member = self._member(
+                application_id or "",  # (a token is only given with an id)
+                token,
+                entry_json,
+                amount,
+                event_ms,
+                counters,
+                kk[-6] if use_dedupe else "",
+                kk[-3] if use_app else "",
+                kk[-4] if use_grant and not use_app else "",
+            )
+        # Numbers as little-endian doubles (validated above: integers below 2^53, exact).
+        args: list = [
+            _HEADER.pack(
+                amount,
+                event_ms,
+                bucket.dedupe_ms,
+                use_dedupe,
+                use_grant,
+                self.record_ttl_ms,
+                use_app,
+                self.pending_ms if token else 0,
+                self._horizon.known(event_ms) if self._horizon is not None else -1,
+                LATE_MS,
+            ),
+            caps,
+            b"" if token else entry_json,  # a pending grant's entry travels in its member
+            application_id or "",
+            _fp(fingerprint) if fingerprint is not None else b"",
+            record,
+            token,
+            b"" if token or entry is None else str(self.book.stamp()),
+            member,
+        ]
+        return kk, args, (member, b"") if token else None
+
+    def _caps(self, bucket: Bucket, keys: tuple[int, ...], event_ms: int) -> tuple[list, bytes]:
+        """The bucket's counter keys for these windows, and its caps packed for the
+        scripts: (count limit, amount limit, counter expiry from the event) per cap."""
         cached = self._windows.get((id(bucket), keys))
         if cached is None:
             if len(self._windows) > 10_000:
@@ -396,64 +461,135 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
                 ],
             )
         _, counters, limits = cached
-        kk = counters + [
-            f"{b}:d:{applicant}" if use_dedupe else f"{b}:d:-",
-            f"{b}:ledger",
-            f"{b}:g:{application_id}" if use_grant else f"{b}:g:-",
-            self._app(application_id or "") if use_app else f"{b}:a:-",
-            f"{b}:pendq",
-            f"{b}:h-" if self._cluster else self._horizon_key,
-        ]
         caps: list[int] = []
         for count, amount_limit, end in limits:
             # Expiry (garbage collection only): the end of the window plus the late-event
             # horizon (``end`` includes it) plus an hour, counted from the event.
             caps += (count, amount_limit, max(end - event_ms, 0) + 3600_000)
-        entry_json = _entry_enc.encode(entry) if entry is not None else b""
-        member = b""
-        if token:
-            # The pending grant's queue member: what a void undoes and what a post bills
-            # (see lua/grants.lua). Built here, so it can be settled even if the reply is lost.
-            member = b"%s\0%s%08x%s%s" % (
-                (application_id or "").encode(),  # (a token is only given with an id)
-                token,
-                len(entry_json),
-                entry_json,
-                _spec_enc.encode(
-                    (
-                        amount,
-                        event_ms,
-                        counters,
-                        kk[-6] if use_dedupe else "",
-                        kk[-3] if use_app else "",
-                        kk[-4] if use_grant and not use_app else "",
-                    )
-                ),
-            )
-        # Numbers as little-endian doubles (validated above: integers below 2^53, exact).
+        return counters, struct.pack(f"<{len(caps)}d", *caps)
+
+    @staticmethod
+    def _member(
+        application_id: str,
+        token: bytes,
+        entry_json: bytes,
+        amount: int,
+        event_ms: int,
+        counters: list,
+        dedupe_key: str,
+        app_key: str,
+        grant_key: str,
+    ) -> bytes:
+        """A pending grant's queue member: what a void undoes and what a post bills (see
+        lua/grants.lua). Built here, so it can be settled even if the reply is lost."""
+        return b"%s\0%s%08x%s%s" % (
+            application_id.encode(),
+            token,
+            len(entry_json),
+            entry_json,
+            _spec_enc.encode((amount, event_ms, counters, dedupe_key, app_key, grant_key)),
+        )
+
+    # ---- one decision, one call (lua/decide.lua) --------------------------------------
+
+    def _walk_call(self, w: Walk, token: bytes) -> tuple[list, list, list[bytes]]:
+        """KEYS and ARGV of one decide.lua call, and each attempt's pending member."""
+        app_key = self._app(w.application_id)
+        kk: list = [app_key, self._horizon_key]
         args: list = [
-            _HEADER.pack(
-                amount,
-                event_ms,
+            _WALK_HEADER.pack(
+                w.event_ms,
+                w.amount,
+                self.record_ttl_ms,
+                self.pending_ms if token else 0,
+                LATE_MS,
+                w.late_bit,
+            ),
+            _fp(w.fingerprint),
+            w.application_id,
+            w.decline,
+            _DOUBLE.pack(w.after_bits),
+        ]
+        members: list[bytes] = []
+        for at in w.attempts:
+            # (No validate_reservation here: a walk is the router's own call, built from a
+            # validated strategy and application, and the script checks every number.)
+            bucket = at.bucket
+            b = self._b(bucket.id)
+            counters, caps = self._caps(bucket, at.keys, w.event_ms)
+            use_dedupe = at.applicant is not None and bucket.dedupe_ms > 0
+            dedupe_key = f"{b}:d:{at.applicant}" if use_dedupe else f"{b}:d:-"
+            kk += counters
+            kk += (dedupe_key, f"{b}:ledger", f"{b}:pendq")
+            spec = _SPEC_HEAD.pack(
+                len(counters),
                 bucket.dedupe_ms,
                 use_dedupe,
-                use_grant,
-                self.record_ttl_ms,
-                use_app,
-                self.pending_ms if token else 0,
-                self._horizon.known(event_ms) if self._horizon is not None else -1,
-                LATE_MS,
-            ),
-            struct.pack(f"<{len(caps)}d", *caps),
-            b"" if token else entry_json,  # a pending grant's entry travels in its member
-            application_id or "",
-            _fp(fingerprint) if fingerprint is not None else b"",
-            record,
-            token,
-            b"" if token or entry is None else str(self.book.stamp()),
-            member,
-        ]
-        return kk, args, (member, b"") if token else None
+                at.cap_bit,
+                at.dedupe_bit,
+                at.pre_bits,
+            )
+            entry_json = _entry_enc.encode(at.entry) if at.entry is not None else b""
+            if token:
+                member = self._member(
+                    w.application_id,
+                    token,
+                    entry_json,
+                    w.amount,
+                    w.event_ms,
+                    counters,
+                    dedupe_key if use_dedupe else "",
+                    app_key,
+                    "",
+                )
+                args += (spec + caps, at.record, member, b"")
+            else:
+                member = b""
+                seq = str(self.book.stamp()) if at.entry is not None else ""
+                args += (spec + caps, at.record, entry_json, seq)
+            members.append(member)
+        return kk, args, members
+
+    def walk_many(self, walks: Sequence[Walk]) -> list[tuple[int, list[int], bytes | None]]:
+        if not self.walks:
+            return super().walk_many(walks)
+        pending = self.book.active()
+        prepared = [self._walk_call(w, self.book.token() if pending else b"") for w in walks]
+        try:
+            replies = self._evalsha_many([(kk, args) for kk, args, _ in prepared], "decide")
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The scripts may have run, each granting any one of its attempts: all are
+            # voided when the decision ends (a void of a member never granted is a no-op).
+            for w, (_, _, members) in zip(walks, prepared):
+                for at, member in zip(w.attempts, members):
+                    if member:
+                        self.book.unknown(at.bucket.id, w.application_id, (member, b""))
+            raise StoreError(f"decide failed: {exc}") from exc
+        except redis.RedisError as exc:
+            raise StoreError(f"decide failed: {exc}") from exc
+        out: list[tuple[int, list[int], bytes | None]] = []
+        failed: BaseException | None = None
+        for w, (_, _, members), reply in zip(walks, prepared, replies):
+            if isinstance(reply, Exception):
+                if failed is None:
+                    failed = (
+                        IdempotencyConflict(w.application_id)
+                        if "ROUTER conflict" in str(reply)
+                        else StoreError(f"decide failed: {reply}")
+                    )
+                out.append((-1, [], None))
+                continue
+            g = int(reply[0])
+            if g == -2:
+                out.append((-1, [], reply[1][_FP_BYTES:]))
+                continue
+            if g > 0 and members[g - 1]:
+                # (Every walk's grant is booked before an error of another is raised.)
+                self.book.made(w.attempts[g - 1].bucket.id, w.application_id, (members[g - 1], b""))
+            out.append((g - 1, [int(x) for x in reply[1:]], None))
+        if failed is not None:
+            raise failed
+        return out
 
     def try_reserve_many(self, requests, *, single_trip: bool = False):
         if not self.single_trip:  # cluster: keys of many slots; one by one
@@ -498,7 +634,7 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         only); replies in order, an error reply in place as its exception. Posts and voids
         still owed travel ahead of them in the same write (``settle``). NOSCRIPT means that
         call did not run: the scripts are loaded and just those calls are sent again."""
-        sha = (self._reserve if script == "reserve" else self._settle).sha
+        sha = {"reserve": self._reserve, "settle": self._settle, "decide": self._decide}[script].sha
         calls_are_reserves = script == "reserve"
         owed = self.book.take_due() if settle else []
         pre = self._settle_calls(owed)
@@ -510,7 +646,7 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
             out = self._send_many(commands, force, 1 if force and not calls_are_reserves else None)
             todo = [i for i, r in enumerate(out) if isinstance(r, redis.exceptions.NoScriptError)]
             if todo:
-                self._send_many([("SCRIPT", "LOAD", _RESERVE), ("SCRIPT", "LOAD", _SETTLE)], force)
+                self._send_many([("SCRIPT", "LOAD", src) for src in _SCRIPTS], force)
                 for i, r in zip(todo, self._send_many([commands[i] for i in todo], force)):
                     out[i] = r
             if pre:
