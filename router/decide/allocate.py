@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -56,6 +56,7 @@ from router.store import (
     cap_full,
     cap_index,
 )
+from router.store.base import Attempt, Walk
 
 _KEEP_FULL, _BRANCH_FULL = BIT["KEEP_BUDGET_EXHAUSTED"], BIT["BRANCH_BUDGET_EXHAUSTED"]
 _DEDUPE, _QUOTA = BIT["PARTNER_DEDUPE"], BIT["PARTNER_QUOTA_EXHAUSTED"]
@@ -159,6 +160,9 @@ class Allocator:
         self._recorded = False
         #: Send a batch's reservations in pipelined rounds (live coalescing; see _rounds).
         self._pipelined = False
+        #: Replies of decisions sent ahead of the walk (:meth:`_sent_walks`), by row.
+        self._replies: dict[int, Any] | None = None
+        self._fixups: list[tuple[int, bytes]] = []
         #: On a store failure: answer degraded (True, live) or raise StoreError (replay).
         self.degrade = True
         #: How long a claim on an application protects a decision in progress.
@@ -194,7 +198,9 @@ class Allocator:
         application the store already decided raises :class:`_Decided`.
         """
         keys = tuple([col[i] for col in kcols])
-        if self._once:
+        if self._replies is not None:
+            r = self._replied(i, bucket, record)
+        elif self._once:
             r, existing = self.store.try_reserve_once(
                 bucket,
                 keys,
@@ -277,8 +283,153 @@ class Allocator:
         b = self._plan(cols, a)
         if self._pipelined and not b.down and b.n > 1:
             self._pipelined_rounds(b)
-        self._walk(b)
-        return self._finish(b)
+        self._replies = self._sent_walks(b) if self._walks_ahead(b) else None
+        try:
+            self._walk(b)
+            return self._finish(b)
+        finally:
+            self._replies = None
+
+    def _walks_ahead(self, b: _Batch) -> bool:
+        """Whether to send the batch's decisions to the store ahead of the walk, one script
+        each, pipelined in arrival order (:meth:`_sent_walks`): a replay on a store that
+        walks decisions, routing that does not depend on earlier grants, and event times
+        that never go back (so a decision sent ahead moves the late-event horizon no
+        further than the walk would have by then)."""
+        if not (self.store.walks and self.store.replaying and b.once and not b.down):
+            return False
+        if self.routing.rotates or len(b.todo) < 2:
+            return False
+        t = np.asarray(b.event_ms)[b.todo]
+        return bool((np.diff(t) >= 0).all())
+
+    def _sent_walks(self, b: _Batch) -> dict[int, Any]:
+        """Send every row the walk will try as one decision script, pipelined in arrival
+        order, runs of :attr:`WALK_RUN` rows a round trip; the walk then reads each
+        attempt's result from these replies (:meth:`reserve`) instead of asking the store.
+
+        The store tries each row's candidates in walk order without the router's floors
+        (they are learnt from replies the run has not read yet), so it may try a candidate
+        the walk skips as known to refuse — and it refuses it, as the walk knows: floors
+        only mark refusals, and a replay releases nothing. A row's stored record is
+        checked against the walk's and rewritten if a reason bit differs."""
+        rows = [i for i in b.todo if i not in b.recalled and i not in b.dups]
+        runs = [rows[k : k + self.WALK_RUN] for k in range(0, len(rows), self.WALK_RUN)]
+        built: list[list[tuple[Walk, list[str]]]] = []
+
+        def walks():  # built as the store asks for them: while it runs the run before
+            for run in runs:
+                built.append([self._row_walk(b, i) for i in run])
+                yield [w for w, _ in built[-1]]
+
+        replies: dict[int, Any] = {}
+        done = 0
+        try:
+            for got in self.store.walk_stream(walks()):
+                for i, (walk, buckets), (g, codes, stored) in zip(runs[done], built[done], got):
+                    replies[i] = _Reply(walk, buckets, g, codes, stored)
+                done += 1
+        except StoreError as exc:  # these rows are answered as the walk answers a failure
+            for run in runs[done:]:
+                for i in run:
+                    replies[i] = exc
+        self._fixups = []
+        return replies
+
+    #: Rows per pipelined round trip when decisions are sent ahead of the walk.
+    WALK_RUN = 256
+
+    def _row_walk(self, b: _Batch, i: int) -> tuple[Walk, list[str]]:
+        """Row ``i``'s decision as one walk: keep, branch, the eligible partners in
+        routing order, every one sent (no floors: see :meth:`_sent_walks`)."""
+        a, s, P = b.a, self.strategy, len(self.strategy.partners)
+        t, amount, bits = b.event_ms[i], b.amounts[i], b.bits[i]
+        entries = self.store.needs_entries
+        attempts, buckets = [], []
+        if b.keep_ok[i]:
+            rec = pack_record(
+                KEEP, bits, a.keep_profit[i], a.keep_apr[i], a.keep_margin[i], a.pd[i], ""
+            )
+            kb = self.keep_bucket
+            keys = tuple([col[i] for col in b.kkeys])
+            attempts.append(Attempt(kb, keys, None, None, rec, _KEEP_FULL, _DEDUPE, 0))
+            buckets.append(kb.id)
+        if b.branch_ok[i]:
+            rec = pack_record(
+                BRANCH,
+                bits,
+                a.branch_profit[i],
+                a.branch_apr[i],
+                a.branch_margin[i],
+                a.branch_pd[i],
+                "",
+            )
+            entry = (
+                row_branch_entry(s, b.cols, i, t, amount, a.branch_profit[i]) if entries else None
+            )
+            bb = self.branch_bucket
+            keys = tuple([col[i] for col in b.bkeys])
+            attempts.append(Attempt(bb, keys, None, entry, rec, _BRANCH_FULL, _DEDUPE, 0))
+            buckets.append(bb.id)
+        m = b.mask_l[i]
+        if m:
+            eligible = b.decode.get(m)
+            if eligible is None:
+                eligible = b.decode[m] = [j for j in range(P) if m >> j & 1]
+            order = self._row_order(b, i, m, eligible)
+            applicant = b.cols.applicant[i]
+            for j in order:
+                pb = self.partner_buckets[j]
+                keys = tuple([col[i] for col in b.pkeys[j]])
+                entry = (
+                    row_referral_entry(s, b.cols, i, j, t, amount, b.ev_flat[i * P + j])
+                    if entries
+                    else None
+                )
+                rec = self._refer_record(b, i, j, bits)
+                attempts.append(Attempt(pb, keys, applicant, entry, rec, _QUOTA, _DEDUPE, 0))
+                buckets.append(pb.id)
+        decline = pack_record(DECLINE, bits, 0.0, float("nan"), a.keep_margin[i], a.pd[i], "")
+        walk = Walk(b.ids[i], b.fps[i], t, amount, attempts, decline, 0, _LATE)
+        return walk, buckets
+
+    def _row_order(self, b: _Batch, i: int, m: int, eligible: list[int]) -> list[int]:
+        """Row ``i``'s eligible partners in the order :meth:`_walk_partners` and
+        :meth:`_refer` try them (routing that does not rotate)."""
+        P = len(self.strategy.partners)
+        if len(eligible) == 1:
+            return eligible
+        if b.order_codes is not None:
+            full = [(b.order_codes[i] >> (4 * k)) & 15 for k in range(P)]
+            return [j for j in full if m >> j & 1]
+        evs, base = b.ev_flat, i * P
+        return self.routing.order(eligible, self.rank, lambda j: evs[base + j], self.rotation)
+
+    def _replied(self, i: int, bucket: Bucket, record: Callable[[], bytes] | None) -> int:
+        """The result of row ``i``'s attempt at ``bucket`` from the decision sent ahead
+        (see :meth:`_sent_walks`)."""
+        assert self._replies is not None  # (only called while they are)
+        reply = self._replies[i]
+        if isinstance(reply, BaseException):
+            raise reply
+        if reply.stored is not None:
+            raise _Decided(reply.stored)
+        try:
+            at = reply.buckets.index(bucket.id)
+        except ValueError:
+            at = len(reply.codes)
+        if at >= len(reply.codes):
+            raise StoreError(
+                f"application {self._ids[i]!r}: the store's walk stopped before "
+                f"{bucket.id!r} (it granted a candidate the router knows is refused)"
+            )
+        code = reply.codes[at]
+        if code == GRANTED and record is not None:
+            kept = _with_bits(reply.walk.attempts[at].record, reply.bits_before(at))
+            mine = record()
+            if mine != kept:
+                self._fixups.append((i, mine))
+        return code
 
     def _plan(self, cols: AppColumns, a: Assessment) -> _Batch:
         """Settle what the store already knows before walking: recalled decisions,
@@ -553,7 +704,7 @@ class Allocator:
             if r == -1:
                 entry = (
                     row_branch_entry(self.strategy, b.cols, i, t, amount, a.branch_profit[i])
-                    if self.store.needs_entries
+                    if self.store.needs_entries and self._replies is None  # (sent ahead)
                     else None
                 )
                 r = self.reserve(self.branch_bucket, b.bkeys, i, amount, None, t, entry, make)
@@ -616,7 +767,11 @@ class Allocator:
         """Single trip: grants were recorded by their reservations; store the declines
         unless a concurrent caller decided first (then its decision is the answer)."""
         rows = self._new_rows(b, out, granted=False)
+        if self._replies is not None:
+            rows = self._declines_sent(rows, records)
         try:
+            if self._fixups:
+                self._rewrite_fixups(b)
             if not rows:
                 return
             found = self._store_records(b, rows, records, shared=True)
@@ -632,6 +787,28 @@ class Allocator:
             raise
         except StoreError as exc:
             self._store_down(exc, "remember")
+
+    def _declines_sent(self, rows: list[int], records: list[bytes]) -> list[int]:
+        """Of these declined rows, those still to store: a decision sent ahead stored its
+        decline already (rewritten if its reason bits differ from the walk's)."""
+        todo = []
+        for i in rows:
+            reply = self._replies.get(i) if self._replies is not None else None
+            if not isinstance(reply, _Reply) or reply.stored is not None:
+                todo.append(i)
+                continue
+            kept = _with_bits(reply.walk.decline, reply.decline_bits())
+            if kept != records[i]:
+                self._fixups.append((i, records[i]))
+        return todo
+
+    def _rewrite_fixups(self, b: _Batch) -> None:
+        """Rewrite the stored records whose reason bits differ from the walk's (a late
+        event whose candidates the walk knew were full: the store said late)."""
+        fix, self._fixups = self._fixups, []
+        self.store.rewrite_records(
+            [b.ids[i] for i, _ in fix], [b.fps[i] for i, _ in fix], [rec for _, rec in fix]
+        )
 
     def _remember(self, b: _Batch, out: Outcomes, records: list[bytes]) -> None:
         """Store every new decision record. Degraded answers are not remembered: a retry
@@ -1216,7 +1393,7 @@ class Allocator:
 
                 entry = (
                     row_referral_entry(self.strategy, b.cols, i, j, t, amount, b.ev_flat[i * P + j])
-                    if self.store.needs_entries
+                    if self.store.needs_entries and self._replies is None  # (sent ahead)
                     else None
                 )
                 r = self.reserve(buckets[j], pkeys[j], i, amount, applicant, t, entry, rec)
@@ -1273,6 +1450,28 @@ class _Blocks:
             self.until[j] = end
             self.cap[j] = k
             self.next_release = min(self.next_release, end)
+
+
+class _Reply(NamedTuple):
+    """A decision sent ahead of the walk and the store's answer (see
+    :meth:`Allocator._sent_walks`)."""
+
+    walk: Walk
+    buckets: list[str]  # each attempt's bucket id, in order
+    granted: int
+    codes: list[int]
+    stored: bytes | None
+
+    def bits_before(self, at: int) -> int:
+        """The reason bits the store ORed into attempt ``at``'s record."""
+        bits = 0
+        for a, code in zip(self.walk.attempts[:at], self.codes):
+            bits |= _LATE if code == LATE else _DEDUPE if code == DEDUPED else a.cap_bit
+        return bits
+
+    def decline_bits(self) -> int:
+        """The reason bits the store ORed into the decline it stored (no grant)."""
+        return self.bits_before(len(self.codes)) if self.granted < 0 else -1
 
 
 class _Decided(Exception):

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 from zoneinfo import ZoneInfoNotFoundError
@@ -311,6 +311,8 @@ class QuotaStore(ABC):
     #: True when the store's state is arrays a compiled walk decides a whole batch over
     #: (:mod:`router.decide.allocate_compiled`; only :class:`~router.store.array.ArrayQuotaStore`).
     compiled = False
+    #: True while the store serves a replay (:meth:`for_replay`).
+    replaying = False
     #: True when the store walks a whole decision's candidates in one call
     #: (:meth:`walk_many`; one Redis server: ``lua/decide.lua``).
     walks = False
@@ -329,6 +331,20 @@ class QuotaStore(ABC):
                 "walks",
             )
         }
+
+    def rewrite_records(
+        self, application_ids: Sequence[str], fingerprints: Sequence[int], records: Sequence[bytes]
+    ) -> None:
+        """Replace stored decision records (same applications, same fingerprints) with
+        these; only stores that declare :attr:`walks` need it."""
+        raise NotImplementedError(f"{type(self).__name__} does not walk decisions")
+
+    def walk_stream(
+        self, runs: Iterable[Sequence[Walk]]
+    ) -> Iterator[list[tuple[int, list[int], bytes | None]]]:
+        """:meth:`walk_many` of each run in turn (a store may overlap them)."""
+        for run in runs:
+            yield self.walk_many(run)
 
     def walk_many(self, walks: Sequence[Walk]) -> list[tuple[int, list[int], bytes | None]]:
         """Decide each walk in order, one store call each (pipelined): per walk (the index

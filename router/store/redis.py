@@ -58,7 +58,7 @@ written in one send: redis-py's own pipeline checks every argument in Python and
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -277,6 +277,7 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         fixed when the client is built: give ``?timeout_ms=…&retries=…`` in the URL;
         ``referral-router replay`` does.)"""
         r = self.REPLAY
+        self.replaying = True
         self.retries = max(self.retries, r["retries"])
         self.pending_ms = max(self.pending_ms, r["pending_ms"])
         if self.link is not None:
@@ -445,9 +446,9 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         if cached is None:
             if len(self._windows) > 10_000:
                 self._windows.clear()
-            # Counter keys and (count limit, amount limit, window end) per cap: the same for
-            # every reservation in these windows. The bucket itself is kept in the entry so
-            # its id cannot be reused by another object while cached.
+            # Counter keys, (count limit, amount limit, window end) per cap and their
+            # packing: the same for every reservation in these windows. The bucket itself
+            # is kept in the entry so its id cannot be reused by another object while cached.
             cached = self._windows[(id(bucket), keys)] = (
                 bucket,
                 [self._counter(bucket, i, k) for i, k in enumerate(keys)],
@@ -459,14 +460,15 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
                     )
                     for cap, key in zip(bucket.caps, keys)
                 ],
+                struct.Struct(f"<{3 * len(keys)}d"),
             )
-        _, counters, limits = cached
+        _, counters, limits, packing = cached
         caps: list[int] = []
         for count, amount_limit, end in limits:
             # Expiry (garbage collection only): the end of the window plus the late-event
             # horizon (``end`` includes it) plus an hour, counted from the event.
             caps += (count, amount_limit, max(end - event_ms, 0) + 3600_000)
-        return counters, struct.pack(f"<{len(caps)}d", *caps)
+        return counters, packing.pack(*caps)
 
     @staticmethod
     def _member(
@@ -558,15 +560,60 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         try:
             replies = self._evalsha_many([(kk, args) for kk, args, _ in prepared], "decide")
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            # The scripts may have run, each granting any one of its attempts: all are
-            # voided when the decision ends (a void of a member never granted is a no-op).
-            for w, (_, _, members) in zip(walks, prepared):
-                for at, member in zip(w.attempts, members):
-                    if member:
-                        self.book.unknown(at.bucket.id, w.application_id, (member, b""))
+            self._walks_unknown(walks, prepared)
             raise StoreError(f"decide failed: {exc}") from exc
         except redis.RedisError as exc:
             raise StoreError(f"decide failed: {exc}") from exc
+        return self._walk_results(walks, prepared, replies)
+
+    def walk_stream(
+        self, runs: Iterable[Sequence[Walk]]
+    ) -> Iterator[list[tuple[int, list[int], bytes | None]]]:
+        """:meth:`walk_many` over runs of walks, each run written before the replies of
+        the one before are read (a replay: the server decides one run while this process
+        builds the next). Owed posts and voids are sent first; the script is loaded first
+        (a cache lost mid-stream is an error, not a resend: the runs behind it ran)."""
+        if not self.walks or self.link is None:
+            yield from super().walk_stream(runs)
+            return
+        self.flush()
+        try:
+            self._send_many([("SCRIPT", "LOAD", _DECIDE)], force=True)
+        except redis.RedisError as exc:
+            raise StoreError(f"decide failed: {exc}") from exc
+        pending = self.book.active()
+        sha = self._decide.sha
+        sent: list = []
+
+        def commands() -> Iterator[list[tuple]]:
+            for run in runs:
+                prepared = [self._walk_call(w, self.book.token() if pending else b"") for w in run]
+                sent.append((run, prepared))
+                yield [("EVALSHA", sha, len(kk), *kk, *args) for kk, args, _ in prepared]
+
+        try:
+            for replies in self.link.send_overlapped(commands()):
+                run, prepared = sent.pop(0)
+                yield self._walk_results(run, prepared, replies)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            for run, prepared in sent:
+                self._walks_unknown(run, prepared)
+            raise StoreError(f"decide failed: {exc}") from exc
+        except redis.RedisError as exc:
+            raise StoreError(f"decide failed: {exc}") from exc
+
+    def _walks_unknown(self, walks: Sequence[Walk], prepared: list) -> None:
+        """Walks whose replies were lost: each may have granted any one of its attempts,
+        so all are voided when the decision ends (voiding a member never granted is a
+        no-op)."""
+        for w, (_, _, members) in zip(walks, prepared):
+            for at, member in zip(w.attempts, members):
+                if member:
+                    self.book.unknown(at.bucket.id, w.application_id, (member, b""))
+
+    def _walk_results(
+        self, walks: Sequence[Walk], prepared: list, replies: list
+    ) -> list[tuple[int, list[int], bytes | None]]:
         out: list[tuple[int, list[int], bytes | None]] = []
         failed: BaseException | None = None
         for w, (_, _, members), reply in zip(walks, prepared, replies):
@@ -590,6 +637,24 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         if failed is not None:
             raise failed
         return out
+
+    def rewrite_records(
+        self, application_ids: Sequence[str], fingerprints: Sequence[int], records: Sequence[bytes]
+    ) -> None:
+        if not application_ids:
+            return
+        try:
+            replies = self._send_many(
+                [
+                    ("SET", self._app(a), _fp(fp) + rec, "XX", "KEEPTTL")
+                    for a, fp, rec in zip(application_ids, fingerprints, records)
+                ]
+            )
+        except redis.RedisError as exc:
+            raise StoreError(f"record rewrite failed: {exc}") from exc
+        for r in replies:
+            if isinstance(r, Exception):
+                raise StoreError(f"record rewrite failed: {r}")
 
     def try_reserve_many(self, requests, *, single_trip: bool = False):
         if not self.single_trip:  # cluster: keys of many slots; one by one

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import cast
 
 import redis
@@ -160,6 +161,38 @@ class Link:
         finally:
             if not force:
                 self._result(ok)
+
+    def send_overlapped(self, batches: Iterator[list[tuple]]) -> Iterator[list]:
+        """Replay's stream: write each batch of commands before reading the replies of the
+        one before, so the server runs one while the caller builds the next (one
+        connection, in order). Replies per batch, an error reply in place as its
+        exception. No per-decision deadline and no resend: a failure ends the stream
+        with its error (whatever was written may have run)."""
+        conn = self._connection()
+        try:
+            if conn._sock is None:
+                conn.connect()
+            pending = 0
+            for commands in batches:
+                conn.send_packed_command([b"".join([pack_command(c) for c in commands])])
+                if pending:
+                    yield self._read(conn, pending)
+                pending = len(commands)
+            if pending:
+                yield self._read(conn, pending)
+        except BaseException:
+            conn.disconnect()  # replies may be left unread: never reuse the socket
+            raise
+
+    @staticmethod
+    def _read(conn: redis.Connection, n: int) -> list:
+        out: list = [None] * n
+        for i in range(n):
+            try:
+                out[i] = conn.read_response()
+            except redis.ResponseError as exc:
+                out[i] = exc
+        return out
 
     def _budget_or_zero(self) -> float:
         return max(self._budget(), 1e-6)
