@@ -56,6 +56,7 @@ bench: install-dev
 	$(BIN)/python bench/bench_decide.py
 	$(BIN)/python bench/bench_replay.py
 	$(BIN)/python bench/bench_redis.py
+	$(BIN)/python bench/bench_cold.py
 	$(BIN)/python bench/bench_tune.py
 	$(BIN)/python bench/bench_billing.py
 

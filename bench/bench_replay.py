@@ -126,6 +126,62 @@ def baseline() -> float:
     return statistics.median(rates)
 
 
+def redis_vs_array(rows: int = 100_000) -> dict:
+    """The same ``rows`` replayed on ``array://`` and through a throwaway local
+    redis-server: decisions sent ahead, one script a row pipelined in arrival order (the
+    default), and the step-by-step walk (one script per attempt, the baseline before it);
+    applications/s of each run's loop (its ``timing.json``) and whether the decisions file
+    is byte-identical to array's. (Not pinned to a core: Redis needs the other one.)"""
+    import shutil
+    import tempfile
+    import uuid
+
+    import port_for
+    from mirakuru import TCPExecutor
+
+    from router.core.config import load_strategy
+    from router.replay import replay
+    from router.store import quota_store_from_url
+    from router.store.redis import RedisQuotaStore
+    from router.traffic import write_traffic
+
+    strategy = load_strategy(ROOT / "configs" / "strategy.toml")
+    traffic = ROOT / "out" / "bench" / f"redis_{rows}.parquet"
+    if not traffic.exists():
+        write_traffic(traffic, rows, seed=5)
+    port = port_for.select_random()
+    server = TCPExecutor(
+        [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port),
+         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tempfile.mkdtemp()],
+        host="127.0.0.1", port=port, timeout=20,
+    ).start()  # fmt: skip
+    out = ROOT / "out" / "bench"
+    res: dict = {"rows": rows}
+    try:
+        runs = {}
+        for name in ("array", "redis_ahead", "redis_step"):
+            store = None
+            if name != "array":
+                store = quota_store_from_url(
+                    f"redis://127.0.0.1:{port}/0",
+                    prefix=f"b{uuid.uuid4().hex[:6]}:",
+                    **RedisQuotaStore.REPLAY,
+                )
+                store.walks = name == "redis_ahead"  # the step-by-step walk otherwise
+            r = replay(strategy, traffic, out / f"redis_cmp_{name}", store=store, report=False)
+            if store is not None:
+                store.close()
+            timing = json.loads((out / f"redis_cmp_{name}" / "timing.json").read_text())
+            res[f"{name}_apps_per_s"] = timing["applications_per_s"]
+            runs[name] = r.decisions_path.read_bytes()
+        for name in ("redis_ahead", "redis_step"):
+            res[f"{name}_byte_identical"] = runs[name] == runs["array"]
+        res["ratio_ahead_vs_step"] = res["redis_ahead_apps_per_s"] / res["redis_step_apps_per_s"]
+    finally:
+        server.stop()
+    return res
+
+
 def main(sizes: list[int]) -> dict:
     results = {"baseline_decide_one_by_one_apps_per_s": baseline(), "sizes": []}
     for rows in sizes:
@@ -136,6 +192,7 @@ def main(sizes: list[int]) -> dict:
             text=True,
         ).stdout
         results["sizes"].append(json.loads(out.strip().splitlines()[-1]))
+    results["redis_vs_array"] = redis_vs_array()
     base = results["baseline_decide_one_by_one_apps_per_s"]
     for s in results["sizes"]:
         s["ratio_vs_baseline"] = s["apps_per_s_median"] / base
@@ -169,3 +226,10 @@ if __name__ == "__main__":
             f"x{s['ratio_vs_baseline']:.1f} Router.decide, "
             f"peak RSS {s['peak_rss_mb']:,.0f} MB"
         )
+    rv = res["redis_vs_array"]
+    print(
+        f"replay {rv['rows']:,} rows: array:// {rv['array_apps_per_s']:,.0f}/s; redis:// "
+        f"decisions sent ahead {rv['redis_ahead_apps_per_s']:,.0f}/s "
+        f"(byte-identical: {rv['redis_ahead_byte_identical']}), step by step "
+        f"{rv['redis_step_apps_per_s']:,.0f}/s (x{rv['ratio_ahead_vs_step']:.2f})"
+    )
