@@ -1003,19 +1003,17 @@ class Allocator:
             self._row_candidates(r, a, order),
             decline,
         )
+        if not walk.attempts:
+            # Nothing to reserve (no option, or every cap known full): a decline, stored
+            # unless the application was decided before (a plain SET, not a script).
+            counted = dict(self.refusals)
+            _, bits = one_call.settle(self, steps, -1, [], r.event_ms, r.requested_amount)
+            return self._decline_row(r, a, a.bits | bits, rotation, counted), False
         try:
             ((granted, codes, stored),) = self.store.walk_many([walk])
         except IdempotencyConflict:
             raise
         except StoreError as exc:
-            if not walk.attempts:
-                # Nothing to reserve (no option, or every cap known full): only storing
-                # the decline failed, and the decline stands.
-                self._store_down(exc, "remember")
-                _, bits = one_call.settle(self, steps, -1, [], r.event_ms, r.requested_amount)
-                return pack_record(
-                    DECLINE, a.bits | bits, 0.0, float("nan"), a.keep_margin, a.pd, ""
-                ), False
             if rotation is not None:
                 self.rotation.current[:] = rotation
             # Degraded: never refer; keep only if the strategy's degraded policy says so.

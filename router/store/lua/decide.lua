@@ -44,42 +44,22 @@ local fp, app = ARGV[2], ARGV[3]
 if #fp ~= 8 then bad('fingerprint', #fp) end
 local after_bits = struct.unpack('<d', ARGV[5])
 
--- Every candidate validated before the first write (a script is not rolled back).
-local cands, k = {}, 3
+-- Where each candidate's keys start (its cap count is its spec's first number). The rest
+-- of a spec is read and checked when that candidate is tried, before anything is written
+-- for it: a candidate that is never tried writes nothing.
 local m = (#ARGV - 5) / 4
 if m ~= math.floor(m) then bad('arity', #ARGV) end
+local koff, k = {}, 3
 for c = 1, m do
-  local a = 5 + 4 * (c - 1)
-  local spec = ARGV[a + 1]
+  local spec = ARGV[5 + 4 * (c - 1) + 1]
   if #spec < 48 then bad('spec', #spec .. ' bytes') end
-  local n, dedupe_ms, use_dedupe, cap_bit, dd_bit, pre = struct.unpack('<dddddd', spec)
+  local n = struct.unpack('<d', spec)
   if not (n >= 1 and n <= 64 and n % 1 == 0) then bad('caps', n) end
   if #spec ~= 48 + 24 * n then bad('spec', #spec) end
-  if not (dedupe_ms >= 0 and dedupe_ms <= MAX and dedupe_ms % 1 == 0) then
-    bad('dedupe_ms', dedupe_ms)
-  end
-  local limits = {}
-  for i = 1, n do
-    local cl, al, cttl = struct.unpack('<ddd', spec, 49 + 24 * (i - 1))
-    if not (cl >= -1 and cl <= MAX and cl % 1 == 0) then bad('count limit', cl) end
-    if not (al >= -1 and al <= MAX and al % 1 == 0) then bad('amount limit', al) end
-    if not (cttl >= 1 and cttl <= MAX and cttl % 1 == 0) then bad('counter ttl', cttl) end
-    limits[i] = {cl, al, cttl}
-  end
-  if pending_ms > 0 and #ARGV[a + 3] < 10 then bad('member', #ARGV[a + 3]) end
-  cands[c] = {k = k, n = n, dedupe_ms = dedupe_ms, use_dedupe = use_dedupe == 1,
-              cap_bit = cap_bit, dd_bit = dd_bit, pre = pre, limits = limits,
-              record = ARGV[a + 2], payload = ARGV[a + 3], seq = ARGV[a + 4]}
+  koff[c] = k
   k = k + n + 3
 end
 if k - 1 ~= #KEYS then bad('keys', #KEYS) end
-
--- Decided before (a retry, or a concurrent caller that won): that decision is the answer.
-local stored = redis.call('GET', KEYS[1])
-if stored then
-  if string.sub(stored, 1, 8) ~= fp then error('ROUTER conflict: same id, other content') end
-  return {-2, stored}
-end
 
 local function with_bits(record, bits)
   if bits == 0 then return record end
@@ -88,36 +68,65 @@ local function with_bits(record, bits)
          .. string.sub(record, 6)
 end
 
-local out, acc = {0}, 0
+-- Decided before (a retry, or a concurrent caller that won): that decision is the answer.
+local function decided(stored)
+  if string.sub(stored, 1, 8) ~= fp then error('ROUTER conflict: same id, other content') end
+  return {-2, stored}
+end
+
 -- One late-event rule, checked once: every candidate is refused as late.
 local late = false
 if redis.call('ZADD', KEYS[2], 'GT', 'CH', now, 'h') == 0 then
   local horizon = tonumber(redis.call('ZSCORE', KEYS[2], 'h'))
   late = now < horizon - late_ms
 end
+if late or m == 0 then
+  local stored = redis.call('GET', KEYS[1])
+  if stored then return decided(stored) end
+end
 
+local out, acc = {0}, 0
 for c = 1, m do
-  local cd = cands[c]
-  acc = bit.bor(acc, cd.pre)
+  local a = 5 + 4 * (c - 1)
+  local spec = ARGV[a + 1]
+  local n, dedupe_ms, use_dedupe, cap_bit, dd_bit, pre = struct.unpack('<dddddd', spec)
+  acc = bit.bor(acc, pre)
   local code = -3
   if not late then
-    local n, kk = cd.n, cd.k
+    if not (dedupe_ms >= 0 and dedupe_ms <= MAX and dedupe_ms % 1 == 0) then
+      bad('dedupe_ms', dedupe_ms)
+    end
+    local limits = {}
+    for i = 1, n do
+      local cl, al, cttl = struct.unpack('<ddd', spec, 49 + 24 * (i - 1))
+      if not (cl >= -1 and cl <= MAX and cl % 1 == 0) then bad('count limit', cl) end
+      if not (al >= -1 and al <= MAX and al % 1 == 0) then bad('amount limit', al) end
+      if not (cttl >= 1 and cttl <= MAX and cttl % 1 == 0) then bad('counter ttl', cttl) end
+      limits[i] = {cl, al, cttl}
+    end
+    if pending_ms > 0 and #ARGV[a + 3] < 10 then bad('member', #ARGV[a + 3]) end
+    -- Counters and the dedupe mark in one MGET; the first candidate's also reads the
+    -- application's record (one read and one write per key is the budget).
+    local kk = koff[c]
     local reads = {}
     for i = 1, n + 1 do reads[i] = KEYS[kk + i - 1] end
+    if c == 1 then reads[n + 2] = KEYS[1] end
     local v = redis.call('MGET', unpack(reads))
+    if c == 1 and v[n + 2] then return decided(v[n + 2]) end
+    use_dedupe = use_dedupe == 1
     local counts, amounts = {}, {}
     local function check()
       for i = 1, n do
         local cnt, amt = counter(v[i])
         counts[i], amounts[i] = cnt, amt
-        local cl, al = cd.limits[i][1], cd.limits[i][2]
+        local cl, al = limits[i][1], limits[i][2]
         if cl >= 0 and cnt + 1 > cl then return 2 + 2 * (i - 1) + 1 end
         if al >= 0 and amt + amount > al then return 2 + 2 * (i - 1) end
         if amt + amount > MAX then error('ROUTER amount overflow at cap ' .. i) end
       end
-      if cd.use_dedupe then
+      if use_dedupe then
         local l = tonumber(v[n + 1])
-        if l ~= nil and now - l < cd.dedupe_ms then return 1 end
+        if l ~= nil and now - l < dedupe_ms then return 1 end
       end
       return 0
     end
@@ -125,7 +134,7 @@ for c = 1, m do
     local pendq, ledger = KEYS[kk + n + 2], KEYS[kk + n + 1]
     -- Grants past their deadline may hold the room or the dedupe mark (see reserve.lua).
     if code ~= 0 and redis.call('ZCARD', pendq) > 0 and sweep(pendq, ledger, server_ms(), 8) > 0 then
-      v = redis.call('MGET', unpack(reads))
+      v = redis.call('MGET', unpack(reads, 1, n + 1))
       code = check()
     end
     if code == 0 then
@@ -134,19 +143,20 @@ for c = 1, m do
         if v[i] then
           redis.call('SET', KEYS[kk + i - 1], value, 'KEEPTTL')
         else
-          redis.call('SET', KEYS[kk + i - 1], value, 'PX', cd.limits[i][3])
+          redis.call('SET', KEYS[kk + i - 1], value, 'PX', limits[i][3])
         end
       end
-      if cd.use_dedupe then
-        redis.call('SET', KEYS[kk + n], now, 'PX', cd.dedupe_ms + late_ms)
+      if use_dedupe then
+        redis.call('SET', KEYS[kk + n], now, 'PX', dedupe_ms + late_ms)
       end
+      local payload = ARGV[a + 3]
       if pending_ms > 0 then
-        redis.call('ZADD', pendq, server_ms() + pending_ms, cd.payload)
-      elseif cd.payload ~= '' then
-        redis.call('XADD', ledger, '*', 'kind', 'post', 'app', app, 'entry', cd.payload,
-                   'seq', cd.seq)
+        redis.call('ZADD', pendq, server_ms() + pending_ms, payload)
+      elseif payload ~= '' then
+        redis.call('XADD', ledger, '*', 'kind', 'post', 'app', app, 'entry', payload,
+                   'seq', ARGV[a + 4])
       end
-      redis.call('SET', KEYS[1], fp .. with_bits(cd.record, acc), 'PX', ttl)
+      redis.call('SET', KEYS[1], fp .. with_bits(ARGV[a + 2], acc), 'PX', ttl)
       out[1] = c
       out[#out + 1] = 0
       return out
@@ -156,9 +166,9 @@ for c = 1, m do
   if code == -3 then
     acc = bit.bor(acc, late_bit)
   elseif code == 1 then
-    acc = bit.bor(acc, cd.dd_bit)
+    acc = bit.bor(acc, dd_bit)
   else
-    acc = bit.bor(acc, cd.cap_bit)
+    acc = bit.bor(acc, cap_bit)
   end
 end
 redis.call('SET', KEYS[1], fp .. with_bits(ARGV[4], bit.bor(acc, after_bits)), 'PX', ttl)
