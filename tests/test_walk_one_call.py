@@ -156,7 +156,9 @@ def test_replay_sends_decisions_ahead_and_equals_the_array_store(
     if method == "weighted":
         assert not streamed
     else:
-        assert sum(streamed) > 10_000  # (rows with no option are declined without a call)
+        # Rows with no option, or whose every candidate the floors know is full, are
+        # declined without a call; the rest go ahead.
+        assert sum(streamed) > 5_000
 
 
 def test_a_late_row_the_walk_knows_is_full_keeps_the_walks_reasons(store_factory):

@@ -161,7 +161,7 @@ class Allocator:
         #: Send a batch's reservations in pipelined rounds (live coalescing; see _rounds).
         self._pipelined = False
         #: Replies of decisions sent ahead of the walk (:meth:`_sent_walks`), by row.
-        self._replies: dict[int, Any] | None = None
+        self._replies: _Ahead | None = None
         self._fixups: list[tuple[int, bytes]] = []
         #: On a store failure: answer degraded (True, live) or raise StoreError (replay).
         self.degrade = True
@@ -288,6 +288,8 @@ class Allocator:
             self._walk(b)
             return self._finish(b)
         finally:
+            if self._replies is not None:
+                self._replies.close()
             self._replies = None
 
     def _walks_ahead(self, b: _Batch) -> bool:
@@ -303,94 +305,93 @@ class Allocator:
         t = np.asarray(b.event_ms)[b.todo]
         return bool((np.diff(t) >= 0).all())
 
-    def _sent_walks(self, b: _Batch) -> dict[int, Any]:
+    def _sent_walks(self, b: _Batch) -> _Ahead:
         """Send every row the walk will try as one decision script, pipelined in arrival
         order, runs of :attr:`WALK_RUN` rows a round trip; the walk then reads each
-        attempt's result from these replies (:meth:`reserve`) instead of asking the store.
+        attempt's result from the replies (:meth:`reserve`) instead of asking the store.
 
-        The store tries each row's candidates in walk order without the router's floors
-        (they are learnt from replies the run has not read yet), so it may try a candidate
-        the walk skips as known to refuse — and it refuses it, as the walk knows: floors
-        only mark refusals, and a replay releases nothing. A row's stored record is
-        checked against the walk's and rewritten if a reason bit differs."""
+        A run is built when the walk reaches the run two ahead of it (the store runs one
+        while this process walks another), with the floors learnt so far: a candidate
+        they know refuses is left out (as reason bits). The walk, reaching the row later,
+        knows it too — event times never go back here, so the floor that applied still
+        does — and it may know more: the store then tried a candidate the walk skips, and
+        refused it as the walk knows (floors only mark refusals; a replay releases
+        nothing). A row's stored record is checked against the walk's and rewritten if a
+        reason bit differs."""
         rows = [i for i in b.todo if i not in b.recalled and i not in b.dups]
-        runs = [rows[k : k + self.WALK_RUN] for k in range(0, len(rows), self.WALK_RUN)]
-        built: list[list[tuple[Walk, list[str]]]] = []
-
-        def walks():  # built as the store asks for them: while it runs the run before
-            for run in runs:
-                built.append([self._row_walk(b, i) for i in run])
-                yield [w for w, _ in built[-1]]
-
-        replies: dict[int, Any] = {}
-        done = 0
-        try:
-            for got in self.store.walk_stream(walks()):
-                for i, (walk, buckets), (g, codes, stored) in zip(runs[done], built[done], got):
-                    replies[i] = _Reply(walk, buckets, g, codes, stored)
-                done += 1
-        except StoreError as exc:  # these rows are answered as the walk answers a failure
-            for run in runs[done:]:
-                for i in run:
-                    replies[i] = exc
         self._fixups = []
-        return replies
+        return _Ahead(self, b, rows, self.WALK_RUN)
 
     #: Rows per pipelined round trip when decisions are sent ahead of the walk.
     WALK_RUN = 256
 
     def _row_walk(self, b: _Batch, i: int) -> tuple[Walk, list[str]]:
         """Row ``i``'s decision as one walk: keep, branch, the eligible partners in
-        routing order, every one sent (no floors: see :meth:`_sent_walks`)."""
+        routing order; those the floors know refuse left out, as reason bits."""
         a, s, P = b.a, self.strategy, len(self.strategy.partners)
         t, amount, bits = b.event_ms[i], b.amounts[i], b.bits[i]
         entries = self.store.needs_entries
-        attempts, buckets = [], []
+        attempts: list[Attempt] = []
+        buckets: list[str] = []
+        pre = 0
         if b.keep_ok[i]:
-            rec = pack_record(
-                KEEP, bits, a.keep_profit[i], a.keep_apr[i], a.keep_margin[i], a.pd[i], ""
-            )
             kb = self.keep_bucket
             keys = tuple([col[i] for col in b.kkeys])
-            attempts.append(Attempt(kb, keys, None, None, rec, _KEEP_FULL, _DEDUPE, 0))
-            buckets.append(kb.id)
+            if one_call.known(self, kb, keys, amount) >= 0:
+                pre |= _KEEP_FULL
+            else:
+                rec = pack_record(
+                    KEEP, bits, a.keep_profit[i], a.keep_apr[i], a.keep_margin[i], a.pd[i], ""
+                )
+                attempts.append(Attempt(kb, keys, None, None, rec, _KEEP_FULL, _DEDUPE, pre))
+                buckets.append(kb.id)
+                pre = 0
         if b.branch_ok[i]:
-            rec = pack_record(
-                BRANCH,
-                bits,
-                a.branch_profit[i],
-                a.branch_apr[i],
-                a.branch_margin[i],
-                a.branch_pd[i],
-                "",
-            )
-            entry = (
-                row_branch_entry(s, b.cols, i, t, amount, a.branch_profit[i]) if entries else None
-            )
             bb = self.branch_bucket
             keys = tuple([col[i] for col in b.bkeys])
-            attempts.append(Attempt(bb, keys, None, entry, rec, _BRANCH_FULL, _DEDUPE, 0))
-            buckets.append(bb.id)
+            if one_call.known(self, bb, keys, amount) >= 0:
+                pre |= _BRANCH_FULL
+            else:
+                rec = pack_record(
+                    BRANCH,
+                    bits,
+                    a.branch_profit[i],
+                    a.branch_apr[i],
+                    a.branch_margin[i],
+                    a.branch_pd[i],
+                    "",
+                )
+                entry = (
+                    row_branch_entry(s, b.cols, i, t, amount, a.branch_profit[i])
+                    if entries
+                    else None
+                )
+                attempts.append(Attempt(bb, keys, None, entry, rec, _BRANCH_FULL, _DEDUPE, pre))
+                buckets.append(bb.id)
+                pre = 0
         m = b.mask_l[i]
         if m:
             eligible = b.decode.get(m)
             if eligible is None:
                 eligible = b.decode[m] = [j for j in range(P) if m >> j & 1]
-            order = self._row_order(b, i, m, eligible)
             applicant = b.cols.applicant[i]
-            for j in order:
+            for j in self._row_order(b, i, m, eligible):
                 pb = self.partner_buckets[j]
                 keys = tuple([col[i] for col in b.pkeys[j]])
+                if one_call.known(self, pb, keys, amount) >= 0:
+                    pre |= _QUOTA
+                    continue
                 entry = (
                     row_referral_entry(s, b.cols, i, j, t, amount, b.ev_flat[i * P + j])
                     if entries
                     else None
                 )
                 rec = self._refer_record(b, i, j, bits)
-                attempts.append(Attempt(pb, keys, applicant, entry, rec, _QUOTA, _DEDUPE, 0))
+                attempts.append(Attempt(pb, keys, applicant, entry, rec, _QUOTA, _DEDUPE, pre))
                 buckets.append(pb.id)
+                pre = 0
         decline = pack_record(DECLINE, bits, 0.0, float("nan"), a.keep_margin[i], a.pd[i], "")
-        walk = Walk(b.ids[i], b.fps[i], t, amount, attempts, decline, 0, _LATE)
+        walk = Walk(b.ids[i], b.fps[i], t, amount, attempts, decline, pre, _LATE)
         return walk, buckets
 
     def _row_order(self, b: _Batch, i: int, m: int, eligible: list[int]) -> list[int]:
@@ -409,9 +410,14 @@ class Allocator:
         """The result of row ``i``'s attempt at ``bucket`` from the decision sent ahead
         (see :meth:`_sent_walks`)."""
         assert self._replies is not None  # (only called while they are)
-        reply = self._replies[i]
+        reply = self._replies.get(i)
         if isinstance(reply, BaseException):
             raise reply
+        if reply is None:
+            raise StoreError(
+                f"application {self._ids[i]!r}: not sent ahead, yet the walk tries a "
+                f"candidate ({bucket.id!r}) the floors knew was full"
+            )
         if reply.stored is not None:
             raise _Decided(reply.stored)
         try:
@@ -792,8 +798,10 @@ class Allocator:
         """Of these declined rows, those still to store: a decision sent ahead stored its
         decline already (rewritten if its reason bits differ from the walk's)."""
         todo = []
+        assert self._replies is not None  # (only called while they are)
+        self._replies.drain()
         for i in rows:
-            reply = self._replies.get(i) if self._replies is not None else None
+            reply = self._replies.get(i)
             if not isinstance(reply, _Reply) or reply.stored is not None:
                 todo.append(i)
                 continue
@@ -1462,14 +1470,69 @@ class _Reply(NamedTuple):
 
     def bits_before(self, at: int) -> int:
         """The reason bits the store ORed into attempt ``at``'s record."""
-        bits = 0
+        bits = self.walk.attempts[at].pre_bits if at < len(self.walk.attempts) else 0
         for a, code in zip(self.walk.attempts[:at], self.codes):
+            bits |= a.pre_bits
             bits |= _LATE if code == LATE else _DEDUPE if code == DEDUPED else a.cap_bit
         return bits
 
     def decline_bits(self) -> int:
         """The reason bits the store ORed into the decline it stored (no grant)."""
-        return self.bits_before(len(self.codes)) if self.granted < 0 else -1
+        return self.bits_before(len(self.codes)) | self.walk.after_bits
+
+
+class _Ahead:
+    """Decisions sent ahead of the walk (see :meth:`Allocator._sent_walks`): runs built
+    and sent as the walk reaches them, their replies by row."""
+
+    def __init__(self, al: Allocator, b: _Batch, rows: list[int], run: int):
+        self._al, self._b = al, b
+        self._runs = [rows[k : k + run] for k in range(0, len(rows), run)]
+        self._built: list[list[tuple[int, Walk, list[str]]]] = []
+        self._replies: dict[int, Any] = {}
+        self._done = 0
+        self._failed: StoreError | None = None
+        self._stream = al.store.walk_stream(self._walks())
+
+    def _walks(self):
+        for run in self._runs:
+            built = [(i, *self._al._row_walk(self._b, i)) for i in run]
+            # (A row with nothing to try is not sent: its decline is stored with the rest.)
+            built = [x for x in built if x[1].attempts]
+            if built:
+                self._built.append(built)
+                yield [w for _, w, _ in built]
+
+    def _pull(self) -> bool:
+        if self._failed is not None:
+            return False
+        try:
+            got = next(self._stream)
+        except StopIteration:
+            return False
+        except StoreError as exc:  # later rows are answered as the walk answers a failure
+            self._failed = exc
+            return False
+        for (i, walk, buckets), (g, codes, stored) in zip(self._built[self._done], got):
+            self._replies[i] = _Reply(walk, buckets, g, codes, stored)
+        self._done += 1
+        return True
+
+    def get(self, i: int) -> Any:
+        """Row ``i``'s reply (pulling runs until it is in), the store's failure, or None:
+        not sent."""
+        while i not in self._replies and self._pull():
+            pass
+        got = self._replies.get(i)
+        return self._failed if got is None and self._failed is not None else got
+
+    def drain(self) -> None:
+        """Read every reply still due (every script sent has run)."""
+        while self._pull():
+            pass
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 class _Decided(Exception):

@@ -78,7 +78,7 @@ def plan(
     pre = 0
     for c in candidates:
         cap_bit = _cap_bit(c.kind)
-        if _known(al, c.bucket, c.keys, amount) >= 0:
+        if known(al, c.bucket, c.keys, amount) >= 0:
             steps.append(Step(c.kind, c.partner, c.bucket, c.keys, cap_bit, None))
             pre |= cap_bit
             continue
@@ -121,8 +121,9 @@ def _cap_bit(kind: int) -> int:
     return _KEEP_FULL if kind == KEEP else _BRANCH_FULL if kind == BRANCH else _QUOTA
 
 
-def _known(al: Allocator, bucket: Bucket, keys: tuple[int, ...], amount: int) -> int:
-    """A known refusal's result, or -1 — without counting it."""
+def known(al: Allocator, bucket: Bucket, keys: tuple[int, ...], amount: int) -> int:
+    """A known refusal's result (the floors: see :meth:`Allocator.note`), or -1 —
+    without counting it."""
     fl = al.floors.get(bucket.id)
     if fl is not None:
         for k, kf in enumerate(fl):
@@ -133,7 +134,7 @@ def _known(al: Allocator, bucket: Bucket, keys: tuple[int, ...], amount: int) ->
 
 def _known_counted(al: Allocator, bucket: Bucket, keys: tuple[int, ...], amount: int) -> int:
     """A known refusal's result (counted, as the walk counts it), or -1."""
-    r = _known(al, bucket, keys, amount)
+    r = known(al, bucket, keys, amount)
     if r >= 0:
         al.refusals[bucket.id, bucket.caps[(r - CAP_HIT) >> 1].window] += 1
     return r

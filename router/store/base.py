@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 from zoneinfo import ZoneInfoNotFoundError
@@ -341,7 +341,7 @@ class QuotaStore(ABC):
 
     def walk_stream(
         self, runs: Iterable[Sequence[Walk]]
-    ) -> Iterator[list[tuple[int, list[int], bytes | None]]]:
+    ) -> Generator[list[tuple[int, list[int], bytes | None]], None, None]:
         """:meth:`walk_many` of each run in turn (a store may overlap them)."""
         for run in runs:
             yield self.walk_many(run)

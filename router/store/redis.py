@@ -58,7 +58,7 @@ written in one send: redis-py's own pipeline checks every argument in Python and
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -568,7 +568,7 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
 
     def walk_stream(
         self, runs: Iterable[Sequence[Walk]]
-    ) -> Iterator[list[tuple[int, list[int], bytes | None]]]:
+    ) -> Generator[list[tuple[int, list[int], bytes | None]], None, None]:
         """:meth:`walk_many` over runs of walks, each run written before the replies of
         the one before are read (a replay: the server decides one run while this process
         builds the next). Owed posts and voids are sent first; the script is loaded first
