@@ -8,9 +8,17 @@
   (3) ``referral-router replay`` end to end (read, validate, hash, decide with quotas,
       metrics, decisions.parquet, summary, report with charts) on 100k and 1M generated
       rows: applications per second of wall time, next to the rate of the run inside the
-      command (``timing.json``): the difference is the command's fixed cost.
+      command (``timing.json``): the difference is the command's fixed cost; and the 100k
+      replay once with numba's cache cold (it compiles the walk);
 
-Medians of 5 runs (3 for the 1M replay), written to ``bench/results/cold.json``.
+  (4) next to the 1M replay, on the same file and in a fresh process too, a numpy baseline
+      of the same rules without quotas: read the Parquet file, the columns, the
+      vectorised assessment (rules, PD, coverage, values: ``router.decide.assess``), then
+      keep / branch / best-value partner / decline by masks and an argmax — no validation
+      of rejects, no quotas, dedupe, idempotency or ledger, no outputs but the counts.
+
+Medians of 5 runs (3 for the 1M replay and its baseline), written to
+``bench/results/cold.json``.
 
     python bench/bench_cold.py
 """
@@ -76,6 +84,41 @@ def first_decision() -> dict[str, float]:
     return {"first_decision_warm_s": warm, "first_decision_cold_cache_s": statistics.median(cold)}
 
 
+BASELINE = """
+import sys, time
+t = time.perf_counter()
+import numpy as np
+import pyarrow.parquet as pq
+from router.core.columns import from_arrow
+from router.core.config import load_strategy
+from router.core.identity import Hasher
+from router.decide.assess import assess
+from router.decide.partners import PartnerTable
+from router.scoring import load_scorer
+
+s = load_strategy("configs/strategy.toml")
+scorers = {n: load_scorer(r.kind, r.path, s.base_dir) for n, r in s.scorers.items()}
+hasher = Hasher.from_config(s.identity)
+employers = [frozenset(hasher.token(e, "employer") for e in p.employer_names) for p in s.partners]
+table = PartnerTable(s.partners)
+counts = np.zeros(4, dtype=np.int64)
+for batch in pq.ParquetFile(sys.argv[1]).iter_batches(batch_size=131_072):
+    a = assess(from_arrow(batch, hasher, checked=True), s, scorers, employers, table)
+    refer = ~a.keep_ok & ~a.branch_ok & a.eligible.any(axis=1)
+    best = np.where(a.eligible, a.ev, -np.inf).argmax(axis=1)  # the best-value partner
+    counts += [a.keep_ok.sum(), (~a.keep_ok & a.branch_ok).sum(), refer.sum(), 0]
+    counts[3] += len(best) - a.keep_ok.sum() - (~a.keep_ok & a.branch_ok).sum() - refer.sum()
+print(time.perf_counter() - t, *counts.tolist())
+"""
+
+
+def numpy_baseline(traffic: Path, rows: int, runs: int) -> dict[str, float]:
+    """(4): the numpy baseline on ``traffic``, wall time of a fresh process."""
+    cmd = [PY, "-W", "ignore", "-c", BASELINE, str(traffic)]
+    wall = _median(cmd, runs)
+    return {f"numpy_baseline_{rows}_apps_per_s_wall": rows / wall}
+
+
 def cli_replay(rows: int, runs: int) -> dict[str, float]:
     """(3): the replay command end to end, and the run inside it."""
     tmp = Path(tempfile.mkdtemp())
@@ -87,7 +130,14 @@ def cli_replay(rows: int, runs: int) -> dict[str, float]:
         walls.append(_wall(cmd))
         inner.append(json.loads((tmp / "timing.json").read_text())["applications_per_s"])
     wall = statistics.median(walls)
-    return {
+    out = numpy_baseline(traffic, rows, runs) if rows >= 1_000_000 else {}
+    if rows < 1_000_000:
+        # Once with numba's cache cold (an empty NUMBA_CACHE_DIR): a fresh install's first run.
+        with tempfile.TemporaryDirectory() as cache:
+            out[f"cli_replay_{rows}_cold_cache_wall_s"] = _wall(
+                cmd, {**os.environ, "NUMBA_CACHE_DIR": cache}
+            )
+    return out | {
         f"cli_replay_{rows}_wall_s": wall,
         f"cli_replay_{rows}_apps_per_s_wall": rows / wall,
         f"cli_replay_{rows}_apps_per_s_inside": statistics.median(inner),
