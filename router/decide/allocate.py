@@ -1076,28 +1076,34 @@ class Allocator:
                 else None
             )
             out.append(one_call.Candidate(BRANCH, -1, bb, _row_keys(bb, a), None, rec, entry))
-        ev = a.ev
         for j in order:
             pb = self.partner_buckets[j]
-            rec = pack_record(
-                REFER, a.bits, ev[j], a.partner_apr[j], a.keep_margin, a.pd, s.partners[j].id
-            )
-            entry = (
-                make_entry(
-                    s,
-                    r.application_id,
-                    j,
-                    r.event_ms,
-                    r.requested_amount,
-                    r.term_months,
-                    r.applicant,
-                    ev[j],
-                )
-                if entries
-                else None
-            )
+            rec, entry = self._referral_row(r, a, j, a.bits)
             out.append(one_call.Candidate(REFER, j, pb, _row_keys(pb, a), r.applicant, rec, entry))
         return out
+
+    def _referral_row(
+        self, r: Row, a: OneAssessment, j: int, bits: int
+    ) -> tuple[bytes, ReferralEntry | None]:
+        """One row's referral to partner ``j``: its decision record (with ``bits``) and
+        its ledger entry (None when the store does not keep entries)."""
+        s, ev = self.strategy, a.ev
+        rec = pack_record(
+            REFER, bits, ev[j], a.partner_apr[j], a.keep_margin, a.pd, s.partners[j].id
+        )
+        if not self.store.needs_entries:
+            return rec, None
+        entry = make_entry(
+            s,
+            r.application_id,
+            j,
+            r.event_ms,
+            r.requested_amount,
+            r.term_months,
+            r.applicant,
+            ev[j],
+        )
+        return rec, entry
 
     def _own_budgets_row(self, r: Row, a: OneAssessment, bits: int) -> bytes | int:
         """One row's attempts at the funder's own budgets, keep then branch: the granted
@@ -1165,42 +1171,18 @@ class Allocator:
     def _refer_row(self, r: Row, a: OneAssessment, eligible: list[int], bits: int) -> bytes | int:
         """Try eligible partners in routing order: the granted decision's record, or the
         reason bits of the refusals."""
-        s, routing = self.strategy, self.routing
-        ev = a.ev
+        routing = self.routing
         if len(eligible) == 1 and not routing.rotates:
             order = eligible
         else:
-            order = routing.order(eligible, self.rank, ev.__getitem__, self.rotation)
+            order = routing.order(eligible, self.rank, a.ev.__getitem__, self.rotation)
         extra = 0
-        entries = self.store.needs_entries
         for j in order:
             bucket = self.partner_buckets[j]
             kk = _row_keys(bucket, a)
             res = self._known_row(bucket, kk, r.requested_amount)
             if res < 0:
-                rec = pack_record(
-                    REFER,
-                    bits | extra,
-                    ev[j],
-                    a.partner_apr[j],
-                    a.keep_margin,
-                    a.pd,
-                    s.partners[j].id,
-                )
-                entry = (
-                    make_entry(
-                        s,
-                        r.application_id,
-                        j,
-                        r.event_ms,
-                        r.requested_amount,
-                        r.term_months,
-                        r.applicant,
-                        ev[j],
-                    )
-                    if entries
-                    else None
-                )
+                rec, entry = self._referral_row(r, a, j, bits | extra)
                 res = self._reserve_row(bucket, kk, r, r.applicant, entry, rec)
                 if res == GRANTED:
                     routing.on_grant(self.rotation, j, eligible)
