@@ -1,8 +1,9 @@
 """Live decisions against a real local redis-server (started here on a free port).
 
 Prints medians and p99 of:
-  (1) the bare round trip of the reservation script, called exactly as the router calls it
-      for a referral (same store method, keys and arguments), no router (baseline);
+  (1) the bare round trip of the decision script, called exactly as the router calls it
+      for a referral (same store method, keys and arguments, grant lifecycle), no router
+      (baseline);
   (2) one ``Router.decide`` end to end, sequential, and the ratio (2)/(1);
   (3) a PING on the very connection path the router uses (the store's link): the floor
       no decision can beat, and decide minus PING (the goal is <= 40 us);
@@ -47,18 +48,20 @@ def sequential_latencies(
     """Latencies (µs) of (1) the bare reservation, (2) ``Router.decide`` and (3) a PING on
     the router's own connection path, sequential.
 
-    (1) is the reservation exactly as the router sends it for a referral — the same store
-    method, script, keys and arguments (bank_ningyuan's windows, dedupe, ledger entry,
-    decision record) — with everything the router computes prepared beforehand, so only
-    the store call is timed. The three run in alternating blocks of ``block`` calls: this
+    (1) is the store call exactly as the router makes it for a referral — one decision's
+    walk (``walk_many``, lua/decide.lua) with bank_ningyuan's windows, dedupe, ledger entry
+    and decision record, its grant pending and then posted as the router's are — with
+    everything the router computes prepared beforehand, so only the store is timed.
+    The three run in alternating blocks of ``block`` calls: this
     machine's speed drifts over seconds, and interleaving gives all the same conditions.
     """
     from router.core.config import load_strategy
     from router.core.windows import key_of
     from router.decide.engine import Router
     from router.decide.entries import make_entry
-    from router.decide.outcomes import REFER, pack_record
+    from router.decide.outcomes import DECLINE, REFER, pack_record
     from router.store import Bucket, CapLimit, quota_store_from_url
+    from router.store.base import Attempt, Walk
 
     strategy = load_strategy(ROOT / "configs" / "strategy.toml")
     store = quota_store_from_url(url, prefix="bench-bare:")
@@ -75,15 +78,11 @@ def sequential_latencies(
     calls = []
     for i in range(n):
         app_id, applicant = f"bare-{i}", f"{i:032x}"
-        calls.append(
-            (
-                app_id,
-                applicant,
-                i * 7919,
-                make_entry(strategy, app_id, 0, t, 100_000, 12, applicant, 1234.0),
-                pack_record(REFER, 0, 1234.0, 0.18, 0.01, 0.03, b.id),
-            )
-        )
+        entry = make_entry(strategy, app_id, 0, t, 100_000, 12, applicant, 1234.0)
+        record = pack_record(REFER, 0, 1234.0, 0.18, 0.01, 0.03, b.id)
+        attempt = Attempt(b, keys, applicant, entry, record, 0, 0, 0)
+        decline = pack_record(DECLINE, 0, 0.0, float("nan"), 0.01, 0.03, "")
+        calls.append(Walk(app_id, i * 7919, t, 100_000, [attempt], decline, 0, 0))
     seq_store = quota_store_from_url(url, prefix="bench-seq:")
     router = Router(strategy, seq_store)
     apps = _apps(n, seed=101)
@@ -93,19 +92,11 @@ def sequential_latencies(
     clock = time.perf_counter
     link = seq_store.link  # the router's connection path: same pool, socket and parser
     for k in range(0, n, block):
-        for app_id, applicant, fp, entry, record in calls[k : k + block]:
+        for walk in calls[k : k + block]:
             s = clock()
-            store.try_reserve_once(
-                b,
-                keys,
-                100_000,
-                applicant,
-                t,
-                entry,
-                application_id=app_id,
-                fingerprint=fp,
-                record=record,
-            )
+            store.begin_decision()
+            store.walk_many([walk])
+            store.end_decision(True)
             bare.append((clock() - s) * 1e6)
         for a in apps[k : k + block]:
             s = clock()
