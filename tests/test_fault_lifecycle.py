@@ -64,12 +64,29 @@ def _strategy(cap: int = 1000):
     return strategy_from_dict(d)
 
 
+#: Routers this module made; closed at each test's end so no grant flusher outlives its
+#: test retrying a server the test stopped (it logs a warning every second).
+_OPEN: list[Router] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_routers():
+    yield
+    while _OPEN:
+        try:
+            _OPEN.pop().close()
+        except Exception:  # the server is gone: nothing left to flush to
+            pass
+
+
 def _router(url: str, cap: int = 1000) -> Router:
-    return Router(
+    router = Router(
         _strategy(cap),
         quota_store_from_url(url),
         scorers={"main": ScoreLookupScorer({}, default=0.2)},
     )
+    _OPEN.append(router)
+    return router
 
 
 def _app(i: int):

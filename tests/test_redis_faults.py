@@ -237,16 +237,17 @@ def test_the_deadline_runs_from_the_first_send(own_server, monkeypatch):
     with pytest.raises(Exception, match="deadline passed"):
         link.send([("PING",)])
     link.end()
-    # The router's own decisions, with the same pause before their first store call.
+    # The router's own decisions, with the same pause before their first store call (while
+    # the decision's candidates are laid out, after its deadline began).
     from router.decide import allocate
 
-    slow = allocate.Allocator._own_budgets_row
+    slow = allocate.Allocator._row_candidates
 
     def late(self, *a):
         time.sleep(0.05)
         return slow(self, *a)
 
-    monkeypatch.setattr(allocate.Allocator, "_own_budgets_row", late)
+    monkeypatch.setattr(allocate.Allocator, "_row_candidates", late)
     d = router.decide(_app(2))
     assert isinstance(d, Refer) and not d.degraded
 
