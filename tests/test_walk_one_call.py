@@ -195,3 +195,39 @@ def test_a_late_row_the_walk_knows_is_full_keeps_the_walks_reasons(store_factory
     assert all(isinstance(d, Decline) for d in first)
     assert all({"KEEP_BUDGET_EXHAUSTED", "LATE_EVENT"} <= set(d.reasons) for d in first)
     assert [router.decide(a) for a in apps] == first  # the retries: the stored records
+
+
+def test_a_connection_lost_mid_stream_is_retried_and_changes_no_decision(
+    tmp_path, traffic_20k, store_factory, monkeypatch
+):
+    """Replay must not degrade: a reply lost after the scripts ran (the connection dropped
+    mid-stream) is retried — the runs not read are sent again; those that ran answer with
+    their stored decisions — and the decisions equal the array store's."""
+    from tests_helpers import small_caps_strategy
+
+    from router.replay import replay
+    from router.store.redis_link import Link
+
+    real = Link._read
+    lost = {"n": 0}
+
+    def lossy(conn, n):
+        out = real(conn, n)  # the scripts ran ...
+        if lost["n"] < 2 and n > 100:
+            lost["n"] += 1
+            raise redis.ConnectionError("connection dropped before the replies")  # ... lost
+        return out
+
+    monkeypatch.setattr(Link, "_read", staticmethod(lossy))
+    s = small_caps_strategy("best_value")
+    arr = replay(s, traffic_20k, tmp_path / "arr", report=False)
+    store = store_factory("redis")
+    red = replay(s, traffic_20k, tmp_path / "red", store=store, report=False)
+    assert lost["n"] == 2
+    assert arr.decisions_path.read_bytes() == red.decisions_path.read_bytes()
+    assert arr.summary["partners"] == red.summary["partners"]
+    # Every referral and branch loan posted once, none voided by the retry.
+    store.flush()
+    assert len(list(store.ledger(branch=True))) == (
+        arr.summary["decisions"]["refer"] + arr.summary["decisions"]["branch"]
+    )

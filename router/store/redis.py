@@ -57,7 +57,9 @@ written in one send: redis-py's own pipeline checks every argument in Python and
 
 from __future__ import annotations
 
+import itertools
 import struct
+import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from importlib import resources
 from typing import Any
@@ -572,7 +574,12 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         """:meth:`walk_many` over runs of walks, each run written before the replies of
         the one before are read (a replay: the server decides one run while this process
         builds the next). Owed posts and voids are sent first; the script is loaded first
-        (a cache lost mid-stream is an error, not a resend: the runs behind it ran)."""
+        (a cache lost mid-stream is an error, not a resend: the runs behind it ran).
+
+        A connection lost mid-stream is retried as replay's calls are (``retries`` times,
+        backoff from ``backoff_ms``): the runs written but not read are sent again, in
+        order — a decision that ran the first time answers with its stored record, as any
+        retry does — then the stream goes on."""
         if not self.walks or self.link is None:
             yield from super().walk_stream(runs)
             return
@@ -591,16 +598,31 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
                 sent.append((run, prepared))
                 yield [("EVALSHA", sha, len(kk), *kk, *args) for kk, args, _ in prepared]
 
-        try:
-            for replies in self.link.send_overlapped(commands()):
-                run, prepared = sent.pop(0)
-                yield self._walk_results(run, prepared, replies)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            for run, prepared in sent:
-                self._walks_unknown(run, prepared)
-            raise StoreError(f"decide failed: {exc}") from exc
-        except redis.RedisError as exc:
-            raise StoreError(f"decide failed: {exc}") from exc
+        def again(unread: list) -> Iterator[list[tuple]]:
+            for run, prepared in unread:
+                sent.append((run, prepared))
+                yield [("EVALSHA", sha, len(kk), *kk, *args) for kk, args, _ in prepared]
+
+        batches: Iterator[list[tuple]] = commands()
+        attempt = 0
+        while True:
+            try:
+                for replies in self.link.send_overlapped(batches):
+                    run, prepared = sent.pop(0)
+                    attempt = 0
+                    yield self._walk_results(run, prepared, replies)
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if attempt >= self.retries:
+                    for run, prepared in sent:
+                        self._walks_unknown(run, prepared)
+                    raise StoreError(f"decide failed: {exc}") from exc
+                time.sleep(self.link.backoff_s * 2**attempt)
+                attempt += 1
+                unread, sent[:] = list(sent), []
+                batches = itertools.chain(again(unread), batches)
+            except redis.RedisError as exc:
+                raise StoreError(f"decide failed: {exc}") from exc
 
     def _walks_unknown(self, walks: Sequence[Walk], prepared: list) -> None:
         """Walks whose replies were lost: each may have granted any one of its attempts,
