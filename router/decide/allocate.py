@@ -1050,36 +1050,43 @@ class Allocator:
         return _with_bits(walk.attempts[granted].record, bits), False
 
     def _row_candidates(self, r: Row, a: OneAssessment, order: list[int]) -> list:
-        """One row's candidates in walk order: keep, branch, partners in ``order``."""
-        s, out = self.strategy, []
-        entries = self.store.needs_entries
+        """One row's candidates in walk order: keep, branch, partners in ``order``. Those
+        the floors know are full get no record or entry (they are not sent)."""
+        s, out, amount = self.strategy, [], r.requested_amount
         if a.keep_ok:
             kb = self.keep_bucket
-            rec = pack_record(KEEP, a.bits, a.keep_profit, a.keep_apr, a.keep_margin, a.pd, "")
-            out.append(one_call.Candidate(KEEP, -1, kb, _row_keys(kb, a), None, rec, None))
+            keys = _row_keys(kb, a)
+            rec = b""
+            if one_call.known(self, kb, keys, amount) < 0:
+                rec = pack_record(KEEP, a.bits, a.keep_profit, a.keep_apr, a.keep_margin, a.pd, "")
+            out.append(one_call.Candidate(KEEP, -1, kb, keys, None, rec, None))
         if a.branch_ok:
             bb = self.branch_bucket
-            rec = pack_record(
-                BRANCH, a.bits, a.branch_profit, a.branch_apr, a.branch_margin, a.branch_pd, ""
-            )
-            entry = (
-                make_branch_entry(
-                    s,
-                    r.application_id,
-                    r.event_ms,
-                    r.requested_amount,
-                    r.term_months,
-                    r.applicant,
-                    a.branch_profit,
+            keys = _row_keys(bb, a)
+            rec, entry = b"", None
+            if one_call.known(self, bb, keys, amount) < 0:
+                rec = pack_record(
+                    BRANCH, a.bits, a.branch_profit, a.branch_apr, a.branch_margin, a.branch_pd, ""
                 )
-                if entries
-                else None
-            )
-            out.append(one_call.Candidate(BRANCH, -1, bb, _row_keys(bb, a), None, rec, entry))
+                if self.store.needs_entries:
+                    entry = make_branch_entry(
+                        s,
+                        r.application_id,
+                        r.event_ms,
+                        amount,
+                        r.term_months,
+                        r.applicant,
+                        a.branch_profit,
+                    )
+            out.append(one_call.Candidate(BRANCH, -1, bb, keys, None, rec, entry))
         for j in order:
             pb = self.partner_buckets[j]
+            keys = _row_keys(pb, a)
+            if one_call.known(self, pb, keys, amount) >= 0:
+                out.append(one_call.Candidate(REFER, j, pb, keys, r.applicant, b"", None))
+                continue
             rec, entry = self._referral_row(r, a, j, a.bits)
-            out.append(one_call.Candidate(REFER, j, pb, _row_keys(pb, a), r.applicant, rec, entry))
+            out.append(one_call.Candidate(REFER, j, pb, keys, r.applicant, rec, entry))
         return out
 
     def _referral_row(

@@ -148,6 +148,8 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         self._settle = client.register_script(_SETTLE)
         self._decide = client.register_script(_DECIDE)
         self._windows: dict[tuple[int, tuple[int, ...]], tuple] = {}
+        #: bucket id -> its key base, dedupe placeholder, ledger and pending-queue keys
+        self._named: dict[str, tuple[str, str, str, str]] = {}
         self._cluster = isinstance(client, RedisCluster)
         #: One round trip per decision (check, reserve, record): not across cluster slots.
         self.single_trip = not self._cluster
@@ -519,12 +521,15 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
             # (No validate_reservation here: a walk is the router's own call, built from a
             # validated strategy and application, and the script checks every number.)
             bucket = at.bucket
-            b = self._b(bucket.id)
+            named = self._named.get(bucket.id)
+            if named is None:
+                b = self._b(bucket.id)
+                named = self._named[bucket.id] = (b, f"{b}:d:-", f"{b}:ledger", f"{b}:pendq")
             counters, caps = self._caps(bucket, at.keys, w.event_ms)
             use_dedupe = at.applicant is not None and bucket.dedupe_ms > 0
-            dedupe_key = f"{b}:d:{at.applicant}" if use_dedupe else f"{b}:d:-"
+            dedupe_key = f"{named[0]}:d:{at.applicant}" if use_dedupe else named[1]
             kk += counters
-            kk += (dedupe_key, f"{b}:ledger", f"{b}:pendq")
+            kk += (dedupe_key, named[2], named[3])
             spec = _SPEC_HEAD.pack(
                 len(counters),
                 bucket.dedupe_ms,
