@@ -13,6 +13,19 @@ from router.testing import ScoreLookupScorer, strategy_dict
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _close_open_routers():
+    """Close the routers a test registered in ``tests_helpers.OPEN_ROUTERS``."""
+    from tests_helpers import OPEN_ROUTERS
+
+    yield
+    while OPEN_ROUTERS:
+        try:
+            OPEN_ROUTERS.pop().close()
+        except Exception:  # the server is gone: nothing left to flush to
+            pass
+
+
 @pytest.fixture
 def make_router():
     """Build a Router over the small test strategy with PDs chosen by bureau score."""

@@ -20,6 +20,7 @@ import port_for
 import pytest
 import redis
 from servers import start_node
+from tests_helpers import OPEN_ROUTERS
 
 from router.core.config import strategy_from_dict
 from router.core.messages import Decline, Refer
@@ -64,28 +65,13 @@ def _strategy(cap: int = 1000):
     return strategy_from_dict(d)
 
 
-#: Routers this module made; closed at each test's end so no grant flusher outlives its
-#: test retrying a server the test stopped (it logs a warning every second).
-_OPEN: list[Router] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_routers():
-    yield
-    while _OPEN:
-        try:
-            _OPEN.pop().close()
-        except Exception:  # the server is gone: nothing left to flush to
-            pass
-
-
 def _router(url: str, cap: int = 1000) -> Router:
     router = Router(
         _strategy(cap),
         quota_store_from_url(url),
         scorers={"main": ScoreLookupScorer({}, default=0.2)},
     )
-    _OPEN.append(router)
+    OPEN_ROUTERS.append(router)  # closed at the test's end (conftest.py)
     return router
 
 

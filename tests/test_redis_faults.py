@@ -12,6 +12,7 @@ import port_for
 import pytest
 import redis
 from servers import start_node
+from tests_helpers import OPEN_ROUTERS
 
 from router.core.config import strategy_from_dict
 from router.core.messages import Decline, Keep, Refer
@@ -27,28 +28,13 @@ TZ = "Asia/Shanghai"
 T0 = datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
 
 
-#: Routers this module made; closed at each test's end so no grant flusher outlives its
-#: test retrying a server the test killed (it logs a warning every second).
-_OPEN: list[Router] = []
-
-
 def _router(url: str, policy: str = "decline") -> Router:
     s = strategy_from_dict(strategy_dict(degraded={"policy": policy}))
     router = Router(
         s, quota_store_from_url(url), scorers={"main": ScoreLookupScorer({700: 0.02, 600: 0.2})}
     )
-    _OPEN.append(router)
+    OPEN_ROUTERS.append(router)  # closed at the test's end (conftest.py)
     return router
-
-
-@pytest.fixture(autouse=True)
-def _close_routers():
-    yield
-    while _OPEN:
-        try:
-            _OPEN.pop().close()
-        except Exception:  # the server is gone: nothing left to flush to
-            pass
 
 
 def _app(i: int, score: int = 600, **kw):

@@ -10,6 +10,11 @@ from router.testing import ScoreLookupScorer, make_application, strategy_dict
 
 T0 = datetime(2026, 11, 2, 15, 30, tzinfo=UTC)  # 23:30 in Shanghai: a day rolls over
 
+#: Routers a test module wants closed at its test's end (``conftest.py`` closes them), so
+#: no grant flusher outlives a test that stopped its server (it would log a warning every
+#: second, retrying).
+OPEN_ROUTERS: list = []
+
 #: Application field -> the lender's column name.
 MAPPING = {
     "application_id": "app_no",
