@@ -190,3 +190,21 @@ def test_a_rejected_row_lists_all_its_problems(tmp_path):
     assert line["row"] == 2
     assert {p["field"] for p in line["problems"]} == {"age", "requested_amount", "region"}
     assert r.summary["traffic"]["rows_rejected"] == 1
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_a_misshapen_row_that_is_not_utf8_is_one_clear_error(tmp_path):
+    """pyarrow cannot hand a row of invalid UTF-8 to the invalid-row handler (its wrapper
+    fails to decode it and prints an "Exception ignored" traceback), so such a row cannot
+    be skipped as a reject: the file stops with one error naming why, nothing printed
+    besides. (Found by tests/test_fuzz_inputs.py.)"""
+    from router.core.identity import Hasher
+
+    f = tmp_path / "t.csv"
+    f.write_bytes(
+        b"application_id,received_at,bureau_score\n"
+        b"A1,2026-11-02T10:00:00+08:00,700\n"
+        b"A2,\xcc\xff,1,2,3\n"
+    )
+    with pytest.raises(TrafficError, match="not valid UTF-8"):
+        list(read_batches(f, Hasher(b"k" * 32), partner_ids=[]))

@@ -10,6 +10,8 @@ good rows come out as :class:`TrafficBatch` with their outcome columns alongside
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -100,10 +102,41 @@ def read_batches(
     raises :class:`TrafficError` naming it; a bad row is a reject and the file goes on.
     """
     name = str(path) if isinstance(path, (str, Path)) else "<stream>"
+    undecodable: list[str] = []
     try:
-        yield from _read_batches(path, hasher, partner_ids, mapping, batch_size, on_rejects)
+        with _undecodable_rows(undecodable):
+            yield from _read_batches(path, hasher, partner_ids, mapping, batch_size, on_rejects)
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
-        raise TrafficError(f"{name}: cannot read the traffic: {plain(str(exc))}") from None
+        why = plain(str(exc))
+        if undecodable:
+            why += " (that row is not valid UTF-8, so it could not be skipped as a reject)"
+        raise TrafficError(f"{name}: cannot read the traffic: {why}") from None
+
+
+@contextlib.contextmanager
+def _undecodable_rows(seen: list[str]) -> Iterator[None]:
+    """While reading: a misshapen CSV row that is not valid UTF-8 makes pyarrow's wrapper
+    of the invalid-row handler fail before calling it (it decodes the row's text), prints
+    that as an "Exception ignored" traceback, and then fails the file on that row. Note it
+    for the error message instead of printing it; other unraisable errors go on as before."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        tb, in_csv = unraisable.exc_traceback, False
+        while tb is not None:
+            in_csv = in_csv or "_csv" in tb.tb_frame.f_code.co_filename
+            tb = tb.tb_next
+        if isinstance(unraisable.exc_value, UnicodeDecodeError) and in_csv:
+            seen.append("row")
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        if sys.unraisablehook is hook:
+            sys.unraisablehook = previous
 
 
 def _read_batches(
