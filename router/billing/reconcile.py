@@ -146,7 +146,7 @@ def counter_differences(
     holds grants still pending at the moment it is read, and a day whose counter expired
     reads 0."""
     from router.core.windows import key_of
-    from router.decide.allocate import make_bucket
+    from router.decide.allocate_base import make_bucket
     from router.decide.outcomes import BRANCH_BUCKET
 
     if strategy.branch is not None and partner_id == strategy.branch.partner_id:

@@ -20,10 +20,16 @@ from router.core.config import Strategy
 from router.core.identity import Hasher
 from router.core.logs import get_logger
 from router.core.messages import Application, Decision, validate_application
-from router.decide.allocate import BRANCH_BUCKET, KEEP_BUCKET, Allocator
+from router.decide.allocate import Allocator
 from router.decide.assess import assess
 from router.decide.assess_one import OneAssessor, assess_one
-from router.decide.outcomes import Outcomes, decision_from_record, to_decisions
+from router.decide.outcomes import (
+    BRANCH_BUCKET,
+    KEEP_BUCKET,
+    Outcomes,
+    decision_from_record,
+    to_decisions,
+)
 from router.decide.partners import PartnerTable
 from router.scoring import Scorer, load_scorer
 from router.store import MemoryQuotaStore, QuotaStore

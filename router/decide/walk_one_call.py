@@ -27,16 +27,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple
 
 from router.core.messages import ReferralEntry
-from router.core.reasons import BIT
 from router.decide.outcomes import BRANCH, KEEP
+from router.decide.walk_state import BRANCH_FULL, DEDUPE, KEEP_FULL, LATE_BIT, QUOTA
 from router.store import CAP_HIT, DEDUPED, GRANTED, LATE, Bucket
 from router.store.base import Attempt, Walk
 
 if TYPE_CHECKING:
-    from router.decide.allocate import Allocator
-
-_KEEP_FULL, _BRANCH_FULL = BIT["KEEP_BUDGET_EXHAUSTED"], BIT["BRANCH_BUDGET_EXHAUSTED"]
-_DEDUPE, _QUOTA, _LATE = BIT["PARTNER_DEDUPE"], BIT["PARTNER_QUOTA_EXHAUSTED"], BIT["LATE_EVENT"]
+    from router.decide.allocate_base import AllocatorBase
 
 
 class Step(NamedTuple):
@@ -64,7 +61,7 @@ class Candidate(NamedTuple):
 
 
 def plan(
-    al: Allocator,
+    al: AllocatorBase,
     application_id: str,
     fingerprint: int,
     event_ms: int,
@@ -82,16 +79,16 @@ def plan(
             steps.append(Step(c.kind, c.partner, c.bucket, c.keys, cap_bit, None))
             pre |= cap_bit
             continue
-        at = Attempt(c.bucket, c.keys, c.applicant, c.entry, c.record, cap_bit, _DEDUPE, pre)
+        at = Attempt(c.bucket, c.keys, c.applicant, c.entry, c.record, cap_bit, DEDUPE, pre)
         attempts.append(at)
         steps.append(Step(c.kind, c.partner, c.bucket, c.keys, cap_bit, at))
         pre = 0
-    walk = Walk(application_id, fingerprint, event_ms, amount, attempts, decline, pre, _LATE)
+    walk = Walk(application_id, fingerprint, event_ms, amount, attempts, decline, pre, LATE_BIT)
     return steps, walk
 
 
 def settle(
-    al: Allocator, steps: list[Step], granted: int, codes: list[int], event_ms: int, amount: int
+    al: AllocatorBase, steps: list[Step], granted: int, codes: list[int], event_ms: int, amount: int
 ) -> tuple[int, int]:
     """Read the store's reply as the step-by-step walk would: (the granted step's index,
     -1 for none; the reason bits of the refusals before it, or of all when none)."""
@@ -113,15 +110,15 @@ def settle(
                 raise AssertionError("the store granted a step known to refuse")
         elif code < 0:
             raise AssertionError("a step known to refuse when planned is not known any more")
-        bits |= _LATE if code == LATE else _DEDUPE if code == DEDUPED else step.cap_bit
+        bits |= LATE_BIT if code == LATE else DEDUPE if code == DEDUPED else step.cap_bit
     return -1, bits
 
 
 def _cap_bit(kind: int) -> int:
-    return _KEEP_FULL if kind == KEEP else _BRANCH_FULL if kind == BRANCH else _QUOTA
+    return KEEP_FULL if kind == KEEP else BRANCH_FULL if kind == BRANCH else QUOTA
 
 
-def known(al: Allocator, bucket: Bucket, keys: tuple[int, ...], amount: int) -> int:
+def known(al: AllocatorBase, bucket: Bucket, keys: tuple[int, ...], amount: int) -> int:
     """A known refusal's result (the floors: see :meth:`Allocator.note`), or -1 —
     without counting it."""
     fl = al.floors.get(bucket.id)
@@ -132,7 +129,7 @@ def known(al: Allocator, bucket: Bucket, keys: tuple[int, ...], amount: int) -> 
     return -1
 
 
-def _known_counted(al: Allocator, bucket: Bucket, keys: tuple[int, ...], amount: int) -> int:
+def _known_counted(al: AllocatorBase, bucket: Bucket, keys: tuple[int, ...], amount: int) -> int:
     """A known refusal's result (counted, as the walk counts it), or -1."""
     r = known(al, bucket, keys, amount)
     if r >= 0:

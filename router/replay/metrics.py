@@ -33,8 +33,16 @@ from router.core.columns import AppColumns
 from router.core.config import Cap, Strategy
 from router.core.reasons import BIT, CODES
 from router.core.windows import WINDOWS, window_keys
-from router.decide.allocate import BRANCH_BUCKET, KEEP_BUCKET
-from router.decide.outcomes import BRANCH, DECLINE, KEEP, LABELS, REFER, Outcomes
+from router.decide.outcomes import (
+    BRANCH,
+    BRANCH_BUCKET,
+    DECLINE,
+    KEEP,
+    KEEP_BUCKET,
+    LABELS,
+    REFER,
+    Outcomes,
+)
 
 _NOT_COVERED = np.uint64(BIT["KEEP_NOT_COVERED"])
 PD_BINS = np.linspace(0.0, 1.0, 41)
