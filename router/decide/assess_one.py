@@ -115,7 +115,7 @@ class OneAssessor:
         )
         self.keep_filter = _Filter(s.primary.filters)
         self.branch_filter = _Filter(s.branch.filters) if s.branch else None
-        self._partners = [
+        self._partners_compiled = [
             (p, _Filter(p.filters), employer_tokens[j]) for j, p in enumerate(s.partners)
         ]
         self.zones = sorted({s.timezone, *(p.timezone for p in s.partners)})
@@ -143,22 +143,51 @@ class OneAssessor:
         ``full=False`` (a live decision) skips the expected value and APR of partners the
         application is not eligible for: no decision reads them.
         """
-        s, rules, e = self.strategy, self.strategy.rules, self.strategy.economics
+        s = self.strategy
         x = features_row(r)
         pd = self._pd(s.primary.scorer, x)
         region_code = int(r.region)
-        amount, term = float(r.requested_amount), float(r.term_months)
-        max_apr = r.max_apr
-        bits = 0
+        bits, dead, funder_ok = self._rules(r, region_code)
+        keep_bits, keep_ok, keep_apr, keep_margin, keep_profit = self._keep(
+            r, region_code, pd, funder_ok
+        )
+        branch_bits, branch_ok, bpd, bapr, bmargin, bprofit = self._branch(
+            r, region_code, pd, x, funder_ok, full
+        )
+        # Branch reasons explain a row the primary policy refused.
+        bits |= keep_bits if keep_ok else keep_bits | branch_bits
+        more, valuable, ev, papr = self._partners(r, region_code, pd, dead, full)
+        q = r.event_ms // QUARTER_MS
+        return OneAssessment(
+            bits | more,
+            dead,
+            pd,
+            keep_ok,
+            keep_apr,
+            keep_margin,
+            keep_profit,
+            branch_ok,
+            bpd,
+            bapr,
+            bmargin,
+            bprofit,
+            valuable,
+            ev,
+            papr,
+            {z: quarter_keys(q, z) for z in self.zones},
+        )
 
-        dead = bool(r.fraud_flag and rules.decline_fraud)
+    def _rules(self, r: Row, region_code: int) -> tuple[int, bool, bool]:
+        """(reason bits, declined outright, the funder may lend): the global rules, then
+        the funder's licence and rules. Rule bits are set on live rows only, so a dead row
+        skips the funder's (and the policies', whose bits need a funder-eligible row)."""
+        bits = 0
+        dead = bool(r.fraud_flag and self.strategy.rules.decline_fraud)
         bits |= _FRAUD if dead else 0
         for bit, field, broken, bound in self.global_rules:
             if broken(getattr(r, field), bound):
                 bits |= bit
                 dead = True
-        # Rule bits are set on live rows only, so a dead row skips the rules (and the
-        # policies below, whose bits and verdicts need a funder-eligible row).
         funder_ok = not dead
         if funder_ok:
             if not _in_regions(region_code, self.licensed):
@@ -168,58 +197,69 @@ class OneAssessor:
                 if broken(getattr(r, field), bound):
                     bits |= bit
                     funder_ok = False
+        return bits, dead, funder_ok
 
-        p = s.primary
+    def _keep(
+        self, r: Row, region_code: int, pd: float, funder_ok: bool
+    ) -> tuple[int, bool, float, float, float]:
+        """The primary policy: (its reason bits, keep_ok, APR, margin, profit)."""
+        p, e = self.strategy.primary, self.strategy.economics
+        term = float(r.term_months)
         req = eco.required_apr(pd, term, e)
-        ach = eco.achievable_apr(max_apr, e)
-        keep_apr = eco.offered_apr(req, ach, e)
-        keep_margin = ach - req
-        keep_profit = eco.keep_profit(amount, term, pd, keep_apr, e)
-        keep_ok = funder_ok
+        ach = eco.achievable_apr(r.max_apr, e)
+        apr = eco.offered_apr(req, ach, e)
+        margin = ach - req
+        profit = eco.keep_profit(float(r.requested_amount), term, pd, apr, e)
+        bits = 0
         if funder_ok:
-            keep_bits = 0
             if not self.keep_filter.passes(r, region_code, pd):
-                keep_bits |= _KEEP_CHECKS[0]
+                bits |= _KEEP_CHECKS[0]
             if not pd <= p.max_pd:
-                keep_bits |= _KEEP_CHECKS[1]
-            if not keep_margin >= 0:
-                keep_bits |= _KEEP_CHECKS[2]
-            if not keep_profit >= p.min_expected_profit:
-                keep_bits |= _KEEP_CHECKS[3]
-            bits |= keep_bits
-            keep_ok = not keep_bits
+                bits |= _KEEP_CHECKS[1]
+            if not margin >= 0:
+                bits |= _KEEP_CHECKS[2]
+            if not profit >= p.min_expected_profit:
+                bits |= _KEEP_CHECKS[3]
+        return bits, funder_ok and not bits, apr, margin, profit
 
-        b = s.branch
-        # A live decision reads the branch's figures only when the branch can take it.
-        if b is not None and self.branch_filter is not None and (funder_ok or full):
-            bpd = pd if b.scorer == p.scorer else self._pd(b.scorer, x)
-            bapr = eco.branch_apr(max_apr, b, e)
-            bprofit = eco.branch_profit(amount, term, bpd, bapr, b, e)
-            bmargin = eco.branch_margin(amount, term, bprofit, b)
-            branch_ok = funder_ok
-            if funder_ok:
-                branch_bits = 0
-                if not self.branch_filter.passes(r, region_code, bpd):
-                    branch_bits |= _BRANCH_CHECKS[0]
-                if not bpd <= b.max_pd:
-                    branch_bits |= _BRANCH_CHECKS[1]
-                if not bmargin >= 0:
-                    branch_bits |= _BRANCH_CHECKS[2]
-                if not bprofit >= b.min_expected_profit:
-                    branch_bits |= _BRANCH_CHECKS[3]
-                if not keep_ok:  # branch reasons explain a row the primary policy refused
-                    bits |= branch_bits
-                branch_ok = not branch_bits
-        else:
-            bpd = bapr = bprofit = bmargin = 0.0
-            branch_ok = False
+    def _branch(
+        self, r: Row, region_code: int, pd: float, x: list[float], funder_ok: bool, full: bool
+    ) -> tuple[int, bool, float, float, float, float]:
+        """The second policy branch: (its reason bits, branch_ok, PD, APR, margin, profit);
+        a live decision reads its figures only when the branch can take the row."""
+        b, e = self.strategy.branch, self.strategy.economics
+        if b is None or self.branch_filter is None or not (funder_ok or full):
+            return 0, False, 0.0, 0.0, 0.0, 0.0
+        amount, term = float(r.requested_amount), float(r.term_months)
+        bpd = pd if b.scorer == self.strategy.primary.scorer else self._pd(b.scorer, x)
+        bapr = eco.branch_apr(r.max_apr, b, e)
+        bprofit = eco.branch_profit(amount, term, bpd, bapr, b, e)
+        bmargin = eco.branch_margin(amount, term, bprofit, b)
+        bits = 0
+        if funder_ok:
+            if not self.branch_filter.passes(r, region_code, bpd):
+                bits |= _BRANCH_CHECKS[0]
+            if not bpd <= b.max_pd:
+                bits |= _BRANCH_CHECKS[1]
+            if not bmargin >= 0:
+                bits |= _BRANCH_CHECKS[2]
+            if not bprofit >= b.min_expected_profit:
+                bits |= _BRANCH_CHECKS[3]
+        return bits, funder_ok and not bits, bpd, bapr, bmargin, bprofit
 
-        partners = s.partners
-        P = len(partners)
+    def _partners(
+        self, r: Row, region_code: int, pd: float, dead: bool, full: bool
+    ) -> tuple[int, list[bool], list[float], list[float]]:
+        """Referral eligibility: (reason bits, eligible and valuable enough per partner,
+        expected value per partner, partner APR per partner)."""
+        s = self.strategy
+        P = len(s.partners)
+        amount, term, max_apr = float(r.requested_amount), float(r.term_months), r.max_apr
         consent = self.consent(r.consent, r.channel) if P else ()
         any_consent = any(consent)
         no_consent = r.consent == "none"
         live = not dead
+        bits = 0
         if live and no_consent:
             bits |= _NO_CONSENT
         if live and not no_consent and not any_consent:
@@ -229,7 +269,7 @@ class OneAssessor:
         ev = [0.0] * P
         papr = [0.0] * P
         employee_any = False
-        for j, (partner, filt, tokens) in enumerate(self._partners):
+        for j, (partner, filt, tokens) in enumerate(self._partners_compiled):
             ok = (
                 live
                 and consent[j]
@@ -249,34 +289,13 @@ class OneAssessor:
         any_eligible = any(eligible)
         if live and any_consent and not any_eligible:
             bits |= _NO_ELIGIBLE
-        floor = s.routing.min_expected_value
+        valuable = eligible
         if any_eligible:
+            floor = s.routing.min_expected_value
             valuable = [el and v >= floor for el, v in zip(eligible, ev)]
             if not any(valuable):
                 bits |= _LOW_VALUE
-        else:
-            valuable = eligible
-
-        q = r.event_ms // QUARTER_MS
-        keys = {z: quarter_keys(q, z) for z in self.zones}
-        return OneAssessment(
-            bits,
-            dead,
-            pd,
-            keep_ok,
-            keep_apr,
-            keep_margin,
-            keep_profit,
-            branch_ok,
-            bpd,
-            bapr,
-            bmargin,
-            bprofit,
-            valuable,
-            ev,
-            papr,
-            keys,
-        )
+        return bits, valuable, ev, papr
 
 
 def assess_one(
