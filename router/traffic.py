@@ -150,13 +150,40 @@ class _State:
 def _chunk(
     rng: np.random.Generator, n: int, first: int, day_start_ms: int, state: _State, seed: int
 ) -> pa.RecordBatch:
+    """One chunk of a day's traffic. The draws are made in a fixed order (same seed, same
+    bytes), part by part: arrival times, identities and latent risk, the bureau file, the
+    request, consent and employer, the outcomes."""
     hours = rng.choice(24, size=n, p=_HOUR_W / _HOUR_W.sum())
     # Rows are i.i.d. apart from repeats, so sorting the times alone gives arrival order.
     t = np.sort(day_start_ms + hours * 3600_000 + rng.integers(0, 3600_000, size=n))
+    ch, z, ids = _identities(rng, n, first, state, seed)
+    bureau, income = _bureau(rng, n, z)
+    request, amount, amount_fen = _request(rng, n, z, income)
+    cols = {
+        "application_id": [f"A{seed}-{first + i:010d}" for i in range(n)],
+        "received_at": pa.array(t, pa.int64()).cast(pa.timestamp("ms", tz="Asia/Shanghai")),
+        "channel": np.take(CHANNELS, ch),
+        "national_id": ids,
+        **bureau,
+        **request,
+        **_consent_and_employer(rng, n, ch),
+        **_outcomes(rng, n, z, amount, amount_fen, income, request["term_months"]),
+    }
+    order = [f.name for f in SCHEMA]
+    arrays = [
+        c if isinstance(c, pa.Array) else pa.array(c, type=SCHEMA.field(k).type)
+        for k, c in ((k, cols[k]) for k in order)
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
+
+
+def _identities(
+    rng: np.random.Generator, n: int, first: int, state: _State, seed: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(channel codes, latent risk z, national ids): repeat applicants reuse an identity
+    and (mostly) its risk — an earlier applicant of the same day, or of an earlier day."""
     ch = rng.choice(4, size=n, p=_CH_P)
     z = rng.normal(np.take(_CH_MU, ch), 1.0)
-    # Repeat applicants: reuse identity and (mostly) their latent risk.
-    # Repeat applicants: an earlier applicant of the same day, or of an earlier day.
     repeat = rng.random(n) < 0.07
     from_pool = rng.random(n) < 0.5
     u = rng.random(n)
@@ -171,6 +198,12 @@ def _chunk(
     keep = rng.random(n) < 0.02  # remember a sample as future repeaters
     state.pool.extend(ids[i] for i in np.flatnonzero(keep))
     state.pool_z.extend(z[keep].tolist())
+    return ch, z, ids
+
+
+def _bureau(rng: np.random.Generator, n: int, z: np.ndarray) -> tuple[dict, np.ndarray]:
+    """The applicant's file (age, income, bureau score, inquiries, loans, DTI, worst
+    DPD), and the monthly income in yuan the request is drawn from."""
     age = np.clip(np.round(38 - 4 * z + rng.normal(0, 9, n)), 20, 60).astype(np.int16)
     income = np.exp(rng.normal(math.log(9000) - 0.25 * z, 0.55))
     income_fen = (np.round(income / 10) * 1000).astype(np.int64).clip(150000, None)
@@ -184,6 +217,23 @@ def _chunk(
         rng.choice([5, 15, 35, 65, 95, 150], size=n, p=[0.3, 0.25, 0.2, 0.12, 0.08, 0.05]),
         0,
     ).astype(np.int16)
+    cols = {
+        "age": age,
+        "monthly_income": income_fen,
+        "bureau_score": score,
+        "inquiries_3m": inq,
+        "open_loans": opn,
+        "dti": dti,
+        "worst_dpd_12m": dpd,
+    }
+    return cols, income
+
+
+def _request(
+    rng: np.random.Generator, n: int, z: np.ndarray, income: np.ndarray
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Region, amount, term and the highest APR the applicant accepts; (columns, amount
+    in yuan, amount in fen)."""
     region = np.take(REGIONS, rng.choice(len(REGIONS), size=n, p=_REGION_P / _REGION_P.sum()))
     amount = np.clip(np.round(income * rng.uniform(0.8, 6, n) / 100) * 100, 1000, 200000)
     amount_fen = (amount * 100).astype(np.int64)
@@ -194,6 +244,18 @@ def _chunk(
     )
     max_apr = np.where(rng.random(n) < 0.03, 0.24 + 0.12 * rng.random(n), max_apr)
     max_apr = np.round(max_apr, 4)
+    cols = {
+        "region": region,
+        "requested_amount": amount_fen,
+        "term_months": term,
+        "max_apr": max_apr,
+    }
+    return cols, amount, amount_fen
+
+
+def _consent_and_employer(rng: np.random.Generator, n: int, ch: np.ndarray) -> dict:
+    """Referral consent (any partner, a short list, none), the fraud flag, the employer
+    (a few work at a partner)."""
     cr = rng.random(n)
     any_p = np.take(_CH_ANY, ch)
     short = np.take(_SHORT_LISTS, rng.integers(0, len(_SHORT_LISTS), n))
@@ -207,44 +269,34 @@ def _chunk(
     )
     employer = employer.astype(object)
     employer[er > 0.93] = None
+    return {"consent": consent, "fraud_flag": fraud, "employer": employer}
+
+
+def _outcomes(
+    rng: np.random.Generator,
+    n: int,
+    z: np.ndarray,
+    amount: np.ndarray,
+    amount_fen: np.ndarray,
+    income: np.ndarray,
+    term: np.ndarray,
+) -> dict:
+    """The true PD, whether the loan defaulted, and the partner's answer were the
+    application referred (drawn last, so the columns above are the same as before these
+    were added)."""
     logit = -3.25 + 1.15 * z + 0.25 * np.log(amount / income) + 0.015 * term
     true_pd = 1 / (1 + np.exp(-logit))
     defaulted = rng.random(n) < true_pd
-    # The partner's answer, were the application referred (drawn last, so the columns
-    # above are the same as before these were added).
     accepted = rng.random(n) < np.clip(0.55 - 2.0 * true_pd, 0.05, 0.9)
     funded = accepted & (rng.random(n) < 0.75)
     funded_fen = np.round(amount_fen * rng.uniform(0.6, 1.0, n) / 10_000).astype(np.int64) * 10_000
-    cols = {
-        "application_id": [f"A{seed}-{first + i:010d}" for i in range(n)],
-        "received_at": pa.array(t, pa.int64()).cast(pa.timestamp("ms", tz="Asia/Shanghai")),
-        "channel": np.take(CHANNELS, ch),
-        "national_id": ids,
-        "age": age,
-        "monthly_income": income_fen,
-        "bureau_score": score,
-        "inquiries_3m": inq,
-        "open_loans": opn,
-        "dti": dti,
-        "worst_dpd_12m": dpd,
-        "region": region,
-        "employer": employer,
-        "requested_amount": amount_fen,
-        "term_months": term,
-        "max_apr": max_apr,
-        "consent": consent,
-        "fraud_flag": fraud,
+    return {
         "defaulted": defaulted,
         "true_pd": np.round(true_pd, 6),
         "partner_accepted": accepted,
         "partner_funded": funded,
         "funded_amount": pa.array(funded_fen, pa.int64(), mask=~funded),
     }
-    arrays = [
-        c if isinstance(c, pa.Array) else pa.array(c, type=SCHEMA.field(k).type)
-        for k, c in cols.items()
-    ]
-    return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
 
 
 def generate_batches(

@@ -370,27 +370,11 @@ def _check_tz(name: str, where: str, source: str) -> None:
 
 
 def _check_semantics(s: Strategy, source: str) -> None:
-    e = s.economics
+    """What the schema cannot say: names that must resolve, bounds between fields, the
+    legal APR cap, partner ids unique and known (the first breach fails, naming it)."""
     _check_tz(s.timezone, "timezone", source)
-    from router.core.routing import routing_methods
-    from router.scoring import scorer_kinds
-
-    for name, ref in s.scorers.items():
-        if ref.kind not in scorer_kinds():
-            _fail(
-                source,
-                f"scorers.{name}.kind",
-                ref.kind,
-                f"unknown scorer kind (known: {', '.join(scorer_kinds())})",
-            )
-
-    if s.routing.method not in routing_methods():
-        _fail(
-            source,
-            "routing.method",
-            s.routing.method,
-            f"unknown routing method (known: {', '.join(routing_methods())})",
-        )
+    _check_registered(s, source)
+    e = s.economics
     if s.branch is not None and s.branch.partner_id in {p.id for p in s.partners}:
         _fail(
             source,
@@ -410,27 +394,7 @@ def _check_semantics(s: Strategy, source: str) -> None:
     policies: list[tuple[str, Primary | BranchPolicy]] = [("primary", s.primary)]
     if s.branch is not None:
         policies.append(("branch", s.branch))
-        if s.branch.apr_cap > e.legal_apr_cap:
-            _fail(
-                source,
-                "branch.apr_cap",
-                s.branch.apr_cap,
-                f"exceeds the legal APR cap {e.legal_apr_cap}",
-            )
-        if s.branch.return_model == "fixed" and s.branch.fixed_return <= 0:
-            _fail(
-                source,
-                "branch.fixed_return",
-                s.branch.fixed_return,
-                "must be > 0 when return_model = 'fixed'",
-            )
-        if s.branch.return_model == "share" and s.branch.profit_share <= 0:
-            _fail(
-                source,
-                "branch.profit_share",
-                s.branch.profit_share,
-                "must be > 0 when return_model = 'share'",
-            )
+        _check_branch(s.branch, e.legal_apr_cap, source)
     for name, pol in policies:
         if pol.scorer not in s.scorers:
             _fail(
@@ -441,25 +405,67 @@ def _check_semantics(s: Strategy, source: str) -> None:
             )
         _check_filters(pol.filters, f"{name}.filters", source)
         _check_caps(pol.caps, name, source)
+    ids = _check_partners(s.partners, e.legal_apr_cap, source)
+    for ch, channel in s.channels.items():
+        for i, pid in enumerate(channel.consent_partners or []):
+            if pid not in ids:
+                _fail(source, f"channels.{ch}.consent_partners[{i}]", pid, "unknown partner")
+
+
+def _check_registered(s: Strategy, source: str) -> None:
+    """Scorer kinds and the routing method must be registered ones."""
+    from router.core.routing import routing_methods
+    from router.scoring import scorer_kinds
+
+    for name, ref in s.scorers.items():
+        if ref.kind not in scorer_kinds():
+            _fail(
+                source,
+                f"scorers.{name}.kind",
+                ref.kind,
+                f"unknown scorer kind (known: {', '.join(scorer_kinds())})",
+            )
+    if s.routing.method not in routing_methods():
+        _fail(
+            source,
+            "routing.method",
+            s.routing.method,
+            f"unknown routing method (known: {', '.join(routing_methods())})",
+        )
+
+
+def _check_branch(b: BranchPolicy, legal_apr_cap: float, source: str) -> None:
+    """The branch's APR cap and its return model's parameter."""
+    if b.apr_cap > legal_apr_cap:
+        _fail(source, "branch.apr_cap", b.apr_cap, f"exceeds the legal APR cap {legal_apr_cap}")
+    if b.return_model == "fixed" and b.fixed_return <= 0:
+        _fail(
+            source, "branch.fixed_return", b.fixed_return, "must be > 0 when return_model = 'fixed'"
+        )
+    if b.return_model == "share" and b.profit_share <= 0:
+        _fail(
+            source, "branch.profit_share", b.profit_share, "must be > 0 when return_model = 'share'"
+        )
+
+
+def _check_partners(partners: list[Partner], legal_apr_cap: float, source: str) -> set[str]:
+    """Each partner's id (unique), APR range, time zone, filters and caps; the ids."""
     ids: set[str] = set()
-    for p in s.partners:
+    for p in partners:
         where = f"partners[{p.id}]"
         if p.id in ids:
             _fail(source, f"{where}.id", p.id, "duplicate partner id")
         ids.add(p.id)
-        if p.apr_max > e.legal_apr_cap:
+        if p.apr_max > legal_apr_cap:
             _fail(
                 source,
                 f"{where}.apr_max",
                 p.apr_max,
-                f"partner APR exceeds the legal cap {e.legal_apr_cap}",
+                f"partner APR exceeds the legal cap {legal_apr_cap}",
             )
         if p.apr_min > p.apr_max:
             _fail(source, f"{where}.apr_min", p.apr_min, f"exceeds apr_max={p.apr_max}")
         _check_tz(p.timezone, f"{where}.timezone", source)
         _check_filters(p.filters, f"{where}.filters", source)
         _check_caps(p.caps, where, source)
-    for ch, channel in s.channels.items():
-        for i, pid in enumerate(channel.consent_partners or []):
-            if pid not in ids:
-                _fail(source, f"channels.{ch}.consent_partners[{i}]", pid, "unknown partner")
+    return ids

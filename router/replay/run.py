@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -232,25 +232,8 @@ def replay(
 
         sink = BillingSink(billing_db, strategy)
     own_store = store is None
-    if store is None:
-        store = ArrayQuotaStore(
-            idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000,
-            retain_ledger=False,
-            on_append=sink,
-            validate=False,
-        )
-    store.for_replay()
-    metrics_holder: list[Metrics] = []
-    router = Router(
-        strategy,
-        store,
-        scorers=scorers,
-        on_cap=lambda *a: metrics_holder[0].on_cap(*a),
-        degrade=allow_degraded,
-    )
-    ref = reference_pds(strategy, reference, router, mapping) if reference else None
-    metrics = Metrics(strategy, ref)
-    metrics_holder.append(metrics)
+    store = _replay_store(strategy, store, sink)
+    router, metrics = _replay_router(strategy, store, scorers, allow_degraded, reference, mapping)
     log.info("replay.start", traffic=str(traffic) if traffic_file else "<stream>", out=str(out))
     run = _Run(out, strategy, router, metrics, sink)
     t0 = time.perf_counter()
@@ -260,17 +243,7 @@ def replay(
             run.on_rejects(cached.rejects)
             source: Any = cached.batches
         else:
-            source = (
-                _in_time_order(b)
-                for b in read_batches(
-                    traffic,
-                    router.hasher,
-                    mapping=mapping,
-                    partner_ids=[p.id for p in strategy.partners],
-                    batch_size=batch_size,
-                    on_rejects=run.on_rejects,
-                )
-            )
+            source = _read_in_time_order(strategy, traffic, router, mapping, batch_size, run)
         run.decide_all(source, write_decisions, progress)
     store.flush()  # the last batch's grants are posted before the run reports done
     billing = None
@@ -281,29 +254,7 @@ def replay(
     decisions_path = run.finish_decisions()
     elapsed = time.perf_counter() - t0
     body = metrics.summary()
-    summary = {
-        "strategy_version": strategy.version,
-        "strategy_hash": strategy_hash(strategy),
-        "code_version": code_version(),
-        "traffic": {
-            "file": traffic_file.name if traffic_file is not None else "<stream>",
-            "sha256": cached.sha256
-            if cached is not None
-            else file_sha256(traffic_file)
-            if traffic_file is not None
-            else None,
-            "rows_accepted": run.rows_read,
-            "rows_rejected": run.n_rejects,
-            "late_events": run.late,
-            "column_mapping": mapping,
-        },
-        "reference": (
-            {"file": Path(reference).name, "sha256": file_sha256(reference)} if reference else None
-        ),
-        **body,
-        "cap_refusals": _cap_refusals(router),
-        "money_unit": "minor units (fen)",
-    }
+    summary = _summary(strategy, traffic_file, cached, run, mapping, reference, body)
     if billing is not None:
         summary["billing"] = billing
     summary_path = _write_summary(out, summary, store, run.rows_read, elapsed)
@@ -319,6 +270,99 @@ def replay(
         **body["decisions"],
     )
     return ReplayResult(summary, summary_path, decisions_path, out / "rejects.jsonl", elapsed)
+
+
+def _replay_router(
+    strategy: Strategy,
+    store: QuotaStore,
+    scorers: dict[str, Any] | None,
+    allow_degraded: bool,
+    reference: str | Path | None,
+    mapping: dict[str, str],
+) -> tuple[Router, Metrics]:
+    """The replay's router and the metrics it reports its cap refusals to."""
+    holder: list[Metrics] = []
+    router = Router(
+        strategy,
+        store,
+        scorers=scorers,
+        on_cap=lambda *a: holder[0].on_cap(*a),
+        degrade=allow_degraded,
+    )
+    ref = reference_pds(strategy, reference, router, mapping) if reference else None
+    holder.append(Metrics(strategy, ref))
+    return router, holder[0]
+
+
+def _read_in_time_order(
+    strategy: Strategy,
+    traffic: Any,
+    router: Router,
+    mapping: dict[str, str],
+    batch_size: int,
+    run: _Run,
+) -> Iterator[TrafficBatch]:
+    """The traffic's batches, each in time order, rejects handed to ``run``."""
+    return (
+        _in_time_order(b)
+        for b in read_batches(
+            traffic,
+            router.hasher,
+            mapping=mapping,
+            partner_ids=[p.id for p in strategy.partners],
+            batch_size=batch_size,
+            on_rejects=run.on_rejects,
+        )
+    )
+
+
+def _replay_store(strategy: Strategy, store: QuotaStore | None, sink: Any) -> QuotaStore:
+    """The caller's store at replay's service level, or a fresh in-process one."""
+    if store is None:
+        store = ArrayQuotaStore(
+            idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000,
+            retain_ledger=False,
+            on_append=sink,
+            validate=False,
+        )
+    store.for_replay()
+    return store
+
+
+def _summary(
+    strategy: Strategy,
+    traffic_file: Path | None,
+    cached: CachedTraffic | None,
+    run: _Run,
+    mapping: dict[str, str],
+    reference: str | Path | None,
+    body: dict[str, Any],
+) -> dict[str, Any]:
+    """``summary.json``'s document: what ran on what, then the metrics' figures."""
+    sha: str | None = None
+    if cached is not None:
+        sha = cached.sha256
+    elif traffic_file is not None:
+        sha = file_sha256(traffic_file)
+    return {
+        "strategy_version": strategy.version,
+        "strategy_hash": strategy_hash(strategy),
+        "code_version": code_version(),
+        "traffic": {
+            "file": traffic_file.name if traffic_file is not None else "<stream>",
+            "sha256": sha,
+            "rows_accepted": run.rows_read,
+            "rows_rejected": run.n_rejects,
+            "late_events": run.late,
+            "column_mapping": mapping,
+        },
+        "reference": (
+            {"file": Path(reference).name, "sha256": file_sha256(reference)} if reference else None
+        ),
+        **body,
+        "cap_refusals": _cap_refusals(run.router),
+        "money_unit": "minor units (fen)",
+    }
 
 
 class _Run:

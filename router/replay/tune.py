@@ -325,18 +325,7 @@ def tune(
         make_candidate(base, params, cid)
     # Read once here: forked local workers share it.
     cached_traffic(strategy, str(traffic), mapping)
-    tasks = [
-        Task(
-            cid, params, base, str(traffic), tuple(sorted(mapping.items())), str(out / "candidates")
-        )
-        for cid, params in enumerate(combos)
-    ]
-    results = []
-    for r in (executor or LocalExecutor()).map(evaluate, tasks):
-        results.append(r)
-        if progress:
-            progress(r)
-    results.sort(key=lambda r: r["id"])
+    results = _evaluate_all(combos, base, str(traffic), mapping, out, executor, progress)
     # The strategy tuning starts from, on the same traffic: the point to beat.
     start = replay(
         strategy,
@@ -351,26 +340,10 @@ def tune(
     for r, front in zip(results, pareto(results)):
         r["frontier"] = front
     best = choose(results, max_bad_rate, min_keep_rate)
-    best_path = None
-    best_summary = None
+    best_path = best_summary = None
     if best is not None:
         best["best"] = True
-        raw = with_params(base, best["params"])
-        raw["version"] = f"{base['version']}-tuned"[:40]
-        best_path = write_strategy(raw, out / "best_strategy.toml")
-        if report:
-            from router.core.config import load_strategy
-
-            chosen = replay(
-                load_strategy(best_path),
-                traffic,
-                out / "best",
-                mapping=mapping,
-                cached=cached_traffic(strategy, str(traffic), mapping),
-                write_decisions=False,
-                report=False,
-            )
-            best_summary = chosen.summary
+        best_path, best_summary = _write_best(strategy, base, best, traffic, mapping, out, report)
     result = {
         "strategy_version": strategy.version,
         "grid": grid,
@@ -391,3 +364,57 @@ def tune(
 
         write_tune_report(result, best_summary, out)
     return TuneResult(result, path, best_path)
+
+
+def _evaluate_all(
+    combos: list[dict[str, Any]],
+    base: dict[str, Any],
+    traffic: str,
+    mapping: dict[str, str],
+    out: Path,
+    executor: Executor | None,
+    progress: Callable[[dict[str, Any]], None] | None,
+) -> list[dict[str, Any]]:
+    """Every candidate's figures, in candidate order (``progress`` sees them as they come)."""
+    tasks = [
+        Task(cid, params, base, traffic, tuple(sorted(mapping.items())), str(out / "candidates"))
+        for cid, params in enumerate(combos)
+    ]
+    results = []
+    for r in (executor or LocalExecutor()).map(evaluate, tasks):
+        results.append(r)
+        if progress:
+            progress(r)
+    results.sort(key=lambda r: r["id"])
+    return results
+
+
+def _write_best(
+    strategy: Strategy,
+    base: dict[str, Any],
+    best: dict[str, Any],
+    traffic: str | Path,
+    mapping: dict[str, str],
+    out: Path,
+    report: bool,
+) -> tuple[Path, dict[str, Any] | None]:
+    """Write the chosen candidate as ``best_strategy.toml``; with ``report``, replay it
+    for the report's figures (its summary)."""
+    from router.core.config import load_strategy
+    from router.replay.run import replay
+
+    raw = with_params(base, best["params"])
+    raw["version"] = f"{base['version']}-tuned"[:40]
+    best_path = write_strategy(raw, out / "best_strategy.toml")
+    if not report:
+        return best_path, None
+    chosen = replay(
+        load_strategy(best_path),
+        traffic,
+        out / "best",
+        mapping=mapping,
+        cached=cached_traffic(strategy, str(traffic), mapping),
+        write_decisions=False,
+        report=False,
+    )
+    return best_path, chosen.summary
