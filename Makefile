@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ROWS ?= 200000
 OUT ?= out/demo
 
-.PHONY: demo test lint mutation install install-dev bench credit-data clean
+.PHONY: demo test lint mutation hand-mutations install install-dev bench credit-data clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,8 +32,8 @@ demo: install
 
 # Lint, format check and type check first (seconds), then the suite.
 lint: install-dev
-	$(BIN)/ruff check router tests bench examples models
-	$(BIN)/ruff format --check router tests bench examples models
+	$(BIN)/ruff check router tests bench examples models tools
+	$(BIN)/ruff format --check router tests bench examples models tools
 	$(BIN)/mypy
 
 test: lint
@@ -51,6 +51,11 @@ test: lint
 mutation: install-dev
 	$(BIN)/mutmut run "router.core.economics.*" "router.store.memory.*"
 	$(BIN)/mutmut results | grep -v "not checked" || true
+
+# One-line mutations of every fast path, each run against the reference decider (about
+# 10 minutes; needs redis-server, as make test does).
+hand-mutations: install-dev
+	$(BIN)/python tools/hand_mutations.py
 
 bench: install-dev
 	$(BIN)/python bench/bench_decide.py
