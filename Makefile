@@ -53,7 +53,7 @@ mutation: install-dev
 	$(BIN)/mutmut results | grep -v "not checked" || true
 
 # One-line mutations of every fast path, each run against the reference decider (about
-# 10 minutes; needs redis-server, as make test does).
+# 3 minutes; needs redis-server, as make test does).
 hand-mutations: install-dev
 	$(BIN)/python tools/hand_mutations.py
 
