@@ -42,7 +42,8 @@ test: lint
 	# contract and the Python walk, under coverage: its every line must be reached (>= 95 %).
 	NUMBA_DISABLE_JIT=1 $(BIN)/coverage run --data-file=.venv/.coverage-nojit --source=router \
 	  -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning -k array \
-	  tests/test_reference.py tests/test_store_contract.py tests/test_array_store.py tests/test_late_events.py tests/test_int_table.py
+	  tests/decide/test_reference.py tests/decide/test_array_store.py \
+	  tests/store/test_store_contract.py tests/store/test_late_events.py tests/store/test_int_table.py
 	$(BIN)/coverage report --data-file=.venv/.coverage-nojit --fail-under=95 \
 	  --include='*/walk_compiled.py,*/store/kernel.py,*/store/int_table.py,*/allocate_compiled.py'
 

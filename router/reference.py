@@ -2,11 +2,11 @@
 
 Every fast path of the router (the scalar live path, numpy batches, pipelined batches, the
 compiled walk) over every store must give exactly the decisions this module gives for the
-same applications in the same arrival order (``tests/test_reference.py``). It shares no
+same applications in the same arrival order (``tests/decide/test_reference.py``). It shares no
 decision logic with them: rules, filters, consent, eligibility, routing order, caps,
 dedupe, idempotency and reason codes are written out here again, one application at a
 time, over plain dictionaries. It reuses only the primitives that are tested on their own:
-the economics formulas (checked by hand in ``tests/test_economics.py``), the feature vector,
+the economics formulas (checked by hand in ``tests/core/test_economics.py``), the feature vector,
 the scorers, calendar window keys and keyed hashing.
 
 Out of its scope: faults and degraded answers, claims across processes, and late events

@@ -1,4 +1,5 @@
-"""A ledger consumer in its own process, for the fault tests (tests/test_billing_consumer.py).
+"""A ledger consumer in its own process, for the fault tests
+(tests/billing/test_billing_consumer.py).
 
     python tests/consumer_worker.py REDIS_URL DB_URL NAME MODE [MIN_IDLE_MS] [MAX_DELIVERIES]
 

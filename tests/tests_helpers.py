@@ -121,3 +121,27 @@ def small_caps_strategy(method="best_value"):
                 if k in cap:
                     cap[k] //= 10
     return strategy_from_dict(raw)
+
+
+def tight_caps(d: dict) -> dict:
+    """Partner caps that bite within a few dozen applications (windows of every kind)."""
+    d["partners"][0]["caps"] = [
+        {"window": "hour", "count": 3},
+        {"window": "day", "count": 5, "amount": 8_000_000},
+    ]
+    d["partners"][1]["caps"] = [
+        {"window": "hour", "count": 2, "amount": 5_000_000},
+        {"window": "month", "count": 6},
+    ]
+    d["partners"][0]["dedupe_days"] = 1
+    return d
+
+
+def tight_budgets(d: dict) -> dict:
+    """The funder's own budgets (keep and branch) bite too, by count and by amount."""
+    d["primary"]["caps"] = [
+        {"window": "hour", "count": 2},
+        {"window": "day", "amount": 6_000_000},
+    ]
+    d["branch"]["caps"] = [{"window": "hour", "count": 1}, {"window": "day", "count": 3}]
+    return d

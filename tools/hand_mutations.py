@@ -5,7 +5,7 @@
 Each mutation changes one line of one decision path — the compiled walk, the array
 store's kernel, the scalar live path, the one-call walk's reading of a reply, the Lua
 scripts the live Redis path runs — in a copy of the package, then runs
-``tests/test_reference.py`` (every path × store × routing method against
+``tests/decide/test_reference.py`` (every path × store × routing method against
 :mod:`router.reference`, on Hypothesis-made streams) on the stores and paths that run the
 mutated code. A mutation the reference test does not catch is a hole in it: the script
 exits non-zero and names it. Needs ``redis-server`` on the PATH for the Redis mutations
@@ -147,7 +147,7 @@ def run(m: Mutation, workdir: Path) -> tuple[bool, float, str]:
     t = time.perf_counter()
     p = subprocess.run(
         [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-         "tests/test_reference.py", "-k", m.select],
+         "tests/decide/test_reference.py", "-k", m.select],
         cwd=copy, env=env, capture_output=True, text=True,
     )  # fmt: skip
     took = time.perf_counter() - t

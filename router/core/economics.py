@@ -55,7 +55,7 @@ class Partner(Protocol):
 
 
 # Scalars take Python's min/max (numpy's ufuncs cost about a microsecond a call on a
-# scalar); the values are the same, which tests/test_assess_one.py checks bit for bit.
+# scalar); the values are the same, which tests/decide/test_assess_one.py checks bit for bit.
 def _min(a, b):
     if type(a) is float and type(b) is float:
         return b if b < a else a

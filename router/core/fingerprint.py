@@ -94,7 +94,7 @@ def as_u64(values: np.ndarray) -> np.ndarray:
 
 # ---- the same hash in plain Python, for batches of a few rows ---------------------
 # numpy's per-call overhead dominates tiny batches; Python integers masked to 64 bits
-# give bit-identical results (tests/test_fingerprint.py checks both paths agree).
+# give bit-identical results (tests/core/test_fingerprint.py checks both paths agree).
 
 _MASK = (1 << 64) - 1
 _P_INT, _SEED_INT = int(_P), int(_SEED)

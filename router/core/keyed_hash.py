@@ -9,7 +9,7 @@ once. Values are at most 64 bytes, so each one is a single block.
 
 Only ASCII values are normalised here; a value with other characters (whose Unicode
 whitespace and case rules are Python's to apply), or empty once stripped, is flagged so
-the caller hashes it with :mod:`hashlib` instead. ``tests/test_identity.py`` checks the
+the caller hashes it with :mod:`hashlib` instead. ``tests/core/test_identity.py`` checks the
 digests against :mod:`hashlib`.
 """
 

@@ -4,7 +4,7 @@ The batch path (:mod:`router.decide.assess`, numpy over columns) and the one-app
 (:mod:`router.decide.assess_one`, Python scalars) evaluate the same tables, so a rule is written
 once. A new bound rule is one row here (and its reason code in :mod:`router.core.reasons`);
 the reference decider (:mod:`router.reference`) states every rule again independently, and
-``tests/test_reference.py`` holds all three to the same answers.
+``tests/decide/test_reference.py`` holds all three to the same answers.
 
 Two rules are not simple bounds and stay code in both evaluators: fraud (a flag the
 strategy may ignore) and licensed regions (code prefixes).

@@ -7,7 +7,7 @@ attempt. It reads the array store only through its accessors (``lock``, ``first_
 ``state()``…).
 The allocator's own state (refused-amount floors, refusal counts, the weighted rotation)
 goes in as arrays and comes back, so batches may alternate with single decisions on the
-Python path. ``tests/test_array_store.py`` checks that both paths decide alike.
+Python path. ``tests/decide/test_array_store.py`` checks that both paths decide alike.
 """
 
 from __future__ import annotations

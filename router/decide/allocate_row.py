@@ -1,6 +1,6 @@
 """The live path: one application at a time, on Python scalars.
 
-The same steps as a batch of one (``tests/test_decide_one.py`` checks the results are the
+The same steps as a batch of one (``tests/decide/test_decide_one.py`` checks the results are the
 same): keep, branch, then partners in routing order — step by step, one reservation call
 each, on a single-trip store, or as one call for the whole walk on a store that walks
 decisions (:mod:`router.decide.walk_one_call`).
@@ -39,7 +39,7 @@ class RowWalk(AllocatorBase):
         live path. Returns the decision record and whether it was decided degraded.
 
         The same steps as a batch of one (and the same results, which
-        ``tests/test_decide_one.py`` checks): keep, branch, then partners in routing order,
+        ``tests/decide/test_decide_one.py`` checks): keep, branch, then partners in routing order,
         each reservation checking and recording the application in one store call.
         """
         with self.lock:

@@ -4,7 +4,7 @@ numpy's per-call overhead dominates a batch of one, so a live decision would spe
 its time there. :class:`OneAssessor` computes exactly what :func:`router.decide.assess.assess`
 computes for one row — the same rules in the same order and the same economics functions,
 called on floats instead of arrays (IEEE arithmetic gives the same bits) — into a
-:class:`OneAssessment`. ``tests/test_assess_one.py`` checks every field for bit equality
+:class:`OneAssessment`. ``tests/decide/test_assess_one.py`` checks every field for bit equality
 with the batch path over thousands of applications and several strategies. Scores still
 come from the scorer's batch method on a one-row matrix, so PDs are the batch path's own.
 """

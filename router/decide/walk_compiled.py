@@ -4,8 +4,8 @@ reservation against the array store's state (:func:`router.store.kernel.reserve`
 
 The same semantics as the Python walks of :class:`router.decide.allocate.Allocator`
 (refused-amount floors, refusal counts, the first refusal of each cap window, the three
-routing methods): ``tests/test_array_store.py`` checks it decision for decision and
-``tests/test_reference.py`` against the reference decider. Driven by
+routing methods): ``tests/decide/test_array_store.py`` checks it decision for decision and
+``tests/decide/test_reference.py`` against the reference decider. Driven by
 :mod:`router.decide.allocate_compiled`. No wall clock and no I/O: event time comes in with
 the rows.
 

@@ -3,7 +3,7 @@
 A scorer turns features (see :mod:`router.decide.features`) into a probability of default.
 Like scikit-learn estimators the contract is duck-typed: anything with ``pd_one`` and
 ``pd_batch`` and a ``feature_names_`` tuple is a scorer. Learned state ends in ``_``.
-One conformance test (``tests/test_scorer_conformance.py``) runs over every implementation.
+One conformance test (``tests/scoring/test_scorer_conformance.py``) runs over every implementation.
 """
 
 from __future__ import annotations

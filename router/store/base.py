@@ -16,8 +16,8 @@ returns the record for a repeated id with the same fingerprint and raises
 
 Time is the event time passed in, never the wall clock, so replay is exact.
 
-The contract at the edges (every store; tests/test_fault_lifecycle.py,
-tests/test_store_differential.py and tests/test_boundary.py hold them to it):
+The contract at the edges (every store; tests/store/test_fault_lifecycle.py,
+tests/store/test_store_differential.py and tests/core/test_boundary.py hold them to it):
 
 * **No phantom referral.** A grant counts for billing only if its decision was handed back
   to the caller. In-process stores post every grant at once (the caller and the store share

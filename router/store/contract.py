@@ -4,7 +4,7 @@
 Each check takes a *fresh, empty* store and raises :class:`AssertionError` naming what
 went wrong. :func:`router.testing.check_quota_store` runs them all on stores it builds
 from a URL or a factory; the project's test suite runs each one on every registered
-backend (``tests/test_store_contract.py``).
+backend (``tests/store/test_store_contract.py``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ State and reservation only: the allocation walk that calls :func:`reserve` for e
 attempt is decision logic and lives in :mod:`router.decide.walk_compiled`. These functions
 implement exactly the semantics of :class:`router.store.memory.MemoryQuotaStore` (counters
 per window with an archive for late events, applicant dedupe, event-time sweeps):
-``tests/test_array_store.py`` checks decision for decision, and state for state, that the
+``tests/decide/test_array_store.py`` checks decision for decision, and state for state, that the
 compiled path and the Python one give the same result.
 
 No wall clock and no I/O here: event time comes in with the rows.

@@ -24,7 +24,7 @@ from router.scoring import (
 from router.testing import FixedPDScorer, ScoreLookupScorer, check_scorer, make_application
 from router.traffic import generate_batches
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -111,10 +111,11 @@ def test_a_master_killed_for_3_s(tmp_path, method):
     application), under any routing method."""
     import signal
     import threading
-    from datetime import timedelta
+    from datetime import UTC, datetime, timedelta
 
     from servers import cluster_node, start_cluster, wait_cluster_ok
-    from test_rotation_retries import T0
+
+    T0 = datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
 
     from router.core.config import strategy_from_dict
     from router.core.messages import Refer

@@ -16,7 +16,7 @@ import pytest
 from router.core.config import load_strategy
 
 pytestmark = pytest.mark.redis
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STRATEGY = str(ROOT / "configs" / "strategy.toml")
 
 

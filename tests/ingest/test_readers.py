@@ -197,7 +197,7 @@ def test_a_misshapen_row_that_is_not_utf8_is_one_clear_error(tmp_path):
     """pyarrow cannot hand a row of invalid UTF-8 to the invalid-row handler (its wrapper
     fails to decode it and prints an "Exception ignored" traceback), so such a row cannot
     be skipped as a reject: the file stops with one error naming why, nothing printed
-    besides. (Found by tests/test_fuzz_inputs.py.)"""
+    besides. (Found by tests/ingest/test_fuzz_inputs.py.)"""
     from router.core.identity import Hasher
 
     f = tmp_path / "t.csv"

@@ -66,7 +66,7 @@ def test_reconcile_cli_exits_1_on_differences(billing_url, tmp_path):
     engine.dispose()
     theirs = tmp_path / "theirs.jsonl"
     theirs.write_text(json.dumps({"referral_id": "m1", "status": "referred", "amount": 0}) + "\n")
-    strategy = str(Path(__file__).resolve().parent.parent / "configs" / "strategy.toml")
+    strategy = str(Path(__file__).resolve().parents[2] / "configs" / "strategy.toml")
     p = subprocess.run(
         [
             sys.executable,

@@ -29,7 +29,7 @@ from router.core.messages import decode_application
 from router.decide.engine import Router
 from router.ingest.reader import read_batches
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "110101199003074258"
 STRATEGY = load_strategy(ROOT / "configs" / "strategy.toml")
 PARTNERS = [p.id for p in STRATEGY.partners]

@@ -15,7 +15,7 @@ from router.core.config import load_strategy
 from router.replay import replay
 from router.traffic import write_traffic
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_replay_billing_db_bills_every_referral_once(tmp_path, billing_url):

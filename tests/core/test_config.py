@@ -6,7 +6,7 @@ from router.core.config import load_strategy, strategy_from_dict
 from router.core.errors import ConfigError
 from router.testing import strategy_dict
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_example_strategy_loads():

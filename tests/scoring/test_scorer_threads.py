@@ -7,7 +7,7 @@ import numpy as np
 
 from router.scoring import load_scorer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_pd_one_thread_safe():

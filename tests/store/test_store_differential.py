@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_property_caps import tight_caps
+from tests_helpers import tight_caps
 
 from router.core.config import strategy_from_dict
 from router.core.routing import routing_methods

@@ -28,7 +28,7 @@ from router.store import quota_store_from_url
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
 
 pytestmark = pytest.mark.redis
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/, where the worker is
 WORKER = str(HERE / "consumer_worker.py")
 T0 = datetime(2026, 11, 3, tzinfo=UTC)
 

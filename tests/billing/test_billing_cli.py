@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-STRATEGY = str(Path(__file__).resolve().parent.parent / "configs" / "strategy.toml")
+STRATEGY = str(Path(__file__).resolve().parents[2] / "configs" / "strategy.toml")
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -5,8 +5,8 @@ streams whose caps, budgets and dedupe windows bite, with repeated applications.
 Paths: ``Router.decide`` one by one (the scalar live path) and ``Router.decide_batch``
 (numpy assessment, the Python walk; on ``array://`` the compiled walk), on every registered
 store. (Pipelined batches are arrival-order exact only when nothing competes — see
-tests/test_pipelined.py — so they are not compared here.) Event times stay within a few
-hours, in time order or not: late events are the subject of tests/test_late_events.py.
+tests/decide/test_pipelined.py — so they are not compared here.) Event times stay within a few
+hours, in time order or not: late events are the subject of tests/store/test_late_events.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from test_property_caps import tight_budgets, tight_caps
+from tests_helpers import tight_budgets, tight_caps
 
 from router.core.config import strategy_from_dict
 from router.core.identity import Hasher

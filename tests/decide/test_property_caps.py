@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests_helpers import tight_budgets, tight_caps
 
 from router.core.config import strategy_from_dict
 from router.core.messages import Branch, Keep, Refer
@@ -21,30 +22,6 @@ app_strategy = st.tuples(
     st.integers(0, 12),  # applicant (repeats exercise dedupe)
     st.sampled_from(["any", ["bank_a"], ["plat_b"]]),
 )
-
-
-def tight_caps(d: dict) -> dict:
-    """Partner caps that bite within a few dozen applications (windows of every kind)."""
-    d["partners"][0]["caps"] = [
-        {"window": "hour", "count": 3},
-        {"window": "day", "count": 5, "amount": 8_000_000},
-    ]
-    d["partners"][1]["caps"] = [
-        {"window": "hour", "count": 2, "amount": 5_000_000},
-        {"window": "month", "count": 6},
-    ]
-    d["partners"][0]["dedupe_days"] = 1
-    return d
-
-
-def tight_budgets(d: dict) -> dict:
-    """The funder's own budgets (keep and branch) bite too, by count and by amount."""
-    d["primary"]["caps"] = [
-        {"window": "hour", "count": 2},
-        {"window": "day", "amount": 6_000_000},
-    ]
-    d["branch"]["caps"] = [{"window": "hour", "count": 1}, {"window": "day", "count": 3}]
-    return d
 
 
 def _strategy():

@@ -12,7 +12,7 @@ import pytest
 
 from router.core.strategy_docs import reference_text, schema_text, strategy_schema
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def test_checked_in_reference_and_schema_match_the_code():
