@@ -72,14 +72,11 @@ class ReferenceDecider:
         s = self.s
         reasons: set[str] = set()
         t = int(app.received_at.timestamp() * 1000)
-        x = features_one(app)
-        pd = self._pd(s.primary.scorer, x)
+        pd = self._pd(s.primary.scorer, app)
         applicant = app.applicant_token or self.hasher.token(app.national_id or "")
         dead, funder_ok = self._rules(app, reasons)
         keep_ok, keep_apr, keep_margin, keep_profit = self._keep(app, pd, funder_ok, reasons)
-        branch_ok, bpd, bapr, bmargin, bprofit = self._branch(
-            app, pd, x, funder_ok, keep_ok, reasons
-        )
+        branch_ok, bpd, bapr, bmargin, bprofit = self._branch(app, pd, funder_ok, keep_ok, reasons)
         worth, value = self._partners(app, pd, dead, reasons)
 
         def record(kind: type, **fields: Any) -> Decision:
@@ -178,7 +175,7 @@ class ReferenceDecider:
         return not why, keep_apr, keep_margin, keep_profit
 
     def _branch(
-        self, app: Application, pd: float, x: list[float], funder_ok: bool, keep_ok: bool,
+        self, app: Application, pd: float, funder_ok: bool, keep_ok: bool,
         reasons: set[str],
     ) -> tuple[bool, float, float, float, float]:  # fmt: skip
         """The second policy (its reasons explain only a row keep refused): (allowed, PD,
@@ -187,7 +184,7 @@ class ReferenceDecider:
         if b is None:
             return False, 0.0, 0.0, 0.0, 0.0
         amount, term = float(app.requested_amount), float(app.term_months)
-        bpd = pd if b.scorer == s.primary.scorer else self._pd(b.scorer, x)
+        bpd = pd if b.scorer == s.primary.scorer else self._pd(b.scorer, app)
         bapr = eco.branch_apr(app.max_apr, b, e)
         bprofit = eco.branch_profit(amount, term, bpd, bapr, b, e)
         bmargin = eco.branch_margin(amount, term, bprofit, b)
@@ -246,7 +243,8 @@ class ReferenceDecider:
 
     # ---- pieces ------------------------------------------------------------------------
 
-    def _pd(self, scorer: str, x: list[float]) -> float:
+    def _pd(self, scorer: str, app: Application) -> float:
+        x = features_of(app, self.scorers[scorer].feature_names_)
         return float(self.scorers[scorer].pd_batch(np.array([x], dtype=np.float64))[0])
 
     def _consent(self, app: Application) -> list[bool]:
@@ -352,6 +350,20 @@ _CHANNELS = ("platform", "api_aggregator", "h5_aggregator")
 
 def _dpd_months(dpd: int) -> float:
     return min(dpd, 180) / 30.0
+
+
+def features_of(app: Application, names) -> list[float]:
+    """The features a model names, in its order: the default vector's, and the extra
+    ones (``max_apr``) straight from the message."""
+    base = dict(zip(_DEFAULT_NAMES, features_one(app)))
+    base["max_apr"] = float(app.max_apr)
+    return [base[n] for n in names]
+
+
+_DEFAULT_NAMES = (
+    "age", "log_income", "bureau_score", "inquiries_3m", "open_loans", "dti", "dpd_months",
+    "log_amount", "term_years", "amount_to_income", "ch_platform", "ch_api", "ch_h5",
+)  # fmt: skip
 
 
 def features_one(app: Application) -> list[float]:

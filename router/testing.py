@@ -216,7 +216,8 @@ def check_quota_store(target: str | Callable[[], Any], *, stop_on_failure: bool 
 
 def check_scorer(scorer: Any, X: np.ndarray | None = None, *, reference: Any = None) -> None:
     """Check a scorer against the scorer contract (:class:`router.scoring.Scorer`): it has
-    ``pd_one``, ``pd_batch`` and ``feature_names_`` (the router's features, in order);
+    ``pd_one``, ``pd_batch`` and ``feature_names_`` (features the router computes, in the
+    model's order);
     batch PDs are float64 in [0, 1], one per row, an empty batch gives an empty result;
     ``pd_one`` agrees with ``pd_batch`` to 1e-9; and, given ``reference`` (the fitted
     scikit-learn estimator it was compiled from), ``predict_proba`` agrees to 1e-9. ``X``
@@ -228,12 +229,15 @@ def check_scorer(scorer: Any, X: np.ndarray | None = None, *, reference: Any = N
         raise AssertionError(
             f"{type(scorer).__name__} is not a scorer: it needs pd_one, pd_batch and feature_names_"
         )
-    if tuple(scorer.feature_names_) != FEATURES:
-        raise AssertionError(
-            f"feature_names_ {tuple(scorer.feature_names_)} are not the router's {FEATURES}"
-        )
+    from router.core.errors import ModelError
+    from router.decide.features import check_features
+
+    try:
+        check_features(tuple(scorer.feature_names_))
+    except ModelError as exc:
+        raise AssertionError(f"feature_names_: {exc}") from None
     if X is None:
-        X = _sample_features()
+        X = _sample_features(tuple(scorer.feature_names_))
     batch = scorer.pd_batch(X)
     if not (isinstance(batch, np.ndarray) and batch.shape == (len(X),)):
         raise AssertionError(
@@ -263,12 +267,14 @@ def check_scorer(scorer: Any, X: np.ndarray | None = None, *, reference: Any = N
             )
 
 
-def _sample_features(n: int = 3000, seed: int = 11) -> np.ndarray:
+def _sample_features(
+    names: tuple[str, ...] = FEATURES, n: int = 3000, seed: int = 11
+) -> np.ndarray:
     from router.core.columns import from_arrow
     from router.core.identity import Hasher
-    from router.decide.features import features_batch
+    from router.decide.features import FeatureSet
     from router.traffic import generate_batches
 
-    return features_batch(
+    return FeatureSet(names).batch(
         from_arrow(next(generate_batches(n, seed=seed)), Hasher(b"check-scorer-key-0000"))
     )

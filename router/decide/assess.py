@@ -18,7 +18,7 @@ from router.core.errors import InputError
 from router.core.reasons import BIT
 from router.core.rules import FUNDER_RULES, GLOBAL_RULES
 from router.core.windows import window_keys
-from router.decide.features import features_batch
+from router.decide.features import FEATURES, FeatureSet, features_batch
 from router.decide.partners import PartnerTable, filter_mask, isin_small, region_match
 
 
@@ -111,6 +111,17 @@ class _Inputs(NamedTuple):
     bits: np.ndarray  # uint64 reason bits
 
 
+def scorer_pds(scorer: Any, cols: AppColumns, X: np.ndarray | None = None) -> np.ndarray:
+    """The scorer's PD of every row, over the features it names (``X``: the batch's
+    default feature matrix, if already computed)."""
+    names = tuple(getattr(scorer, "feature_names_", FEATURES))
+    if names != FEATURES:
+        X = FeatureSet(names).batch(cols, X)
+    elif X is None:
+        X = features_batch(cols)
+    return scorer.pd_batch(X)
+
+
 def assess(
     cols: AppColumns,
     strategy: Strategy,
@@ -128,7 +139,7 @@ def assess(
     inp = _Inputs(
         cols,
         s,
-        scorers[s.primary.scorer].pd_batch(X),
+        scorer_pds(scorers[s.primary.scorer], cols, X),
         cols.requested_amount.astype(np.float64),
         cols.term_months.astype(np.float64),
         np.zeros(n, dtype=np.uint64),
@@ -137,7 +148,7 @@ def assess(
     keep_ok, keep_apr, keep_margin, keep_profit = _primary(inp, funder_ok)
     if s.branch is not None:
         b = s.branch
-        bpd = inp.pd if b.scorer == s.primary.scorer else scorers[b.scorer].pd_batch(X)
+        bpd = inp.pd if b.scorer == s.primary.scorer else scorer_pds(scorers[b.scorer], cols, X)
         branch_ok, bapr, bmargin, bprofit = _branch(inp, bpd, funder_ok, keep_ok)
     else:
         bpd = bapr = bprofit = bmargin = np.zeros(n)

@@ -24,7 +24,7 @@ from router.core.reasons import BIT
 from router.core.rules import FILTER_BOUNDS, FUNDER_RULES, GLOBAL_RULES
 from router.core.windows import QUARTER_MS, WINDOWS, quarter_keys
 from router.decide.assess import Assessment, consent_row
-from router.decide.features import features_row
+from router.decide.features import FEATURES, FeatureSet, features_row
 
 _OPS = {np.greater_equal: operator.ge, np.less_equal: operator.le}
 _OPS_PY = {">": operator.gt, "<": operator.lt}
@@ -85,6 +85,12 @@ class _Filter:
         return not self.channels or r.channel in self.channels
 
 
+def _feature_set(scorer: Any) -> FeatureSet | None:
+    """The scorer's feature set, or None when it reads the default vector."""
+    names = tuple(getattr(scorer, "feature_names_", FEATURES))
+    return None if names == FEATURES else FeatureSet(names)
+
+
 def _regions(prefixes: list[str]) -> list[tuple[int, int]] | None:
     """Region prefixes as (divisor, value): a six-digit code matches when code // d == v."""
     return [(10 ** (6 - len(p)), int(p)) for p in prefixes] if prefixes else None
@@ -119,6 +125,8 @@ class OneAssessor:
             (p, _Filter(p.filters), employer_tokens[j]) for j, p in enumerate(s.partners)
         ]
         self.zones = sorted({s.timezone, *(p.timezone for p in s.partners)})
+        # Each scorer's own features (None: the default vector, as computed).
+        self._fsets = {name: _feature_set(sc) for name, sc in scorers.items()}
         self._consent: dict[tuple[str, str], tuple[bool, ...]] = {}
 
     def consent(self, consent: str, channel: str) -> tuple[bool, ...]:
@@ -131,7 +139,11 @@ class OneAssessor:
                 self._consent[key] = row
         return row
 
-    def _pd(self, name: str, x: list[float]) -> float:
+    def _pd(self, name: str, r: Row, x: list[float]) -> float:
+        """Scorer ``name``'s PD of row ``r`` (``x``: its default feature vector)."""
+        fs = self._fsets.get(name)
+        if fs is not None:
+            x = fs.row(r, x)
         scorer = self.scorers[name]
         if getattr(scorer, "exact_one", False):
             return scorer.pd_one(x)
@@ -145,7 +157,7 @@ class OneAssessor:
         """
         s = self.strategy
         x = features_row(r)
-        pd = self._pd(s.primary.scorer, x)
+        pd = self._pd(s.primary.scorer, r, x)
         region_code = int(r.region)
         bits, dead, funder_ok = self._rules(r, region_code)
         keep_bits, keep_ok, keep_apr, keep_margin, keep_profit = self._keep(
@@ -231,7 +243,7 @@ class OneAssessor:
         if b is None or self.branch_filter is None or not (funder_ok or full):
             return 0, False, 0.0, 0.0, 0.0, 0.0
         amount, term = float(r.requested_amount), float(r.term_months)
-        bpd = pd if b.scorer == self.strategy.primary.scorer else self._pd(b.scorer, x)
+        bpd = pd if b.scorer == self.strategy.primary.scorer else self._pd(b.scorer, r, x)
         bapr = eco.branch_apr(r.max_apr, b, e)
         bprofit = eco.branch_profit(amount, term, bpd, bapr, b, e)
         bmargin = eco.branch_margin(amount, term, bprofit, b)

@@ -3,10 +3,17 @@
 Both paths compute the same numbers with the same operations, bit for bit, so a scorer
 sees identical inputs live and in replay. (The reference decider, :mod:`router.reference`,
 states them once more on its own, as it does every rule.)
+
+A model declares the features it reads (``feature_names_``, in its order): the 13 of
+:data:`FEATURES` (the default), and any of :data:`EXTRA_FEATURES` — inputs the default
+set leaves out, such as the highest APR the applicant accepts, which carries risk the
+bureau fields do not (an applicant who accepts a high price is a riskier one). A
+:class:`FeatureSet` computes a model's own vector, row or batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,6 +39,30 @@ FEATURES: tuple[str, ...] = (
 )
 
 _CHANNEL_FLAGS = ("platform", "api_aggregator", "h5_aggregator")
+
+#: Features a model may read beyond :data:`FEATURES`: name -> what it is.
+EXTRA_FEATURES: dict[str, str] = {
+    "max_apr": "the highest APR the applicant accepts (a fraction)",
+}
+
+#: Every feature name a model may declare.
+ALL_FEATURES: tuple[str, ...] = FEATURES + tuple(EXTRA_FEATURES)
+
+
+def check_features(names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` as a tuple, or :class:`~router.core.errors.ModelError` naming those the
+    router does not compute (and the ones it does)."""
+    from router.core.errors import ModelError
+
+    unknown = [n for n in names if n not in ALL_FEATURES]
+    if unknown or not names:
+        raise ModelError(
+            f"model features {unknown or '(none)'} are not computed by the router "
+            f"(known: {', '.join(ALL_FEATURES)})"
+        )
+    if len(set(names)) != len(names):
+        raise ModelError(f"model features {list(names)} name a feature twice")
+    return tuple(names)
 
 
 def features_row(r: Any) -> list[float]:
@@ -81,6 +112,42 @@ def features_batch(cols: AppColumns) -> np.ndarray:
     for j, name in enumerate(_CHANNEL_FLAGS):
         out[:, 10 + j] = cols.channel == name
     return out
+
+
+# Each extra feature for one row and for a batch (the same arithmetic, bit for bit).
+_EXTRA_ROW = {"max_apr": lambda r: float(r.max_apr)}
+_EXTRA_BATCH = {"max_apr": lambda cols: np.asarray(cols.max_apr, dtype=np.float64)}
+
+
+class FeatureSet:
+    """One model's features (``names``, in its order), for a row or a batch: the default
+    :data:`FEATURES` as they are, others picked from them and :data:`EXTRA_FEATURES`."""
+
+    def __init__(self, names: Sequence[str]):
+        self.names = check_features(names)
+        self.default = self.names == FEATURES
+        # Per feature: its column in the default vector, or -1 (an extra one).
+        self._index = [FEATURES.index(n) if n in FEATURES else -1 for n in self.names]
+
+    def row(self, r: Any, base: list[float] | None = None) -> list[float]:
+        """The model's vector for one row (``base``: :func:`features_row` of it, if
+        already computed)."""
+        if base is None:
+            base = features_row(r)
+        if self.default:
+            return base
+        return [base[i] if i >= 0 else _EXTRA_ROW[n](r) for n, i in zip(self.names, self._index)]
+
+    def batch(self, cols: AppColumns, base: np.ndarray | None = None) -> np.ndarray:
+        """The model's matrix for a batch (``base``: :func:`features_batch` of it)."""
+        if base is None:
+            base = features_batch(cols)
+        if self.default:
+            return base
+        out = np.empty((len(cols), len(self.names)), dtype=np.float64)
+        for j, (n, i) in enumerate(zip(self.names, self._index)):
+            out[:, j] = base[:, i] if i >= 0 else _EXTRA_BATCH[n](cols)
+        return out
 
 
 def __getattr__(name: str) -> Any:

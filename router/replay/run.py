@@ -137,11 +137,11 @@ def reference_pds(
     strategy: Strategy, path: str | Path, router: Router, mapping: dict[str, str] | None = None
 ) -> np.ndarray:
     """The primary scorer's PD of every valid row of a reference file (for the PSI)."""
-    from router.decide.features import features_batch
+    from router.decide.assess import scorer_pds
 
     scorer = router.scorers[strategy.primary.scorer]
     parts = [
-        scorer.pd_batch(features_batch(b.cols))
+        scorer_pds(scorer, b.cols)
         for b in read_batches(
             path, router.hasher, partner_ids=[p.id for p in strategy.partners], mapping=mapping
         )

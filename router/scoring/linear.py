@@ -16,7 +16,7 @@ import msgspec
 import numpy as np
 
 from router.core.errors import ModelError
-from router.decide.features import FEATURES
+from router.decide.features import FEATURES, check_features
 from router.scoring.base import sigmoid_v
 
 
@@ -34,7 +34,8 @@ _exp = np.exp
 
 
 class LinearScorer:
-    """Logistic model over :data:`router.decide.features.FEATURES`."""
+    """Logistic model over the features it names (by default
+    :data:`router.decide.features.FEATURES`)."""
 
     def __init__(
         self, coef: Sequence[float], intercept: float, feature_names: Sequence[str] = FEATURES
@@ -42,10 +43,7 @@ class LinearScorer:
         coef = [float(c) for c in coef]
         if len(coef) != len(feature_names):
             raise ModelError(f"{len(coef)} coefficients for {len(feature_names)} features")
-        if tuple(feature_names) != FEATURES:
-            raise ModelError(
-                f"model features {list(feature_names)} do not match the router's {list(FEATURES)}"
-            )
+        feature_names = check_features(feature_names)
         self.coef_ = np.asarray(coef, dtype=np.float64)
         self.intercept_ = float(intercept)
         self.feature_names_ = tuple(feature_names)

@@ -9,6 +9,7 @@ list of trusted types, never from pickle.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,31 +17,50 @@ from typing import Any
 import numpy as np
 
 from router.core.errors import ModelError
-from router.decide.features import FEATURES
+from router.decide.features import FEATURES, check_features
 
 
 class SklearnScorer:
     """Calls ``predict_proba`` of any fitted binary classifier (the uncompiled fallback)."""
 
-    def __init__(self, estimator: Any, feature_names: Sequence[str] = FEATURES):
+    def __init__(self, estimator: Any, feature_names: Sequence[str] | None = None):
         if not hasattr(estimator, "predict_proba"):
             raise ModelError(f"{type(estimator).__name__} has no predict_proba")
         self.estimator = estimator
-        self.feature_names_ = tuple(feature_names)
+        self.feature_names_ = check_features(model_features(estimator, feature_names))
+        # Fitted on named columns, the estimator warns when given a bare array (which is
+        # in its own column order here): that warning says nothing about these calls.
+        self._named = hasattr(estimator, "feature_names_in_")
 
     def pd_one(self, x: Sequence[float]) -> float:
         """PD of one row."""
-        return float(self.estimator.predict_proba(np.array([x], dtype=np.float64))[0, 1])
+        return float(self._proba(np.array([x], dtype=np.float64))[0])
 
     def pd_batch(self, X: np.ndarray) -> np.ndarray:
         """PD of every row."""
         if len(X) == 0:
             return np.empty(0, dtype=np.float64)
-        return np.asarray(self.estimator.predict_proba(X)[:, 1], dtype=np.float64)
+        return np.asarray(self._proba(X), dtype=np.float64)
+
+    def _proba(self, X: np.ndarray) -> np.ndarray:
+        if not self._named:
+            return self.estimator.predict_proba(X)[:, 1]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="X does not have valid feature names")
+            return self.estimator.predict_proba(X)[:, 1]
+
+
+def model_features(est: Any, feature_names: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The features a fitted estimator reads, in order: ``feature_names`` if given, else
+    the columns it was fitted on (``feature_names_in_``, a DataFrame's), else the default
+    :data:`~router.decide.features.FEATURES`."""
+    if feature_names is not None:
+        return tuple(feature_names)
+    return tuple(str(n) for n in getattr(est, "feature_names_in_", FEATURES))
 
 
 def scorer_from_estimator(
-    est: Any, feature_names: Sequence[str] = FEATURES, *, compile: bool = True
+    est: Any, feature_names: Sequence[str] | None = None, *, compile: bool = True
 ):
     """The fastest faithful scorer for a fitted scikit-learn classifier."""
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -48,6 +68,7 @@ def scorer_from_estimator(
     from router.scoring.linear import LinearScorer
     from router.scoring.trees import OnnxTreeScorer
 
+    feature_names = model_features(est, feature_names)
     if compile:
         final = est.steps[-1][1] if hasattr(est, "steps") else est
         if isinstance(final, HistGradientBoostingClassifier) and not hasattr(est, "steps"):

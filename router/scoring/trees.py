@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from router.core.errors import ModelError
-from router.decide.features import FEATURES
+from router.decide.features import FEATURES, check_features
 from router.scoring.base import sigmoid, sigmoid_v
 
 
@@ -103,8 +103,7 @@ class OnnxTreeScorer:
     def __init__(self, onnx_bytes: bytes, baseline: float, feature_names: Sequence[str] = FEATURES):
         import onnxruntime as ort
 
-        if tuple(feature_names) != FEATURES:
-            raise ModelError(f"model features {list(feature_names)} do not match the router's")
+        feature_names = check_features(feature_names)
         opts = ort.SessionOptions()
         # One thread: the router parallelises across processes, not inside one row.
         opts.intra_op_num_threads = 1
