@@ -1,8 +1,9 @@
 """Single-row scoring and single-application decision time, each next to a baseline.
 
 Baselines, measured in the same run: scikit-learn's ``predict_proba`` on one row for the
-same fitted models, and for the linear model the same maths written in plain numpy (a dot
-product and a logistic on a one-row array, what a hand-written scorer would do). Reports
+same fitted models, for the linear model the same maths written in plain numpy (a dot
+product and a logistic on a one-row array, what a hand-written scorer would do), and for
+the trees ONNX Runtime on one thread, one row and a batch of 2,000. Reports
 medians of 7 repeats (µs per call).
 
     python bench/bench_decide.py
@@ -14,6 +15,7 @@ import json
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +26,13 @@ sys.path.insert(0, str(ROOT))
 from router.core.config import load_strategy  # noqa: E402
 from router.core.messages import decode_application  # noqa: E402
 from router.decide.engine import Router  # noqa: E402
-from router.reference import features_one  # noqa: E402
-from router.scoring import LinearScorer, load_skops, scorer_from_estimator  # noqa: E402
+from router.reference import features_of  # noqa: E402
+from router.scoring import (  # noqa: E402
+    LinearScorer,
+    OnnxTreeScorer,
+    load_skops,
+    scorer_from_estimator,
+)
 from router.traffic import write_traffic  # noqa: E402
 
 
@@ -44,20 +51,23 @@ def main() -> dict:
     tmp = ROOT / "out" / "bench"
     traffic = write_traffic(tmp / "decide.jsonl", 2000, seed=99)
     apps = [decode_application(line) for line in traffic.read_bytes().splitlines()]
-    rows = [features_one(a) for a in apps]
-    mats = [np.array([r]) for r in rows]
-
     import msgspec
     from sklearn.linear_model import LogisticRegression
 
     doc = msgspec.json.decode((ROOT / "models" / "pd_logit.json").read_bytes())
+    # The shipped models' own features (the default 13 and max_apr).
+    rows = [features_of(a, doc["features"]) for a in apps]
+    mats = [np.array([r]) for r in rows]
     lr = LogisticRegression()
     lr.coef_ = np.array([doc["coefficients"]])
     lr.intercept_ = np.array([doc["intercept"]])
     lr.classes_ = np.array([0, 1])
-    linear = LinearScorer.from_estimator(lr)
+    linear = LinearScorer.from_estimator(lr, doc["features"])
     hgb = load_skops(ROOT / "models" / "pd_hgb.skops")
-    trees = scorer_from_estimator(hgb)
+    trees = scorer_from_estimator(hgb)  # compiled with numba (router/scoring/tree_kernel.py)
+    onnx = OnnxTreeScorer.from_estimator(hgb)
+    X = np.array(rows)
+    warnings.filterwarnings("ignore", message="X does not have valid feature names")
 
     w, b = np.asarray(doc["coefficients"], dtype=np.float64), float(doc["intercept"])
     vecs = [np.asarray(r, dtype=np.float64) for r in rows]
@@ -72,7 +82,11 @@ def main() -> dict:
         "linear_numpy_us": per_call_us(numpy_linear, vecs),
         "linear_sklearn_predict_proba_us": per_call_us(lr.predict_proba, mats[:300]),
         "trees_pd_one_us": per_call_us(trees.pd_one, rows),
+        "trees_onnx_pd_one_us": per_call_us(onnx.pd_one, rows),
         "trees_sklearn_predict_proba_us": per_call_us(hgb.predict_proba, mats[:200], repeats=5),
+        # A batch of 2,000 rows, per row: numba's walk against ONNX Runtime on one thread.
+        "trees_batch_us_per_row": per_call_us(trees.pd_batch, [X]) / len(X),
+        "trees_onnx_batch_us_per_row": per_call_us(onnx.pd_batch, [X]) / len(X),
     }
     strategy = load_strategy(ROOT / "configs" / "strategy.toml")
 
@@ -96,6 +110,7 @@ def main() -> dict:
     out["speedup_linear"] = out["linear_sklearn_predict_proba_us"] / out["linear_pd_one_us"]
     out["speedup_linear_vs_numpy"] = out["linear_numpy_us"] / out["linear_pd_one_us"]
     out["speedup_trees"] = out["trees_sklearn_predict_proba_us"] / out["trees_pd_one_us"]
+    out["speedup_trees_vs_onnx_one"] = out["trees_onnx_pd_one_us"] / out["trees_pd_one_us"]
     return out
 
 

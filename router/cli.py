@@ -538,14 +538,15 @@ def tune(
                 str(c["id"]),
                 ", ".join(f"{k}={v}" for k, v in c["params"].items()),
                 _yuan(mtr["value"]),
-                f"{mtr['bad_rate']:.2%}",
+                _pct_or_dash(mtr["bad_rate"]),
                 f"{mtr['keep_rate']:.2%}",
                 "chosen" if c.get("best") else "",
             )
     out.print(t)
     base = r.result["baseline"]
     out.print(
-        f"starting strategy: value {_yuan(base['value'])} yuan, bad rate {base['bad_rate']:.2%},"
+        f"starting strategy: value {_yuan(base['value'])} yuan, bad rate "
+        f"{_pct_or_dash(base['bad_rate'])},"
         f" keep rate {base['keep_rate']:.2%}",
         markup=False,
     )
@@ -560,7 +561,8 @@ def tune(
     out.print(f"report: {out_dir / 'report.html'}\nall candidates: {r.path}")
     if not r.best_strategy:
         # Say how close the candidates came, so the user knows which bound to move.
-        low_bad = min(c["metrics"]["bad_rate"] for c in cands) if cands else None
+        rates = [c["metrics"]["bad_rate"] for c in cands if c["metrics"]["bad_rate"] is not None]
+        low_bad = min(rates) if rates else None
         high_keep = max(c["metrics"]["keep_rate"] for c in cands) if cands else None
         given = ", ".join(
             f"{name} {v:g}"
@@ -569,7 +571,7 @@ def tune(
         )
         print(
             f"error: no candidate meets the constraints ({given}); the lowest bad rate seen "
-            f"was {low_bad:.2%} and the highest keep rate {high_keep:.2%} — no "
+            f"was {_pct_or_dash(low_bad)} and the highest keep rate {high_keep:.2%} — no "
             "best_strategy.toml written"
             if cands
             else "error: no candidates were run",
@@ -677,6 +679,11 @@ def _print_summary(s: dict) -> None:
             f"; kept loans: expected bad rate {s['expected_bad_rate']:.2%}, "
             f"realised {s['realised_bad_rate']:.2%}"
         )
+        k = (s.get("calibration") or {}).get("by_outcome", {}).get("keep")
+        if k and k.get("n"):
+            lo, hi = k["realised_ci95"]
+            verdict = "PDs came true" if k["consistent"] else "PDs did NOT come true"
+            line += f" (95% interval {lo:.2%}–{hi:.2%}: {verdict})"
     out.print(line)
     if s.get("realised_referral_value") is not None:
         out.print(
@@ -802,3 +809,8 @@ def _classify(exc: BaseException) -> tuple[int, str]:
     except ImportError:  # pragma: no cover
         pass
     return 1, f"internal error: {type(exc).__name__}: "
+
+
+def _pct_or_dash(x: float | None) -> str:
+    """A rate as a percentage; "–" for none (a candidate that keeps no loan)."""
+    return "–" if x is None else f"{x:.2%}"

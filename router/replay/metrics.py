@@ -31,6 +31,7 @@ import numpy as np
 from router.core import economics as eco
 from router.core.columns import AppColumns
 from router.core.config import Cap, Strategy
+from router.core.economics import keep_profit
 from router.core.reasons import BIT, CODES
 from router.core.windows import WINDOWS, window_keys
 from router.decide.outcomes import (
@@ -43,6 +44,7 @@ from router.decide.outcomes import (
     REFER,
     Outcomes,
 )
+from router.replay.calibration import Calibration
 
 _NOT_COVERED = np.uint64(BIT["KEEP_NOT_COVERED"])
 PD_BINS = np.linspace(0.0, 1.0, 41)
@@ -139,6 +141,10 @@ class Metrics:
         self.by_channel: dict[str, np.ndarray] = {}
         self.by_hour = np.zeros((24, 4), dtype=np.int64)
         self.keep, self.branch = _Money(), _Money()
+        self.calibration = Calibration()
+        #: Σ over kept loans with an outcome of the profit the loan made (the expected-profit
+        #: formula with its default indicator in place of its PD: it is linear in the PD).
+        self.keep_realised_profit = 0.0
         self.partners = {p.id: _PartnerSums() for p in strategy.partners}
         self.reasons = np.zeros(len(CODES), dtype=np.int64)
         self.coverage_failures = 0
@@ -198,6 +204,18 @@ class Metrics:
         defaulted = outcomes.get("defaulted")
         is_keep, is_branch = np.flatnonzero(kind == KEEP), np.flatnonzero(kind == BRANCH)
         self.keep.add(is_keep, out, cols, loss_rate, defaulted)
+        self.calibration.add(kind, out.pd, amount, defaulted, loss_rate)
+        if defaulted is not None and len(is_keep):
+            k = is_keep[defaulted[is_keep] >= 0]
+            self.keep_realised_profit += float(
+                keep_profit(
+                    amount[k].astype(np.float64),
+                    cols.term_months[k].astype(np.float64),
+                    (defaulted[k] == 1).astype(np.float64),
+                    out.apr[k],
+                    e,
+                ).sum()
+            )
         self.branch.add(is_branch, out, cols, loss_rate, defaulted)
         self._usage(KEEP_BUCKET, is_keep, cols)
         self._usage(BRANCH_BUCKET, is_branch, cols)
@@ -367,6 +385,11 @@ class Metrics:
                 "total": self.keep.value + self.branch.value + referral_value,
             },
             "realised_referral_value": sum(realised_ref) if realised_ref else None,
+            # On the kept loans whose outcome the traffic has (``kept.with_outcome``).
+            "realised_keep_profit": (
+                int(round(self.keep_realised_profit)) if self.keep.known else None
+            ),
+            "calibration": self.calibration.table(),
             "partners": partners,
             "quota": self._quota(),
             "coverage_failures": self.coverage_failures,

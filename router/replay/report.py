@@ -168,6 +168,8 @@ def chart_frontier(
     """Every candidate: value against bad rate, colour = keep rate; frontier ringed; the
     starting strategy (``baseline``'s metrics) as a black diamond."""
     fig, ax = plt.subplots(figsize=(8, 4.8))
+    # (A candidate that keeps no loan has no bad rate: it has no point on this chart.)
+    candidates = [c for c in candidates if c["metrics"]["bad_rate"] is not None]
     x = [c["metrics"]["bad_rate"] for c in candidates]
     y = [c["metrics"]["value"] / 100 for c in candidates]
     keep = [c["metrics"]["keep_rate"] for c in candidates]
@@ -194,7 +196,7 @@ def chart_frontier(
             edgecolors="black",
             label="chosen",
         )
-    if baseline is not None:
+    if baseline is not None and baseline["bad_rate"] is not None:
         ax.scatter(
             [baseline["bad_rate"]],
             [baseline["value"] / 100],
@@ -300,6 +302,8 @@ def replay_sections(summary: dict[str, Any], out: Path, prefix: str = "") -> lis
     parts.append("<h2>Funder's budgets</h2>" + _budget_table(summary))
     parts.append("<h2>By channel</h2>" + _channel_table(summary))
     parts.append("<h2>Reason codes</h2>" + _reason_table(summary))
+    if summary.get("calibration"):
+        parts.append("<h2>Expected against realised</h2>" + _calibration_tables(summary))
     charts = out / "charts"
     imgs = [
         chart_split_by_hour(summary, charts / f"{prefix}split_by_hour.png"),
@@ -308,6 +312,57 @@ def replay_sections(summary: dict[str, Any], out: Path, prefix: str = "") -> lis
     ]
     parts += [f"<img src='{src}' alt='{src}'>" for src in imgs if src]
     return parts
+
+
+def _calibration_tables(summary: dict[str, Any]) -> str:
+    """The model's PDs against the traffic's outcomes: by decision outcome, and the kept
+    loans by PD band, each with its 95% intervals (see router/replay/calibration.py)."""
+    c = summary["calibration"]
+    head = [
+        "",
+        "with outcome",
+        "expected bad rate",
+        "realised",
+        "realised 95% interval",
+        "expected 95% range",
+        "PDs come true?",
+    ]
+
+    def row(name: str, r: dict[str, Any]) -> list[Any]:
+        lo, hi = r["realised_ci95"]
+        elo, ehi = r["expected_range95"]
+        return [
+            name,
+            f"{r['n']:,}",
+            _pct(r["expected_bad_rate"]),
+            _pct(r["realised_bad_rate"]),
+            f"{lo:.2%} – {hi:.2%}",
+            f"{elo:.2%} – {ehi:.2%}",
+            "yes" if r["consistent"] else "no",
+        ]
+
+    outcomes = [row(k, r) for k, r in c["by_outcome"].items() if r["n"]]
+    kept = [row(r["band"], r) for r in c["kept_by_pd_band"]]
+    k = c["by_outcome"].get("keep", {})
+    loss = ""
+    if k.get("n"):
+        lo, hi = k["expected_loss_range95"]
+        loss = (
+            f"<p>Kept loans' loss: expected {_yuan(k['expected_loss'])} yuan (95% range "
+            f"{_yuan(lo)} – {_yuan(hi)}), realised {_yuan(k['realised_loss'])} yuan. Kept "
+            f"loans' profit: expected {_yuan(summary['expected_profit']['keep'])} yuan, "
+            f"realised {_yuan(summary.get('realised_keep_profit'))} yuan (on the loans with "
+            "an outcome).</p>"
+        )
+    return (
+        "<p class='muted'>Applications whose outcome the traffic records. \"PDs come "
+        'true" when the realised bad rate lies in the range it would fall in 95% of the '
+        "time if every PD were right.</p>"
+        + _table(head, outcomes, text=("",))
+        + "<h3>Kept loans by PD band</h3>"
+        + _table(head, kept, text=("",))
+        + loss
+    )
 
 
 def ran_out_text(quota: dict[str, Any], name: str, window: str = "day") -> str:
@@ -592,7 +647,8 @@ def write_tune_report(
 
 
 def _meets(metrics: dict[str, Any], c: dict[str, Any]) -> bool:
-    return (c.get("max_bad_rate") is None or metrics["bad_rate"] <= c["max_bad_rate"]) and (
+    rate = metrics["bad_rate"]
+    return (c.get("max_bad_rate") is None or (rate is not None and rate <= c["max_bad_rate"])) and (
         c.get("min_keep_rate") is None or metrics["keep_rate"] >= c["min_keep_rate"]
     )
 

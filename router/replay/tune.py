@@ -200,7 +200,8 @@ def metrics_of(summary: dict[str, Any]) -> dict[str, Any]:
         "value": summary["expected_profit"]["total"],
         "profit": summary["expected_profit"]["keep"] + summary["expected_profit"]["branch"],
         "referral_revenue": summary["expected_profit"]["referral_value"],
-        "bad_rate": summary["expected_bad_rate"] or 0.0,
+        # None when the candidate keeps no loan: it has no bad rate (not a 0% one).
+        "bad_rate": summary["expected_bad_rate"],
         "realised_bad_rate": summary["realised_bad_rate"],
         "keep_rate": summary["keep_rate"],
         "decisions": summary["decisions"],
@@ -236,17 +237,21 @@ def evaluate(task: Task) -> dict[str, Any]:
 
 
 def pareto(cands: list[dict[str, Any]]) -> list[bool]:
-    """True for candidates no other candidate dominates (value ↑, bad rate ↓, keep rate ↑)."""
+    """True for candidates no other candidate dominates (value ↑, bad rate ↓, keep rate ↑).
+    A candidate that keeps no loan has no bad rate: it is compared on value and keep rate."""
     pts = [
-        (c["metrics"]["value"], -c["metrics"]["bad_rate"], c["metrics"]["keep_rate"]) for c in cands
+        (c["metrics"]["value"], c["metrics"]["keep_rate"], c["metrics"]["bad_rate"]) for c in cands
     ]
-    out = []
-    for i, p in enumerate(pts):
-        dominated = any(
-            all(q[k] >= p[k] for k in range(3)) and q != p for j, q in enumerate(pts) if j != i
-        )
-        out.append(not dominated)
-    return out
+
+    def dominates(q: tuple, p: tuple) -> bool:
+        both = q[2] is not None and p[2] is not None
+        q2 = (q[0], q[1], -q[2]) if both else q[:2]
+        p2 = (p[0], p[1], -p[2]) if both else p[:2]
+        return all(a >= b for a, b in zip(q2, p2)) and q2 != p2
+
+    return [
+        not any(dominates(q, p) for j, q in enumerate(pts) if j != i) for i, p in enumerate(pts)
+    ]
 
 
 def choose(
@@ -258,12 +263,24 @@ def choose(
     ok = [
         c
         for c in cands
-        if (max_bad_rate is None or c["metrics"]["bad_rate"] <= max_bad_rate)
+        if (max_bad_rate is None or _at_most(c["metrics"]["bad_rate"], max_bad_rate))
         and (min_keep_rate is None or c["metrics"]["keep_rate"] >= min_keep_rate)
     ]
     if not ok:
         return None
-    return min(ok, key=lambda c: (-c["metrics"]["value"], c["metrics"]["bad_rate"], c["id"]))
+    return min(
+        ok,
+        key=lambda c: (-c["metrics"]["value"], _or_inf(c["metrics"]["bad_rate"]), c["id"]),
+    )
+
+
+def _at_most(rate: float | None, bound: float) -> bool:
+    """A bad rate within a bound; no bad rate (nothing kept) is within none."""
+    return rate is not None and rate <= bound
+
+
+def _or_inf(rate: float | None) -> float:
+    return float("inf") if rate is None else rate
 
 
 def write_strategy(raw: dict[str, Any], path: Path) -> Path:

@@ -9,12 +9,14 @@ from router.core.errors import ModelError
 from router.scoring.base import Scorer, sigmoid, sigmoid_v
 from router.scoring.linear import LinearScorer
 from router.scoring.sklearn_adapter import SklearnScorer, load_skops, scorer_from_estimator
+from router.scoring.tree_kernel import TreeScorer
 from router.scoring.trees import OnnxTreeScorer
 
 __all__ = [
     "Scorer",
     "LinearScorer",
     "OnnxTreeScorer",
+    "TreeScorer",
     "SklearnScorer",
     "load_scorer",
     "register_scorer",
@@ -50,4 +52,5 @@ def load_scorer(kind: str, path: str | Path, base_dir: str | Path = ".") -> Scor
 
 
 register_scorer("logistic_json", LinearScorer.from_file)
+register_scorer("trees_json", TreeScorer.from_file)
 register_scorer("sklearn", lambda path: scorer_from_estimator(load_skops(path)))

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from router.decide.features import FEATURES
 
 
 @runtime_checkable
@@ -42,3 +44,12 @@ def sigmoid_v(z: np.ndarray) -> np.ndarray:
     """Vectorised :func:`sigmoid`."""
     e = np.exp(-np.abs(z))
     return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def model_features(est: Any, feature_names: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The features a fitted estimator reads, in order: ``feature_names`` if given, else
+    the columns it was fitted on (``feature_names_in_``, a DataFrame's), else the default
+    :data:`~router.decide.features.FEATURES`."""
+    if feature_names is not None:
+        return tuple(feature_names)
+    return tuple(str(n) for n in getattr(est, "feature_names_in_", FEATURES))

@@ -17,7 +17,7 @@ import numpy as np
 
 from router.core.errors import ModelError
 from router.decide.features import FEATURES, check_features
-from router.scoring.base import sigmoid_v
+from router.scoring.base import model_features, sigmoid_v
 
 
 class ScorecardFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -79,7 +79,7 @@ class LinearScorer:
         return sigmoid_v(z)
 
     @classmethod
-    def from_estimator(cls, est: Any, feature_names: Sequence[str] = FEATURES) -> LinearScorer:
+    def from_estimator(cls, est: Any, feature_names: Sequence[str] | None = None) -> LinearScorer:
         """Compile a fitted linear classifier (or scaler → linear pipeline) into a scorecard."""
         steps = list(getattr(est, "steps", [("model", est)]))
         model = steps[-1][1]
@@ -94,7 +94,7 @@ class LinearScorer:
             scale = np.ones_like(coef) if scale is None else np.asarray(scale, dtype=np.float64)
             intercept -= float(np.sum(coef * mean / scale))
             coef = coef / scale
-        return cls(coef.tolist(), intercept, feature_names)
+        return cls(coef.tolist(), intercept, model_features(est, feature_names))
 
     def to_file(self, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
         """Write the scorecard as JSON."""

@@ -1,8 +1,8 @@
 """Adapter for any fitted scikit-learn classifier, with compiled fast paths.
 
 :func:`scorer_from_estimator` returns a :class:`~router.scoring.linear.LinearScorer` for
-linear models, an :class:`~router.scoring.trees.OnnxTreeScorer` for histogram gradient
-boosting, and otherwise a :class:`SklearnScorer` that calls ``predict_proba`` (correct,
+linear models, a :class:`~router.scoring.tree_kernel.TreeScorer` (numba) for histogram
+gradient boosting, and otherwise a :class:`SklearnScorer` that calls ``predict_proba`` (correct,
 but with scikit-learn's per-call overhead). Models load from skops files with an explicit
 list of trusted types, never from pickle.
 """
@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from router.core.errors import ModelError
-from router.decide.features import FEATURES, check_features
+from router.decide.features import check_features
+from router.scoring.base import model_features
 
 
 class SklearnScorer:
@@ -50,15 +51,6 @@ class SklearnScorer:
             return self.estimator.predict_proba(X)[:, 1]
 
 
-def model_features(est: Any, feature_names: Sequence[str] | None = None) -> tuple[str, ...]:
-    """The features a fitted estimator reads, in order: ``feature_names`` if given, else
-    the columns it was fitted on (``feature_names_in_``, a DataFrame's), else the default
-    :data:`~router.decide.features.FEATURES`."""
-    if feature_names is not None:
-        return tuple(feature_names)
-    return tuple(str(n) for n in getattr(est, "feature_names_in_", FEATURES))
-
-
 def scorer_from_estimator(
     est: Any, feature_names: Sequence[str] | None = None, *, compile: bool = True
 ):
@@ -66,13 +58,13 @@ def scorer_from_estimator(
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     from router.scoring.linear import LinearScorer
-    from router.scoring.trees import OnnxTreeScorer
+    from router.scoring.tree_kernel import TreeScorer
 
     feature_names = model_features(est, feature_names)
     if compile:
         final = est.steps[-1][1] if hasattr(est, "steps") else est
         if isinstance(final, HistGradientBoostingClassifier) and not hasattr(est, "steps"):
-            return OnnxTreeScorer.from_estimator(est, feature_names)
+            return TreeScorer.from_estimator(est, feature_names)
         if (
             hasattr(final, "coef_")
             and hasattr(final, "intercept_")

@@ -18,7 +18,7 @@ import numpy as np
 
 from router.core.errors import ModelError
 from router.decide.features import FEATURES, check_features
-from router.scoring.base import sigmoid, sigmoid_v
+from router.scoring.base import model_features, sigmoid, sigmoid_v
 
 
 def hgb_to_onnx(est: Any, n_features: int) -> tuple[bytes, float]:
@@ -125,8 +125,9 @@ class OnnxTreeScorer:
         self._local = threading.local()
 
     @classmethod
-    def from_estimator(cls, est: Any, feature_names: Sequence[str] = FEATURES) -> OnnxTreeScorer:
+    def from_estimator(cls, est: Any, feature_names: Sequence[str] | None = None) -> OnnxTreeScorer:
         """Compile a fitted ``HistGradientBoostingClassifier``."""
+        feature_names = model_features(est, feature_names)
         onnx_bytes, base = hgb_to_onnx(est, len(feature_names))
         return cls(onnx_bytes, base, feature_names)
 

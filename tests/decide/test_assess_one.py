@@ -34,7 +34,7 @@ def _compare(router, cols):
                 assert np.array_equal(x, y), (f.name, i, x, y)
 
 
-@pytest.mark.parametrize("scorer", ["pd_logit", "pd_hgb"])
+@pytest.mark.parametrize("scorer", ["pd_logit", "pd_hgb", "pd_trees"])
 def test_example_strategy_on_generated_traffic(scorer):
     import msgspec
 

@@ -21,7 +21,7 @@ from router.core.identity import Hasher
 from router.decide.engine import Router
 from router.decide.features import FEATURES, FeatureSet, features_batch, features_row
 from router.reference import ReferenceDecider
-from router.scoring import LinearScorer, OnnxTreeScorer, scorer_from_estimator
+from router.scoring import LinearScorer, TreeScorer, scorer_from_estimator
 from router.store import quota_store_from_url
 from router.testing import check_scorer
 from router.traffic import generate_batches
@@ -69,7 +69,7 @@ def test_a_model_fitted_on_named_columns_reads_them(frame, kind):
     else:
         est = HistGradientBoostingClassifier(max_iter=20, random_state=0).fit(X, y)
     scorer = scorer_from_estimator(est)
-    assert isinstance(scorer, LinearScorer if kind == "logistic" else OnnxTreeScorer)
+    assert isinstance(scorer, LinearScorer if kind == "logistic" else TreeScorer)
     assert scorer.feature_names_ == NAMES
     with warnings.catch_warnings():  # (the reference is given a bare array, on purpose)
         warnings.filterwarnings("ignore", message="X does not have valid feature names")

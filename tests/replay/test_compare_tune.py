@@ -97,6 +97,26 @@ def test_pareto_and_choice_by_hand():
     assert choose(c, max_bad_rate=0.06, min_keep_rate=0.25) is None
 
 
+def test_a_candidate_that_keeps_nothing_has_no_bad_rate_and_cannot_pass_a_bound():
+    from router.replay.tune import metrics_of
+
+    summary = {
+        "expected_profit": {"total": 500, "keep": 0, "branch": 200, "referral_value": 300},
+        "expected_bad_rate": None,  # no loan kept
+        "realised_bad_rate": None,
+        "keep_rate": 0.0,
+        "decisions": {"keep": 0, "branch": 2, "refer": 3, "decline": 5},
+    }
+    m = metrics_of(summary)
+    assert m["bad_rate"] is None
+    c = _cands([(100, 0.05, 0.2)]) + [{"id": 1, "params": {}, "metrics": m}]
+    # The most valuable, but with no bad rate it passes no bad-rate bound ...
+    assert choose(c, max_bad_rate=0.5)["id"] == 0
+    assert choose(c)["id"] == 1  # ... and without a bound it may be chosen on value.
+    # On the frontier it is judged on value and keep rate alone: here it is not dominated.
+    assert pareto(c) == [True, True]
+
+
 def test_grid_parameters_by_name():
     s = load_strategy("configs/strategy.toml")
     from router.replay.tune import strategy_data

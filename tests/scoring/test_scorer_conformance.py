@@ -12,12 +12,13 @@ from sklearn.preprocessing import StandardScaler
 from router.core.columns import from_arrow
 from router.core.errors import ModelError
 from router.core.identity import Hasher
-from router.decide.features import FEATURES, features_batch
+from router.decide.features import FEATURES, FeatureSet, features_batch
 from router.reference import features_one
 from router.scoring import (
     LinearScorer,
     OnnxTreeScorer,
     SklearnScorer,
+    TreeScorer,
     load_scorer,
     scorer_from_estimator,
 )
@@ -33,11 +34,11 @@ def data():
     cols = from_arrow(batch, Hasher(b"conformance-key-000000"))
     X = features_batch(cols)
     y = batch.column("defaulted").to_numpy(zero_copy_only=False).astype(int)
-    return X, y
+    return X, y, cols
 
 
 def _fitted(data):
-    X, y = data
+    X, y, _ = data
     lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X, y)
     hgb = HistGradientBoostingClassifier(max_iter=30, random_state=0).fit(X, y)
     return lr, hgb
@@ -46,7 +47,10 @@ def _fitted(data):
 SCORERS = [
     "linear_json",
     "linear_compiled",
+    "numba_trees",
     "onnx_trees",
+    "trees_json_shipped",
+    "trees_json_round_trip",
     "sklearn_shipped_hgb",
     "sklearn_fallback",
     "fixed",
@@ -55,12 +59,17 @@ SCORERS = [
 
 
 @pytest.fixture(scope="module")
-def scorers(data):
+def scorers(data, tmp_path_factory):
     lr, hgb = _fitted(data)
+    path = tmp_path_factory.mktemp("trees") / "t.json"
+    TreeScorer.from_estimator(hgb).to_file(path)
     return {
         "linear_json": (load_scorer("logistic_json", "pd_logit.json", ROOT / "models"), None),
         "linear_compiled": (scorer_from_estimator(lr), lr),
-        "onnx_trees": (scorer_from_estimator(hgb), hgb),
+        "numba_trees": (scorer_from_estimator(hgb), hgb),
+        "onnx_trees": (OnnxTreeScorer.from_estimator(hgb), hgb),
+        "trees_json_shipped": (load_scorer("trees_json", "pd_trees.json", ROOT / "models"), None),
+        "trees_json_round_trip": (load_scorer("trees_json", path), hgb),
         "sklearn_shipped_hgb": (load_scorer("sklearn", "pd_hgb.skops", ROOT / "models"), None),
         "sklearn_fallback": (SklearnScorer(lr), lr),
         "fixed": (FixedPDScorer(0.03), None),
@@ -73,8 +82,15 @@ def test_conformance(name, scorers, data):
     """Every scorer passes the shipped check (:func:`router.testing.check_scorer`); the
     compiled ones reproduce the scikit-learn estimator they came from."""
     scorer, source = scorers[name]
-    X, _ = data
+    X = _features(scorer, data)
     check_scorer(scorer, X, reference=source)
+
+
+def _features(scorer, data):
+    """The data's features in the scorer's own order (the shipped models read max_apr)."""
+    X, _, cols = data
+    names = tuple(scorer.feature_names_)
+    return X if names == FEATURES else FeatureSet(names).batch(cols)
 
 
 class _OffByOne:
@@ -100,11 +116,13 @@ def test_check_scorer_names_what_is_wrong(bad, message, data):
         check_scorer(bad, data[0])
 
 
-@pytest.mark.parametrize("name", ["linear_json", "linear_compiled", "onnx_trees"])
+@pytest.mark.parametrize(
+    "name", ["linear_json", "linear_compiled", "numba_trees", "onnx_trees", "trees_json_shipped"]
+)
 def test_batch_of_one_is_bit_identical_to_the_batch(name, scorers, data):
     """Live (one row) and replay (large batches) must see the very same PD at a cut-off."""
     scorer, _ = scorers[name]
-    X, _ = data
+    X = _features(scorer, data)
     batch = scorer.pd_batch(X)
     ones = np.concatenate([scorer.pd_batch(X[i : i + 1]) for i in range(len(X))])
     assert np.array_equal(batch, ones)
@@ -123,10 +141,33 @@ def test_features_row_is_bit_identical_to_the_batch():
     assert np.array_equal(features_batch(cols), np.array(rows))
 
 
-def test_compiled_kinds(scorers):
+def test_compiled_kinds(scorers, data):
     assert isinstance(scorers["linear_compiled"][0], LinearScorer)
+    assert isinstance(scorers["numba_trees"][0], TreeScorer)
     assert isinstance(scorers["onnx_trees"][0], OnnxTreeScorer)
-    assert isinstance(scorers["sklearn_shipped_hgb"][0], OnnxTreeScorer)
+    assert isinstance(scorers["sklearn_shipped_hgb"][0], TreeScorer)
+    # The shipped trees, as scikit-learn fitted them and as compiled JSON: one model.
+    X = _features(scorers["trees_json_shipped"][0], data)
+    assert np.array_equal(
+        scorers["trees_json_shipped"][0].pd_batch(X), scorers["sklearn_shipped_hgb"][0].pd_batch(X)
+    )
+
+
+def test_a_trees_file_that_does_not_fit_is_refused(tmp_path):
+    import msgspec
+
+    good = msgspec.json.decode((ROOT / "models" / "pd_trees.json").read_bytes())
+    for change, message in [
+        ({"nodes": []}, "no tree nodes"),
+        ({"roots": [10**6]}, "root points outside"),
+        ({"features": ["age"]}, "outside the model"),
+        ({"values": [0.0]}, "do not fit"),
+        ({"extra": 1}, "cannot load trees"),
+    ]:
+        p = tmp_path / "bad.json"
+        p.write_bytes(msgspec.json.encode({**good, **change}))
+        with pytest.raises(ModelError, match=message):
+            load_scorer("trees_json", p)
 
 
 def test_features_one_equals_batch(data):
