@@ -266,24 +266,14 @@ def generate(
     out.print(f"wrote {rows:,} applications to {out_path}")
 
 
-def _mapping(path: Path | None) -> dict[str, str] | None:
-    """The ``[columns]`` table of a mapping file (field -> the file's column name)."""
+def _mapping(path: Path | None):
+    """A mapping file (router/ingest/mapping.py): renames, transforms, constants, arrival
+    times; errors name the file, line and key."""
     if path is None:
         return None
-    import msgspec
+    from router.ingest.mapping import load_mapping
 
-    from router.core.errors import ConfigError
-
-    try:
-        raw = msgspec.toml.decode(path.read_bytes())
-    except (OSError, msgspec.DecodeError) as exc:
-        raise ConfigError(f"cannot read mapping: {exc}", source=str(path)) from exc
-    cols = raw.get("columns")
-    if not isinstance(cols, dict) or not all(isinstance(v, str) for v in cols.values()):
-        raise ConfigError(
-            'expected a [columns] table of field = "column"', source=str(path), path="columns"
-        )
-    return cols
+    return load_mapping(path)
 
 
 def _run_replay(
@@ -362,7 +352,10 @@ def _writable_dir(value: Path | None) -> Path | None:
     return value
 
 
-_MAPPING_HELP = 'TOML file with a [columns] table: application field = "your column"'
+_MAPPING_HELP = (
+    'TOML mapping: [columns] field = "your column", [transforms.FIELD] scale / map / '
+    "timezone / offset_hours, [constants], [arrival] (see router/ingest/mapping.py)"
+)
 
 
 @app.command()

@@ -29,6 +29,8 @@ from router.core.errors import TrafficError
 from router.core.identity import Hasher
 from router.core.messages import Application
 from router.core.redact import plain
+from router.ingest.mapping import Mapping, as_mapping
+from router.ingest.mapping import apply as apply_mapping
 from router.ingest.validate import (
     OUTCOME_FIELDS,
     SPEC,
@@ -91,7 +93,7 @@ def read_batches(
     hasher: Hasher,
     *,
     partner_ids: Iterable[str],
-    mapping: dict[str, str] | None = None,
+    mapping: Mapping | dict[str, str] | None = None,
     batch_size: int = 131_072,
     on_rejects: Callable[[list[Reject]], None] | None = None,
 ) -> Iterator[TrafficBatch]:
@@ -143,11 +145,12 @@ def _read_batches(
     path: str | Path | Iterable[pa.RecordBatch],
     hasher: Hasher,
     partner_ids: Iterable[str],
-    mapping: dict[str, str] | None,
+    mapping_in: Mapping | dict[str, str] | None,
     batch_size: int,
     on_rejects: Callable[[list[Reject]], None] | None,
 ) -> Iterator[TrafficBatch]:
-    mapping = dict(mapping or {})
+    m = as_mapping(mapping_in)
+    mapping = m.renames()
     ids = set(partner_ids)
     source: Iterator[pa.RecordBatch]
     #: CSV rows with the wrong number of fields: (row number, their reject), as parsed.
@@ -161,6 +164,11 @@ def _read_batches(
             raise TrafficError(f"{file}: no such file")
         suffix = file.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
+        if not m.is_plain():
+            raise TrafficError(
+                f"{file}: a mapping with transforms, constants or arrival times reads Parquet "
+                "or CSV (JSON Lines takes renames only)"
+            )
         yield from _jsonl(file, hasher, ids, mapping, batch_size, on_rejects)
         return
     if suffix == "<stream>":
@@ -179,7 +187,7 @@ def _read_batches(
         raise TrafficError(f"{file}: unsupported traffic format {suffix!r} ({', '.join(FORMATS)})")
     offset = reported = 0
     for raw in source:
-        good, idx, rejects = validate(rename(raw, mapping), offset, ids)
+        good, idx, rejects = validate(apply_mapping(m, rename(raw, mapping), offset), offset, ids)
         rows = offset + idx + 1
         if misshapen:  # rows the CSV parser skipped: number the others as in the file
             at = _file_rows([r for r, _ in misshapen])

@@ -35,6 +35,7 @@ from router.core.errors import TrafficError
 from router.core.logs import get_logger
 from router.decide.engine import Router
 from router.decide.outcomes import LABELS, Outcomes, reason_strings
+from router.ingest.mapping import Mapping, as_mapping
 from router.ingest.reader import TrafficBatch, read_batches
 from router.ingest.validate import OUTCOME_FIELDS, SPEC, Reject
 from router.replay.metrics import Metrics
@@ -123,8 +124,10 @@ def code_version() -> str:
     return version
 
 
-def check_mapping(mapping: dict[str, str]) -> None:
+def check_mapping(mapping: Mapping | dict[str, str]) -> None:
     """A column mapping names known fields only."""
+    if isinstance(mapping, Mapping):
+        return  # (checked when it was made)
     known = set(SPEC) | set(OUTCOME_FIELDS)
     for field in mapping:
         if field not in known:
@@ -134,7 +137,10 @@ def check_mapping(mapping: dict[str, str]) -> None:
 
 
 def reference_pds(
-    strategy: Strategy, path: str | Path, router: Router, mapping: dict[str, str] | None = None
+    strategy: Strategy,
+    path: str | Path,
+    router: Router,
+    mapping: Mapping | dict[str, str] | None = None,
 ) -> np.ndarray:
     """The primary scorer's PD of every valid row of a reference file (for the PSI)."""
     from router.decide.assess import scorer_pds
@@ -161,7 +167,7 @@ class CachedTraffic:
 def read_cached(
     strategy: Strategy,
     traffic: str | Path,
-    mapping: dict[str, str] | None = None,
+    mapping: Mapping | dict[str, str] | None = None,
     batch_size: int = 131_072,
 ) -> CachedTraffic:
     """Read ``traffic`` into memory for repeated replays of strategies that share
@@ -190,7 +196,7 @@ def replay(
     *,
     batch_size: int = 131_072,
     store: QuotaStore | None = None,
-    mapping: dict[str, str] | None = None,
+    mapping: Mapping | dict[str, str] | None = None,
     reference: str | Path | None = None,
     write_decisions: bool = True,
     report: bool = True,
@@ -223,8 +229,8 @@ def replay(
     traffic_file = Path(traffic) if isinstance(traffic, (str, Path)) else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    mapping = dict(strategy.columns if mapping is None else mapping)
-    check_mapping(mapping)
+    check_mapping(strategy.columns if mapping is None else mapping)
+    mapping = as_mapping(strategy.columns if mapping is None else mapping)
     log = get_logger("replay").bind(strategy=strategy.version)
     sink = None
     if billing_db is not None:
@@ -278,7 +284,7 @@ def _replay_router(
     scorers: dict[str, Any] | None,
     allow_degraded: bool,
     reference: str | Path | None,
-    mapping: dict[str, str],
+    mapping: Mapping,
 ) -> tuple[Router, Metrics]:
     """The replay's router and the metrics it reports its cap refusals to."""
     holder: list[Metrics] = []
@@ -298,7 +304,7 @@ def _read_in_time_order(
     strategy: Strategy,
     traffic: Any,
     router: Router,
-    mapping: dict[str, str],
+    mapping: Mapping,
     batch_size: int,
     run: _Run,
 ) -> Iterator[TrafficBatch]:
@@ -334,7 +340,7 @@ def _summary(
     traffic_file: Path | None,
     cached: CachedTraffic | None,
     run: _Run,
-    mapping: dict[str, str],
+    mapping: Mapping,
     reference: str | Path | None,
     body: dict[str, Any],
 ) -> dict[str, Any]:
@@ -354,7 +360,9 @@ def _summary(
             "rows_accepted": run.rows_read,
             "rows_rejected": run.n_rejects,
             "late_events": run.late,
-            "column_mapping": mapping,
+            "column_mapping": (
+                mapping.renames() if mapping.is_plain() else msgspec.to_builtins(mapping)
+            ),
         },
         "reference": (
             {"file": Path(reference).name, "sha256": file_sha256(reference)} if reference else None

@@ -37,6 +37,7 @@ import msgspec
 
 from router.core.config import Strategy, strategy_from_dict
 from router.core.errors import ConfigError
+from router.ingest.mapping import Mapping, as_mapping
 
 # ---- the grid --------------------------------------------------------------------
 
@@ -167,15 +168,15 @@ class Task:
     params: dict[str, Any]
     base: dict[str, Any]
     traffic: str
-    mapping: tuple[tuple[str, str], ...]
+    mapping: bytes  # the Mapping as JSON (plain data)
     out_dir: str
 
 
-def cached_traffic(strategy: Strategy, traffic: str, mapping: dict[str, str]) -> Any:
+def cached_traffic(strategy: Strategy, traffic: str, mapping: Mapping) -> Any:
     """The traffic read and validated once per process."""
     from router.replay.run import read_cached
 
-    key = (str(Path(traffic).resolve()), tuple(sorted(mapping.items())))
+    key = (str(Path(traffic).resolve()), msgspec.json.encode(mapping))
     got = _TRAFFIC.get(key)
     if got is None:
         got = _TRAFFIC[key] = read_cached(strategy, traffic, mapping)
@@ -213,7 +214,7 @@ def evaluate(task: Task) -> dict[str, Any]:
     from router.replay.run import replay
 
     strategy = make_candidate(task.base, task.params, task.cid)
-    mapping = dict(task.mapping)
+    mapping = msgspec.json.decode(task.mapping, type=Mapping)
     traffic = cached_traffic(strategy, task.traffic, mapping)
     r = replay(
         strategy,
@@ -320,7 +321,7 @@ def tune(
     max_bad_rate: float | None = None,
     min_keep_rate: float | None = None,
     executor: Executor | None = None,
-    mapping: dict[str, str] | None = None,
+    mapping: Mapping | dict[str, str] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     report: bool = True,
 ) -> TuneResult:
@@ -334,8 +335,8 @@ def tune(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    mapping = dict(strategy.columns if mapping is None else mapping)
-    check_mapping(mapping)
+    check_mapping(strategy.columns if mapping is None else mapping)
+    mapping = as_mapping(strategy.columns if mapping is None else mapping)
     base = strategy_data(strategy)
     combos = candidates(grid)
     for cid, params in enumerate(combos):  # fail fast on a bad parameter or value
@@ -387,14 +388,14 @@ def _evaluate_all(
     combos: list[dict[str, Any]],
     base: dict[str, Any],
     traffic: str,
-    mapping: dict[str, str],
+    mapping: Mapping,
     out: Path,
     executor: Executor | None,
     progress: Callable[[dict[str, Any]], None] | None,
 ) -> list[dict[str, Any]]:
     """Every candidate's figures, in candidate order (``progress`` sees them as they come)."""
     tasks = [
-        Task(cid, params, base, traffic, tuple(sorted(mapping.items())), str(out / "candidates"))
+        Task(cid, params, base, traffic, msgspec.json.encode(mapping), str(out / "candidates"))
         for cid, params in enumerate(combos)
     ]
     results = []
@@ -411,7 +412,7 @@ def _write_best(
     base: dict[str, Any],
     best: dict[str, Any],
     traffic: str | Path,
-    mapping: dict[str, str],
+    mapping: Mapping,
     out: Path,
     report: bool,
 ) -> tuple[Path, dict[str, Any] | None]:
