@@ -228,10 +228,12 @@ def run_block(reader: Reader, block: Block) -> None:
         reader.python(block.text)
     elif block.lang == "toml":
         data = msgspec.toml.decode(block.text.encode())
-        if "columns" in data:
-            from router.replay.run import check_mapping
+        if {"columns", "transforms", "constants", "arrival"} & set(data):
+            from router.ingest.mapping import load_mapping
 
-            check_mapping(data["columns"])
+            path = reader.work / f"readme-mapping-{block.line}.toml"
+            path.write_text(block.text)
+            load_mapping(path)  # a mapping file as the README shows it: it must load
         elif "grid" in data:
             shipped = msgspec.toml.decode((ROOT / "configs" / "grid.toml").read_bytes())
             assert data == shipped, f"{where}: the grid differs from configs/grid.toml"
