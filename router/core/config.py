@@ -89,6 +89,11 @@ class ScorerRef(Base, kw_only=True, frozen=True):
     #: A registered scorer kind (:func:`router.scoring.scorer_kinds`).
     kind: str
     path: str
+    #: The features the model reads, in its order (router/decide/features.py: the
+    #: default 13 and ``max_apr``). A model file that names its own (scorecard and trees
+    #: JSON, an estimator fitted on named columns) must name these; an estimator fitted
+    #: on a bare array gets them. Unset: what the model names, else the default 13.
+    features: list[str] | None = None
 
 
 class Primary(Base, kw_only=True, frozen=True):
@@ -414,7 +419,9 @@ def _check_semantics(s: Strategy, source: str) -> None:
 
 def _check_registered(s: Strategy, source: str) -> None:
     """Scorer kinds and the routing method must be registered ones."""
+    from router.core.errors import ModelError
     from router.core.routing import routing_methods
+    from router.decide.features import check_features
     from router.scoring import scorer_kinds
 
     for name, ref in s.scorers.items():
@@ -425,6 +432,11 @@ def _check_registered(s: Strategy, source: str) -> None:
                 ref.kind,
                 f"unknown scorer kind (known: {', '.join(scorer_kinds())})",
             )
+        if ref.features is not None:
+            try:
+                check_features(ref.features)
+            except ModelError as exc:
+                _fail(source, f"scorers.{name}.features", ref.features, str(exc))
     if s.routing.method not in routing_methods():
         _fail(
             source,

@@ -77,7 +77,7 @@ class Router:
             # Only the scorers a policy uses: a strategy may define alternatives to compare.
             used = {strategy.primary.scorer, *([strategy.branch.scorer] if strategy.branch else [])}
             scorers = {
-                name: load_scorer(ref.kind, ref.path, strategy.base_dir)
+                name: load_scorer(ref.kind, ref.path, strategy.base_dir, ref.features)
                 for name, ref in strategy.scorers.items()
                 if name in used
             }

@@ -188,9 +188,9 @@ def _scorers(strategy: Strategy) -> dict[str, Any]:
 
     out = {}
     for name, ref in strategy.scorers.items():
-        key = (ref.kind, str(Path(strategy.base_dir) / ref.path))
+        key = (ref.kind, str(Path(strategy.base_dir) / ref.path), tuple(ref.features or ()))
         if key not in _SCORERS:
-            _SCORERS[key] = load_scorer(ref.kind, ref.path, strategy.base_dir)
+            _SCORERS[key] = load_scorer(ref.kind, ref.path, strategy.base_dir, ref.features)
         out[name] = _SCORERS[key]
     return out
 

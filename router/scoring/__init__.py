@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from router.core.errors import ModelError
+from router.decide.features import check_features
 from router.scoring.base import Scorer, sigmoid, sigmoid_v
 from router.scoring.linear import LinearScorer
 from router.scoring.sklearn_adapter import SklearnScorer, load_skops, scorer_from_estimator
@@ -43,12 +44,30 @@ def scorer_kinds() -> list[str]:
     return list(_KINDS)
 
 
-def load_scorer(kind: str, path: str | Path, base_dir: str | Path = ".") -> Scorer:
-    """Load a scorer of a registered ``kind`` from ``path`` (relative to ``base_dir``)."""
+def load_scorer(
+    kind: str,
+    path: str | Path,
+    base_dir: str | Path = ".",
+    features: Sequence[str] | None = None,
+) -> Scorer:
+    """Load a scorer of a registered ``kind`` from ``path`` (relative to ``base_dir``).
+
+    ``features`` (a strategy's ``[scorers.NAME] features``): the features the model reads.
+    A scikit-learn estimator fitted on a bare array gets them; any other model must name
+    the same ones, in the same order (else :class:`ModelError` says what each side has).
+    """
     load = _KINDS.get(kind)
     if load is None:
         raise ModelError(f"unknown scorer kind {kind!r} (known: {', '.join(_KINDS)})")
-    return load(Path(base_dir) / path)
+    if kind == "sklearn" and features is not None:
+        return scorer_from_estimator(load_skops(Path(base_dir) / path), check_features(features))
+    scorer = load(Path(base_dir) / path)
+    if features is not None and tuple(scorer.feature_names_) != tuple(features):
+        raise ModelError(
+            f"{path}: the model reads {list(scorer.feature_names_)}, the strategy declares "
+            f"{list(features)}"
+        )
+    return scorer
 
 
 register_scorer("logistic_json", LinearScorer.from_file)

@@ -61,6 +61,13 @@ def scorer_from_estimator(
     from router.scoring.tree_kernel import TreeScorer
 
     feature_names = model_features(est, feature_names)
+    fitted = getattr(est, "n_features_in_", None)
+    if fitted is not None and fitted != len(feature_names):
+        raise ModelError(
+            f"the model was fitted on {fitted} columns but is given {len(feature_names)} "
+            f"feature names {list(feature_names)} (a strategy declares a model's features in "
+            "[scorers.NAME] features)"
+        )
     if compile:
         final = est.steps[-1][1] if hasattr(est, "steps") else est
         if isinstance(final, HistGradientBoostingClassifier) and not hasattr(est, "steps"):

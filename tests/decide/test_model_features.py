@@ -112,3 +112,39 @@ def _jsonl(write_traffic, n):
 
     p = write_traffic(Path(tempfile.mkdtemp()) / "t.jsonl", n, seed=17)
     return p.read_bytes().splitlines()
+
+
+def test_a_strategy_declares_the_features_of_a_model_fitted_on_a_bare_array(frame, tmp_path):
+    import skops.io as sio
+
+    from router.core.config import load_strategy, strategy_from_dict
+    from router.core.errors import ConfigError
+    from router.decide.engine import Router as R
+
+    _, cols, X, y = frame
+    est = HistGradientBoostingClassifier(max_iter=20, random_state=0).fit(X.to_numpy(), y)
+    sio.dump(est, tmp_path / "bare.skops")
+    shipped = load_strategy(ROOT / "configs" / "strategy.toml")
+    d = {
+        **__import__("msgspec").to_builtins(shipped),
+        "scorers": {"m": {"kind": "sklearn", "path": str(tmp_path / "bare.skops")}},
+    }
+    d["primary"]["scorer"] = d["branch"]["scorer"] = "m"
+    d.pop("base_dir", None)
+    # Undeclared, a 7-input model is taken for the default 13: refused when built.
+    with pytest.raises(ModelError):
+        R(strategy_from_dict(d))
+    d["scorers"]["m"]["features"] = list(NAMES)
+    router = R(strategy_from_dict(d))
+    assert router.scorers["m"].feature_names_ == NAMES
+    # A model file that names its own features must name the declared ones.
+    d["scorers"]["m"] = {
+        "kind": "trees_json",
+        "path": str(ROOT / "models" / "pd_trees.json"),
+        "features": list(NAMES),
+    }
+    with pytest.raises(ModelError, match="the strategy declares"):
+        R(strategy_from_dict(d))
+    d["scorers"]["m"]["features"] = ["age", "salary"]
+    with pytest.raises(ConfigError, match=r"scorers.m.features.*salary"):
+        strategy_from_dict(d)
