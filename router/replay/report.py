@@ -621,6 +621,8 @@ def write_tune_report(
             *(str(c["params"].get(k, "–")) for k in names),
             _yuan(c["metrics"]["value"]),
             _pct(c["metrics"]["bad_rate"]),
+            _pct(c["metrics"].get("realised_bad_rate")),
+            _came_true(c["metrics"].get("kept_pds_came_true")),
             _pct(c["metrics"]["keep_rate"]),
             "★" if c.get("best") else "",
         ]
@@ -631,12 +633,15 @@ def write_tune_report(
         + _table(
             # (a zero-width space after each dot lets a long parameter path wrap there)
             ["#", *(k.replace(".", ".\u200b") for k in names), "value (yuan)", "bad rate"]
-            + ["keep rate", "chosen"],
+            + ["realised", "PDs came true", "keep rate", "chosen"],
             rows,
             ("routing.\u200bmethod",),
         )
         + "<p class='muted'>One column per grid parameter; value is expected profit plus "
-        "referral revenue, bad rate the kept loans' expected bad rate.</p>"
+        "referral revenue, bad rate the kept loans' expected bad rate, realised theirs where "
+        "the traffic has outcomes, and whether it lay in the range the PDs promised (a "
+        "frontier chosen on the same rows it is judged on; see the chosen candidate's "
+        "calibration below).</p>"
     )
     if best_summary is not None:
         parts.append("<h2>Chosen candidate</h2>")
@@ -644,6 +649,10 @@ def write_tune_report(
     path = out / "report.html"
     path.write_text(_page("Strategy tuning", parts))
     return path
+
+
+def _came_true(flag: bool | None) -> str:
+    return "–" if flag is None else "yes" if flag else "no"
 
 
 def _meets(metrics: dict[str, Any], c: dict[str, Any]) -> bool:

@@ -204,9 +204,18 @@ def metrics_of(summary: dict[str, Any]) -> dict[str, Any]:
         # None when the candidate keeps no loan: it has no bad rate (not a 0% one).
         "bad_rate": summary["expected_bad_rate"],
         "realised_bad_rate": summary["realised_bad_rate"],
+        # Where the traffic has outcomes: the kept loans' profit as it came out, and whether
+        # their PDs came true (summary.json's calibration) — expected against realised.
+        "realised_keep_profit": summary.get("realised_keep_profit"),
+        "kept_pds_came_true": _kept_consistent(summary),
         "keep_rate": summary["keep_rate"],
         "decisions": summary["decisions"],
     }
+
+
+def _kept_consistent(summary: dict[str, Any]) -> bool | None:
+    keep = ((summary.get("calibration") or {}).get("by_outcome") or {}).get("keep") or {}
+    return keep.get("consistent") if keep.get("n") else None
 
 
 def evaluate(task: Task) -> dict[str, Any]:

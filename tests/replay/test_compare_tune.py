@@ -173,6 +173,12 @@ def test_tune_end_to_end(tmp_path, workers):
     assert tuned.primary.max_pd == best[0]["params"]["primary.max_pd"]
     again = replay(tuned, traffic, tmp_path / "again", report=False)
     assert again.summary["expected_profit"]["total"] == best[0]["metrics"]["value"]
+    # Expected next to realised for every candidate (the traffic has outcomes).
+    m = best[0]["metrics"]
+    assert m["realised_keep_profit"] == again.summary["realised_keep_profit"] is not None
+    kept = again.summary["calibration"]["by_outcome"]["keep"]
+    assert m["kept_pds_came_true"] is kept["consistent"]
+    assert m["realised_bad_rate"] == kept["realised_bad_rate"]
     _check_report(tmp_path / "tune" / "report.html", expect={"frontier.png"})
 
 
