@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import zlib
 from datetime import datetime
 
 import msgspec
@@ -117,7 +118,9 @@ def ref_entry(
     )
     return StreamEntry(
         stream or f"rr:{{p:{partner}}}:ledger",
-        entry_id or f"{ms(t)}-{abs(hash(rid)) % 1000}",
+        # (crc32, not hash(): str hashes change per process, and a few ids mod 1000 met
+        # now and then — two referrals under one stream entry id, a flaky failure)
+        entry_id or f"{ms(t)}-{zlib.crc32(rid.encode())}",
         {b"kind": b"post", b"app": e.application_id.encode(), b"entry": encode(e)},
     )
 
