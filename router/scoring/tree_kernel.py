@@ -47,29 +47,27 @@ def _kernels() -> tuple[Any, Any]:
     if not _KERNELS:
         from numba import njit
 
-        def margin(x, nodes, values, roots, base):
-            s = base
-            for t in range(roots.shape[0]):
-                i = roots[t]
-                while nodes[i, 0] >= 0:
-                    v = x[nodes[i, 0]]
-                    if v != v:  # NaN: where the tree sends missing values
-                        go_left = nodes[i, 3] == 1
-                    else:
-                        go_left = v <= values[i]
-                    i = nodes[i, 1] if go_left else nodes[i, 2]
-                s += values[i]
-            return s
+        def leaf(x, i, nodes, values):
+            # From node i down to its leaf: x <= threshold goes left, a missing value
+            # (NaN) where the tree sends it.
+            while nodes[i, 0] >= 0:
+                v = x[nodes[i, 0]]
+                go_left = nodes[i, 3] == 1 if v != v else v <= values[i]
+                i = nodes[i, 1] if go_left else nodes[i, 2]
+            return i
 
         def sigmoid(z):
             e = math.exp(-abs(z))
             return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
 
-        margin_c = njit(cache=True, nogil=True)(margin)
+        leaf_c = njit(cache=True, nogil=True)(leaf)
         sigmoid_c = njit(cache=True, nogil=True)(sigmoid)
 
         def one(x, nodes, values, roots, base):
-            return sigmoid_c(margin_c(x, nodes, values, roots, base))
+            s = base
+            for t in range(roots.shape[0]):
+                s += values[leaf_c(x, roots[t], nodes, values)]
+            return sigmoid_c(s)
 
         def batch(X, nodes, values, roots, base, out):
             # Tree by tree over all rows (one tree stays in cache); each row's margin is
@@ -78,17 +76,8 @@ def _kernels() -> tuple[Any, Any]:
             for r in range(n):
                 out[r] = base
             for t in range(roots.shape[0]):
-                root = roots[t]
                 for r in range(n):
-                    i = root
-                    while nodes[i, 0] >= 0:
-                        v = X[r, nodes[i, 0]]
-                        if v != v:
-                            go_left = nodes[i, 3] == 1
-                        else:
-                            go_left = v <= values[i]
-                        i = nodes[i, 1] if go_left else nodes[i, 2]
-                    out[r] += values[i]
+                    out[r] += values[leaf_c(X[r], roots[t], nodes, values)]
             for r in range(n):
                 out[r] = sigmoid_c(out[r])
 
