@@ -23,7 +23,7 @@ import numpy as np
 
 from router.core import economics as eco
 from router.core.config import Filters, Strategy
-from router.core.errors import IdempotencyConflict
+from router.core.errors import IdempotencyConflict, InputError
 from router.core.identity import Hasher
 from router.core.messages import Application, Branch, Decision, Decline, Keep, Refer
 from router.core.reasons import CODES
@@ -353,11 +353,26 @@ def _dpd_months(dpd: int) -> float:
 
 
 def features_of(app: Application, names) -> list[float]:
-    """The features a model names, in its order: the default vector's, and the extra
-    ones (``max_apr``) straight from the message."""
+    """The features a model names, in its order: the default vector's, the extra ones
+    (``max_apr``) and the application's own (``features``) straight from the message."""
     base = dict(zip(_DEFAULT_NAMES, features_one(app)))
     base["max_apr"] = float(app.max_apr)
-    return [base[n] for n in names]
+    return [base[n] if n in base else _app_feature(app, n) for n in names]
+
+
+def _app_feature(app: Application, name: str) -> float:
+    """An application feature: ``name=value`` is 1.0 where the application's ``name``
+    is that text (else 0.0); a plain name is the number it carries (else an error)."""
+    field, one_hot, value = name.partition("=")
+    got = app.features.get(field)
+    if one_hot:
+        return 1.0 if got == value else 0.0
+    if isinstance(got, (str, bool)) or got is None or not math.isfinite(got):
+        raise InputError(
+            f"field `features.{field}`: the model reads it (value: {got!r})",
+            field=f"features.{field}",
+        )
+    return float(got)
 
 
 _DEFAULT_NAMES = (

@@ -275,6 +275,17 @@ def _sample_features(
     from router.decide.features import FeatureSet
     from router.traffic import generate_batches
 
-    return FeatureSet(names).batch(
-        from_arrow(next(generate_batches(n, seed=seed)), Hasher(b"check-scorer-key-0000"))
-    )
+    cols = from_arrow(next(generate_batches(n, seed=seed)), Hasher(b"check-scorer-key-0000"))
+    fs = FeatureSet(names)
+    # Application features the router cannot compute: numbers in [0, 1) (a PD passes as
+    # one), and for one-hot flags each named category or another one, drawn at random.
+    rng = np.random.default_rng(seed)
+    for name, kind in fs.app.items():
+        if kind == "number":
+            cols.extra[name] = rng.random(n)
+        else:
+            seen = [v for f in names if f.startswith(name + "=") for v in [f.split("=", 1)[1]]]
+            cols.extra[name] = np.array(seen + ["(other)"], dtype=object)[
+                rng.integers(0, len(seen) + 1, n)
+            ]
+    return fs.batch(cols)

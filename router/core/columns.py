@@ -98,6 +98,9 @@ class AppColumns:
     fingerprint: list[int]
     #: ``channel`` and ``region`` dictionary-encoded (see :func:`coded_column`).
     coded: dict[str, Coded] = field(default_factory=dict)
+    #: Application features a model reads (router/decide/features.py): name -> float64
+    #: numbers, or an object array of text (None where a row has none).
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.application_id)
@@ -151,6 +154,8 @@ class Row:
     consent: str  # canonical text
     fraud_flag: bool
     fingerprint: int = 0
+    #: The application's own features (``Application.features``), if any.
+    features: dict[str, Any] | None = None
 
 
 _LOW_CARD: dict[str, int] = {}
@@ -252,8 +257,16 @@ def row_of(cols: AppColumns, i: int = 0) -> Row:
         cols.consent.values[cols.consent.codes[i]],
         bool(cols.fraud_flag[i]),
         cols.fingerprint[i] if cols.fingerprint else 0,
+        {k: _scalar(v[i]) for k, v in cols.extra.items()} if cols.extra else None,
     ]
     return Row(*fields)
+
+
+def _scalar(v: Any) -> Any:
+    """A feature value as Python: a float (None for NaN: a row that has none) or text."""
+    if isinstance(v, np.floating):
+        return None if np.isnan(v) else float(v)
+    return v
 
 
 def row_from_application(a: Application, hasher: Hasher, event_ms: int | None = None) -> Row:
@@ -281,6 +294,8 @@ def row_from_application(a: Application, hasher: Hasher, event_ms: int | None = 
         hasher.cached_token(a.employer, "employer") if a.employer else None,
         consent_text(a.consent),
         a.fraud_flag,
+        0,
+        a.features or None,
     )
     r.fingerprint = row_fingerprint(r)
     return r
@@ -319,7 +334,9 @@ def _fingerprints(cols: AppColumns) -> list[int]:
         return combine(parts, n).tolist()
 
 
-def _assemble(py: dict[str, Any], coded: dict[str, Coded] | None = None) -> AppColumns:
+def _assemble(
+    py: dict[str, Any], coded: dict[str, Coded] | None = None, extra: dict | None = None
+) -> AppColumns:
     cols = AppColumns(
         application_id=py["application_id"],
         event_ms=np.asarray(py["event_ms"], dtype=np.int64),
@@ -333,6 +350,7 @@ def _assemble(py: dict[str, Any], coded: dict[str, Coded] | None = None) -> AppC
         fraud_flag=np.asarray(py["fraud_flag"], dtype=bool),
         fingerprint=[],
         coded=coded or {},
+        extra=extra or {},
     )
     cols.fingerprint = _fingerprints(cols)
     return cols
@@ -359,7 +377,21 @@ def from_applications(apps: Sequence[Application], hasher: Hasher) -> AppColumns
     }
     for f in INT_FIELDS + FLOAT_FIELDS:
         py[f] = [getattr(a, f) for a in apps]
-    return _assemble(py)
+    return _assemble(py, extra=_features_of(apps))
+
+
+def _features_of(apps: Sequence[Application]) -> dict[str, np.ndarray]:
+    """The applications' ``features`` maps as columns: float64 where every value given is
+    a number (NaN where a row has none), else objects (None where a row has none)."""
+    names = dict.fromkeys(k for a in apps if a.features for k in a.features)
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        vals = [a.features.get(name) for a in apps]
+        if all(v is None or isinstance(v, float) for v in vals):
+            out[name] = np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
+        else:
+            out[name] = np.array(vals, dtype=object)
+    return out
 
 
 # ---- Arrow path -------------------------------------------------------------------
@@ -519,7 +551,21 @@ def from_arrow(
         if "fraud_flag" in names
         else np.zeros(n, dtype=bool)
     )
-    return _assemble(py, coded)
+    return _assemble(py, coded, _extra_columns(batch))
+
+
+def _extra_columns(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+    """Columns of the batch that are not application fields: application features
+    (numbers as float64 with NaN for nulls, anything else as text with None)."""
+    out: dict[str, np.ndarray] = {}
+    for name, col in zip(batch.schema.names, batch.columns):
+        if name in _CONSTRAINTS:
+            continue
+        if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+            out[name] = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        else:
+            out[name] = np.array(pc.cast(col, pa.string()).to_pylist(), dtype=object)
+    return out
 
 
 def take(cols: AppColumns, idx: np.ndarray) -> AppColumns:
@@ -534,6 +580,8 @@ def take(cols: AppColumns, idx: np.ndarray) -> AppColumns:
             out[name] = v.take(idx)
         elif name == "coded":
             out[name] = {k: Coded(c.codes[idx], c.values) for k, c in v.items()}
+        elif name == "extra":
+            out[name] = {k: c[idx] for k, c in v.items()}
         else:
             out[name] = v[idx] if isinstance(v, np.ndarray) else [v[i] for i in il]
     return AppColumns(**out)

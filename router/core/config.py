@@ -88,11 +88,14 @@ class ScorerRef(Base, kw_only=True, frozen=True):
 
     #: A registered scorer kind (:func:`router.scoring.scorer_kinds`).
     kind: str
-    path: str
+    #: The model file (every kind but ``upstream``, whose PD comes with the application).
+    path: str = ""
     #: The features the model reads, in its order (router/decide/features.py: the
-    #: default 13 and ``max_apr``). A model file that names its own (scorecard and trees
-    #: JSON, an estimator fitted on named columns) must name these; an estimator fitted
-    #: on a bare array gets them. Unset: what the model names, else the default 13.
+    #: default 13, ``max_apr``, and the application's own: a lower-case name, or
+    #: name=value for a one-hot flag). A model file that names its own (scorecard and
+    #: trees JSON, an estimator fitted on named columns) must name these; an estimator
+    #: fitted on a bare array gets them; an ``upstream`` scorer reads the one named.
+    #: Unset: what the model names, else the default 13.
     features: list[str] | None = None
 
 
@@ -432,6 +435,8 @@ def _check_registered(s: Strategy, source: str) -> None:
                 ref.kind,
                 f"unknown scorer kind (known: {', '.join(scorer_kinds())})",
             )
+        if not ref.path and ref.kind != "upstream":
+            _fail(source, f"scorers.{name}.path", ref.path, "a model file is required")
         if ref.features is not None:
             try:
                 check_features(ref.features)

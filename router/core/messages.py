@@ -35,6 +35,11 @@ Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 AwareDatetime = Annotated[datetime, Meta(tz=True)]
 
 
+#: An application feature's name (router/decide/features.py) and a categorical value.
+FeatureName = Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_]{0,63}$")]
+FeatureText = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
 class Application(Base, kw_only=True, frozen=True):
     """One loan application as the funder receives it.
 
@@ -71,10 +76,20 @@ class Application(Base, kw_only=True, frozen=True):
     partner_funded: bool | None = None
     funded_amount: Money | None = None
     referred_partner: PartnerId | None = None
+    #: The lender's own inputs for its model (router/decide/features.py): a number, or a
+    #: category as text (read by one-hot ``name=value`` features). Only what the
+    #: strategy's scorers name is read.
+    features: Annotated[dict[FeatureName, float | FeatureText], Meta(max_length=256)] = {}
 
     def __post_init__(self) -> None:
         if (self.applicant_token is None) == (self.national_id is None):
             raise ValueError("exactly one of `applicant_token` and `national_id` must be set")
+
+    def __hash__(self) -> int:
+        # Frozen, so hashable as before ``features`` (a dict) was added: by every field,
+        # the features as their sorted items.
+        fields = msgspec.structs.astuple(self)
+        return hash((*fields[:-1], tuple(sorted(self.features.items()))))
 
 
 class _DecisionBase(Base, tag_field="outcome", kw_only=True, frozen=True):

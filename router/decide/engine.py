@@ -10,8 +10,9 @@ the store and, optionally, a clock are passed in.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from router.core.messages import Application, Decision, validate_application
 from router.decide.allocate import Allocator
 from router.decide.assess import assess
 from router.decide.assess_one import OneAssessor, assess_one
+from router.decide.features import app_features
 from router.decide.outcomes import (
     BRANCH_BUCKET,
     KEEP_BUCKET,
@@ -35,6 +37,11 @@ from router.scoring import Scorer, load_scorer
 from router.store import MemoryQuotaStore, QuotaStore
 
 __all__ = ["Router", "KEEP_BUCKET", "BRANCH_BUCKET"]
+
+
+def scorers_app_features(scorers: Iterable[Any]) -> dict[str, str]:
+    """The application features some scorer reads (router/decide/features.py)."""
+    return app_features(n for sc in scorers for n in getattr(sc, "feature_names_", ()))
 
 
 class Router:
@@ -82,6 +89,9 @@ class Router:
                 if name in used
             }
         self.scorers = scorers
+        #: Application features the scorers read (name -> "number" | "text"): the
+        #: columns a replay reads beside the fields.
+        self.app_features = scorers_app_features(scorers.values())
         self._employers = [
             frozenset(self.hasher.token(name, "employer") for name in p.employer_names)
             for p in strategy.partners

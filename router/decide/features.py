@@ -5,15 +5,29 @@ sees identical inputs live and in replay. (The reference decider, :mod:`router.r
 states them once more on its own, as it does every rule.)
 
 A model declares the features it reads (``feature_names_``, in its order): the 13 of
-:data:`FEATURES` (the default), and any of :data:`EXTRA_FEATURES` — inputs the default
+:data:`FEATURES` (the default), any of :data:`EXTRA_FEATURES` — inputs the default
 set leaves out, such as the highest APR the applicant accepts, which carries risk the
-bureau fields do not (an applicant who accepts a high price is a riskier one). A
-:class:`FeatureSet` computes a model's own vector, row or batch.
+bureau fields do not (an applicant who accepts a high price is a riskier one) — and the
+lender's own **application features**: any other name is read from the application's
+``features`` map (live) or the traffic file's column of that name (replay):
+
+- ``name`` — a number (``features = {savings = 1200.0}``), required: an application
+  without it, or with text or a non-finite value there, is refused naming
+  ``features.name``;
+- ``name=value`` — a one-hot flag: 1.0 where the application's ``name`` is the text
+  ``value``, else 0.0 (also when the application does not carry ``name``: an unseen or
+  absent category is all zeros, as scikit-learn's ``OneHotEncoder(handle_unknown="ignore")``
+  treats it).
+
+An upstream PD or score is such a feature too (``upstream_pd``, read by the ``upstream``
+scorer kind). A :class:`FeatureSet` computes a model's own vector, row or batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,16 +63,21 @@ EXTRA_FEATURES: dict[str, str] = {
 ALL_FEATURES: tuple[str, ...] = FEATURES + tuple(EXTRA_FEATURES)
 
 
+#: An application feature: a lower-case name, or ``name=value`` (a one-hot flag).
+APP_FEATURE = re.compile(r"^[a-z_][a-z0-9_]{0,63}(=[^=\s][^=]{0,63})?$")
+
+
 def check_features(names: Sequence[str]) -> tuple[str, ...]:
-    """``names`` as a tuple, or :class:`~router.core.errors.ModelError` naming those the
-    router does not compute (and the ones it does)."""
+    """``names`` as a tuple, or :class:`~router.core.errors.ModelError` naming those that
+    are neither computed by the router nor a valid application feature name."""
     from router.core.errors import ModelError
 
-    unknown = [n for n in names if n not in ALL_FEATURES]
-    if unknown or not names:
+    bad = [n for n in names if n not in ALL_FEATURES and not APP_FEATURE.match(str(n))]
+    if bad or not names:
         raise ModelError(
-            f"model features {unknown or '(none)'} are not computed by the router "
-            f"(known: {', '.join(ALL_FEATURES)})"
+            f"model features {bad or '(none)'} are neither computed by the router "
+            f"({', '.join(ALL_FEATURES)}) nor application features (a lower-case name, "
+            "or name=value for a one-hot flag)"
         )
     if len(set(names)) != len(names):
         raise ModelError(f"model features {list(names)} name a feature twice")
@@ -119,15 +138,101 @@ _EXTRA_ROW = {"max_apr": lambda r: float(r.max_apr)}
 _EXTRA_BATCH = {"max_apr": lambda cols: np.asarray(cols.max_apr, dtype=np.float64)}
 
 
+def app_features(names: Iterable[str]) -> dict[str, str]:
+    """The application features a model reads: field name -> ``"number"`` (read as a
+    number) or ``"text"`` (compared by one-hot flags). A field read both ways is an error."""
+    from router.core.errors import ModelError
+
+    out: dict[str, str] = {}
+    for n in names:
+        if n in ALL_FEATURES:
+            continue
+        base, eq, _ = n.partition("=")
+        kind = "text" if eq else "number"
+        if out.setdefault(base, kind) != kind:
+            raise ModelError(
+                f"feature {base!r} is read both as a number and as one-hot flags ({n!r})"
+            )
+    return out
+
+
+def _missing(name: str, row: int | None, why: str, value: Any = None) -> Exception:
+    from router.core.errors import InputError
+
+    return InputError(
+        f"field `features.{name}`: {why} (value: {value!r})", field=f"features.{name}", row=row
+    )
+
+
+def _number(name: str, v: Any) -> float:
+    """An application feature's value as a number, or InputError naming it."""
+    if v is None or isinstance(v, (str, bool)):
+        why = "required by the model, missing" if v is None else "expected a number"
+        raise _missing(name, None, why, v)
+    x = float(v)
+    if not math.isfinite(x):
+        raise _missing(name, None, "not a finite number", v)
+    return x
+
+
+def feature_column(cols: AppColumns, name: str) -> np.ndarray:
+    """The application feature ``name`` of every row (float64 numbers, or an object
+    array of text and None), or :class:`~router.core.errors.InputError` if the batch
+    does not carry it."""
+    col = cols.extra.get(name)
+    if col is None:
+        raise _missing(name, None, "required by the model, not in the traffic")
+    return col
+
+
+def _number_column(cols: AppColumns, name: str) -> np.ndarray:
+    col = feature_column(cols, name)
+    if col.dtype.kind != "f":
+        for i, v in enumerate(col.tolist()):
+            if v is not None and not isinstance(v, (str, bool)):
+                continue
+            why = "required by the model, missing" if v is None else "expected a number"
+            raise _missing(name, i, why, v)
+        col = col.astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(col))
+    if len(bad):
+        i = int(bad[0])
+        v = col[i].item()
+        raise _missing(name, i, "required by the model, missing or not finite", v)
+    return col
+
+
+def _one_hot(name: str, value: str) -> Callable[[Any], float]:
+    return lambda r: 1.0 if (r.features or {}).get(name) == value else 0.0
+
+
+def _a_number(name: str) -> Callable[[Any], float]:
+    return lambda r: _number(name, (r.features or {}).get(name))
+
+
 class FeatureSet:
     """One model's features (``names``, in its order), for a row or a batch: the default
-    :data:`FEATURES` as they are, others picked from them and :data:`EXTRA_FEATURES`."""
+    :data:`FEATURES` as they are, others picked from them, :data:`EXTRA_FEATURES`, and
+    application features (the module docstring)."""
 
     def __init__(self, names: Sequence[str]):
         self.names = check_features(names)
         self.default = self.names == FEATURES
-        # Per feature: its column in the default vector, or -1 (an extra one).
+        #: The application features read (name -> "number" | "text").
+        self.app = app_features(self.names)
+        # Per feature: its column in the default vector, or -1 (another one) ...
         self._index = [FEATURES.index(n) if n in FEATURES else -1 for n in self.names]
+        # ... and how to read another one from a row.
+        self._read = [self._reader(n) for n in self.names]
+
+    @staticmethod
+    def _reader(n: str) -> Callable[[Any], float] | None:
+        if n in FEATURES:
+            return None
+        if n in _EXTRA_ROW:
+            return _EXTRA_ROW[n]
+        name, eq, value = n.partition("=")
+        return _one_hot(name, value) if eq else _a_number(name)
 
     def row(self, r: Any, base: list[float] | None = None) -> list[float]:
         """The model's vector for one row (``base``: :func:`features_row` of it, if
@@ -136,7 +241,7 @@ class FeatureSet:
             base = features_row(r)
         if self.default:
             return base
-        return [base[i] if i >= 0 else _EXTRA_ROW[n](r) for n, i in zip(self.names, self._index)]
+        return [base[i] if rd is None else rd(r) for i, rd in zip(self._index, self._read)]
 
     def batch(self, cols: AppColumns, base: np.ndarray | None = None) -> np.ndarray:
         """The model's matrix for a batch (``base``: :func:`features_batch` of it)."""
@@ -146,7 +251,17 @@ class FeatureSet:
             return base
         out = np.empty((len(cols), len(self.names)), dtype=np.float64)
         for j, (n, i) in enumerate(zip(self.names, self._index)):
-            out[:, j] = base[:, i] if i >= 0 else _EXTRA_BATCH[n](cols)
+            if i >= 0:
+                out[:, j] = base[:, i]
+            elif n in _EXTRA_BATCH:
+                out[:, j] = _EXTRA_BATCH[n](cols)
+            else:
+                name, eq, value = n.partition("=")
+                if not eq:
+                    out[:, j] = _number_column(cols, name)
+                else:  # (no such column in a batch: no row has the category)
+                    col = cols.extra.get(name)
+                    out[:, j] = 0.0 if col is None else col == value
         return out
 
 

@@ -7,7 +7,10 @@ part alone)::
     monthly_income = "income_yuan"
     defaulted = "target"
 
-    [transforms.monthly_income]    # per field, applied after the rename
+    [features]                     # the lender's own model inputs: name = "the file's column"
+    savings = "savings_eur"
+
+    [transforms.monthly_income]    # per field or feature, applied after the rename
     scale = 100                    # yuan -> fen (integer fields are rounded half to even)
 
     [transforms.defaulted]
@@ -73,13 +76,18 @@ class Mapping(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
     """A whole mapping: renames, transforms, constants, derived arrival times."""
 
     columns: dict[str, str] = {}
+    #: Application features a model reads (router/decide/features.py): name -> the
+    #: file's column. A feature whose column has its name needs no entry, unless it is
+    #: transformed or a constant.
+    features: dict[str, str] = {}
     transforms: dict[str, Transform] = {}
     constants: dict[str, str | int | float | bool] = {}
     arrival: Arrival | None = None
 
     def renames(self) -> dict[str, str]:
-        """field -> the file's column (what the readers select and rename)."""
-        return dict(self.columns)
+        """field (or application feature) -> the file's column (what the readers select
+        and rename)."""
+        return {**self.columns, **self.features}
 
     def is_plain(self) -> bool:
         """Only renames (nothing to compute)."""
@@ -120,16 +128,31 @@ def load_mapping(path: str | Path) -> Mapping:
     return m
 
 
+_INT_OUTCOMES = ("funded_amount",)
+
+
 def check(m: Mapping, source: str) -> None:
     """Every key names a known field and every transform fits its field."""
+    from router.decide.features import ALL_FEATURES, APP_FEATURE
     from router.ingest.validate import OUTCOME_FIELDS, SPEC
 
     known = set(SPEC) | set(OUTCOME_FIELDS)
 
-    def field(name: str, where: str) -> None:
-        if name not in known:
+    for f in m.features:
+        if f in known or f in ALL_FEATURES or not APP_FEATURE.match(f) or "=" in f:
             raise ConfigError(
-                f"unknown field {name!r} (fields: {', '.join(sorted(known))})",
+                "an application feature is a lower-case name that is not a field or a "
+                f"feature the router computes (value: {f!r})",
+                source=source,
+                path=f"features.{f}",
+            )
+
+    def field(name: str, where: str) -> None:
+        # (an application feature listed under [features] may be transformed too)
+        if name not in known and name not in m.features:
+            raise ConfigError(
+                f"unknown field {name!r} (fields: {', '.join(sorted(known))}; or an "
+                "application feature listed under [features])",
                 source=source,
                 path=where,
             )
@@ -138,8 +161,8 @@ def check(m: Mapping, source: str) -> None:
         field(f, f"columns.{f}")
     for f, t in m.transforms.items():
         field(f, f"transforms.{f}")
-        kind = SPEC[f][0] if f in SPEC else "outcome"
-        numeric = kind in ("int", "float") or f == "funded_amount"
+        kind = SPEC[f][0] if f in SPEC else "outcome" if f in OUTCOME_FIELDS else "feature"
+        numeric = kind in ("int", "float", "feature") or f == "funded_amount"
         if t.scale is not None and not numeric:
             raise ConfigError(
                 f"scale applies to numbers; {f} is not one",
@@ -212,7 +235,12 @@ def apply(m: Mapping, batch: pa.RecordBatch, first_row: int) -> pa.RecordBatch:
         if t.map is not None:
             arr = _mapped(arr, t.map)
         if t.scale is not None:
-            arr = _scaled(arr, t.scale, integer=SPEC.get(f, ("int",))[0] == "int")
+            # (an application feature is a float; funded_amount, an outcome, an int)
+            arr = _scaled(
+                arr,
+                t.scale,
+                integer=SPEC.get(f, ("int" if f in _INT_OUTCOMES else "float",))[0] == "int",
+            )
         if t.timezone is not None or t.offset_hours is not None:
             arr = _timed(arr, t.timezone, t.offset_hours or 0.0)
         cols[f] = arr

@@ -96,8 +96,12 @@ def read_batches(
     mapping: Mapping | dict[str, str] | None = None,
     batch_size: int = 131_072,
     on_rejects: Callable[[list[Reject]], None] | None = None,
+    features: dict[str, str] | None = None,
 ) -> Iterator[TrafficBatch]:
     """Yield validated batches of ``path`` in file order (see the module docstring).
+
+    ``features``: the application features the strategy's models read, each a column of
+    the file (name -> "number" or "text": :func:`router.decide.features.app_features`).
 
     ``path`` may also be an iterable of Arrow record batches (traffic generated on the fly).
     A file that cannot be read as its format (empty, truncated, not that format at all)
@@ -107,7 +111,9 @@ def read_batches(
     undecodable: list[str] = []
     try:
         with _undecodable_rows(undecodable):
-            yield from _read_batches(path, hasher, partner_ids, mapping, batch_size, on_rejects)
+            yield from _read_batches(
+                path, hasher, partner_ids, mapping, batch_size, on_rejects, features or {}
+            )
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
         why = plain(str(exc))
         if undecodable:
@@ -148,6 +154,7 @@ def _read_batches(
     mapping_in: Mapping | dict[str, str] | None,
     batch_size: int,
     on_rejects: Callable[[list[Reject]], None] | None,
+    features: dict[str, str],
 ) -> Iterator[TrafficBatch]:
     m = as_mapping(mapping_in)
     mapping = m.renames()
@@ -178,16 +185,18 @@ def _read_batches(
         wanted = [
             c
             for c in pf.schema_arrow.names
-            if c in set(source_types(mapping)) or c in mapping.values()
+            if c in set(source_types(mapping)) or c in mapping.values() or c in features
         ]
         source = pf.iter_batches(batch_size=batch_size, columns=wanted)
     elif suffix == ".csv":
-        source = _csv(file, mapping, batch_size, misshapen)
+        source = _csv(file, mapping, batch_size, misshapen, features)
     else:
         raise TrafficError(f"{file}: unsupported traffic format {suffix!r} ({', '.join(FORMATS)})")
     offset = reported = 0
     for raw in source:
-        good, idx, rejects = validate(apply_mapping(m, rename(raw, mapping), offset), offset, ids)
+        good, idx, rejects = validate(
+            apply_mapping(m, rename(raw, mapping), offset), offset, ids, features=features
+        )
         rows = offset + idx + 1
         if misshapen:  # rows the CSV parser skipped: number the others as in the file
             at = _file_rows([r for r, _ in misshapen])
@@ -219,7 +228,11 @@ def _file_rows(skipped: list[int]):
 
 
 def _csv(
-    path: Path, mapping: dict[str, str], batch_size: int, misshapen: list[tuple[int, Reject]]
+    path: Path,
+    mapping: dict[str, str],
+    batch_size: int,
+    misshapen: list[tuple[int, Reject]],
+    features: dict[str, str] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Blocks of the CSV file as Arrow batches; a row with too many or too few fields is
     skipped and noted in ``misshapen`` (its text, identifiers and all, is never kept)."""
@@ -232,6 +245,8 @@ def _csv(
 
     parse = pcsv.ParseOptions(invalid_row_handler=skip)
     types = source_types(mapping)
+    # Application features are read as text and converted by the validation, as fields are.
+    types.update({mapping.get(f, f): pa.string() for f in features or {}})
     # The header as Arrow's CSV reader parses it (quoting included); a first small block
     # is all it reads for that.
     probe = pcsv.open_csv(

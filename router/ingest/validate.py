@@ -89,6 +89,8 @@ def _spec() -> dict[str, tuple[str, Any, bool]]:
     info = msgspec.inspect.type_info(Application)
     assert isinstance(info, msgspec.inspect.StructType)
     for f in info.fields:
+        if f.name == "features":
+            continue  # (application features are columns of their own: see validate)
         t = f.type
         if isinstance(t, msgspec.inspect.UnionType):
             t = next((x for x in t.types if not isinstance(x, msgspec.inspect.NoneType)), t)
@@ -241,6 +243,29 @@ def _bounds(name: str, t: Any, col: pa.Array, chk: _Checker) -> None:
         chk.flag(_np(pc.less(pc.utf8_length(col), min_len)), name, f"shorter than {min_len}", col)
 
 
+def _feature(batch: pa.RecordBatch, names: set[str], name: str, kind: str, chk: _Checker):
+    """An application feature's column: float64 numbers (required, finite) or text."""
+    if name in SPEC or name in OUTCOME_FIELDS:
+        raise TrafficError(f"feature `{name}`: an application field cannot be a model feature")
+    if name not in names:
+        raise TrafficError(
+            f"missing column `{name}`: the strategy's model reads feature `{name}` (the file "
+            f"has: {_listing(sorted(names))}; map one of them to it with a [columns] table)"
+        )
+    col = batch.column(name)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    field = f"features.{name}"
+    if kind == "text":
+        return col if _text(col) is not None else pc.cast(col, pa.string())
+    if pa.types.is_boolean(col.type):
+        col = pc.cast(col, pa.float64())
+    col = _coerce(field, "float", col, chk)
+    chk.flag(_np(pc.is_null(col)), field, "required by the model, empty", None)
+    _bounds(field, None, col, chk)
+    return col
+
+
 def _consent(col: pa.Array, partner_ids: set[str], chk: _Checker) -> pa.Array:
     """Canonical consent text; unknown partner ids reject the row. Each distinct value is
     checked once (a file has few of them)."""
@@ -278,12 +303,17 @@ def validate(
     offset: int,
     partner_ids: Iterable[str],
     defaults: dict[str, Any] | None = None,
+    features: dict[str, str] | None = None,
 ) -> tuple[pa.RecordBatch, np.ndarray, list[Reject]]:
     """Check one (renamed) batch: (good rows with canonical types, their indices, rejects).
 
     ``offset`` is the number of data rows before this batch in the file. A missing
     required column is a :class:`~router.core.errors.TrafficError` (the mapping is wrong, not a
-    row); ``defaults`` fills optional fields a file does not have.
+    row); ``defaults`` fills optional fields a file does not have. ``features``: the
+    application features the strategy's models read (name -> ``"number"`` or ``"text"``,
+    :func:`router.decide.features.app_features`), each a column of that name: a number
+    must be there and finite (else the row is rejected naming ``features.NAME``); text
+    may be empty (no one-hot flag set).
     """
     n = batch.num_rows
     chk = _Checker(n, offset)
@@ -330,6 +360,8 @@ def validate(
     for name, value in (defaults or {}).items():
         if name not in arrays:
             arrays[name] = pa.array([value] * n)
+    for name, kind in (features or {}).items():
+        arrays[name] = _feature(batch, names, name, kind, chk)
     good = np.flatnonzero(~chk.bad)
     out = pa.RecordBatch.from_arrays(list(arrays.values()), names=list(arrays))
     if len(good) < n:

@@ -149,7 +149,11 @@ def reference_pds(
     parts = [
         scorer_pds(scorer, b.cols)
         for b in read_batches(
-            path, router.hasher, partner_ids=[p.id for p in strategy.partners], mapping=mapping
+            path,
+            router.hasher,
+            partner_ids=[p.id for p in strategy.partners],
+            mapping=mapping,
+            features=router.app_features,
         )
     ]
     return np.concatenate(parts) if parts else np.empty(0)
@@ -169,9 +173,11 @@ def read_cached(
     traffic: str | Path,
     mapping: Mapping | dict[str, str] | None = None,
     batch_size: int = 131_072,
+    features: dict[str, str] | None = None,
 ) -> CachedTraffic:
     """Read ``traffic`` into memory for repeated replays of strategies that share
-    ``strategy``'s identity key and partner book."""
+    ``strategy``'s identity key and partner book (``features``: the application features
+    their scorers read, :func:`router.decide.engine.scorers_app_features`)."""
     from router.core.identity import Hasher
 
     rejects: list[Reject] = []
@@ -184,6 +190,7 @@ def read_cached(
             mapping=mapping,
             batch_size=batch_size,
             on_rejects=rejects.extend,
+            features=features,
         )
     ]
     return CachedTraffic(batches, file_sha256(traffic), rejects)
@@ -318,6 +325,7 @@ def _read_in_time_order(
             partner_ids=[p.id for p in strategy.partners],
             batch_size=batch_size,
             on_rejects=run.on_rejects,
+            features=router.app_features,
         )
     )
 

@@ -174,12 +174,15 @@ class Task:
 
 def cached_traffic(strategy: Strategy, traffic: str, mapping: Mapping) -> Any:
     """The traffic read and validated once per process."""
+    from router.decide.engine import scorers_app_features
     from router.replay.run import read_cached
 
-    key = (str(Path(traffic).resolve()), msgspec.json.encode(mapping))
+    # (the application features the scorers read are columns of the cached traffic too)
+    features = scorers_app_features(_scorers(strategy).values())
+    key = (str(Path(traffic).resolve()), msgspec.json.encode(mapping), tuple(features.items()))
     got = _TRAFFIC.get(key)
     if got is None:
-        got = _TRAFFIC[key] = read_cached(strategy, traffic, mapping)
+        got = _TRAFFIC[key] = read_cached(strategy, traffic, mapping, features=features)
     return got
 
 

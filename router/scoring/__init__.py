@@ -12,6 +12,7 @@ from router.scoring.linear import LinearScorer
 from router.scoring.sklearn_adapter import SklearnScorer, load_skops, scorer_from_estimator
 from router.scoring.tree_kernel import TreeScorer
 from router.scoring.trees import OnnxTreeScorer
+from router.scoring.upstream import UpstreamScorer
 
 __all__ = [
     "Scorer",
@@ -19,6 +20,7 @@ __all__ = [
     "OnnxTreeScorer",
     "TreeScorer",
     "SklearnScorer",
+    "UpstreamScorer",
     "load_scorer",
     "register_scorer",
     "scorer_kinds",
@@ -59,6 +61,8 @@ def load_scorer(
     load = _KINDS.get(kind)
     if load is None:
         raise ModelError(f"unknown scorer kind {kind!r} (known: {', '.join(_KINDS)})")
+    if kind == "upstream":  # (no file: the PD is the application's own feature)
+        return UpstreamScorer.from_features(features)
     if kind == "sklearn" and features is not None:
         return scorer_from_estimator(load_skops(Path(base_dir) / path), check_features(features))
     scorer = load(Path(base_dir) / path)
@@ -73,3 +77,4 @@ def load_scorer(
 register_scorer("logistic_json", LinearScorer.from_file)
 register_scorer("trees_json", TreeScorer.from_file)
 register_scorer("sklearn", lambda path: scorer_from_estimator(load_skops(path)))
+register_scorer("upstream", lambda path: UpstreamScorer())

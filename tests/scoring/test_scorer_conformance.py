@@ -184,8 +184,8 @@ def test_features_one_equals_batch(data):
 
 
 def test_model_feature_mismatch_is_an_error():
-    with pytest.raises(ModelError, match=r"\['a', 'b'\] are not computed by the router"):
-        LinearScorer([0.1, 0.2], 0.0, ["a", "b"])
+    with pytest.raises(ModelError, match=r"\['A', 'b c'\] are neither computed by the router"):
+        LinearScorer([0.1, 0.2], 0.0, ["A", "b c"])
     with pytest.raises(ModelError, match="name a feature twice"):
         LinearScorer([0.1, 0.2], 0.0, ["age", "age"])
     with pytest.raises(ModelError, match="2 coefficients for 1 features"):
