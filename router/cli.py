@@ -353,8 +353,9 @@ def _writable_dir(value: Path | None) -> Path | None:
 
 
 _MAPPING_HELP = (
-    'TOML mapping: [columns] field = "your column", [transforms.FIELD] scale / map / '
-    "timezone / offset_hours, [constants], [arrival] (see router/ingest/mapping.py)"
+    'TOML mapping: [columns] field = "your column", [features] name = "your column", '
+    "[transforms.FIELD] scale / map / timezone / offset_hours, [constants], [arrival] "
+    "(see router/ingest/mapping.py)"
 )
 
 
@@ -571,6 +572,69 @@ def tune(
             file=sys.stderr,
         )
         raise typer.Exit(3)
+
+
+@app.command()
+def train(
+    traffic: Path = typer.Option(..., "--traffic", "-t", help="traffic file with `defaulted`"),
+    out_dir: Path = typer.Option(
+        ..., "--out", "-o", help="output directory", callback=_writable_dir
+    ),
+    strategy: Path | None = typer.Option(
+        None, "--strategy", "-s", help="its partner book checks consent (default: the shipped)"
+    ),
+    mapping: Path | None = typer.Option(None, "--mapping", help=_MAPPING_HELP),
+    features: str = typer.Option(
+        "default",
+        "--features",
+        help="comma-separated: `default` (the router's 14), router feature names, your own "
+        "columns (numbers, or categories one-hot; `name:cat` forces a category)",
+    ),
+    model: str = typer.Option("trees", "--model", help="trees or scorecard"),
+    calibration: str = typer.Option("isotonic", "--calibration", help="isotonic, platt or none"),
+    holdout: float = typer.Option(0.3, "--holdout", help="last share of rows held out"),
+    folds: int = typer.Option(5, "--folds", help="out-of-fold parts for the calibration"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train and calibrate a PD model on your traffic: model.json and its model card."""
+    from router.core.config import load_strategy
+    from router.scoring.fit import train as fit
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        result = fit(
+            traffic,
+            out_dir,
+            load_strategy(strategy or root / "configs" / "strategy.toml"),
+            features=features.split(","),
+            model=model,
+            calibration=calibration,
+            holdout=holdout,
+            folds=folds,
+            mapping=_mapping(mapping),
+            seed=seed,
+        )
+    except RouterError as exc:
+        _fail(exc)
+    c = result.card
+    tr, ho = c["train"], c["holdout"]
+    a = ho["all"]
+    lo, hi = a["realised_ci95"]
+    true = "came true" if a["consistent"] else "did NOT come true"
+    out.print(
+        f"trained {c['model']} ({c['calibration']} calibration) on {tr['rows']:,} rows, "
+        f"{len(c['features'])} features; held out the last {ho['rows']:,} by arrival",
+        markup=False,
+    )
+    out.print(
+        f"held out: AUC {ho['auc']:.4f}, KS {ho['ks']:.4f}; default rate "
+        f"{a['realised_bad_rate']:.2%} (95% CI {lo:.2%}–{hi:.2%}) vs mean PD "
+        f"{a['expected_bad_rate']:.2%}: the PDs {true}; "
+        f"PD bands consistent: {sum(b['consistent'] for b in ho['by_pd_band'])}"
+        f"/{len(ho['by_pd_band'])}",
+        markup=False,
+    )
+    out.print(f"model: {result.model_path}\ncard: {result.card_md}", markup=False)
 
 
 @app.command()

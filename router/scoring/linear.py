@@ -18,6 +18,7 @@ import numpy as np
 from router.core.errors import ModelError
 from router.decide.features import FEATURES, check_features
 from router.scoring.base import model_features, sigmoid_v
+from router.scoring.pd_map import PdMap, calibrate
 
 
 class ScorecardFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -27,6 +28,8 @@ class ScorecardFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     features: list[str]
     intercept: float
     coefficients: list[float]
+    #: An isotonic map applied to the PD (router/scoring/pd_map.py), if calibrated so.
+    calibration: PdMap | None = None
     metadata: dict[str, Any] = {}
 
 
@@ -38,7 +41,11 @@ class LinearScorer:
     :data:`router.decide.features.FEATURES`)."""
 
     def __init__(
-        self, coef: Sequence[float], intercept: float, feature_names: Sequence[str] = FEATURES
+        self,
+        coef: Sequence[float],
+        intercept: float,
+        feature_names: Sequence[str] = FEATURES,
+        calibration: PdMap | None = None,
     ):
         coef = [float(c) for c in coef]
         if len(coef) != len(feature_names):
@@ -48,6 +55,9 @@ class LinearScorer:
         self.intercept_ = float(intercept)
         self.feature_names_ = tuple(feature_names)
         self._pairs = coef  # plain floats: faster than numpy for one short row
+        #: The isotonic map the PD goes through (None: the logistic PD as it is).
+        self.calibration_ = calibration.check() if calibration is not None else None
+        self._xy = calibration.arrays() if calibration is not None else None
 
     #: :meth:`pd_one` is bit-identical to :meth:`pd_batch` (the live path relies on it).
     exact_one = True
@@ -60,7 +70,8 @@ class LinearScorer:
         # numpy's exp, as the batch uses (math.exp may differ in the last bit); the rest
         # is the same IEEE arithmetic on Python floats.
         e = float(_exp(-abs(z)))
-        return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+        p = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+        return p if self._xy is None else float(calibrate(p, self._xy))
 
     def pd_batch(self, X: np.ndarray) -> np.ndarray:
         """PD of every row.
@@ -76,7 +87,8 @@ class LinearScorer:
         z = np.full(len(X), self.intercept_)
         for j, c in enumerate(self._pairs):
             z += c * X[:, j]
-        return sigmoid_v(z)
+        p = sigmoid_v(z)
+        return p if self._xy is None else calibrate(p, self._xy)
 
     @classmethod
     def from_estimator(cls, est: Any, feature_names: Sequence[str] | None = None) -> LinearScorer:
@@ -102,6 +114,7 @@ class LinearScorer:
             features=list(self.feature_names_),
             intercept=self.intercept_,
             coefficients=self.coef_.tolist(),
+            calibration=self.calibration_,
             metadata=metadata or {},
         )
         Path(path).write_bytes(msgspec.json.format(msgspec.json.encode(doc)) + b"\n")
@@ -113,4 +126,4 @@ class LinearScorer:
             doc = msgspec.json.decode(Path(path).read_bytes(), type=ScorecardFile)
         except (OSError, msgspec.DecodeError) as exc:
             raise ModelError(f"{path}: cannot load scorecard: {exc}") from exc
-        return cls(doc.coefficients, doc.intercept, doc.features)
+        return cls(doc.coefficients, doc.intercept, doc.features, doc.calibration)

@@ -23,6 +23,7 @@ import numpy as np
 from router.core.errors import ModelError
 from router.decide.features import check_features
 from router.scoring.base import model_features
+from router.scoring.pd_map import PdMap, calibrate
 
 _KERNELS: dict[str, Any] = {}
 
@@ -39,6 +40,8 @@ class TreesFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     nodes: list[tuple[int, int, int, int]]
     #: Per node: the split threshold, or the leaf's value.
     values: list[float]
+    #: An isotonic map applied to the PD (router/scoring/pd_map.py), if calibrated so.
+    calibration: PdMap | None = None
     metadata: dict[str, Any] = {}
 
 
@@ -104,8 +107,12 @@ class TreeScorer:
         roots: np.ndarray,
         baseline: float,
         feature_names: Sequence[str],
+        calibration: PdMap | None = None,
     ):
         self.feature_names_ = check_features(feature_names)
+        #: The isotonic map the PD goes through (None: the trees' PD as it is).
+        self.calibration_ = calibration.check() if calibration is not None else None
+        self._xy = calibration.arrays() if calibration is not None else None
         self.nodes_ = np.ascontiguousarray(nodes, dtype=np.int64)
         self.values_ = np.ascontiguousarray(values, dtype=np.float64)
         self.roots_ = np.ascontiguousarray(roots, dtype=np.int64)
@@ -159,6 +166,7 @@ class TreeScorer:
             roots=self.roots_.tolist(),
             nodes=[tuple(r) for r in self.nodes_.tolist()],
             values=self.values_.tolist(),
+            calibration=self.calibration_,
             metadata=metadata or {},
         )
         Path(path).write_bytes(msgspec.json.encode(doc) + b"\n")
@@ -178,6 +186,7 @@ class TreeScorer:
             np.array(doc.roots, dtype=np.int64),
             doc.baseline,
             doc.features,
+            doc.calibration,
         )
 
     def pd_one(self, x: Sequence[float]) -> float:
@@ -185,7 +194,8 @@ class TreeScorer:
         row = np.asarray(x, dtype=np.float64)
         if row.shape != (self._n,):  # (the kernel does not check bounds: never read past)
             raise ValueError(f"a row of {row.shape} for a model of {self._n} features")
-        return float(self._one(row, self.nodes_, self.values_, self.roots_, self.baseline_))
+        p = float(self._one(row, self.nodes_, self.values_, self.roots_, self.baseline_))
+        return p if self._xy is None else float(calibrate(p, self._xy))
 
     def pd_batch(self, X: np.ndarray) -> np.ndarray:
         """PD of every row."""
@@ -195,4 +205,4 @@ class TreeScorer:
         out = np.empty(len(X), dtype=np.float64)
         if len(X):
             self._batch(X, self.nodes_, self.values_, self.roots_, self.baseline_, out)
-        return out
+        return out if self._xy is None else calibrate(out, self._xy)
