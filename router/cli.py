@@ -634,7 +634,11 @@ def train(
         f"/{len(ho['by_pd_band'])}",
         markup=False,
     )
-    out.print(f"model: {result.model_path}\ncard: {result.card_md}", markup=False)
+    out.print(
+        f"model: {result.model_path}\ncard: {result.card_md}\nstrategy scoring with it: "
+        f"{result.strategy_path}",
+        markup=False,
+    )
 
 
 @app.command()

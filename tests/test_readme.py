@@ -17,7 +17,9 @@ terminal is listed here, each with its reason:
   ``request_body``, ``list_of_applications``, ``concurrent_requests``,
   ``forward_to_partner``, ``strategy`` and ``grid``, and a stand-in ``dask.distributed``
   (a thread pool with Dask's ``Client.map`` / ``as_completed`` shape; Dask is not a
-  dependency).
+  dependency);
+- a TOML block is checked for what it is: a mapping must load, the grid must be the
+  shipped one, a ``[scorers]`` table must load as the shipped strategy's primary scorer.
 """
 
 from __future__ import annotations
@@ -237,6 +239,16 @@ def run_block(reader: Reader, block: Block) -> None:
         elif "grid" in data:
             shipped = msgspec.toml.decode((ROOT / "configs" / "grid.toml").read_bytes())
             assert data == shipped, f"{where}: the grid differs from configs/grid.toml"
+        elif set(data) == {"scorers"}:
+            # A scorer table: the shipped strategy with it as the primary scorer must load.
+            from router.core.config import load_strategy, strategy_from_dict
+            from router.decide.engine import Router
+            from router.replay.tune import strategy_data
+
+            raw = strategy_data(load_strategy(ROOT / "configs" / "strategy.toml"))
+            raw["scorers"] |= data["scorers"]
+            raw["primary"]["scorer"] = next(iter(data["scorers"]))
+            Router(strategy_from_dict(raw)).close()
         else:
             raise AssertionError(f"{where}: a TOML block this test does not know")
     else:

@@ -127,5 +127,16 @@ def markdown(card: dict[str, Any]) -> str:
             f"{_pct(b['realised_bad_rate'])} ({_pct(ci[0])}–{_pct(ci[1])}) | "
             f"{_pct(rng[0])}–{_pct(rng[1])} | {'yes' if b['consistent'] else '**no**'} |"
         )
-    lines += ["", "## Use it", "", "```toml", card["strategy_snippet"].rstrip(), "```", ""]
+    lines += [
+        "",
+        "## Use it",
+        "",
+        f"`{card['strategy_file']}` beside this card is the strategy trained on, scoring with "
+        "this model (`referral-router replay -s` it). In a strategy of your own:",
+        "",
+        "```toml",
+        card["strategy_snippet"].rstrip(),
+        "```",
+        "",
+    ]
     return "\n".join(lines)

@@ -247,6 +247,7 @@ class TrainResult:
     card_json: Path
     card_md: Path
     card: dict[str, Any]
+    strategy_path: Path
 
 
 def train(
@@ -263,8 +264,9 @@ def train(
     seed: int = 0,
 ) -> TrainResult:
     """Fit, calibrate and evaluate a PD model on ``traffic`` (the module docstring) and
-    write ``model.json``, ``model_card.json`` and ``model_card.md`` into ``out_dir``.
-    ``strategy`` gives the partner book (consent values are checked against it)."""
+    write ``model.json``, ``model_card.json``, ``model_card.md`` and ``strategy.toml``
+    (``strategy`` scoring with the new model) into ``out_dir``. ``strategy`` also gives
+    the partner book (consent values are checked against it)."""
     from router.core.identity import Hasher
     from router.ingest.reader import read_batches
     from router.replay.run import code_version, file_sha256
@@ -324,13 +326,28 @@ def train(
         "train": part_metrics(ytr, scorer.pd_batch(Xtr), data.event_ms[:cut]),
         "holdout": part_metrics(yho, scorer.pd_batch(Xho), data.event_ms[cut:]),
     }
+    strategy_path = _strategy_using(strategy, kind, model_path, out / "strategy.toml")
+    card["strategy_file"] = strategy_path.name
     card["strategy_snippet"] = (
-        f'[scorers.mine]\nkind = "{kind}"\npath = "{model_path.resolve()}"\n\n'
-        '[primary]\nscorer = "mine"   # and [branch] scorer, if it should use it too\n'
+        f'[scorers.trained]\nkind = "{kind}"\npath = "{model_path.name}"\n\n'
+        '[primary]\nscorer = "trained"   # and [branch] scorer, if it should use it too\n'
     )
     summary = {k: card["holdout"][k] for k in ("auc", "ks", "brier")} | {
         "trained_on": f"{card['data']['traffic']} (first {1 - holdout:.0%} by arrival)"
     }
     scorer.to_file(model_path, metadata=summary)
     js, md = write_card(out, card)
-    return TrainResult(model_path, js, md, card)
+    return TrainResult(model_path, js, md, card, strategy_path)
+
+
+def _strategy_using(strategy: Any, kind: str, model_path: Path, path: Path) -> Path:
+    """``strategy`` with the trained model as scorer ``trained`` of its primary policy and
+    branch, written to ``path`` (ready to replay)."""
+    from router.replay.tune import strategy_data, write_strategy
+
+    raw = strategy_data(strategy)
+    raw["scorers"]["trained"] = {"kind": kind, "path": str(model_path.resolve())}
+    raw["primary"]["scorer"] = "trained"
+    if raw.get("branch"):
+        raw["branch"]["scorer"] = "trained"
+    return write_strategy(raw, path)

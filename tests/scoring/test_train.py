@@ -67,6 +67,9 @@ def test_train_writes_a_model_a_strategy_loads_and_a_card_of_held_out_numbers(
     assert isinstance(scorer, TreeScorer if model == "trees" else LinearScorer)
     assert (scorer.calibration_ is not None) == (cal == "isotonic")
     check_scorer(scorer)  # one row equals a batch, bit for bit, calibration included
+    trained = load_strategy(r.strategy_path)  # the base strategy, scoring with the model
+    assert trained.primary.scorer == trained.branch.scorer == "trained"
+    assert trained.scorers["trained"].kind == kind
     md = r.card_md.read_text()
     assert "| held out | 3,600 |" in md and "product=card" in md and kind in md
 
