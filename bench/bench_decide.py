@@ -6,6 +6,13 @@ product and a logistic on a one-row array, what a hand-written scorer would do),
 the trees ONNX Runtime on one thread, one row and a batch of 2,000. Reports
 medians of 7 repeats (µs per call).
 
+Own features (``own_*``): trees over the router's 14 features, an upstream bank score and
+a one-hot product code, isotonic-calibrated (router/scoring/fit.py), one row: the
+application's features built from its ``features`` map and scored, against the same
+model as a scikit-learn pipeline (``ColumnTransformer`` with ``OneHotEncoder`` → the trees,
+then the isotonic map) on a one-row DataFrame — what the model costs without the router's
+compiled path; and a whole decision with it.
+
     python bench/bench_decide.py
 """
 
@@ -107,10 +114,103 @@ def main() -> dict:
 
     fresh_batch(apps)  # warm: first-call costs (lazy imports, caches) are not a batch's
     out["decide_batch_2000_us_per_app"] = statistics.median(fresh_batch(apps) for _ in range(5))
+    out |= own_features(apps, strategy)
     out["speedup_linear"] = out["linear_sklearn_predict_proba_us"] / out["linear_pd_one_us"]
     out["speedup_linear_vs_numpy"] = out["linear_numpy_us"] / out["linear_pd_one_us"]
     out["speedup_trees"] = out["trees_sklearn_predict_proba_us"] / out["trees_pd_one_us"]
     out["speedup_trees_vs_onnx_one"] = out["trees_onnx_pd_one_us"] / out["trees_pd_one_us"]
+    return out
+
+
+def own_features(apps: list, strategy) -> dict:
+    """One-row cost of a model over own features (module docstring)."""
+    import msgspec
+    import pandas as pd
+    import pyarrow as pa
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    from router.core.columns import from_arrow, row_from_application
+    from router.core.identity import Hasher
+    from router.decide.features import ALL_FEATURES, FeatureSet
+    from router.scoring import TreeScorer
+    from router.scoring.fit import calibrated
+    from router.traffic import generate_batches
+
+    products = np.array(["card", "cash", "auto"])
+    table = pa.Table.from_batches(list(generate_batches(20_000, seed=5)))
+    rng = np.random.default_rng(5)
+    tp = table.column("true_pd").to_numpy()
+    score = np.round(600 - 80 * np.log(tp / (1 - tp)) + rng.normal(0, 25, len(tp)))
+    product = products[rng.integers(0, 3, len(tp))]
+    y = table.column("defaulted").to_numpy(zero_copy_only=False).astype(int)
+    cols = from_arrow(
+        table.to_batches()[0] if table.num_rows <= 131_072 else table,
+        Hasher(b"bench-own-features-0"),
+    )
+    base = pd.DataFrame(FeatureSet(ALL_FEATURES).batch(cols), columns=list(ALL_FEATURES))
+    frame = base.assign(bank_score=score, product=product)
+    names = (*ALL_FEATURES, "bank_score", *(f"product={p}" for p in products))
+    onehot = np.column_stack([product == p for p in products]).astype(float)
+    X = np.column_stack([base.to_numpy(), score, onehot])
+    hgb = HistGradientBoostingClassifier(max_iter=60, max_leaf_nodes=15, random_state=0)
+    hgb.fit(X, y)
+    raw = TreeScorer.from_estimator(hgb, names)
+    scorer = calibrated(raw, "isotonic", raw.pd_batch(X), y)
+    # The same model as a scikit-learn pipeline over named columns (the fallback).
+    ct = ColumnTransformer(
+        [("num", "passthrough", [*ALL_FEATURES, "bank_score"]),
+         ("cat", OneHotEncoder(categories=[list(products)], handle_unknown="ignore"), ["product"])]
+    )  # fmt: skip
+    trees = HistGradientBoostingClassifier(max_iter=60, max_leaf_nodes=15, random_state=0)
+    pipe = make_pipeline(ct, trees).fit(frame, y)
+    iso = IsotonicRegression(out_of_bounds="clip", y_min=1e-4, y_max=1 - 1e-4).fit(
+        pipe.predict_proba(frame)[:, 1], y
+    )
+    own_apps = [
+        msgspec.structs.replace(
+            a, features={"bank_score": float(score[i]), "product": str(product[i])}
+        )
+        for i, a in enumerate(apps)
+    ]
+    hasher = Hasher(b"bench-own-features-0")
+    rows = [row_from_application(a, hasher) for a in own_apps]
+    fs = FeatureSet(names)
+    own_frame = pd.DataFrame(
+        [fs_row[: len(ALL_FEATURES)] for fs_row in (FeatureSet(ALL_FEATURES).row(r) for r in rows)],
+        columns=list(ALL_FEATURES),
+    ).assign(bank_score=score[: len(rows)], product=product[: len(rows)])
+    frames = [own_frame.iloc[[i]] for i in range(300)]
+
+    def ours(r):
+        return scorer.pd_one(fs.row(r))
+
+    def fallback(f):
+        return iso.predict(pipe.predict_proba(f)[:, 1])[0]
+
+    # Both compute the same PDs (the same trees and map), one row from the router's path.
+    gap = max(abs(ours(r) - fallback(f)) for r, f in zip(rows[:300], frames))
+    assert gap < 1e-9, gap
+    scorers = {name: scorer for name in strategy.scorers}
+
+    def fresh_decide(apps_):
+        router = Router(strategy, scorers=scorers)
+        t = time.perf_counter()
+        for a in apps_:
+            router.decide(a)
+        return (time.perf_counter() - t) / len(apps_) * 1e6
+
+    out = {
+        "own_features_row_and_pd_one_us": per_call_us(ours, rows),
+        "own_sklearn_pipeline_one_row_us": per_call_us(fallback, frames, repeats=5),
+        "own_decide_one_us": statistics.median(fresh_decide(own_apps) for _ in range(5)),
+    }
+    out["speedup_own_vs_pipeline"] = (
+        out["own_sklearn_pipeline_one_row_us"] / out["own_features_row_and_pd_one_us"]
+    )
     return out
 
 
