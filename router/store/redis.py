@@ -167,6 +167,8 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
             else None
         )
         self.book = GrantBook(self._flush_items)
+        #: The options the URL (or the caller) gave: :meth:`for_replay` keeps them.
+        self.explicit: frozenset[str] = frozenset()
         self._horizon_key = f"{prefix}{{h}}"
         self._horizon = ClusterHorizon(self) if self._cluster else None
 
@@ -219,7 +221,9 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         except (redis.RedisError, RedisClusterException) as exc:  # (the latter is not a RedisError)
             where = parts.netloc.rsplit("@", 1)[-1]
             raise StoreError(f"cannot connect to {where}: {exc}") from exc
-        return cls(client, prefix=prefix, **opts)
+        store = cls(client, prefix=prefix, **opts)
+        store.explicit = frozenset(merged)
+        return store
 
     # ---- keys ------------------------------------------------------------------------
 
@@ -277,17 +281,22 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
     def for_replay(self) -> None:
         """Replay must not degrade: each call gets a long deadline (at least 10 s) and is
         retried with exponential backoff (6 times from 100 ms, about 6 s in all), and a
-        batch's grants stay pending up to an hour. (On a cluster the socket timeouts are
+        batch's grants stay pending up to an hour — unless the URL gave the option, which
+        is then kept as given. (On a cluster the socket timeouts are
         fixed when the client is built: give ``?timeout_ms=…&retries=…`` in the URL;
         ``referral-router replay`` does.)"""
-        r = self.REPLAY
+        # An option the URL gave is kept as given (a caller who asks for one retry against
+        # a store that may be down wants the answer in seconds, not after the floor's ~6 s
+        # of backoff per call); the others are raised to the floor.
+        r = {k: v for k, v in self.REPLAY.items() if k not in self.explicit}
         self.replaying = True
-        self.retries = max(self.retries, r["retries"])
-        self.pending_ms = max(self.pending_ms, r["pending_ms"])
+        self.retries = max(self.retries, r.get("retries", 0))
+        self.pending_ms = max(self.pending_ms, r.get("pending_ms", 0))
         if self.link is not None:
-            self.link.timeout_s = max(self.link.timeout_s, r["timeout_ms"] / 1000)
+            self.link.timeout_s = max(self.link.timeout_s, r.get("timeout_ms", 0) / 1000)
             self.link.retries = self.retries
-            self.link.backoff_s = r["backoff_ms"] / 1000
+            if "backoff_ms" in r:
+                self.link.backoff_s = r["backoff_ms"] / 1000
             self.link.close()  # new connections take the new timeouts
             self.link.pool.connection_kwargs.update(
                 socket_timeout=self.link.timeout_s, socket_connect_timeout=self.link.timeout_s

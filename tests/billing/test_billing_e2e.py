@@ -141,7 +141,14 @@ def test_traffic_to_statements_equal_an_independent_computation(redis_url, billi
     for d in refers:
         t = strategy.partner(d["partner_id"]).terms
         expect[d["partner_id"]] = expect.get(d["partner_id"], 0) + t.fee_per_referral
-    for pid, total in expect.items():
+    checked = dict(expect)
+    if billing_url.startswith("postgresql"):
+        # Statements and reconciliation are the same SQL on both databases: on PostgreSQL
+        # two partners (the branch's and the busiest referral partner) show it, each CLI
+        # call costing a second; SQLite checks them all.
+        busiest = max((p for p in expect if p != coop), key=lambda p: expect[p])
+        checked = {p: expect[p] for p in (coop, busiest)}
+    for pid, total in checked.items():
         common = ("--db", billing_url, "-p", pid, "--period", "2026-11", "-s", STRATEGY)
         cli("bill", *common, "-o", str(tmp_path / "st"))
         st = json.loads((tmp_path / "st" / f"statement_{pid}_2026-11.json").read_text())

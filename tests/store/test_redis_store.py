@@ -201,3 +201,17 @@ def test_password_in_the_url(tmp_path):
             bad.try_reserve(bk, k, 5, None, t)
     finally:
         node.stop()
+
+
+def test_replay_keeps_the_options_the_url_gave_and_raises_the_others():
+    """Replay's floor (long deadlines, 6 retries) applies where the URL is silent; a URL
+    asking for one retry gets one (a dead store then answers in seconds, not ~13 s)."""
+    from router.store.redis import RedisQuotaStore
+
+    given = RedisQuotaStore.from_url("redis://127.0.0.1:1/0?retries=1&backoff_ms=10")
+    given.for_replay()
+    assert (given.retries, given.link.retries, given.link.backoff_s) == (1, 1, 0.01)
+    assert given.link.timeout_s == 10.0 and given.pending_ms == 3_600_000
+    silent = RedisQuotaStore.from_url("redis://127.0.0.1:1/0?timeout_ms=200")
+    silent.for_replay()
+    assert (silent.retries, silent.link.backoff_s, silent.link.timeout_s) == (6, 0.1, 0.2)
