@@ -497,10 +497,23 @@ def tune(
         None, "--workers", min=1, help="local processes (default: CPU count)"
     ),
     mapping: Path | None = typer.Option(None, "--mapping", help=_MAPPING_HELP),
+    holdout: float | None = typer.Option(
+        None,
+        "--holdout",
+        min=0.05,
+        max=0.9,
+        help="tune on the earlier part of the traffic, replay the frontier on its last share "
+        "by arrival time (e.g. 0.3), and choose there",
+    ),
+    objective: str = typer.Option(
+        "expected",
+        "--objective",
+        help="judge candidates on expected figures, or on realised ones (needs outcomes)",
+    ),
 ) -> None:
     """Replay every grid candidate, report the Pareto frontier, write the best strategy."""
     from router.core.config import load_strategy
-    from router.replay.tune import LocalExecutor, candidates, load_grid
+    from router.replay.tune import OBJECTIVES, LocalExecutor, candidates, load_grid
     from router.replay.tune import tune as run_tune
 
     try:
@@ -518,12 +531,16 @@ def tune(
                 executor=LocalExecutor(workers),
                 mapping=_mapping(mapping),
                 progress=lambda _: bar.advance(task),
+                holdout=holdout,
+                objective=objective,
             )
     except RouterError as exc:
         _fail(exc)
     cands = r.result["candidates"]
-    t = Table(title=f"{len(cands)} candidates: the Pareto frontier")
-    for c in ("#", "parameters", "value (yuan)", "bad rate", "keep rate", ""):
+    v, b = OBJECTIVES[objective]
+    part = " (the earlier part)" if holdout else ""
+    t = Table(title=f"{len(cands)} candidates: the Pareto frontier{part}")
+    for c in ("#", "parameters", f"{objective} value (yuan)", "bad rate", "keep rate", ""):
         t.add_column(c, justify="left" if c == "parameters" else "right")
     for c in cands:
         if c["frontier"]:
@@ -531,22 +548,25 @@ def tune(
             t.add_row(
                 str(c["id"]),
                 ", ".join(f"{k}={v}" for k, v in c["params"].items()),
-                _yuan(mtr["value"]),
-                _pct_or_dash(mtr["bad_rate"]),
+                _yuan(mtr[v]),
+                _pct_or_dash(mtr[b]),
                 f"{mtr['keep_rate']:.2%}",
                 "chosen" if c.get("best") else "",
             )
     out.print(t)
-    base = r.result["baseline"]
+    if holdout:
+        _print_held_out(r.result, v)
+    base = r.result["holdout"]["baseline"] if holdout else r.result["baseline"]
+    key = "holdout" if holdout else "metrics"
     out.print(
-        f"starting strategy: value {_yuan(base['value'])} yuan, bad rate "
-        f"{_pct_or_dash(base['bad_rate'])},"
-        f" keep rate {base['keep_rate']:.2%}",
+        f"starting strategy{' (held out)' if holdout else ''}: {objective} value "
+        f"{_yuan(base[v])} yuan, bad rate {_pct_or_dash(base[b])}, keep rate "
+        f"{base['keep_rate']:.2%}",
         markup=False,
     )
     if r.best_strategy:
         best = next(c for c in cands if c["id"] == r.result["best"])
-        gain = best["metrics"]["value"] - base["value"]
+        gain = best[key][v] - base[v]
         out.print(
             f"best under the constraints: candidate {r.result['best']} -> {r.best_strategy} "
             f"({'+' if gain >= 0 else '−'}{_yuan(abs(gain))} yuan against the starting strategy)",
@@ -572,6 +592,40 @@ def tune(
             file=sys.stderr,
         )
         raise typer.Exit(3)
+
+
+def _print_held_out(result: dict, v: str) -> None:
+    """The frontier's figures on the held-out part: expected against realised."""
+    h = result["holdout"]
+    t = Table(
+        title=f"the frontier on the last {h['share']:.0%} of the traffic "
+        f"({h['holdout_applications']:,} applications; chose nothing)"
+    )
+    for c in ("#", "value", "keep profit: realised", "bad rate: expected", "realised (95% CI)",
+              "PDs came true", "keep rate", ""):  # fmt: skip
+        t.add_column(c, justify="right")
+    for c in result["candidates"]:
+        if "holdout" not in c:
+            continue
+        m = c["holdout"]
+        ci = m.get("kept_realised_ci95") or [None, None]
+        t.add_row(
+            str(c["id"]),
+            _yuan(m[v]) if m[v] is not None else "–",
+            _yuan(m["realised_keep_profit"]) if m["realised_keep_profit"] is not None else "–",
+            _pct_or_dash(m["bad_rate"]),
+            f"{_pct_or_dash(m['realised_bad_rate'])} ({_pct_or_dash(ci[0])}–{_pct_or_dash(ci[1])})",
+            {True: "yes", False: "no", None: "–"}[m["kept_pds_came_true"]],
+            f"{m['keep_rate']:.2%}",
+            "chosen" if c.get("best") else "",
+        )
+    out.print(t)
+    if result.get("best_on_train") is not None and result["best_on_train"] != result["best"]:
+        out.print(
+            f"(candidate {result['best_on_train']} was best on the earlier part; candidate "
+            f"{result['best']} holds up better on the held-out part)",
+            markup=False,
+        )
 
 
 @app.command()

@@ -643,12 +643,71 @@ def write_tune_report(
         "frontier chosen on the same rows it is judged on; see the chosen candidate's "
         "calibration below).</p>"
     )
+    if "holdout" in result:
+        parts.append(_held_out_section(result))
     if best_summary is not None:
-        parts.append("<h2>Chosen candidate</h2>")
+        where = " on the held-out part" if "holdout" in result else ""
+        parts.append(f"<h2>Chosen candidate{where}</h2>")
         parts += replay_sections(best_summary, out, "best_")
     path = out / "report.html"
     path.write_text(_page("Strategy tuning", parts))
     return path
+
+
+def _held_out_section(result: dict[str, Any]) -> str:
+    """The frontier replayed on the held-out part: expected against realised, with the
+    realised bad rate's 95% interval; the chosen candidate is the best there."""
+    h = result["holdout"]
+    rows = []
+    for c in result["candidates"]:
+        m = c.get("holdout")
+        if m is None:
+            continue
+        ci = m.get("kept_realised_ci95") or [None, None]
+        rows.append(
+            [
+                str(c["id"]),
+                _yuan(m["value"]),
+                "–" if m.get("realised_value") is None else _yuan(m["realised_value"]),
+                _pct(m["bad_rate"]),
+                f"{_pct(m.get('realised_bad_rate'))} ({_pct(ci[0])}–{_pct(ci[1])})",
+                _came_true(m.get("kept_pds_came_true")),
+                _pct(m["keep_rate"]),
+                "★" if c.get("best") else "",
+            ]
+        )
+    b = h["baseline"]
+    note = ""
+    if result.get("best_on_train") is not None and result["best_on_train"] != result["best"]:
+        note = (
+            f" Candidate {result['best_on_train']} was best on the earlier part; candidate "
+            f"{result['best']} holds up better here."
+        )
+    return (
+        f"<h2>Held out: the last {h['share']:.0%} of the traffic</h2>"
+        f"<p>The candidates were replayed and the frontier found on the earlier "
+        f"{h['train_applications']:,} applications only; the frontier was then replayed on "
+        f"the last {h['holdout_applications']:,} by arrival time, which chose nothing, and "
+        f"the best under the constraints ({html.escape(result['objective'])} figures) was "
+        f"chosen there.{note} The starting strategy on this part: value {_yuan(b['value'])} "
+        f"yuan, expected bad rate {_pct(b['bad_rate'])}, realised "
+        f"{_pct(b.get('realised_bad_rate'))}.</p>"
+        + _table(
+            [
+                "#",
+                "value (yuan)",
+                "realised value",
+                "bad rate",
+                "realised (95% CI)",
+                "PDs came true",
+                "keep rate",
+                "chosen",
+            ],
+            rows,
+        )  # fmt: skip
+        + "<p class='muted'>Realised value: the kept loans' profit as it came out plus the "
+        "expected branch profit and referral revenue (their outcomes are the partners').</p>"
+    )
 
 
 def _came_true(flag: bool | None) -> str:

@@ -196,6 +196,27 @@ def read_cached(
     return CachedTraffic(batches, file_sha256(traffic), rejects)
 
 
+def split_in_time(cached: CachedTraffic, holdout: float) -> tuple[CachedTraffic, CachedTraffic]:
+    """The traffic's earlier part and its last ``holdout`` share by arrival time (an
+    out-of-time split: every held-out application arrived at or after the cut)."""
+    events = np.concatenate([b.cols.event_ms for b in cached.batches] or [np.empty(0, np.int64)])
+    if not len(events):
+        return cached, CachedTraffic([], cached.sha256, [])
+    cut = np.sort(events)[min(int(len(events) * (1 - holdout)), len(events) - 1)]
+    parts: tuple[list[TrafficBatch], list[TrafficBatch]] = ([], [])
+    for b in cached.batches:
+        later = b.cols.event_ms >= cut
+        for part, rows in zip(parts, (np.flatnonzero(~later), np.flatnonzero(later))):
+            if len(rows):
+                outcomes = {k: v[rows] for k, v in b.outcomes.items()}
+                part.append(TrafficBatch(take(b.cols, rows), outcomes, b.rows[rows]))
+    # (rejected rows belong to neither part's decisions; the earlier part reports them)
+    return (
+        CachedTraffic(parts[0], cached.sha256, cached.rejects),
+        CachedTraffic(parts[1], cached.sha256, []),
+    )
+
+
 def replay(
     strategy: Strategy,
     traffic: str | Path | Iterable[pa.RecordBatch],

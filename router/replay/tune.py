@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
+import numpy as np
 
 from router.core.config import Strategy, strategy_from_dict
 from router.core.errors import ConfigError
@@ -170,12 +171,26 @@ class Task:
     traffic: str
     mapping: bytes  # the Mapping as JSON (plain data)
     out_dir: str
+    #: Which part of the traffic: "all", or with ``holdout`` > 0 "train" / "holdout".
+    part: str = "all"
+    holdout: float = 0.0
 
 
-def cached_traffic(strategy: Strategy, traffic: str, mapping: Mapping) -> Any:
-    """The traffic read and validated once per process."""
+def cached_traffic(
+    strategy: Strategy, traffic: str, mapping: Mapping, part: str = "all", holdout: float = 0.0
+) -> Any:
+    """The traffic read and validated once per process (``part``: all of it, or with
+    ``holdout`` its earlier "train" part or its last "holdout" share by arrival time)."""
     from router.decide.engine import scorers_app_features
-    from router.replay.run import read_cached
+    from router.replay.run import read_cached, split_in_time
+
+    if part != "all":
+        key_part = (str(Path(traffic).resolve()), msgspec.json.encode(mapping), part, holdout)
+        got = _TRAFFIC.get(key_part)
+        if got is None:
+            train, held = split_in_time(cached_traffic(strategy, traffic, mapping), holdout)
+            got = _TRAFFIC[key_part] = train if part == "train" else held
+        return got
 
     # (the application features the scorers read are columns of the cached traffic too)
     features = scorers_app_features(_scorers(strategy).values())
@@ -210,15 +225,42 @@ def metrics_of(summary: dict[str, Any]) -> dict[str, Any]:
         # Where the traffic has outcomes: the kept loans' profit as it came out, and whether
         # their PDs came true (summary.json's calibration) — expected against realised.
         "realised_keep_profit": summary.get("realised_keep_profit"),
+        # The value with the kept loans' profit as it came out (branch and referral parts
+        # stay expected: their outcomes are the partners'); None without outcomes.
+        "realised_value": (
+            None
+            if summary.get("realised_keep_profit") is None and not _has_outcomes(summary)
+            else (summary.get("realised_keep_profit") or 0)
+            + summary["expected_profit"]["branch"]
+            + summary["expected_profit"]["referral_value"]
+        ),
         "kept_pds_came_true": _kept_consistent(summary),
+        "kept_realised_ci95": _kept(summary).get("realised_ci95"),
+        "kept_with_outcome": _kept(summary).get("n", 0),
         "keep_rate": summary["keep_rate"],
         "decisions": summary["decisions"],
     }
 
 
+def _kept(summary: dict[str, Any]) -> dict[str, Any]:
+    return ((summary.get("calibration") or {}).get("by_outcome") or {}).get("keep") or {}
+
+
+def _has_outcomes(summary: dict[str, Any]) -> bool:
+    return bool(summary.get("calibration"))
+
+
 def _kept_consistent(summary: dict[str, Any]) -> bool | None:
-    keep = ((summary.get("calibration") or {}).get("by_outcome") or {}).get("keep") or {}
+    keep = _kept(summary)
     return keep.get("consistent") if keep.get("n") else None
+
+
+#: What a candidate is judged on: its value and its kept loans' bad rate, as the model
+#: expects them ("expected") or as the traffic's outcomes realised them ("realised").
+OBJECTIVES = {
+    "expected": ("value", "bad_rate"),
+    "realised": ("realised_value", "realised_bad_rate"),
+}
 
 
 def evaluate(task: Task) -> dict[str, Any]:
@@ -227,7 +269,7 @@ def evaluate(task: Task) -> dict[str, Any]:
 
     strategy = make_candidate(task.base, task.params, task.cid)
     mapping = msgspec.json.decode(task.mapping, type=Mapping)
-    traffic = cached_traffic(strategy, task.traffic, mapping)
+    traffic = cached_traffic(strategy, task.traffic, mapping, task.part, task.holdout)
     r = replay(
         strategy,
         task.traffic,
@@ -249,12 +291,12 @@ def evaluate(task: Task) -> dict[str, Any]:
 # ---- frontier and choice -----------------------------------------------------------
 
 
-def pareto(cands: list[dict[str, Any]]) -> list[bool]:
-    """True for candidates no other candidate dominates (value ↑, bad rate ↓, keep rate ↑).
-    A candidate that keeps no loan has no bad rate: it is compared on value and keep rate."""
-    pts = [
-        (c["metrics"]["value"], c["metrics"]["keep_rate"], c["metrics"]["bad_rate"]) for c in cands
-    ]
+def pareto(cands: list[dict[str, Any]], objective: str = "expected") -> list[bool]:
+    """True for candidates no other candidate dominates (value ↑, bad rate ↓, keep rate ↑;
+    value and bad rate per ``objective``, :data:`OBJECTIVES`). A candidate that keeps no
+    loan has no bad rate: it is compared on value and keep rate."""
+    v, b = OBJECTIVES[objective]
+    pts = [(c["metrics"][v], c["metrics"]["keep_rate"], c["metrics"][b]) for c in cands]
 
     def dominates(q: tuple, p: tuple) -> bool:
         both = q[2] is not None and p[2] is not None
@@ -271,20 +313,21 @@ def choose(
     cands: list[dict[str, Any]],
     max_bad_rate: float | None = None,
     min_keep_rate: float | None = None,
+    objective: str = "expected",
+    key: str = "metrics",
 ) -> dict[str, Any] | None:
-    """The feasible candidate of highest value (ties: lower bad rate, then lower id)."""
+    """The feasible candidate of highest value (ties: lower bad rate, then lower id), on
+    its ``key`` figures ("metrics", or "holdout" for the held-out part's)."""
+    v, b = OBJECTIVES[objective]
     ok = [
         c
         for c in cands
-        if (max_bad_rate is None or _at_most(c["metrics"]["bad_rate"], max_bad_rate))
-        and (min_keep_rate is None or c["metrics"]["keep_rate"] >= min_keep_rate)
+        if (max_bad_rate is None or _at_most(c[key][b], max_bad_rate))
+        and (min_keep_rate is None or c[key]["keep_rate"] >= min_keep_rate)
     ]
     if not ok:
         return None
-    return min(
-        ok,
-        key=lambda c: (-c["metrics"]["value"], _or_inf(c["metrics"]["bad_rate"]), c["id"]),
-    )
+    return min(ok, key=lambda c: (-c[key][v], _or_inf(c[key][b]), c["id"]))
 
 
 def _at_most(rate: float | None, bound: float) -> bool:
@@ -336,57 +379,64 @@ def tune(
     mapping: Mapping | dict[str, str] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     report: bool = True,
+    holdout: float | None = None,
+    objective: str = "expected",
 ) -> TuneResult:
     """Replay every grid candidate, mark the frontier, choose and write the best.
+
+    ``objective``: judge candidates on expected figures, or on realised ones (the traffic's
+    outcomes: the kept loans' realised profit and bad rate). ``holdout`` (a share, e.g.
+    0.3): candidates are replayed and the frontier found on the earlier part of the
+    traffic only; every frontier candidate is then replayed on the last ``holdout`` share
+    by arrival time, which chose nothing, and the best is chosen on those held-out figures
+    — the candidate that holds up, not the one that fitted the earlier part best
+    (``best_on_train`` names that one, for comparison).
 
     Writes ``DIR/tune.json`` (with ``baseline``: the figures of ``strategy`` itself, the
     point to beat), ``DIR/best_strategy.toml`` (when a candidate meets the constraints)
     and ``DIR/report.html``.
     """
-    from router.replay.run import check_mapping, replay
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    check_mapping(strategy.columns if mapping is None else mapping)
-    mapping = as_mapping(strategy.columns if mapping is None else mapping)
+    mapping = _checked_mapping(strategy, mapping)
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {objective!r} (known: {', '.join(OBJECTIVES)})")
+    if holdout is not None and not 0.05 <= holdout <= 0.9:
+        raise ConfigError(f"holdout must be between 0.05 and 0.9 (value: {holdout})")
     base = strategy_data(strategy)
     combos = candidates(grid)
     for cid, params in enumerate(combos):  # fail fast on a bad parameter or value
         make_candidate(base, params, cid)
     # Read once here: forked local workers share it.
-    cached_traffic(strategy, str(traffic), mapping)
-    results = _evaluate_all(combos, base, str(traffic), mapping, out, executor, progress)
-    # The strategy tuning starts from, on the same traffic: the point to beat.
-    start = replay(
-        strategy,
-        traffic,
-        out / "baseline",
-        mapping=mapping,
-        cached=cached_traffic(strategy, str(traffic), mapping),
-        scorers=_scorers(strategy),
-        write_decisions=False,
-        report=False,
-    )
-    for r, front in zip(results, pareto(results)):
+    whole = cached_traffic(strategy, str(traffic), mapping)
+    if objective == "realised" and not _any_outcome(whole):
+        raise ConfigError("objective realised needs outcomes: the traffic has no `defaulted`")
+    part, h = ("train", holdout) if holdout else ("all", 0.0)
+    run = _Runs(base, str(traffic), mapping, out, executor, h)
+    results = run.candidates(list(enumerate(combos)), part, progress)
+    start = run.baseline(strategy, part)  # the strategy tuning starts from: the point to beat
+    for r, front in zip(results, pareto(results, objective)):
         r["frontier"] = front
-    best = choose(results, max_bad_rate, min_keep_rate)
-    best_path = best_summary = None
-    if best is not None:
-        best["best"] = True
-        best_path, best_summary = _write_best(strategy, base, best, traffic, mapping, out, report)
-    result = {
+    best = best_on_train = choose(results, max_bad_rate, min_keep_rate, objective)
+    result: dict[str, Any] = {
         "strategy_version": strategy.version,
         "grid": grid,
         "constraints": {"max_bad_rate": max_bad_rate, "min_keep_rate": min_keep_rate},
-        "objectives": {
-            "value": "max (expected profit + referral revenue)",
-            "bad_rate": "min (expected, kept loans)",
-            "keep_rate": "max",
-        },
+        "objective": objective,
+        "objectives": _objectives(objective),
         "baseline": metrics_of(start.summary),
         "candidates": results,
-        "best": best["id"] if best else None,
     }
+    if holdout:
+        best = _hold_out(run, strategy, results, result, max_bad_rate, min_keep_rate)
+        result["best_on_train"] = best_on_train["id"] if best_on_train else None
+    best_path = best_summary = None
+    if best is not None:
+        best["best"] = True
+        best_path, best_summary = _write_best(
+            strategy, base, best, traffic, mapping, out, report, "holdout" if holdout else "all", h
+        )
+    result["best"] = best["id"] if best else None
     path = out / "tune.json"
     path.write_bytes(msgspec.json.format(msgspec.json.encode(result)) + b"\n")
     if report:
@@ -396,27 +446,108 @@ def tune(
     return TuneResult(result, path, best_path)
 
 
-def _evaluate_all(
-    combos: list[dict[str, Any]],
-    base: dict[str, Any],
-    traffic: str,
-    mapping: Mapping,
-    out: Path,
-    executor: Executor | None,
-    progress: Callable[[dict[str, Any]], None] | None,
-) -> list[dict[str, Any]]:
-    """Every candidate's figures, in candidate order (``progress`` sees them as they come)."""
-    tasks = [
-        Task(cid, params, base, traffic, msgspec.json.encode(mapping), str(out / "candidates"))
-        for cid, params in enumerate(combos)
-    ]
-    results = []
-    for r in (executor or LocalExecutor()).map(evaluate, tasks):
-        results.append(r)
-        if progress:
-            progress(r)
-    results.sort(key=lambda r: r["id"])
-    return results
+def _checked_mapping(strategy: Strategy, mapping: Mapping | dict[str, str] | None) -> Mapping:
+    from router.replay.run import check_mapping
+
+    check_mapping(strategy.columns if mapping is None else mapping)
+    return as_mapping(strategy.columns if mapping is None else mapping)
+
+
+def _any_outcome(cached: Any) -> bool:
+    return any((b.outcomes.get("defaulted", np.empty(0)) >= 0).any() for b in cached.batches)
+
+
+def _objectives(objective: str) -> dict[str, str]:
+    if objective == "realised":
+        return {
+            "realised_value": "max (realised keep profit + expected branch profit and "
+            "referral revenue)",
+            "realised_bad_rate": "min (realised, kept loans)",
+            "keep_rate": "max",
+        }
+    return {
+        "value": "max (expected profit + referral revenue)",
+        "bad_rate": "min (expected, kept loans)",
+        "keep_rate": "max",
+    }
+
+
+def _hold_out(
+    run: _Runs,
+    strategy: Strategy,
+    results: list[dict[str, Any]],
+    result: dict[str, Any],
+    max_bad_rate: float | None,
+    min_keep_rate: float | None,
+) -> dict[str, Any] | None:
+    """Replay the frontier on the held-out part; the best there (the module docstring)."""
+    front = [r for r in results if r["frontier"]]
+    held = run.candidates([(r["id"], r["params"]) for r in front], "holdout", None)
+    for r, h in zip(front, held):
+        r["holdout"] = h["metrics"]
+    train, test = (cached_traffic(strategy, run.traffic, run.mapping, p, run.holdout)
+                   for p in ("train", "holdout"))  # fmt: skip
+    result["holdout"] = {
+        "share": run.holdout,
+        "train_applications": sum(len(b.cols) for b in train.batches),
+        "holdout_applications": sum(len(b.cols) for b in test.batches),
+        "split_at_ms": int(min((int(b.cols.event_ms.min()) for b in test.batches), default=0)),
+        "baseline": metrics_of(run.baseline(strategy, "holdout").summary),
+    }
+    return choose(front, max_bad_rate, min_keep_rate, result["objective"], key="holdout")
+
+
+class _Runs:
+    """Candidates and the baseline replayed on a part of the traffic."""
+
+    def __init__(
+        self,
+        base: dict[str, Any],
+        traffic: str,
+        mapping: Mapping,
+        out: Path,
+        executor: Executor | None,
+        holdout: float,
+    ):
+        self.base, self.traffic, self.mapping, self.out = base, traffic, mapping, out
+        self.executor, self.holdout = executor, holdout
+
+    def candidates(
+        self,
+        combos: list[tuple[int, dict[str, Any]]],
+        part: str,
+        progress: Callable[[dict[str, Any]], None] | None,
+    ) -> list[dict[str, Any]]:
+        """Every candidate's figures, in candidate order (``progress`` sees them as they
+        come)."""
+        where = str(self.out / ("candidates" if part != "holdout" else "holdout"))
+        m = msgspec.json.encode(self.mapping)
+        tasks = [
+            Task(cid, params, self.base, self.traffic, m, where, part, self.holdout)
+            for cid, params in combos
+        ]
+        results = []
+        for r in (self.executor or LocalExecutor()).map(evaluate, tasks):
+            results.append(r)
+            if progress:
+                progress(r)
+        results.sort(key=lambda r: r["id"])
+        return results
+
+    def baseline(self, strategy: Strategy, part: str) -> Any:
+        """The strategy itself replayed on ``part``."""
+        from router.replay.run import replay
+
+        return replay(
+            strategy,
+            self.traffic,
+            self.out / ("baseline" if part != "holdout" else "baseline_holdout"),
+            mapping=self.mapping,
+            cached=cached_traffic(strategy, self.traffic, self.mapping, part, self.holdout),
+            scorers=_scorers(strategy),
+            write_decisions=False,
+            report=False,
+        )
 
 
 def _write_best(
@@ -427,9 +558,12 @@ def _write_best(
     mapping: Mapping,
     out: Path,
     report: bool,
+    part: str = "all",
+    holdout: float = 0.0,
 ) -> tuple[Path, dict[str, Any] | None]:
     """Write the chosen candidate as ``best_strategy.toml``; with ``report``, replay it
-    for the report's figures (its summary)."""
+    on ``part`` of the traffic (the held-out part, when tuning held one out) for the
+    report's figures (its summary)."""
     from router.core.config import load_strategy
     from router.replay.run import replay
 
@@ -443,7 +577,7 @@ def _write_best(
         traffic,
         out / "best",
         mapping=mapping,
-        cached=cached_traffic(strategy, str(traffic), mapping),
+        cached=cached_traffic(strategy, str(traffic), mapping, part, holdout),
         write_decisions=False,
         report=False,
     )
