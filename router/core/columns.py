@@ -101,6 +101,9 @@ class AppColumns:
     #: Application features a model reads (router/decide/features.py): name -> float64
     #: numbers, or an object array of text (None where a row has none).
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    #: What was computed from these rows alone and may be asked again (a scorer's PDs:
+    #: tuning replays the same cached batches once per candidate); never copied.
+    memo: dict[Any, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.application_id)
@@ -337,13 +340,14 @@ def _fingerprints(cols: AppColumns) -> list[int]:
 def _assemble(
     py: dict[str, Any], coded: dict[str, Coded] | None = None, extra: dict | None = None
 ) -> AppColumns:
+    numbers: dict[str, Any] = {f: np.asarray(py[f], dtype=np.int64) for f in INT_FIELDS}
+    numbers |= {f: np.asarray(py[f], dtype=np.float64) for f in FLOAT_FIELDS}
     cols = AppColumns(
         application_id=py["application_id"],
         event_ms=np.asarray(py["event_ms"], dtype=np.int64),
         channel=np.asarray(py["channel"], dtype=str),
         applicant=py["applicant"],
-        **{f: np.asarray(py[f], dtype=np.int64) for f in INT_FIELDS},
-        **{f: np.asarray(py[f], dtype=np.float64) for f in FLOAT_FIELDS},
+        **numbers,
         region=np.asarray(py["region"], dtype=str),
         employer=py["employer"],
         consent=py["consent"],
@@ -582,6 +586,8 @@ def take(cols: AppColumns, idx: np.ndarray) -> AppColumns:
             out[name] = {k: Coded(c.codes[idx], c.values) for k, c in v.items()}
         elif name == "extra":
             out[name] = {k: c[idx] for k, c in v.items()}
+        elif name == "memo":
+            out[name] = {}
         else:
             out[name] = v[idx] if isinstance(v, np.ndarray) else [v[i] for i in il]
     return AppColumns(**out)

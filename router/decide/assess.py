@@ -122,6 +122,26 @@ def scorer_pds(scorer: Any, cols: AppColumns, X: np.ndarray | None = None) -> np
     return scorer.pd_batch(X)
 
 
+def _pds(scorer: Any, cols: AppColumns, X: list[np.ndarray]) -> np.ndarray:
+    """:func:`scorer_pds`, kept in the batch's memo: a batch replayed again (every tuning
+    candidate replays the same cached batches) is not scored again. Keyed by the scorer
+    object itself, so a memo never outlives the model it came from."""
+    try:
+        got = cols.memo.get(("pd", scorer))
+    except TypeError:  # (a scorer that cannot be a key: scored every time)
+        got, scorer_key = None, None
+    else:
+        scorer_key = ("pd", scorer)
+    if got is None:
+        if not X:
+            X.append(features_batch(cols))
+        got = scorer_pds(scorer, cols, X[0])
+        if scorer_key is not None:
+            got.flags.writeable = False  # (shared by every replay of the batch)
+            cols.memo[scorer_key] = got
+    return got
+
+
 def assess(
     cols: AppColumns,
     strategy: Strategy,
@@ -135,11 +155,11 @@ def assess(
     :class:`~router.decide.engine.Router` builds it once).
     """
     n, s = len(cols), strategy
-    X = features_batch(cols)
+    X: list[np.ndarray] = []  # the default features, computed once if a PD needs them
     inp = _Inputs(
         cols,
         s,
-        scorer_pds(scorers[s.primary.scorer], cols, X),
+        _pds(scorers[s.primary.scorer], cols, X),
         cols.requested_amount.astype(np.float64),
         cols.term_months.astype(np.float64),
         np.zeros(n, dtype=np.uint64),
@@ -148,7 +168,7 @@ def assess(
     keep_ok, keep_apr, keep_margin, keep_profit = _primary(inp, funder_ok)
     if s.branch is not None:
         b = s.branch
-        bpd = inp.pd if b.scorer == s.primary.scorer else scorer_pds(scorers[b.scorer], cols, X)
+        bpd = inp.pd if b.scorer == s.primary.scorer else _pds(scorers[b.scorer], cols, X)
         branch_ok, bapr, bmargin, bprofit = _branch(inp, bpd, funder_ok, keep_ok)
     else:
         bpd = bapr = bprofit = bmargin = np.zeros(n)

@@ -90,3 +90,19 @@ def test_realised_needs_outcomes_and_bad_options_are_refused(traffic, tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert p.returncode == 2 and "needs outcomes" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_cached_batch_is_scored_once_per_model_and_never_with_another_models_pds(traffic):
+    """Candidates replay the same cached batches: each model's PDs are kept in the batch's
+    memo (keyed by the model object), so a second model on the same batch is scored anew."""
+    from router.decide.assess import assess, scorer_pds
+    from router.scoring import LinearScorer, load_scorer
+
+    cols = read_cached(STRATEGY, traffic).batches[0].cols
+    trees = load_scorer("trees_json", ROOT / "models" / "pd_trees.json")
+    logit = LinearScorer.from_file(ROOT / "models" / "pd_logit.json")
+    for scorer in (trees, logit, trees):
+        a = assess(cols, STRATEGY, {"pd_trees": scorer}, [frozenset()] * len(STRATEGY.partners))
+        assert (a.pd == scorer_pds(scorer, cols)).all()
+    assert {k[1] for k in cols.memo} == {trees, logit}
+    assert not next(iter(cols.memo.values())).flags.writeable
