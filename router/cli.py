@@ -510,15 +510,24 @@ def tune(
         "--objective",
         help="judge candidates on expected figures, or on realised ones (needs outcomes)",
     ),
+    cluster: str | None = typer.Option(
+        None,
+        "--cluster",
+        help="run candidates on dask://host:port, ray://host:port, or a local cluster of "
+        "--workers processes: dask:local, ray:local (default: this machine's processes)",
+    ),
 ) -> None:
     """Replay every grid candidate, report the Pareto frontier, write the best strategy."""
     from router.core.config import load_strategy
-    from router.replay.tune import OBJECTIVES, LocalExecutor, candidates, load_grid
+    from router.replay.executors import executor_from_url
+    from router.replay.tune import OBJECTIVES, candidates, load_grid
     from router.replay.tune import tune as run_tune
 
+    executor = None
     try:
         g = load_grid(grid)
         n = len(candidates(g))
+        executor = executor_from_url(cluster, workers)
         with _progress(n, "candidates") as bar:
             task = bar.add_task("tune", total=n)
             r = run_tune(
@@ -528,7 +537,7 @@ def tune(
                 out_dir,
                 max_bad_rate=max_bad_rate,
                 min_keep_rate=min_keep_rate,
-                executor=LocalExecutor(workers),
+                executor=executor,
                 mapping=_mapping(mapping),
                 progress=lambda _: bar.advance(task),
                 holdout=holdout,
@@ -536,6 +545,10 @@ def tune(
             )
     except RouterError as exc:
         _fail(exc)
+    finally:
+        close = getattr(executor, "close", None)
+        if close is not None:
+            close()
     cands = r.result["candidates"]
     v, b = OBJECTIVES[objective]
     part = " (the earlier part)" if holdout else ""

@@ -15,16 +15,14 @@ terminal is listed here, each with its reason:
 - inputs that stand for the reader's own data are made first: ``their_rows.csv`` (the
   partner's file: our rows with one amount changed), and for the Python blocks
   ``request_body``, ``list_of_applications``, ``concurrent_requests``,
-  ``forward_to_partner``, ``strategy`` and ``grid``, and a stand-in ``dask.distributed``
-  (a thread pool with Dask's ``Client.map`` / ``as_completed`` shape; Dask is not a
-  dependency);
+  ``forward_to_partner``, ``strategy`` and ``grid``, and ``dask.distributed.Client``
+  connects to a local cluster of 2 worker processes instead of the README's scheduler;
 - a TOML block is checked for what it is: a mapping must load, the grid must be the
   shipped one, a ``[scorers]`` table must load as the shipped strategy's primary scorer.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import os
 import re
@@ -155,21 +153,23 @@ class Reader:
             os.chdir(old)
 
 
-def _fake_dask() -> types.ModuleType:
-    """Dask's ``Client(address).map(fn, tasks, pure=False)`` and ``as_completed`` on a
-    thread pool, so the README's executor example runs without Dask installed."""
+def _fake_dask(own: list) -> types.ModuleType:
+    """``dask.distributed`` whose ``Client(address)`` is a real client of a local cluster of
+    2 worker processes (the README's scheduler address stands for the reader's cluster)."""
+    import distributed
+
     mod = types.ModuleType("dask.distributed")
-    pool = concurrent.futures.ThreadPoolExecutor(2)
 
-    class Client:
-        def __init__(self, address: str) -> None:
-            self.address = address
+    def client(address: str) -> distributed.Client:
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        c = distributed.Client(cluster)
+        own.extend([c, cluster])
+        return c
 
-        def map(self, fn, tasks, pure=True):
-            return [pool.submit(fn, t) for t in tasks]
-
-    mod.Client = Client  # type: ignore[attr-defined]
-    mod.as_completed = concurrent.futures.as_completed  # type: ignore[attr-defined]
+    mod.Client = client  # type: ignore[attr-defined]
+    mod.as_completed = distributed.as_completed  # type: ignore[attr-defined]
     return mod
 
 
@@ -202,8 +202,11 @@ def reader(tmp_path_factory, redis_server):
         sent=sent,
     )
     saved = sys.modules.get("dask.distributed")
-    sys.modules["dask.distributed"] = _fake_dask()
+    own: list = []
+    sys.modules["dask.distributed"] = _fake_dask(own)
     yield r
+    for thing in own:
+        thing.close()
     if saved is None:
         sys.modules.pop("dask.distributed", None)
     else:
