@@ -2,9 +2,11 @@
 
 :func:`scorer_from_estimator` returns a :class:`~router.scoring.linear.LinearScorer` for
 linear models, a :class:`~router.scoring.tree_kernel.TreeScorer` (numba) for histogram
-gradient boosting, and otherwise a :class:`SklearnScorer` that calls ``predict_proba`` (correct,
-but with scikit-learn's per-call overhead). Models load from skops files with an explicit
-list of trusted types, never from pickle.
+gradient boosting — also behind a ``ColumnTransformer`` over named columns (one-hot,
+scaled, imputed, passed through: router/scoring/column_transform.py) — and otherwise a
+:class:`SklearnScorer` that calls ``predict_proba`` (correct, but with scikit-learn's
+per-call overhead: about 3 ms a row for such a pipeline, bench/bench_decide.py). Models
+load from skops files with an explicit list of trusted types, never from pickle.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class SklearnScorer:
         # Fitted on named columns, the estimator warns when given a bare array (which is
         # in its own column order here): that warning says nothing about these calls.
         self._named = hasattr(estimator, "feature_names_in_")
+        steps = getattr(estimator, "steps", None) or [(None, None)]
+        self._frame = type(steps[0][1]).__name__ == "ColumnTransformer"
 
     def pd_one(self, x: Sequence[float]) -> float:
         """PD of one row."""
@@ -46,6 +50,10 @@ class SklearnScorer:
     def _proba(self, X: np.ndarray) -> np.ndarray:
         if not self._named:
             return self.estimator.predict_proba(X)[:, 1]
+        if self._frame:  # (a ColumnTransformer selects its columns by name: a DataFrame)
+            import pandas as pd
+
+            return self.estimator.predict_proba(pd.DataFrame(X, columns=self.feature_names_))[:, 1]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="X does not have valid feature names")
             return self.estimator.predict_proba(X)[:, 1]
@@ -68,6 +76,15 @@ def scorer_from_estimator(
             f"feature names {list(feature_names)} (a strategy declares a model's features in "
             "[scorers.NAME] features)"
         )
+    if compile and hasattr(est, "steps") and type(est.steps[0][1]).__name__ == "ColumnTransformer":
+        from router.scoring.column_transform import compile_pipeline
+
+        # Over named columns: one-hot flags, scaled and passed-through columns as router
+        # features (router/scoring/column_transform.py); uncompilable, it is scored as it is.
+        try:
+            return compile_pipeline(est)
+        except ModelError:
+            return SklearnScorer(est, feature_names)
     if compile:
         final = est.steps[-1][1] if hasattr(est, "steps") else est
         if isinstance(final, HistGradientBoostingClassifier) and not hasattr(est, "steps"):
