@@ -705,8 +705,9 @@ def _held_out_section(result: dict[str, Any]) -> str:
             ],
             rows,
         )  # fmt: skip
-        + "<p class='muted'>Realised value: the kept loans' profit as it came out plus the "
-        "expected branch profit and referral revenue (their outcomes are the partners').</p>"
+        + "<p class='muted'>Realised value: the kept loans' profit as it came out, the "
+        "referral revenue the partners' results realised (expected where the traffic has "
+        "none) and the expected branch profit (its loans' outcomes are the partner's).</p>"
     )
 
 

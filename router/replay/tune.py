@@ -225,21 +225,28 @@ def metrics_of(summary: dict[str, Any]) -> dict[str, Any]:
         # Where the traffic has outcomes: the kept loans' profit as it came out, and whether
         # their PDs came true (summary.json's calibration) — expected against realised.
         "realised_keep_profit": summary.get("realised_keep_profit"),
-        # The value with the kept loans' profit as it came out (branch and referral parts
-        # stay expected: their outcomes are the partners'); None without outcomes.
-        "realised_value": (
-            None
-            if summary.get("realised_keep_profit") is None and not _has_outcomes(summary)
-            else (summary.get("realised_keep_profit") or 0)
-            + summary["expected_profit"]["branch"]
-            + summary["expected_profit"]["referral_value"]
-        ),
+        # The value as it came out: the kept loans' realised profit, and the referral
+        # revenue the partners' results in the traffic realised where it has them (the
+        # branch's profit stays expected: its loans' outcomes are the partner's); None
+        # without outcomes.
+        "realised_value": _realised_value(summary),
         "kept_pds_came_true": _kept_consistent(summary),
         "kept_realised_ci95": _kept(summary).get("realised_ci95"),
         "kept_with_outcome": _kept(summary).get("n", 0),
         "keep_rate": summary["keep_rate"],
         "decisions": summary["decisions"],
     }
+
+
+def _realised_value(summary: dict[str, Any]) -> int | None:
+    if summary.get("realised_keep_profit") is None and not _has_outcomes(summary):
+        return None
+    referral = summary.get("realised_referral_value")
+    if referral is None:
+        referral = summary["expected_profit"]["referral_value"]
+    return (
+        (summary.get("realised_keep_profit") or 0) + summary["expected_profit"]["branch"] + referral
+    )
 
 
 def _kept(summary: dict[str, Any]) -> dict[str, Any]:
@@ -460,8 +467,8 @@ def _any_outcome(cached: Any) -> bool:
 def _objectives(objective: str) -> dict[str, str]:
     if objective == "realised":
         return {
-            "realised_value": "max (realised keep profit + expected branch profit and "
-            "referral revenue)",
+            "realised_value": "max (realised keep profit + expected branch profit + "
+            "realised referral revenue)",
             "realised_bad_rate": "min (realised, kept loans)",
             "keep_rate": "max",
         }
