@@ -139,3 +139,15 @@ def test_an_uncompilable_pipeline_is_scored_as_it_is(frame):
     s2 = scorer_from_estimator(est2)
     assert isinstance(s2, SklearnScorer)
     np.testing.assert_allclose(s2.pd_batch(numeric.to_numpy()), est2.predict_proba(numeric)[:, 1])
+
+
+def test_a_pipeline_saved_with_skops_loads_as_an_sklearn_scorer_compiled(frame, tmp_path):
+    import skops.io as sio
+
+    from router.scoring import load_scorer
+
+    X, y = frame
+    est, _ = _pipelines()["trees"]
+    sio.dump(est.fit(X, y), tmp_path / "pipe.skops")
+    scorer = load_scorer("sklearn", tmp_path / "pipe.skops")
+    assert isinstance(scorer, TreeScorer) and "product=cash" in scorer.feature_names_
