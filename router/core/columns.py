@@ -23,6 +23,7 @@ from router.core.fingerprint import (
     _MASK,
     _SEED_INT,
     _W,
+    _mix,
     as_u64,
     combine,
     float_bits,
@@ -242,7 +243,58 @@ def row_fingerprint(r: Row) -> int:
         + _W6 * float_bits(r.dti)
         + _W7 * float_bits(r.max_apr)
     )
+    if r.features:  # (no term without features: every fingerprint before them is unchanged)
+        h += _W11 * features_part(r.features)
     return mix_py(h & _MASK)
+
+
+_W11, _W12 = _W[11], _W[12]
+_TEXT = 0x5445585400000000  # (a text value and a number of the same bits differ)
+
+
+def _feature_term(name_hash: int, value_hash: int) -> int:
+    return mix_py((name_hash * _W12 + value_hash) & _MASK)
+
+
+def features_part(features: dict[str, Any]) -> int:
+    """An application's features as one 64-bit value: a sum over its (name, value) pairs,
+    so the order they come in does not matter; a number counts by its float bits (3 and
+    3.0 alike), text by its hash; an absent value (None) not at all."""
+    total = 0
+    for name, v in features.items():
+        if v is None:
+            continue
+        vh = hash_string_py(v) ^ _TEXT if isinstance(v, str) else float_bits(float(v))
+        total += _feature_term(_hash_low_card(name), vh)
+    return total & _MASK
+
+
+def _features_part_np(extra: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """:func:`features_part` of every row of a batch's feature columns (same bits)."""
+    total = np.zeros(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for name, col in extra.items():
+            nh = np.uint64(_hash_low_card(name))
+            if col.dtype.kind == "f":
+                present = ~np.isnan(col)
+                vh = as_u64(np.where(present, col, 0.0))
+            else:
+                vals = col.tolist()
+                present = np.array([v is not None for v in vals], dtype=bool)
+                vh = np.array(
+                    [
+                        0
+                        if v is None
+                        else hash_string_py(v) ^ _TEXT
+                        if isinstance(v, str)
+                        else float_bits(float(v))
+                        for v in vals
+                    ],
+                    dtype=np.uint64,
+                )
+            term = _mix(nh * np.uint64(_W12) + vh)
+            total = total + np.where(present, term, np.uint64(0))
+    return total
 
 
 def row_of(cols: AppColumns, i: int = 0) -> Row:
@@ -334,6 +386,8 @@ def _fingerprints(cols: AppColumns) -> list[int]:
             _hash_coded(cols.employer),
             _hash_coded(cols.consent),
         ]
+        if cols.extra:
+            parts.append(_features_part_np(cols.extra, n))
         return combine(parts, n).tolist()
 
 

@@ -214,3 +214,41 @@ def test_a_mapping_renames_and_transforms_features_and_still_catches_typos(traff
     (tmp_path / "bad2.toml").write_text('[features]\nbureau_score = "S"\n')
     with pytest.raises(ConfigError, match=r"features.bureau_score"):
         load_mapping(tmp_path / "bad2.toml")
+
+
+def test_features_are_part_of_the_content_a_retry_is_checked_against(traffic):
+    """Same id, other features: an idempotency conflict, as for any other field; the same
+    features in another order or as 3 against 3.0 are the same content. One row's
+    fingerprint equals its batch's, features or none."""
+    from router.core.columns import _fingerprints, from_applications, row_from_application
+    from router.core.errors import IdempotencyConflict
+    from router.core.identity import Hasher
+
+    apps, _ = traffic
+    router = _router(_scorer())
+    first = router.decide(apps[0])
+    same = msgspec.structs.replace(apps[0], features=dict(reversed(list(apps[0].features.items()))))
+    assert router.decide(same) == first
+    other = msgspec.structs.replace(
+        apps[0], features={**apps[0].features, "savings": apps[0].features["savings"] + 1}
+    )
+    with pytest.raises(IdempotencyConflict):
+        router.decide(other)
+    hasher = Hasher(b"fingerprint-features-key")
+    ints = {"savings": 3, "purpose": "car"}
+    mixed = [
+        *apps[:20],
+        msgspec.structs.replace(apps[20], features={}),
+        msgspec.structs.replace(apps[21], features=ints),
+    ]
+    as_float = msgspec.structs.replace(apps[21], features={"savings": 3.0, "purpose": "car"})
+    rows = [row_from_application(a, hasher).fingerprint for a in mixed]
+    assert rows == from_applications(mixed, hasher).fingerprint
+    assert rows[-1] == row_from_application(as_float, hasher).fingerprint
+    # Without features, the fingerprint is what it was before features existed.
+    bare = msgspec.structs.replace(apps[0], features={})
+    cols = from_applications([bare] * 9, hasher)
+    assert (
+        not cols.extra and _fingerprints(cols)[0] == row_from_application(bare, hasher).fingerprint
+    )
+    assert rows[0] != row_from_application(bare, hasher).fingerprint
