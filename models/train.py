@@ -31,19 +31,11 @@ from router.core.columns import from_arrow  # noqa: E402
 from router.core.identity import Hasher  # noqa: E402
 from router.decide.features import FEATURES, FeatureSet  # noqa: E402
 from router.scoring import LinearScorer, TreeScorer, scorer_from_estimator  # noqa: E402
+from router.scoring.card import ks  # noqa: E402
 from router.traffic import generate_batches  # noqa: E402
 
 SEED, ROWS = 20261101, 300_000
 NAMES = (*FEATURES, "max_apr")
-
-
-def ks(y: np.ndarray, p: np.ndarray) -> float:
-    """Kolmogorov–Smirnov distance between the score distributions of bads and goods."""
-    order = np.argsort(p)
-    y = y[order]
-    cb = np.cumsum(y) / y.sum()
-    cg = np.cumsum(1 - y) / (1 - y).sum()
-    return float(np.max(np.abs(cb - cg)))
 
 
 def main() -> None:
