@@ -18,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -167,6 +169,21 @@ class CachedTraffic:
     sha256: str
     rejects: list[Reject]
 
+    @cached_property
+    def repeated_ids(self) -> frozenset[str]:
+        """The application ids that occur more than once (retries): the only ones a
+        replay's store will be asked to recall."""
+        seen: set[str] = set()
+        again: set[str] = set()
+        for b in self.batches:
+            ids = b.cols.application_id
+            batch = set(ids)
+            if len(batch) < len(ids):
+                again.update(a for a, k in Counter(ids).items() if k > 1)
+            again |= seen & batch
+            seen |= batch
+        return frozenset(again)
+
 
 def read_cached(
     strategy: Strategy,
@@ -266,7 +283,7 @@ def replay(
 
         sink = BillingSink(billing_db, strategy)
     own_store = store is None
-    store = _replay_store(strategy, store, sink)
+    store = _replay_store(strategy, store, sink, cached.repeated_ids if cached else None)
     router, metrics = _replay_router(strategy, store, scorers, allow_degraded, reference, mapping)
     log.info("replay.start", traffic=str(traffic) if traffic_file else "<stream>", out=str(out))
     run = _Run(out, strategy, router, metrics, sink)
@@ -351,14 +368,18 @@ def _read_in_time_order(
     )
 
 
-def _replay_store(strategy: Strategy, store: QuotaStore | None, sink: Any) -> QuotaStore:
-    """The caller's store at replay's service level, or a fresh in-process one."""
+def _replay_store(
+    strategy: Strategy, store: QuotaStore | None, sink: Any, recall_only: frozenset[str] | None
+) -> QuotaStore:
+    """The caller's store at replay's service level, or a fresh in-process one (keeping
+    records only of ``recall_only`` when the whole traffic is known)."""
     if store is None:
         store = ArrayQuotaStore(
             idempotency_ttl_ms=strategy.idempotency_ttl_hours * 3600_000,
             retain_ledger=False,
             on_append=sink,
             validate=False,
+            recall_only=recall_only,
         )
     store.for_replay()
     return store

@@ -79,7 +79,10 @@ def _words_of(applicant: str) -> tuple[int, int]:
 
 
 class ArrayQuotaStore(InProcessRecords, QuotaStore):
-    """Arrays behind a (re-entrant) lock; options as :class:`MemoryQuotaStore`."""
+    """Arrays behind a (re-entrant) lock; options as :class:`MemoryQuotaStore`, and
+    ``recall_only``: the only application ids that may ever come again (replay of traffic
+    read in full passes the ids it holds more than once), so only their decision records
+    are kept — the same decisions, without a record per application."""
 
     #: The allocator may hand whole batches to :meth:`allocate`.
     compiled = True
@@ -91,8 +94,10 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
         retain_ledger: bool = True,
         on_append: Callable[[ReferralEntry], None] | None = None,
         validate: bool = True,
+        recall_only: frozenset[str] | None = None,
     ):
         self._setup(idempotency_ttl_ms, retain_ledger, on_append, validate)
+        self._decisions.recall_only = recall_only
         # bucket id -> (index, the Bucket last seen); slot -> (window, time zone)
         self._buckets: dict[str, tuple[int, Bucket]] = {}
         self.slot_windows: list[tuple[str, str]] = []

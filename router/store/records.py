@@ -43,8 +43,12 @@ class Block:
 class DecisionRecords:
     """Application id -> (record, fingerprint), swept by event time."""
 
-    def __init__(self, ttl_ms: int):
+    def __init__(self, ttl_ms: int, recall_only: frozenset[str] | None = None):
         self.ttl_ms = ttl_ms
+        #: When set, the only ids that can ever be asked for again (a replay of traffic
+        #: known in full: the ids it holds more than once); no other id's record is kept,
+        #: since no later call could recall it.
+        self.recall_only = recall_only
         # Flat dicts, no per-entry tuples; a block-stored id maps to its Block in
         # _records and has no _fingerprints entry.
         self._records: dict[str, bytes | Block] = {}
@@ -70,7 +74,7 @@ class DecisionRecords:
         :class:`IdempotencyConflict` for an id recorded with a different fingerprint."""
         found: dict[int, bytes] = {}
         recs = self._records
-        if recs.keys().isdisjoint(application_ids):  # the usual case, at C speed
+        if not recs or recs.keys().isdisjoint(application_ids):  # the usual case, at C speed
             return found
         for i, a in enumerate(application_ids):
             got = self._get(a) if a in recs else None
@@ -90,6 +94,11 @@ class DecisionRecords:
     ) -> bool:
         """Store each id's record unless it has one (the first record wins); True when
         any was stored."""
+        if self.recall_only is not None:
+            keep = self._recallable(application_ids)
+            application_ids = [application_ids[i] for i in keep]
+            fingerprints = [fingerprints[i] for i in keep]
+            records = [records[i] for i in keep]
         recs, fps = self._records, self._fingerprints
         if recs.keys().isdisjoint(application_ids):
             # The usual case (none decided before): bulk updates at C speed. An id that
@@ -117,11 +126,24 @@ class DecisionRecords:
     ) -> None:
         """:meth:`remember_many` for a batch's distinct ids, none of them recorded
         yet (the caller recalled them first); ``records`` has :data:`RECORD_DTYPE`."""
+        if self.recall_only is not None and application_ids:
+            keep = self._recallable(application_ids)
+            if len(keep) < len(application_ids):
+                application_ids = [application_ids[i] for i in keep]
+                fingerprints, records = fingerprints[keep], records[keep]
         if not application_ids:
             return
         block = Block(application_ids, fingerprints, records)
         self._records.update(zip(application_ids, itertools.repeat(block)))
         self._order.append((newest, application_ids))
+
+    def _recallable(self, application_ids: Sequence[str]) -> list[int]:
+        """Positions of the ids in :attr:`recall_only` (which is set)."""
+        only = self.recall_only
+        assert only is not None
+        if only.isdisjoint(application_ids):  # the usual case, at C speed
+            return []
+        return [i for i, a in enumerate(application_ids) if a in only]
 
     def sweep(self, event_ms: int) -> None:
         """Drop the records of calls whose newest event is older than the TTL."""

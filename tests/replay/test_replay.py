@@ -139,3 +139,30 @@ def test_known_refusal_shortcut_changes_nothing(tmp_path, traffic, monkeypatch, 
     slow = replay(s, traffic[0], tmp_path / "slow")
     assert fast.decisions_path.read_bytes() == slow.decisions_path.read_bytes()
     assert fast.summary_path.read_bytes() == slow.summary_path.read_bytes()
+
+
+def test_replaying_cached_traffic_keeps_only_the_records_a_retry_can_ask_for(tmp_path):
+    """Traffic read once (tuning) is replayed on a store that keeps decision records only
+    for the ids the traffic holds more than once; the retries, in later batches or the
+    same one, still get their first decision back: the same figures as a replay from the
+    file, which keeps every record."""
+    import pyarrow as pa
+
+    from router.replay.run import read_cached
+
+    t = pq.read_table(write_traffic(tmp_path / "t.parquet", 4000, seed=7, per_day=4000))
+    retries = pa.concat_tables([t.slice(0, 400), t.slice(1000, 50), t.slice(1000, 50)])
+    path = tmp_path / "with_retries.parquet"
+    pq.write_table(pa.concat_tables([t, retries]), path)
+    s = small_caps_strategy()  # caps run out: a retry decided anew would differ
+    cached = read_cached(s, path, batch_size=1000)
+    assert cached.repeated_ids == set(t.column("application_id").to_pylist()[:400]) | set(
+        t.column("application_id").to_pylist()[1000:1050]
+    )
+    a = replay(s, path, tmp_path / "file", batch_size=1000, report=False)
+    b = replay(s, path, tmp_path / "cached", cached=cached, report=False)
+    assert a.decisions_path.read_bytes() == b.decisions_path.read_bytes()
+    assert a.summary_path.read_bytes() == b.summary_path.read_bytes()
+    decisions = pq.read_table(a.decisions_path).to_pylist()
+    first = {r["application_id"]: r for r in decisions[:4000]}
+    assert all(r == first[r["application_id"]] for r in decisions[4000:])
