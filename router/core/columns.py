@@ -33,6 +33,7 @@ from router.core.fingerprint import (
 )
 from router.core.identity import Hasher, Tokens
 from router.core.messages import Application
+from router.core.windows import window_keys
 
 INT_FIELDS = (
     "age",
@@ -117,6 +118,19 @@ def coded_column(cols: AppColumns, name: str) -> Coded:
     if c is None:
         c = cols.coded[name] = Coded.encode(getattr(cols, name).tolist())
     return c
+
+
+def batch_window_keys(cols: AppColumns, tz: str) -> dict[str, np.ndarray]:
+    """:func:`~router.core.windows.window_keys` of the batch's event times, kept in its
+    memo (assessment and the replay's metrics both read them, every tuning candidate
+    again); recomputed if the event times were replaced (a caller's clock)."""
+    got = cols.memo.get(("window_keys", tz))
+    if got is None or got[0] is not cols.event_ms:
+        keys = window_keys(cols.event_ms, tz)
+        for k in keys.values():
+            k.flags.writeable = False
+        got = cols.memo[("window_keys", tz)] = (cols.event_ms, keys)
+    return got[1]
 
 
 def consent_text(c: Any) -> str:

@@ -89,7 +89,9 @@ def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcome
     n, P = len(cols), len(s.partners)
     ids, fps = cols.application_id, cols.fingerprint
     recalled = store.recall_many(ids, fps)
-    dups = find_repeats(ids, fps)
+    dups = cols.memo.get("repeats")  # (a cached batch, replayed again: found once)
+    if dups is None:
+        dups = cols.memo["repeats"] = find_repeats(ids, fps)
     masks = (
         (a.eligible.astype(np.int64) << np.arange(P)).sum(axis=1)
         if P
@@ -108,9 +110,7 @@ def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcome
         _hand_back(al, store, slots, refusals, capev)
         if store.needs_entries:
             _append_entries(al, store, cols, a, kind, chosen)
-    out = fill_outcomes(
-        a, kind, chosen.tolist(), bits, [p.id for p in s.partners], np.zeros(n, dtype=bool)
-    )
+    out = fill_outcomes(a, kind, chosen, bits, [p.id for p in s.partners], np.zeros(n, dtype=bool))
     _records(store, cols, out, recalled, dups)
     return out
 
@@ -214,24 +214,26 @@ def _append_entries(al: Allocator, store, cols: AppColumns, a: Assessment, kind,
 
 
 def _records(store, cols: AppColumns, out: Outcomes, recalled: dict, dups: dict) -> None:
-    """Hand back recalled decisions and repeats as they were; store every new record."""
+    """Hand back recalled decisions and repeats as they were; store every new record the
+    store keeps (all of them, but for a replay that knows which ids come again)."""
     ids, fps, event_ms = cols.application_id, cols.fingerprint, cols.event_ms
     for i, rec in recalled.items():
         out.set_record(i, rec)
-    records = out.record_array()
-    for i, j in dups.items():
-        out.set_record(i, records[j].tobytes())
+    if dups:
+        records = out.record_array()
+        for i, j in dups.items():
+            out.set_record(i, records[j].tobytes())
+    new = np.ones(len(cols), dtype=bool)
     if recalled or dups:
-        keep = np.ones(len(cols), dtype=bool)
-        keep[list(recalled) + list(dups)] = False
-        rows_kept = np.flatnonzero(keep)
-        store.remember_block(
-            [ids[i] for i in rows_kept.tolist()],
-            np.asarray(fps, dtype=np.uint64)[rows_kept],
-            records[rows_kept],
-            int(event_ms[rows_kept].max()) if len(rows_kept) else 0,
-        )
-    else:
-        store.remember_block(
-            list(ids), np.asarray(fps, dtype=np.uint64), records, int(event_ms.max())
-        )
+        new[list(recalled) + list(dups)] = False
+    rows = np.flatnonzero(new)
+    if not len(rows):
+        return
+    new_ids = [ids[i] for i in rows.tolist()] if len(rows) < len(cols) else list(ids)
+    kept = np.asarray(store.recallable(new_ids), dtype=np.int64)
+    store.remember_block(
+        [new_ids[k] for k in kept.tolist()],
+        np.asarray(fps, dtype=np.uint64)[rows[kept]],
+        out.record_array(rows[kept]),
+        int(event_ms[rows].max()),
+    )

@@ -117,13 +117,18 @@ class Outcomes:
             ]
         return self.record_array().view(f"S{RECORD_DTYPE.itemsize}").tolist()
 
-    def record_array(self) -> np.ndarray:
-        """Every row's record as one :data:`RECORD_DTYPE` array (row ``i``'s bytes are
-        ``record_array()[i].tobytes()``)."""
-        rec = np.empty(len(self.kind), dtype=RECORD_DTYPE)
-        rec["kind"], rec["bits"], rec["value"] = self.kind, self.bits, self.value
-        rec["apr"], rec["margin"], rec["pd"] = self.apr, self.margin, self.pd
-        rec["partner"] = np.asarray(self.partner, dtype="S32")
+    def record_array(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Every row's record (or those of ``rows``) as one :data:`RECORD_DTYPE` array
+        (row ``i``'s bytes are ``record_array()[i].tobytes()``)."""
+        every: slice | np.ndarray = slice(None)
+        partner = self.partner
+        if rows is not None:
+            every, partner = rows, [self.partner[i] for i in rows.tolist()]
+        rec = np.empty(len(self.kind[every]), dtype=RECORD_DTYPE)
+        rec["kind"], rec["bits"] = self.kind[every], self.bits[every]
+        rec["value"], rec["apr"] = self.value[every], self.apr[every]
+        rec["margin"], rec["pd"] = self.margin[every], self.pd[every]
+        rec["partner"] = np.asarray(partner, dtype="S32")
         rec["end"] = 1
         return rec
 
@@ -239,15 +244,16 @@ def reason_strings(bits: np.ndarray, sep: str = "|") -> list[str]:
 def fill_outcomes(
     a: Assessment,
     kind: np.ndarray,
-    chosen: list[int],
+    chosen: Sequence[int] | np.ndarray,
     bits: np.ndarray,
     partner_ids: list[str],
     degraded: np.ndarray,
 ) -> Outcomes:
-    """Vectorised outcome columns from the chosen paths."""
+    """Vectorised outcome columns from the chosen paths (``chosen``: the partner index
+    of each row, -1 for none)."""
     n = len(kind)
     if n == 1:
-        return _fill_one(a, int(kind[0]), chosen[0], bits, partner_ids, degraded)
+        return _fill_one(a, int(kind[0]), int(chosen[0]), bits, partner_ids, degraded)
     is_keep, is_branch, is_refer = kind == KEEP, kind == BRANCH, kind == REFER
     rows = np.arange(n)
     ch = np.asarray(chosen, dtype=np.int64)
@@ -265,7 +271,8 @@ def fill_outcomes(
     if a.ev.shape[1]:
         apr[is_refer] = a.partner_apr[rows, ref_j][is_refer]
         value[is_refer] = a.ev[rows, ref_j][is_refer]
-    partner = [partner_ids[j] if j >= 0 else "" for j in chosen]
+    # (-1, no partner, indexes the "" put last)
+    partner = np.array([*partner_ids, ""], dtype=object)[ch].tolist()
     return Outcomes(
         kind=kind,
         partner=partner,

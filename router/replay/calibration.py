@@ -55,13 +55,12 @@ class Calibration:
             [np.ones_like(p), y, p, p * (1 - p), p * loss, p * (1 - p) * loss**2, y * loss]
         )
         band = np.clip(np.searchsorted(PD_BANDS, p, side="right") - 1, 0, len(PD_BANDS) - 2)
+        kept = k == KEEP
+        band_kept, nb = band[kept], len(PD_BANDS) - 1
         for j in range(_FIELDS):
             self._by_kind[:, j] += np.bincount(k, weights=cols[j], minlength=4)
-            self._by_band[:, j] += np.bincount(band, weights=cols[j], minlength=len(PD_BANDS) - 1)
-            kept = k == KEEP
-            self._kept_by_band[:, j] += np.bincount(
-                band[kept], weights=cols[j][kept], minlength=len(PD_BANDS) - 1
-            )
+            self._by_band[:, j] += np.bincount(band, weights=cols[j], minlength=nb)
+            self._kept_by_band[:, j] += np.bincount(band_kept, weights=cols[j][kept], minlength=nb)
 
     def table(self) -> dict[str, Any] | None:
         """The summary's ``calibration`` section, or None when no row had an outcome."""

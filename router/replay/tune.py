@@ -420,8 +420,10 @@ def tune(
         raise ConfigError("objective realised needs outcomes: the traffic has no `defaulted`")
     part, h = ("train", holdout) if holdout else ("all", 0.0)
     run = _Runs(base, str(traffic), mapping, out, executor, h)
+    # The strategy tuning starts from, the point to beat, replayed first: what it works
+    # out once per batch (scores, partner values) is then in memory for forked workers.
+    start = run.baseline(strategy, part)
     results = run.candidates(list(enumerate(combos)), part, progress)
-    start = run.baseline(strategy, part)  # the strategy tuning starts from: the point to beat
     for r, front in zip(results, pareto(results, objective)):
         r["frontier"] = front
     best = best_on_train = choose(results, max_bad_rate, min_keep_rate, objective)

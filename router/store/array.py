@@ -299,12 +299,16 @@ class ArrayQuotaStore(InProcessRecords, QuotaStore):
     def remember_block(
         self, application_ids: list[str], fingerprints: np.ndarray, records: np.ndarray, newest: int
     ) -> None:
-        """Store a batch's records at once (distinct ids, none recorded yet)."""
-        if not application_ids:
-            return
+        """Store a batch's records at once (distinct ids, none recorded yet, each one
+        :meth:`recallable`) and move the event-time horizon to ``newest``."""
         with self._lock:
             self._decisions.remember_block(application_ids, fingerprints, records, newest)
             self._advance(newest)
+
+    def recallable(self, application_ids: Sequence[str]) -> list[int]:
+        """Positions of the ids whose records this store keeps (all, without
+        ``recall_only``)."""
+        return self._decisions.recallable(application_ids)
 
     def usage(self, bucket: Bucket, keys: tuple[int, ...]) -> list[tuple[int, int]]:
         with self._lock:

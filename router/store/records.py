@@ -95,7 +95,7 @@ class DecisionRecords:
         """Store each id's record unless it has one (the first record wins); True when
         any was stored."""
         if self.recall_only is not None:
-            keep = self._recallable(application_ids)
+            keep = self.recallable(application_ids)
             application_ids = [application_ids[i] for i in keep]
             fingerprints = [fingerprints[i] for i in keep]
             records = [records[i] for i in keep]
@@ -125,22 +125,20 @@ class DecisionRecords:
         self, application_ids: list[str], fingerprints: np.ndarray, records: np.ndarray, newest: int
     ) -> None:
         """:meth:`remember_many` for a batch's distinct ids, none of them recorded
-        yet (the caller recalled them first); ``records`` has :data:`RECORD_DTYPE`."""
-        if self.recall_only is not None and application_ids:
-            keep = self._recallable(application_ids)
-            if len(keep) < len(application_ids):
-                application_ids = [application_ids[i] for i in keep]
-                fingerprints, records = fingerprints[keep], records[keep]
+        yet (the caller recalled them first) and each one :meth:`recallable`;
+        ``records`` has :data:`RECORD_DTYPE`."""
         if not application_ids:
             return
         block = Block(application_ids, fingerprints, records)
         self._records.update(zip(application_ids, itertools.repeat(block)))
         self._order.append((newest, application_ids))
 
-    def _recallable(self, application_ids: Sequence[str]) -> list[int]:
-        """Positions of the ids in :attr:`recall_only` (which is set)."""
+    def recallable(self, application_ids: Sequence[str]) -> list[int]:
+        """Positions of the ids whose records are kept: all, or those in
+        :attr:`recall_only`."""
         only = self.recall_only
-        assert only is not None
+        if only is None:
+            return list(range(len(application_ids)))
         if only.isdisjoint(application_ids):  # the usual case, at C speed
             return []
         return [i for i, a in enumerate(application_ids) if a in only]

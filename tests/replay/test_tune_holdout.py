@@ -104,5 +104,38 @@ def test_a_cached_batch_is_scored_once_per_model_and_never_with_another_models_p
     for scorer in (trees, logit, trees):
         a = assess(cols, STRATEGY, {"pd_trees": scorer}, [frozenset()] * len(STRATEGY.partners))
         assert (a.pd == scorer_pds(scorer, cols)).all()
-    assert {k[1] for k in cols.memo} == {trees, logit}
-    assert not next(iter(cols.memo.values())).flags.writeable
+    pds = {k: v for k, v in cols.memo.items() if k[0] == "pd"}
+    assert {k[1] for k in pds} == {trees, logit}
+    assert not next(iter(pds.values())).flags.writeable
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"routing.min_expected_value": 4000},
+        {"partners.cfc_heshan.filters.max_pd": 0.04},
+        {"partners.bank_ningyuan.terms.rev_share": 0.05},
+        {"partners.platform_yunfan.whitelisted": False},
+        {"partners.cfc_heshan.apr_min": 0.19},
+        {"channels.h5_aggregator.consent_partners": ["credit_dongfang"]},
+        {"rules.max_age": 40},
+        {"partners.credit_dongfang.caps.day.count": 50},
+    ],
+)
+def test_what_a_cached_batch_keeps_never_leaks_into_another_candidate(traffic, tmp_path, changes):
+    """A batch keeps what it worked out for a candidate (window keys, the partners'
+    eligibility and values) for the next candidate to reuse: a candidate that changes
+    what those depend on is worked out anew — replayed after the base strategy on the
+    same cached batches, it gives what it gives on traffic read afresh."""
+    from router.replay.tune import _scorers, strategy_data
+
+    cached, scorers = read_cached(STRATEGY, traffic), _scorers(STRATEGY)  # as tune shares them
+    replay(STRATEGY, traffic, tmp_path / "base", cached=cached, scorers=scorers, report=False)
+    candidate = make_candidate(strategy_data(STRATEGY), changes, 1)
+    after = replay(
+        candidate, traffic, tmp_path / "after", cached=cached, scorers=scorers, report=False
+    )
+    fresh = replay(candidate, traffic, tmp_path / "fresh", report=False)
+    assert after.decisions_path.read_bytes() == fresh.decisions_path.read_bytes()
+    base = (tmp_path / "base" / "decisions.parquet").read_bytes()
+    assert after.decisions_path.read_bytes() != base  # (the change changes decisions)
