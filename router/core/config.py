@@ -246,6 +246,10 @@ class Strategy(Base, kw_only=True, frozen=True):
                 return p
         raise ConfigError(f"unknown partner {partner_id!r}")
 
+    def scorers_used(self) -> set[str]:
+        """The scorers a policy reads (the others are alternatives, never loaded)."""
+        return {self.primary.scorer, *([self.branch.scorer] if self.branch else [])}
+
 
 _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 

@@ -6,6 +6,7 @@ quota store; :mod:`router.decide.engine` then walks the batch in arrival order a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from router.core import economics as eco
 from router.core.columns import AppColumns, batch_window_keys, coded_column
-from router.core.config import Strategy
+from router.core.config import Filters, Strategy
 from router.core.errors import InputError
 from router.core.reasons import BIT
 from router.core.rules import FUNDER_RULES, GLOBAL_RULES
@@ -221,11 +222,14 @@ def _rules(inp: _Inputs) -> tuple[np.ndarray, np.ndarray]:
 def _primary(inp: _Inputs, funder_ok: np.ndarray) -> tuple[np.ndarray, ...]:
     """The primary policy: (keep allowed, offered APR, coverage margin, expected profit)."""
     cols, pd, e, p = inp.cols, inp.pd, inp.strategy.economics, inp.strategy.primary
-    req = eco.required_apr(pd, inp.term, e)
-    ach = eco.achievable_apr(cols.max_apr, e)
-    keep_apr = eco.offered_apr(req, ach, e)
-    keep_margin = ach - req
-    keep_profit = eco.keep_profit(inp.amount, inp.term, pd, keep_apr, e)
+
+    def priced() -> tuple[np.ndarray, ...]:
+        req = eco.required_apr(pd, inp.term, e)
+        ach = eco.achievable_apr(cols.max_apr, e)
+        keep_apr = eco.offered_apr(req, ach, e)
+        return keep_apr, ach - req, eco.keep_profit(inp.amount, inp.term, pd, keep_apr, e)
+
+    keep_apr, keep_margin, keep_profit = _batch_memo(cols, "keep_price", e, pd, priced)
     checks = (
         ("KEEP_FILTER", filter_mask(p.filters, cols, pd)),
         ("KEEP_PD_ABOVE_CUTOFF", pd <= p.max_pd),
@@ -246,9 +250,17 @@ def _branch(
     APR, margin, expected profit)."""
     b, e = inp.strategy.branch, inp.strategy.economics
     assert b is not None
-    bapr = eco.branch_apr(inp.cols.max_apr, b, e)
-    bprofit = eco.branch_profit(inp.amount, inp.term, bpd, bapr, b, e)
-    bmargin = eco.branch_margin(inp.amount, inp.term, bprofit, b)
+
+    def priced() -> tuple[np.ndarray, ...]:
+        bapr = eco.branch_apr(inp.cols.max_apr, b, e)
+        bprofit = eco.branch_profit(inp.amount, inp.term, bpd, bapr, b, e)
+        return bapr, eco.branch_margin(inp.amount, inp.term, bprofit, b), bprofit
+
+    # (keyed by the branch's terms and the economics, not its cut-offs, filters and caps)
+    terms = msgspec.structs.replace(
+        b, max_pd=0.0, min_expected_profit=0, filters=Filters(), caps=[]
+    )
+    bapr, bmargin, bprofit = _batch_memo(inp.cols, "branch_price", (terms, e), bpd, priced)
     checks = (
         ("BRANCH_FILTER", filter_mask(b.filters, inp.cols, bpd)),
         ("BRANCH_PD_ABOVE_CUTOFF", bpd <= b.max_pd),
@@ -287,25 +299,38 @@ class _PartnerBase(NamedTuple):
 def _partner_base(
     inp: _Inputs, dead: np.ndarray, table: PartnerTable, employer_tokens: list[frozenset[str]]
 ) -> _PartnerBase:
-    """:class:`_PartnerBase`, kept in the batch's memo when the PDs are (tuning replays
-    the same cached batches with candidates that mostly change cut-offs, caps and
-    routing): keyed by everything it reads from the strategy — the partner book without
-    its caps, the channels and the rules — and the PD array itself."""
-    if inp.pd.flags.writeable:  # PDs computed for this call only: nothing to share
-        return _compute_partner_base(inp, dead, table, employer_tokens)
+    """:class:`_PartnerBase`, kept by :func:`_batch_memo` (tuning replays the same cached
+    batches with candidates that mostly change cut-offs, caps and routing): keyed by all
+    it reads from the strategy — the partner book without its caps, the channels and the
+    rules."""
     s = inp.strategy
-    key = (
-        "partner_base",
-        msgspec.json.encode(
-            ([msgspec.structs.replace(p, caps=()) for p in s.partners], s.channels, s.rules)
-        ),
-    )
-    got = inp.cols.memo.get(key)
-    if got is None or got[0] is not inp.pd:
-        got = inp.cols.memo[key] = (
+    return _PartnerBase(
+        *_batch_memo(
+            inp.cols,
+            "partner_base",
+            ([msgspec.structs.replace(p, caps=[]) for p in s.partners], s.channels, s.rules),
             inp.pd,
-            _compute_partner_base(inp, dead, table, employer_tokens),
+            lambda: _compute_partner_base(inp, dead, table, employer_tokens),
         )
+    )
+
+
+def _batch_memo(
+    cols: AppColumns, name: str, config: Any, pd: np.ndarray, compute: Callable[[], tuple]
+) -> tuple:
+    """``compute()`` — arrays that depend on the batch, its PDs ``pd`` and ``config``
+    only — kept in the batch's memo while ``pd`` is (a cached batch that tuning
+    replays with candidate after candidate); read-only, as every replay shares them.
+    Computed afresh when the PDs are this call's own."""
+    if pd.flags.writeable:
+        return compute()
+    key = (name, msgspec.json.encode(config))
+    got = cols.memo.get(key)
+    if got is None or got[0] is not pd:
+        arrays = compute()
+        for x in arrays:
+            x.flags.writeable = False
+        got = cols.memo[key] = (pd, arrays)
     return got[1]
 
 
@@ -342,6 +367,4 @@ def _compute_partner_base(
     _set(bits, employee_any, "PARTNER_EMPLOYEE")
     consented = live & consent.any(axis=1)
     _set(bits, consented & ~eligible.any(axis=1), "NO_ELIGIBLE_PARTNER")
-    for a in (eligible, ev, papr, bits):
-        a.flags.writeable = False  # (shared by every replay of the batch)
     return _PartnerBase(eligible, ev, papr, bits)

@@ -82,11 +82,10 @@ class Router:
         self.hasher = hasher or Hasher.from_config(strategy.identity)
         if scorers is None:
             # Only the scorers a policy uses: a strategy may define alternatives to compare.
-            used = {strategy.primary.scorer, *([strategy.branch.scorer] if strategy.branch else [])}
             scorers = {
                 name: load_scorer(ref.kind, ref.path, strategy.base_dir, ref.features)
                 for name, ref in strategy.scorers.items()
-                if name in used
+                if name in strategy.scorers_used()
             }
         self.scorers = scorers
         #: Application features the scorers read (name -> "number" | "text"): the

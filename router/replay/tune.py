@@ -205,7 +205,11 @@ def _scorers(strategy: Strategy) -> dict[str, Any]:
     from router.scoring import load_scorer
 
     out = {}
+    # Only the scorers a policy uses (as the Router loads them): a strategy may define
+    # alternatives, and loading a model it never reads can cost seconds of imports.
     for name, ref in strategy.scorers.items():
+        if name not in strategy.scorers_used():
+            continue
         key = (ref.kind, str(Path(strategy.base_dir) / ref.path), tuple(ref.features or ()))
         if key not in _SCORERS:
             _SCORERS[key] = load_scorer(ref.kind, ref.path, strategy.base_dir, ref.features)
@@ -581,12 +585,14 @@ def _write_best(
     best_path = write_strategy(raw, out / "best_strategy.toml")
     if not report:
         return best_path, None
+    tuned = load_strategy(best_path)
     chosen = replay(
-        load_strategy(best_path),
+        tuned,
         traffic,
         out / "best",
         mapping=mapping,
         cached=cached_traffic(strategy, str(traffic), mapping, part, holdout),
+        scorers=_scorers(tuned),  # (the models already loaded: their scores are in memory)
         write_decisions=False,
         report=False,
     )

@@ -119,6 +119,10 @@ def test_a_cached_batch_is_scored_once_per_model_and_never_with_another_models_p
         {"partners.cfc_heshan.apr_min": 0.19},
         {"channels.h5_aggregator.consent_partners": ["credit_dongfang"]},
         {"rules.max_age": 40},
+        {"economics.funding_cost": 0.09},
+        {"branch.reserve_rate": 0.0},
+        {"branch.max_pd": 0.09},
+        {"primary.max_pd": 0.09},
         {"partners.credit_dongfang.caps.day.count": 50},
     ],
 )
