@@ -23,6 +23,7 @@ from router.decide.allocate_row import RowWalk
 from router.decide.assess import Assessment
 from router.decide.entries import row_branch_entry, row_referral_entry
 from router.decide.outcomes import BRANCH, DECLINE, KEEP, REFER, Outcomes, pack_record
+from router.decide.partners import partner_bits
 from router.decide.walk_state import (
     BRANCH_FULL,
     DEDUPE,
@@ -148,14 +149,10 @@ class Allocator(RowWalk, SentAhead, PipelinedRounds, BatchRecords):
     def _candidates(self, a: Assessment, n: int) -> tuple[list[int], list[int]]:
         """(rows with an option left — keep, branch or an eligible partner —, each row's
         eligible partners as a bit mask)."""
-        P = len(self.strategy.partners)
         if n == 1:  # one live decision: plain Python beats numpy here
             m0 = sum(1 << j for j, e in enumerate(a.eligible[0].tolist()) if e)
             return ([0] if bool(a.keep_ok[0]) or bool(a.branch_ok[0]) or m0 else []), [m0]
-        if P:
-            masks = (a.eligible.astype(np.int64) << np.arange(P)).sum(axis=1)
-        else:
-            masks = np.zeros(n, dtype=np.int64)
+        masks = partner_bits(a.eligible)  # (zeros without partners)
         todo = np.flatnonzero(a.keep_ok | a.branch_ok | (masks != 0)).tolist()
         return todo, masks.tolist()
 

@@ -26,6 +26,7 @@ from router.decide import walk_compiled
 from router.decide.assess import Assessment
 from router.decide.entries import make_branch_entry, make_entry
 from router.decide.outcomes import BRANCH, DECLINE, REFER, Outcomes, fill_outcomes
+from router.decide.partners import partner_bits
 from router.store.array import ArrayQuotaStore, applicant_words
 from router.store.base import COUNTER_GRACE_MS, Bucket
 from router.store.kernel import NONE
@@ -86,17 +87,13 @@ def allocate_compiled(al: Allocator, cols: AppColumns, a: Assessment) -> Outcome
     holds ``al.lock``."""
     s, store = al.strategy, al.store
     assert isinstance(store, ArrayQuotaStore)
-    n, P = len(cols), len(s.partners)
+    n = len(cols)
     ids, fps = cols.application_id, cols.fingerprint
     recalled = store.recall_many(ids, fps)
     dups = cols.memo.get("repeats")  # (a cached batch, replayed again: found once)
     if dups is None:
         dups = cols.memo["repeats"] = find_repeats(ids, fps)
-    masks = (
-        (a.eligible.astype(np.int64) << np.arange(P)).sum(axis=1)
-        if P
-        else np.zeros(n, dtype=np.int64)
-    )
+    masks = partner_bits(a.eligible)  # (zeros without partners)
     todo = a.keep_ok | a.branch_ok | (masks != 0)
     if recalled or dups:
         todo[list(recalled) + list(dups)] = False

@@ -20,7 +20,13 @@ from router.core.errors import InputError
 from router.core.reasons import BIT
 from router.core.rules import FUNDER_RULES, GLOBAL_RULES
 from router.decide.features import FEATURES, FeatureSet, features_batch
-from router.decide.partners import PartnerTable, filter_mask, isin_small, region_match
+from router.decide.partners import (
+    PartnerTable,
+    filter_mask,
+    isin_small,
+    region_match,
+    rows_any,
+)
 
 
 @dataclass(slots=True)
@@ -282,7 +288,7 @@ def _partners(
     base = _partner_base(inp, dead, table, employer_tokens)
     np.bitwise_or(inp.bits, base.bits, out=inp.bits)
     valuable = base.eligible & (base.ev >= inp.strategy.routing.min_expected_value)
-    _set(inp.bits, base.eligible.any(axis=1) & ~valuable.any(axis=1), "LOW_REFERRAL_VALUE")
+    _set(inp.bits, rows_any(base.eligible) & ~rows_any(valuable), "LOW_REFERRAL_VALUE")
     return valuable, base.ev, base.papr
 
 
@@ -345,7 +351,7 @@ def _compute_partner_base(
     no_consent = isin_small(cols.consent.codes, none_codes)
     live = ~dead
     _set(bits, live & no_consent, "NO_CONSENT")
-    _set(bits, live & ~no_consent & ~consent.any(axis=1), "CHANNEL_NO_REFERRAL")
+    _set(bits, live & ~no_consent & ~rows_any(consent), "CHANNEL_NO_REFERRAL")
     eligible = live[:, None] & consent & table.whitelisted[None, :]
     eligible &= table.filter_matrix(cols, pd) & (cols.max_apr[:, None] >= table.apr_min[None, :])
     employee_any = np.zeros(n, dtype=bool)
@@ -365,6 +371,6 @@ def _compute_partner_base(
         ev = ev.reshape(n, 0)
         papr = papr.reshape(n, 0)
     _set(bits, employee_any, "PARTNER_EMPLOYEE")
-    consented = live & consent.any(axis=1)
-    _set(bits, consented & ~eligible.any(axis=1), "NO_ELIGIBLE_PARTNER")
+    consented = live & rows_any(consent)
+    _set(bits, consented & ~rows_any(eligible), "NO_ELIGIBLE_PARTNER")
     return _PartnerBase(eligible, ev, papr, bits)

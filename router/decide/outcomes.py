@@ -255,9 +255,7 @@ def fill_outcomes(
     if n == 1:
         return _fill_one(a, int(kind[0]), int(chosen[0]), bits, partner_ids, degraded)
     is_keep, is_branch, is_refer = kind == KEEP, kind == BRANCH, kind == REFER
-    rows = np.arange(n)
     ch = np.asarray(chosen, dtype=np.int64)
-    ref_j = np.where(is_refer, ch, 0)
     apr = np.full(n, np.nan)
     value = np.zeros(n)
     pd = a.pd.copy()
@@ -269,8 +267,9 @@ def fill_outcomes(
     pd[is_branch] = a.branch_pd[is_branch]
     margin[is_branch] = a.branch_margin[is_branch]
     if a.ev.shape[1]:
-        apr[is_refer] = a.partner_apr[rows, ref_j][is_refer]
-        value[is_refer] = a.ev[rows, ref_j][is_refer]
+        r = np.flatnonzero(is_refer)
+        apr[r] = a.partner_apr[r, ch[r]]
+        value[r] = a.ev[r, ch[r]]
     # (-1, no partner, indexes the "" put last)
     partner = np.array([*partner_ids, ""], dtype=object)[ch].tolist()
     return Outcomes(

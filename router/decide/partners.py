@@ -21,9 +21,31 @@ from router.core.rules import FILTER_BOUNDS
 
 def isin_small(values: np.ndarray, options: Sequence[int]) -> np.ndarray:
     """``np.isin`` for a short list of options (a broadcast compare; np.isin sorts)."""
-    if not options:
-        return np.zeros(len(values), dtype=bool)
-    return (values[:, None] == np.asarray(options)[None, :]).any(axis=1)
+    out = np.zeros(len(values), dtype=bool)
+    for o in options:
+        out |= values == o
+    return out
+
+
+# (A loop over the few partner columns: numpy's reductions along a short row axis are
+# several times slower on a batch.)
+
+
+def rows_any(m: np.ndarray) -> np.ndarray:
+    """Per row of an (applications × partners) bool matrix: is any column True?"""
+    out = np.zeros(len(m), dtype=bool)
+    for j in range(m.shape[1]):
+        out |= m[:, j]
+    return out
+
+
+def partner_bits(m: np.ndarray) -> np.ndarray:
+    """Per row of an (applications × partners) bool matrix: its True columns as the bits
+    of an int64 (partner ``j`` is bit ``j``)."""
+    out = np.zeros(len(m), dtype=np.int64)
+    for j in range(m.shape[1]):
+        out |= m[:, j] * np.int64(1 << j)
+    return out
 
 
 def region_match(region: Coded, prefixes: Sequence[str]) -> np.ndarray:
