@@ -607,6 +607,13 @@ def tune(
         raise typer.Exit(3)
 
 
+def _realised_and_range(realised: int | None, promised: list[int] | None) -> str:
+    if realised is None:
+        return "–"
+    # (spaces around the dash: a narrow console wraps the range instead of cutting it)
+    return _yuan(realised) + (f" ({_yuan(promised[0])} – {_yuan(promised[1])})" if promised else "")
+
+
 def _print_held_out(result: dict, v: str) -> None:
     """The frontier's figures on the held-out part: expected against realised."""
     h = result["holdout"]
@@ -614,7 +621,8 @@ def _print_held_out(result: dict, v: str) -> None:
         title=f"the frontier on the last {h['share']:.0%} of the traffic "
         f"({h['holdout_applications']:,} applications; chose nothing)"
     )
-    for c in ("#", "value", "keep profit: realised", "bad rate: expected", "realised (95% CI)",
+    for c in ("#", "value", "keep profit: realised (range promised)", "bad rate: expected",
+              "realised (95% CI)",
               "PDs came true", "keep rate", ""):  # fmt: skip
         t.add_column(c, justify="right")
     for c in result["candidates"]:
@@ -625,7 +633,7 @@ def _print_held_out(result: dict, v: str) -> None:
         t.add_row(
             str(c["id"]),
             _yuan(m[v]) if m[v] is not None else "–",
-            _yuan(m["realised_keep_profit"]) if m["realised_keep_profit"] is not None else "–",
+            _realised_and_range(m["realised_keep_profit"], m.get("keep_profit_range95")),
             _pct_or_dash(m["bad_rate"]),
             f"{_pct_or_dash(m['realised_bad_rate'])} ({_pct_or_dash(ci[0])}–{_pct_or_dash(ci[1])})",
             {True: "yes", False: "no", None: "–"}[m["kept_pds_came_true"]],

@@ -24,7 +24,7 @@ from router.decide.outcomes import BRANCH, DECLINE, KEEP, REFER
 #: PD band edges (the last band is closed above).
 PD_BANDS = (0.0, 0.02, 0.04, 0.07, 0.10, 0.15, 0.25, 0.40, 1.0)
 _OUTCOMES = {KEEP: "keep", BRANCH: "branch", REFER: "refer", DECLINE: "decline"}
-_Z = 1.959963984540054  # the 97.5% normal quantile
+Z95 = 1.959963984540054  # the 97.5% normal quantile
 # Per group: rows with an outcome, defaults, Σp, Σp(1−p), Σp·L, Σp(1−p)·L², Σy·L
 _FIELDS = 7
 
@@ -90,7 +90,7 @@ def _row(s: np.ndarray, losses: bool) -> dict[str, Any]:
     if n == 0:
         return {"n": 0}
     expected, realised = p_sum / n, d / n
-    half = _Z * math.sqrt(p_var) / n
+    half = Z95 * math.sqrt(p_var) / n
     out: dict[str, Any] = {
         "n": int(n),
         "defaulted": int(d),
@@ -101,7 +101,7 @@ def _row(s: np.ndarray, losses: bool) -> dict[str, Any]:
         "consistent": abs(realised - expected) <= half,
     }
     if losses:
-        lh = _Z * math.sqrt(l_var)
+        lh = Z95 * math.sqrt(l_var)
         out |= {
             "expected_loss": int(round(l_exp)),
             "realised_loss": int(round(l_real)),
@@ -110,7 +110,7 @@ def _row(s: np.ndarray, losses: bool) -> dict[str, Any]:
     return out
 
 
-def wilson(k: int, n: int, z: float = _Z) -> tuple[float, float]:
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     """The Wilson score interval of a proportion ``k / n`` (95% by default)."""
     if n == 0:
         return (0.0, 1.0)

@@ -22,6 +22,7 @@ is a few passes over each batch whatever its size. Definitions (money in minor u
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -145,6 +146,7 @@ class Metrics:
         #: Σ over kept loans with an outcome of the profit the loan made (the expected-profit
         #: formula with its default indicator in place of its PD: it is linear in the PD).
         self.keep_realised_profit = 0.0
+        self.keep_promised = [0.0, 0.0]  # expected profit and its variance, same loans
         self.partners = {p.id: _PartnerSums() for p in strategy.partners}
         self.reasons = np.zeros(len(CODES), dtype=np.int64)
         self.coverage_failures = 0
@@ -211,15 +213,17 @@ class Metrics:
         self.calibration.add(kind, out.pd, amount, defaulted, loss_rate)
         if defaulted is not None and len(is_keep):
             k = is_keep[defaulted[is_keep] >= 0]
+            amt, term = amount[k].astype(np.float64), cols.term_months[k].astype(np.float64)
             self.keep_realised_profit += float(
-                keep_profit(
-                    amount[k].astype(np.float64),
-                    cols.term_months[k].astype(np.float64),
-                    (defaulted[k] == 1).astype(np.float64),
-                    out.apr[k],
-                    e,
-                ).sum()
+                keep_profit(amt, term, (defaulted[k] == 1).astype(np.float64), out.apr[k], e).sum()
             )
+            # What the PDs promise for those loans: each repays (profit if repaid) or
+            # defaults (profit if defaulted) with its PD — the mean and variance of the sum.
+            repaid = keep_profit(amt, term, np.zeros(len(k)), out.apr[k], e)
+            lost = keep_profit(amt, term, np.ones(len(k)), out.apr[k], e)
+            p = out.pd[k]
+            self.keep_promised[0] += float(np.sum(repaid + p * (lost - repaid)))
+            self.keep_promised[1] += float(np.sum(p * (1 - p) * (repaid - lost) ** 2))
         self.branch.add(is_branch, out, cols, loss_rate, defaulted)
         self._usage(KEEP_BUCKET, is_keep, cols)
         self._usage(BRANCH_BUCKET, is_branch, cols)
@@ -333,6 +337,17 @@ class Metrics:
 
     # ---- the summary ---------------------------------------------------------------
 
+    def _promised(self) -> dict[str, Any]:
+        mean, var = self.keep_promised
+        half = 1.959963984540054 * math.sqrt(var)
+        realised = int(round(self.keep_realised_profit))
+        lo, hi = int(round(mean - half)), int(round(mean + half))
+        return {
+            "expected": int(round(mean)),
+            "range95": [lo, hi],
+            "came_true": lo <= realised <= hi,
+        }
+
     def psi(self) -> float | None:
         """Population stability index of the PD versus the reference (None without one)."""
         if self.psi_edges is None or self.psi_actual.sum() == 0:
@@ -396,6 +411,8 @@ class Metrics:
             "realised_keep_profit": (
                 int(round(self.keep_realised_profit)) if self.keep.known else None
             ),
+            # Where it falls 95% of the time were every PD right (and its centre).
+            "keep_profit_promised": self._promised() if self.keep.known else None,
             "calibration": self.calibration.table(),
             "partners": partners,
             "quota": self._quota(),

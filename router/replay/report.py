@@ -664,11 +664,15 @@ def _held_out_section(result: dict[str, Any]) -> str:
         if m is None:
             continue
         ci = m.get("kept_realised_ci95") or [None, None]
+        vr = m.get("realised_value_range95")
         rows.append(
             [
                 str(c["id"]),
                 _yuan(m["value"]),
-                "–" if m.get("realised_value") is None else _yuan(m["realised_value"]),
+                "–"
+                if m.get("realised_value") is None
+                else _yuan(m["realised_value"])
+                + (f" ({_yuan(vr[0])}–{_yuan(vr[1])})" if vr else ""),
                 _pct(m["bad_rate"]),
                 f"{_pct(m.get('realised_bad_rate'))} ({_pct(ci[0])}–{_pct(ci[1])})",
                 _came_true(m.get("kept_pds_came_true")),
@@ -696,7 +700,7 @@ def _held_out_section(result: dict[str, Any]) -> str:
             [
                 "#",
                 "value (yuan)",
-                "realised value",
+                "realised value (range promised)",
                 "bad rate",
                 "realised (95% CI)",
                 "PDs came true",
@@ -707,7 +711,9 @@ def _held_out_section(result: dict[str, Any]) -> str:
         )  # fmt: skip
         + "<p class='muted'>Realised value: the kept loans' profit as it came out, the "
         "referral revenue the partners' results realised (expected where the traffic has "
-        "none) and the expected branch profit (its loans' outcomes are the partner's).</p>"
+        "none) and the expected branch profit (its loans' outcomes are the partner's); "
+        "in brackets the range it falls in 95% of the time were every kept loan's PD "
+        "right.</p>"
     )
 
 

@@ -229,11 +229,16 @@ def metrics_of(summary: dict[str, Any]) -> dict[str, Any]:
         # Where the traffic has outcomes: the kept loans' profit as it came out, and whether
         # their PDs came true (summary.json's calibration) — expected against realised.
         "realised_keep_profit": summary.get("realised_keep_profit"),
+        "keep_profit_range95": (summary.get("keep_profit_promised") or {}).get("range95"),
         # The value as it came out: the kept loans' realised profit, and the referral
         # revenue the partners' results in the traffic realised where it has them (the
         # branch's profit stays expected: its loans' outcomes are the partner's); None
         # without outcomes.
         "realised_value": _realised_value(summary),
+        # The range the PDs promise it (the kept loans' part varies; the rest as above),
+        # and whether it fell there.
+        "realised_value_range95": _value_range(summary),
+        "value_came_true": (summary.get("keep_profit_promised") or {}).get("came_true"),
         "kept_pds_came_true": _kept_consistent(summary),
         "kept_realised_ci95": _kept(summary).get("realised_ci95"),
         "kept_with_outcome": _kept(summary).get("n", 0),
@@ -251,6 +256,14 @@ def _realised_value(summary: dict[str, Any]) -> int | None:
     return (
         (summary.get("realised_keep_profit") or 0) + summary["expected_profit"]["branch"] + referral
     )
+
+
+def _value_range(summary: dict[str, Any]) -> list[int] | None:
+    promised, value = summary.get("keep_profit_promised"), _realised_value(summary)
+    if promised is None or value is None:
+        return None
+    rest = value - summary["realised_keep_profit"]
+    return [promised["range95"][0] + rest, promised["range95"][1] + rest]
 
 
 def _kept(summary: dict[str, Any]) -> dict[str, Any]:

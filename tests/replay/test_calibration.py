@@ -84,3 +84,44 @@ def test_the_demo_kept_loans_pds_come_true(tmp_path):
     assert k["consistent"], k
     # Booked or not, every outcome's PDs come true on the generator's traffic.
     assert all(r["consistent"] for r in s["calibration"]["by_outcome"].values())
+    # And so does the money: the kept loans' realised profit in the range they promised.
+    promised = s["keep_profit_promised"]
+    assert promised["came_true"], promised
+    assert promised["range95"][0] <= s["realised_keep_profit"] <= promised["range95"][1]
+
+
+def test_the_kept_loans_promised_profit_by_hand(tmp_path):
+    """The range a replay promises for the kept loans' realised profit, worked out again
+    from its decisions and the traffic: each kept loan with an outcome earns its interest
+    less costs if it repays, and loses LGD × EAD of its amount less costs if it defaults,
+    with its PD; the mean and variance of the sum."""
+    import pyarrow.parquet as pq
+
+    from router.core.config import load_strategy
+    from router.replay import replay
+    from router.traffic import write_traffic
+
+    traffic = write_traffic(tmp_path / "t.parquet", 5000, seed=12, per_day=5000)
+    s = load_strategy(ROOT / "configs" / "strategy.toml")
+    r = replay(s, traffic, tmp_path / "out", report=False)
+    apps = {a["application_id"]: a for a in pq.read_table(traffic).to_pylist()}
+    e = s.economics
+    mean = var = realised = 0.0
+    for d in pq.read_table(r.decisions_path).to_pylist():
+        if d["outcome"] != "keep" or d["defaulted"] is None:
+            continue
+        a = apps[d["application_id"]]
+        by = a["requested_amount"] * (a["term_months"] + 1) / 24
+        cost = (e.funding_cost + e.operating_cost) * by
+        repaid = d["apr"] * by - cost
+        lost = -e.lgd * e.ead_factor * a["requested_amount"] - cost
+        p = d["pd"]
+        mean += (1 - p) * repaid + p * lost
+        var += p * (1 - p) * (repaid - lost) ** 2
+        realised += lost if d["defaulted"] else repaid
+    got = r.summary["keep_profit_promised"]
+    half = 1.959963984540054 * math.sqrt(var)
+    assert got["expected"] == pytest.approx(mean, abs=2)
+    assert got["range95"] == pytest.approx([mean - half, mean + half], abs=2)
+    assert r.summary["realised_keep_profit"] == pytest.approx(realised, abs=2)
+    assert got["came_true"] is (got["range95"][0] <= realised <= got["range95"][1])

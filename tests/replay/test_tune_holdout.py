@@ -63,7 +63,8 @@ def test_the_frontier_is_judged_on_rows_it_never_saw(traffic, tmp_path, objectiv
         s = make_candidate(base, c["params"], c["id"])
         m = metrics_of(replay(s, tmp_path / "later.parquet", tmp_path / f"r{c['id']}",
                               write_decisions=False, report=False).summary)  # fmt: skip
-        for k in ("value", "bad_rate", "realised_bad_rate", "keep_rate", "realised_value"):
+        for k in ("value", "bad_rate", "realised_bad_rate", "keep_rate", "realised_value",
+                  "realised_value_range95", "keep_profit_range95", "value_came_true"):  # fmt: skip
             assert m[k] == c["holdout"][k], (c["id"], k)
     # The chosen one is the best of the frontier on the held-out figures.
     v, _ = OBJECTIVES[objective]
@@ -72,6 +73,7 @@ def test_the_frontier_is_judged_on_rows_it_never_saw(traffic, tmp_path, objectiv
     assert res["best_on_train"] in {c["id"] for c in front}
     html = (tmp_path / "o" / "report.html").read_text()
     assert "Held out: the last 30%" in html and "Chosen candidate on the held-out part" in html
+    assert "range promised" in html
 
 
 def test_realised_needs_outcomes_and_bad_options_are_refused(traffic, tmp_path):
