@@ -11,7 +11,10 @@ a one-hot product code, isotonic-calibrated (router/scoring/fit.py), one row: th
 application's features built from its ``features`` map and scored, against the same
 model as a scikit-learn pipeline (``ColumnTransformer`` with ``OneHotEncoder`` → the trees,
 then the isotonic map) on a one-row DataFrame — what the model costs without the router's
-compiled path; and a whole decision with it.
+compiled path; and a whole decision with it. The router's uncompiled fallback
+(``own_fallback_*``: the pipeline through :class:`~router.scoring.SklearnScorer`, its text
+column read back from the flags) against the pipeline's bare ``predict_proba`` on the same
+one-row DataFrame.
 
     python bench/bench_decide.py
 """
@@ -136,7 +139,7 @@ def own_features(apps: list, strategy) -> dict:
     from router.core.columns import from_arrow, row_from_application
     from router.core.identity import Hasher
     from router.decide.features import ALL_FEATURES, FeatureSet
-    from router.scoring import TreeScorer
+    from router.scoring import TreeScorer, scorer_from_estimator
     from router.scoring.fit import calibrated
     from router.traffic import generate_batches
 
@@ -203,11 +206,30 @@ def own_features(apps: list, strategy) -> dict:
             router.decide(a)
         return (time.perf_counter() - t) / len(apps_) * 1e6
 
+    # The router's uncompiled fallback (an uncompilable pipeline takes this path): the
+    # same pipeline called through SklearnScorer — the product read back from its flags
+    # into a one-row DataFrame — against the pipeline's bare predict_proba on that frame.
+    sk = scorer_from_estimator(pipe, compile=False)
+    sk_fs = FeatureSet(sk.feature_names_)
+
+    def via_fallback(r):
+        return sk.pd_one(sk_fs.row(r))
+
+    def bare(f):
+        return pipe.predict_proba(f)[0, 1]
+
+    gap = max(abs(via_fallback(r) - bare(f)) for r, f in zip(rows[:300], frames))
+    assert gap < 1e-9, gap
     out = {
+        "own_fallback_one_row_us": per_call_us(via_fallback, rows[:300], repeats=5),
+        "own_bare_predict_proba_one_row_us": per_call_us(bare, frames, repeats=5),
         "own_features_row_and_pd_one_us": per_call_us(ours, rows),
         "own_sklearn_pipeline_one_row_us": per_call_us(fallback, frames, repeats=5),
         "own_decide_one_us": statistics.median(fresh_decide(own_apps) for _ in range(5)),
     }
+    out["fallback_vs_bare_predict_proba"] = (
+        out["own_fallback_one_row_us"] / out["own_bare_predict_proba_one_row_us"]
+    )
     out["speedup_own_vs_pipeline"] = (
         out["own_sklearn_pipeline_one_row_us"] / out["own_features_row_and_pd_one_us"]
     )

@@ -15,8 +15,9 @@ Each output column of the transformer becomes one feature (router/decide/feature
 - ``drop`` — nothing; a ``Pipeline`` of the above — their composition.
 
 Anything else (other transformers, ``add_indicator``, numeric categories, infrequent
-categories) is a :class:`~router.core.errors.ModelError` naming it; such a pipeline can
-still be scored uncompiled on numeric columns (``compile=False``).
+categories) is a :class:`~router.core.errors.ModelError` naming it; such a pipeline is
+scored as it is (:class:`~router.scoring.sklearn_adapter.SklearnScorer`), its text columns
+read as the flags of the categories its encoders learned (:func:`input_columns`).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def read_column_transformer(ct: Any) -> Columns:
     if not inputs:
         raise ModelError("the ColumnTransformer was not fitted on named columns (a DataFrame)")
     for label, step, cols in ct.transformers_:
-        columns = _column_names(cols, inputs, label)
+        columns = column_names(cols, inputs, label)
         if isinstance(step, str) and step == "drop" or not columns:
             continue
         n, sh, sc = _step_features(step, columns, label)
@@ -58,7 +59,8 @@ def read_column_transformer(ct: Any) -> Columns:
     return Columns(names, np.asarray(shift, dtype=np.float64), np.asarray(scale, dtype=np.float64))
 
 
-def _column_names(cols: Any, inputs: list[str], label: str) -> list[str]:
+def column_names(cols: Any, inputs: list[str], label: str) -> list[str]:
+    """The input column names a ``ColumnTransformer`` step selects."""
     if isinstance(cols, str):
         return [cols]
     out = []
@@ -67,6 +69,34 @@ def _column_names(cols: Any, inputs: list[str], label: str) -> list[str]:
             raise ModelError(f"ColumnTransformer step {label!r}: columns as a mask")
         out.append(inputs[c] if isinstance(c, int) else str(c))
     return out
+
+
+def input_columns(ct: Any) -> dict[str, list[str] | None]:
+    """The input columns a fitted ``ColumnTransformer`` reads (the ones it drops are
+    left out), each with the text categories an encoder of its step learned
+    (``OneHotEncoder`` or ``OrdinalEncoder``, alone or in a ``Pipeline``), or None for a
+    column read as a number."""
+    inputs = [str(c) for c in getattr(ct, "feature_names_in_", [])]
+    out: dict[str, list[str] | None] = {}
+    for label, step, cols in ct.transformers_:
+        if isinstance(step, str) and step == "drop":
+            continue
+        categories = _encoder_categories(step)
+        for j, col in enumerate(column_names(cols, inputs, label)):
+            text = categories[j] if categories is not None else None
+            if out.get(col) is None:  # (read as text by any step: text)
+                out[col] = text
+    return out
+
+
+def _encoder_categories(step: Any) -> list[list[str]] | None:
+    steps = [s for _, s in step.steps] if type(step).__name__ == "Pipeline" else [step]
+    for s in steps:
+        if type(s).__name__ in ("OneHotEncoder", "OrdinalEncoder"):
+            cats = s.categories_
+            if all(c.dtype == object for c in cats):
+                return [[v for v in c.tolist() if isinstance(v, str)] for c in cats]
+    return None
 
 
 def _step_features(step: Any, columns: list[str], label: str) -> tuple[list, list, list]:

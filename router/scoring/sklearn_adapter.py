@@ -24,18 +24,45 @@ from router.scoring.base import model_features
 
 
 class SklearnScorer:
-    """Calls ``predict_proba`` of any fitted binary classifier (the uncompiled fallback)."""
+    """Calls ``predict_proba`` of any fitted binary classifier (the uncompiled fallback).
+
+    A pipeline that starts with a ``ColumnTransformer`` over named columns gets them as a
+    DataFrame: numbers as numbers, and a column its encoders read as text through the
+    flags ``column=category`` of the categories they learned — an application whose
+    value is none of them (or that has none) gives the column as missing (NaN), which the
+    pipeline's imputer fills or its encoder ignores, as it would for a missing value. A
+    column the transformer drops is given as missing.
+    """
 
     def __init__(self, estimator: Any, feature_names: Sequence[str] | None = None):
         if not hasattr(estimator, "predict_proba"):
             raise ModelError(f"{type(estimator).__name__} has no predict_proba")
         self.estimator = estimator
-        self.feature_names_ = check_features(model_features(estimator, feature_names))
         # Fitted on named columns, the estimator warns when given a bare array (which is
         # in its own column order here): that warning says nothing about these calls.
         self._named = hasattr(estimator, "feature_names_in_")
         steps = getattr(estimator, "steps", None) or [(None, None)]
-        self._frame = type(steps[0][1]).__name__ == "ColumnTransformer"
+        self._frame = self._named and type(steps[0][1]).__name__ == "ColumnTransformer"
+        names = model_features(estimator, feature_names)
+        #: (input column, its slice of the features, its categories or None), in order
+        self._layout: list[tuple[str, slice, list[str] | None]] = []
+        if self._frame and feature_names is None:
+            names = self._read_layout(steps[0][1])
+        self.feature_names_ = check_features(names)
+
+    def _read_layout(self, ct: Any) -> tuple[str, ...]:
+        from router.scoring.column_transform import input_columns
+
+        read = input_columns(ct)
+        names: list[str] = []
+        for col in (str(c) for c in self.estimator.feature_names_in_):
+            if col not in read:
+                continue  # (dropped by the transformer: given as missing)
+            cats = read[col]
+            flags = [col] if cats is None else [f"{col}={c}" for c in cats]
+            self._layout.append((col, slice(len(names), len(names) + len(flags)), cats))
+            names += flags
+        return tuple(names)
 
     def pd_one(self, x: Sequence[float]) -> float:
         """PD of one row."""
@@ -51,12 +78,29 @@ class SklearnScorer:
         if not self._named:
             return self.estimator.predict_proba(X)[:, 1]
         if self._frame:  # (a ColumnTransformer selects its columns by name: a DataFrame)
-            import pandas as pd
-
-            return self.estimator.predict_proba(pd.DataFrame(X, columns=self.feature_names_))[:, 1]
+            return self.estimator.predict_proba(self._data_frame(X))[:, 1]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="X does not have valid feature names")
             return self.estimator.predict_proba(X)[:, 1]
+
+    def _data_frame(self, X: np.ndarray) -> Any:
+        import pandas as pd
+
+        if not self._layout:  # (features given by the strategy: in the fitted order)
+            return pd.DataFrame(X, columns=self.feature_names_)
+        data: dict[str, Any] = {}
+        for col, part, cats in self._layout:
+            if cats is None:
+                data[col] = X[:, part.start]
+                continue
+            flags = X[:, part]
+            text = np.array([*cats, np.nan], dtype=object)
+            # (no flag set: none of the categories, or no value — missing)
+            which = np.where(flags.any(axis=1), flags.argmax(axis=1), len(cats))
+            data[col] = text[which]
+        n = len(X)
+        columns = [str(c) for c in self.estimator.feature_names_in_]
+        return pd.DataFrame({c: data[c] if c in data else np.full(n, np.nan) for c in columns})
 
 
 def scorer_from_estimator(
@@ -68,7 +112,7 @@ def scorer_from_estimator(
     from router.scoring.linear import LinearScorer
     from router.scoring.tree_kernel import TreeScorer
 
-    feature_names = model_features(est, feature_names)
+    given, feature_names = feature_names, model_features(est, feature_names)
     fitted = getattr(est, "n_features_in_", None)
     if fitted is not None and fitted != len(feature_names):
         raise ModelError(
@@ -84,7 +128,7 @@ def scorer_from_estimator(
         try:
             return compile_pipeline(est)
         except ModelError:
-            return SklearnScorer(est, feature_names)
+            return SklearnScorer(est, given)
     if compile:
         final = est.steps[-1][1] if hasattr(est, "steps") else est
         if isinstance(final, HistGradientBoostingClassifier) and not hasattr(est, "steps"):
@@ -94,8 +138,11 @@ def scorer_from_estimator(
             and hasattr(final, "intercept_")
             and type(final).__name__ == "LogisticRegression"
         ):
-            return LinearScorer.from_estimator(est, feature_names)
-    return SklearnScorer(est, feature_names)
+            try:
+                return LinearScorer.from_estimator(est, feature_names)
+            except ModelError:  # (a step before it that does not fold: called as it is)
+                pass
+    return SklearnScorer(est, given)
 
 
 _TRUSTED_PREFIXES = ("sklearn.", "numpy.", "builtins.", "collections.", "scipy.")

@@ -123,22 +123,79 @@ def test_one_hot_and_an_upstream_score_decide_alike_one_by_one_and_in_batch(fram
                                atol=1e-9)  # fmt: skip
 
 
-def test_an_uncompilable_pipeline_is_scored_as_it_is(frame):
+def test_an_uncompilable_pipeline_is_scored_as_it_is_text_columns_too(frame):
+    """A quantile transform does not compile: the pipeline is called as it is, on the
+    columns it reads — numbers as numbers, its text column as the flags of the categories
+    its encoder learned, turned back into text — with the pipeline's own PDs; a category
+    it never saw, or none, reaches it as missing (its imputer fills it)."""
     X, y = frame
     est = make_pipeline(
-        ColumnTransformer([("q", QuantileTransformer(n_quantiles=50), NUM)]),
+        ColumnTransformer([
+            ("q", QuantileTransformer(n_quantiles=50), NUM),
+            ("cat", make_pipeline(SimpleImputer(strategy="most_frequent"),
+                                  OneHotEncoder(handle_unknown="ignore")), ["product"]),
+        ]),
         LogisticRegression(max_iter=2000),
-    ).fit(X, y)
+    ).fit(X, y)  # fmt: skip
     scorer = scorer_from_estimator(est)
-    assert isinstance(scorer, SklearnScorer) and scorer.feature_names_ == tuple(X.columns)
-    numeric = X.drop(columns=["product"])
-    est2 = make_pipeline(
-        ColumnTransformer([("q", QuantileTransformer(n_quantiles=50), NUM)]),
+    assert isinstance(scorer, SklearnScorer)
+    # (the columns the transformer drops are not asked for)
+    numbers = tuple(c for c in X.columns if c in NUM)  # (in the frame's order)
+    assert scorer.feature_names_ == (*numbers, "product=auto", "product=card", "product=cash")
+    cols = _cols_with(X)
+    got = scorer.pd_batch(FeatureSet(scorer.feature_names_).batch(cols))
+    np.testing.assert_allclose(got, est.predict_proba(X)[:, 1], rtol=0, atol=1e-12)
+    check_scorer(scorer)
+    product = cols.extra["product"].copy()
+    product[:10], product[10:20] = "boat", None
+    cols.extra["product"] = product
+    missing = X.assign(product=np.where(np.arange(len(X)) < 20, np.nan, X["product"]))
+    got = scorer.pd_batch(FeatureSet(scorer.feature_names_).batch(cols))
+    np.testing.assert_allclose(got, est.predict_proba(missing)[:, 1], rtol=0, atol=1e-12)
+
+
+def test_an_uncompilable_pipeline_decides_alike_one_by_one_and_in_batch(frame, tmp_path):
+    X, y = frame
+    est = make_pipeline(
+        ColumnTransformer([
+            ("q", QuantileTransformer(n_quantiles=50), NUM),
+            ("cat", OneHotEncoder(handle_unknown="ignore"), ["product"]),
+        ]),
         LogisticRegression(max_iter=2000),
-    ).fit(numeric, y)
-    s2 = scorer_from_estimator(est2)
-    assert isinstance(s2, SklearnScorer)
-    np.testing.assert_allclose(s2.pd_batch(numeric.to_numpy()), est2.predict_proba(numeric)[:, 1])
+    ).fit(X, y)  # fmt: skip
+    scorer = scorer_from_estimator(est)
+    assert isinstance(scorer, SklearnScorer)
+    lines = write_traffic(tmp_path / "t.jsonl", 200, seed=45).read_bytes().splitlines()
+    score, product = _own(len(lines), 45)
+    apps = [
+        msgspec.structs.replace(
+            decode_application(line), features={"bank_score": float(sc), "product": str(pr)}
+        )
+        for line, sc, pr in zip(lines, score, product)
+    ]
+    s = load_strategy(ROOT / "configs" / "strategy.toml")
+    scorers = {name: scorer for name in s.scorers}
+    one = Router(s, quota_store_from_url("memory://"), scorers=scorers)
+    many = Router(s, quota_store_from_url("memory://"), scorers=scorers)
+    # The same decisions; the PDs to rounding only (scikit-learn's own arithmetic on
+    # one row and on many differs in the last bits; the compiled scorers' does not).
+    got, batch = [one.decide(a) for a in apps], many.decide_batch(apps)
+    assert [(type(d), getattr(d, "partner_id", None)) for d in got] == [
+        (type(d), getattr(d, "partner_id", None)) for d in batch
+    ]
+    np.testing.assert_allclose([d.pd for d in got], [d.pd for d in batch], rtol=1e-12)
+
+
+def test_a_numeric_frame_without_a_column_transformer_is_scored_by_name(frame):
+    X, y = frame
+    numeric = X.drop(columns=["product"])
+    est = make_pipeline(QuantileTransformer(n_quantiles=50), LogisticRegression(max_iter=2000))
+    est.fit(numeric, y)
+    scorer = scorer_from_estimator(est)
+    assert isinstance(scorer, SklearnScorer) and scorer.feature_names_ == tuple(numeric.columns)
+    np.testing.assert_allclose(
+        scorer.pd_batch(numeric.to_numpy()), est.predict_proba(numeric)[:, 1]
+    )
 
 
 def test_a_pipeline_saved_with_skops_loads_as_an_sklearn_scorer_compiled(frame, tmp_path):
