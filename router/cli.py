@@ -844,6 +844,58 @@ def schema(
     sys.stdout.write(schema_text() if what == "strategy" else reference_text())
 
 
+@app.command()
+def serve(
+    strategy: Path = typer.Option(..., "--strategy", "-s", help="strategy TOML"),
+    store: str = typer.Option("memory://", "--store", help="quota store URL (redis://…)"),
+    api_keys: Path = typer.Option(..., "--api-keys", help="API key file (TOML; `api-key`)"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8080, "--port", min=1, max=65535),
+    workers: int = typer.Option(1, "--workers", min=1, help="server processes"),
+    deadline_ms: int = typer.Option(50, "--deadline-ms", min=1, help="each store call's budget"),
+    max_batch: int = typer.Option(1000, "--max-batch", min=1),
+) -> None:
+    """Serve decisions over HTTP (router/service/app.py): POST /v1/decisions, /v1/decisions/batch;
+    /healthz, /readyz, /metrics, /schema/openapi.json."""
+    import os
+
+    import uvicorn
+
+    from router.service.app import Settings, create_app
+    from router.store.registry import store_kind
+
+    if workers > 1 and not store_kind(store).shared:
+        # (each worker process would hold its own quotas: every cap N times over)
+        raise typer.BadParameter(
+            f"an in-process store is per process: with --workers {workers} use a shared "
+            f"store (redis://…) (value: {store!r})",
+            param_hint="--store",
+        )
+    settings = Settings(str(strategy.resolve()), store, str(api_keys.resolve()), deadline_ms,
+                        max_batch=max_batch)  # fmt: skip
+    # A bad strategy, store URL or key file stops here, with its error, not in a worker.
+    create_app(settings).state.service.router.close()
+    os.environ["ROUTER_SERVICE"] = settings.to_env()
+    uvicorn.run("router.service.app:app_from_env", factory=True, host=host, port=port,
+                workers=workers, log_level="warning", access_log=False)  # fmt: skip
+
+
+@app.command("api-key")
+def api_key(
+    key_id: str = typer.Option(..., "--id", help="who the key is for (logged)"),
+    scopes: str = typer.Option("decide", "--scopes", help="comma-separated: decide, read"),
+) -> None:
+    """Make an API key: prints the key (once; give it to the caller) and its entry for the
+    key file (which holds only its SHA-256)."""
+    import msgspec
+
+    from router.service.keys import new_key
+
+    key, entry = new_key(key_id, [s.strip() for s in scopes.split(",") if s.strip()])
+    print(f"key: {key}", file=sys.stderr)
+    sys.stdout.write("[[keys]]\n" + msgspec.toml.encode(entry).decode())
+
+
 def _mount_billing() -> None:
     from router.billing.commands import bill, ledger_app, postbacks_app, reconcile
 

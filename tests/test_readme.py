@@ -214,7 +214,7 @@ def reader(tmp_path_factory, redis_server):
     import redis
 
     client = redis.Redis(host=redis_server.host, port=redis_server.port)
-    for prefix in ("live:", "run1:", "oct:"):  # (deleted in chunks: one by one took 20 s)
+    for prefix in ("live:", "run1:", "oct:", "http:"):  # (deleted in chunks: one by one took 20 s)
         keys = list(client.scan_iter(f"{prefix}*", count=10_000))
         for i in range(0, len(keys), 5_000):
             client.delete(*keys[i : i + 5_000])

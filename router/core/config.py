@@ -10,6 +10,7 @@ path and the offending value, and nothing is half-loaded.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import zoneinfo
 from pathlib import Path
@@ -249,6 +250,15 @@ class Strategy(Base, kw_only=True, frozen=True):
     def scorers_used(self) -> set[str]:
         """The scorers a policy reads (the others are alternatives, never loaded)."""
         return {self.primary.scorer, *([self.branch.scorer] if self.branch else [])}
+
+
+def strategy_hash(strategy: Strategy) -> str:
+    """SHA-256 of the strategy's content (partner book included, file locations not):
+    what every decision's strategy is known by (replay summaries, the service)."""
+    data = msgspec.to_builtins(strategy)
+    data.pop("base_dir", None)
+    data.pop("partner_book", None)
+    return hashlib.sha256(msgspec.json.encode(data, order="sorted")).hexdigest()
 
 
 _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO, cast
+from collections.abc import MutableMapping
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -24,6 +25,23 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+#: Fields that would hold a raw personal identifier: never written, whoever logs them.
+_PERSONAL = frozenset({"national_id", "phone", "id_number", "name"})
+
+
+def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A structlog processor: drops the values of personal fields and masks every run of
+    11 or more digits in the text of the others (an identifier quoted in a message)."""
+    from router.core.redact import mask
+
+    for key, value in event.items():
+        if key in _PERSONAL:
+            event[key] = "<withheld>"
+        elif isinstance(value, str):
+            event[key] = mask(value)
+    return event
+
+
 def configure(level: str = "info", fmt: str = "console") -> None:
     """Configure structlog: ``level`` names the lowest level shown; ``fmt`` is ``console``
     or ``json``."""
@@ -36,6 +54,7 @@ def configure(level: str = "info", fmt: str = "console") -> None:
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -77,6 +96,7 @@ class _LibraryLogger:
                 processors=[
                     structlog.processors.add_log_level,
                     structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    redact,
                     structlog.dev.ConsoleRenderer(colors=False),
                 ],
                 wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),

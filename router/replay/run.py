@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from router.core.columns import AppColumns, take
-from router.core.config import Strategy
+from router.core.config import Strategy, strategy_hash
 from router.core.errors import TrafficError
 from router.core.logs import get_logger
 from router.decide.engine import Router
@@ -94,14 +94,6 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def strategy_hash(strategy: Strategy) -> str:
-    """SHA-256 of the strategy's content (partner book included, file locations not)."""
-    data = msgspec.to_builtins(strategy)
-    data.pop("base_dir", None)
-    data.pop("partner_book", None)
-    return hashlib.sha256(msgspec.json.encode(data, order="sorted")).hexdigest()
 
 
 def code_version() -> str:

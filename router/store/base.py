@@ -513,6 +513,11 @@ class QuotaStore(ABC):
         """Best effort, before the first decision: connect and load what a first call
         would otherwise set up inside its deadline (no-op for in-process stores)."""
 
+    def reachable(self) -> bool:
+        """Whether the store answers now (a service's readiness probe); in-process stores
+        always do."""
+        return True
+
     def for_replay(self) -> None:
         """Switch to replay's service level: a long deadline per call, retries with
         backoff, grants pending as long as a batch takes (no-op for in-process stores)."""

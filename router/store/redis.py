@@ -260,6 +260,13 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
             if self.link is not None:
                 self.link.end()
 
+    def reachable(self) -> bool:
+        """PING within the store's deadline (every primary, on a cluster)."""
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
     def warm_up(self) -> None:
         """Connect this thread's connection and load both scripts, so the first decision
         does not spend its deadline on a connect and a NOSCRIPT round trip (measured: with

@@ -1,0 +1,280 @@
+"""The decision service: the embedded router one HTTP call away (Litestar, msgspec native).
+
+Endpoints (the OpenAPI document is at ``/schema/openapi.json``):
+
+- ``POST /v1/decisions`` — one application (scope ``decide``), answered with its decision;
+- ``POST /v1/decisions/batch`` — up to ``max_batch`` applications decided together, their
+  reservations pipelined to the store (concurrent applications: arrival order inside the
+  batch is not kept);
+- ``GET /healthz`` (the process is up), ``GET /readyz`` (strategy loaded, store reachable),
+  ``GET /metrics`` (Prometheus).
+
+Every ``/v1`` call presents an API key (``Authorization: Bearer KEY``,
+:mod:`router.service.keys`): none or an unknown one is a 401, a key without the scope a
+403 — before the body is read, so nothing reaches the store or the ledger. A malformed
+body is a 400 and an application that fails validation a 422, each naming the field
+(personal identifiers are never echoed); a body over ``max_body_bytes`` a 413.
+
+Deadlines are the store's: every store call has ``deadline_ms``, and past it — or with the
+store down — the answer is the degraded decision of the store contract (a decline marked
+``degraded``), never an error page, and a referral the caller is not told about is never
+ledgered (router/store/base.py). Decisions run in worker threads, so the event loop keeps
+accepting requests while a store round trip is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.params import JSONBody
+
+from router.core.config import load_strategy, strategy_hash
+from router.core.errors import ConfigError, IdempotencyConflict, InputError
+from router.core.logs import configure, get_logger
+from router.core.messages import Application, Decision, validate_application
+from router.decide.engine import Router
+from router.service.keys import KeyRing
+from router.service.metrics import ServiceMetrics
+from router.store import quota_store_from_url
+from router.store.registry import store_kind
+
+_log = get_logger("service")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a service runs (``referral-router serve`` options)."""
+
+    strategy: str
+    store: str = "memory://"
+    #: The API key file (router/service/keys.py).
+    api_keys: str | None = None
+    #: Each store call's budget; past it the answer is degraded.
+    deadline_ms: int = 50
+    max_body_bytes: int = 1 << 20
+    max_batch: int = 1000
+
+    def to_env(self) -> str:
+        """As JSON, for worker processes (``ROUTER_SERVICE``)."""
+        return msgspec.json.encode(self.__dict__).decode()
+
+
+class Error(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """An error answer: what went wrong and, for bad input, where."""
+
+    error: str
+    detail: str
+    field: str | None = None
+
+
+class _State:
+    """What the handlers share: the router, the keys, the counters."""
+
+    def __init__(self, settings: Settings, keys: KeyRing):
+        self.settings = settings
+        self.keys = keys
+        self.strategy = load_strategy(settings.strategy)
+        self.hash = strategy_hash(self.strategy)
+        # (a network store gets the deadline; an in-process one never waits)
+        deadline = {"timeout_ms": settings.deadline_ms} if store_kind(settings.store).shared else {}
+        store = quota_store_from_url(settings.store, **deadline)
+        self.router = Router(self.strategy, store)
+        self.metrics = ServiceMetrics()
+        self.metrics.strategy.labels(self.strategy.version, self.hash).set(1)
+
+
+def _needs(scope: str):
+    """A guard: a valid API key with ``scope`` (401 without one, 403 without the scope)."""
+
+    def guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+        state: _State = connection.app.state.service
+        header = connection.headers.get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        key = state.keys.check(presented.strip() if scheme.lower() == "bearer" else None)
+        if key is None:
+            state.metrics.rejected.labels("unauthorized").inc()
+            raise NotAuthorizedException("a valid API key is required (Authorization: Bearer)")
+        if scope not in key.scopes:
+            state.metrics.rejected.labels("forbidden").inc()
+            raise PermissionDeniedException(f"this API key may not {scope}")
+        connection.scope["state"]["caller"] = key.id
+
+    return guard
+
+
+def _service(request: Request) -> _State:
+    return request.app.state.service
+
+
+@post("/v1/decisions", guards=[_needs("decide")], status_code=200)
+async def decide(request: Request, data: JSONBody[Application]) -> Decision:
+    """Decide one application."""
+    state = _service(request)
+    t = time.perf_counter()
+    validate_application(data)
+    decision = await asyncio.to_thread(state.router.decide, data)
+    _answered(state, request, [decision], t, "one")
+    return decision
+
+
+@post("/v1/decisions/batch", guards=[_needs("decide")], status_code=200)
+async def decide_batch(request: Request, data: JSONBody[list[Application]]) -> list[Decision]:
+    """Decide several applications together (their reservations pipelined)."""
+    state = _service(request)
+    if len(data) > state.settings.max_batch:
+        state.metrics.rejected.labels("batch_too_big").inc()
+        raise InputError(
+            f"a batch holds at most {state.settings.max_batch} applications (value: {len(data)})",
+            field="$",
+        )
+    t = time.perf_counter()
+    for i, app in enumerate(data):
+        try:
+            validate_application(app)
+        except InputError as exc:
+            exc.row = i
+            raise
+    decisions = await asyncio.to_thread(state.router.decide_batch, data, pipelined=True)
+    _answered(state, request, decisions, t, "batch")
+    return decisions
+
+
+def _answered(
+    state: _State, request: Request, decisions: list[Decision], t: float, endpoint: str
+) -> None:
+    """Count and log what was answered (one log line a decision; no personal data)."""
+    elapsed = time.perf_counter() - t
+    state.metrics.latency.labels(endpoint).observe(elapsed)
+    state.metrics.count(decisions)
+    caller = request.scope["state"].get("caller")
+    for d in decisions:
+        _log.info(
+            "decision",
+            decision_id=d.decision_id,
+            application_id=d.application_id,
+            outcome=d.__struct_config__.tag,
+            partner=getattr(d, "partner_id", None),
+            degraded=d.degraded,
+            latency_ms=round(elapsed * 1000, 3),
+            strategy=d.strategy_version,
+            caller=caller,
+        )
+
+
+@get("/healthz", sync_to_thread=False)
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@get("/readyz", sync_to_thread=True)
+def readyz(request: Request) -> Response[dict[str, Any]]:
+    """Ready to decide: the strategy is loaded and the store answers."""
+    state = _service(request)
+    ok = state.router.store.reachable()
+    body = {
+        "status": "ready" if ok else "store unreachable",
+        "strategy_version": state.strategy.version,
+        "strategy_hash": state.hash,
+    }
+    return Response(body, status_code=200 if ok else 503)
+
+
+@get("/metrics", sync_to_thread=False, media_type="text/plain; version=0.0.4")
+def metrics(request: Request) -> bytes:
+    """Prometheus metrics."""
+    return _service(request).metrics.render()
+
+
+def _error(status: int, error: str, detail: str, field: str | None = None) -> Response[Error]:
+    return Response(Error(error=error, detail=detail, field=field), status_code=status)
+
+
+def _on_input_error(request: Request, exc: InputError) -> Response[Error]:
+    _service(request).metrics.rejected.labels("invalid").inc()
+    field = exc.field if exc.row is None else f"[{exc.row}].{exc.field}"
+    return _error(422, "invalid_application", str(exc), field)
+
+
+def _on_validation(request: Request, exc: ValidationException) -> Response[Error]:
+    # msgspec's messages name the path and the expected type, never the value.
+    _service(request).metrics.rejected.labels("malformed").inc()
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    first = extra[0] if extra and isinstance(extra[0], dict) else {}
+    detail = str(first.get("message") or exc.detail)
+    field = first.get("key")
+    return _error(400, "malformed_request", detail, str(field) if field else None)
+
+
+def _on_conflict(request: Request, exc: IdempotencyConflict) -> Response[Error]:
+    _service(request).metrics.rejected.labels("conflict").inc()
+    return _error(409, "idempotency_conflict", str(exc), "application_id")
+
+
+def _on_http(request: Request, exc: HTTPException) -> Response[Error]:
+    names = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+             413: "too_large"}  # fmt: skip
+    if exc.status_code == 413:
+        _service(request).metrics.rejected.labels("too_large").inc()
+    return _error(exc.status_code, names.get(exc.status_code, "http_error"), str(exc.detail))
+
+
+def create_app(settings: Settings, keys: KeyRing | None = None) -> Litestar:
+    """The service for ``settings`` (``keys``: instead of ``settings.api_keys``'s file).
+    A service without any key refuses to start: it would answer no one."""
+    if keys is None:
+        if not settings.api_keys:
+            raise ConfigError("the service needs an API key file (--api-keys)")
+        keys = KeyRing.from_file(settings.api_keys)
+    if not len(keys):
+        raise ConfigError("the API key file holds no key")
+    state = _State(settings, keys)
+
+    def close() -> None:
+        state.router.close()
+
+    return Litestar(
+        [decide, decide_batch, healthz, readyz, metrics],
+        state=_app_state(state),
+        on_shutdown=[close],
+        exception_handlers={
+            InputError: _on_input_error,
+            ValidationException: _on_validation,
+            IdempotencyConflict: _on_conflict,
+            HTTPException: _on_http,
+        },
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="referral-router", version="1"),
+        logging_config=None,
+    )
+
+
+def _app_state(state: _State) -> Any:
+    from litestar.datastructures import State
+
+    return State({"service": state})
+
+
+def app_from_env() -> Litestar:
+    """The app for a worker process of ``referral-router serve`` (settings in
+    ``ROUTER_SERVICE``, as :meth:`Settings.to_env` wrote them)."""
+    raw = os.environ.get("ROUTER_SERVICE")
+    if not raw:
+        raise ConfigError("ROUTER_SERVICE is not set (start the service with `serve`)")
+    configure("info", "json")  # one JSON line a decision, personal fields redacted
+    return create_app(Settings(**msgspec.json.decode(raw)))

@@ -1,0 +1,218 @@
+"""The decision service against a real Redis: decisions one by one and in batches equal
+the embedded router's, every auth failure refused before anything is decided, bad input
+answered 4xx naming the field, a store that is down answered degraded (never a 5xx, never
+a ledgered referral), readiness, metrics, the OpenAPI document, and no raw identifier in
+the logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import msgspec
+import pytest
+from litestar.testing import TestClient
+
+from router.core.config import load_strategy
+from router.core.errors import ConfigError
+from router.core.messages import decode_application
+from router.decide.engine import Router
+from router.service.app import Settings, create_app
+from router.service.keys import KeyRing, new_key
+from router.store import quota_store_from_url
+from router.traffic import write_traffic
+
+ROOT = Path(__file__).resolve().parents[2]
+STRATEGY = str(ROOT / "configs" / "strategy.toml")
+
+
+@pytest.fixture(scope="module")
+def keys():
+    deciding, k1 = new_key("lender", ["decide"])
+    reading, k2 = new_key("auditor", ["read"])
+    return {"decide": deciding, "read": reading, "ring": KeyRing([k1, k2])}
+
+
+@pytest.fixture(scope="module")
+def lines(tmp_path_factory):
+    path = write_traffic(tmp_path_factory.mktemp("svc") / "t.jsonl", 300, seed=61, per_day=300)
+    return path.read_bytes().splitlines()
+
+
+def _client(store_url: str, keys, **kw) -> TestClient:
+    app = create_app(Settings(STRATEGY, store_url, deadline_ms=kw.pop("deadline_ms", 2000), **kw),
+                     keys["ring"])  # fmt: skip
+    return TestClient(app)
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def test_decisions_over_http_equal_the_embedded_routers(redis_url, keys, lines):
+    """One by one and in a batch, on their own prefixes: the same decisions as the
+    embedded router on a store of its own."""
+    embedded = Router(load_strategy(STRATEGY), quota_store_from_url("memory://"))
+    expected = [embedded.decide(decode_application(line)) for line in lines[:120]]
+    expected_json = [msgspec.json.decode(msgspec.json.encode(d)) for d in expected]
+    with _client(redis_url, keys) as client:
+        got = [
+            client.post("/v1/decisions", content=line, headers=_auth(keys["decide"])).json()
+            for line in lines[:120]
+        ]
+    assert got == expected_json
+    batch_url = redis_url.replace("?prefix=", "?prefix=batch")
+    embedded2 = Router(load_strategy(STRATEGY), quota_store_from_url("memory://"))
+    apps = [decode_application(line) for line in lines[120:200]]
+    want = msgspec.json.decode(msgspec.json.encode(embedded2.decide_batch(apps)))
+    body = b"[" + b",".join(lines[120:200]) + b"]"
+    with _client(batch_url, keys) as client:
+        r = client.post("/v1/decisions/batch", content=body, headers=_auth(keys["decide"]))
+        assert r.status_code == 200, r.text
+        assert r.json() == want
+    quota_store_from_url(batch_url, timeout_ms=5000).discard()
+
+
+@pytest.mark.parametrize(
+    "headers, status",
+    [
+        ({}, 401),
+        ({"authorization": "Bearer rr_not-a-key"}, 401),
+        ({"authorization": "Basic dXNlcjpwYXNz"}, 401),
+        ("read", 403),  # a key without the decide scope
+    ],
+)
+def test_without_a_valid_key_nothing_is_decided(redis_url, keys, lines, headers, status):
+    if headers == "read":
+        headers = _auth(keys["read"])
+    with _client(redis_url, keys) as client:
+        for path, body in (
+            ("/v1/decisions", lines[0]),
+            ("/v1/decisions/batch", b"[" + lines[0] + b"]"),
+        ):
+            r = client.post(path, content=body, headers=headers)
+            assert r.status_code == status, r.text
+            assert r.json()["error"] in ("unauthorized", "forbidden")
+    store = quota_store_from_url(redis_url, timeout_ms=5000)
+    assert list(store.ledger(branch=True)) == []
+    assert store.recall(decode_application(lines[0]).application_id, 0) is None
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "change, status, field",
+    [
+        (lambda a: {**a, "requested_amount": "lots"}, 400, "requested_amount"),
+        (lambda a: {**a, "age": 300}, 400, "age"),
+        (lambda a: {k: v for k, v in a.items() if k != "channel"}, 400, "channel"),
+        (lambda a: {**a, "received_at": "1969-07-20T20:17:00Z"}, 422, "received_at"),
+        (lambda a: {**a, "consent": ["no_such_partner"]}, 422, "consent"),
+    ],
+)
+def test_bad_input_is_a_4xx_naming_the_field(redis_url, keys, lines, change, status, field):
+    raw = change(json.loads(lines[1]))
+    with _client(redis_url, keys) as client:
+        r = client.post("/v1/decisions", content=json.dumps(raw), headers=_auth(keys["decide"]))
+    assert r.status_code == status, r.text
+    assert field in (r.json().get("field") or "") + r.json()["detail"], r.json()
+
+
+def test_malformed_and_oversized_bodies_are_4xx(redis_url, keys, lines):
+    with _client(redis_url, keys, max_body_bytes=4096, max_batch=3) as client:
+        h = _auth(keys["decide"])
+        assert client.post("/v1/decisions", content=b"{not json", headers=h).status_code == 400
+        assert client.post("/v1/decisions", content=b"[]", headers=h).status_code == 400
+        big = b"[" + b",".join(lines[:40]) + b"]"
+        assert client.post("/v1/decisions/batch", content=big, headers=h).status_code == 413
+        four = b"[" + b",".join(lines[:4]) + b"]"
+        r = client.post("/v1/decisions/batch", content=four, headers=h)
+        assert r.status_code == 422 and "at most 3" in r.json()["detail"]
+
+
+def test_a_store_that_is_down_answers_degraded_and_ledgers_nothing(keys, lines):
+    """Nothing listens on the store's port: every answer is a degraded decline within the
+    deadline, readiness says so, and the metrics count it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with _client(f"redis://127.0.0.1:{port}/0?prefix=down:", keys, deadline_ms=50) as client:
+        for line in lines[:5]:
+            r = client.post("/v1/decisions", content=line, headers=_auth(keys["decide"]))
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["outcome"] in ("decline", "keep", "branch") and "partner_id" not in body
+            if body["outcome"] == "decline" and body["degraded"]:
+                break
+        else:
+            pytest.fail("no degraded answer with the store down")
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "store unreachable"
+        assert "router_degraded_decisions_total 1.0" in client.get("/metrics").text
+
+
+def test_health_readiness_metrics_and_openapi(redis_url, keys, lines):
+    with _client(redis_url, keys) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz").json()
+        assert ready["status"] == "ready" and ready["strategy_version"]
+        client.post("/v1/decisions", content=lines[2], headers=_auth(keys["decide"]))
+        client.post("/v1/decisions", content=b"{}", headers=_auth(keys["decide"]))
+        client.post("/v1/decisions", content=lines[2], headers={})
+        text = client.get("/metrics").text
+        assert "router_decisions_total{" in text
+        assert 'router_rejected_requests_total{reason="malformed"} 1.0' in text
+        assert 'router_rejected_requests_total{reason="unauthorized"} 1.0' in text
+        assert "router_decision_seconds_bucket" in text and "router_strategy_info{" in text
+        doc = client.get("/schema/openapi.json").json()
+        assert {"/v1/decisions", "/v1/decisions/batch", "/readyz"} <= set(doc["paths"])
+
+
+def test_the_service_refuses_to_start_without_keys_or_with_a_bad_strategy(tmp_path, keys):
+    with pytest.raises(ConfigError):
+        create_app(Settings(STRATEGY))
+    empty = tmp_path / "keys.toml"
+    empty.write_text("")
+    with pytest.raises(ConfigError):
+        create_app(Settings(STRATEGY, api_keys=str(empty)))
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[keys]]\nid = "x"\nsha256 = "nothex"\nscopes = ["decide"]\n')
+    with pytest.raises(ConfigError, match="sha256"):
+        create_app(Settings(STRATEGY, api_keys=str(bad)))
+    with pytest.raises(ConfigError):
+        create_app(Settings(str(tmp_path / "missing.toml")), keys["ring"])
+
+
+def test_the_logs_hold_no_raw_identifier(redis_url, keys, lines, caplog, capsys):
+    """Applications sent with a raw national id: the service's log lines (one a decision)
+    carry neither the id nor any digit run of it."""
+    raw_ids = []
+    sent = []
+    for i, line in enumerate(lines[200:230]):
+        a = json.loads(line)
+        a.pop("applicant_token", None)
+        a["national_id"] = f"11010519{i:02d}03071234"
+        raw_ids.append(a["national_id"])
+        sent.append(json.dumps(a).encode())
+    import structlog
+
+    from router.core.logs import configure
+
+    configure("info", "json")  # as a worker of `serve` does
+    try:
+        with caplog.at_level(logging.DEBUG), _client(redis_url, keys) as client:
+            for body in sent:
+                assert client.post("/v1/decisions", content=body,
+                                   headers=_auth(keys["decide"])).status_code == 200  # fmt: skip
+            # A caller's own log line quoting an identifier is masked too.
+            from router.core.logs import get_logger
+
+            get_logger("test").info("echo", note=f"id {raw_ids[0]}", national_id=raw_ids[1])
+    finally:
+        out = capsys.readouterr()
+        structlog.reset_defaults()
+    logged = out.out + out.err + caplog.text
+    assert "decision" in logged
+    assert not any(r in logged for r in raw_ids)
