@@ -115,6 +115,15 @@ class Router:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def stored_decision(self, application_id: str) -> Decision | None:
+        """The decision stored for this application id (audit, or a caller's retry by id),
+        as the strategy in force names it; None if there is none (never decided here, or
+        past the idempotency TTL). Reads the store only: reserves nothing."""
+        record = self.store.lookup(application_id)
+        if record is None:
+            return None
+        return decision_from_record(record, application_id, self.strategy.version)
+
     def cap_refusals(self) -> dict[tuple[str, str], int]:
         """Refusals so far by (bucket id, window)."""
         return dict(self._allocator.refusals)

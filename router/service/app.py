@@ -3,6 +3,8 @@
 Endpoints (the OpenAPI document is at ``/schema/openapi.json``):
 
 - ``POST /v1/decisions`` — one application (scope ``decide``), answered with its decision;
+- ``GET /v1/decisions/{application_id}`` — the decision stored for it (scope ``read``;
+  404 when there is none), for audit and for a caller's retry by id;
 - ``POST /v1/decisions/batch`` — up to ``max_batch`` applications decided together, their
   reservations pipelined to the store (concurrent applications: arrival order inside the
   batch is not kept);
@@ -36,17 +38,18 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import (
     HTTPException,
     NotAuthorizedException,
+    NotFoundException,
     PermissionDeniedException,
     ValidationException,
 )
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 
 from router.core.config import load_strategy, strategy_hash
 from router.core.errors import ConfigError, IdempotencyConflict, InputError
 from router.core.logs import configure, get_logger
-from router.core.messages import Application, Decision, validate_application
+from router.core.messages import Application, Decision, Ident, validate_application
 from router.decide.engine import Router
 from router.service.keys import KeyRing
 from router.service.metrics import ServiceMetrics
@@ -176,6 +179,24 @@ def _answered(
         )
 
 
+@get("/v1/decisions/{application_id:str}", guards=[_needs("read")])
+async def stored(request: Request, application_id: FromPath[str]) -> Decision:
+    """The decision stored for an application id (404 if none: never decided, or past
+    the idempotency TTL); it reserves nothing."""
+    state = _service(request)
+    try:
+        msgspec.convert(application_id, Ident)
+    except msgspec.ValidationError:
+        raise InputError(
+            f"field `application_id`: not an application id (value: {application_id[:80]!r})",
+            field="application_id",
+        ) from None
+    found = await asyncio.to_thread(state.router.stored_decision, application_id)
+    if found is None:
+        raise NotFoundException(f"no decision stored for application {application_id!r}")
+    return found
+
+
 @get("/healthz", sync_to_thread=False)
 def healthz() -> dict[str, str]:
     """The process is up."""
@@ -249,7 +270,7 @@ def create_app(settings: Settings, keys: KeyRing | None = None) -> Litestar:
         state.router.close()
 
     return Litestar(
-        [decide, decide_batch, healthz, readyz, metrics],
+        [decide, decide_batch, stored, healthz, readyz, metrics],
         state=_app_state(state),
         on_shutdown=[close],
         exception_handlers={

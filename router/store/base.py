@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 from zoneinfo import ZoneInfoNotFoundError
 
-from router.core.errors import InputError
+from router.core.errors import InputError, StoreError
 from router.core.messages import ReferralEntry
 from router.core.windows import WINDOWS, zone
 
@@ -263,6 +263,12 @@ class QuotaStore(ABC):
     @abstractmethod
     def remember(self, application_id: str, fingerprint: int, record: bytes, event_ms: int) -> None:
         """Store the decision record for this id unless one exists (kept for the TTL)."""
+
+    def lookup(self, application_id: str) -> bytes | None:
+        """The decision record stored for this id, whatever content it was decided with
+        (audit, and a caller's retry by id); None if there is none (never decided, or
+        expired). A store that cannot look one up raises :class:`StoreError`."""
+        raise StoreError(f"{type(self).__name__} cannot look a decision up by its id")
 
     def recall_many(
         self, application_ids: Sequence[str], fingerprints: Sequence[int]

@@ -198,6 +198,14 @@ def check_the_first_decision_is_returned(store: QuotaStore) -> None:
     assert store.recall("a1", 11) == b"record-0"
 
 
+def check_a_decision_is_found_by_its_id(store: QuotaStore) -> None:
+    assert store.lookup("a1") is None
+    store.remember("a1", 11, b"record-0", ms(2026, 11, 2))
+    store.remember("a1", 12, b"record-1", ms(2026, 11, 2))  # (the first one stays)
+    assert store.lookup("a1") == b"record-0"
+    assert store.lookup("a2") is None
+
+
 def check_same_id_with_other_content_is_a_conflict(store: QuotaStore) -> None:
     store.remember("a1", 11, b"record-0", ms(2026, 11, 2))
     _raises(IdempotencyConflict, "a1", lambda: store.recall("a1", 12))

@@ -58,7 +58,8 @@ class DecisionRecords:
     def __len__(self) -> int:
         return len(self._records)
 
-    def _get(self, application_id: str) -> tuple[bytes, int] | None:
+    def get(self, application_id: str) -> tuple[bytes, int] | None:
+        """(record, fingerprint) stored for this id, or None."""
         rec = self._records.get(application_id)
         if rec is None:
             return None
@@ -77,7 +78,7 @@ class DecisionRecords:
         if not recs or recs.keys().isdisjoint(application_ids):  # the usual case, at C speed
             return found
         for i, a in enumerate(application_ids):
-            got = self._get(a) if a in recs else None
+            got = self.get(a) if a in recs else None
             if got is not None:
                 rec, fp = got
                 if fp != fingerprints[i]:
@@ -216,6 +217,11 @@ class InProcessRecords:
 
     def recall(self, application_id: str, fingerprint: int) -> bytes | None:
         return self.recall_many([application_id], [fingerprint]).get(0)
+
+    def lookup(self, application_id: str) -> bytes | None:
+        with self._lock:
+            got = self._decisions.get(application_id)
+        return None if got is None else got[0]
 
     def recall_many(
         self, application_ids: Sequence[str], fingerprints: Sequence[int]

@@ -861,6 +861,19 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
     def recall(self, application_id: str, fingerprint: int) -> bytes | None:
         return self.recall_many([application_id], [fingerprint]).get(0)
 
+    def lookup(self, application_id: str) -> bytes | None:
+        key = self._app(application_id)
+        try:
+            if self._cluster:
+                value = self._cluster_get([key])[0]
+            else:
+                value = self._send_many([("GET", key)])[0]
+                if isinstance(value, Exception):
+                    raise value
+        except redis.RedisError as exc:
+            raise StoreError(f"lookup failed: {exc}") from exc
+        return None if value is None else value[_FP_BYTES:]
+
     def recall_many(
         self, application_ids: Sequence[str], fingerprints: Sequence[int]
     ) -> dict[int, bytes]:

@@ -74,6 +74,27 @@ def test_decisions_over_http_equal_the_embedded_routers(redis_url, keys, lines):
     quota_store_from_url(batch_url, timeout_ms=5000).discard()
 
 
+def test_a_decision_is_read_back_by_its_application_id(redis_url, keys, lines):
+    """GET answers the decision as it was given (key with the read scope), 404 for an
+    id never decided, 422 for something that is not an id, 401/403 without the right key;
+    reading reserves nothing."""
+    app = decode_application(lines[3])
+    with _client(redis_url, keys) as client:
+        given = client.post("/v1/decisions", content=lines[3], headers=_auth(keys["decide"]))
+        store = quota_store_from_url(redis_url, timeout_ms=5000)
+        ledger_before = list(store.ledger(branch=True))
+        url = f"/v1/decisions/{app.application_id}"
+        got = client.get(url, headers=_auth(keys["read"]))
+        assert got.status_code == 200 and got.json() == given.json()
+        assert list(store.ledger(branch=True)) == ledger_before
+        assert client.get("/v1/decisions/A-never", headers=_auth(keys["read"])).status_code == 404
+        bad = client.get("/v1/decisions/" + "x" * 65, headers=_auth(keys["read"]))
+        assert bad.status_code == 422 and bad.json()["field"] == "application_id"
+        assert client.get(url).status_code == 401
+        assert client.get(url, headers=_auth(keys["decide"])).status_code == 403
+        store.close()
+
+
 @pytest.mark.parametrize(
     "headers, status",
     [
