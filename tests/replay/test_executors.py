@@ -70,3 +70,29 @@ def test_a_bad_cluster_url_is_refused_naming_it():
     pytest.importorskip("distributed")
     with pytest.raises(OSError):  # (--cluster turns it into one error line: cannot connect)
         DaskExecutor(address="tcp://127.0.0.1:1", timeout_s=1)
+
+
+def test_a_worker_started_with_a_malloc_trim_threshold_gets_roomy_malloc_back(monkeypatch):
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which freezes glibc's mmap threshold (a
+    candidate then took twice as long): a worker raises both thresholds once, and a
+    process without the variable is left alone."""
+    import ctypes
+
+    from router.replay import tune as tune_module
+
+    calls: list[tuple[int, int]] = []
+
+    class Libc:
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Libc())
+    monkeypatch.setattr(tune_module, "_MALLOC_SET", False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    tune_module._roomy_malloc()
+    assert calls == []
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    tune_module._roomy_malloc()
+    tune_module._roomy_malloc()  # (once per process)
+    assert calls == [(-3, 32 << 20), (-1, 256 << 20)]
