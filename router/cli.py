@@ -883,7 +883,7 @@ def serve(
 @app.command("api-key")
 def api_key(
     key_id: str = typer.Option(..., "--id", help="who the key is for (logged)"),
-    scopes: str = typer.Option("decide", "--scopes", help="comma-separated: decide, read"),
+    scopes: str = typer.Option("decide", "--scopes", help="comma-separated: decide, read, admin"),
 ) -> None:
     """Make an API key: prints the key (once; give it to the caller) and its entry for the
     key file (which holds only its SHA-256)."""

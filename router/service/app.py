@@ -8,6 +8,8 @@ Endpoints (the OpenAPI document is at ``/schema/openapi.json``):
 - ``POST /v1/decisions/batch`` — up to ``max_batch`` applications decided together, their
   reservations pipelined to the store (concurrent applications: arrival order inside the
   batch is not kept);
+- ``POST /v1/admin/reload`` (scope ``admin``) — load the strategy file again now (it is
+  also looked at once a second): a bad one is refused and the old one stays in force;
 - ``GET /healthz`` (the process is up), ``GET /readyz`` (strategy loaded, store reachable),
   ``GET /metrics`` (Prometheus).
 
@@ -28,8 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -46,8 +50,8 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath, JSONBody
 
-from router.core.config import load_strategy, strategy_hash
-from router.core.errors import ConfigError, IdempotencyConflict, InputError
+from router.core.config import Strategy, load_strategy, strategy_hash
+from router.core.errors import ConfigError, IdempotencyConflict, InputError, RouterError
 from router.core.logs import configure, get_logger
 from router.core.messages import Application, Decision, Ident, validate_application
 from router.decide.engine import Router
@@ -86,19 +90,69 @@ class Error(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class _State:
-    """What the handlers share: the router, the keys, the counters."""
+    """What the handlers share: the router in force, the keys, the counters.
+
+    The strategy file (and its partner book) is watched: at most once a second a request
+    looks at their modification times, and a changed file is loaded; a strategy that
+    loads replaces the router for the requests that start after it (those in flight
+    finish on the old one; both share the store, so quotas carry over), and one that
+    does not is refused, logged and counted, and the old one stays in force.
+    ``POST /v1/admin/reload`` loads it at once and says which happened.
+    """
 
     def __init__(self, settings: Settings, keys: KeyRing):
         self.settings = settings
         self.keys = keys
-        self.strategy = load_strategy(settings.strategy)
-        self.hash = strategy_hash(self.strategy)
+        self.metrics = ServiceMetrics()
+        self._lock = threading.Lock()
+        strategy = load_strategy(settings.strategy)
         # (a network store gets the deadline; an in-process one never waits)
         deadline = {"timeout_ms": settings.deadline_ms} if store_kind(settings.store).shared else {}
         store = quota_store_from_url(settings.store, **deadline)
-        self.router = Router(self.strategy, store)
-        self.metrics = ServiceMetrics()
-        self.metrics.strategy.labels(self.strategy.version, self.hash).set(1)
+        self._install(strategy, Router(strategy, store))
+        self._stamp = self._file_stamp()
+        self._next_look = time.monotonic() + 1.0
+
+    def _install(self, strategy: Strategy, router: Router) -> None:
+        self.strategy, self.router, self.hash = strategy, router, strategy_hash(strategy)
+        self.metrics.strategy.clear()
+        self.metrics.strategy.labels(strategy.version, self.hash).set(1)
+
+    def _file_stamp(self) -> tuple:
+        paths = [Path(self.settings.strategy)]
+        if self.strategy.partner_book:
+            paths.append(Path(self.settings.strategy).parent / self.strategy.partner_book)
+        return tuple(p.stat().st_mtime_ns if p.exists() else None for p in paths)
+
+    def current(self) -> Router:
+        """The router for a request starting now (the strategy file looked at, at most
+        once a second)."""
+        now = time.monotonic()
+        if now >= self._next_look:
+            self._next_look = now + 1.0
+            if self._file_stamp() != self._stamp:
+                self.reload()
+        return self.router
+
+    def reload(self) -> tuple[bool, str | None]:
+        """Load the strategy file again: (whether the strategy changed, the error that
+        kept the old one in force, or None)."""
+        with self._lock:
+            self._stamp = self._file_stamp()
+            try:
+                strategy = load_strategy(self.settings.strategy)
+                router = Router(strategy, self.router.store)  # (the same store: quotas carry over)
+            except RouterError as exc:
+                self.metrics.reloads.labels("refused").inc()
+                _log.error("strategy.refused", error=str(exc), kept=self.strategy.version)
+                return False, str(exc)
+            changed = strategy_hash(strategy) != self.hash
+            if changed:
+                old = self.strategy.version
+                self._install(strategy, router)
+                _log.info("strategy.loaded", version=strategy.version, hash=self.hash, was=old)
+            self.metrics.reloads.labels("loaded" if changed else "unchanged").inc()
+            return changed, None
 
 
 def _needs(scope: str):
@@ -130,7 +184,7 @@ async def decide(request: Request, data: JSONBody[Application]) -> Decision:
     state = _service(request)
     t = time.perf_counter()
     validate_application(data)
-    decision = await asyncio.to_thread(state.router.decide, data)
+    decision = await asyncio.to_thread(state.current().decide, data)
     _answered(state, request, [decision], t, "one")
     return decision
 
@@ -152,7 +206,7 @@ async def decide_batch(request: Request, data: JSONBody[list[Application]]) -> l
         except InputError as exc:
             exc.row = i
             raise
-    decisions = await asyncio.to_thread(state.router.decide_batch, data, pipelined=True)
+    decisions = await asyncio.to_thread(state.current().decide_batch, data, pipelined=True)
     _answered(state, request, decisions, t, "batch")
     return decisions
 
@@ -191,10 +245,31 @@ async def stored(request: Request, application_id: FromPath[str]) -> Decision:
             f"field `application_id`: not an application id (value: {application_id[:80]!r})",
             field="application_id",
         ) from None
-    found = await asyncio.to_thread(state.router.stored_decision, application_id)
+    found = await asyncio.to_thread(state.current().stored_decision, application_id)
     if found is None:
         raise NotFoundException(f"no decision stored for application {application_id!r}")
     return found
+
+
+class Reloaded(msgspec.Struct, kw_only=True):
+    """The strategy in force after a reload, and whether it changed."""
+
+    changed: bool
+    strategy_version: str
+    strategy_hash: str
+
+
+@post("/v1/admin/reload", guards=[_needs("admin")], status_code=200)
+async def reload(request: Request) -> Reloaded:
+    """Load the strategy file again now: 200 with the strategy in force (``changed``:
+    whether it is a new one), or 422 naming what is wrong with the file, the old strategy
+    still in force."""
+    state = _service(request)
+    changed, error = await asyncio.to_thread(state.reload)
+    if error is not None:
+        raise ConfigError(error)
+    return Reloaded(changed=changed, strategy_version=state.strategy.version,
+                    strategy_hash=state.hash)  # fmt: skip
 
 
 @get("/healthz", sync_to_thread=False)
@@ -242,6 +317,11 @@ def _on_validation(request: Request, exc: ValidationException) -> Response[Error
     return _error(400, "malformed_request", detail, str(field) if field else None)
 
 
+def _on_config_error(request: Request, exc: ConfigError) -> Response[Error]:
+    state = _service(request)
+    return _error(422, "invalid_strategy", f"{exc} (still in force: {state.strategy.version})")
+
+
 def _on_conflict(request: Request, exc: IdempotencyConflict) -> Response[Error]:
     _service(request).metrics.rejected.labels("conflict").inc()
     return _error(409, "idempotency_conflict", str(exc), "application_id")
@@ -270,13 +350,14 @@ def create_app(settings: Settings, keys: KeyRing | None = None) -> Litestar:
         state.router.close()
 
     return Litestar(
-        [decide, decide_batch, stored, healthz, readyz, metrics],
+        [decide, decide_batch, stored, reload, healthz, readyz, metrics],
         state=_app_state(state),
         on_shutdown=[close],
         exception_handlers={
             InputError: _on_input_error,
             ValidationException: _on_validation,
             IdempotencyConflict: _on_conflict,
+            ConfigError: _on_config_error,
             HTTPException: _on_http,
         },
         request_max_body_size=settings.max_body_bytes,

@@ -6,7 +6,8 @@ fast hash is enough: there is nothing to guess). The key file is TOML::
     [[keys]]
     id = "lender-web"            # who it is (logged, never the key)
     sha256 = "9f86d0…"           # hashlib.sha256(key.encode()).hexdigest()
-    scopes = ["decide", "read"]  # decide: POST decisions; read: GET a stored decision
+    scopes = ["decide", "read"]  # decide: POST decisions; read: GET a stored decision;
+                                 # admin: reload the strategy
 
 ``referral-router api-key --id NAME --scopes decide,read`` makes a key and prints it once
 with its entry.
@@ -24,8 +25,8 @@ import msgspec
 
 from router.core.errors import ConfigError
 
-Scope = Literal["decide", "read"]
-SCOPES: tuple[str, ...] = ("decide", "read")
+Scope = Literal["decide", "read", "admin"]
+SCOPES: tuple[str, ...] = ("decide", "read", "admin")
 
 
 class ApiKey(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

@@ -34,6 +34,9 @@ class ServiceMetrics:
         self.store_errors = Counter(
             "router_store_errors", "Quota store calls that failed", registry=r
         )
+        self.reloads = Counter(
+            "router_strategy_reloads", "Strategy file loads", ["result"], registry=r
+        )
         self.strategy = Gauge(
             "router_strategy_info", "The strategy in force", ["version", "hash"], registry=r
         )

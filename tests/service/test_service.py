@@ -95,6 +95,56 @@ def test_a_decision_is_read_back_by_its_application_id(redis_url, keys, lines):
         store.close()
 
 
+def test_a_strategy_reloads_and_a_bad_one_is_refused_keeping_the_old(redis_url, keys, lines,
+                                                                     tmp_path):  # fmt: skip
+    """Edited on disk, the strategy is in force for the next request (the admin endpoint,
+    or the file looked at once a second); a broken file is refused with a 422 and the old
+    strategy decides on; quotas carry over (the same store)."""
+    import os
+    import time
+
+    from router.replay.tune import strategy_data, with_params, write_strategy
+
+    admin, entry = new_key("ops", ["admin"])
+    ring = KeyRing([*keys["ring"]._by_digest.values(), entry])
+    base = strategy_data(load_strategy(STRATEGY))
+    path = tmp_path / "strategy.toml"
+    write_strategy(base, path)
+    app = create_app(Settings(str(path), redis_url, deadline_ms=2000), ring)
+    with TestClient(app) as client:
+        h = _auth(keys["decide"])
+        first = client.post("/v1/decisions", content=lines[10], headers=h).json()
+        assert first["strategy_version"] == base["version"]
+        write_strategy(with_params({**base, "version": "v2-tighter"}, {"primary.max_pd": 0.01}),
+                       path)  # fmt: skip
+        r = client.post("/v1/admin/reload", headers=_auth(admin))
+        assert r.status_code == 200 and r.json()["changed"] is True, r.text
+        assert r.json()["strategy_version"] == "v2-tighter"
+        second = client.post("/v1/decisions", content=lines[11], headers=h).json()
+        assert second["strategy_version"] == "v2-tighter" and second["outcome"] != "keep"
+        assert client.post("/v1/admin/reload", headers=_auth(admin)).json()["changed"] is False
+        path.write_text(path.read_text().replace("max_pd = 0.01", "max_pd = 7"))
+        bad = client.post("/v1/admin/reload", headers=_auth(admin))
+        assert bad.status_code == 422 and "max_pd" in bad.json()["detail"], bad.text
+        assert "still in force: v2-tighter" in bad.json()["detail"]
+        third = client.post("/v1/decisions", content=lines[12], headers=h).json()
+        assert third["strategy_version"] == "v2-tighter"
+        # Without the endpoint: the edited file is picked up within a second or so.
+        write_strategy({**base, "version": "v3-watched"}, path)
+        os.utime(path)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            got = client.post("/v1/decisions", content=lines[13], headers=h).json()
+            if got["strategy_version"] == "v3-watched":
+                break
+            time.sleep(0.2)
+        assert got["strategy_version"] == "v3-watched"
+        assert client.post("/v1/admin/reload", headers=h).status_code == 403
+        text = client.get("/metrics").text
+        assert 'router_strategy_reloads_total{result="refused"} 1.0' in text
+        assert "router_strategy_info{hash=" in text and 'version="v3-watched"' in text
+
+
 @pytest.mark.parametrize(
     "headers, status",
     [
