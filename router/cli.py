@@ -438,18 +438,33 @@ def replay(
 
 @app.command()
 def compare(
-    champion: Path = typer.Option(..., "--champion", "-a", help="champion strategy TOML"),
-    challenger: Path = typer.Option(..., "--challenger", "-b", help="challenger strategy TOML"),
-    traffic: Path = typer.Option(..., "--traffic", "-t", help="traffic file"),
+    champion: Path | None = typer.Option(None, "--champion", "-a", help="champion strategy TOML"),
+    challenger: Path | None = typer.Option(
+        None, "--challenger", "-b", help="challenger strategy TOML"
+    ),
+    traffic: Path | None = typer.Option(None, "--traffic", "-t", help="traffic file"),
     out_dir: Path = typer.Option(
         ..., "--out", "-o", help="output directory", callback=_writable_dir
     ),
     mapping: Path | None = typer.Option(None, "--mapping", help=_MAPPING_HELP),
+    shadow_log: Path | None = typer.Option(
+        None, "--shadow-log", help="the live swap sets of a service's shadow challenger instead"
+    ),
 ) -> None:
-    """Champion vs challenger on the same traffic: the 4×4 swap sets and the net change."""
+    """Champion vs challenger on the same traffic: the 4×4 swap sets and the net change
+    (or, with --shadow-log, the swap sets a service's shadow challenger logged live)."""
     from router.core.config import load_strategy
     from router.replay.compare import compare as run_compare
     from router.replay.report import write_compare_report
+
+    if shadow_log is not None:
+        _compare_shadow(shadow_log, out_dir)
+        return
+    for given, flag in ((champion, "--champion"), (challenger, "--challenger"),
+                        (traffic, "--traffic")):  # fmt: skip
+        if given is None:
+            raise typer.BadParameter("required (or give --shadow-log)", param_hint=flag)
+    assert champion is not None and challenger is not None and traffic is not None
 
     try:
         r = run_compare(
@@ -462,13 +477,7 @@ def compare(
     except RouterError as exc:
         _fail(exc)
     m = r.comparison
-    t = Table(title="swap sets: champion (rows) → challenger (columns), applications")
-    t.add_column("")
-    for label in m["labels"]:
-        t.add_column(label, justify="right")
-    for label, row in zip(m["labels"], m["counts"]):
-        t.add_row(label, *[f"{v:,}" for v in row])
-    out.print(t)
+    _print_swaps(m, "swap sets: champion (rows) → challenger (columns), applications")
     nc = m["net_change"]
     out.print(
         f"net change: profit {_yuan(nc['profit'])} yuan, referral revenue "
@@ -477,6 +486,36 @@ def compare(
     )
     report = write_compare_report(m, r.champion.summary, r.challenger.summary, out_dir)
     out.print(f"report: {report}\ncomparison: {r.path}")
+
+
+def _print_swaps(m: dict, title: str) -> None:
+    t = Table(title=title)
+    t.add_column("")
+    for label in m["labels"]:
+        t.add_column(label, justify="right")
+    for label, row in zip(m["labels"], m["counts"]):
+        t.add_row(label, *[f"{v:,}" for v in row])
+    out.print(t)
+
+
+def _compare_shadow(log: Path, out_dir: Path) -> None:
+    """The live swap sets of a shadow log, into ``out_dir/compare.json``."""
+    import msgspec
+
+    from router.replay.compare import swap_matrix
+    from router.service.shadow import read_shadow_log
+
+    try:
+        a, b = read_shadow_log(log)
+    except (RouterError, OSError) as exc:
+        _fail(exc)
+    m = swap_matrix(a, b)
+    m["source"] = {"shadow_log": str(log), "applications": a.num_rows}
+    _print_swaps(m, f"live swap sets ({a.num_rows:,} shadowed applications): champion (rows) → "
+                    "challenger (columns)")  # fmt: skip
+    path = out_dir / "compare.json"
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(m)) + b"\n")
+    out.print(f"comparison: {path}")
 
 
 @app.command()
@@ -854,6 +893,15 @@ def serve(
     workers: int = typer.Option(1, "--workers", min=1, help="server processes"),
     deadline_ms: int = typer.Option(50, "--deadline-ms", min=1, help="each store call's budget"),
     max_batch: int = typer.Option(1000, "--max-batch", min=1),
+    shadow_strategy: Path | None = typer.Option(
+        None, "--shadow-strategy", help="a challenger decided beside the champion, never answered"
+    ),
+    shadow_share: float = typer.Option(
+        0.1, "--shadow-share", min=0.0, max=1.0, help="share of applicants it sees"
+    ),
+    shadow_log: Path | None = typer.Option(
+        None, "--shadow-log", help="JSON lines: champion and challenger (compare --shadow-log)"
+    ),
 ) -> None:
     """Serve decisions over HTTP (router/service/app.py): POST /v1/decisions, /v1/decisions/batch;
     /healthz, /readyz, /metrics, /schema/openapi.json."""
@@ -871,8 +919,13 @@ def serve(
             f"store (redis://…) (value: {store!r})",
             param_hint="--store",
         )
-    settings = Settings(str(strategy.resolve()), store, str(api_keys.resolve()), deadline_ms,
-                        max_batch=max_batch)  # fmt: skip
+    settings = Settings(
+        str(strategy.resolve()), store, str(api_keys.resolve()), deadline_ms,
+        max_batch=max_batch,
+        shadow_strategy=str(shadow_strategy.resolve()) if shadow_strategy else None,
+        shadow_share=shadow_share if shadow_strategy else 0.0,
+        shadow_log=str(shadow_log.resolve()) if shadow_log else None,
+    )  # fmt: skip
     # A bad strategy, store URL or key file stops here, with its error, not in a worker.
     create_app(settings).state.service.router.close()
     os.environ["ROUTER_SERVICE"] = settings.to_env()

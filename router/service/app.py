@@ -10,6 +10,8 @@ Endpoints (the OpenAPI document is at ``/schema/openapi.json``):
   batch is not kept);
 - ``POST /v1/admin/reload`` (scope ``admin``) — load the strategy file again now (it is
   also looked at once a second): a bad one is refused and the old one stays in force;
+- a shadow challenger (``shadow_*`` settings, router/service/shadow.py), decided after
+  the answer is sent for a share of applicants and logged beside the champion;
 - ``GET /healthz`` (the process is up), ``GET /readyz`` (strategy loaded, store reachable),
   ``GET /metrics`` (Prometheus).
 
@@ -38,6 +40,7 @@ from typing import Any
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
+from litestar.background_tasks import BackgroundTask
 from litestar.connection import ASGIConnection
 from litestar.exceptions import (
     HTTPException,
@@ -57,6 +60,7 @@ from router.core.messages import Application, Decision, Ident, validate_applicat
 from router.decide.engine import Router
 from router.service.keys import KeyRing
 from router.service.metrics import ServiceMetrics
+from router.service.shadow import Shadow
 from router.store import quota_store_from_url
 from router.store.registry import store_kind
 
@@ -75,6 +79,11 @@ class Settings:
     deadline_ms: int = 50
     max_body_bytes: int = 1 << 20
     max_batch: int = 1000
+    #: A challenger decided beside the champion for a share of applicants, logged to
+    #: ``shadow_log`` (router/service/shadow.py); all three or none.
+    shadow_strategy: str | None = None
+    shadow_share: float = 0.0
+    shadow_log: str | None = None
 
     def to_env(self) -> str:
         """As JSON, for worker processes (``ROUTER_SERVICE``)."""
@@ -112,6 +121,12 @@ class _State:
         self._install(strategy, Router(strategy, store))
         self._stamp = self._file_stamp()
         self._next_look = time.monotonic() + 1.0
+        self.shadow: Shadow | None = None
+        if settings.shadow_strategy or settings.shadow_log:
+            if not (settings.shadow_strategy and settings.shadow_log):
+                raise ConfigError("a shadow challenger needs its strategy, share and log")
+            self.shadow = Shadow(settings.shadow_strategy, settings.shadow_share,
+                                 settings.shadow_log, self.router.hasher)  # fmt: skip
 
     def _install(self, strategy: Strategy, router: Router) -> None:
         self.strategy, self.router, self.hash = strategy, router, strategy_hash(strategy)
@@ -179,18 +194,20 @@ def _service(request: Request) -> _State:
 
 
 @post("/v1/decisions", guards=[_needs("decide")], status_code=200)
-async def decide(request: Request, data: JSONBody[Application]) -> Decision:
+async def decide(request: Request, data: JSONBody[Application]) -> Response[Decision]:
     """Decide one application."""
     state = _service(request)
     t = time.perf_counter()
     validate_application(data)
     decision = await asyncio.to_thread(state.current().decide, data)
     _answered(state, request, [decision], t, "one")
-    return decision
+    return Response(decision, background=_shadowed(state, [data], [decision]))
 
 
 @post("/v1/decisions/batch", guards=[_needs("decide")], status_code=200)
-async def decide_batch(request: Request, data: JSONBody[list[Application]]) -> list[Decision]:
+async def decide_batch(
+    request: Request, data: JSONBody[list[Application]]
+) -> Response[list[Decision]]:
     """Decide several applications together (their reservations pipelined)."""
     state = _service(request)
     if len(data) > state.settings.max_batch:
@@ -208,7 +225,16 @@ async def decide_batch(request: Request, data: JSONBody[list[Application]]) -> l
             raise
     decisions = await asyncio.to_thread(state.current().decide_batch, data, pipelined=True)
     _answered(state, request, decisions, t, "batch")
-    return decisions
+    return Response(decisions, background=_shadowed(state, data, decisions))
+
+
+def _shadowed(
+    state: _State, apps: list[Application], decisions: list[Decision]
+) -> BackgroundTask | None:
+    """The challenger's decisions of these applications, after the answer is sent."""
+    if state.shadow is None:
+        return None
+    return BackgroundTask(asyncio.to_thread, state.shadow.decide, apps, decisions)
 
 
 def _answered(
@@ -348,6 +374,8 @@ def create_app(settings: Settings, keys: KeyRing | None = None) -> Litestar:
 
     def close() -> None:
         state.router.close()
+        if state.shadow is not None:
+            state.shadow.close()
 
     return Litestar(
         [decide, decide_batch, stored, reload, healthz, readyz, metrics],

@@ -287,3 +287,61 @@ def test_the_logs_hold_no_raw_identifier(redis_url, keys, lines, caplog, capsys)
     logged = out.out + out.err + caplog.text
     assert "decision" in logged
     assert not any(r in logged for r in raw_ids)
+
+
+def test_a_shadow_challenger_is_logged_beside_the_champion_and_compared_live(
+    redis_url, keys, lines, tmp_path
+):
+    """A challenger sees a fixed half of the applicants (the same ones in any worker), is
+    decided after each answer on a store of its own — the real store sees only the
+    champion's referrals — and its log gives `compare --shadow-log` the live swap sets."""
+    import subprocess
+    import sys
+    import time
+
+    from router.replay.tune import strategy_data, with_params, write_strategy
+
+    challenger = tmp_path / "challenger.toml"
+    raw = with_params(strategy_data(load_strategy(STRATEGY)), {"primary.max_pd": 0.02})
+    write_strategy({**raw, "version": "challenger-1"}, challenger)
+    log = tmp_path / "shadow.jsonl"
+    settings = dict(shadow_strategy=str(challenger), shadow_share=0.5, shadow_log=str(log))
+    answered = []
+    with _client(redis_url, keys, **settings) as client:
+        for line in lines[:100]:
+            r = client.post("/v1/decisions", content=line, headers=_auth(keys["decide"]))
+            answered.append(r.json())
+        time.sleep(0.5)  # (the shadow runs after each answer)
+    shadowed = [json.loads(x) for x in log.read_text().splitlines()]
+    assert 25 < len(shadowed) < 75
+    by_id = {d["application_id"]: d for d in answered}
+    apps = {decode_application(x).application_id: decode_application(x) for x in lines[:100]}
+    # The challenger as an embedded router of its own on exactly the shadowed applicants.
+    alone = Router(load_strategy(challenger), quota_store_from_url("memory://"))
+    for s in shadowed:
+        champion = by_id[s["application_id"]]
+        assert s["champion"]["outcome"] == champion["outcome"]
+        assert s["champion"]["partner"] == champion.get("partner_id")
+        mine = alone.decide(apps[s["application_id"]])
+        assert s["challenger"]["outcome"] == type(mine).__struct_config__.tag
+        assert s["challenger"]["strategy_version"] == "challenger-1"
+    # The same applicants are picked by another service (another worker) too.
+    from router.service.shadow import Shadow
+
+    other = Shadow(str(challenger), 0.5, tmp_path / "other.jsonl", alone.hasher)
+    assert {a for a in apps if other.sees(apps[a])} == {s["application_id"] for s in shadowed}
+    other.close()
+    store = quota_store_from_url(redis_url, timeout_ms=5000)
+    refers = sum(1 for d in answered if d["outcome"] == "refer")
+    assert len(list(store.ledger())) == refers  # (nothing of the challenger's)
+    store.close()
+    out = tmp_path / "cmp"
+    p = subprocess.run(
+        [sys.executable, "-m", "router", "compare", "--shadow-log", str(log), "-o", str(out)],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    m = json.loads((out / "compare.json").read_text())
+    assert sum(map(sum, m["counts"])) == len(shadowed)
+    moved = sum(1 for s in shadowed if s["champion"]["outcome"] != s["challenger"]["outcome"])
+    assert m["swapped"] == moved
