@@ -902,6 +902,12 @@ def serve(
     shadow_log: Path | None = typer.Option(
         None, "--shadow-log", help="JSON lines: champion and challenger (compare --shadow-log)"
     ),
+    billing_db: str | None = typer.Option(
+        None, "--billing-db", help="billing database for POST /v1/postbacks (a path or URL)"
+    ),
+    partner_secrets: Path | None = typer.Option(
+        None, "--partner-secrets", help="TOML: each partner's postback signing secret"
+    ),
 ) -> None:
     """Serve decisions over HTTP (router/service/app.py): POST /v1/decisions, /v1/decisions/batch;
     /healthz, /readyz, /metrics, /schema/openapi.json."""
@@ -925,6 +931,8 @@ def serve(
         shadow_strategy=str(shadow_strategy.resolve()) if shadow_strategy else None,
         shadow_share=shadow_share if shadow_strategy else 0.0,
         shadow_log=str(shadow_log.resolve()) if shadow_log else None,
+        billing_db=billing_db,
+        partner_secrets=str(partner_secrets.resolve()) if partner_secrets else None,
     )  # fmt: skip
     # A bad strategy, store URL or key file stops here, with its error, not in a worker.
     create_app(settings).state.service.router.close()

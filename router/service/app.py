@@ -12,6 +12,8 @@ Endpoints (the OpenAPI document is at ``/schema/openapi.json``):
   also looked at once a second): a bad one is refused and the old one stays in force;
 - a shadow challenger (``shadow_*`` settings, router/service/shadow.py), decided after
   the answer is sent for a share of applicants and logged beside the champion;
+- ``POST /v1/postbacks`` — a partner's postback events, signed with its own secret
+  (router/service/partner_auth.py), into the billing database;
 - ``GET /healthz`` (the process is up), ``GET /readyz`` (strategy loaded, store reachable),
   ``GET /metrics`` (Prometheus).
 
@@ -60,6 +62,7 @@ from router.core.messages import Application, Decision, Ident, validate_applicat
 from router.decide.engine import Router
 from router.service.keys import KeyRing
 from router.service.metrics import ServiceMetrics
+from router.service.partner_auth import PartnerSecrets
 from router.service.shadow import Shadow
 from router.store import quota_store_from_url
 from router.store.registry import store_kind
@@ -84,6 +87,10 @@ class Settings:
     shadow_strategy: str | None = None
     shadow_share: float = 0.0
     shadow_log: str | None = None
+    #: Partner postbacks (``POST /v1/postbacks``): the billing database and the partners'
+    #: signing secrets (router/service/partner_auth.py); both or neither.
+    billing_db: str | None = None
+    partner_secrets: str | None = None
 
     def to_env(self) -> str:
         """As JSON, for worker processes (``ROUTER_SERVICE``)."""
@@ -121,6 +128,15 @@ class _State:
         self._install(strategy, Router(strategy, store))
         self._stamp = self._file_stamp()
         self._next_look = time.monotonic() + 1.0
+        self.billing: Any = None
+        self.partners: PartnerSecrets | None = None
+        if settings.billing_db or settings.partner_secrets:
+            if not (settings.billing_db and settings.partner_secrets):
+                raise ConfigError("postbacks need both the billing database and partner secrets")
+            from router.billing.db import open_billing
+
+            self.partners = PartnerSecrets.from_file(settings.partner_secrets)
+            self.billing = open_billing(settings.billing_db)
         self.shadow: Shadow | None = None
         if settings.shadow_strategy or settings.shadow_log:
             if not (settings.shadow_strategy and settings.shadow_log):
@@ -277,6 +293,57 @@ async def stored(request: Request, application_id: FromPath[str]) -> Decision:
     return found
 
 
+class Verdict(msgspec.Struct, kw_only=True):
+    """What became of one postback event."""
+
+    event_id: str
+    status: str  # applied | waiting | review | refused | duplicate | conflict
+    reason: str = ""
+
+
+@post("/v1/postbacks", status_code=200)
+async def postbacks(request: Request) -> list[Verdict]:
+    """A partner's postback events (one JSON event, or a list), signed with its secret
+    (router/service/partner_auth.py): 401 unsigned, badly signed or outside the time
+    window, 403 when an event names another partner — nothing is ingested then; else
+    each event's verdict (applied, waiting, review, refused, duplicate, conflict)."""
+    from router.billing.postbacks import Postback
+
+    state = _service(request)
+    if state.partners is None:
+        raise NotFoundException("this service takes no postbacks (no --billing-db)")
+    body = await request.body()
+    h = request.headers
+    partner = h.get("x-partner-id", "")
+    why = state.partners.check(partner, h.get("x-timestamp", ""), h.get("x-signature", ""),
+                               body, time.time())  # fmt: skip
+    if why:
+        state.metrics.rejected.labels("unauthorized").inc()
+        raise NotAuthorizedException(f"postback not accepted: {why}")
+    try:
+        raw = msgspec.json.decode(body)
+        events = msgspec.convert(raw if isinstance(raw, list) else [raw], list[Postback])
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        state.metrics.rejected.labels("malformed").inc()
+        raise ValidationException(str(exc)) from None
+    others = sorted({e.partner_id for e in events} - {partner})
+    if others:
+        state.metrics.rejected.labels("forbidden").inc()
+        raise PermissionDeniedException(f"events of another partner (value: {others!r})")
+    verdicts = await asyncio.to_thread(_ingest, state, events)
+    return [Verdict(event_id=v.event_id, status=v.status, reason=v.reason) for v in verdicts]
+
+
+def _ingest(state: _State, events: list) -> list:
+    from router.billing.book import BillingBook
+    from router.billing.db import writing
+    from router.billing.postback_rules import ingest_events
+
+    book = BillingBook.from_strategy(state.strategy)
+    with writing(state.billing) as conn:
+        return ingest_events(conn, events, book, int(time.time() * 1000))
+
+
 class Reloaded(msgspec.Struct, kw_only=True):
     """The strategy in force after a reload, and whether it changed."""
 
@@ -376,9 +443,11 @@ def create_app(settings: Settings, keys: KeyRing | None = None) -> Litestar:
         state.router.close()
         if state.shadow is not None:
             state.shadow.close()
+        if state.billing is not None:
+            state.billing.dispose()
 
     return Litestar(
-        [decide, decide_batch, stored, reload, healthz, readyz, metrics],
+        [decide, decide_batch, stored, reload, postbacks, healthz, readyz, metrics],
         state=_app_state(state),
         on_shutdown=[close],
         exception_handlers={

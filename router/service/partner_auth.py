@@ -1,0 +1,78 @@
+"""How partners sign their postbacks to the service.
+
+Each partner has a secret of its own, in a TOML file the service reads::
+
+    [[partners]]
+    id = "platform_yunfan"
+    secret = "…"          # at least 32 characters; keep the file readable by the service only
+
+A postback request carries ``X-Partner-Id``, ``X-Timestamp`` (Unix seconds) and
+``X-Signature``: the hex HMAC-SHA256, under the partner's secret, of the timestamp, a dot
+and the exact body bytes. A request older or newer than :data:`WINDOW_S` is refused (a
+captured request cannot be replayed later; within the window a replay is a duplicate
+event id, which changes nothing). Every event in the body must be the signing partner's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+from router.core.errors import ConfigError
+from router.core.messages import PartnerId
+
+#: How far a request's timestamp may be from the service's clock, in seconds.
+WINDOW_S = 300
+
+
+class PartnerSecret(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    id: PartnerId
+    secret: Annotated[str, msgspec.Meta(min_length=32, max_length=256)]
+
+
+class _SecretFile(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    partners: list[PartnerSecret] = []
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The signature of a request (what a partner computes)."""
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+class PartnerSecrets:
+    """The partners' secrets, by partner id."""
+
+    def __init__(self, secrets: list[PartnerSecret]):
+        self._by_id = {s.id: s.secret for s in secrets}
+        if len(self._by_id) != len(secrets):
+            raise ConfigError("partner secrets: a partner is given twice")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> PartnerSecrets:
+        try:
+            data = msgspec.toml.decode(Path(path).read_bytes(), type=_SecretFile)
+        except FileNotFoundError:
+            raise ConfigError(f"partner secrets: no such file (value: {str(path)!r})") from None
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            # (the message names the field, never the secret: msgspec does not echo values)
+            raise ConfigError(f"partner secrets {path}: {exc}") from None
+        return cls(data.partners)
+
+    def check(self, partner: str, timestamp: str, signature: str, body: bytes, now: float) -> str:
+        """Why the request is not the partner's, or "" when it is."""
+        secret = self._by_id.get(partner)
+        if secret is None:
+            return "unknown partner"
+        try:
+            ts = int(timestamp)
+        except ValueError:
+            return "X-Timestamp is not Unix seconds"
+        if abs(now - ts) > WINDOW_S:
+            return f"X-Timestamp is more than {WINDOW_S} s from now"
+        if not hmac.compare_digest(sign(secret, ts, body), signature.lower()):
+            return "bad signature"
+        return ""
