@@ -46,6 +46,9 @@ test: lint
 	  tests/store/test_store_contract.py tests/store/test_late_events.py tests/store/test_int_table.py
 	$(BIN)/coverage report --data-file=.venv/.coverage-nojit --fail-under=95 \
 	  --include='*/walk_compiled.py,*/store/kernel.py,*/store/int_table.py,*/allocate_compiled.py'
+	# The load-test harness as a smoke test (about a minute): every scenario runs and writes
+	# its JSON (http needs wrk: installed from Debian's packages when missing and root).
+	$(BIN)/python -m bench all --quick --results out/bench/results
 
 # Mutation testing of the economics formulas and the memory store's reservation path
 # (about 15 minutes on two cores; writes mutants/).
@@ -59,11 +62,9 @@ hand-mutations: install-dev
 	$(BIN)/python tools/hand_mutations.py
 
 bench: install-dev
+	$(BIN)/python -m bench all
 	$(BIN)/python bench/bench_decide.py
-	$(BIN)/python bench/bench_replay.py
-	$(BIN)/python bench/bench_redis.py
 	$(BIN)/python bench/bench_cold.py
-	$(BIN)/python bench/bench_tune.py
 	$(BIN)/python bench/bench_billing.py
 
 credit-data: install-dev

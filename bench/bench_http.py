@@ -1,0 +1,170 @@
+"""The decision service under a real load generator (wrk), next to a trivial endpoint of
+the same server.
+
+A throwaway redis-server and ``referral-router serve`` (2 workers, Redis store) are
+started here on free ports. wrk posts one application per request (``POST
+/v1/decisions``, an API key, application ids made unique per request so each is a new
+decision) at increasing connection counts, 2 threads, and reads requests/s and the p99
+latency; the baseline is ``GET /healthz`` of the same server at the same connection
+counts. The run stops raising the load once the decisions' p99 passes the bound.
+
+Reports, per connection count, both rates and p99s, and the highest decision rate whose
+p99 stayed within the bound, with the healthz rate at that load and their ratio.
+
+    python bench/bench_http.py [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+#: The p99 bound (ms) the decision rate is reported at.
+P99_BOUND_MS = 5.0
+
+_LUA = r"""
+local n = 0
+local body = [[%BODY%]]
+request = function()
+  n = n + 1
+  local b = body:gsub("%%ID%%", "W" .. id .. "-" .. n)
+  return wrk.format("POST", "/v1/decisions", {["Authorization"] = "Bearer %KEY%",
+                    ["Content-Type"] = "application/json"}, b)
+end
+setup = function(thread) thread:set("id", tostring(math.random(1, 1000000000))) end
+"""
+
+
+def wrk_binary() -> str:
+    """wrk, installed from Debian's packages when missing and root; else a clear error."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        if shutil.which("wrk"):
+            return str(shutil.which("wrk"))
+        subprocess.run(["apt-get", "update", "-qq"], check=False, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        if shutil.which("wrk"):
+            return str(shutil.which("wrk"))
+    raise SystemExit("bench http needs wrk (apt-get install wrk); not installed")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, seconds: float = 60) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"the service did not become ready at {url}")
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    assert m, text
+    v = float(m.group(1))
+    return {"us": v / 1000, "ms": v, "s": v * 1000}[m.group(2)]
+
+
+def run_wrk(wrk: str, url: str, connections: int, seconds: int, script: Path | None) -> dict:
+    """One wrk run: requests/s, p50 and p99 (ms), non-2xx count."""
+    cmd = [wrk, "-t", str(min(2, connections)), "-c", str(connections), "-d", f"{seconds}s",
+           "--latency"] + (["-s", str(script)] if script else []) + [url]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {"per_s": rate, "p50_ms": p50, "p99_ms": p99,
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0}  # fmt: skip
+
+
+def main(quick: bool = False) -> dict:
+    from mirakuru import TCPExecutor
+
+    from router.service.keys import new_key
+
+    wrk = wrk_binary()
+    tmp = Path(tempfile.mkdtemp())
+    rport, sport = _free_port(), _free_port()
+    redis = TCPExecutor(
+        [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(rport),
+         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+        host="127.0.0.1", port=rport, timeout=20,
+    ).start()  # fmt: skip
+    key, entry = new_key("bench", ["decide"])
+    import msgspec
+
+    (tmp / "keys.toml").write_text("[[keys]]\n" + msgspec.toml.encode(entry).decode())
+    app = (ROOT / "examples" / "application.json").read_text()
+    body = re.sub(r'"application_id":\s*"[^"]*"', '"application_id": "%ID%"', app)
+    script = tmp / "post.lua"
+    script.write_text(_LUA.replace("%BODY%", body).replace("%KEY%", key))
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "router", "serve", "-s", str(ROOT / "configs" / "strategy.toml"),
+         "--store", f"redis://127.0.0.1:{rport}/0?prefix=bench:", "--api-keys",
+         str(tmp / "keys.toml"), "--port", str(sport), "--workers", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait(f"http://127.0.0.1:{sport}/readyz")
+        base = f"http://127.0.0.1:{sport}"
+        seconds = 2 if quick else 8
+        levels = (1, 4) if quick else (1, 2, 4, 8, 16, 32, 64)
+        run_wrk(wrk, base + "/v1/decisions", 4, 1, script)  # (warm-up: every worker compiled)
+        rows = []
+        for c in levels:
+            dec = run_wrk(wrk, base + "/v1/decisions", c, seconds, script)
+            triv = run_wrk(wrk, base + "/healthz", c, seconds, None)
+            rows.append({"connections": c, "decisions": dec, "healthz": triv})
+            if dec["p99_ms"] > P99_BOUND_MS:
+                break
+        within = [r for r in rows if r["decisions"]["p99_ms"] <= P99_BOUND_MS]
+        best = max(within, key=lambda r: r["decisions"]["per_s"]) if within else None
+        return {
+            "workers": 2,
+            "p99_bound_ms": P99_BOUND_MS,
+            "levels": rows,
+            "decisions_per_s_within_bound": best["decisions"]["per_s"] if best else None,
+            "healthz_per_s_same_load": best["healthz"]["per_s"] if best else None,
+            "ratio_to_healthz": (best["decisions"]["per_s"] / best["healthz"]["per_s"])
+            if best
+            else None,
+        }
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+        redis.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    import json
+
+    res = main("--quick" in sys.argv)
+    print(json.dumps(res, indent=1))
