@@ -19,12 +19,13 @@ import hashlib
 import hmac
 import secrets
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 
 from router.core.errors import ConfigError
 
+T = TypeVar("T")
 Scope = Literal["decide", "read", "admin"]
 SCOPES: tuple[str, ...] = ("decide", "read", "admin")
 
@@ -39,6 +40,20 @@ class ApiKey(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
 
 class KeyFile(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     keys: list[ApiKey] = []
+
+
+def read_toml(path: str | Path, type_: type[T], what: str) -> T:
+    """A service's TOML file as ``type_``; :class:`ConfigError` naming the file and the
+    field (msgspec's messages name the field and the expected type, never the value: no
+    secret is echoed)."""
+    try:
+        return msgspec.toml.decode(Path(path).read_bytes(), type=type_)
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: no such file (value: {str(path)!r})") from None
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{what} {path}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{what} {path}: not TOML: {exc}") from None
 
 
 def digest(key: str) -> str:
@@ -68,15 +83,7 @@ class KeyRing:
     @classmethod
     def from_file(cls, path: str | Path) -> KeyRing:
         """Read a key file (module docstring); :class:`ConfigError` naming what is wrong."""
-        try:
-            data = msgspec.toml.decode(Path(path).read_bytes(), type=KeyFile)
-        except FileNotFoundError:
-            raise ConfigError(f"api keys: no such file (value: {str(path)!r})") from None
-        except msgspec.ValidationError as exc:
-            raise ConfigError(f"api keys {path}: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise ConfigError(f"api keys {path}: not TOML: {exc}") from None
-        return cls(data.keys)
+        return cls(read_toml(path, KeyFile, "api keys").keys)
 
     def check(self, presented: str | None) -> ApiKey | None:
         """The key entry for a presented key, or None (unknown or absent)."""

@@ -24,6 +24,7 @@ import msgspec
 
 from router.core.errors import ConfigError
 from router.core.messages import PartnerId
+from router.service.keys import read_toml
 
 #: How far a request's timestamp may be from the service's clock, in seconds.
 WINDOW_S = 300
@@ -53,14 +54,8 @@ class PartnerSecrets:
 
     @classmethod
     def from_file(cls, path: str | Path) -> PartnerSecrets:
-        try:
-            data = msgspec.toml.decode(Path(path).read_bytes(), type=_SecretFile)
-        except FileNotFoundError:
-            raise ConfigError(f"partner secrets: no such file (value: {str(path)!r})") from None
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            # (the message names the field, never the secret: msgspec does not echo values)
-            raise ConfigError(f"partner secrets {path}: {exc}") from None
-        return cls(data.partners)
+        """Read the secrets file (module docstring)."""
+        return cls(read_toml(path, _SecretFile, "partner secrets").partners)
 
     def check(self, partner: str, timestamp: str, signature: str, body: bytes, now: float) -> str:
         """Why the request is not the partner's, or "" when it is."""
