@@ -81,11 +81,14 @@ def test_a_decision_is_read_back_by_its_application_id(redis_url, keys, lines):
     app = decode_application(lines[3])
     with _client(redis_url, keys) as client:
         given = client.post("/v1/decisions", content=lines[3], headers=_auth(keys["decide"]))
+        # (a grant is posted after its answer is handed back: flushed, it is in the ledger)
+        client.app.state.service.router.store.flush()
         store = quota_store_from_url(redis_url, timeout_ms=5000)
         ledger_before = list(store.ledger(branch=True))
         url = f"/v1/decisions/{app.application_id}"
         got = client.get(url, headers=_auth(keys["read"]))
         assert got.status_code == 200 and got.json() == given.json()
+        client.app.state.service.router.store.flush()
         assert list(store.ledger(branch=True)) == ledger_before
         assert client.get("/v1/decisions/A-never", headers=_auth(keys["read"])).status_code == 404
         bad = client.get("/v1/decisions/" + "x" * 65, headers=_auth(keys["read"]))
