@@ -97,8 +97,10 @@ def run_wrk(wrk: str, url: str, connections: int, seconds: int, script: Path | N
            "--latency"] + (["-s", str(script)] if script else []) + [url]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))
+    # (the latency distribution's own lines: "     50%    1.25ms"; "79.50%" elsewhere
+    # in wrk's table must not match)
+    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1))
+    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     return {"per_s": rate, "p50_ms": p50, "p99_ms": p99,
             "non_2xx": int(non2xx.group(1)) if non2xx else 0}  # fmt: skip
@@ -134,7 +136,7 @@ def main(quick: bool = False) -> dict:
     try:
         _wait(f"http://127.0.0.1:{sport}/readyz")
         base = f"http://127.0.0.1:{sport}"
-        seconds = 2 if quick else 8
+        seconds = 1 if quick else 8
         levels = (1, 4) if quick else (1, 2, 4, 8, 16, 32, 64)
         run_wrk(wrk, base + "/v1/decisions", 4, 1, script)  # (warm-up: every worker compiled)
         rows = []

@@ -31,7 +31,7 @@ def test_no_generated_request_makes_a_server_error(redis_url, auth):
     for op in operations:
 
         @given(case=op.as_strategy())
-        @settings(max_examples=40 if auth else 10, deadline=None,
+        @settings(max_examples=25 if auth else 8, deadline=None,
                   suppress_health_check=list(HealthCheck))  # fmt: skip
         def check(case):
             response = case.call(headers=headers)
