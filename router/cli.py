@@ -893,6 +893,10 @@ def serve(
     workers: int = typer.Option(1, "--workers", min=1, help="server processes"),
     deadline_ms: int = typer.Option(50, "--deadline-ms", min=1, help="each store call's budget"),
     max_batch: int = typer.Option(1000, "--max-batch", min=1),
+    coalesce: int = typer.Option(
+        64, "--coalesce", min=1, max=10_000,
+        help="concurrent single decisions sent to the store together, at most (1: none)",
+    ),  # fmt: skip
     shadow_strategy: Path | None = typer.Option(
         None, "--shadow-strategy", help="a challenger decided beside the champion, never answered"
     ),
@@ -928,6 +932,7 @@ def serve(
     settings = Settings(
         str(strategy.resolve()), store, str(api_keys.resolve()), deadline_ms,
         max_batch=max_batch,
+        coalesce=coalesce,
         shadow_strategy=str(shadow_strategy.resolve()) if shadow_strategy else None,
         shadow_share=shadow_share if shadow_strategy else 0.0,
         shadow_log=str(shadow_log.resolve()) if shadow_log else None,

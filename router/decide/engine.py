@@ -10,6 +10,7 @@ the store and, optionally, a clock are passed in.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 
 from router.core.columns import AppColumns, from_applications, row_from_application
 from router.core.config import Strategy
+from router.core.errors import InputError
 from router.core.identity import Hasher
 from router.core.logs import get_logger
 from router.core.messages import Application, Decision, validate_application
@@ -128,13 +130,18 @@ class Router:
         """Refusals so far by (bucket id, window)."""
         return dict(self._allocator.refusals)
 
-    def decide(self, app: Application) -> Decision:
+    def decide(self, app: Application, *, deadline_ms: float | None = None) -> Decision:
         """Decide one application.
 
+        ``deadline_ms``: this decision's store budget when shorter than the store's own
+        ``timeout_ms`` (past it the answer is degraded, as with the store's own).
         On a store that checks, reserves and records in one call (memory, one Redis
         server) this runs on Python scalars end to end — the same decision as a batch of
         one, without numpy's per-call overhead; on others it is a batch of one.
         """
+        if deadline_ms is not None:
+            with self.store.deadline(_checked_deadline(deadline_ms)):
+                return self.decide(app)
         validate_application(app)
         if not self._single_trip:
             return self.decide_batch([app])[0]
@@ -143,7 +150,11 @@ class Router:
         return decision_from_record(record, r.application_id, self.strategy.version, degraded)
 
     def decide_batch(
-        self, apps: Sequence[Application], *, pipelined: bool = False
+        self,
+        apps: Sequence[Application],
+        *,
+        pipelined: bool = False,
+        deadline_ms: float | None = None,
     ) -> list[Decision]:
         """Decide several applications: scored together, reserved in the given order.
 
@@ -151,25 +162,24 @@ class Router:
         batch's reservations go to the store in a few pipelined rounds instead of one round
         trip each. Caps and exactly-once hold as always, but the applications are treated
         as concurrent (arrival order inside the batch is not kept), so replay leaves it off.
+        ``deadline_ms``: the batch's one store budget, as in :meth:`decide`.
         """
         if not apps:
             return []
         for app in apps:  # every one before anything is decided: nothing half-written
             validate_application(app)
         cols = from_applications(apps, self.hasher)
-        return to_decisions(
-            self.decide_columns(cols, pipelined=pipelined),
-            cols.application_id,
-            self.strategy.version,
-        )
+        with self.store.deadline(_checked_deadline(deadline_ms)):
+            outcomes = self.decide_columns(cols, pipelined=pipelined)
+        return to_decisions(outcomes, cols.application_id, self.strategy.version)
 
-    async def adecide(self, app: Application) -> Decision:
+    async def adecide(self, app: Application, *, deadline_ms: float | None = None) -> Decision:
         """Async variant of :meth:`decide` for event-loop callers: with a network store the
         decision runs in a worker thread so the loop is not blocked on the round trip (the
         in-memory stores never wait, so it is decided inline)."""
         if self.store.in_process:
             return self.decide(app)
-        return await asyncio.to_thread(self.decide, app)
+        return await asyncio.to_thread(functools.partial(self.decide, app, deadline_ms=deadline_ms))
 
     def decide_columns(self, cols: AppColumns, *, pipelined: bool = False) -> Outcomes:
         """Decide a column batch (the replay path); outcomes stay columnar."""
@@ -186,6 +196,20 @@ class Router:
 
 
 _cap_log = get_logger("quota")
+
+
+def _checked_deadline(deadline_ms: float | None) -> float | None:
+    """A caller's deadline: None, or a positive finite number of milliseconds."""
+    if deadline_ms is None:
+        return None
+    if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, int | float) or not (
+        0 < deadline_ms < float("inf")
+    ):
+        raise InputError(
+            f"field `deadline_ms`: a positive number of milliseconds (value: {deadline_ms!r})",
+            field="deadline_ms",
+        )
+    return float(deadline_ms)
 
 
 def _logging_on_cap(

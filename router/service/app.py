@@ -23,11 +23,13 @@ Every ``/v1`` call presents an API key (``Authorization: Bearer KEY``,
 body is a 400 and an application that fails validation a 422, each naming the field
 (personal identifiers are never echoed); a body over ``max_body_bytes`` a 413.
 
-Deadlines are the store's: every store call has ``deadline_ms``, and past it — or with the
-store down — the answer is the degraded decision of the store contract (a decline marked
-``degraded``), never an error page, and a referral the caller is not told about is never
-ledgered (router/store/base.py). Decisions run in worker threads, so the event loop keeps
-accepting requests while a store round trip is in flight.
+Deadlines: every decision has the service's ``deadline_ms`` as its store budget, or the
+request's shorter ``X-Deadline-Ms``; past it — or with the store down — the answer is the
+degraded decision of the store contract (a decline marked ``degraded``), never an error
+page, and a referral the caller is not told about is never ledgered
+(router/store/base.py). Decisions run in a worker thread, so the event loop keeps
+accepting requests while a store round trip is in flight; concurrent single decisions are
+gathered into pipelined batches (router/service/coalesce.py).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from router.core.errors import ConfigError, IdempotencyConflict, InputError, Rou
 from router.core.logs import configure, get_logger
 from router.core.messages import Application, Decision, Ident, validate_application
 from router.decide.engine import Router
+from router.service.coalesce import Coalescer
 from router.service.keys import KeyRing
 from router.service.metrics import ServiceMetrics
 from router.service.partner_auth import PartnerSecrets
@@ -82,6 +85,9 @@ class Settings:
     deadline_ms: int = 50
     max_body_bytes: int = 1 << 20
     max_batch: int = 1000
+    #: Concurrent ``POST /v1/decisions`` requests decided together in pipelined batches
+    #: of at most this many (router/service/coalesce.py); 1 decides each on its own.
+    coalesce: int = 64
     #: A challenger decided beside the champion for a share of applicants, logged to
     #: ``shadow_log`` (router/service/shadow.py); all three or none.
     shadow_strategy: str | None = None
@@ -126,6 +132,7 @@ class _State:
         deadline = {"timeout_ms": settings.deadline_ms} if store_kind(settings.store).shared else {}
         store = quota_store_from_url(settings.store, **deadline)
         self._install(strategy, Router(strategy, store))
+        self.coalescer = Coalescer(self.current, settings.coalesce)
         self._stamp = self._file_stamp()
         self._next_look = time.monotonic() + 1.0
         self.billing: Any = None
@@ -215,7 +222,11 @@ async def decide(request: Request, data: JSONBody[Application]) -> Response[Deci
     state = _service(request)
     t = time.perf_counter()
     validate_application(data)
-    decision = await asyncio.to_thread(state.current().decide, data)
+    deadline = _deadline(state, request)
+    if state.settings.coalesce > 1:
+        decision = await state.coalescer.decide(data, deadline)
+    else:
+        decision = await asyncio.to_thread(state.current().decide, data, deadline_ms=deadline)
     _answered(state, request, [decision], t, "one")
     return Response(decision, background=_shadowed(state, [data], [decision]))
 
@@ -239,9 +250,31 @@ async def decide_batch(
         except InputError as exc:
             exc.row = i
             raise
-    decisions = await asyncio.to_thread(state.current().decide_batch, data, pipelined=True)
+    deadline = _deadline(state, request)
+    decisions = await asyncio.to_thread(
+        state.current().decide_batch, data, pipelined=True, deadline_ms=deadline
+    )
     _answered(state, request, decisions, t, "batch")
     return Response(decisions, background=_shadowed(state, data, decisions))
+
+
+#: A request's own store budget in milliseconds, when shorter than the service's.
+DEADLINE_HEADER = "x-deadline-ms"
+
+
+def _deadline(state: _State, request: Request) -> float | None:
+    """The request's ``X-Deadline-Ms`` (a whole number of milliseconds, 1 or more, at most
+    12 digits; above the service's ``deadline_ms`` it is that), or None: the service's
+    own."""
+    raw = request.headers.get(DEADLINE_HEADER)
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 12 and 0 < int(raw)):
+        message = f"a whole number of milliseconds, 1 or more (value: {raw[:40]!r})"
+        raise ValidationException(
+            f"header X-Deadline-Ms: {message}", extra=[{"key": "X-Deadline-Ms", "message": message}]
+        )
+    return float(min(int(raw), state.settings.deadline_ms))
 
 
 def _shadowed(

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -506,6 +507,14 @@ class QuotaStore(ABC):
 
     def begin_decision(self) -> None:
         """A decision (or batch) starts: its deadline runs and its grants will be pending."""
+
+    @contextmanager
+    def deadline(self, deadline_ms: float | None) -> Generator[None, None, None]:
+        """Decisions made inside this block, on this thread, get ``deadline_ms`` as their
+        budget instead of the store's own ``timeout_ms`` — a caller's tighter deadline (a
+        service request's header). Only ever shorter than the store's own; ``None``
+        changes nothing. In-process stores never wait, so it changes nothing there."""
+        yield
 
     def end_decision(self, handed_back: bool, answered: Sequence[tuple[str, str]] = ()) -> None:
         """The decision ended. ``handed_back``: its answers reach the caller, so its grants

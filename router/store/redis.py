@@ -59,7 +59,9 @@ from __future__ import annotations
 
 import itertools
 import struct
+import threading
 import time
+from contextlib import contextmanager
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from importlib import resources
 from typing import Any
@@ -169,6 +171,7 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         self.book = GrantBook(self._flush_items)
         #: The options the URL (or the caller) gave: :meth:`for_replay` keeps them.
         self.explicit: frozenset[str] = frozenset()
+        self._budget = threading.local()  # a caller's deadline (:meth:`deadline`)
         self._horizon_key = f"{prefix}{{h}}"
         self._horizon = ClusterHorizon(self) if self._cluster else None
 
@@ -248,6 +251,31 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         self.book.begin()
         if self._horizon is not None:
             self._horizon.begin()
+
+    @contextmanager
+    def deadline(self, deadline_ms: float | None) -> Generator[None, None, None]:
+        """Decisions inside get ``deadline_ms`` (at most the store's ``timeout_ms``) as
+        their budget, on this thread. On one server it bounds every round trip, as the
+        store's own does; on a cluster it bounds the wait on another caller's claim, while
+        each socket keeps the store's ``timeout_ms``."""
+        if deadline_ms is None:
+            yield
+            return
+        ms = min(float(deadline_ms), self.timeout_ms)
+        before = getattr(self._budget, "ms", None)
+        self._budget.ms = ms
+        if self.link is not None:
+            self.link.set_budget(ms / 1000)
+        try:
+            yield
+        finally:
+            self._budget.ms = before
+            if self.link is not None:
+                self.link.set_budget(None if before is None else before / 1000)
+
+    def budget_ms(self) -> float:
+        """This thread's decision budget: :meth:`deadline`'s, else ``timeout_ms``."""
+        return getattr(self._budget, "ms", None) or self.timeout_ms
 
     def end_decision(self, handed_back: bool, answered: Sequence[tuple[str, str]] = ()) -> None:
         """The decision ended: post its grants if ``handed_back``, else void them (see

@@ -31,6 +31,7 @@ class ClusterClaims:
         _reserve: Any
 
         def _b(self, bucket_id: str) -> str: ...
+        def budget_ms(self) -> float: ...
         def _app(self, application_id: str) -> str: ...
         def recall(self, application_id: str, fingerprint: int) -> bytes | None: ...
         def record_once(
@@ -77,9 +78,9 @@ class ClusterClaims:
     ) -> bytes | None:
         """For an application whose claim another caller holds: that caller's decision,
         waiting for it no longer than the lease — and no longer than this decision's own
-        deadline (``timeout_ms``; then :class:`StoreError`, and the router answers
-        degraded)."""
-        wait = min(lease_ms / 1000 + 0.5, max(self.timeout_ms / 1000, 0.001))
+        deadline (``timeout_ms``, or the caller's shorter one; then :class:`StoreError`,
+        and the router answers degraded)."""
+        wait = min(lease_ms / 1000 + 0.5, max(self.budget_ms() / 1000, 0.001))
         deadline = time.monotonic() + wait
         while True:
             rec = self.recall(application_id, fingerprint)

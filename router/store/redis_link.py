@@ -69,13 +69,20 @@ class Link:
         """End the decision's budget: later calls get a full deadline each."""
         self._local.deadline = None
 
+    def set_budget(self, seconds: float | None) -> None:
+        """This thread's decisions get ``seconds`` as their budget instead of
+        ``timeout_s`` (``None``: back to ``timeout_s``). Never longer than ``timeout_s``:
+        the sockets were opened with that timeout."""
+        self._local.budget = None if seconds is None else min(seconds, self.timeout_s)
+
     def _budget(self) -> float:
         deadline = getattr(self._local, "deadline", None)
         if deadline is None:
             return self.timeout_s
         if deadline is _FIRST_SEND:
-            self._local.deadline = time.monotonic() + self.timeout_s
-            return self.timeout_s
+            budget = getattr(self._local, "budget", None) or self.timeout_s
+            self._local.deadline = time.monotonic() + budget
+            return budget
         left = deadline - time.monotonic()
         if left <= 0:
             raise Unsent("the decision's deadline passed before this store call")
@@ -91,12 +98,14 @@ class Link:
                 raise Unsent("store unavailable (breaker open after a failure)")
             self._probing = True  # half-open: this call is the probe
 
-    def _result(self, ok: bool) -> None:
+    def _result(self, ok: bool, budget: float) -> None:
+        """After a send: closed on success; open for one deadline — the failed call's
+        (a caller's shorter one, or ``timeout_s``) — on failure."""
         if self.retries:
             return
         with self._lock:
             self._probing = False
-            self._open_until = 0.0 if ok else time.monotonic() + self.timeout_s
+            self._open_until = 0.0 if ok else time.monotonic() + budget
 
     # ---- sending ----------------------------------------------------------------------
 
@@ -127,11 +136,7 @@ class Link:
         ok = sent = False
         try:
             if conn._sock is None:
-                conn.socket_connect_timeout = budget
-                try:
-                    conn.connect()
-                except redis.RedisError as exc:
-                    raise Unsent(f"cannot connect: {exc}") from exc
+                self._connect(conn, budget)
                 budget = self._budget()
             conn.send_packed_command([b"".join([pack_command(c) for c in commands])])
             sent = True
@@ -160,7 +165,28 @@ class Link:
             raise
         finally:
             if not force:
-                self._result(ok)
+                self._result(ok, getattr(self._local, "budget", None) or self.timeout_s)
+
+    @staticmethod
+    def _connect(conn: redis.Connection, budget: float) -> None:
+        """Connect within ``budget``: the TCP connect and the handshake after it (a
+        stopped server accepts the connection in its kernel but never answers the
+        handshake, which would otherwise wait the socket's whole timeout)."""
+        own = conn.socket_timeout
+        conn.socket_connect_timeout = conn.socket_timeout = budget
+        try:
+            conn.connect()
+        except redis.RedisError as exc:
+            raise Unsent(f"cannot connect: {exc}") from exc
+        finally:
+            conn.socket_timeout = own
+        if conn._sock is not None:
+            conn._sock.settimeout(own)
+            # (hiredis's parser keeps the timeout it saw at connect, and sets it back on
+            # the socket after every read with a timeout of its own)
+            parser = getattr(conn, "_parser", None)
+            if hasattr(parser, "_socket_timeout"):
+                parser._socket_timeout = own
 
     def send_overlapped(self, batches: Iterator[list[tuple]]) -> Iterator[list]:
         """Replay's stream: write each batch of commands before reading the replies of the

@@ -23,6 +23,7 @@ from servers import start_node
 from tests_helpers import OPEN_ROUTERS
 
 from router.core.config import strategy_from_dict
+from router.core.errors import InputError
 from router.core.messages import Decline, Refer
 from router.decide.engine import Router
 from router.store import quota_store_from_url
@@ -154,6 +155,89 @@ def test_degraded_answer_within_one_deadline(server):
         _cont(node)
     assert isinstance(d, Decline) and d.degraded
     assert elapsed < 0.100 + 0.050, elapsed  # one deadline plus a small margin, never 2x
+
+
+def test_a_callers_shorter_deadline_bounds_the_degraded_answer(server):
+    """``deadline_ms`` (a service request's header) replaces the store's 2 s budget for
+    that call only — one decision and a batch — and the grant a stalled call left
+    pending is voided, not billed; the next call has the store's budget again."""
+    port, node = server
+    router = _router(_url(port, 2000, pending_ms=400))
+    first = router.decide(_app(0), deadline_ms=50)
+    assert isinstance(first, Refer)
+    _stop(node)
+    try:
+        t = time.perf_counter()
+        one = router.decide(_app(1), deadline_ms=40)
+        one_s = time.perf_counter() - t
+        time.sleep(0.05)  # past the breaker's open time (one deadline)
+        t = time.perf_counter()
+        batch = router.decide_batch([_app(2), _app(3)], pipelined=True, deadline_ms=40)
+        batch_s = time.perf_counter() - t
+    finally:
+        _cont(node)
+    assert isinstance(one, Decline) and one.degraded
+    assert all(isinstance(d, Decline) and d.degraded for d in batch)
+    assert one_s < 0.040 + 0.060 and batch_s < 0.040 + 0.060, (one_s, batch_s)
+    time.sleep(0.1)
+    later = [router.decide(_app(i)) for i in range(4, 7)]
+    assert all(isinstance(d, Refer) for d in later)
+    settle(router.store, 0.45)
+    check_truth(router.store, refer_ids([first, one, *batch, *later]), port)
+
+
+def test_a_connection_opened_during_a_stall_keeps_the_deadline(server):
+    """A thread's first decision opens its connection: a stopped server accepts it in its
+    kernel but never answers the handshake, which waited the socket's whole timeout (2 s
+    here) instead of the decision's 40 ms. Afterwards the connection reads with the
+    store's own timeout again (a read of 0.3 s is not cut at 40 ms)."""
+    port, node = server
+    router = _router(_url(port, 2000, pending_ms=400))
+    router.decide(_app(0))
+    out: dict = {}
+
+    def fresh_thread() -> None:
+        t = time.perf_counter()
+        out["d"] = router.decide(_app(1), deadline_ms=40)
+        out["s"] = time.perf_counter() - t
+
+    _stop(node)
+    try:
+        worker = threading.Thread(target=fresh_thread)
+        worker.start()
+        worker.join(5)
+    finally:
+        _cont(node)
+    assert out["d"].degraded and out["s"] < 0.040 + 0.060, out["s"]
+
+    def slow_read() -> None:
+        store = router.store
+        # This thread's connection, opened within a short deadline and read with it (the
+        # breaker bypassed: the stall above may have opened it).
+        with store.deadline(40):
+            store.link.begin()
+            out["ok"] = store.link.send([("PING",)], force=True)
+            store.link.end()
+        threading.Timer(0.01, _stop, (node,)).start()
+        threading.Timer(0.3, _cont, (node,)).start()
+        time.sleep(0.05)
+        out["pong"] = store.link.send([("PING",)], force=True)
+
+    worker = threading.Thread(target=slow_read)
+    worker.start()
+    worker.join(5)
+    assert out["ok"] == out["pong"] == [b"PONG"]
+
+
+@pytest.mark.parametrize("bad", [0, -5, float("nan"), float("inf"), "10", True])
+def test_a_bad_deadline_is_an_input_error(server, bad):
+    port, _ = server
+    router = _router(_url(port, 100))
+    with pytest.raises(InputError, match="deadline_ms"):
+        router.decide(_app(0), deadline_ms=bad)
+    with pytest.raises(InputError, match="deadline_ms"):
+        router.decide_batch([_app(0)], deadline_ms=bad)
+    assert list(router.store.ledger()) == []
 
 
 def _client(url: str, ids: list[int], ready, go) -> None:
