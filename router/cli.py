@@ -910,7 +910,8 @@ def serve(
         None, "--billing-db", help="billing database for POST /v1/postbacks (a path or URL)"
     ),
     partner_secrets: Path | None = typer.Option(
-        None, "--partner-secrets", help="TOML: each partner's postback signing secret"
+        None, "--partner-secrets",
+        help="TOML: each partner's signing secret (postbacks; reading its referrals)",
     ),
 ) -> None:
     """Serve decisions over HTTP (router/service/app.py): POST /v1/decisions, /v1/decisions/batch;

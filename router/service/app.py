@@ -14,6 +14,8 @@ Endpoints (the OpenAPI document is at ``/schema/openapi.json``):
   the answer is sent for a share of applicants and logged beside the champion;
 - ``POST /v1/postbacks`` — a partner's postback events, signed with its own secret
   (router/service/partner_auth.py), into the billing database;
+- ``GET /v1/partner/referrals/{application_id}`` — a partner reads a referral made to it
+  (signed likewise); another partner's referral is a 404, as if it did not exist;
 - ``GET /healthz`` (the process is up), ``GET /readyz`` (strategy loaded, store reachable),
   ``GET /metrics`` (Prometheus).
 
@@ -137,12 +139,13 @@ class _State:
         self._next_look = time.monotonic() + 1.0
         self.billing: Any = None
         self.partners: PartnerSecrets | None = None
-        if settings.billing_db or settings.partner_secrets:
-            if not (settings.billing_db and settings.partner_secrets):
-                raise ConfigError("postbacks need both the billing database and partner secrets")
+        if settings.billing_db and not settings.partner_secrets:
+            raise ConfigError("postbacks need the partners' secrets beside the billing database")
+        if settings.partner_secrets:  # partners read their referrals; with billing, post too
+            self.partners = PartnerSecrets.from_file(settings.partner_secrets)
+        if settings.billing_db:
             from router.billing.db import open_billing
 
-            self.partners = PartnerSecrets.from_file(settings.partner_secrets)
             self.billing = open_billing(settings.billing_db)
         self.shadow: Shadow | None = None
         if settings.shadow_strategy or settings.shadow_log:
@@ -196,7 +199,9 @@ class _State:
 def _needs(scope: str):
     """A guard: a valid API key with ``scope`` (401 without one, 403 without the scope)."""
 
-    def guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    # (async: Litestar runs a plain function guard in a worker thread, a thread hop and a
+    # GIL hand-off on every request for a dictionary lookup)
+    async def guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
         state: _State = connection.app.state.service
         header = connection.headers.get("authorization", "")
         scheme, _, presented = header.partition(" ")
@@ -313,6 +318,14 @@ async def stored(request: Request, application_id: FromPath[str]) -> Decision:
     """The decision stored for an application id (404 if none: never decided, or past
     the idempotency TTL); it reserves nothing."""
     state = _service(request)
+    _check_id(application_id)
+    found = await asyncio.to_thread(state.current().stored_decision, application_id)
+    if found is None:
+        raise NotFoundException(f"no decision stored for application {application_id!r}")
+    return found
+
+
+def _check_id(application_id: str) -> None:
     try:
         msgspec.convert(application_id, Ident)
     except msgspec.ValidationError:
@@ -320,10 +333,6 @@ async def stored(request: Request, application_id: FromPath[str]) -> Decision:
             f"field `application_id`: not an application id (value: {application_id[:80]!r})",
             field="application_id",
         ) from None
-    found = await asyncio.to_thread(state.current().stored_decision, application_id)
-    if found is None:
-        raise NotFoundException(f"no decision stored for application {application_id!r}")
-    return found
 
 
 class Verdict(msgspec.Struct, kw_only=True):
@@ -343,16 +352,10 @@ async def postbacks(request: Request) -> list[Verdict]:
     from router.billing.postbacks import Postback
 
     state = _service(request)
-    if state.partners is None:
+    if state.partners is None or state.billing is None:
         raise NotFoundException("this service takes no postbacks (no --billing-db)")
     body = await request.body()
-    h = request.headers
-    partner = h.get("x-partner-id", "")
-    why = state.partners.check(partner, h.get("x-timestamp", ""), h.get("x-signature", ""),
-                               body, time.time())  # fmt: skip
-    if why:
-        state.metrics.rejected.labels("unauthorized").inc()
-        raise NotAuthorizedException(f"postback not accepted: {why}")
+    partner = _signed_by(state, request, body, "postback")
     try:
         raw = msgspec.json.decode(body)
         events = msgspec.convert(raw if isinstance(raw, list) else [raw], list[Postback])
@@ -365,6 +368,53 @@ async def postbacks(request: Request) -> list[Verdict]:
         raise PermissionDeniedException(f"events of another partner (value: {others!r})")
     verdicts = await asyncio.to_thread(_ingest, state, events)
     return [Verdict(event_id=v.event_id, status=v.status, reason=v.reason) for v in verdicts]
+
+
+def _signed_by(state: _State, request: Request, signed: bytes, what: str) -> str:
+    """The partner whose signature over ``signed`` the request carries
+    (router/service/partner_auth.py); 401 without a valid one."""
+    assert state.partners is not None
+    h = request.headers
+    partner = h.get("x-partner-id", "")
+    why = state.partners.check(partner, h.get("x-timestamp", ""), h.get("x-signature", ""),
+                               signed, time.time())  # fmt: skip
+    if why:
+        state.metrics.rejected.labels("unauthorized").inc()
+        raise NotAuthorizedException(f"{what} not accepted: {why}")
+    return partner
+
+
+class PartnerReferral(msgspec.Struct, kw_only=True):
+    """What a partner may read of a referral made to it: not the lender's risk figures."""
+
+    application_id: str
+    decision_id: str
+    partner_id: str
+    apr: float | None
+    strategy_version: str
+
+
+@get("/v1/partner/referrals/{application_id:str}")
+async def partner_referral(request: Request, application_id: FromPath[str]) -> PartnerReferral:
+    """A partner reads a referral made to it, signed with its own secret over the request
+    line (``GET /v1/partner/referrals/ID``, router/service/partner_auth.py). 404 when the
+    application was not referred to this partner — never decided, kept, declined or
+    referred to another partner all look alike, so no partner learns of another's."""
+    state = _service(request)
+    if state.partners is None:
+        raise NotFoundException("this service serves no partners (no --partner-secrets)")
+    line = f"GET {request.scope['path']}".encode()
+    partner = _signed_by(state, request, line, "request")
+    _check_id(application_id)
+    found = await asyncio.to_thread(state.current().stored_decision, application_id)
+    referred_to = getattr(found, "partner_id", None)
+    if found is None or referred_to != partner:
+        if referred_to is not None:  # another partner's: counted, answered as if absent
+            state.metrics.rejected.labels("forbidden").inc()
+        raise NotFoundException(f"no referral of yours for application {application_id!r}")
+    return PartnerReferral(application_id=found.application_id, decision_id=found.decision_id,
+                           partner_id=partner, apr=getattr(found, "apr", None),
+                           strategy_version=found.strategy_version)  # fmt: skip
 
 
 def _ingest(state: _State, events: list) -> list:
@@ -480,7 +530,8 @@ def create_app(settings: Settings, keys: KeyRing | None = None) -> Litestar:
             state.billing.dispose()
 
     return Litestar(
-        [decide, decide_batch, stored, reload, postbacks, healthz, readyz, metrics],
+        [decide, decide_batch, stored, reload, postbacks, partner_referral, healthz, readyz,
+         metrics],
         state=_app_state(state),
         on_shutdown=[close],
         exception_handlers={

@@ -1,4 +1,4 @@
-"""How partners sign their postbacks to the service.
+"""How partners sign their requests to the service (postbacks, reading their referrals).
 
 Each partner has a secret of its own, in a TOML file the service reads::
 
@@ -11,6 +11,9 @@ A postback request carries ``X-Partner-Id``, ``X-Timestamp`` (Unix seconds) and
 and the exact body bytes. A request older or newer than :data:`WINDOW_S` is refused (a
 captured request cannot be replayed later; within the window a replay is a duplicate
 event id, which changes nothing). Every event in the body must be the signing partner's.
+
+A partner reading a referral (``GET /v1/partner/referrals/ID``) signs the same way, with
+the request line — ``GET``, a space and the path — in place of the body.
 """
 
 from __future__ import annotations
