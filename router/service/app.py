@@ -37,6 +37,7 @@ gathered into pipelined batches (router/service/coalesce.py).
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 import time
@@ -529,10 +530,19 @@ def create_app(settings: Settings, keys: KeyRing | None = None) -> Litestar:
         if state.billing is not None:
             state.billing.dispose()
 
+    def settle_heap() -> None:
+        # Everything built so far (strategy, models, compiled code, the framework) lives as
+        # long as the process: out of the collector's sight, a full collection scans only
+        # what requests allocate — 75-115 ms pauses every few seconds under load before,
+        # each one a p99 of its own.
+        gc.collect()
+        gc.freeze()
+
     return Litestar(
         [decide, decide_batch, stored, reload, postbacks, partner_referral, healthz, readyz,
          metrics],
         state=_app_state(state),
+        on_startup=[settle_heap],
         on_shutdown=[close],
         exception_handlers={
             InputError: _on_input_error,
