@@ -259,6 +259,32 @@ def test_the_heap_built_at_startup_is_out_of_the_collectors_sight(redis_url, key
         gc.unfreeze()
 
 
+def test_the_warm_up_at_startup_writes_nothing_to_the_store(redis_url, keys):
+    """Each worker decides generated applications before it serves (so its first real
+    batch does not pay for lazy imports and compilation) — on a scratch in-memory store:
+    a started service that has answered nothing has written nothing to its own."""
+    import redis as redis_py
+
+    calls = []
+    original = Router.decide_batch
+
+    def spy(self, apps, **kw):
+        calls.append((type(self.store).__name__, len(apps)))
+        return original(self, apps, **kw)
+
+    Router.decide_batch = spy
+    try:
+        with _client(redis_url, keys) as client:
+            client.app.state.service.router.store.flush()
+    finally:
+        Router.decide_batch = original
+    assert calls == [("MemoryQuotaStore", 64)]
+    prefix = redis_url.split("prefix=")[1]
+    server = redis_py.Redis.from_url(redis_url.split("?")[0])
+    assert list(server.scan_iter(match=f"{prefix}*")) == []
+    server.close()
+
+
 def test_the_service_refuses_to_start_without_keys_or_with_a_bad_strategy(tmp_path, keys):
     with pytest.raises(ConfigError):
         create_app(Settings(STRATEGY))
