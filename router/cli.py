@@ -894,7 +894,10 @@ def serve(
     deadline_ms: int = typer.Option(50, "--deadline-ms", min=1, help="each store call's budget"),
     max_batch: int = typer.Option(1000, "--max-batch", min=1),
     coalesce: int = typer.Option(
-        64, "--coalesce", min=1, max=10_000,
+        64,
+        "--coalesce",
+        min=1,
+        max=10_000,
         help="concurrent single decisions sent to the store together, at most (1: none)",
     ),  # fmt: skip
     shadow_strategy: Path | None = typer.Option(
@@ -910,7 +913,8 @@ def serve(
         None, "--billing-db", help="billing database for POST /v1/postbacks (a path or URL)"
     ),
     partner_secrets: Path | None = typer.Option(
-        None, "--partner-secrets",
+        None,
+        "--partner-secrets",
         help="TOML: each partner's signing secret (postbacks; reading its referrals)",
     ),
 ) -> None:

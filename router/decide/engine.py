@@ -202,8 +202,10 @@ def _checked_deadline(deadline_ms: float | None) -> float | None:
     """A caller's deadline: None, or a positive finite number of milliseconds."""
     if deadline_ms is None:
         return None
-    if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, int | float) or not (
-        0 < deadline_ms < float("inf")
+    if (
+        isinstance(deadline_ms, bool)
+        or not isinstance(deadline_ms, int | float)
+        or not (0 < deadline_ms < float("inf"))
     ):
         raise InputError(
             f"field `deadline_ms`: a positive number of milliseconds (value: {deadline_ms!r})",

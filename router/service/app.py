@@ -540,8 +540,17 @@ def create_app(settings: Settings, keys: KeyRing | None = None) -> Litestar:
         gc.freeze()
 
     return Litestar(
-        [decide, decide_batch, stored, reload, postbacks, partner_referral, healthz, readyz,
-         metrics],
+        [
+            decide,
+            decide_batch,
+            stored,
+            reload,
+            postbacks,
+            partner_referral,
+            healthz,
+            readyz,
+            metrics,
+        ],
         state=_app_state(state),
         on_startup=[settle_heap],
         on_shutdown=[close],

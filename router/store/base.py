@@ -46,8 +46,8 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
 from collections.abc import Generator, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 from zoneinfo import ZoneInfoNotFoundError

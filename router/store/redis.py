@@ -61,8 +61,8 @@ import itertools
 import struct
 import threading
 import time
-from contextlib import contextmanager
 from collections.abc import Generator, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit

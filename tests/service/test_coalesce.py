@@ -84,9 +84,7 @@ def serving(app):
         thread.join(20)
 
 
-def test_concurrent_requests_are_decided_in_fewer_batches_and_answered_alike(
-    redis_url, key, lines
-):
+def test_concurrent_requests_are_decided_in_fewer_batches_and_answered_alike(redis_url, key, lines):
     """60 requests at once: fewer store batches than requests, each caller its own
     application's decision (the embedded router's, one by one on a store of its own), the
     ledger exactly the referrals answered."""
