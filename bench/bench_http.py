@@ -52,7 +52,7 @@ end
 """
 
 #: Distinct applications the load cycles through (new ids each request), all within
-#: about an hour of event time — requests arrive in any order, and one more than the
+#: about 40 minutes of event time — requests arrive in any order, and one more than the
 #: late-event horizon (6 h) behind another would be refused as late, not decided.
 POOL = 5000
 
@@ -135,9 +135,12 @@ def main(quick: bool = False) -> dict:
     import msgspec
 
     (tmp / "keys.toml").write_text("[[keys]]\n" + msgspec.toml.encode(entry).decode())
+    from router.testing import packed_in_time
     from router.traffic import write_traffic
 
-    bodies = write_traffic(tmp / "pool.jsonl", POOL, seed=7, per_day=POOL * 24)
+    pool = write_traffic(tmp / "pool.jsonl", POOL, seed=7).read_bytes().splitlines()
+    bodies = tmp / "bodies.jsonl"
+    bodies.write_bytes(b"\n".join(packed_in_time(pool, every_ms=500)) + b"\n")
     script = tmp / "post.lua"
     script.write_text(
         _LUA.replace("%BODIES%", str(bodies)).replace("%KEY%", key).replace("%%", "%")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -161,6 +161,26 @@ _STRATEGY: dict[str, Any] = {
         },
     ],
 }
+
+
+def packed_in_time(lines: Sequence[bytes], every_ms: int = 1000) -> list[bytes]:
+    """Application JSON lines (as ``router.traffic`` writes them) with their arrival times
+    rewritten to follow the first line's, ``every_ms`` apart, in order: generated traffic
+    spreads any number of rows over a whole day, and concurrent callers send in any order
+    — one more than the late-event horizon (6 h) behind another would be refused as late."""
+    import msgspec
+
+    out: list[bytes] = []
+    t0: datetime | None = None
+    for i, line in enumerate(lines):
+        raw = msgspec.json.decode(line)
+        at = datetime.fromisoformat(raw["received_at"])
+        t0 = at if t0 is None else t0
+        raw["received_at"] = (t0 + timedelta(milliseconds=i * every_ms)).isoformat(
+            timespec="milliseconds"
+        )
+        out.append(msgspec.json.encode(raw))
+    return out
 
 
 def strategy_dict(**overrides: Any) -> dict[str, Any]:

@@ -51,6 +51,21 @@ def start_node(directory: Path, port: int, *extra: str) -> TCPExecutor:
     return TCPExecutor(cmd, host="127.0.0.1", port=port, timeout=20).start()
 
 
+def own_server(directory: Path):
+    """A redis-server of a test's own on a free port, so it can be stopped (``SIGSTOP``)
+    and killed: yields (port, node); continued and stopped at the end whatever the test
+    did to it. For a fixture: ``yield from own_server(tmp_path / "data")``."""
+    port = port_for.select_random()
+    node = start_node(directory, port, "--appendonly", "no")
+    yield port, node
+    try:
+        os.kill(node.process.pid, signal.SIGCONT)
+    except (ProcessLookupError, AttributeError):
+        pass
+    if node.running():
+        node.stop()
+
+
 def stall_later(pid: int, after_s: float, for_s: float) -> threading.Thread:
     """Stop process ``pid`` (SIGSTOP) ``after_s`` from now for ``for_s``, then let it go on
     (SIGCONT); the thread is started, join it when done."""

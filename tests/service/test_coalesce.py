@@ -21,7 +21,7 @@ import port_for
 import pytest
 import uvicorn
 from litestar.testing import TestClient
-from servers import start_node
+from servers import own_server
 
 from router.core.config import load_strategy
 from router.core.errors import IdempotencyConflict
@@ -31,6 +31,7 @@ from router.service.app import Settings, create_app
 from router.service.coalesce import Coalescer
 from router.service.keys import KeyRing, new_key
 from router.store import quota_store_from_url
+from router.testing import packed_in_time
 from router.traffic import write_traffic
 
 pytestmark = pytest.mark.redis
@@ -41,10 +42,10 @@ STRATEGY = str(ROOT / "configs" / "strategy.toml")
 
 @pytest.fixture(scope="module")
 def lines(tmp_path_factory):
-    """200 applications within about an hour and a half: concurrent requests arrive in
-    any order, and one 6 h older than another would rightly be refused as late."""
-    path = write_traffic(tmp_path_factory.mktemp("co") / "t.jsonl", 200, seed=67, per_day=4000)
-    return path.read_bytes().splitlines()
+    """200 applications a second apart: concurrent requests arrive in any order, and one
+    6 h older than another would rightly be refused as late."""
+    path = write_traffic(tmp_path_factory.mktemp("co") / "t.jsonl", 200, seed=67)
+    return packed_in_time(path.read_bytes().splitlines())
 
 
 @pytest.fixture(scope="module")
@@ -171,15 +172,7 @@ def test_the_same_application_twice_at_once_is_decided_once(redis_url, lines):
 
 @pytest.fixture
 def stoppable(tmp_path):
-    port = port_for.select_random()
-    node = start_node(tmp_path / "data", port, "--appendonly", "no")
-    yield port, node
-    try:
-        os.kill(node.process.pid, signal.SIGCONT)
-    except ProcessLookupError:
-        pass
-    if node.running():
-        node.stop()
+    yield from own_server(tmp_path / "data")
 
 
 def test_a_requests_deadline_header_bounds_its_degraded_answer(stoppable, key, lines):

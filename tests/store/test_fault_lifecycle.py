@@ -16,10 +16,9 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import port_for
 import pytest
 import redis
-from servers import start_node
+from servers import own_server
 from tests_helpers import OPEN_ROUTERS
 
 from router.core.config import strategy_from_dict
@@ -39,15 +38,7 @@ T0 = datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
 @pytest.fixture
 def server(tmp_path):
     """A redis-server of this test's own, so it can be stopped and killed."""
-    port = port_for.select_random()
-    node = start_node(tmp_path / "data", port, "--appendonly", "no")
-    yield port, node
-    try:
-        os.kill(node.process.pid, signal.SIGCONT)
-    except (ProcessLookupError, AttributeError):
-        pass
-    if node.running():
-        node.stop()
+    yield from own_server(tmp_path / "data")
 
 
 def _url(port: int, timeout_ms: int, **extra) -> str:
