@@ -3,8 +3,9 @@ the same server.
 
 A throwaway redis-server and ``referral-router serve`` (2 workers, Redis store) are
 started here on free ports. wrk posts one application per request (``POST
-/v1/decisions``, an API key, application ids made unique per request so each is a new
-decision) at increasing connection counts, 2 threads, and reads requests/s and the p99
+/v1/decisions``, an API key), cycling through 5,000 distinct generated applications packed
+into 40 minutes of event time, each sent with a new application id so each is a new
+decision, at increasing connection counts, 2 threads, and reads requests/s and the p99
 latency; the baseline is ``GET /healthz`` of the same server at the same connection
 counts. The run stops raising the load once the decisions' p99 has passed the bound at two
 levels in a row. The same levels are then run against the same server deciding each request
