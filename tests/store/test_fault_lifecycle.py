@@ -221,9 +221,8 @@ def test_a_connection_opened_during_a_stall_keeps_the_deadline(server):
 
 
 @pytest.mark.parametrize("bad", [0, -5, float("nan"), float("inf"), "10", True])
-def test_a_bad_deadline_is_an_input_error(server, bad):
-    port, _ = server
-    router = _router(_url(port, 100))
+def test_a_bad_deadline_is_an_input_error(redis_url, bad):
+    router = _router(redis_url + "&timeout_ms=100")
     with pytest.raises(InputError, match="deadline_ms"):
         router.decide(_app(0), deadline_ms=bad)
     with pytest.raises(InputError, match="deadline_ms"):
