@@ -220,6 +220,25 @@ def test_a_connection_opened_during_a_stall_keeps_the_deadline(server):
     assert out["ok"] == out["pong"] == [b"PONG"]
 
 
+def test_after_a_short_deadline_fails_the_breaker_opens_for_that_deadline(server):
+    """The breaker stays open for one deadline after a failure — the failed call's own
+    (40 ms here), not the store's 2 s: the store is back, and a decision 150 ms later is
+    decided, not answered degraded."""
+    port, node = server
+    router = _router(_url(port, 2000, pending_ms=400))
+    router.decide(_app(0))
+    router.store.flush()  # nothing owed: no settle of ours fails during the stall
+    _stop(node)
+    try:
+        stalled = router.decide(_app(1), deadline_ms=40)
+    finally:
+        _cont(node)
+    assert stalled.degraded
+    time.sleep(0.15)
+    after = router.decide(_app(2))
+    assert isinstance(after, Refer) and not after.degraded, after
+
+
 @pytest.mark.parametrize("bad", [0, -5, float("nan"), float("inf"), "10", True])
 def test_a_bad_deadline_is_an_input_error(redis_url, bad):
     router = _router(redis_url + "&timeout_ms=100")
