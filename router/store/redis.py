@@ -57,6 +57,7 @@ written in one send: redis-py's own pipeline checks every argument in Python and
 
 from __future__ import annotations
 
+import functools
 import itertools
 import struct
 import threading
@@ -168,7 +169,10 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
             if isinstance(client, redis.Redis)
             else None
         )
-        self.book = GrantBook(self._flush_items)
+        # The flusher's settles bypass the breaker: it is the decisions' (each failure opens
+        # it for that decision's own deadline), and a background send that failed with the
+        # store's whole budget must not hold every decision off for that long.
+        self.book = GrantBook(functools.partial(self._flush_items, force=True))
         #: The options the URL (or the caller) gave: :meth:`for_replay` keeps them.
         self.explicit: frozenset[str] = frozenset()
         self._budget = threading.local()  # a caller's deadline (:meth:`deadline`)

@@ -239,6 +239,26 @@ def test_after_a_short_deadline_fails_the_breaker_opens_for_that_deadline(server
     assert isinstance(after, Refer) and not after.degraded, after
 
 
+def test_a_background_settle_that_fails_does_not_open_the_breaker():
+    """The grant flusher's settle (a post owed, sent from its own thread with the store's
+    whole 2 s budget) fails against a store that is away: that must not open the breaker
+    for 2 s — the breaker is the decisions' own, each opening it for its own deadline."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    store = quota_store_from_url(f"redis://127.0.0.1:{port}/0?timeout_ms=2000&prefix=bg:")
+    store.book.begin()
+    store.book.made("plat_b", "a-1", (b"member", b"entry"))
+    store.book.end(True)  # a post owed: the flusher sends it 20 ms later, and fails
+    time.sleep(0.5)  # (connection refused at once; it retries with backoff meanwhile)
+    assert len(store.book) == 1  # still owed (put back after each failure)
+    assert store.link._open_until == 0.0  # (the breaker's state: closed)
+    store.book.close()
+    store.link.close()
+
+
 @pytest.mark.parametrize("bad", [0, -5, float("nan"), float("inf"), "10", True])
 def test_a_bad_deadline_is_an_input_error(redis_url, bad):
     router = _router(redis_url + "&timeout_ms=100")
