@@ -10,9 +10,11 @@ Nothing is retried behind the caller's back in live mode; a replay store
 (``retries`` > 0) instead gives every call the whole ``timeout_ms`` and retries it with
 exponential backoff, because a replay must not degrade.
 
-The breaker: after a send fails, the link stays *open* for one deadline — calls fail at
-once, without touching the network — then lets one call through (*half-open*); its
-success closes the breaker, its failure opens it again. So an outage degrades only the
+The breaker: after a decision's send fails, the link stays *open* for one deadline (that
+call's own: the store's, or the caller's shorter one) — calls fail at once, without
+touching the network — then lets one call through (*half-open*); its success closes the
+breaker, its failure opens it again. Sends with ``force`` (explicit flushes, the grant
+flusher's settles in the background) neither wait for it nor move it. So an outage degrades only the
 decisions inside it (plus at most one deadline) and none waits for a dead server.
 """
 
