@@ -10,7 +10,6 @@ the store and, optionally, a clock are passed in.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -178,8 +177,8 @@ class Router:
         decision runs in a worker thread so the loop is not blocked on the round trip (the
         in-memory stores never wait, so it is decided inline)."""
         if self.store.in_process:
-            return self.decide(app)
-        return await asyncio.to_thread(functools.partial(self.decide, app, deadline_ms=deadline_ms))
+            return self.decide(app, deadline_ms=deadline_ms)
+        return await asyncio.to_thread(self.decide, app, deadline_ms=deadline_ms)
 
     def decide_columns(self, cols: AppColumns, *, pipelined: bool = False) -> Outcomes:
         """Decide a column batch (the replay path); outcomes stay columnar."""

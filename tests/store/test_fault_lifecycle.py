@@ -8,6 +8,7 @@ reply, and deadlines far shorter than a stall.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing as mp
 import os
 import signal
@@ -266,6 +267,11 @@ def test_a_bad_deadline_is_an_input_error(redis_url, bad):
         router.decide(_app(0), deadline_ms=bad)
     with pytest.raises(InputError, match="deadline_ms"):
         router.decide_batch([_app(0)], deadline_ms=bad)
+    with pytest.raises(InputError, match="deadline_ms"):
+        asyncio.run(router.adecide(_app(0), deadline_ms=bad))
+    in_memory = Router(_strategy(), scorers={"main": ScoreLookupScorer({}, default=0.2)})
+    with pytest.raises(InputError, match="deadline_ms"):  # (never waits, still checked)
+        asyncio.run(in_memory.adecide(_app(0), deadline_ms=bad))
     assert list(router.store.ledger()) == []
 
 
