@@ -22,14 +22,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from typing import cast
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import redis
 from hiredis import pack_command
 from redis.utils import SENTINEL as _DEFAULT  # "no timeout given": the socket's own applies
 
 from router.core.errors import StoreError
+
+try:  # the sentinel redis-py's hiredis reader answers "no whole reply yet" with
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+except ImportError:  # (another layout: _replies then reads through redis-py)
+    _NOT_ENOUGH_DATA = None
 
 #: A decision's deadline before its first send (the clock starts there).
 _FIRST_SEND = -1.0
@@ -142,17 +147,10 @@ class Link:
                 budget = self._budget()
             conn.send_packed_command([b"".join([pack_command(c) for c in commands])])
             sent = True
-            out: list = [None] * len(commands)
             # A budget close to the socket's own timeout needs no per-read timeout (each
             # one costs two system calls); a shorter one does.
-            timeout = budget if budget < 0.9 * self.timeout_s else _DEFAULT
-            for i in range(len(commands)):
-                try:
-                    out[i] = conn.read_response(timeout=timeout)
-                except redis.ResponseError as exc:
-                    out[i] = exc
-                if timeout is not _DEFAULT and i + 1 < len(commands):
-                    timeout = self._budget_or_zero()
+            bounded = budget < 0.9 * self.timeout_s
+            out = _replies(conn, len(commands), self._budget_or_zero if bounded else None)
             ok = True
             return out
         except Unsent as exc:
@@ -214,13 +212,7 @@ class Link:
 
     @staticmethod
     def _read(conn: redis.Connection, n: int) -> list:
-        out: list = [None] * n
-        for i in range(n):
-            try:
-                out[i] = conn.read_response()
-            except redis.ResponseError as exc:
-                out[i] = exc
-        return out
+        return _replies(conn, n, None)
 
     def _budget_or_zero(self) -> float:
         return max(self._budget(), 1e-6)
@@ -241,3 +233,38 @@ class Link:
                 c.disconnect()
             self._conns.clear()
         self._local = threading.local()
+
+
+def _replies(conn: redis.Connection, n: int, budget: Callable[[], float] | None) -> list:
+    """Read ``n`` replies in order, an error reply in place as its exception; ``budget``
+    gives the seconds left for each wait on the socket (None: the socket's own timeout).
+
+    Straight from hiredis's reader: redis-py's ``read_response`` costs several Python
+    calls and a formatted host string per reply, which for a pipelined batch was more
+    than reading the replies themselves. The socket is read only when the reader holds no
+    whole reply (usually once per batch). Without hiredis's parser, redis-py's own."""
+    parser: Any = getattr(conn, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    out: list = [None] * n
+    if reader is None or _NOT_ENOUGH_DATA is None or not hasattr(parser, "read_from_socket"):
+        for i in range(n):
+            try:
+                out[i] = conn.read_response(timeout=_DEFAULT if budget is None else budget())
+            except redis.ResponseError as exc:
+                out[i] = exc
+        return out
+    gets, short = reader.gets, _NOT_ENOUGH_DATA
+    for i in range(n):
+        r = gets()
+        while r is short:  # (no whole reply buffered yet)
+            try:
+                parser.read_from_socket(timeout=_DEFAULT if budget is None else budget())
+            except OSError as exc:  # (redis-py's own errors are not OSErrors)
+                raise redis.ConnectionError(f"error while reading replies: {exc}") from exc
+            r = gets()
+        if isinstance(r, redis.ConnectionError):
+            raise r
+        if isinstance(r, list) and r and isinstance(r[0], redis.ConnectionError):
+            raise r[0]
+        out[i] = r
+    return out
