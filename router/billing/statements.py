@@ -95,48 +95,7 @@ def build_statement(
     """The statement of ``partner_id`` for ``period`` as the journal holds it now."""
     check_period(period)
     tz = book.tz_of(partner_id)
-    query = (
-        sa.select(
-            journal_entries.c.key,
-            journal_entries.c.kind,
-            journal_entries.c.referral_id,
-            journal_entries.c.effective_at_ms,
-            journal_entries.c.late,
-            journal_entries.c.corrects,
-            postings.c.amount,
-        )
-        .join_from(journal_entries, postings)
-        .where(
-            journal_entries.c.partner_id == partner_id,
-            journal_entries.c.period == period,
-            postings.c.account == account(RECEIVABLE, partner_id),
-        )
-        .order_by(journal_entries.c.effective_at_ms, journal_entries.c.key)
-    )
-    zone = ZoneInfo(tz)
-    dates: dict[int, str] = {}
-
-    def date_of(ms: int) -> str:
-        # One conversion per minute of the month, not per line (a million lines).
-        minute = ms // 60_000
-        got = dates.get(minute)
-        if got is None:
-            t = datetime.fromtimestamp(minute * 60, UTC).astimezone(zone)
-            got = dates[minute] = t.date().isoformat()
-        return got
-
-    lines = [
-        Line(
-            entry=key,
-            kind=kind,
-            referral_id=rid,
-            effective_date=date_of(ms),
-            amount=int(amount),
-            late=bool(late),
-            corrects=corrects,
-        )
-        for key, kind, rid, ms, late, corrects, amount in _raw_rows(conn, query)
-    ]
+    lines = _lines(conn, partner_id, period, tz)
     fees = {"referral": 0, "accepted": 0, "funded": 0}
     rev = returns = adjustments = 0
     for ln in lines:
@@ -169,6 +128,53 @@ def build_statement(
         else None,
         lines=lines,
     )
+
+
+def _lines(conn: sa.Connection, partner_id: str, period: str, tz: str) -> list[Line]:
+    """The statement's lines: every journal entry of the partner's period with its
+    receivable posting, in effective-time order, dated in the partner's time zone."""
+    query = (
+        sa.select(
+            journal_entries.c.key,
+            journal_entries.c.kind,
+            journal_entries.c.referral_id,
+            journal_entries.c.effective_at_ms,
+            journal_entries.c.late,
+            journal_entries.c.corrects,
+            postings.c.amount,
+        )
+        .join_from(journal_entries, postings)
+        .where(
+            journal_entries.c.partner_id == partner_id,
+            journal_entries.c.period == period,
+            postings.c.account == account(RECEIVABLE, partner_id),
+        )
+        .order_by(journal_entries.c.effective_at_ms, journal_entries.c.key)
+    )
+    zone = ZoneInfo(tz)
+    dates: dict[int, str] = {}
+
+    def date_of(ms: int) -> str:
+        # One conversion per minute of the month, not per line (a million lines).
+        minute = ms // 60_000
+        got = dates.get(minute)
+        if got is None:
+            t = datetime.fromtimestamp(minute * 60, UTC).astimezone(zone)
+            got = dates[minute] = t.date().isoformat()
+        return got
+
+    return [
+        Line(
+            entry=key,
+            kind=kind,
+            referral_id=rid,
+            effective_date=date_of(ms),
+            amount=int(amount),
+            late=bool(late),
+            corrects=corrects,
+        )
+        for key, kind, rid, ms, late, corrects, amount in _raw_rows(conn, query)
+    ]
 
 
 def _raw_rows(conn: sa.Connection, query: sa.Select) -> list[tuple]:

@@ -590,6 +590,23 @@ def from_arrow(
             _check_numeric(f, arr, offset)
         py[f] = arr
     n = batch.num_rows
+    py["applicant"] = _applicants(batch, hasher, offset)
+    py["employer"] = _coded(batch, "employer", n).map(
+        lambda e: hasher.cached_token(e, "employer") if e else None
+    )
+    py["consent"] = _coded(batch, "consent", n).map(consent_text)
+    py["fraud_flag"] = (
+        batch.column("fraud_flag").to_numpy(zero_copy_only=False)
+        if "fraud_flag" in names
+        else np.zeros(n, dtype=bool)
+    )
+    return _assemble(py, coded, _extra_columns(batch))
+
+
+def _applicants(batch: pa.RecordBatch, hasher: Hasher, offset: int) -> list | Tokens:
+    """Each row's applicant token: given, or the keyed hash of its national id (exactly
+    one of the two per row)."""
+    n, names = batch.num_rows, set(batch.schema.names)
     tok_col = (
         batch.column("applicant_token") if "applicant_token" in names else pa.nulls(n, pa.string())
     )
@@ -606,24 +623,11 @@ def from_arrow(
             "exactly one of `applicant_token` and `national_id` must be set",
         )
     if raw_col.null_count == n:
-        py["applicant"] = tok_col.to_pylist()
-    elif tok_col.null_count == n:
-        py["applicant"] = hasher.column_tokens(raw_col)
-    else:
-        raws = raw_col.to_pylist()
-        py["applicant"] = [
-            t if t is not None else hasher.token(r) for t, r in zip(tok_col.to_pylist(), raws)
-        ]
-    py["employer"] = _coded(batch, "employer", n).map(
-        lambda e: hasher.cached_token(e, "employer") if e else None
-    )
-    py["consent"] = _coded(batch, "consent", n).map(consent_text)
-    py["fraud_flag"] = (
-        batch.column("fraud_flag").to_numpy(zero_copy_only=False)
-        if "fraud_flag" in names
-        else np.zeros(n, dtype=bool)
-    )
-    return _assemble(py, coded, _extra_columns(batch))
+        return tok_col.to_pylist()
+    if tok_col.null_count == n:
+        return hasher.column_tokens(raw_col)
+    raws = raw_col.to_pylist()
+    return [t if t is not None else hasher.token(r) for t, r in zip(tok_col.to_pylist(), raws)]
 
 
 def _extra_columns(batch: pa.RecordBatch) -> dict[str, np.ndarray]:

@@ -59,7 +59,7 @@ class SentAhead(AllocatorBase):
     def _row_walk(self, b: Batch, i: int) -> tuple[Walk, list[str]]:
         """Row ``i``'s decision as one walk: keep, branch, the eligible partners in
         routing order; those the floors know refuse left out, as reason bits."""
-        a, s, P = b.a, self.strategy, len(self.strategy.partners)
+        a, s = b.a, self.strategy
         t, amount, bits = b.event_ms[i], b.amounts[i], b.bits[i]
         entries = self.store.needs_entries
         attempts: list[Attempt] = []
@@ -102,28 +102,39 @@ class SentAhead(AllocatorBase):
                 pre = 0
         m = b.mask_l[i]
         if m:
-            eligible = b.decode.get(m)
-            if eligible is None:
-                eligible = b.decode[m] = [j for j in range(P) if m >> j & 1]
-            applicant = b.cols.applicant[i]
-            for j in self._row_order(b, i, m, eligible):
-                pb = self.partner_buckets[j]
-                keys = tuple([col[i] for col in b.pkeys[j]])
-                if one_call.known(self, pb, keys, amount) >= 0:
-                    pre |= QUOTA
-                    continue
-                entry = (
-                    row_referral_entry(s, b.cols, i, j, t, amount, b.ev_flat[i * P + j])
-                    if entries
-                    else None
-                )
-                rec = self._refer_record(b, i, j, bits)
-                attempts.append(Attempt(pb, keys, applicant, entry, rec, QUOTA, DEDUPE, pre))
-                buckets.append(pb.id)
-                pre = 0
+            pre = self._partner_attempts(b, i, m, attempts, buckets, pre)
         decline = pack_record(DECLINE, bits, 0.0, float("nan"), a.keep_margin[i], a.pd[i], "")
         walk = Walk(b.ids[i], b.fps[i], t, amount, attempts, decline, pre, LATE_BIT)
         return walk, buckets
+
+    def _partner_attempts(
+        self, b: Batch, i: int, m: int, attempts: list[Attempt], buckets: list[str], pre: int
+    ) -> int:
+        """Append row ``i``'s partner attempts (eligible mask ``m``) in routing order to
+        ``attempts`` and ``buckets``; returns the bits of refusals known after the last."""
+        s, P = self.strategy, len(self.strategy.partners)
+        t, amount, bits = b.event_ms[i], b.amounts[i], b.bits[i]
+        entries = self.store.needs_entries
+        eligible = b.decode.get(m)
+        if eligible is None:
+            eligible = b.decode[m] = [j for j in range(P) if m >> j & 1]
+        applicant = b.cols.applicant[i]
+        for j in self._row_order(b, i, m, eligible):
+            pb = self.partner_buckets[j]
+            keys = tuple([col[i] for col in b.pkeys[j]])
+            if one_call.known(self, pb, keys, amount) >= 0:
+                pre |= QUOTA
+                continue
+            entry = (
+                row_referral_entry(s, b.cols, i, j, t, amount, b.ev_flat[i * P + j])
+                if entries
+                else None
+            )
+            rec = self._refer_record(b, i, j, bits)
+            attempts.append(Attempt(pb, keys, applicant, entry, rec, QUOTA, DEDUPE, pre))
+            buckets.append(pb.id)
+            pre = 0
+        return pre
 
     def _row_order(self, b: Batch, i: int, m: int, eligible: list[int]) -> list[int]:
         """Row ``i``'s eligible partners in the order :meth:`_walk_partners` and

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import msgspec
 import numpy as np
@@ -28,28 +28,43 @@ from router.decide.partners import (
     rows_any,
 )
 
+#: One application's value of a field (a Python scalar), or the batch's column of them.
+Col = TypeVar("Col")
+#: A value per partner: a list for one application, an (n × partners) array for a batch.
+PerPartner = TypeVar("PerPartner")
+#: Window keys: (hour, day, month) per time zone for one application; for a batch, per
+#: time zone and window, a column.
+Keys = TypeVar("Keys")
+
 
 @dataclass(slots=True)
-class Assessment:
-    """Everything the allocation step needs, one entry (or row) per application."""
+class Assessment(Generic[Col, PerPartner, Keys]):
+    """Everything the allocation step needs, one value per application: the same shape
+    for a batch (columns: :func:`assess`) and for one application (Python scalars:
+    :class:`router.decide.assess_one.OneAssessor`, the live path — numpy's per-call
+    overhead would be most of a decision)."""
 
-    bits: np.ndarray  # uint64 reason bits gathered so far
-    dead: np.ndarray  # declined outright (global rule)
-    pd: np.ndarray
-    keep_ok: np.ndarray
-    keep_apr: np.ndarray
-    keep_margin: np.ndarray
-    keep_profit: np.ndarray
-    branch_ok: np.ndarray
-    branch_pd: np.ndarray
-    branch_apr: np.ndarray
-    branch_margin: np.ndarray
-    branch_profit: np.ndarray
-    eligible: np.ndarray  # (n × partners) bool
-    ev: np.ndarray  # (n × partners) expected referral value, minor units
-    partner_apr: np.ndarray  # (n × partners)
-    keys: dict[str, dict[str, np.ndarray]]  # time zone -> window -> keys
+    bits: Col  # uint64 reason bits gathered so far
+    dead: Col  # declined outright (global rule)
+    pd: Col
+    keep_ok: Col
+    keep_apr: Col
+    keep_margin: Col
+    keep_profit: Col
+    branch_ok: Col
+    branch_pd: Col
+    branch_apr: Col
+    branch_margin: Col
+    branch_profit: Col
+    eligible: PerPartner  # eligible and valuable enough, per partner
+    ev: PerPartner  # expected referral value, minor units
+    partner_apr: PerPartner
+    keys: Keys
     ordered: dict[tuple[str, str], bool] = field(default_factory=dict)  # keys non-decreasing?
+
+
+#: A batch's assessment (what :func:`assess` returns).
+BatchAssessment = Assessment[np.ndarray, np.ndarray, dict[str, dict[str, np.ndarray]]]
 
 
 def _set(bits: np.ndarray, mask: np.ndarray | np.bool_, code: str) -> None:
@@ -156,7 +171,7 @@ def assess(
     scorers: dict[str, Any],
     employer_tokens: list[frozenset[str]],
     table: PartnerTable | None = None,
-) -> Assessment:
+) -> BatchAssessment:
     """Score and evaluate a batch; see :class:`Assessment`.
 
     ``table`` is the strategy's partner book as arrays (built here if not given; a

@@ -12,7 +12,6 @@ come from the scorer's batch method on a one-row matrix, so PDs are the batch pa
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ from router.core.config import Filters, Strategy
 from router.core.reasons import BIT
 from router.core.rules import FILTER_BOUNDS, FUNDER_RULES, GLOBAL_RULES
 from router.core.windows import QUARTER_MS, WINDOWS, quarter_keys
-from router.decide.assess import Assessment, consent_row
+from router.decide.assess import Assessment, BatchAssessment, consent_row
 from router.decide.features import FEATURES, FeatureSet, features_row
 
 _OPS = {np.greater_equal: operator.ge, np.less_equal: operator.le}
@@ -42,26 +41,9 @@ _BRANCH_CHECKS = tuple(
 )
 
 
-@dataclass(slots=True)
-class OneAssessment:
-    """:class:`~router.decide.assess.Assessment` of one application, as Python scalars."""
-
-    bits: int
-    dead: bool
-    pd: float
-    keep_ok: bool
-    keep_apr: float
-    keep_margin: float
-    keep_profit: float
-    branch_ok: bool
-    branch_pd: float
-    branch_apr: float
-    branch_margin: float
-    branch_profit: float
-    eligible: list[bool]  # per partner (eligible and valuable enough)
-    ev: list[float]
-    partner_apr: list[float]
-    keys: dict[str, tuple[int, int, int]]  # time zone -> (hour, day, month) keys
+#: One application's assessment: :class:`~router.decide.assess.Assessment` with Python
+#: scalars, a list per partner, and (hour, day, month) window keys per time zone.
+OneAssessment = Assessment[Any, list, dict[str, tuple[int, int, int]]]
 
 
 class _Filter:
@@ -170,7 +152,7 @@ class OneAssessor:
         bits |= keep_bits if keep_ok else keep_bits | branch_bits
         more, valuable, ev, papr = self._partners(r, region_code, pd, dead, full)
         q = r.event_ms // QUARTER_MS
-        return OneAssessment(
+        return Assessment(
             bits | more,
             dead,
             pd,
@@ -317,7 +299,7 @@ def assess_one(
     employer_tokens: list[frozenset[str]],
     table: Any = None,
     assessor: OneAssessor | None = None,
-) -> Assessment:
+) -> BatchAssessment:
     """:func:`router.decide.assess.assess` for a batch of exactly one application."""
     a = (assessor or OneAssessor(strategy, scorers, employer_tokens))(row_of(cols))
     P = len(strategy.partners)

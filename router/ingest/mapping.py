@@ -137,7 +137,6 @@ def check(m: Mapping, source: str) -> None:
     from router.ingest.validate import OUTCOME_FIELDS, SPEC
 
     known = set(SPEC) | set(OUTCOME_FIELDS)
-
     for f in m.features:
         if f in known or f in ALL_FEATURES or not APP_FEATURE.match(f) or "=" in f:
             raise ConfigError(
@@ -146,52 +145,13 @@ def check(m: Mapping, source: str) -> None:
                 source=source,
                 path=f"features.{f}",
             )
-
-    def field(name: str, where: str) -> None:
-        # (an application feature listed under [features] may be transformed too)
-        if name not in known and name not in m.features:
-            raise ConfigError(
-                f"unknown field {name!r} (fields: {', '.join(sorted(known))}; or an "
-                "application feature listed under [features])",
-                source=source,
-                path=where,
-            )
-
     for f in m.columns:
-        field(f, f"columns.{f}")
+        _check_field(m, known, f, f"columns.{f}", source)
     for f, t in m.transforms.items():
-        field(f, f"transforms.{f}")
-        kind = SPEC[f][0] if f in SPEC else "outcome" if f in OUTCOME_FIELDS else "feature"
-        numeric = kind in ("int", "float", "feature") or f == "funded_amount"
-        if t.scale is not None and not numeric:
-            raise ConfigError(
-                f"scale applies to numbers; {f} is not one",
-                source=source,
-                path=f"transforms.{f}.scale",
-            )
-        if t.scale is not None and not (t.scale > 0 and np.isfinite(t.scale)):
-            raise ConfigError(
-                f"scale must be a positive number (value: {t.scale!r})",
-                source=source,
-                path=f"transforms.{f}.scale",
-            )
-        if (t.timezone is not None or t.offset_hours is not None) and f != "received_at":
-            raise ConfigError(
-                "timezone and offset_hours apply to received_at only",
-                source=source,
-                path=f"transforms.{f}",
-            )
-        if t.timezone is not None:
-            try:
-                zoneinfo.ZoneInfo(t.timezone)
-            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-                raise ConfigError(
-                    f"unknown time zone (value: {t.timezone!r})",
-                    source=source,
-                    path=f"transforms.{f}.timezone",
-                ) from None
+        _check_field(m, known, f, f"transforms.{f}", source)
+        _check_transform(f, t, source)
     for f in m.constants:
-        field(f, f"constants.{f}")
+        _check_field(m, known, f, f"constants.{f}", source)
         if f in m.columns:
             raise ConfigError(
                 f"{f} is both a constant and a column of the file",
@@ -199,24 +159,77 @@ def check(m: Mapping, source: str) -> None:
                 path=f"constants.{f}",
             )
     if m.arrival is not None:
-        if "received_at" in m.columns or "received_at" in m.constants:
+        _check_arrival(m, source)
+
+
+def _check_field(m: Mapping, known: set[str], name: str, where: str, source: str) -> None:
+    """``name`` is a field, or an application feature listed under [features] (which
+    may be transformed too)."""
+    if name not in known and name not in m.features:
+        raise ConfigError(
+            f"unknown field {name!r} (fields: {', '.join(sorted(known))}; or an "
+            "application feature listed under [features])",
+            source=source,
+            path=where,
+        )
+
+
+def _check_transform(f: str, t: Transform, source: str) -> None:
+    """A transform fits its field: scale on numbers, time zones on received_at."""
+    from router.ingest.validate import OUTCOME_FIELDS, SPEC
+
+    kind = SPEC[f][0] if f in SPEC else "outcome" if f in OUTCOME_FIELDS else "feature"
+    numeric = kind in ("int", "float", "feature") or f == "funded_amount"
+    if t.scale is not None and not numeric:
+        raise ConfigError(
+            f"scale applies to numbers; {f} is not one",
+            source=source,
+            path=f"transforms.{f}.scale",
+        )
+    if t.scale is not None and not (t.scale > 0 and np.isfinite(t.scale)):
+        raise ConfigError(
+            f"scale must be a positive number (value: {t.scale!r})",
+            source=source,
+            path=f"transforms.{f}.scale",
+        )
+    if (t.timezone is not None or t.offset_hours is not None) and f != "received_at":
+        raise ConfigError(
+            "timezone and offset_hours apply to received_at only",
+            source=source,
+            path=f"transforms.{f}",
+        )
+    if t.timezone is not None:
+        try:
+            zoneinfo.ZoneInfo(t.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ConfigError(
-                "arrival times are derived, so received_at must not also come from the file",
+                f"unknown time zone (value: {t.timezone!r})",
                 source=source,
-                path="arrival",
-            )
-        if m.arrival.start.tzinfo is None:
-            raise ConfigError(
-                "start needs a time zone (e.g. 2026-11-02T00:00:00+08:00)",
-                source=source,
-                path="arrival.start",
-            )
-        if m.arrival.every_ms < 0:
-            raise ConfigError(
-                f"every_ms must be >= 0 (value: {m.arrival.every_ms})",
-                source=source,
-                path="arrival.every_ms",
-            )
+                path=f"transforms.{f}.timezone",
+            ) from None
+
+
+def _check_arrival(m: Mapping, source: str) -> None:
+    """Derived arrival times: received_at not also given, a zoned start, a step >= 0."""
+    assert m.arrival is not None
+    if "received_at" in m.columns or "received_at" in m.constants:
+        raise ConfigError(
+            "arrival times are derived, so received_at must not also come from the file",
+            source=source,
+            path="arrival",
+        )
+    if m.arrival.start.tzinfo is None:
+        raise ConfigError(
+            "start needs a time zone (e.g. 2026-11-02T00:00:00+08:00)",
+            source=source,
+            path="arrival.start",
+        )
+    if m.arrival.every_ms < 0:
+        raise ConfigError(
+            f"every_ms must be >= 0 (value: {m.arrival.every_ms})",
+            source=source,
+            path="arrival.every_ms",
+        )
 
 
 def apply(m: Mapping, batch: pa.RecordBatch, first_row: int) -> pa.RecordBatch:

@@ -212,18 +212,7 @@ class Metrics:
         self.keep.add(is_keep, out, cols, loss_rate, defaulted)
         self.calibration.add(kind, out.pd, amount, defaulted, loss_rate)
         if defaulted is not None and len(is_keep):
-            k = is_keep[defaulted[is_keep] >= 0]
-            amt, term = amount[k].astype(np.float64), cols.term_months[k].astype(np.float64)
-            self.keep_realised_profit += float(
-                keep_profit(amt, term, (defaulted[k] == 1).astype(np.float64), out.apr[k], e).sum()
-            )
-            # What the PDs promise for those loans: each repays (profit if repaid) or
-            # defaults (profit if defaulted) with its PD — the mean and variance of the sum.
-            repaid = keep_profit(amt, term, np.zeros(len(k)), out.apr[k], e)
-            lost = keep_profit(amt, term, np.ones(len(k)), out.apr[k], e)
-            p = out.pd[k]
-            self.keep_promised[0] += float(np.sum(repaid + p * (lost - repaid)))
-            self.keep_promised[1] += float(np.sum(p * (1 - p) * (repaid - lost) ** 2))
+            self._keep_realised(is_keep, out, cols, defaulted)
         self.branch.add(is_branch, out, cols, loss_rate, defaulted)
         self._usage(KEEP_BUCKET, is_keep, cols)
         self._usage(BRANCH_BUCKET, is_branch, cols)
@@ -235,13 +224,32 @@ class Metrics:
             of = np.fromiter(map(index.__getitem__, pids), dtype=np.int64, count=len(pids))
             for pid, which in index.items():
                 self._partner(pid, refer[of == which], out, cols, outcomes)
-        # PD by outcome (all applications) and the PSI histogram.
-        # 0 repaid, 1 defaulted, 2 unknown
-        d = (
-            np.where(defaulted < 0, 2, defaulted)
-            if defaulted is not None
-            else np.full(len(kind), 2)
+        self._pd_histograms(out, defaulted, len(kind))
+
+    def _keep_realised(
+        self, is_keep: np.ndarray, out: Outcomes, cols: AppColumns, defaulted: np.ndarray
+    ) -> None:
+        """The kept loans with an outcome: their realised profit, and the mean and
+        variance of the profit their PDs promise."""
+        e = self.s.economics
+        amount = cols.requested_amount
+        k = is_keep[defaulted[is_keep] >= 0]
+        amt, term = amount[k].astype(np.float64), cols.term_months[k].astype(np.float64)
+        self.keep_realised_profit += float(
+            keep_profit(amt, term, (defaulted[k] == 1).astype(np.float64), out.apr[k], e).sum()
         )
+        # What the PDs promise for those loans: each repays (profit if repaid) or
+        # defaults (profit if defaulted) with its PD — the mean and variance of the sum.
+        repaid = keep_profit(amt, term, np.zeros(len(k)), out.apr[k], e)
+        lost = keep_profit(amt, term, np.ones(len(k)), out.apr[k], e)
+        p = out.pd[k]
+        self.keep_promised[0] += float(np.sum(repaid + p * (lost - repaid)))
+        self.keep_promised[1] += float(np.sum(p * (1 - p) * (repaid - lost) ** 2))
+
+    def _pd_histograms(self, out: Outcomes, defaulted: np.ndarray | None, n: int) -> None:
+        """PD by outcome (all applications: 0 repaid, 1 defaulted, 2 unknown) and the PSI
+        histogram."""
+        d = np.where(defaulted < 0, 2, defaulted) if defaulted is not None else np.full(n, 2)
         for code, name in enumerate(("repaid", "defaulted", "unknown")):
             m = d == code
             if m.any():
@@ -365,22 +373,7 @@ class Metrics:
         def split(c: np.ndarray) -> dict[str, int]:
             return {LABELS[k]: int(c[k]) for k in range(4)}
 
-        partners: dict[str, dict[str, Any]] = {}
-        for pid, t in self.partners.items():
-            partners[pid] = {
-                "referred": t.referred,
-                "amount": t.amount,
-                "expected_value": t.expected_value,
-                "expected_fee": int(round(t.expected_fee)),
-                "expected_rev_share": int(round(t.expected_rev_share)),
-                "with_outcome": t.with_outcome,
-                "outcome_unmatched": t.unmatched,
-                "accepted": t.accepted,
-                "funded": t.funded,
-                "funded_amount": t.funded_amount,
-                "realised_fee": int(round(t.realised_fee)) if t.with_outcome else None,
-                "realised_rev_share": int(round(t.realised_rev_share)) if t.with_outcome else None,
-            }
+        partners = self._partners_summary()
         keep = self.keep.to_dict()
         referral_value = sum(t.expected_value for t in self.partners.values())
         realised_ref = [
@@ -431,6 +424,26 @@ class Metrics:
                 pid: {d: v.tolist() for d, v in sorted(days.items())}
                 for pid, days in sorted(self.timeline.items())
             },
+        }
+
+    def _partners_summary(self) -> dict[str, dict[str, Any]]:
+        """Per partner: referrals, their expected and (with outcomes) realised money."""
+        return {
+            pid: {
+                "referred": t.referred,
+                "amount": t.amount,
+                "expected_value": t.expected_value,
+                "expected_fee": int(round(t.expected_fee)),
+                "expected_rev_share": int(round(t.expected_rev_share)),
+                "with_outcome": t.with_outcome,
+                "outcome_unmatched": t.unmatched,
+                "accepted": t.accepted,
+                "funded": t.funded,
+                "funded_amount": t.funded_amount,
+                "realised_fee": int(round(t.realised_fee)) if t.with_outcome else None,
+                "realised_rev_share": int(round(t.realised_rev_share)) if t.with_outcome else None,
+            }
+            for pid, t in self.partners.items()
         }
 
     def _quota(self) -> dict[str, Any]:

@@ -613,6 +613,20 @@ def write_tune_report(
             f"the constraints.{versus}</p>"
         )
     parts.append(f"<img src='{chart}' alt='frontier'>")
+    parts.append(_frontier_section(cands))
+    if "holdout" in result:
+        parts.append(_held_out_section(result))
+    if best_summary is not None:
+        where = " on the held-out part" if "holdout" in result else ""
+        parts.append(f"<h2>Chosen candidate{where}</h2>")
+        parts += replay_sections(best_summary, out, "best_")
+    path = out / "report.html"
+    path.write_text(_page("Strategy tuning", parts))
+    return path
+
+
+def _frontier_section(cands: list[dict[str, Any]]) -> str:
+    """The frontier's candidates: one column per grid parameter, then their figures."""
     front = [c for c in cands if c["frontier"]]
     names = list(dict.fromkeys(k for c in front for k in c["params"]))
     rows = [
@@ -628,7 +642,7 @@ def write_tune_report(
         ]
         for c in front
     ]
-    parts.append(
+    return (
         "<h2>Frontier</h2>"
         + _table(
             # (a zero-width space after each dot lets a long parameter path wrap there)
@@ -643,15 +657,6 @@ def write_tune_report(
         "frontier chosen on the same rows it is judged on; see the chosen candidate's "
         "calibration below).</p>"
     )
-    if "holdout" in result:
-        parts.append(_held_out_section(result))
-    if best_summary is not None:
-        where = " on the held-out part" if "holdout" in result else ""
-        parts.append(f"<h2>Chosen candidate{where}</h2>")
-        parts += replay_sections(best_summary, out, "best_")
-    path = out / "report.html"
-    path.write_text(_page("Strategy tuning", parts))
-    return path
 
 
 def _held_out_section(result: dict[str, Any]) -> str:

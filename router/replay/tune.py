@@ -487,8 +487,8 @@ def tune(
     best_path = best_summary = None
     if best is not None:
         best["best"] = True
-        best_path, best_summary = _write_best(
-            strategy, base, best, traffic, mapping, out, report, "holdout" if holdout else "all", h
+        best_path, best_summary = run.write_best(
+            strategy, best, report, "holdout" if holdout else "all"
         )
     result["best"] = best["id"] if best else None
     path = out / "tune.json"
@@ -588,6 +588,33 @@ class _Runs:
         results.sort(key=lambda r: r["id"])
         return results
 
+    def write_best(
+        self, strategy: Strategy, best: dict[str, Any], report: bool, part: str
+    ) -> tuple[Path, dict[str, Any] | None]:
+        """Write the chosen candidate as ``best_strategy.toml``; with ``report``, replay it
+        on ``part`` of the traffic (the held-out part, when tuning held one out) for the
+        report's figures (its summary)."""
+        from router.core.config import load_strategy
+        from router.replay.run import replay
+
+        raw = with_params(self.base, best["params"])
+        raw["version"] = f"{self.base['version']}-tuned"[:40]
+        best_path = write_strategy(raw, self.out / "best_strategy.toml")
+        if not report:
+            return best_path, None
+        tuned = load_strategy(best_path)
+        chosen = replay(
+            tuned,
+            self.traffic,
+            self.out / "best",
+            mapping=self.mapping,
+            cached=cached_traffic(strategy, self.traffic, self.mapping, part, self.holdout),
+            scorers=_scorers(tuned),  # (the models already loaded: their scores are in memory)
+            write_decisions=False,
+            report=False,
+        )
+        return best_path, chosen.summary
+
     def baseline(self, strategy: Strategy, part: str) -> Any:
         """The strategy itself replayed on ``part``."""
         from router.replay.run import replay
@@ -602,39 +629,3 @@ class _Runs:
             write_decisions=False,
             report=False,
         )
-
-
-def _write_best(
-    strategy: Strategy,
-    base: dict[str, Any],
-    best: dict[str, Any],
-    traffic: str | Path,
-    mapping: Mapping,
-    out: Path,
-    report: bool,
-    part: str = "all",
-    holdout: float = 0.0,
-) -> tuple[Path, dict[str, Any] | None]:
-    """Write the chosen candidate as ``best_strategy.toml``; with ``report``, replay it
-    on ``part`` of the traffic (the held-out part, when tuning held one out) for the
-    report's figures (its summary)."""
-    from router.core.config import load_strategy
-    from router.replay.run import replay
-
-    raw = with_params(base, best["params"])
-    raw["version"] = f"{base['version']}-tuned"[:40]
-    best_path = write_strategy(raw, out / "best_strategy.toml")
-    if not report:
-        return best_path, None
-    tuned = load_strategy(best_path)
-    chosen = replay(
-        tuned,
-        traffic,
-        out / "best",
-        mapping=mapping,
-        cached=cached_traffic(strategy, str(traffic), mapping, part, holdout),
-        scorers=_scorers(tuned),  # (the models already loaded: their scores are in memory)
-        write_decisions=False,
-        report=False,
-    )
-    return best_path, chosen.summary

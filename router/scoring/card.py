@@ -97,6 +97,25 @@ def markdown(card: dict[str, Any]) -> str:
     ]
     for name, cats in card["categories"].items():
         lines.append(f"  - `{name}` one-hot over {len(cats)} categories: {', '.join(cats)}")
+    lines += _quality(tr, ho)
+    lines += [
+        "",
+        "## Use it",
+        "",
+        f"`{card['strategy_file']}` beside this card is the strategy trained on, scoring with "
+        "this model (`referral-router replay -s` it). In a strategy of your own:",
+        "",
+        "```toml",
+        card["strategy_snippet"].rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _quality(tr: dict[str, Any], ho: dict[str, Any]) -> list[str]:
+    """The card's ranking and calibration tables: each part, then held out by PD band."""
+    lines: list[str] = []
     lines += [
         "",
         "## How well it ranks and whether its PDs come true",
@@ -127,16 +146,4 @@ def markdown(card: dict[str, Any]) -> str:
             f"{_pct(b['realised_bad_rate'])} ({_pct(ci[0])}–{_pct(ci[1])}) | "
             f"{_pct(rng[0])}–{_pct(rng[1])} | {'yes' if b['consistent'] else '**no**'} |"
         )
-    lines += [
-        "",
-        "## Use it",
-        "",
-        f"`{card['strategy_file']}` beside this card is the strategy trained on, scoring with "
-        "this model (`referral-router replay -s` it). In a strategy of your own:",
-        "",
-        "```toml",
-        card["strategy_snippet"].rstrip(),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines

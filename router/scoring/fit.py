@@ -269,16 +269,9 @@ def train(
     the partner book (consent values are checked against it)."""
     from router.core.identity import Hasher
     from router.ingest.reader import read_batches
-    from router.replay.run import code_version, file_sha256
-    from router.scoring.card import part_metrics, write_card
+    from router.scoring.card import write_card
 
-    if not 0.05 <= holdout <= 0.9:
-        raise ModelError(f"--holdout must be between 0.05 and 0.9 (value: {holdout})")
-    if not 2 <= folds <= 20:
-        raise ModelError(f"--folds must be between 2 and 20 (value: {folds})")
-    if calibration not in CALIBRATIONS:
-        raise ModelError(f"unknown calibration {calibration!r} (known: {', '.join(CALIBRATIONS)})")
-    make_estimator(model, 0, seed)  # (an unknown model fails before the file is read)
+    _check_train_options(model, calibration, holdout, folds, seed)
     req = parse_features(features)
     rejects: list[Any] = []
     batches = list(
@@ -293,7 +286,7 @@ def train(
     )
     data = training_data(batches, req, holdout)
     cut = int(len(data.y) * (1 - holdout))
-    Xtr, ytr, Xho, yho = data.X[:cut], data.y[:cut], data.X[cut:], data.y[cut:]
+    Xtr, ytr = data.X[:cut], data.y[:cut]
     if len(np.unique(ytr)) < 2:
         raise ModelError("the training part has only goods or only bads")
     est = make_estimator(model, len(ytr), seed).fit(Xtr, ytr)
@@ -304,28 +297,8 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / "model.json"
     kind = "trees_json" if model == "trees" else "logistic_json"
-    card: dict[str, Any] = {
-        "model_file": model_path.name,
-        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "code_version": code_version(),
-        "data": {
-            "traffic": str(traffic),
-            "sha256": file_sha256(traffic),
-            "rows_read": int(sum(len(b.cols) for b in batches)),
-            "rows_rejected": len(rejects),
-            "dropped": data.dropped,
-            "holdout": holdout,
-        },
-        "model": model,
-        "estimator": type(est[-1] if hasattr(est, "steps") else est).__name__,
-        "scorer_kind": kind,
-        "calibration": calibration,
-        "folds": folds,
-        "features": list(data.names),
-        "categories": data.categories,
-        "train": part_metrics(ytr, scorer.pd_batch(Xtr), data.event_ms[:cut]),
-        "holdout": part_metrics(yho, scorer.pd_batch(Xho), data.event_ms[cut:]),
-    }
+    opts = {"model": model, "calibration": calibration, "folds": folds, "holdout": holdout}
+    card = _card(traffic, (batches, rejects), data, (est, scorer, kind), model_path, opts)
     strategy_path = _strategy_using(strategy, kind, model_path, out / "strategy.toml")
     card["strategy_file"] = strategy_path.name
     card["strategy_snippet"] = (
@@ -351,3 +324,55 @@ def _strategy_using(strategy: Any, kind: str, model_path: Path, path: Path) -> P
     if raw.get("branch"):
         raw["branch"]["scorer"] = "trained"
     return write_strategy(raw, path)
+
+
+def _check_train_options(
+    model: str, calibration: str, holdout: float, folds: int, seed: int
+) -> None:
+    """:func:`train`'s options, checked before the traffic is read."""
+    if not 0.05 <= holdout <= 0.9:
+        raise ModelError(f"--holdout must be between 0.05 and 0.9 (value: {holdout})")
+    if not 2 <= folds <= 20:
+        raise ModelError(f"--folds must be between 2 and 20 (value: {folds})")
+    if calibration not in CALIBRATIONS:
+        raise ModelError(f"unknown calibration {calibration!r} (known: {', '.join(CALIBRATIONS)})")
+    make_estimator(model, 0, seed)  # (an unknown model fails before the file is read)
+
+
+def _card(
+    traffic: str | Path,
+    read: tuple[list, list],
+    data: Any,
+    fitted: tuple[Any, Any, str],
+    model_path: Path,
+    opts: dict[str, Any],
+) -> dict[str, Any]:
+    """The model card's facts: the data read (batches, rejected rows), the model fitted
+    (estimator, compiled scorer, file kind), both parts' metrics, the options."""
+    from router.replay.run import code_version, file_sha256
+    from router.scoring.card import part_metrics
+
+    (batches, rejects), (est, scorer, kind) = read, fitted
+    cut = int(len(data.y) * (1 - opts["holdout"]))
+    return {
+        "model_file": model_path.name,
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "code_version": code_version(),
+        "data": {
+            "traffic": str(traffic),
+            "sha256": file_sha256(traffic),
+            "rows_read": int(sum(len(b.cols) for b in batches)),
+            "rows_rejected": len(rejects),
+            "dropped": data.dropped,
+            "holdout": opts["holdout"],
+        },
+        "model": opts["model"],
+        "estimator": type(est[-1] if hasattr(est, "steps") else est).__name__,
+        "scorer_kind": kind,
+        "calibration": opts["calibration"],
+        "folds": opts["folds"],
+        "features": list(data.names),
+        "categories": data.categories,
+        "train": part_metrics(data.y[:cut], scorer.pd_batch(data.X[:cut]), data.event_ms[:cut]),
+        "holdout": part_metrics(data.y[cut:], scorer.pd_batch(data.X[cut:]), data.event_ms[cut:]),
+    }

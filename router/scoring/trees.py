@@ -30,40 +30,7 @@ def hgb_to_onnx(est: Any, n_features: int) -> tuple[bytes, float]:
 
     if getattr(est, "n_trees_per_iteration_", 1) != 1:
         raise ModelError("only binary HistGradientBoostingClassifier is supported")
-    feat: list[Any] = []
-    splits: list[Any] = []
-    miss: list[Any] = []
-    roots: list[Any] = []
-    leaves: list[Any] = []
-    t_ids: list[Any] = []
-    t_leaf: list[Any] = []
-    f_ids: list[Any] = []
-    f_leaf: list[Any] = []
-    for (pred,) in est._predictors:
-        nodes = pred.nodes
-        if nodes["is_categorical"].any():
-            raise ModelError("categorical splits are not supported")
-        index: dict[int, tuple[int, int]] = {}
-        for i, nd in enumerate(nodes):
-            if nd["is_leaf"]:
-                index[i] = (1, len(leaves))
-                leaves.append(float(nd["value"]))
-            else:
-                index[i] = (0, len(feat))
-                feat.append(int(nd["feature_idx"]))
-                splits.append(float(nd["num_threshold"]))
-                miss.append(int(nd["missing_go_to_left"]))
-                for lst in (t_ids, t_leaf, f_ids, f_leaf):
-                    lst.append(0)
-        if nodes[0]["is_leaf"]:
-            raise ModelError("a single-leaf tree cannot be compiled")
-        roots.append(index[0][1])
-        for i, nd in enumerate(nodes):
-            if nd["is_leaf"]:
-                continue
-            j = index[i][1]
-            t_leaf[j], t_ids[j] = index[int(nd["left"])]
-            f_leaf[j], f_ids[j] = index[int(nd["right"])]
+    t = _ensemble_arrays(est)
     node = helper.make_node(
         "TreeEnsemble",
         ["X"],
@@ -72,17 +39,17 @@ def hgb_to_onnx(est: Any, n_features: int) -> tuple[bytes, float]:
         n_targets=1,
         aggregate_function=1,
         post_transform=0,
-        tree_roots=roots,
-        nodes_featureids=feat,
-        nodes_splits=numpy_helper.from_array(np.asarray(splits, dtype=np.float64)),
-        nodes_modes=numpy_helper.from_array(np.zeros(len(feat), dtype=np.uint8)),
-        nodes_truenodeids=t_ids,
-        nodes_trueleafs=t_leaf,
-        nodes_falsenodeids=f_ids,
-        nodes_falseleafs=f_leaf,
-        nodes_missing_value_tracks_true=miss,
-        leaf_targetids=[0] * len(leaves),
-        leaf_weights=numpy_helper.from_array(np.asarray(leaves, dtype=np.float64)),
+        tree_roots=t["roots"],
+        nodes_featureids=t["feat"],
+        nodes_splits=numpy_helper.from_array(np.asarray(t["splits"], dtype=np.float64)),
+        nodes_modes=numpy_helper.from_array(np.zeros(len(t["feat"]), dtype=np.uint8)),
+        nodes_truenodeids=t["t_ids"],
+        nodes_trueleafs=t["t_leaf"],
+        nodes_falsenodeids=t["f_ids"],
+        nodes_falseleafs=t["f_leaf"],
+        nodes_missing_value_tracks_true=t["miss"],
+        leaf_targetids=[0] * len(t["leaves"]),
+        leaf_weights=numpy_helper.from_array(np.asarray(t["leaves"], dtype=np.float64)),
     )
     graph = helper.make_graph(
         [node],
@@ -95,6 +62,42 @@ def hgb_to_onnx(est: Any, n_features: int) -> tuple[bytes, float]:
     )
     model.ir_version = 10
     return model.SerializeToString(), float(np.ravel(est._baseline_prediction)[0])
+
+
+def _ensemble_arrays(est: Any) -> dict[str, list[Any]]:
+    """The fitted trees as ONNX TreeEnsemble's parallel lists: per split node its
+    feature, threshold, missing-goes-left flag and both children (each a node or a leaf:
+    ``*_leaf`` 1 for a leaf), the roots, and the leaf values."""
+    t: dict[str, list[Any]] = {
+        k: []
+        for k in ("feat", "splits", "miss", "roots", "leaves", "t_ids", "t_leaf", "f_ids", "f_leaf")
+    }
+    for (pred,) in est._predictors:
+        nodes = pred.nodes
+        if nodes["is_categorical"].any():
+            raise ModelError("categorical splits are not supported")
+        index: dict[int, tuple[int, int]] = {}
+        for i, nd in enumerate(nodes):
+            if nd["is_leaf"]:
+                index[i] = (1, len(t["leaves"]))
+                t["leaves"].append(float(nd["value"]))
+            else:
+                index[i] = (0, len(t["feat"]))
+                t["feat"].append(int(nd["feature_idx"]))
+                t["splits"].append(float(nd["num_threshold"]))
+                t["miss"].append(int(nd["missing_go_to_left"]))
+                for k in ("t_ids", "t_leaf", "f_ids", "f_leaf"):
+                    t[k].append(0)
+        if nodes[0]["is_leaf"]:
+            raise ModelError("a single-leaf tree cannot be compiled")
+        t["roots"].append(index[0][1])
+        for i, nd in enumerate(nodes):
+            if nd["is_leaf"]:
+                continue
+            j = index[i][1]
+            t["t_leaf"][j], t["t_ids"][j] = index[int(nd["left"])]
+            t["f_leaf"][j], t["f_ids"][j] = index[int(nd["right"])]
+    return t
 
 
 class OnnxTreeScorer:

@@ -188,6 +188,21 @@ class Bucket:
             )
 
 
+class Reservation(NamedTuple):
+    """One reservation, as :meth:`QuotaStore.try_reserve_many` takes them (a plain tuple
+    of these nine in this order works too)."""
+
+    bucket: Bucket
+    keys: tuple[int, ...]  # the bucket's window keys, one per cap
+    amount: int
+    applicant: str | None  # for dedupe (None: no dedupe)
+    event_ms: int
+    entry: ReferralEntry | None  # the ledger entry a grant bills (None: none)
+    application_id: str | None
+    fingerprint: int | None = None
+    record: bytes = b""  # the decision record kept with a grant
+
+
 class Attempt(NamedTuple):
     """One candidate of a decision a store walks in one call (:meth:`QuotaStore.walk_many`):
     the bucket and the row's window key of each of its caps, the applicant (for dedupe;
@@ -436,8 +451,8 @@ class QuotaStore(ABC):
     def try_reserve_many(
         self, requests: Sequence[tuple], *, single_trip: bool = False
     ) -> list[tuple[int, bytes | None]]:
-        """Several independent reservations, in order; each request is (bucket, keys,
-        amount, applicant, event_ms, entry, application_id, fingerprint, record). With
+        """Several independent reservations, in order; each request is a
+        :class:`Reservation` (or the same nine as a plain tuple). With
         ``single_trip`` each is :meth:`try_reserve_once`; otherwise a non-empty ``record`` is
         kept with the grant. Returns (result, stored record or None) per request. Network
         stores send them as one pipeline."""

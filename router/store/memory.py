@@ -79,6 +79,18 @@ class MemoryQuotaStore(InProcessRecords, QuotaStore):
             return cur
         return self._archive.setdefault((bid, i, key), [key, 0, 0])
 
+    def _current_cells(self, bucket: Bucket, keys: tuple[int, ...]) -> list[list[int]]:
+        """The bucket's counter cells for these window keys (the current ones, unless a
+        window rolled or the event is late)."""
+        n = len(bucket.caps)
+        cells = self._cells.get(bucket.id)
+        if cells is None or len(cells) != n:
+            return [self._cell(bucket, i, keys[i]) for i in range(n)]
+        for i in range(n):
+            if cells[i][0] != keys[i]:  # rare: a window rolled or a late event
+                return [self._cell(bucket, k, keys[k]) for k in range(n)]
+        return cells
+
     def try_reserve(
         self,
         bucket: Bucket,
@@ -108,15 +120,7 @@ class MemoryQuotaStore(InProcessRecords, QuotaStore):
                 if application_id in granted:
                     return GRANTED  # a retry of a grant already made: nothing applied twice
             caps = bucket.caps
-            n = len(caps)
-            cells = self._cells.get(bid)
-            if cells is None or len(cells) != n:
-                cells = [self._cell(bucket, i, keys[i]) for i in range(n)]
-            else:
-                for i in range(n):
-                    if cells[i][0] != keys[i]:  # rare: a window rolled or a late event
-                        cells = [self._cell(bucket, k, keys[k]) for k in range(n)]
-                        break
+            cells = self._current_cells(bucket, keys)
             # Caps are checked before dedupe so that a cap refusal is the answer whenever a
             # cap refuses: the router's "known full" shortcut then never changes a result.
             for i, cap in enumerate(caps):

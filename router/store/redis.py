@@ -83,6 +83,7 @@ from router.store.base import (
     LATE_MS,
     Bucket,
     QuotaStore,
+    Reservation,
     Walk,
     validate_reservation,
 )
@@ -354,7 +355,9 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         *,
         application_id: str | None = None,
     ) -> int:
-        return self._run(bucket, keys, amount, applicant, event_ms, entry, application_id)[0]
+        return self._run(
+            Reservation(bucket, keys, amount, applicant, event_ms, entry, application_id)
+        )[0]
 
     def try_reserve_once(
         self,
@@ -385,7 +388,17 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
                 record=record,
             )
         return self._run(
-            bucket, keys, amount, applicant, event_ms, entry, application_id, fingerprint, record
+            Reservation(
+                bucket,
+                keys,
+                amount,
+                applicant,
+                event_ms,
+                entry,
+                application_id,
+                fingerprint,
+                record,
+            )
         )
 
     def try_reserve_recorded(
@@ -402,15 +415,17 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         record: bytes,
     ) -> int:
         return self._run(
-            bucket,
-            keys,
-            amount,
-            applicant,
-            event_ms,
-            entry,
-            application_id,
-            fingerprint,
-            record,
+            Reservation(
+                bucket,
+                keys,
+                amount,
+                applicant,
+                event_ms,
+                entry,
+                application_id,
+                fingerprint,
+                record,
+            ),
             use_app=False,
         )[0]
 
@@ -421,21 +436,13 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         return self.record_many([application_id], [fingerprint], [record], [event_ms])[0]
 
     def _prepare(
-        self,
-        bucket: Bucket,
-        keys: tuple[int, ...],
-        amount: int,
-        applicant: str | None,
-        event_ms: int,
-        entry: ReferralEntry | None,
-        application_id: str | None,
-        fingerprint: int | None = None,
-        record: bytes = b"",
-        use_app: bool | None = None,
+        self, r: Reservation, use_app: bool | None = None
     ) -> tuple[list, list, Handle | None]:
         """Validated KEYS and ARGV of one reservation script call, and the handle of the
         grant it would leave pending (None: a grant is posted at once — outside a
-        decision)."""
+        decision). ``use_app``: check and write the application's record (by default
+        when a fingerprint is given)."""
+        bucket, keys, amount, applicant, event_ms, entry, application_id, fingerprint, record = r
         validate_reservation(bucket, keys, amount, applicant, event_ms, application_id)
         b = self._b(bucket.id)
         use_dedupe = applicant is not None and bucket.dedupe_ms > 0
@@ -459,12 +466,14 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
                 application_id or "",  # (a token is only given with an id)
                 token,
                 entry_json,
-                amount,
-                event_ms,
-                counters,
-                kk[-6] if use_dedupe else "",
-                kk[-3] if use_app else "",
-                kk[-4] if use_grant and not use_app else "",
+                (
+                    amount,
+                    event_ms,
+                    counters,
+                    kk[-6] if use_dedupe else "",
+                    kk[-3] if use_app else "",
+                    kk[-4] if use_grant and not use_app else "",
+                ),
             )
         # Numbers as little-endian doubles (validated above: integers below 2^53, exact).
         args: list = [
@@ -523,25 +532,17 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         return counters, packing.pack(*caps)
 
     @staticmethod
-    def _member(
-        application_id: str,
-        token: bytes,
-        entry_json: bytes,
-        amount: int,
-        event_ms: int,
-        counters: list,
-        dedupe_key: str,
-        app_key: str,
-        grant_key: str,
-    ) -> bytes:
+    def _member(application_id: str, token: bytes, entry_json: bytes, spec: tuple) -> bytes:
         """A pending grant's queue member: what a void undoes and what a post bills (see
-        lua/grants.lua). Built here, so it can be settled even if the reply is lost."""
+        lua/grants.lua). Built here, so it can be settled even if the reply is lost.
+        ``spec``: (amount, event_ms, counter keys, dedupe key, application record key,
+        grant key), a key '' when unused."""
         return b"%s\0%s%08x%s%s" % (
             application_id.encode(),
             token,
             len(entry_json),
             entry_json,
-            _spec_enc.encode((amount, event_ms, counters, dedupe_key, app_key, grant_key)),
+            _spec_enc.encode(spec),
         )
 
     # ---- one decision, one call (lua/decide.lua) --------------------------------------
@@ -592,12 +593,14 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
                     w.application_id,
                     token,
                     entry_json,
-                    w.amount,
-                    w.event_ms,
-                    counters,
-                    dedupe_key if use_dedupe else "",
-                    app_key,
-                    "",
+                    (
+                        w.amount,
+                        w.event_ms,
+                        counters,
+                        dedupe_key if use_dedupe else "",
+                        app_key,
+                        "",
+                    ),
                 )
                 args += (spec + caps, at.record, member, b"")
             else:
@@ -736,7 +739,8 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
             return super().try_reserve_many(requests, single_trip=False)
         prepared = [
             self._prepare(
-                b, k, amt, appl, t, e, app, fp if rec or single_trip else None, rec, single_trip
+                Reservation(b, k, amt, appl, t, e, app, fp if rec or single_trip else None, rec),
+                single_trip,
             )
             for b, k, amt, appl, t, e, app, fp, rec in requests
         ]
@@ -839,31 +843,10 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
             out.append(None if old is None else old[_FP_BYTES:])
         return out
 
-    def _run(
-        self,
-        bucket: Bucket,
-        keys: tuple[int, ...],
-        amount: int,
-        applicant: str | None,
-        event_ms: int,
-        entry: ReferralEntry | None,
-        application_id: str | None,
-        fingerprint: int | None = None,
-        record: bytes = b"",
-        use_app: bool | None = None,
-    ) -> tuple[int, bytes | None]:
-        kk, args, grant = self._prepare(
-            bucket,
-            keys,
-            amount,
-            applicant,
-            event_ms,
-            entry,
-            application_id,
-            fingerprint,
-            record,
-            use_app,
-        )
+    def _run(self, r: Reservation, use_app: bool | None = None) -> tuple[int, bytes | None]:
+        """One reservation script call: (result, the stored record when already decided)."""
+        bucket, application_id = r.bucket, r.application_id
+        kk, args, grant = self._prepare(r, use_app)
         try:
             if self.single_trip:
                 reply = self._evalsha_many([(kk, args)])[0]
