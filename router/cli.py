@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -518,6 +518,27 @@ def _compare_shadow(log: Path, out_dir: Path) -> None:
     out.print(f"comparison: {path}")
 
 
+def _frontier_table(cands: list, objective: str, v: str, b: str, held_out: bool) -> Table:
+    """Tune's Pareto frontier: each candidate's parameters and figures (``v`` and ``b``:
+    the objective's value and bad-rate keys)."""
+    part = " (the earlier part)" if held_out else ""
+    t = Table(title=f"{len(cands)} candidates: the Pareto frontier{part}")
+    for c in ("#", "parameters", f"{objective} value (yuan)", "bad rate", "keep rate", ""):
+        t.add_column(c, justify="left" if c == "parameters" else "right")
+    for c in cands:
+        if c["frontier"]:
+            mtr = c["metrics"]
+            t.add_row(
+                str(c["id"]),
+                ", ".join(f"{k}={v}" for k, v in c["params"].items()),
+                _yuan(mtr[v]),
+                _pct_or_dash(mtr[b]),
+                f"{mtr['keep_rate']:.2%}",
+                "chosen" if c.get("best") else "",
+            )
+    return t
+
+
 @app.command()
 def tune(
     strategy: Path = typer.Option(..., "--strategy", "-s", help="base strategy TOML"),
@@ -590,22 +611,7 @@ def tune(
             close()
     cands = r.result["candidates"]
     v, b = OBJECTIVES[objective]
-    part = " (the earlier part)" if holdout else ""
-    t = Table(title=f"{len(cands)} candidates: the Pareto frontier{part}")
-    for c in ("#", "parameters", f"{objective} value (yuan)", "bad rate", "keep rate", ""):
-        t.add_column(c, justify="left" if c == "parameters" else "right")
-    for c in cands:
-        if c["frontier"]:
-            mtr = c["metrics"]
-            t.add_row(
-                str(c["id"]),
-                ", ".join(f"{k}={v}" for k, v in c["params"].items()),
-                _yuan(mtr[v]),
-                _pct_or_dash(mtr[b]),
-                f"{mtr['keep_rate']:.2%}",
-                "chosen" if c.get("best") else "",
-            )
-    out.print(t)
+    out.print(_frontier_table(cands, objective, v, b, bool(holdout)))
     if holdout:
         _print_held_out(r.result, v)
     base = r.result["holdout"]["baseline"] if holdout else r.result["baseline"]
@@ -626,24 +632,30 @@ def tune(
         )
     out.print(f"report: {out_dir / 'report.html'}\nall candidates: {r.path}")
     if not r.best_strategy:
-        # Say how close the candidates came, so the user knows which bound to move.
-        rates = [c["metrics"]["bad_rate"] for c in cands if c["metrics"]["bad_rate"] is not None]
-        low_bad = min(rates) if rates else None
-        high_keep = max(c["metrics"]["keep_rate"] for c in cands) if cands else None
-        given = ", ".join(
-            f"{name} {v:g}"
-            for name, v in (("--max-bad-rate", max_bad_rate), ("--min-keep-rate", min_keep_rate))
-            if v is not None
-        )
-        print(
-            f"error: no candidate meets the constraints ({given}); the lowest bad rate seen "
-            f"was {_pct_or_dash(low_bad)} and the highest keep rate {high_keep:.2%} — no "
-            "best_strategy.toml written"
-            if cands
-            else "error: no candidates were run",
-            file=sys.stderr,
-        )
-        raise typer.Exit(3)
+        _no_candidate_met(cands, max_bad_rate, min_keep_rate)
+
+
+def _no_candidate_met(
+    cands: list, max_bad_rate: float | None, min_keep_rate: float | None
+) -> NoReturn:
+    """Exit 3 saying how close the candidates came, so the user knows which bound to move."""
+    rates = [c["metrics"]["bad_rate"] for c in cands if c["metrics"]["bad_rate"] is not None]
+    low_bad = min(rates) if rates else None
+    high_keep = max(c["metrics"]["keep_rate"] for c in cands) if cands else None
+    given = ", ".join(
+        f"{name} {v:g}"
+        for name, v in (("--max-bad-rate", max_bad_rate), ("--min-keep-rate", min_keep_rate))
+        if v is not None
+    )
+    print(
+        f"error: no candidate meets the constraints ({given}); the lowest bad rate seen "
+        f"was {_pct_or_dash(low_bad)} and the highest keep rate {high_keep:.2%} — no "
+        "best_strategy.toml written"
+        if cands
+        else "error: no candidates were run",
+        file=sys.stderr,
+    )
+    raise typer.Exit(3)
 
 
 def _realised_and_range(realised: int | None, promised: list[int] | None) -> str:
@@ -805,6 +817,28 @@ def _commonest_problem(rejects: Path, sample: int = 100_000) -> str:
     return f"most often {field}: {reason} (in {n:,} rows; e.g. value {value!r})"
 
 
+def _partners_table(s: dict) -> Table:
+    """The summary's partners: referrals, amounts, expected revenue, when the day cap ran
+    out."""
+    from router.replay.report import ran_out_text
+
+    p = Table(title="partners (amounts and expected revenue in yuan)")
+    for c in ("partner", "referred", "amount", "fees", "rev-share", "day cap out"):
+        p.add_column(
+            c, justify="left" if c in ("partner", "day cap out") else "right", no_wrap=True
+        )
+    for pid, v in s["partners"].items():
+        p.add_row(
+            pid,
+            f"{v['referred']:,}",
+            _yuan(v["amount"]),
+            _yuan(v["expected_fee"]),
+            _yuan(v["expected_rev_share"]),
+            ran_out_text(s["quota"], pid),
+        )
+    return p
+
+
 def _print_summary(s: dict) -> None:
     from router.replay.report import ran_out_text
 
@@ -822,21 +856,7 @@ def _print_summary(s: dict) -> None:
             f"{s['degraded'] / n:.1%}" if n else "-",
         )
     out.print(t)
-    p = Table(title="partners (amounts and expected revenue in yuan)")
-    for c in ("partner", "referred", "amount", "fees", "rev-share", "day cap out"):
-        p.add_column(
-            c, justify="left" if c in ("partner", "day cap out") else "right", no_wrap=True
-        )
-    for pid, v in s["partners"].items():
-        p.add_row(
-            pid,
-            f"{v['referred']:,}",
-            _yuan(v["amount"]),
-            _yuan(v["expected_fee"]),
-            _yuan(v["expected_rev_share"]),
-            ran_out_text(s["quota"], pid),
-        )
-    out.print(p)
+    out.print(_partners_table(s))
     budgets = [
         f"{name} {ran_out_text(s['quota'], name)}"
         for name in ("keep", "branch")

@@ -118,6 +118,22 @@ def _routing_order(i, m, routing, eligible, order):
 
 
 @njit(cache=True)
+def _short_of_room(state, memo, per_row_aq, per_row_ev):
+    """Whether one more row might not fit: its archived windows (``per_row_aq``), first
+    refusals (``per_row_ev``) and dedupe entry, with the hash tables kept at most half
+    full."""
+    capev, ncapev = memo[3], memo[4]
+    arch, aq, aq_ptr, dd, dq, dq_ptr = state[3], state[4], state[5], state[6], state[7], state[8]
+    return (
+        aq_ptr[1] + per_row_aq > aq.shape[0]
+        or ncapev[0] + per_row_ev > capev.shape[0]
+        or dq_ptr[0] + 1 > dq.shape[0]
+        or 2 * (arch[1][0] + per_row_aq) > arch[0].shape[0]
+        or 2 * (dd[1][0] + 1) > dd[0].shape[0]
+    )
+
+
+@njit(cache=True)
 def allocate(rows, batch, keys, routing, reason_bits, out, memo, state):
     """Decide ``rows`` (indices into the batch, in arrival order): keep, branch, then the
     eligible partners in routing order, stopping at the first grant.
@@ -138,16 +154,7 @@ def allocate(rows, batch, keys, routing, reason_bits, out, memo, state):
     weights, current = routing[3], routing[4]
     keep_full, branch_full, dedupe_bit, quota_bit, late_bit = reason_bits
     bits, kind, chosen = out
-    capev, ncapev = memo[3], memo[4]
-    sl, arch, aq, aq_ptr, dd, dq, dq_ptr = (
-        state[1],
-        state[3],
-        state[4],
-        state[5],
-        state[6],
-        state[7],
-        state[8],
-    )
+    sl = state[1]
     P = len(routing[1])
     order = np.empty(P, dtype=np.int64)
     eligible = np.empty(P, dtype=np.int64)
@@ -156,13 +163,7 @@ def allocate(rows, batch, keys, routing, reason_bits, out, memo, state):
     # attempt, one dedupe entry (the tables are kept at most half full).
     per_row_aq, per_row_ev = sl.shape[0], 2 + P
     for done in range(len(rows)):
-        if (
-            aq_ptr[1] + per_row_aq > aq.shape[0]
-            or ncapev[0] + per_row_ev > capev.shape[0]
-            or dq_ptr[0] + 1 > dq.shape[0]
-            or 2 * (arch[1][0] + per_row_aq) > arch[0].shape[0]
-            or 2 * (dd[1][0] + 1) > dd[0].shape[0]
-        ):
+        if _short_of_room(state, memo, per_row_aq, per_row_ev):
             return done  # the caller makes room and calls again with the rest
         i = rows[done]
         t, amount = event_ms[i], amounts[i]
