@@ -10,6 +10,7 @@ from router.store.base import (
     Bucket,
     CapLimit,
     QuotaStore,
+    Reservation,
     cap_full,
     cap_index,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "Bucket",
     "CapLimit",
     "QuotaStore",
+    "Reservation",
     "MemoryQuotaStore",
     "GRANTED",
     "DEDUPED",
