@@ -11,8 +11,8 @@ Prints medians and p99 of:
       decision, over a run of decisions on a fresh prefix;
   (5) throughput with 1, 2, 4 and 8 processes, each deciding sequentially and each
       deciding coalesced batches of 64 (``decide_batch(..., pipelined=True)``), at the
-      store's default deadline (``timeout_ms`` = 5): decisions answered at full service
-      per second, and how many came back degraded;
+      store's default deadline (``timeout_ms`` = 50; a batch has one): decisions
+      answered at full service per second, and how many came back degraded;
   (6) ``redis-benchmark`` of a plain INCR on the same server, for scale.
 
     python bench/bench_redis.py
