@@ -8,6 +8,8 @@ Scenarios (one module each, each measured against a baseline in the same run):
   (bench_http.py);
 - ``replay`` — replay throughput against deciding one by one (bench_replay.py);
 - ``tune`` — tuning against replaying every candidate from scratch (bench_tune.py);
+- ``peer`` — the stateless decision against GoRules ZEN running the same logic, after
+  checking both decide alike (bench_peer.py);
 - ``all`` — each of them in turn.
 
 ``--quick`` runs small sizes (every scenario in about a minute, all of them together a
@@ -59,13 +61,21 @@ def _tune(quick: bool) -> dict:
     return bench_tune.main(30_000 if quick else 1_000_000, 64)
 
 
-SCENARIOS = {"live": _live, "http": _http, "replay": _replay, "tune": _tune}
+def _peer(quick: bool) -> dict:
+    import bench_peer
+
+    return bench_peer.main(500 if quick else 5000, repeat=3 if quick else 7)
+
+
+SCENARIOS = {"live": _live, "http": _http, "replay": _replay, "tune": _tune, "peer": _peer}
 
 
 def machine() -> dict[str, Any]:
     """Where the figures were taken."""
     versions = {}
-    for pkg in ("referral-router", "numpy", "numba", "redis", "msgspec", "litestar", "uvicorn"):
+    pkgs = ("referral-router", "numpy", "numba", "redis", "msgspec", "litestar", "uvicorn",
+            "zen-engine")  # fmt: skip
+    for pkg in pkgs:
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
