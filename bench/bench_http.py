@@ -9,7 +9,8 @@ decision, at increasing connection counts, 2 threads, and reads requests/s and t
 latency; the baseline is ``GET /healthz`` of the same server at the same connection
 counts. The run stops raising the load once the decisions' p99 has passed the bound at two
 levels in a row. The same levels are then run against the same server deciding each request
-in a thread of its own (``--coalesce 1``): what coalescing buys, in the same run.
+on its own (``--coalesce 1``: its store call awaited on the event loop, ``Router.adecide``):
+what coalescing buys, in the same run.
 
 Reports, per connection count, both rates and p99s, and the highest decision rate whose
 p99 stayed within the bound, with the healthz rate at that load and their ratio.
@@ -183,7 +184,7 @@ def main(quick: bool = False) -> dict:
         best = max(within, key=lambda r: r["decisions"]["per_s"]) if within else None
         baseline = []
         if not quick:
-            # The same server deciding each request in a thread of its own (--coalesce 1),
+            # The same server deciding each request on its own (--coalesce 1, awaited),
             # at the same loads: what coalescing buys.
             stop(proc)
             proc = serve(1)

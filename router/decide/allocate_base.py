@@ -10,6 +10,7 @@ own modules: the batch walk (``allocate``), one application on scalars
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -74,6 +75,9 @@ class AllocatorBase:
         self.refusals: dict[tuple[str, str], int] = {}
         # One batch at a time: recall → reserve → remember must not interleave in-process.
         self.lock = threading.Lock()
+        #: The async path's (:meth:`RowWalk.aallocate_row`), made in the running loop.
+        self._async_lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._new_blocks: list[tuple[int, int]] = []
         # Found decisions handed back in the current decision (two-phase stores post their
         # grants), and whether its own grants must be voided.
@@ -179,16 +183,31 @@ class AllocatorBase:
     def _settled(self, walk: Callable, *args):
         """Run a decision walk on a two-phase store: its grants are posted when its answers
         are handed back, voided when it fails (or when its records could not be written)."""
-        store = self.store
-        store.begin_decision()
-        self._answered, self._void = [], False
+        self._settle_begin()
         ok = False
         try:
             out = walk(*args)
             ok = True
             return out
         finally:
-            store.end_decision(ok and not self._void, self._answered if ok else ())
+            self._settle_end(ok)
+
+    @property
+    def async_lock(self) -> asyncio.Lock:
+        """One async decision at a time (the walk's state is the router's)."""
+        loop = asyncio.get_running_loop()
+        if self._async_lock is None or self._lock_loop is not loop:  # (a lock is a loop's)
+            self._async_lock, self._lock_loop = asyncio.Lock(), loop
+        return self._async_lock
+
+    def _settle_begin(self) -> None:
+        """A decision starts on a two-phase store (see :meth:`_settled`)."""
+        self.store.begin_decision()
+        self._answered, self._void = [], False
+
+    def _settle_end(self, ok: bool) -> None:
+        """The decision ended: ``ok`` when its answer is handed back."""
+        self.store.end_decision(ok and not self._void, self._answered if ok else ())
 
     def _store_down(self, exc: StoreError, during: str) -> None:
         """A store call failed: answer degraded (live), or stop the run (``degrade`` off:

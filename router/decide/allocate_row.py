@@ -8,6 +8,8 @@ decisions (:mod:`router.decide.walk_one_call`).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from router.core.columns import Row
 from router.core.errors import IdempotencyConflict, StoreError
 from router.core.messages import ReferralEntry
@@ -28,6 +30,16 @@ from router.decide.walk_state import (
     with_bits,
 )
 from router.store import CAP_HIT, DEDUPED, GRANTED, LATE, Bucket
+from router.store.base import Walk
+
+
+class WalkPlan(NamedTuple):
+    """One row's walk, laid out before its store call."""
+
+    eligible: list[int]
+    rotation: list | None  # the rotation before ranking (put back unless a partner won)
+    steps: list[one_call.Step]
+    walk: Walk
 
 
 class RowWalk(AllocatorBase):
@@ -128,6 +140,50 @@ class RowWalk(AllocatorBase):
     def _walk_row(self, r: Row, a: OneAssessment) -> tuple[bytes, bool]:
         """:meth:`_allocate_row` as one store call (a store that walks a decision: see
         :mod:`router.decide.walk_one_call`)."""
+        p = self._walk_plan(r, a)
+        if not p.walk.attempts:
+            # Nothing to reserve (no option, or every cap known full): a decline, stored
+            # unless the application was decided before (a plain SET, not a script).
+            counted = dict(self.refusals)
+            _, bits = one_call.settle(self, p.steps, -1, [], r.event_ms, r.requested_amount)
+            return self._decline_row(r, a, a.bits | bits, p.rotation, counted), False
+        try:
+            ((granted, codes, stored),) = self.store.walk_many([p.walk])
+        except IdempotencyConflict:
+            raise
+        except StoreError as exc:
+            return self._walk_down(a, p, exc)
+        return self._walk_done(r, a, p, granted, codes, stored)
+
+    async def aallocate_row(
+        self, r: Row, a: OneAssessment, budget_ms: float | None = None
+    ) -> tuple[bytes, bool]:
+        """:meth:`allocate_row` awaited on the running event loop, on a store that walks
+        a decision asynchronously (``store.async_walks``): the same plan, one awaited
+        script call (a decision with nothing to reserve sends its decline the same way),
+        the same settling and grant lifecycle. One router's async decisions run one at a
+        time, as its sync ones do (the walk's state is the router's); do not mix the two
+        on one router."""
+        async with self.async_lock:
+            self._settle_begin()
+            ok = False
+            try:
+                p = self._walk_plan(r, a)
+                try:
+                    ((granted, codes, stored),) = await self.store.awalk_many([p.walk], budget_ms)
+                except IdempotencyConflict:
+                    raise
+                except StoreError as exc:
+                    out = self._walk_down(a, p, exc)
+                else:
+                    out = self._walk_done(r, a, p, granted, codes, stored)
+                ok = True
+                return out
+            finally:
+                self._settle_end(ok)
+
+    def _walk_plan(self, r: Row, a: OneAssessment) -> WalkPlan:
+        """The walk of one row, ranked (moving a weighted rotation) and laid out."""
         eligible = [j for j, ok in enumerate(a.eligible) if ok]
         # The order is ranked before the call; the step-by-step walk ranks (and so moves a
         # weighted rotation) only when it reaches the partners: put it back otherwise.
@@ -145,43 +201,45 @@ class RowWalk(AllocatorBase):
             self._row_candidates(r, a, order),
             decline,
         )
-        if not walk.attempts:
-            # Nothing to reserve (no option, or every cap known full): a decline, stored
-            # unless the application was decided before (a plain SET, not a script).
-            counted = dict(self.refusals)
-            _, bits = one_call.settle(self, steps, -1, [], r.event_ms, r.requested_amount)
-            return self._decline_row(r, a, a.bits | bits, rotation, counted), False
-        try:
-            ((granted, codes, stored),) = self.store.walk_many([walk])
-        except IdempotencyConflict:
-            raise
-        except StoreError as exc:
-            if rotation is not None:
-                self.rotation.current[:] = rotation
-            # Degraded: never refer; keep only if the strategy's degraded policy says so.
-            self._store_down(exc, "reserve")
-            bits = a.bits | STORE_DOWN
-            if self.strategy.degraded.policy == "keep" and a.keep_ok:
-                return pack_record(
-                    KEEP, bits, a.keep_profit, a.keep_apr, a.keep_margin, a.pd, ""
-                ), True
-            return pack_record(DECLINE, bits, 0.0, float("nan"), a.keep_margin, a.pd, ""), True
+        return WalkPlan(eligible, rotation, steps, walk)
+
+    def _walk_down(self, a: OneAssessment, p: WalkPlan, exc: StoreError) -> tuple[bytes, bool]:
+        """The store failed: a degraded answer, never a referral; keep only if the
+        strategy's degraded policy says so."""
+        if p.rotation is not None:
+            self.rotation.current[:] = p.rotation
+        self._store_down(exc, "reserve")
+        bits = a.bits | STORE_DOWN
+        if self.strategy.degraded.policy == "keep" and a.keep_ok:
+            return pack_record(KEEP, bits, a.keep_profit, a.keep_apr, a.keep_margin, a.pd, ""), True
+        return pack_record(DECLINE, bits, 0.0, float("nan"), a.keep_margin, a.pd, ""), True
+
+    def _walk_done(
+        self,
+        r: Row,
+        a: OneAssessment,
+        p: WalkPlan,
+        granted: int,
+        codes: list[int],
+        stored: bytes | None,
+    ) -> tuple[bytes, bool]:
+        """Read the store's reply as the step-by-step walk would (walk_one_call.settle)."""
         if stored is not None:  # decided before (a retry, or a concurrent caller)
-            if rotation is not None:
-                self.rotation.current[:] = rotation
+            if p.rotation is not None:
+                self.rotation.current[:] = p.rotation
             self._note_answered(r.application_id, stored)
             return stored, False
-        s, bits = one_call.settle(self, steps, granted, codes, r.event_ms, r.requested_amount)
+        s, bits = one_call.settle(self, p.steps, granted, codes, r.event_ms, r.requested_amount)
         if s < 0:
             return pack_record(
                 DECLINE, a.bits | bits, 0.0, float("nan"), a.keep_margin, a.pd, ""
             ), False
-        step = steps[s]
+        step = p.steps[s]
         if step.kind == REFER:
-            self.routing.on_grant(self.rotation, step.partner, eligible)
-        elif rotation is not None:  # kept or branched: the partners were never reached
-            self.rotation.current[:] = rotation
-        return with_bits(walk.attempts[granted].record, bits), False
+            self.routing.on_grant(self.rotation, step.partner, p.eligible)
+        elif p.rotation is not None:  # kept or branched: the partners were never reached
+            self.rotation.current[:] = p.rotation
+        return with_bits(p.walk.attempts[granted].record, bits), False
 
     def _row_candidates(self, r: Row, a: OneAssessment, order: list[int]) -> list:
         """One row's candidates in walk order: keep, branch, partners in ``order``. Those

@@ -173,12 +173,25 @@ class Router:
         return to_decisions(outcomes, cols.application_id, self.strategy.version)
 
     async def adecide(self, app: Application, *, deadline_ms: float | None = None) -> Decision:
-        """Async variant of :meth:`decide` for event-loop callers: with a network store the
-        decision runs in a worker thread so the loop is not blocked on the round trip (the
-        in-memory stores never wait, so it is decided inline)."""
+        """Async variant of :meth:`decide` for event-loop callers. On one Redis server the
+        decision's store call is awaited on the running loop (redis-py's asyncio
+        connection, one script call as in :meth:`decide`; no worker thread); on other
+        network stores the decision runs in a worker thread; the in-memory stores never
+        wait, so there it is decided inline. The same decisions, the same grant
+        lifecycle, the same degraded answers: a decision cancelled while its call is on
+        the wire has whatever it may have reserved voided. One router's async decisions
+        run one at a time (use several workers, or :meth:`decide_batch`, for more)."""
         if self.store.in_process:
             return self.decide(app, deadline_ms=deadline_ms)
-        return await asyncio.to_thread(self.decide, app, deadline_ms=deadline_ms)
+        if not getattr(self.store, "async_walks", False) or self.clock is not None:
+            return await asyncio.to_thread(self.decide, app, deadline_ms=deadline_ms)
+        budget = _checked_deadline(deadline_ms)
+        validate_application(app)
+        r = row_from_application(app, self.hasher)
+        record, degraded = await self._allocator.aallocate_row(
+            r, self._assess_one(r, full=False), budget
+        )
+        return decision_from_record(record, r.application_id, self.strategy.version, degraded)
 
     def decide_columns(self, cols: AppColumns, *, pipelined: bool = False) -> Outcomes:
         """Decide a column batch (the replay path); outcomes stay columnar."""

@@ -29,9 +29,11 @@ Deadlines: every decision has the service's ``deadline_ms`` as its store budget,
 request's shorter ``X-Deadline-Ms``; past it — or with the store down — the answer is the
 degraded decision of the store contract (a decline marked ``degraded``), never an error
 page, and a referral the caller is not told about is never ledgered
-(router/store/base.py). Decisions run in a worker thread, so the event loop keeps
-accepting requests while a store round trip is in flight; concurrent single decisions are
-gathered into pipelined batches (router/service/coalesce.py).
+(router/store/base.py). The event loop keeps accepting requests while a store round trip
+is in flight: concurrent single decisions are gathered into pipelined batches decided in a
+worker thread (router/service/coalesce.py), or, with ``coalesce = 1``, each decision's
+store call is awaited on the loop itself (``Router.adecide``: on one Redis server
+redis-py's asyncio connection, no thread; other network stores a worker thread).
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ class Settings:
     max_body_bytes: int = 1 << 20
     max_batch: int = 1000
     #: Concurrent ``POST /v1/decisions`` requests decided together in pipelined batches
-    #: of at most this many (router/service/coalesce.py); 1 decides each on its own.
+    #: of at most this many (router/service/coalesce.py); 1 decides each on its own,
+    #: awaiting its store call on the event loop (``Router.adecide``).
     coalesce: int = 64
     #: A challenger decided beside the champion for a share of applicants, logged to
     #: ``shadow_log`` (router/service/shadow.py); all three or none.
@@ -232,7 +235,8 @@ async def decide(request: Request, data: JSONBody[Application]) -> Response[Deci
     if state.settings.coalesce > 1:
         decision = await state.coalescer.decide(data, deadline)
     else:
-        decision = await asyncio.to_thread(state.current().decide, data, deadline_ms=deadline)
+        # On one Redis server the store call is awaited right here (no worker thread).
+        decision = await state.current().adecide(data, deadline_ms=deadline)
     _answered(state, request, [decision], t, "one")
     return Response(decision, background=_shadowed(state, [data], [decision]))
 

@@ -375,6 +375,19 @@ class QuotaStore(ABC):
         Only stores that declare :attr:`walks`."""
         raise NotImplementedError(f"{type(self).__name__} does not walk decisions")
 
+    @property
+    def async_walks(self) -> bool:
+        """True when :meth:`awalk_many` serves (``Router.adecide`` then awaits the store
+        on the running event loop instead of deciding in a worker thread)."""
+        return False
+
+    async def awalk_many(
+        self, walks: Sequence[Walk], budget_ms: float | None = None
+    ) -> list[tuple[int, list[int], bytes | None]]:
+        """:meth:`walk_many` awaited, within ``budget_ms`` (the store's deadline at
+        most). Only stores that declare :attr:`async_walks`."""
+        raise NotImplementedError(f"{type(self).__name__} does not walk decisions async")
+
     def try_reserve_once(
         self,
         bucket: Bucket,

@@ -170,6 +170,8 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
             if isinstance(client, redis.Redis)
             else None
         )
+        #: The event loop's connections (:meth:`awalk_many`), made on first use.
+        self._alink: Any = None
         # The flusher's settles bypass the breaker: it is the decisions' (each failure opens
         # it for that decision's own deadline), and a background send that failed with the
         # store's whole budget must not hold every decision off for that long.
@@ -623,6 +625,69 @@ class RedisQuotaStore(GrantSettling, ClusterClaims, QuotaStore):
         except redis.RedisError as exc:
             raise StoreError(f"decide failed: {exc}") from exc
         return self._walk_results(walks, prepared, replies)
+
+    @property
+    def async_walks(self) -> bool:
+        """Whether :meth:`awalk_many` serves: one server (a cluster walks step by step)."""
+        return self.walks and self.link is not None
+
+    async def awalk_many(
+        self, walks: Sequence[Walk], budget_ms: float | None = None
+    ) -> list[tuple[int, list[int], bytes | None]]:
+        """:meth:`walk_many` on the running event loop (redis-py's asyncio connections,
+        :mod:`router.store.redis_async`), within ``budget_ms`` (at most ``timeout_ms``):
+        the same scripts, settles riding ahead as on the sync path, the same grant
+        lifecycle — a call whose outcome is unknown (a lost reply, the deadline, the
+        caller's cancellation) has every attempt it sent voided when the decision ends."""
+        if not self.async_walks:
+            raise StoreError("awalk_many needs one Redis server (not a cluster)")
+        if self._alink is None:
+            from router.store.redis_async import AsyncLink  # (loaded by async callers only)
+
+            assert self.link is not None
+            self._alink = AsyncLink(self.link)
+        budget = min(budget_ms or self.timeout_ms, self.timeout_ms) / 1000
+        pending = self.book.active()
+        prepared = [self._walk_call(w, self.book.token() if pending else b"") for w in walks]
+        owed = self.book.take_due()
+        pre = self._settle_calls(owed)
+        commands = [("EVALSHA", self._settle.sha, len(kk), *kk, *args) for kk, args in pre]
+        sha = self._decide.sha
+        commands += [("EVALSHA", sha, len(kk), *kk, *args) for kk, args, _ in prepared]
+        start = time.monotonic()
+        try:
+            out = await self._alink.send(commands, budget)
+            todo = [i for i, r in enumerate(out) if isinstance(r, redis.exceptions.NoScriptError)]
+            if todo:  # those did not run: load the scripts and send just them, in one write
+                again = await self._alink.send(
+                    [("SCRIPT", "LOAD", src) for src in _SCRIPTS] + [commands[i] for i in todo],
+                    max(budget - (time.monotonic() - start), 1e-3),
+                )
+                for i, r in zip(todo, again[len(_SCRIPTS) :]):
+                    out[i] = r
+            if pre:
+                self._check_settled(pre, out[: len(pre)])
+        except BaseException as exc:
+            if owed:
+                self.book.put_back(owed)  # idempotent: sending them again is safe
+            if isinstance(exc, StoreError):  # (Unsent: nothing ran)
+                raise
+            if isinstance(exc, redis.RedisError) and not isinstance(
+                exc, (redis.ConnectionError, redis.TimeoutError)
+            ):
+                raise StoreError(f"decide failed: {exc}") from exc
+            # A lost reply, the deadline or a cancellation once sent: the scripts may have
+            # run, so every attempt sent is voided when the decision ends.
+            self._walks_unknown(walks, prepared)
+            if isinstance(exc, redis.RedisError):
+                raise StoreError(f"decide failed: {exc}") from exc
+            raise
+        return self._walk_results(walks, prepared, out[len(pre) :])
+
+    async def aclose(self) -> None:
+        """Close the running loop's connections (:meth:`close` does the rest)."""
+        if self._alink is not None:
+            await self._alink.close()
 
     def walk_stream(
         self, runs: Iterable[Sequence[Walk]]

@@ -114,6 +114,12 @@ class Link:
             self._probing = False
             self._open_until = 0.0 if ok else time.monotonic() + budget
 
+    def _abandon(self) -> None:
+        """A call its caller cancelled: no verdict on the server (a probe may go again)."""
+        if not self.retries:
+            with self._lock:
+                self._probing = False
+
     # ---- sending ----------------------------------------------------------------------
 
     def send(
