@@ -12,7 +12,10 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO, cast
 
+import msgspec
 import structlog
+
+from router.core.redact import _LONG_DIGITS, mask
 
 
 class _CurrentStderr:
@@ -32,21 +35,28 @@ _PERSONAL = frozenset({"national_id", "phone", "id_number", "name"})
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """A structlog processor: drops the values of personal fields and masks every run of
     11 or more digits in the text of the others (an identifier quoted in a message)."""
-    from router.core.redact import mask
-
     for key, value in event.items():
         if key in _PERSONAL:
             event[key] = "<withheld>"
-        elif isinstance(value, str):
+        elif type(value) is str and len(value) >= 11 and _LONG_DIGITS.search(value):
             event[key] = mask(value)
+        elif isinstance(value, str) and type(value) is not str:  # (a str subclass)
+            event[key] = mask(str(value))
     return event
+
+
+_json = msgspec.json.Encoder(enc_hook=repr)  # (what JSON cannot hold is logged as its repr)
+
+
+def _dumps(event: Any, **_: Any) -> str:
+    return _json.encode(event).decode()
 
 
 def configure(level: str = "info", fmt: str = "console") -> None:
     """Configure structlog: ``level`` names the lowest level shown; ``fmt`` is ``console``
     or ``json``."""
     renderer = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_dumps)
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -81,15 +91,23 @@ def get_logger(name: str):
 class _LibraryLogger:
     """Resolves, at each call, to the host's structlog or to a private stderr logger."""
 
-    __slots__ = ("_name", "_own")
+    __slots__ = ("_name", "_own", "_bound", "_config")
 
     def __init__(self, name: str):
         self._name = name
         self._own = None
+        self._bound: Any = None
+        self._config: Any = None
 
     def _target(self):
         if structlog.is_configured():
-            return structlog.get_logger().bind(logger=self._name)
+            # Bound once per configuration (binding a logger on every call cost more than
+            # rendering the line): a new ``structlog.configure`` brings new processors.
+            config = structlog.get_config()
+            key = (id(config["processors"]), config["wrapper_class"], config["logger_factory"])
+            if self._config != key:
+                self._bound, self._config = structlog.get_logger().bind(logger=self._name), key
+            return self._bound
         if self._own is None:
             self._own = structlog.wrap_logger(
                 structlog.PrintLogger(cast(TextIO, _CurrentStderr())),

@@ -6,9 +6,10 @@ the GIL; here the requests that arrive while a batch is with the store wait for 
 one, which takes them all (up to ``max_batch``) in one
 ``Router.decide_batch(..., pipelined=True)``: one thread, a few pipelined round trips.
 
-There is no waiting window: a request that finds nothing in flight is sent at once, so a
-lone request costs what it did before; batches grow only with the load, which is where
-they pay. Requests with different deadlines go in different batches (a batch has one
+There is no waiting window: a request that finds nothing in flight is sent at once
+(``Router.adecide``: on one Redis server its store call is awaited on the event loop, no
+thread), so a lone request costs what it would alone; batches grow only with the load,
+which is where they pay. Requests with different deadlines go in different batches (a batch has one
 budget), and two requests for the same application id never share one (the second is
 decided after the first, so it is answered as the retry it is).
 
@@ -81,10 +82,8 @@ class Coalescer:
                 self.batches += 1
                 self.decided += len(batch)
                 try:
-                    if len(apps) == 1:
-                        out: list[Any] = [
-                            await asyncio.to_thread(router.decide, apps[0], deadline_ms=deadline)
-                        ]
+                    if len(apps) == 1:  # on one Redis server awaited here, no thread
+                        out: list[Any] = [await router.adecide(apps[0], deadline_ms=deadline)]
                     else:
                         out = await asyncio.to_thread(_batch_or_each, router, apps, deadline)
                 except BaseException as exc:  # (every request of the batch gets it)
