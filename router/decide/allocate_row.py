@@ -164,23 +164,56 @@ class RowWalk(AllocatorBase):
         the same settling and grant lifecycle. One router's async decisions run one at a
         time, as its sync ones do (the walk's state is the router's); do not mix the two
         on one router."""
+        return (await self.aallocate_rows([r], [a], budget_ms))[0]
+
+    async def aallocate_rows(
+        self, rows: list[Row], assessed: list[OneAssessment], budget_ms: float | None = None
+    ) -> list[tuple[bytes, bool]]:
+        """Several rows' decisions in arrival order, each as :meth:`aallocate_row`'s, as
+        one decision of the grant lifecycle (handed back together), their walks sent in
+        one pipelined write within one budget. Under a routing method that rotates, one
+        walk a round trip (each ranks on the grants before it)."""
         async with self.async_lock:
             self._settle_begin()
             ok = False
             try:
-                p = self._walk_plan(r, a)
-                try:
-                    ((granted, codes, stored),) = await self.store.awalk_many([p.walk], budget_ms)
-                except IdempotencyConflict:
-                    raise
-                except StoreError as exc:
-                    out = self._walk_down(a, p, exc)
+                if self.routing.rotates or len(rows) == 1:
+                    out = [await self._awalk(r, a, budget_ms) for r, a in zip(rows, assessed)]
                 else:
-                    out = self._walk_done(r, a, p, granted, codes, stored)
+                    out = await self._awalk_together(rows, assessed, budget_ms)
                 ok = True
                 return out
             finally:
                 self._settle_end(ok)
+
+    async def _awalk(self, r: Row, a: OneAssessment, budget_ms: float | None) -> tuple[bytes, bool]:
+        p = self._walk_plan(r, a)
+        try:
+            ((granted, codes, stored),) = await self.store.awalk_many([p.walk], budget_ms)
+        except IdempotencyConflict:
+            raise
+        except StoreError as exc:
+            return self._walk_down(a, p, exc)
+        return self._walk_done(r, a, p, granted, codes, stored)
+
+    async def _awalk_together(
+        self, rows: list[Row], assessed: list[OneAssessment], budget_ms: float | None
+    ) -> list[tuple[bytes, bool]]:
+        """Every row planned first (with the floors known then), the walks sent in one
+        write, then each reply read in order as its plan knew it (``rejudge=False``:
+        room may be released between two walks, so a later floor says nothing of them)."""
+        plans = [self._walk_plan(r, a) for r, a in zip(rows, assessed)]
+        try:
+            results = await self.store.awalk_many([p.walk for p in plans], budget_ms)
+        except IdempotencyConflict:
+            raise
+        except StoreError as exc:
+            self._store_down(exc, "reserve")
+            return [self._walk_down(a, p, exc, log=False) for a, p in zip(assessed, plans)]
+        return [
+            self._walk_done(r, a, p, *res, rejudge=False)
+            for r, a, p, res in zip(rows, assessed, plans, results)
+        ]
 
     def _walk_plan(self, r: Row, a: OneAssessment) -> WalkPlan:
         """The walk of one row, ranked (moving a weighted rotation) and laid out."""
@@ -203,12 +236,15 @@ class RowWalk(AllocatorBase):
         )
         return WalkPlan(eligible, rotation, steps, walk)
 
-    def _walk_down(self, a: OneAssessment, p: WalkPlan, exc: StoreError) -> tuple[bytes, bool]:
+    def _walk_down(
+        self, a: OneAssessment, p: WalkPlan, exc: StoreError, log: bool = True
+    ) -> tuple[bytes, bool]:
         """The store failed: a degraded answer, never a referral; keep only if the
         strategy's degraded policy says so."""
         if p.rotation is not None:
             self.rotation.current[:] = p.rotation
-        self._store_down(exc, "reserve")
+        if log:
+            self._store_down(exc, "reserve")
         bits = a.bits | STORE_DOWN
         if self.strategy.degraded.policy == "keep" and a.keep_ok:
             return pack_record(KEEP, bits, a.keep_profit, a.keep_apr, a.keep_margin, a.pd, ""), True
@@ -222,6 +258,7 @@ class RowWalk(AllocatorBase):
         granted: int,
         codes: list[int],
         stored: bytes | None,
+        rejudge: bool = True,
     ) -> tuple[bytes, bool]:
         """Read the store's reply as the step-by-step walk would (walk_one_call.settle)."""
         if stored is not None:  # decided before (a retry, or a concurrent caller)
@@ -229,7 +266,9 @@ class RowWalk(AllocatorBase):
                 self.rotation.current[:] = p.rotation
             self._note_answered(r.application_id, stored)
             return stored, False
-        s, bits = one_call.settle(self, p.steps, granted, codes, r.event_ms, r.requested_amount)
+        s, bits = one_call.settle(
+            self, p.steps, granted, codes, r.event_ms, r.requested_amount, rejudge=rejudge
+        )
         if s < 0:
             return pack_record(
                 DECLINE, a.bits | bits, 0.0, float("nan"), a.keep_margin, a.pd, ""

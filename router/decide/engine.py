@@ -193,6 +193,36 @@ class Router:
         )
         return decision_from_record(record, r.application_id, self.strategy.version, degraded)
 
+    async def adecide_batch(
+        self, apps: Sequence[Application], *, deadline_ms: float | None = None
+    ) -> list[Decision]:
+        """Async variant of :meth:`decide_batch` (``pipelined=True``) for event-loop
+        callers. On one Redis server the applications are decided in arrival order, their
+        walks sent in one pipelined write awaited on the running loop (one round trip for
+        the batch, no worker thread; one at a time under a routing method that rotates),
+        within one budget, and handed back together: if any application conflicts with a
+        stored decision the whole batch raises :class:`IdempotencyConflict` and reserves
+        nothing. Elsewhere :meth:`decide_batch` in a worker thread (inline in process)."""
+        if not apps:
+            return []
+        if self.store.in_process:
+            return self.decide_batch(apps, pipelined=True, deadline_ms=deadline_ms)
+        if not getattr(self.store, "async_walks", False) or self.clock is not None:
+            return await asyncio.to_thread(
+                self.decide_batch, apps, pipelined=True, deadline_ms=deadline_ms
+            )
+        budget = _checked_deadline(deadline_ms)
+        for app in apps:  # every one before anything is decided: nothing half-written
+            validate_application(app)
+        rows = [row_from_application(app, self.hasher) for app in apps]
+        assessed = [self._assess_one(r, full=False) for r in rows]
+        out = await self._allocator.aallocate_rows(rows, assessed, budget)
+        version = self.strategy.version
+        return [
+            decision_from_record(record, r.application_id, version, degraded)
+            for r, (record, degraded) in zip(rows, out)
+        ]
+
     def decide_columns(self, cols: AppColumns, *, pipelined: bool = False) -> Outcomes:
         """Decide a column batch (the replay path); outcomes stay columnar."""
         if self.clock is not None:

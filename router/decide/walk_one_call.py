@@ -45,6 +45,7 @@ class Step(NamedTuple):
     keys: tuple[int, ...]
     cap_bit: int
     attempt: Attempt | None  # None: known to refuse when planned (not sent)
+    known: int = -1  # that refusal's result, when planned (-1: sent)
 
 
 class Candidate(NamedTuple):
@@ -75,8 +76,9 @@ def plan(
     pre = 0
     for c in candidates:
         cap_bit = _cap_bit(c.kind)
-        if known(al, c.bucket, c.keys, amount) >= 0:
-            steps.append(Step(c.kind, c.partner, c.bucket, c.keys, cap_bit, None))
+        code = known(al, c.bucket, c.keys, amount)
+        if code >= 0:
+            steps.append(Step(c.kind, c.partner, c.bucket, c.keys, cap_bit, None, code))
             pre |= cap_bit
             continue
         at = Attempt(c.bucket, c.keys, c.applicant, c.entry, c.record, cap_bit, DEDUPE, pre)
@@ -88,14 +90,30 @@ def plan(
 
 
 def settle(
-    al: AllocatorBase, steps: list[Step], granted: int, codes: list[int], event_ms: int, amount: int
+    al: AllocatorBase,
+    steps: list[Step],
+    granted: int,
+    codes: list[int],
+    event_ms: int,
+    amount: int,
+    *,
+    rejudge: bool = True,
 ) -> tuple[int, int]:
     """Read the store's reply as the step-by-step walk would: (the granted step's index,
-    -1 for none; the reason bits of the refusals before it, or of all when none)."""
+    -1 for none; the reason bits of the refusals before it, or of all when none).
+
+    ``rejudge=False`` (live decisions planned together before any reply, whose store may
+    release room between them): each step keeps what was known when it was planned, and
+    every step sent is answered by the store's own result."""
     tried = 0
     bits = 0
     for s, step in enumerate(steps):
-        code = _known_counted(al, step.bucket, step.keys, amount)
+        if rejudge:
+            code = _known_counted(al, step.bucket, step.keys, amount)
+        else:
+            code = step.known if step.attempt is None else -1
+            if code >= 0:
+                al.refusals[step.bucket.id, step.bucket.caps[(code - CAP_HIT) >> 1].window] += 1
         if step.attempt is not None:
             sent = tried
             tried += 1

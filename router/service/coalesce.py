@@ -4,7 +4,9 @@ A service worker answers ``POST /v1/decisions`` for many connections at once. De
 each request in its own thread costs a store round trip each and threads that fight for
 the GIL; here the requests that arrive while a batch is with the store wait for the next
 one, which takes them all (up to ``max_batch``) in one
-``Router.decide_batch(..., pipelined=True)``: one thread, a few pipelined round trips.
+``Router.decide_batch(..., pipelined=True)``: one thread, a few pipelined round trips —
+or, on one Redis server, ``Router.adecide_batch``: the batch's walks in one pipelined
+write awaited on the event loop, in arrival order, no thread.
 
 There is no waiting window: a request that finds nothing in flight is sent at once
 (``Router.adecide``: on one Redis server its store call is awaited on the event loop, no
@@ -84,6 +86,8 @@ class Coalescer:
                 try:
                     if len(apps) == 1:  # on one Redis server awaited here, no thread
                         out: list[Any] = [await router.adecide(apps[0], deadline_ms=deadline)]
+                    elif getattr(router.store, "async_walks", False):
+                        out = await _abatch_or_each(router, apps, deadline)
                     else:
                         out = await asyncio.to_thread(_batch_or_each, router, apps, deadline)
                 except BaseException as exc:  # (every request of the batch gets it)
@@ -110,6 +114,22 @@ def _batch_or_each(router: Router, apps: list[Application], deadline: float | No
         for app in apps:
             try:
                 out.append(router.decide(app, deadline_ms=deadline))
+            except Exception as one:
+                out.append(one)
+        return out
+
+
+async def _abatch_or_each(router: Router, apps: list[Application], deadline: float | None) -> list:
+    """:func:`_batch_or_each` on the event loop (one Redis server: ``adecide_batch``, one
+    pipelined write awaited, no thread)."""
+    try:
+        return await router.adecide_batch(apps, deadline_ms=deadline)
+    except Exception as exc:
+        _log.info("coalesce.one_by_one", applications=len(apps), error=type(exc).__name__)
+        out: list = []
+        for app in apps:
+            try:
+                out.append(await router.adecide(app, deadline_ms=deadline))
             except Exception as one:
                 out.append(one)
         return out
