@@ -30,10 +30,11 @@ request's shorter ``X-Deadline-Ms``; past it — or with the store down — the 
 degraded decision of the store contract (a decline marked ``degraded``), never an error
 page, and a referral the caller is not told about is never ledgered
 (router/store/base.py). The event loop keeps accepting requests while a store round trip
-is in flight: concurrent single decisions are gathered into pipelined batches decided in a
-worker thread (router/service/coalesce.py), or, with ``coalesce = 1``, each decision's
-store call is awaited on the loop itself (``Router.adecide``: on one Redis server
-redis-py's asyncio connection, no thread; other network stores a worker thread).
+is in flight: concurrent single decisions are gathered into pipelined batches
+(router/service/coalesce.py; ``coalesce = 1`` decides each on its own). On one Redis
+server every store call is awaited on the loop itself (``Router.adecide`` and
+``adecide_batch``: redis-py's asyncio connection, no thread); other network stores decide
+in a worker thread.
 """
 
 from __future__ import annotations
