@@ -149,6 +149,10 @@ def _migrate(engine: Engine) -> None:
             time.sleep(0.2 * (attempt + 1))
 
 
+#: From how many rows a PostgreSQL insert goes by ``COPY``.
+_COPY_FROM = 32
+
+
 def bulk_insert(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
     """Insert ``rows`` (dicts with the same keys) inside the caller's transaction: ``COPY``
     on PostgreSQL (an order of magnitude faster than row inserts), ``executemany`` on
@@ -164,6 +168,11 @@ def bulk_insert(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
             f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({marks})",
             list(map(itemgetter(*cols), rows)) if len(cols) > 1 else [(r[cols[0]],) for r in rows],
         )
+        return
+    if len(rows) < _COPY_FROM:
+        # A COPY costs two round trips (the command, then the data): a plain INSERT is
+        # cheaper for the few rows one postback writes. Constraints hold the same.
+        conn.execute(table.insert(), rows)
         return
     import psycopg
 
