@@ -137,9 +137,9 @@ class Peer:
         self.strategy = strategy
         self.router = Router(strategy)
         self.ours = Stateless(self.router)
-        tmp = Path(tempfile.mkdtemp())
-        path = write_traffic(tmp / "peer.jsonl", n, seed=seed)
-        self.apps = [decode_application(line) for line in path.read_bytes().splitlines()]
+        with tempfile.TemporaryDirectory() as tmp:
+            lines = write_traffic(Path(tmp) / "peer.jsonl", n, seed=seed).read_bytes()
+        self.apps = [decode_application(line) for line in lines.splitlines()]
         self.rows = [row_from_application(a, self.router.hasher) for a in self.apps]
         self.cols = from_applications(self.apps, self.router.hasher)
         self.requests = [
