@@ -180,7 +180,7 @@ class Router:
         wait, so there it is decided inline. The same decisions, the same grant
         lifecycle, the same degraded answers: a decision cancelled while its call is on
         the wire has whatever it may have reserved voided. One router's async decisions
-        run one at a time (use several workers, or :meth:`decide_batch`, for more)."""
+        run one at a time (use several workers, or :meth:`adecide_batch`, for more)."""
         if self.store.in_process:
             return self.decide(app, deadline_ms=deadline_ms)
         if not getattr(self.store, "async_walks", False) or self.clock is not None:
