@@ -12,7 +12,6 @@ so its margins equal scikit-learn's bit for bit, and one kernel serves one row a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,46 +45,11 @@ class TreesFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 def _kernels() -> tuple[Any, Any]:
-    """(one row, batch) compiled on first use: numba is imported only by those who use it."""
+    """(one row, batch), imported on first use: numba is loaded only by those who use it."""
     if not _KERNELS:
-        from numba import njit
+        from router.scoring import tree_jit
 
-        def leaf(x, i, nodes, values):
-            # From node i down to its leaf: x <= threshold goes left, a missing value
-            # (NaN) where the tree sends it.
-            while nodes[i, 0] >= 0:
-                v = x[nodes[i, 0]]
-                go_left = nodes[i, 3] == 1 if v != v else v <= values[i]
-                i = nodes[i, 1] if go_left else nodes[i, 2]
-            return i
-
-        def sigmoid(z):
-            e = math.exp(-abs(z))
-            return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
-
-        leaf_c = njit(cache=True, nogil=True)(leaf)
-        sigmoid_c = njit(cache=True, nogil=True)(sigmoid)
-
-        def one(x, nodes, values, roots, base):
-            s = base
-            for t in range(roots.shape[0]):
-                s += values[leaf_c(x, roots[t], nodes, values)]
-            return sigmoid_c(s)
-
-        def batch(X, nodes, values, roots, base, out):
-            # Tree by tree over all rows (one tree stays in cache); each row's margin is
-            # still the baseline plus the trees in order, as for one row.
-            n = X.shape[0]
-            for r in range(n):
-                out[r] = base
-            for t in range(roots.shape[0]):
-                for r in range(n):
-                    out[r] += values[leaf_c(X[r], roots[t], nodes, values)]
-            for r in range(n):
-                out[r] = sigmoid_c(out[r])
-
-        _KERNELS["one"] = njit(cache=True, nogil=True)(one)
-        _KERNELS["batch"] = njit(cache=True, nogil=True)(batch)
+        _KERNELS["one"], _KERNELS["batch"] = tree_jit.one, tree_jit.batch
     return _KERNELS["one"], _KERNELS["batch"]
 
 
