@@ -174,6 +174,17 @@ def test_without_a_valid_key_nothing_is_decided(redis_url, keys, lines, headers,
     store.close()
 
 
+def test_the_key_is_checked_before_the_body_is_read(redis_url, keys, lines):
+    """Without a valid key a malformed or invalid body is a 401 too: nothing of it is read."""
+    with _client(redis_url, keys) as client:
+        for body in (b"{not json", b"[]", lines[0].replace(b'"age"', b'"age_"')):
+            for path in ("/v1/decisions", "/v1/decisions/batch"):
+                r = client.post(path, content=body)
+                assert r.status_code == 401, r.text
+        r = client.post("/v1/decisions", content=b"{not json", headers=_auth(keys["read"]))
+        assert r.status_code == 403, r.text
+
+
 @pytest.mark.parametrize(
     "change, status, field",
     [
