@@ -7,6 +7,8 @@ appear only as keyed hashes.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -26,6 +28,43 @@ class _CurrentStderr:
 
     def flush(self) -> None:
         sys.stderr.flush()
+
+
+class _LoopBatchedStderr(_CurrentStderr):
+    """:class:`_CurrentStderr` that, on a thread running an asyncio event loop, gathers the
+    lines written during one turn of the loop and writes them together at its end (one
+    system call for a coalesced batch's decision lines, not one a line). Elsewhere (a worker
+    thread, no loop) each line is written at once, as before."""
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+        self._scheduled = False
+        atexit.register(self._write_out)
+
+    def write(self, text: str) -> int:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return sys.stderr.write(text)
+        self._lines.append(text)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._write_out)
+        return len(text)
+
+    def flush(self) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_out()
+        # (on the loop: written at the end of this turn)
+
+    def _write_out(self) -> None:
+        self._scheduled = False
+        if self._lines:
+            text, self._lines = "".join(self._lines), []
+            sys.stderr.write(text)
+            sys.stderr.flush()
 
 
 #: Fields that would hold a raw personal identifier: never written, whoever logs them.
@@ -52,9 +91,10 @@ def _dumps(event: Any, **_: Any) -> str:
     return _json.encode(event).decode()
 
 
-def configure(level: str = "info", fmt: str = "console") -> None:
+def configure(level: str = "info", fmt: str = "console", *, batched: bool = False) -> None:
     """Configure structlog: ``level`` names the lowest level shown; ``fmt`` is ``console``
-    or ``json``."""
+    or ``json``; ``batched``: on an event loop's thread, the lines of one turn of the loop
+    are written together at its end (the service)."""
     renderer = (
         structlog.processors.JSONRenderer(serializer=_dumps)
         if fmt == "json"
@@ -71,7 +111,9 @@ def configure(level: str = "info", fmt: str = "console") -> None:
             logging.getLevelNamesMapping()[level.upper()]
         ),
         # (_CurrentStderr has the two methods a text stream needs here.)
-        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, _CurrentStderr())),
+        logger_factory=structlog.PrintLoggerFactory(
+            cast(TextIO, _LoopBatchedStderr() if batched else _CurrentStderr())
+        ),
         cache_logger_on_first_use=False,
     )
 

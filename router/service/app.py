@@ -614,5 +614,6 @@ def app_from_env() -> Litestar:
     raw = os.environ.get("ROUTER_SERVICE")
     if not raw:
         raise ConfigError("ROUTER_SERVICE is not set (start the service with `serve`)")
-    configure("info", "json")  # one JSON line a decision, personal fields redacted
+    # One JSON line a decision, personal fields redacted; a loop turn's lines in one write.
+    configure("info", "json", batched=True)
     return create_app(Settings(**msgspec.json.decode(raw)))

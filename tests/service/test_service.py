@@ -326,7 +326,7 @@ def test_the_logs_hold_no_raw_identifier(redis_url, keys, lines, caplog, capsys)
 
     from router.core.logs import configure
 
-    configure("info", "json")  # as a worker of `serve` does
+    configure("info", "json", batched=True)  # as a worker of `serve` does
     try:
         with caplog.at_level(logging.DEBUG), _client(redis_url, keys) as client:
             for body in sent:
