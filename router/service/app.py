@@ -302,7 +302,7 @@ def _answered(
 ) -> None:
     """Count and log what was answered (one log line a decision; no personal data)."""
     elapsed = time.perf_counter() - t
-    state.metrics.latency.labels(endpoint).observe(elapsed)
+    state.metrics.observe(endpoint, elapsed)
     state.metrics.count(decisions)
     caller = request.scope["state"].get("caller")
     for d in decisions:
