@@ -175,28 +175,18 @@ class Journal:
         new = [e for e in entries if e.key not in have]
         if not new:
             return []
-        rows: list[dict] = []
-        lines: list[dict] = []
+        rows: list[tuple] = []
+        lines: list[tuple] = []
+        now = self.now_ms
         for e in new:
             period, late = self.landing(e.partner_id, e.effective_at_ms)
             rows.append(
-                {
-                    "key": e.key,
-                    "kind": e.kind,
-                    "partner_id": e.partner_id,
-                    "referral_id": e.referral_id,
-                    "effective_at_ms": e.effective_at_ms,
-                    "recorded_at_ms": self.now_ms,
-                    "period": period,
-                    "late": late,
-                    "corrects": e.corrects,
-                    "memo": e.memo,
-                }
-            )
-            for ln in e.lines:
-                lines.append({"entry_key": e.key, "account": ln.account, "amount": ln.amount})
-        bulk_insert(self.conn, journal_entries, rows)
-        bulk_insert(self.conn, postings, lines)
+                (e.key, e.kind, e.partner_id, e.referral_id, e.effective_at_ms, now, period,
+                 late, e.corrects, e.memo)
+            )  # fmt: skip
+            lines += [(e.key, ln.account, ln.amount) for ln in e.lines]
+        bulk_insert(self.conn, journal_entries, rows, _ENTRY_COLS)
+        bulk_insert(self.conn, postings, lines, _POSTING_COLS)
         return [e.key for e in new]
 
     def post(self, entry: Entry) -> bool:
@@ -211,6 +201,14 @@ class Journal:
             q = sa.select(journal_entries.c.key).where(journal_entries.c.key.in_(keys[i : i + 500]))
             found.update(r[0] for r in self.conn.execute(q))
         return found
+
+
+#: The columns of the rows :meth:`Journal.post_many` writes, in the order it builds them.
+_ENTRY_COLS = (
+    "key", "kind", "partner_id", "referral_id", "effective_at_ms", "recorded_at_ms", "period",
+    "late", "corrects", "memo",
+)  # fmt: skip
+_POSTING_COLS = ("entry_key", "account", "amount")
 
 
 def balance(conn: sa.Connection, acct: str, period: str | None = None) -> int:

@@ -102,20 +102,24 @@ def apply_entries(
                 fees.append(referral_fee(ref))
         counts[outcome] += 1
         events.append(
-            {
-                "stream": e.stream,
-                "entry_id": e.entry_id,
-                "kind": kind,
-                "application_id": app,
-                "referral_id": ref.referral_id if ref else None,
-                "outcome": outcome,
-                "recorded_at_ms": now_ms,
-            }
+            (e.stream, e.entry_id, kind, app, ref.referral_id if ref else None, outcome, now_ms)
         )
-    bulk_insert(conn, ledger_events, events)
-    bulk_insert(conn, referrals, rows)
+    bulk_insert(conn, ledger_events, events, _EVENT_COLS)
+    bulk_insert(conn, referrals, rows, _REFERRAL_COLS)
     journal.post_many(fees, fresh=optimistic)
     return counts
+
+
+#: The columns of the rows :func:`apply_entries` writes, in the order it builds them.
+_EVENT_COLS = (
+    "stream", "entry_id", "kind", "application_id", "referral_id", "outcome", "recorded_at_ms",
+)  # fmt: skip
+_REFERRAL_COLS = (
+    "referral_id", "decision_id", "application_id", "partner_id", "kind", "effective_at_ms",
+    "recorded_at_ms", "period", "late", "amount", "term_months", "applicant_hash",
+    "fee_per_referral", "fee_per_accepted", "fee_per_funded", "rev_share_ppm",
+    "expected_value", "strategy_version", "stream", "entry_id",
+)  # fmt: skip
 
 
 def referral_fee(ref: ReferralEntry) -> Entry:
@@ -133,31 +137,32 @@ def referral_fee(ref: ReferralEntry) -> Entry:
     )
 
 
-def _referral_row(ref: ReferralEntry, e: StreamEntry, journal: Journal, now_ms: int) -> dict:
+def _referral_row(ref: ReferralEntry, e: StreamEntry, journal: Journal, now_ms: int) -> tuple:
+    """A billed referral's row, in :data:`_REFERRAL_COLS` order."""
     period, late = journal.landing(ref.partner_id, ref.event_time_ms)
     t = ref.terms
-    return {
-        "referral_id": ref.referral_id,
-        "decision_id": ref.decision_id,
-        "application_id": ref.application_id,
-        "partner_id": ref.partner_id,
-        "kind": ref.outcome,
-        "effective_at_ms": ref.event_time_ms,
-        "recorded_at_ms": now_ms,
-        "period": period,
-        "late": late,
-        "amount": ref.amount,
-        "term_months": ref.term_months,
-        "applicant_hash": ref.applicant_hash,
-        "fee_per_referral": t.fee_per_referral,
-        "fee_per_accepted": t.fee_per_accepted,
-        "fee_per_funded": t.fee_per_funded,
-        "rev_share_ppm": ppm(t.rev_share),
-        "expected_value": ref.expected_value,
-        "strategy_version": ref.strategy_version,
-        "stream": e.stream,
-        "entry_id": e.entry_id,
-    }
+    return (
+        ref.referral_id,
+        ref.decision_id,
+        ref.application_id,
+        ref.partner_id,
+        ref.outcome,
+        ref.event_time_ms,
+        now_ms,
+        period,
+        late,
+        ref.amount,
+        ref.term_months,
+        ref.applicant_hash,
+        t.fee_per_referral,
+        t.fee_per_accepted,
+        t.fee_per_funded,
+        ppm(t.rev_share),
+        ref.expected_value,
+        ref.strategy_version,
+        e.stream,
+        e.entry_id,
+    )
 
 
 def _seen(conn: sa.Connection, entries: Sequence[StreamEntry]) -> set[tuple[str, str]]:
