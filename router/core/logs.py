@@ -38,7 +38,9 @@ class _LoopBatchedStderr(_CurrentStderr):
 
     def __init__(self) -> None:
         self._lines: list[str] = []
-        self._scheduled = False
+        #: The loop the write-out is scheduled on (a loop closed before running it does
+        #: not hold later lines back: another loop schedules its own).
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None
         atexit.register(self._write_out)
 
     def write(self, text: str) -> int:
@@ -47,8 +49,8 @@ class _LoopBatchedStderr(_CurrentStderr):
         except RuntimeError:
             return sys.stderr.write(text)
         self._lines.append(text)
-        if not self._scheduled:
-            self._scheduled = True
+        if self._scheduled_on is not loop:
+            self._scheduled_on = loop
             loop.call_soon(self._write_out)
         return len(text)
 
@@ -60,7 +62,7 @@ class _LoopBatchedStderr(_CurrentStderr):
         # (on the loop: written at the end of this turn)
 
     def _write_out(self) -> None:
-        self._scheduled = False
+        self._scheduled_on = None
         if self._lines:
             text, self._lines = "".join(self._lines), []
             sys.stderr.write(text)

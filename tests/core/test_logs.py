@@ -79,6 +79,20 @@ def test_batched_logs_write_a_loop_turns_lines_at_once(monkeypatch):
         lines = err.writes[0].splitlines()
         assert [json.loads(x)["n"] for x in lines] == [0, 1, 2, 3, 4]
 
+        # A loop closed before its turn ended does not hold the next loop's lines back.
+        loop = asyncio.new_event_loop()
+
+        async def no_turn_end() -> None:
+            log.info("decision", n=5)
+            loop.stop()  # the write-out callback is still pending when the loop closes
+
+        loop.create_task(no_turn_end())
+        loop.run_forever()
+        loop.close()
+        err.writes.clear()
+        asyncio.run(turn())
+        assert any('"n":0' in w for w in err.writes), err.writes
+
         err.writes.clear()
         t = threading.Thread(target=lambda: log.info("off_loop", n=9))
         t.start()
