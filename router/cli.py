@@ -281,7 +281,7 @@ def _freeze_heap() -> None:
     the strategy, the store) out of the cyclic garbage collector's sight: it lives until
     the process ends, and the collector's passes over a run's short-lived objects walked
     it every time (about 15% of a 100k-row replay). The service's workers and `ledger
-    consume` do the same."""
+    consume` do the same. Used by replay, demo, compare and tune."""
     import gc
 
     gc.freeze()
@@ -601,6 +601,7 @@ def tune(
         g = load_grid(grid)
         n = len(candidates(g))
         executor = executor_from_url(cluster, workers)
+        _freeze_heap()  # (forked local workers inherit it frozen)
         with _progress(n, "candidates") as bar:
             task = bar.add_task("tune", total=n)
             r = run_tune(
