@@ -12,7 +12,8 @@ Prints medians and p99 of:
   (5) throughput with 1, 2, 4 and 8 processes, each deciding sequentially and each
       deciding coalesced batches of 64 (``decide_batch(..., pipelined=True)``), at the
       store's default deadline (``timeout_ms`` = 50; a batch has one): decisions
-      answered at full service per second, and how many came back degraded;
+      answered at full service per second, and how many came back degraded. Each
+      process warms up first (a cold start is bench_cold.py's) and all start together;
   (6) ``redis-benchmark`` of a plain INCR on the same server, for scale.
 
     python bench/bench_redis.py
@@ -20,6 +21,7 @@ Prints medians and p99 of:
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing as mp
 import shutil
@@ -142,40 +144,63 @@ def _apps(n: int, seed: int):
     return [decode_application(line) for line in p.read_bytes().splitlines()]
 
 
-def _worker(url: str, prefix: str, seed: int, n: int, batch: int) -> tuple[int, float, int]:
+def _run(router, apps, batch: int) -> list:
+    if batch == 1:
+        return [router.decide(a) for a in apps]
+    return [
+        d
+        for k in range(0, len(apps), batch)
+        for d in router.decide_batch(apps[k : k + batch], pipelined=True)
+    ]
+
+
+def _worker(
+    url: str, prefix: str, seed: int, n: int, batch: int, start, results
+) -> None:
+    """One deciding process: warmed up first (imports, compiled code loaded, a connection
+    open: a cold start is measured in bench_cold.py, not here), on a prefix of its own so
+    the timed run meets none of it, its start-up heap frozen; then timed from the moment
+    all processes are ready."""
     from router.core.config import load_strategy
     from router.decide.engine import Router
     from router.store import quota_store_from_url
 
+    strategy = load_strategy(ROOT / "configs" / "strategy.toml")
+    _run(Router(strategy, quota_store_from_url(url, prefix=f"{prefix}warm{seed}:")),
+         _apps(2 * max(batch, 64), seed + 500), batch)  # fmt: skip
     apps = _apps(n, seed)
-    router = Router(
-        load_strategy(ROOT / "configs" / "strategy.toml"), quota_store_from_url(url, prefix=prefix)
-    )
+    router = Router(strategy, quota_store_from_url(url, prefix=prefix))
+    gc.freeze()  # as the README tells a long-running embedding to (the service does)
+    start.wait()
     s = time.perf_counter()
-    if batch == 1:
-        answers = [router.decide(a) for a in apps]
-    else:
-        answers = [
-            d
-            for k in range(0, n, batch)
-            for d in router.decide_batch(apps[k : k + batch], pipelined=True)
-        ]
+    answers = _run(router, apps, batch)
     took = time.perf_counter() - s
     # A degraded answer (the deadline passed: a batch has one budget) is an answer, but not
     # a decision at full service: throughput counts only the others.
     degraded = sum(1 for d in answers if getattr(d, "degraded", False))
-    return n - degraded, took, degraded
+    results.put((n - degraded, took, degraded))
 
 
 def throughput(url: str, procs: int, n: int, batch: int) -> tuple[float, int]:
-    """Decisions per second (not degraded) over all processes, and how many degraded."""
+    """Decisions per second (not degraded) over all processes, and how many degraded: the
+    processes start deciding together (a barrier) and the rate is every decision over the
+    slowest process's time."""
     ctx = mp.get_context("spawn")
-    with ctx.Pool(procs) as pool:
-        # One key prefix per run: its processes share (and contend for) the same quotas,
-        # and no run meets an earlier run's decisions.
-        res = pool.starmap(
-            _worker, [(url, f"bench-tp{procs}x{batch}:", 1000 + w, n, batch) for w in range(procs)]
+    start, results = ctx.Barrier(procs), ctx.Queue()
+    # One key prefix per run: its processes share (and contend for) the same quotas,
+    # and no run meets an earlier run's decisions.
+    workers = [
+        ctx.Process(
+            target=_worker,
+            args=(url, f"bench-tp{procs}x{batch}:", 1000 + w, n, batch, start, results),
         )
+        for w in range(procs)
+    ]
+    for w in workers:
+        w.start()
+    res = [results.get(timeout=600) for _ in workers]
+    for w in workers:
+        w.join()
     return sum(r[0] for r in res) / max(r[1] for r in res), sum(r[2] for r in res)
 
 
