@@ -154,9 +154,7 @@ def _run(router, apps, batch: int) -> list:
     ]
 
 
-def _worker(
-    url: str, prefix: str, seed: int, n: int, batch: int, start, results
-) -> None:
+def _worker(url: str, prefix: str, seed: int, n: int, batch: int, start, results) -> None:
     """One deciding process: warmed up first (imports, compiled code loaded, a connection
     open: a cold start is measured in bench_cold.py, not here), on a prefix of its own so
     the timed run meets none of it, its start-up heap frozen; then timed from the moment
