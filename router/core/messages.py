@@ -9,6 +9,7 @@ replay path enforces the very same constraints by reading them from these types
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -202,6 +203,33 @@ def validate_application(app: object) -> Application:
             field="received_at",
         )
     return app
+
+
+_check_many_dec = msgspec.msgpack.Decoder(list[Application])
+
+
+def validate_applications(apps: Sequence[object]) -> None:
+    """:func:`validate_application` for every application of a batch, checked together
+    (one encode and one decode for those not decoded here: about half the cost of one by
+    one); the first invalid one raises, as :func:`validate_application` would."""
+    unchecked = []
+    for app in apps:
+        trusted = _TRUSTED.get(id(app))
+        if trusted is None or trusted is not app:
+            if type(app) is not Application:
+                validate_application(app)  # (raises)
+            unchecked.append(app)
+    if not unchecked:
+        return
+    try:
+        _check_many_dec.decode(_check_enc.encode(unchecked))
+    except (msgspec.ValidationError, OverflowError, msgspec.EncodeError, TypeError):
+        for app in unchecked:  # the first bad one raises, naming its field
+            validate_application(app)
+        raise  # (not reached: one of them was invalid)
+    for app in unchecked:
+        if not _EARLIEST <= app.received_at < _LATEST:
+            validate_application(app)  # (raises)
 
 
 def _problem(app: Application, name: str | None, why: str) -> str:

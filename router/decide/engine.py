@@ -21,7 +21,12 @@ from router.core.config import Strategy
 from router.core.errors import InputError
 from router.core.identity import Hasher
 from router.core.logs import get_logger
-from router.core.messages import Application, Decision, validate_application
+from router.core.messages import (
+    Application,
+    Decision,
+    validate_application,
+    validate_applications,
+)
 from router.decide.allocate import Allocator
 from router.decide.assess import assess
 from router.decide.assess_one import OneAssessor, assess_one
@@ -165,8 +170,7 @@ class Router:
         """
         if not apps:
             return []
-        for app in apps:  # every one before anything is decided: nothing half-written
-            validate_application(app)
+        validate_applications(apps)  # every one before anything is decided: nothing half-written
         cols = from_applications(apps, self.hasher)
         with self.store.deadline(_checked_deadline(deadline_ms)):
             outcomes = self.decide_columns(cols, pipelined=pipelined)
@@ -212,8 +216,7 @@ class Router:
                 self.decide_batch, apps, pipelined=True, deadline_ms=deadline_ms
             )
         budget = _checked_deadline(deadline_ms)
-        for app in apps:  # every one before anything is decided: nothing half-written
-            validate_application(app)
+        validate_applications(apps)  # every one before anything is decided: nothing half-written
         rows = [row_from_application(app, self.hasher) for app in apps]
         assessed = [self._assess_one(r, full=False) for r in rows]
         out = await self._allocator.aallocate_rows(rows, assessed, budget)

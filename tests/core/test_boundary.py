@@ -51,13 +51,27 @@ def test_invalid_application_raises_naming_field_and_writes_nothing(
     assert err.value.field == field
     assert field in str(err.value)
     assert len(str(err.value)) < 400  # a 10,000-character id is not echoed whole
-    with pytest.raises(InputError):
-        router.decide_batch([GOOD, app])  # one bad application: the batch writes nothing
+    with pytest.raises(InputError) as in_batch:  # one bad one: the batch writes nothing
+        router.decide_batch([GOOD, app, _built("application_id", "other")])
+    # (a batch is checked together, in one pass: the same error as one by one)
+    assert (in_batch.value.field, str(in_batch.value)) == (field, str(err.value))
     assert list(store.ledger()) == []
     if kind == "redis":
         assert store.client.keys(f"{store.prefix}*") == []
     else:
         assert len(store._decisions) == 0
+
+
+def test_a_batch_names_its_first_invalid_application_and_refuses_other_types(make_router):
+    router = make_router()
+    apps = [GOOD, _built("age", -3), _built("region", "abc")]
+    with pytest.raises(InputError) as err:
+        router.decide_batch(apps)
+    assert err.value.field == "age"
+    with pytest.raises(InputError) as err:
+        router.decide_batch([GOOD, {"application_id": "x"}])
+    assert err.value.field == "application"
+    assert list(router.store.ledger()) == []
 
 
 def test_raw_identifier_is_never_echoed():
