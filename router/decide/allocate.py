@@ -89,7 +89,10 @@ class Allocator(RowWalk, SentAhead, PipelinedRounds, BatchRecords):
         # a cluster), claim each application first and keep the decision record with every
         # grant, so a crash can never lead to a second grant (see router/store/redis.py).
         claiming = self._recorded = shared and not single
-        recalled, down = self._recall(ids, fps, skip=once and n == 1)
+        # Pipelined rounds on a single-trip store need no recall either: each row's first
+        # reservation reads its record first and answers a stored decision as it is, and a
+        # row with nothing to try finds it when its decline is stored (record_many).
+        recalled, down = self._recall(ids, fps, skip=once and (n == 1 or self._pipelined))
         todo, mask_l = self._candidates(a, n)
         keys = KeyRows(a)
         b = Batch(

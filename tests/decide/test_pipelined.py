@@ -65,3 +65,33 @@ def test_pipelined_equals_ordered_when_nothing_competes(store_factory):
     a = Router(s, store_factory("redis"), scorers=scorers).decide_batch(apps, pipelined=True)
     b = Router(s, store_factory("memory"), scorers=scorers).decide_batch(apps)
     assert a == b
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis", "cluster"])
+def test_pipelined_retry_with_other_content_conflicts_and_changes_nothing(store_factory, kind):
+    """A resent batch in which one application changed: IdempotencyConflict for the batch,
+    and neither the posted ledger nor any later answer moves (what the batch reserved
+    before the conflict came back is voided)."""
+    from router.core.errors import IdempotencyConflict
+    store = store_factory(kind)
+    router = Router(
+        strategy_from_dict(race_strategy()),
+        store,
+        scorers={"main": ScoreLookupScorer({}, default=0.2)},
+    )
+    apps = _apps(40)
+    first = router.decide_batch(apps[:20], pipelined=True)
+    before = [e.application_id for e in store.ledger()]
+    changed = apps[20:40] + [apps[5].__class__(**{**_fields(apps[5]), "requested_amount": 999})]
+    with pytest.raises(IdempotencyConflict):
+        router.decide_batch(changed, pipelined=True)
+    store.flush()
+    assert [e.application_id for e in store.ledger()] == before
+    assert router.decide_batch(apps[:20], pipelined=True) == first
+    # The rows beside the conflict were not decided: they decide afresh, once.
+    rest = router.decide_batch(apps[20:40], pipelined=True)
+    assert router.decide_batch(apps[20:40], pipelined=True) == rest
+
+
+def _fields(app):
+    return {f: getattr(app, f) for f in app.__struct_fields__}
