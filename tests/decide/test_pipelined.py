@@ -73,6 +73,7 @@ def test_pipelined_retry_with_other_content_conflicts_and_changes_nothing(store_
     and neither the posted ledger nor any later answer moves (what the batch reserved
     before the conflict came back is voided)."""
     from router.core.errors import IdempotencyConflict
+
     store = store_factory(kind)
     router = Router(
         strategy_from_dict(race_strategy()),
