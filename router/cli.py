@@ -959,6 +959,7 @@ def serve(
     import uvicorn
 
     from router.service.app import Settings, create_app
+    from router.service.one_write import OneWriteHttpToolsProtocol
     from router.store.registry import store_kind
 
     if workers > 1 and not store_kind(store).shared:
@@ -982,7 +983,8 @@ def serve(
     create_app(settings).state.service.router.close()
     os.environ["ROUTER_SERVICE"] = settings.to_env()
     uvicorn.run("router.service.app:app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level="warning", access_log=False)  # fmt: skip
+                workers=workers, log_level="warning", access_log=False,
+                http=OneWriteHttpToolsProtocol)  # fmt: skip
 
 
 @app.command("api-key")

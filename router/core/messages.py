@@ -202,7 +202,7 @@ def validate_application(app: object) -> Application:
             _problem(app, "received_at", "must be from 2000-01-01 to 2100-01-01"),
             field="received_at",
         )
-    return app
+    return _trust(app)  # (frozen: valid now, valid when the router checks it again)
 
 
 _check_many_dec = msgspec.msgpack.Decoder(list[Application])
@@ -230,6 +230,7 @@ def validate_applications(apps: Sequence[object]) -> None:
     for app in unchecked:
         if not _EARLIEST <= app.received_at < _LATEST:
             validate_application(app)  # (raises)
+        _trust(app)
 
 
 def _problem(app: Application, name: str | None, why: str) -> str:
@@ -245,8 +246,9 @@ _decision_decoder = msgspec.json.Decoder(Decision)
 _encoder = msgspec.json.Encoder()
 
 
-#: Applications this module decoded (so validated) recently, by identity: the router's
-#: boundary check skips them. Holding the object keeps its id from being reused.
+#: Applications this module decoded or validated recently, by identity: the router's
+#: boundary check skips them (an Application is frozen: valid once, valid still). Holding
+#: the object keeps its id from being reused.
 _TRUSTED: dict[int, Application] = {}
 _TRUSTED_MAX = 4096
 
