@@ -212,12 +212,13 @@ def validate_applications(apps: Sequence[object]) -> None:
     """:func:`validate_application` for every application of a batch, checked together
     (one encode and one decode for those not decoded here: about half the cost of one by
     one); the first invalid one raises, as :func:`validate_application` would."""
-    unchecked = []
+    unchecked: list[Application] = []
     for app in apps:
         trusted = _TRUSTED.get(id(app))
         if trusted is None or trusted is not app:
-            if type(app) is not Application:
+            if not isinstance(app, Application) or type(app) is not Application:
                 validate_application(app)  # (raises)
+                continue
             unchecked.append(app)
     if not unchecked:
         return
