@@ -41,7 +41,10 @@ class _OneWriteTransport:
         held = self._held
         if held is not None:
             self._held = None
-            self._transport.write(held)
+            # (a connection lost in between: the peer is gone, and uvloop raises on a
+            # write to a closed transport where asyncio only counts it)
+            if not self._transport.is_closing():
+                self._transport.write(held)
 
     def __getattr__(self, name: str) -> Any:
         # Anything else — close, writelines, pause_reading, get_extra_info… — sees the

@@ -70,6 +70,20 @@ def test_any_other_call_sees_everything_written_so_far():
     asyncio.run(run())
 
 
+def test_a_write_held_when_the_connection_is_lost_is_dropped_not_raised():
+    async def run():
+        rec = _Recorder()
+        closing = [False]
+        rec.is_closing = lambda: closing[0]
+        t = _OneWriteTransport(rec, asyncio.get_running_loop())
+        t.write(b"head")
+        closing[0] = True  # the peer went away within the turn
+        await asyncio.sleep(0)
+        assert rec.writes == []
+
+    asyncio.run(run())
+
+
 @get("/hello", sync_to_thread=False)
 def hello() -> dict:
     return {"hello": "world"}
