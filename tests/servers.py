@@ -7,6 +7,7 @@ with ``redis-cli --cluster create``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -169,3 +170,26 @@ def redis_cluster(tmp_path_factory):
     finally:
         for n in nodes:
             n.stop()
+
+
+@contextlib.contextmanager
+def serving(app, **config):
+    """An ASGI app under a real uvicorn server on a free port, in a thread (``config``:
+    more ``uvicorn.Config`` options): concurrent connections, as in production. Yields the
+    base URL."""
+    import uvicorn
+
+    port = port_for.select_random()
+    options = {"log_level": "warning", "lifespan": "on", **config}
+    server = uvicorn.Server(uvicorn.Config(app, port=port, **options))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)

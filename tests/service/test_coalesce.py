@@ -8,20 +8,16 @@ once is decided once, and the posted ledger equals the referrals handed back."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import msgspec
-import port_for
 import pytest
-import uvicorn
 from litestar.testing import TestClient
-from servers import own_server
+from servers import own_server, serving
 
 from router.core.config import load_strategy
 from router.core.errors import IdempotencyConflict
@@ -64,25 +60,6 @@ def _ledger_ids(url: str) -> list[str]:
         return sorted(e.application_id for e in store.ledger())
     finally:
         store.close()
-
-
-@contextlib.contextmanager
-def serving(app):
-    """The app under a real uvicorn server on a free port, in a thread: concurrent
-    connections, as in production (the test clients send one request at a time)."""
-    port = port_for.select_random()
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
 
 
 def test_concurrent_requests_are_decided_in_fewer_batches_and_answered_alike(redis_url, key, lines):

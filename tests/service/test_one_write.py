@@ -5,15 +5,12 @@ and a real uvicorn server with the protocol answers keep-alive requests alike.""
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 
 import httpx
-import port_for
-import uvicorn
 from litestar import Litestar, get, post
 from litestar.params import JSONBody
 from litestar.response import Stream
+from servers import serving
 
 from router.service.one_write import OneWriteHttpToolsProtocol, _OneWriteTransport
 
@@ -106,19 +103,8 @@ def stream() -> Stream:
 
 def test_a_real_server_answers_keep_alive_requests_through_the_protocol():
     app = Litestar([hello, echo, stream])
-    port = port_for.select_random()
-    config = uvicorn.Config(
-        app, port=port, log_level="warning", lifespan="off", http=OneWriteHttpToolsProtocol
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.02)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+    with serving(app, lifespan="off", http=OneWriteHttpToolsProtocol) as base:
+        with httpx.Client(base_url=base, timeout=10) as client:
             for i in range(50):  # one connection, kept alive
                 assert client.get("/hello").json() == {"hello": "world"}
                 r = client.post("/echo", json={"i": i, "pad": "x" * (i * 997)})
@@ -127,6 +113,3 @@ def test_a_real_server_answers_keep_alive_requests_through_the_protocol():
             assert client.get("/stream").text == "chunk0;chunk1;chunk2;"
             big = {"pad": "y" * 3_000_000}  # more than the socket takes at once
             assert client.post("/echo", json=big).json() == big
-    finally:
-        server.should_exit = True
-        thread.join(20)
