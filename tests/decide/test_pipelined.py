@@ -2,10 +2,12 @@
 
 from datetime import timedelta
 
+import msgspec
 import pytest
 from race_worker import T0, race_strategy
 
 from router.core.config import strategy_from_dict
+from router.core.errors import IdempotencyConflict
 from router.core.messages import Refer
 from router.decide.engine import Router
 from router.testing import ScoreLookupScorer, make_application, strategy_dict
@@ -23,14 +25,19 @@ def _apps(n):
     ]
 
 
-@pytest.mark.parametrize("kind", ["memory", "array", "redis", "cluster"])
-def test_pipelined_batches_keep_caps_and_exactly_once(store_factory, kind):
-    store = store_factory(kind)
-    router = Router(
+def _race_router(store) -> Router:
+    """The race strategy (a count cap of 100) with every applicant at PD 0.2."""
+    return Router(
         strategy_from_dict(race_strategy()),
         store,
         scorers={"main": ScoreLookupScorer({}, default=0.2)},
     )
+
+
+@pytest.mark.parametrize("kind", ["memory", "array", "redis", "cluster"])
+def test_pipelined_batches_keep_caps_and_exactly_once(store_factory, kind):
+    store = store_factory(kind)
+    router = _race_router(store)
     apps = _apps(300)
     decisions = []
     for k in range(0, 300, 64):
@@ -72,18 +79,12 @@ def test_pipelined_retry_with_other_content_conflicts_and_changes_nothing(store_
     """A resent batch in which one application changed: IdempotencyConflict for the batch,
     and neither the posted ledger nor any later answer moves (what the batch reserved
     before the conflict came back is voided)."""
-    from router.core.errors import IdempotencyConflict
-
     store = store_factory(kind)
-    router = Router(
-        strategy_from_dict(race_strategy()),
-        store,
-        scorers={"main": ScoreLookupScorer({}, default=0.2)},
-    )
+    router = _race_router(store)
     apps = _apps(40)
     first = router.decide_batch(apps[:20], pipelined=True)
     before = [e.application_id for e in store.ledger()]
-    changed = apps[20:40] + [apps[5].__class__(**{**_fields(apps[5]), "requested_amount": 999})]
+    changed = apps[20:40] + [msgspec.structs.replace(apps[5], requested_amount=999)]
     with pytest.raises(IdempotencyConflict):
         router.decide_batch(changed, pipelined=True)
     store.flush()
@@ -92,7 +93,3 @@ def test_pipelined_retry_with_other_content_conflicts_and_changes_nothing(store_
     # The rows beside the conflict were not decided: they decide afresh, once.
     rest = router.decide_batch(apps[20:40], pipelined=True)
     assert router.decide_batch(apps[20:40], pipelined=True) == rest
-
-
-def _fields(app):
-    return {f: getattr(app, f) for f in app.__struct_fields__}
