@@ -29,6 +29,7 @@ from router.core.errors import TrafficError
 from router.core.identity import Hasher
 from router.core.messages import Application
 from router.core.redact import plain
+from router.ingest.arrow_callbacks import tracked
 from router.ingest.mapping import Mapping, as_mapping
 from router.ingest.mapping import apply as apply_mapping
 from router.ingest.validate import (
@@ -243,7 +244,8 @@ def _csv(
         misshapen.append((n, Reject(n, "row", why)))
         return "skip"
 
-    parse = pcsv.ParseOptions(invalid_row_handler=skip)
+    # (tracked: released before the interpreter shuts down; see arrow_callbacks.py)
+    parse = pcsv.ParseOptions(invalid_row_handler=tracked(skip))
     types = source_types(mapping)
     # Application features are read as text and converted by the validation, as fields are.
     types.update({mapping.get(f, f): pa.string() for f in features or {}})
@@ -251,7 +253,7 @@ def _csv(
     # is all it reads for that.
     probe = pcsv.open_csv(
         path,
-        parse_options=pcsv.ParseOptions(invalid_row_handler=lambda row: "skip"),
+        parse_options=pcsv.ParseOptions(invalid_row_handler=tracked(lambda row: "skip")),
         read_options=pcsv.ReadOptions(block_size=1 << 16),
         convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in types}),
     )
