@@ -48,7 +48,10 @@ class _OneWriteTransport:
 
     def __getattr__(self, name: str) -> Any:
         # Anything else — close, writelines, pause_reading, get_extra_info… — sees the
-        # stream as written so far.
+        # stream as written so far. (Private names are never the transport's business: an
+        # instance not yet initialised must not recurse through here.)
+        if name.startswith("_"):
+            raise AttributeError(name)
         self.flush()
         return getattr(self._transport, name)
 
