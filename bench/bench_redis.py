@@ -13,7 +13,9 @@ Prints medians and p99 of:
       deciding coalesced batches of 64 (``decide_batch(..., pipelined=True)``), at the
       store's default deadline (``timeout_ms`` = 50; a batch has one): decisions
       answered at full service per second, and how many came back degraded. Each
-      process warms up first (a cold start is bench_cold.py's) and all start together;
+      process warms up first (a cold start is bench_cold.py's) and all start together.
+      Baseline, the same processes sending the bare walk of (1), prepared, in pipelined
+      batches of 64: the store's own rate, and the router's pipelined rate as its ratio;
   (6) ``redis-benchmark`` of a plain INCR on the same server, for scale.
 
     python bench/bench_redis.py
@@ -44,6 +46,38 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
+def _bare_walks(strategy, store, n: int, start: int = 0) -> list:
+    """``n`` referral walks as the router sends them (bank_ningyuan's windows, dedupe,
+    ledger entry and decision record), prepared: only the store is left to time. Ids and
+    applicants are numbered from ``start`` (processes sharing a server take their own)."""
+    from router.core.windows import key_of
+    from router.decide.engine import Router
+    from router.decide.entries import make_entry
+    from router.decide.outcomes import DECLINE, REFER, pack_record
+    from router.store import Bucket, CapLimit
+    from router.store.base import Attempt, Walk
+
+    real = Router(strategy, store)._allocator.partner_buckets[0]
+    # The partner's own windows and dedupe, with limits no run of this length reaches.
+    b = Bucket(
+        real.id,
+        tuple(CapLimit(c.window, 10**9, 10**15) for c in real.caps),
+        real.timezone,
+        real.dedupe_ms,
+    )
+    t = 1_793_000_000_000
+    keys = tuple(key_of(t, c.window, b.timezone) for c in b.caps)
+    calls = []
+    for i in range(start, start + n):
+        app_id, applicant = f"bare-{i}", f"{i:032x}"
+        entry = make_entry(strategy, app_id, 0, t, 100_000, 12, applicant, 1234.0)
+        record = pack_record(REFER, 0, 1234.0, 0.18, 0.01, 0.03, b.id)
+        attempt = Attempt(b, keys, applicant, entry, record, 0, 0, 0)
+        decline = pack_record(DECLINE, 0, 0.0, float("nan"), 0.01, 0.03, "")
+        calls.append(Walk(app_id, i * 7919, t, 100_000, [attempt], decline, 0, 0))
+    return calls
+
+
 def sequential_latencies(
     url: str, n: int = 4000, block: int = 200
 ) -> tuple[list[float], list[float], list[float]]:
@@ -58,33 +92,12 @@ def sequential_latencies(
     machine's speed drifts over seconds, and interleaving gives all the same conditions.
     """
     from router.core.config import load_strategy
-    from router.core.windows import key_of
     from router.decide.engine import Router
-    from router.decide.entries import make_entry
-    from router.decide.outcomes import DECLINE, REFER, pack_record
-    from router.store import Bucket, CapLimit, quota_store_from_url
-    from router.store.base import Attempt, Walk
+    from router.store import quota_store_from_url
 
     strategy = load_strategy(ROOT / "configs" / "strategy.toml")
     store = quota_store_from_url(url, prefix="bench-bare:")
-    real = Router(strategy, store)._allocator.partner_buckets[0]
-    # The partner's own windows and dedupe, with limits no run of this length reaches.
-    b = Bucket(
-        real.id,
-        tuple(CapLimit(c.window, 10**9, 10**15) for c in real.caps),
-        real.timezone,
-        real.dedupe_ms,
-    )
-    t = 1_793_000_000_000
-    keys = tuple(key_of(t, c.window, b.timezone) for c in b.caps)
-    calls = []
-    for i in range(n):
-        app_id, applicant = f"bare-{i}", f"{i:032x}"
-        entry = make_entry(strategy, app_id, 0, t, 100_000, 12, applicant, 1234.0)
-        record = pack_record(REFER, 0, 1234.0, 0.18, 0.01, 0.03, b.id)
-        attempt = Attempt(b, keys, applicant, entry, record, 0, 0, 0)
-        decline = pack_record(DECLINE, 0, 0.0, float("nan"), 0.01, 0.03, "")
-        calls.append(Walk(app_id, i * 7919, t, 100_000, [attempt], decline, 0, 0))
+    calls = _bare_walks(strategy, store, n)
     seq_store = quota_store_from_url(url, prefix="bench-seq:")
     router = Router(strategy, seq_store)
     apps = _apps(n, seed=101)
@@ -154,7 +167,17 @@ def _run(router, apps, batch: int) -> list:
     ]
 
 
-def _worker(url: str, prefix: str, seed: int, n: int, batch: int, start, results) -> None:
+def _bare_run(store, walks: list, batch: int) -> None:
+    """The walks in pipelined batches, each batch one decision's grant lifecycle."""
+    for k in range(0, len(walks), batch):
+        store.begin_decision()
+        store.walk_many(walks[k : k + batch])
+        store.end_decision(True)
+
+
+def _worker(
+    url: str, prefix: str, seed: int, n: int, batch: int, start, results, bare: bool = False
+) -> None:
     """One deciding process: warmed up first (imports, compiled code loaded, a connection
     open: a cold start is measured in bench_cold.py, not here), on a prefix of its own so
     the timed run meets none of it, its start-up heap frozen; then timed from the moment
@@ -164,6 +187,17 @@ def _worker(url: str, prefix: str, seed: int, n: int, batch: int, start, results
     from router.store import quota_store_from_url
 
     strategy = load_strategy(ROOT / "configs" / "strategy.toml")
+    if bare:  # the baseline: the store's own calls, prepared, pipelined as the router's
+        warm = quota_store_from_url(url, prefix=f"{prefix}warm{seed}:")
+        _bare_run(warm, _bare_walks(strategy, warm, 2 * batch, start=seed * n), batch)
+        store = quota_store_from_url(url, prefix=prefix)
+        walks = _bare_walks(strategy, store, n, start=seed * n)
+        gc.freeze()
+        start.wait()
+        s = time.perf_counter()
+        _bare_run(store, walks, batch)
+        results.put((n, time.perf_counter() - s, 0))
+        return
     _run(Router(strategy, quota_store_from_url(url, prefix=f"{prefix}warm{seed}:")),
          _apps(2 * max(batch, 64), seed + 500), batch)  # fmt: skip
     apps = _apps(n, seed)
@@ -179,7 +213,7 @@ def _worker(url: str, prefix: str, seed: int, n: int, batch: int, start, results
     results.put((n - degraded, took, degraded))
 
 
-def throughput(url: str, procs: int, n: int, batch: int) -> tuple[float, int]:
+def throughput(url: str, procs: int, n: int, batch: int, bare: bool = False) -> tuple[float, int]:
     """Decisions per second (not degraded) over all processes, and how many degraded: the
     processes start deciding together (a barrier) and the rate is every decision over the
     slowest process's time."""
@@ -190,7 +224,16 @@ def throughput(url: str, procs: int, n: int, batch: int) -> tuple[float, int]:
     workers = [
         ctx.Process(
             target=_worker,
-            args=(url, f"bench-tp{procs}x{batch}:", 1000 + w, n, batch, start, results),
+            args=(
+                url,
+                f"bench-tp{procs}x{batch}{'b' if bare else ''}:",
+                1000 + w,
+                n,
+                batch,
+                start,
+                results,
+                bare,
+            ),  # fmt: skip
         )
         for w in range(procs)
     ]
@@ -262,6 +305,12 @@ def main(quick: bool = False) -> dict:
                 rate, degraded = throughput(default_url, procs, n, batch)
                 res[f"throughput_{procs}proc_{kind}_per_s"] = rate
                 res[f"degraded_{procs}proc_{kind}"] = degraded
+            # The baseline in the same minutes: the store's own calls, prepared, pipelined.
+            bare, _ = throughput(default_url, procs, 12000 // scale, 64, bare=True)
+            res[f"throughput_{procs}proc_bare_pipelined_batch64_per_s"] = bare
+            res[f"ratio_{procs}proc_pipelined_vs_bare"] = (
+                res[f"throughput_{procs}proc_pipelined_batch64_per_s"] / bare
+            )
         res["redis_benchmark_incr_per_s"] = None if quick else redis_benchmark(port)
         return res
     finally:
